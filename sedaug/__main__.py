@@ -1,0 +1,3 @@
+from sedaug.cli import main
+
+main()

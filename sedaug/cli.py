@@ -1,0 +1,189 @@
+"""Thin Typer commands: parse, call one function, print a one-line summary. Heavy imports stay inside."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from sedaug.errors import UserError
+
+app = typer.Typer(
+    name="sedaug",
+    help="Latent and adversarial data augmentations for semi-supervised sound event detection on DESED.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def user_errors(command):
+    """Report a UserError as one line on stderr and exit 1, with no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            for line in str(e).splitlines():
+                print(f"error: {line}", file=sys.stderr)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+class Size(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    medium = "medium"
+
+
+class Split(str, Enum):
+    eval = "eval"
+    validation = "validation"
+    synthetic_valid = "synthetic_valid"
+
+
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
+class Format(str, Enum):
+    rich = "rich"
+    markdown = "markdown"
+    latex = "latex"
+    csv = "csv"
+
+
+@app.command("prepare-desed")
+@user_errors
+def prepare_desed(
+    root: Annotated[Optional[Path], typer.Option(help="A real DESED tree (DCASE 2020 layout) to import.")] = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Generate the embedded synthetic DESED (default).")] = False,
+    size: Annotated[Size, typer.Option(help="Synthetic set size.")] = Size.small,
+    seed: Annotated[int, typer.Option(help="Synthetic generator seed.")] = 0,
+    sample_rate: Annotated[int, typer.Option(help="Synthetic audio rate: 16000 mono or 44100 stereo like DESED.")] = 16000,
+    download: Annotated[bool, typer.Option("--download", help="Download DESED into --root first (needs sedaug[download]).")] = False,
+    out: Annotated[Path, typer.Option(help="Prepared directory (manifest; the synthetic audio too).")] = Path("data/desed"),
+) -> None:
+    """Generate the synthetic DESED, or check a real DESED tree, and write the manifest."""
+    from sedaug.data import desed, synthetic as synth
+
+    if root is not None and synthetic:
+        raise UserError("--root and --synthetic are exclusive: import a real DESED or generate a synthetic one")
+    if download and root is None:
+        raise UserError("--download needs --root DIR to download into")
+    if root is None:
+        if sample_rate not in (16000, 44100):
+            raise UserError(f"--sample-rate {sample_rate}: expected 16000 or 44100")
+        synth.generate_synthetic(out, size=size.value, seed=seed, sample_rate=sample_rate)
+        report = desed.prepare_desed(out, out)
+    else:
+        if download:
+            desed.download_desed(root)
+        report = desed.prepare_desed(root, out)
+    console.print(report.summary())
+
+
+@app.command("extract-mels")
+@user_errors
+def extract_mels(
+    data: Annotated[Path, typer.Option(help="Prepared DESED directory (from prepare-desed).")] = Path("data/desed"),
+    out: Annotated[Path, typer.Option(help="Feature store directory.")] = Path("data/features"),
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    workers: Annotated[Optional[int], typer.Option(help="Decoding workers (default: all CPUs).")] = None,
+) -> None:
+    """Compute the linear mel features of every split into one array per split, plus the scaler."""
+    from sedaug.data import features
+
+    report = features.extract_mels(data, out, device=_device(device).type, workers=workers)
+    console.print(report.summary())
+
+
+@app.command()
+@user_errors
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
+    set_: Annotated[list[str], typer.Option("--set", help="Override a recipe value: key.path=value (repeatable).")] = [],  # noqa: B006
+    runs: Annotated[Path, typer.Option(help="Where run directories go: RUNS/<name>/seed<seed>.")] = Path("runs"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+) -> None:
+    """Train the CRNN with a recipe's objective, writing a run directory."""
+    from sedaug.recipe import load_recipe
+    from sedaug.train import train as run_training
+
+    r = load_recipe(recipe, set_)
+    run_dir = runs / r.name / f"seed{r.seed}"
+    summary = run_training(r, run_dir, resume=resume, device=_device(device))
+    console.print(summary)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<name>/seed<k>).")],
+    split: Annotated[Split, typer.Option(help="Split to score.")] = Split.eval,
+    checkpoint: Annotated[Checkpoint, typer.Option(help="Checkpoint to score.")] = Checkpoint.best,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+) -> None:
+    """Score a trained run with the DCASE 2020 protocol (macro F1, PSDS)."""
+    from sedaug.evaluate import evaluate_run, summary
+
+    results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=_device(device))
+    console.print(summary(run_dir, results))
+
+
+@app.command()
+@user_errors
+def table(
+    runs_dir: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs"),
+    format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
+    out: Annotated[Optional[Path], typer.Option(help="Write to a file instead of the terminal.")] = None,
+    metrics: Annotated[str, typer.Option(help="Comma-separated metric columns.")] = "macro,psds_ct",
+    split: Annotated[Split, typer.Option(help="Evaluated split to tabulate.")] = Split.eval,
+) -> None:
+    """Collect evaluated runs into the paper's Table 1."""
+    from sedaug.table import build_table, print_table, render
+
+    names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    data = build_table(runs_dir, split=split.value, metrics=names)
+    if out is None and format is Format.rich:
+        print_table(data)
+        return
+    text = render(data, format.value)
+    if out is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        from sedaug.rundir import write_text
+
+        write_text(out, text)
+        console.print(f"wrote {out} ({len(data.rows)} recipes)")
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device {name}: expected cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The recipe schema: one typed, strict description of an experiment; every default lives here.
+
+`load_recipe(path, overrides)` reads YAML (duplicate keys rejected, `1e-3` read as a float), applies
+`--set a.b=value` overrides, and validates; every problem is reported at once as `path: message` lines.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sedaug.errors import UserError
+
+Location = Literal["mel", "input", "cnn", "rnn"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    features: Path = Path("data/features")
+    # A mini-batch is three slices: unlabeled 1/2, weak 1/4, synthetic 1/4 (dcase20: 12/6/6 of 24).
+    batch_size: int = Field(24, ge=4, multiple_of=4)
+
+
+class ModelConfig(Strict):
+    cnn_filters: list[int] = [16, 32, 64, 128, 128, 128, 128]
+    cnn_pooling: list[tuple[int, int]] = [(2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
+    kernel_size: int = 3
+    dropout: float = Field(0.5, ge=0, lt=1)
+    rnn_hidden: int = 128
+    rnn_layers: int = 2
+    # dcase20 quirk: Keras-style 0.99 passed as PyTorch momentum keeps almost only the last batch's statistics.
+    batchnorm_momentum: float = Field(0.99, gt=0, le=1)
+    # dcase20 quirk: the attention softmax runs over classes, not over time.
+    attention_softmax: Literal["classes", "time"] = "classes"
+
+    @model_validator(mode="after")
+    def _same_depth(self) -> ModelConfig:
+        if len(self.cnn_filters) != len(self.cnn_pooling):
+            raise ValueError(
+                f"cnn_filters has {len(self.cnn_filters)} blocks but cnn_pooling has {len(self.cnn_pooling)}"
+            )
+        return self
+
+
+class NoAugmentation(Strict):
+    type: Literal["none"]
+
+
+class NoiseAugmentation(Strict):
+    type: Literal["noise"]
+    locations: list[Location]
+    snr_db: float = 30.0  # at `mel`: the dcase20 per-clip, per-bin SNR
+    sigma: float = Field(0.1, gt=0)  # elsewhere: std = sigma * RMS of the tensor, per clip
+
+
+class AdversarialAugmentation(Strict):
+    type: Literal["adversarial"]
+    locations: list[Location]
+    epsilon: float = Field(0.1, gt=0)
+    epsilon_mode: Literal["relative", "absolute"] = "relative"
+
+
+class VATAugmentation(Strict):
+    type: Literal["vat"]
+    locations: list[Location]
+    epsilon: float = Field(0.1, gt=0)
+    epsilon_mode: Literal["relative", "absolute"] = "relative"
+    xi: float = Field(1e-6, gt=0)
+    iterations: int = Field(1, ge=1)
+
+
+class MixupAugmentation(Strict):
+    type: Literal["mixup"]
+    locations: list[Location]
+    alpha: float = Field(1.0, gt=0)
+
+
+Augmentation = Annotated[
+    NoAugmentation | NoiseAugmentation | AdversarialAugmentation | VATAugmentation | MixupAugmentation,
+    Field(discriminator="type"),
+]
+
+
+class NoRegularization(Strict):
+    type: Literal["none"]
+
+
+class MeanTeacher(Strict):
+    type: Literal["mean_teacher"]
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+
+
+class L2Regularization(Strict):
+    type: Literal["l2"]
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+Regularization = Annotated[NoRegularization | MeanTeacher | L2Regularization, Field(discriminator="type")]
+
+
+class ConsistencyConfig(Strict):
+    data: Literal["all", "unlabeled"] = "all"
+    weight: float = Field(2.0, ge=0)
+    rampup_epochs: float = Field(50, ge=0)
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    epochs: int = Field(200, ge=1)
+    rampup_epochs: float = Field(50, ge=0)
+    # Cap on steps per epoch (None: until the shortest stream is exhausted, as dcase20); for quick runs.
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+
+
+class EvalConfig(Strict):
+    threshold: float = Field(0.5, gt=0, lt=1)
+    median_window: int = Field(7, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    augmentation: Augmentation = NoAugmentation(type="none")
+    regularization: Regularization = NoRegularization(type="none")
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Recipe:
+        aug = self.augmentation
+        if aug.type != "none":
+            if not aug.locations:
+                raise ValueError(f"augmentation.locations: {aug.type} needs at least one location")
+            if len(set(aug.locations)) != len(aug.locations):
+                raise ValueError("augmentation.locations: a location is listed twice")
+            if aug.type in ("adversarial", "vat", "mixup") and "mel" in aug.locations:
+                raise ValueError(f"augmentation.locations: {aug.type} acts on input, cnn or rnn, not mel")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise UserError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, in place, and return it."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key.path=value")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[leaf] = parse_yaml(value, f"--set {key}")
+    return raw
+
+
+def _format_errors(error: ValidationError, where: str) -> str:
+    tags = {"none", "noise", "adversarial", "vat", "mixup", "mean_teacher", "l2"}
+    lines = []
+    for e in error.errors():
+        # Drop the discriminator tag pydantic inserts into the path of a tagged union.
+        loc = [str(p) for i, p in enumerate(e["loc"]) if not (i == 1 and p in tags)]
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith(("augmentation.", "regularization.")) or not loc:
+            lines.append(f"{where}: {msg}")
+        else:
+            lines.append(f"{where}: {'.'.join(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_recipe(raw: Any, where: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: a recipe is a YAML mapping, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_format_errors(e, where)) from None
+
+
+def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read recipe ({e.strerror})") from None
+    raw = parse_yaml(text, str(path)) or {}
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides))
+    return validate_recipe(raw, str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import pytest
+
+from sedaug.errors import UserError
+from sedaug.recipe import Recipe, dump_recipe, load_recipe, parse_yaml, validate_recipe
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+TABLE1 = {
+    "none", "baseline", "noise_input", "noise_latent", "adversarial_latent", "vat_input_mt", "vat_input",
+    "vat_latent", "mixup_latent", "vat_input_unlabeled",
+}
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_ten_table1_recipes_exist():
+    assert {p.stem for p in RECIPES} == TABLE1
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_validates_and_names_itself(path):
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
+    header = path.read_text().splitlines()[:2]
+    assert header[0].startswith("# Table 1") and f"sedaug train recipes/{path.name}" in header[1]
+    # The resolved recipe round-trips through YAML.
+    assert validate_recipe(parse_yaml(dump_recipe(recipe), "x")) == recipe
+
+
+def test_factors_match_table1():
+    r = {p.stem: load_recipe(p) for p in RECIPES}
+    assert r["baseline"].augmentation.locations == ["mel"] and r["baseline"].regularization.type == "mean_teacher"
+    assert r["vat_latent"].augmentation.locations == ["cnn", "rnn"] and r["vat_latent"].regularization.type == "l2"
+    assert r["vat_input_unlabeled"].consistency.data == "unlabeled"
+    assert r["none"].augmentation.type == "none" and r["none"].regularization.type == "none"
+
+
+def test_defaults_are_the_dcase20_baseline():
+    r = Recipe(name="x")
+    assert (r.data.batch_size, r.optim.lr, r.optim.epochs, r.optim.rampup_epochs) == (24, 1e-3, 200, 50)
+    assert r.consistency.weight == 2.0 and r.model.batchnorm_momentum == 0.99
+    assert r.model.attention_softmax == "classes" and r.eval.median_window == 7
+
+
+def test_unknown_keys_and_wrong_types_are_all_reported(tmp_path):
+    path = write(tmp_path, "name: x\noptim:\n  lr: fast\n  epoch: 3\nmodel:\n  dropout: 2\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(path)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3
+    assert any("optim.lr: Input should be a valid number" in line for line in lines)
+    assert any("optim.epoch: Extra inputs are not permitted" in line for line in lines)
+    assert any("model.dropout:" in line for line in lines)
+    assert all(line.startswith(str(path)) for line in lines)
+
+
+def test_union_errors_name_the_plain_path(tmp_path):
+    path = write(tmp_path, "name: x\naugmentation:\n  type: vat\n  locations: [cnn]\n  alpha: 1\n")
+    with pytest.raises(UserError, match=r"augmentation\.alpha: Extra inputs are not permitted"):
+        load_recipe(path)
+
+
+def test_exponent_floats_are_floats_quoted_or_not(tmp_path):
+    plain = load_recipe(write(tmp_path, "name: x\noptim:\n  lr: 1e-3\n"))
+    quoted = load_recipe(write(tmp_path, "name: x\noptim:\n  lr: '1e-3'\n"))
+    assert plain.optim.lr == quoted.optim.lr == 1e-3
+
+
+def test_duplicate_keys_are_rejected(tmp_path):
+    with pytest.raises(UserError, match=r"duplicate key 'lr' \(line 4\)"):
+        load_recipe(write(tmp_path, "name: x\noptim:\n  lr: 1.0\n  lr: 2.0\n"))
+
+
+def test_overrides_apply_before_validation(tmp_path):
+    path = write(tmp_path, "name: x\n")
+    r = load_recipe(path, ["optim.epochs=3", "augmentation.type=noise", "augmentation.locations=[cnn, rnn]"])
+    assert r.optim.epochs == 3 and r.augmentation.locations == ["cnn", "rnn"]
+    with pytest.raises(UserError, match="optim.epoch: Extra inputs"):
+        load_recipe(path, ["optim.epoch=3"])
+    with pytest.raises(UserError, match="expected key.path=value"):
+        load_recipe(path, ["optim.epochs"])
+
+
+def test_cross_field_rules(tmp_path):
+    with pytest.raises(UserError, match="augmentation.locations: Extra inputs"):
+        load_recipe(write(tmp_path, "name: x\naugmentation:\n  type: none\n  locations: [cnn]\n"))
+    with pytest.raises(UserError, match="vat acts on input, cnn or rnn, not mel"):
+        load_recipe(write(tmp_path, "name: x\naugmentation:\n  type: vat\n  locations: [mel]\n"))
+    with pytest.raises(UserError, match="needs at least one location"):
+        load_recipe(write(tmp_path, "name: x\naugmentation:\n  type: noise\n  locations: []\n"))
+    with pytest.raises(UserError, match="cnn_filters has 2 blocks but cnn_pooling has 7"):
+        load_recipe(write(tmp_path, "name: x\nmodel:\n  cnn_filters: [4, 8]\n"))
+
+
+def test_not_a_mapping_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match="a recipe is a YAML mapping"):
+        load_recipe(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(UserError, match="cannot read recipe"):
+        load_recipe(tmp_path / "nope.yaml")
