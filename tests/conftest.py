@@ -1,0 +1,152 @@
+"""Shared test fixtures.
+
+Data fixtures (sedaug.data):
+- `tiny_desed`: a tiny synthetic DESED (16 kHz), generated and prepared once per session (manifest inside it).
+- `tiny_features`: the mel feature store of `tiny_desed`, extracted once per session.
+- `real_layout`: a hand-made DESED tree with the real data's quirks (44.1 kHz stereo, a missing file, a short clip,
+  a clip without events, a same-class overlap), fresh for each test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from sedaug.data.features import extract_mels
+from sedaug.data.synthetic import generate_synthetic
+
+
+@pytest.fixture(scope="session")
+def tiny_desed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_synthetic(tmp_path_factory.mktemp("tiny") / "desed", size="tiny", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_desed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "features"
+    extract_mels(tiny_desed, out, workers=2, progress=False)
+    return out
+
+
+@dataclass(frozen=True)
+class RealLayout:
+    """A small DESED tree in the real layout, and what a correct import must find in it."""
+
+    root: Path
+    counts: dict[str, int]
+    missing: tuple[str, str]  # (split, filename) listed in a TSV but absent on disk
+    short_clip: str  # validation, 4 s
+    empty_clip: str  # validation, a TSV row with empty onset/offset/label
+    overlap_clip: str  # validation, two overlapping Speech events
+    weak_labels: dict[str, str]
+
+
+REAL_SAMPLE_RATE = 44100
+
+
+@pytest.fixture(scope="session")
+def _real_layout_template(tmp_path_factory: pytest.TempPathFactory) -> RealLayout:
+    return make_real_layout(tmp_path_factory.mktemp("real_layout") / "desed")
+
+
+@pytest.fixture
+def real_layout(_real_layout_template: RealLayout, tmp_path: Path) -> RealLayout:
+    """A private copy (tests may damage it): copying is much faster than synthesizing 44.1 kHz stereo again."""
+    root = shutil.copytree(_real_layout_template.root, tmp_path / "desed")
+    return dataclasses.replace(_real_layout_template, root=root)
+
+
+def make_real_layout(root: Path) -> RealLayout:
+    weak = {"Yaaaaaaaaaaa_0.000_10.000.wav": "Dog,Speech", "Ybbbbbbbbbbb_30.000_40.000.wav": "Cat"}
+    unlabeled = ["Ycccccccccc0_10.000_20.000.wav", "Ymissingmiss_0.000_10.000.wav"]
+    short, empty, overlap = (
+        "Yshortshort_0.000_4.000.wav",
+        "Yemptyemptye_5.000_15.000.wav",
+        "Yoverlapover_0.000_10.000.wav",
+    )
+    strong = {
+        "synthetic": [
+            ("0.wav", 0.5, 2.0, "Blender"),
+            ("1.wav", 3.0, 9.5, "Frying"),
+            ("2.wav", 0.0, 10.0, "Vacuum_cleaner"),
+        ],
+        "validation": [
+            (short, 1.0, 3.5, "Dishes"),
+            (empty, None, None, None),
+            (overlap, 1.0, 4.0, "Speech"),
+            (overlap, 3.0, 6.0, "Speech"),
+            (overlap, 7.0, 8.0, "Dog"),
+        ],
+        "eval": [
+            ("Yevalevaleva_0.000_10.000.wav", 2.0, 3.0, "Alarm_bell_ringing"),
+            ("Yevalevalev2_0.000_10.000.wav", 4.0, 9.0, "Running_water"),
+        ],
+    }
+    audio_dirs = {
+        "weak": "audio/train/weak",
+        "unlabeled": "audio/train/unlabel_in_domain",
+        "synthetic": "audio/train/synthetic20/soundscapes",
+        "validation": "audio/validation",
+        "eval": "audio/eval/public",
+    }
+    metadata = {
+        "weak": "metadata/train/weak.tsv",
+        "unlabeled": "metadata/train/unlabel_in_domain.tsv",
+        "synthetic": "metadata/train/synthetic20/soundscapes.tsv",
+        "validation": "metadata/validation/validation.tsv",
+        "eval": "metadata/eval/public.tsv",
+    }
+    for rel in [*audio_dirs.values(), *metadata.values()]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    for rel in audio_dirs.values():
+        (root / rel).mkdir(parents=True, exist_ok=True)
+
+    _write_tsv(
+        root / metadata["weak"], pd.DataFrame({"filename": list(weak), "event_labels": list(weak.values())})
+    )
+    _write_tsv(root / metadata["unlabeled"], pd.DataFrame({"filename": unlabeled}))
+    for split in ("synthetic", "validation", "eval"):
+        rows = pd.DataFrame(strong[split], columns=["filename", "onset", "offset", "event_label"])
+        _write_tsv(root / metadata[split], rows)
+
+    files = {
+        "weak": list(weak),
+        "unlabeled": unlabeled[:1],  # the second one is the missing file
+        "synthetic": [r[0] for r in strong["synthetic"]],
+        "validation": list(dict.fromkeys(r[0] for r in strong["validation"])),
+        "eval": [r[0] for r in strong["eval"]],
+    }
+    rng = np.random.default_rng(0)
+    for split, names in files.items():
+        for name in names:
+            seconds = 4.0 if name == short else 10.0
+            write_stereo_clip(root / audio_dirs[split] / name, seconds, rng)
+    return RealLayout(
+        root=root,
+        counts={split: len(names) for split, names in files.items()},
+        missing=("unlabeled", unlabeled[1]),
+        short_clip=short,
+        empty_clip=empty,
+        overlap_clip=overlap,
+        weak_labels=weak,
+    )
+
+
+def write_stereo_clip(path: Path, seconds: float, rng: np.random.Generator) -> None:
+    """44.1 kHz stereo 16-bit noise plus a tone, different in each channel, like a real DESED clip."""
+    t = np.arange(int(seconds * REAL_SAMPLE_RATE)) / REAL_SAMPLE_RATE
+    tone = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 3000) * t)
+    noise = 0.05 * rng.standard_normal((2, t.size))
+    audio = np.stack([tone + noise[0], 0.5 * tone + noise[1]], axis=1)
+    sf.write(path, audio, REAL_SAMPLE_RATE, subtype="PCM_16")
+
+
+def _write_tsv(path: Path, table: pd.DataFrame) -> None:
+    table.to_csv(path, sep="\t", index=False)

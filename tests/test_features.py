@@ -1,0 +1,313 @@
+"""Mel features against librosa (the dcase20 reference), the feature store, labels, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import librosa
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from sedaug.data.desed import CLASSES, SPLITS, load_events, load_manifest, prepare_desed
+from sedaug.data.features import (
+    FEATURE_SPLITS,
+    N_FRAMES,
+    FeatureParams,
+    check_params,
+    extract_mels,
+    frame_labels,
+    load_clip,
+    load_scaler,
+    load_split,
+    log_mel,
+    mel_spectrogram,
+    split_synthetic,
+    weak_labels_from,
+)
+from sedaug.data.synthetic import SIZES
+from sedaug.errors import UserError
+
+
+def librosa_mel(y: np.ndarray) -> np.ndarray:
+    """The dcase20 baseline's features, time-major (frames, mels)."""
+    stft = librosa.stft(
+        y, n_fft=2048, hop_length=255, window=np.hamming(2048), center=True, pad_mode="reflect"
+    )
+    mel = librosa.feature.melspectrogram(
+        S=np.abs(stft), sr=16000, n_mels=128, fmin=0, fmax=8000, htk=False, norm=None
+    )
+    return mel.T
+
+
+def assert_close(ours: np.ndarray, reference: np.ndarray, rtol: float) -> None:
+    # Relative tolerance per bin, plus a floor far below the clip's level for bins that are (almost) zero.
+    np.testing.assert_allclose(ours, reference, rtol=rtol, atol=rtol * 1e-3 * np.abs(reference).max())
+
+
+@pytest.fixture
+def parity_waves(tiny_desed, real_layout) -> dict[str, np.ndarray]:
+    """16 kHz waves as extraction sees them: a 10 s clip, a short padded clip, a 44.1 kHz stereo clip."""
+    manifest = load_manifest(tiny_desed)["validation"]
+    full = manifest[manifest["duration"] == 10.0]["path"].iloc[0]
+    short = manifest[manifest["duration"] < 10.0]["path"].iloc[0]
+    stereo = real_layout.root / SPLITS["eval"].audio_dir / "Yevalevaleva_0.000_10.000.wav"
+    return {name: load_clip(path)[0] for name, path in (("full", full), ("short", short), ("stereo", stereo))}
+
+
+def test_linear_mel_matches_librosa(parity_waves):
+    for name, wave in parity_waves.items():
+        ours = mel_spectrogram(torch.from_numpy(wave)).numpy()
+        assert ours.shape == (N_FRAMES, 128), name
+        assert_close(ours, librosa_mel(wave), rtol=1e-4)
+
+
+def test_batched_mel_equals_single(parity_waves):
+    waves = np.stack(list(parity_waves.values()))
+    batch = mel_spectrogram(torch.from_numpy(waves)).numpy()
+    for i, wave in enumerate(parity_waves.values()):
+        assert_close(batch[i], mel_spectrogram(torch.from_numpy(wave)).numpy(), rtol=1e-5)
+
+
+def test_load_clip_downmixes_resamples_and_pads(real_layout):
+    path = real_layout.root / SPLITS["validation"].audio_dir / real_layout.short_clip
+    stereo, rate = sf.read(path, dtype="float32")
+    assert stereo.ndim == 2 and rate == 44100
+    expected = torchaudio.functional.resample(torch.from_numpy(stereo.mean(axis=1)), 44100, 16000).numpy()
+    wave, duration = load_clip(path)
+    assert wave.shape == (160000,) and duration == pytest.approx(4.0)
+    np.testing.assert_array_equal(wave[: expected.size], expected)
+    assert not wave[expected.size :].any()
+
+
+def test_log_and_normalization_match_librosa(parity_waves, tiny_features):
+    mean, std = load_scaler(tiny_features)
+    wave = parity_waves["full"]
+    # A second, much quieter copy: top_db must apply per clip, not over the batch.
+    mels = mel_spectrogram(torch.from_numpy(np.stack([wave, wave * 1e-4])))
+    ours = ((log_mel(mels) - torch.from_numpy(mean)) / torch.from_numpy(std)).numpy()
+    for i, scale in enumerate((1.0, 1e-4)):
+        db = librosa.amplitude_to_db(librosa_mel(wave * scale), ref=1.0, amin=1e-5, top_db=80)
+        np.testing.assert_allclose(ours[i], (db - mean) / std, atol=1e-3)
+
+    # torchaudio's transform agrees on one clip (its amin differs, but top_db dominates at this level).
+    single = mels[0]
+    assert single.max() > 0.1
+    reference = torchaudio.transforms.AmplitudeToDB(stype="amplitude", top_db=80)(single)
+    torch.testing.assert_close(log_mel(single), reference, rtol=0, atol=1e-4)
+
+
+def test_ten_seconds_are_628_frames():
+    assert mel_spectrogram(torch.zeros(2, 160000)).shape == (2, 628, 128)
+    assert FeatureParams().n_frames == 628
+    with pytest.raises(ValueError, match="n_frames"):
+        FeatureParams(hop=256)
+
+
+def test_store_shapes_and_tables(tiny_desed, tiny_features):
+    tiny = SIZES["tiny"]
+    expected_sizes = {
+        "weak": tiny["weak"],
+        "unlabeled": tiny["unlabeled"],
+        "synthetic_train": 16,
+        "synthetic_valid": 4,
+        "validation": tiny["validation"],
+        "eval": tiny["eval"],
+    }
+    splits = {name: load_split(tiny_features, name) for name in FEATURE_SPLITS}
+    for name, split in splits.items():
+        assert split.mels.shape == (expected_sizes[name], 628, 128) and split.mels.dtype == np.float16
+        assert isinstance(split.mels, np.memmap)
+        assert len(split.filenames) == len(split.durations) == expected_sizes[name]
+        assert (split.durations > 0).all() and (split.durations <= 10).all()
+        assert (split.events is not None) == (name not in ("weak", "unlabeled"))
+        assert (split.weak_labels is not None) == (name == "weak")
+
+    train, valid = set(splits["synthetic_train"].filenames), set(splits["synthetic_valid"].filenames)
+    assert not train & valid and train | valid == set(load_manifest(tiny_desed)["synthetic"]["filename"])
+
+    weak = pd.read_csv(tiny_desed / SPLITS["weak"].metadata, sep="\t")
+    for filename, labels in zip(weak["filename"], weak["event_labels"], strict=True):
+        row = splits["weak"].weak_labels[splits["weak"].filenames.index(filename)]
+        assert {CLASSES[i] for i in np.flatnonzero(row)} == set(labels.split(","))
+
+    validation = splits["validation"]
+    pd.testing.assert_frame_equal(validation.events, load_events(tiny_desed, "validation"))
+    durations = dict(
+        zip(
+            load_manifest(tiny_desed)["validation"]["filename"],
+            load_manifest(tiny_desed)["validation"]["duration"],
+            strict=True,
+        )
+    )
+    assert validation.durations.tolist() == pytest.approx([durations[f] for f in validation.filenames])
+
+    record = json.loads((tiny_features / "features.json").read_text())
+    assert record["params"] == FeatureParams().to_dict() and record["splits"] == expected_sizes
+
+
+def test_stored_features_match_librosa_at_float16(tiny_desed, tiny_features):
+    split = load_split(tiny_features, "validation")
+    paths = dict(
+        zip(
+            load_manifest(tiny_desed)["validation"]["filename"],
+            load_manifest(tiny_desed)["validation"]["path"],
+            strict=True,
+        )
+    )
+    for i in (0, len(split) - 1):
+        reference = librosa_mel(load_clip(paths[split.filenames[i]])[0])
+        assert_close(split.mels[i].astype(np.float32), reference, rtol=1e-3)
+
+
+def test_scaler_is_the_log_mel_moments_of_the_training_splits(tiny_features):
+    logs = (
+        torch.cat(
+            [
+                log_mel(torch.from_numpy(np.array(load_split(tiny_features, s).mels)))
+                for s in ("weak", "unlabeled", "synthetic_train")
+            ]
+        )
+        .reshape(-1, 128)
+        .double()
+    )
+    mean, std = load_scaler(tiny_features)
+    assert mean.dtype == std.dtype == np.float32 and mean.shape == std.shape == (128,)
+    np.testing.assert_allclose(mean, logs.mean(0).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(std, logs.std(0, correction=0).numpy(), rtol=1e-4)
+
+
+def test_real_layout_end_to_end(real_layout, tmp_path):
+    prepared, features = tmp_path / "prepared", tmp_path / "features"
+    prepare_desed(real_layout.root, prepared, progress=False)
+    report = extract_mels(prepared, features, workers=2, progress=False)
+    assert not report.skipped and report.n_clips == sum(real_layout.counts.values())
+    assert report.split_sizes == {
+        "weak": 2,
+        "unlabeled": 1,
+        "synthetic_train": 2,
+        "synthetic_valid": 1,
+        "validation": 3,
+        "eval": 2,
+    }
+    validation = load_split(features, "validation")
+    assert validation.mels.shape == (3, 628, 128)
+    durations = dict(zip(validation.filenames, validation.durations, strict=True))
+    assert durations[real_layout.short_clip] == pytest.approx(4.0)
+    assert durations[real_layout.empty_clip] == pytest.approx(10.0)
+    short = validation.mels[validation.filenames.index(real_layout.short_clip)].astype(np.float32)
+    assert short[:240].max() > 0 and short[260:].max() == 0  # padded with silence after 4 s (frame 251)
+    speech = validation.events[validation.events["event_label"] == "Speech"]
+    assert len(speech) == 2  # same-class overlaps are kept; the evaluator merges them
+    assert real_layout.empty_clip not in set(validation.events["filename"])
+    assert real_layout.missing[1] not in load_split(features, "unlabeled").filenames
+
+
+def test_extract_is_idempotent_until_the_manifest_changes(real_layout, tmp_path):
+    prepare_desed(real_layout.root, real_layout.root, progress=False)
+    features = tmp_path / "features"
+    assert not extract_mels(real_layout.root, features, workers=1, progress=False).skipped
+    again = extract_mels(real_layout.root, features, workers=1, progress=False)
+    assert again.skipped and again.split_sizes["validation"] == 3
+
+    tsv = real_layout.root / SPLITS["eval"].metadata
+    tsv.write_text(tsv.read_text().replace("Running_water", "Speech"))
+    prepare_desed(real_layout.root, real_layout.root, progress=False)
+    assert not extract_mels(real_layout.root, features, workers=1, progress=False).skipped
+    assert "Speech" in set(load_split(features, "eval").events["event_label"])
+
+
+def test_extract_needs_a_manifest(tmp_path):
+    with pytest.raises(UserError, match="run `sedaug prepare-desed` first"):
+        extract_mels(tmp_path, tmp_path / "features", progress=False)
+
+
+def test_corrupt_clip_at_extraction_names_the_file(real_layout, tmp_path):
+    prepare_desed(real_layout.root, tmp_path, progress=False)
+    corrupt = real_layout.root / SPLITS["weak"].audio_dir / "Ybbbbbbbbbbb_30.000_40.000.wav"
+    corrupt.write_bytes(b"RIFF" + bytes(range(256)) * 4)
+    with pytest.raises(UserError, match=re.escape(str(corrupt))):
+        extract_mels(tmp_path, tmp_path / "features", workers=1, progress=False)
+    assert not (tmp_path / "features" / "features.json").exists()
+
+
+def test_incompatible_store(tiny_features, tmp_path):
+    check_params(tiny_features)
+    record = json.loads((tiny_features / "features.json").read_text())
+    record["params"]["hop"] = 256
+    (tmp_path / "features.json").write_text(json.dumps(record))
+    with pytest.raises(UserError) as error:
+        check_params(tmp_path, FeatureParams())
+    assert f"incompatible feature store at {tmp_path}: hop 256 != 255" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_store_or_split(tiny_features, tmp_path):
+    with pytest.raises(UserError, match="run `sedaug extract-mels` first"):
+        load_split(tmp_path, "weak")
+    shutil.copy(tiny_features / "features.json", tmp_path / "features.json")
+    with pytest.raises(UserError, match="split eval is missing .* run `sedaug extract-mels`"):
+        load_split(tmp_path, "eval")
+    with pytest.raises(UserError, match="unknown feature split 'train'"):
+        load_split(tiny_features, "train")
+
+
+def test_frame_labels_by_hand():
+    events = pd.DataFrame(
+        [
+            ("a.wav", 0.0, 1.0, "Dog"),  # 16000 // 255 = 62, // 4 = 15: frames 0..14
+            (
+                "a.wav",
+                0.5,
+                1.5,
+                "Dog",
+            ),  # same-class overlap: union, frames 7..22 (8000//255=31 -> 7; 24000//255=94 -> 23)
+            (
+                "b.wav",
+                9.5,
+                10.0,
+                "Speech",
+            ),  # 152000 // 255 = 596 -> 149; 160000 // 255 = 627 -> 156: frames 149..155
+            ("b.wav", 3.0, 3.01, "Cat"),  # shorter than a frame: 47 .. 47, no frame (as in dcase20)
+        ],
+        columns=["filename", "onset", "offset", "event_label"],
+    )
+    labels = frame_labels(events, ["a.wav", "b.wav", "c.wav"])
+    assert labels.shape == (3, 157, 10) and labels.dtype == np.float32
+    dog, speech = CLASSES.index("Dog"), CLASSES.index("Speech")
+    assert np.flatnonzero(labels[0, :, dog]).tolist() == list(range(0, 23))
+    assert np.flatnonzero(labels[1, :, speech]).tolist() == list(range(149, 156))
+    assert labels.sum() == 23 + 7 and not labels[2].any()
+    with pytest.raises(ValueError, match="not in the list"):
+        frame_labels(events, ["a.wav"])
+
+
+def test_weak_labels_from_both_tables():
+    weak = pd.DataFrame({"filename": ["a.wav", "b.wav"], "event_labels": ["Dog,Speech", "Cat"]})
+    strong = pd.DataFrame(
+        [
+            ("a.wav", 0.0, 1.0, "Dog"),
+            ("a.wav", 2.0, 3.0, "Speech"),
+            ("a.wav", 2.5, 3.0, "Dog"),
+            ("b.wav", 1.0, 2.0, "Cat"),
+        ],
+        columns=["filename", "onset", "offset", "event_label"],
+    )
+    expected = np.zeros((3, 10), np.float32)
+    expected[0, [CLASSES.index("Dog"), CLASSES.index("Speech")]] = 1
+    expected[1, CLASSES.index("Cat")] = 1
+    for table in (weak, strong):
+        np.testing.assert_array_equal(weak_labels_from(table, ["a.wav", "b.wav", "c.wav"]), expected)
+
+
+def test_synthetic_split_is_seeded_and_order_free():
+    names = [f"{i}.wav" for i in range(100)]
+    train, valid = split_synthetic(names, 0.2, seed=0)
+    assert len(valid) == 20 and sorted(train + valid, key=names.index) == names
+    assert split_synthetic(names[::-1], 0.2, seed=0)[1] == valid[::-1]
+    assert set(split_synthetic(names, 0.2, seed=1)[1]) != set(valid)

@@ -1,0 +1,163 @@
+"""The synthetic DESED generator: layout, determinism, label consistency, quirks, per-class signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from sedaug.data.desed import CLASSES, SPLITS, load_events, load_manifest
+from sedaug.data.synthetic import (
+    GENERATORS,
+    SIZES,
+    generate_synthetic,
+    plan_split,
+    render_clip,
+    weak_label,
+)
+from sedaug.errors import UserError
+
+TINY = SIZES["tiny"]
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every audio and metadata file, by relative path."""
+    files = [p for d in ("audio", "metadata") for p in sorted((root / d).rglob("*")) if p.is_file()]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_layout_and_sizes(tiny_desed):
+    for split in SPLITS.values():
+        assert (tiny_desed / split.audio_dir).is_dir() and (tiny_desed / split.metadata).is_file()
+    manifest = load_manifest(tiny_desed)  # generate_synthetic imported the tree through prepare_desed
+    assert {name: len(table) for name, table in manifest.items()} == TINY
+    assert pd.read_csv(tiny_desed / "missing_files.tsv", sep="\t").empty
+    info = sf.info(manifest["weak"]["path"].iloc[0])
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+    assert set(manifest["synthetic"]["duration"]) == {10.0}
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny_desed, tmp_path):
+    again = generate_synthetic(tmp_path / "again", size="tiny", seed=0, progress=False, workers=1)
+    assert tree_digest(again) == tree_digest(tiny_desed)
+    other = generate_synthetic(tmp_path / "other", size="tiny", seed=1, progress=False)
+    digests, reference = tree_digest(other), tree_digest(tiny_desed)
+    for same_name in (
+        "metadata/train/synthetic20/soundscapes.tsv",
+        "audio/train/synthetic20/soundscapes/0.wav",
+    ):
+        assert digests[same_name] != reference[same_name]
+
+
+def test_every_class_in_every_labeled_split(tiny_desed):
+    weak = pd.read_csv(tiny_desed / SPLITS["weak"].metadata, sep="\t")
+    assert {label for cell in weak["event_labels"] for label in cell.split(",")} == set(CLASSES)
+    for split in ("synthetic", "validation", "eval"):
+        assert set(load_events(tiny_desed, split)["event_label"]) == set(CLASSES), split
+
+
+def test_tsvs_match_the_generated_events(tiny_desed):
+    plans = {split: plan_split(split, n, seed=0) for split, n in TINY.items()}
+    weak = pd.read_csv(tiny_desed / SPLITS["weak"].metadata, sep="\t")
+    assert list(weak["filename"]) == [p.filename for p in plans["weak"]]
+    assert list(weak["event_labels"]) == [weak_label(p) for p in plans["weak"]]
+    for plan in plans["weak"]:
+        assert set(weak_label(plan).split(",")) == {e.label for e in plan.events}
+
+    unlabeled = pd.read_csv(tiny_desed / SPLITS["unlabeled"].metadata, sep="\t")
+    assert list(unlabeled.columns) == ["filename"]
+    assert list(unlabeled["filename"]) == [p.filename for p in plans["unlabeled"]]
+
+    for split in ("synthetic", "validation", "eval"):
+        events = load_events(tiny_desed, split)
+        expected = [(p.filename, e.onset, e.offset, e.label) for p in plans[split] for e in p.events]
+        assert list(events.itertuples(index=False, name=None)) == expected
+
+
+def test_real_data_quirks_are_present(tiny_desed):
+    validation = pd.read_csv(tiny_desed / SPLITS["validation"].metadata, sep="\t", keep_default_na=False)
+    empty = validation[validation["event_label"] == ""]
+    assert len(empty) >= 1 and (empty["onset"] == "").all()  # a clip without events: DESED's empty row
+
+    manifest = load_manifest(tiny_desed)["validation"]
+    short = manifest[manifest["duration"] < 10]
+    assert len(short) >= 1
+    name = short["filename"].iloc[0]
+    start, end = (float(x) for x in name.removesuffix(".wav").split("_")[-2:])
+    assert end - start == pytest.approx(short["duration"].iloc[0])  # the name says how long it is
+
+    events = load_events(tiny_desed, "validation")
+    overlaps = 0
+    for _, group in events.groupby(["filename", "event_label"]):
+        ordered = group.sort_values("onset")
+        overlaps += int((ordered["onset"].to_numpy()[1:] < ordered["offset"].to_numpy()[:-1]).sum())
+    assert overlaps >= 1
+
+    for name in manifest["filename"]:  # Y + an 11-character YouTube id + the segment's start and end
+        assert re.fullmatch(r"Y[A-Za-z0-9_-]{11}_\d+\.\d{3}_\d+\.\d{3}\.wav", name), name
+
+
+def test_events_lie_inside_their_clips(tiny_desed):
+    manifest = load_manifest(tiny_desed)
+    for split in ("synthetic", "validation", "eval"):
+        durations = dict(zip(manifest[split]["filename"], manifest[split]["duration"], strict=True))
+        events = load_events(tiny_desed, split)
+        assert (events["onset"] >= 0).all() and (events["onset"] < events["offset"]).all()
+        assert all(
+            off <= durations[f] + 1e-9 for f, off in zip(events["filename"], events["offset"], strict=True)
+        )
+
+
+def test_44k_is_stereo(tmp_path, monkeypatch):
+    monkeypatch.setitem(SIZES, "tiny", dict.fromkeys(TINY, 1))
+    root = generate_synthetic(tmp_path, size="tiny", sample_rate=44100, progress=False)
+    for table in load_manifest(root).values():
+        info = sf.info(table["path"].iloc[0])
+        assert (info.samplerate, info.channels, info.frames) == (44100, 2, 441000)
+
+
+def test_second_generation_is_a_no_op(tiny_desed):
+    wav = tiny_desed / SPLITS["weak"].audio_dir / load_manifest(tiny_desed)["weak"]["filename"].iloc[0]
+    before = wav.stat().st_mtime_ns
+    generate_synthetic(tiny_desed, size="tiny", seed=0, progress=False)
+    assert wav.stat().st_mtime_ns == before
+
+
+def test_refuses_to_overwrite_a_foreign_tree(real_layout):
+    with pytest.raises(UserError, match="did not generate"):
+        generate_synthetic(real_layout.root, size="tiny", progress=False)
+
+
+def test_unknown_size():
+    with pytest.raises(UserError, match="unknown synthetic size 'huge'"):
+        generate_synthetic(Path("unused"), size="huge", progress=False)
+
+
+def _mean_spectrum(label: str, sr: int = 16000, draws: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    spectra = []
+    for _ in range(draws):
+        x = GENERATORS[label](rng, sr, sr)
+        assert x.shape == (sr,) and np.isfinite(x).all() and np.abs(x).max() > 0
+        spectra.append(np.abs(np.fft.rfft(x / np.sqrt(np.mean(x**2))))[:: sr // 2 // 64][:64] ** 2)
+    return np.log(np.mean(spectra, axis=0) + 1e-6)
+
+
+def test_each_class_has_its_own_spectrum():
+    spectra = {label: _mean_spectrum(label) for label in CLASSES}
+    for i, a in enumerate(CLASSES):
+        for b in CLASSES[i + 1 :]:
+            distance = np.sqrt(np.mean((spectra[a] - spectra[b]) ** 2))
+            assert distance > 1.0, (a, b, distance)
+
+
+def test_render_clip_is_normalized():
+    plan = plan_split("validation", 12, seed=0)[11]  # the short one
+    audio = render_clip(plan, seed=0, sample_rate=16000)
+    assert audio.dtype == np.float32 and audio.shape == (int(plan.duration * 16000), 1)
+    assert 0.2 < np.abs(audio).max() < 1.0
