@@ -6,7 +6,7 @@ import functools
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -66,7 +66,7 @@ class Format(str, Enum):
 @app.command("prepare-desed")
 @user_errors
 def prepare_desed(
-    root: Annotated[Optional[Path], typer.Option(help="A real DESED tree (DCASE 2020 layout) to import.")] = None,
+    root: Annotated[Path | None, typer.Option(help="A real DESED tree (DCASE 2020 layout) to import.")] = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Generate the embedded synthetic DESED (default).")] = False,
     size: Annotated[Size, typer.Option(help="Synthetic set size.")] = Size.small,
     seed: Annotated[int, typer.Option(help="Synthetic generator seed.")] = 0,
@@ -75,7 +75,8 @@ def prepare_desed(
     out: Annotated[Path, typer.Option(help="Prepared directory (manifest; the synthetic audio too).")] = Path("data/desed"),
 ) -> None:
     """Generate the synthetic DESED, or check a real DESED tree, and write the manifest."""
-    from sedaug.data import desed, synthetic as synth
+    from sedaug.data import desed
+    from sedaug.data import synthetic as synth
 
     if root is not None and synthetic:
         raise UserError("--root and --synthetic are exclusive: import a real DESED or generate a synthetic one")
@@ -99,7 +100,7 @@ def extract_mels(
     data: Annotated[Path, typer.Option(help="Prepared DESED directory (from prepare-desed).")] = Path("data/desed"),
     out: Annotated[Path, typer.Option(help="Feature store directory.")] = Path("data/features"),
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    workers: Annotated[Optional[int], typer.Option(help="Decoding workers (default: all CPUs).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decoding workers (default: all CPUs).")] = None,
 ) -> None:
     """Compute the linear mel features of every split into one array per split, plus the scaler."""
     from sedaug.data import features
@@ -115,15 +116,16 @@ def train(
     set_: Annotated[list[str], typer.Option("--set", help="Override a recipe value: key.path=value (repeatable).")] = [],  # noqa: B006
     runs: Annotated[Path, typer.Option(help="Where run directories go: RUNS/<name>/seed<seed>.")] = Path("runs"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")] = False,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
 ) -> None:
     """Train the CRNN with a recipe's objective, writing a run directory."""
     from sedaug.recipe import load_recipe
-    from sedaug.train import train as run_training
 
     r = load_recipe(recipe, set_)
-    run_dir = runs / r.name / f"seed{r.seed}"
-    summary = run_training(r, run_dir, resume=resume, device=_device(device))
+    dev = _device(device)
+    from sedaug.train import train as run_training
+
+    summary = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=dev)
     console.print(summary)
 
 
@@ -133,7 +135,7 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<name>/seed<k>).")],
     split: Annotated[Split, typer.Option(help="Split to score.")] = Split.eval,
     checkpoint: Annotated[Checkpoint, typer.Option(help="Checkpoint to score.")] = Checkpoint.best,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
 ) -> None:
     """Score a trained run with the DCASE 2020 protocol (macro F1, PSDS)."""
     from sedaug.evaluate import evaluate_run, summary
@@ -147,7 +149,7 @@ def evaluate(
 def table(
     runs_dir: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs"),
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
-    out: Annotated[Optional[Path], typer.Option(help="Write to a file instead of the terminal.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write to a file instead of the terminal.")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated metric columns.")] = "macro,psds_ct",
     split: Annotated[Split, typer.Option(help="Evaluated split to tabulate.")] = Split.eval,
 ) -> None:

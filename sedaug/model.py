@@ -1,0 +1,122 @@
+"""The dcase20 CRNN (DESIGN §4), with its log-mel front end and named perturbation points.
+
+`CRNN(cfg)(mel, perturb)` maps a batch of LINEAR mel spectrograms (B, T, F) to (strong (B, T', C), weak (B, C)).
+`perturb(point, h) -> h'`, when given, is called at each point of `POINTS`, in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sedaug.recipe import ModelConfig
+
+POINTS = ("mel", "input", "cnn", "rnn")
+Perturb = Callable[[str, Tensor], Tensor]
+
+
+def amplitude_to_db(x: Tensor, amin: float = 1e-5, top_db: float = 80.0) -> Tensor:
+    """20·log10(max(x, amin)) (ref 1), floored at each clip's maximum − top_db; x is (B, ...)."""
+    db = 20.0 * torch.log10(x.clamp_min(amin))
+    floor = db.flatten(1).amax(dim=1) - top_db
+    return torch.maximum(db, floor.view(-1, *[1] * (db.dim() - 1)))
+
+
+class GatedBlock(nn.Module):
+    """Conv 3×3 → BatchNorm → GLU `Linear_c(x) * sigmoid(x)` → Dropout → AvgPool (dcase20)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, pool: tuple[int, int], cfg: ModelConfig):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=1, padding=kernel // 2)
+        # dcase20 quirk (default 0.99): Keras' momentum passed to PyTorch, so running stats ≈ the last batch's.
+        self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=cfg.batchnorm_momentum)
+        self.linear = nn.Linear(c_out, c_out)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pool = nn.AvgPool2d(pool)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.bn(self.conv(x))
+        # A Linear over channels is a 1×1 convolution: same maths, no permute copies.
+        lin = F.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
+        return self.pool(self.dropout(lin * torch.sigmoid(x)))
+
+
+class CRNN(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_classes: int = 10, n_mels: int = 128):
+        super().__init__()
+        self.register_buffer("scaler_mean", torch.zeros(n_mels))
+        self.register_buffer("scaler_std", torch.ones(n_mels))
+        channels = [1, *cfg.cnn_filters]
+        self.cnn = nn.Sequential(
+            *(
+                GatedBlock(channels[i], channels[i + 1], cfg.kernel_size, tuple(pool), cfg)
+                for i, pool in enumerate(cfg.cnn_pooling)
+            )
+        )
+        freq = n_mels
+        for _, pool_f in cfg.cnn_pooling:
+            freq //= pool_f
+        if freq < 1:
+            raise ValueError(f"model.cnn_pooling pools {n_mels} mel bands down to nothing")
+        # dcase20 pools frequency down to 1; otherwise the remaining bands are flattened into the features.
+        self.rnn = nn.GRU(
+            channels[-1] * freq, cfg.rnn_hidden, cfg.rnn_layers, batch_first=True, bidirectional=True
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.strong = nn.Linear(2 * cfg.rnn_hidden, n_classes)
+        self.attention = nn.Linear(2 * cfg.rnn_hidden, n_classes)
+        # dcase20 quirk (default "classes"): the attention softmax normalizes over classes, not over time.
+        self.attention_dim = -1 if cfg.attention_softmax == "classes" else 1
+        self.apply(_dcase20_init)
+
+    @torch.no_grad()
+    def set_scaler(self, mean: np.ndarray | Tensor, std: np.ndarray | Tensor) -> None:
+        """Per-mel-bin mean and std of the log-mel over the training splits."""
+        self.scaler_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.scaler_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, mel: Tensor, perturb: Perturb | None = None) -> tuple[Tensor, Tensor]:
+        x = mel.float()
+        if perturb is not None:
+            x = perturb("mel", x)
+        # abs: noise added to the linear mel may go negative; dcase20's librosa log takes |S| (no-op otherwise).
+        x = (amplitude_to_db(x.abs()) - self.scaler_mean) / self.scaler_std
+        if perturb is not None:
+            x = perturb("input", x)
+        x = self.cnn(x.unsqueeze(1))  # (B, C, T', F')
+        x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C·F')
+        if perturb is not None:
+            x = perturb("cnn", x)
+        x, _ = self.rnn(x)
+        if perturb is not None:
+            x = perturb("rnn", x)
+        x = self.dropout(x)
+        strong = torch.sigmoid(self.strong(x))
+        att = torch.softmax(self.attention(x), dim=self.attention_dim).clamp(1e-7, 1.0)
+        weak = (strong * att).sum(dim=1) / att.sum(dim=1)
+        return strong, weak
+
+
+def _dcase20_init(m: nn.Module) -> None:
+    """dcase20's `weights_init`: Xavier convolutions, orthogonal GRU matrices, N(0, 0.01) linears, BN γ ~ N(1, 0.02)."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.xavier_uniform_(m.weight, gain=np.sqrt(2))
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.GRU):
+        for p in m.parameters():
+            if p.dim() > 1:
+                nn.init.orthogonal_(p)
+    elif isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, 0.0, 0.01)
+        nn.init.zeros_(m.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,219 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sedaug.augment import adversarial_directions, consistency_views, mix, noise, unit, vat_directions
+from sedaug.model import CRNN
+from sedaug.recipe import (
+    AdversarialAugmentation,
+    MixupAugmentation,
+    ModelConfig,
+    NoiseAugmentation,
+    VATAugmentation,
+)
+
+TINY = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(4, 4), (1, 32)], rnn_hidden=8, rnn_layers=1)
+
+
+def mels(batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
+
+
+class Linear(nn.Module):
+    """f(x) = A x + b with the model's perturbation interface (one point, `input`)."""
+
+    def __init__(self, a: torch.Tensor):
+        super().__init__()
+        self.a = nn.Parameter(a)
+        self.b = nn.Parameter(torch.ones(a.shape[0], dtype=a.dtype))
+
+    def forward(self, x, perturb=None):
+        if perturb is not None:
+            x = perturb("input", x)
+        y = x @ self.a.T + self.b
+        return y.unsqueeze(1), y
+
+
+class Spy(nn.Module):
+    """Wraps a model; counts its passes and records, per point, h and the perturbation of the last pass."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.calls, self.seen = model, 0, {}
+
+    def forward(self, mel, perturb=None):
+        self.calls += 1
+
+        def spy(point, h):
+            out = perturb(point, h)
+            self.seen[point] = (h.detach(), (out - h).detach())
+            return out
+
+        return self.model(mel, spy if perturb is not None else None)
+
+
+def per_clip_norm(v):
+    return v.flatten(1).norm(dim=1)
+
+
+def bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+# ------------------------------------------------------------------------------------ hand-computed
+
+
+def test_unit_by_hand():
+    v = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-3e-30, 4e-30]])
+    torch.testing.assert_close(unit(v), torch.tensor([[0.6, 0.8], [0.0, 0.0], [-0.6, 0.8]]))
+    torch.testing.assert_close(per_clip_norm(unit(torch.randn(3, 5, 7))), torch.ones(3))
+
+
+def test_mix_by_hand():
+    h = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    out = mix(h, 0.25, torch.tensor([2, 0, 1]))
+    expected = torch.tensor([[0.25 + 3.75, 0.5 + 4.5], [0.75 + 0.75, 1.0 + 1.5], [1.25 + 2.25, 1.5 + 3.0]])
+    torch.testing.assert_close(out, expected)
+
+
+def test_mixup_views_agree_exactly_on_a_linear_model():
+    # f(λx + (1−λ)x') = λf(x) + (1−λ)f(x') for an affine f: the target must pair each clip with the same partner.
+    torch.manual_seed(0)
+    model = Linear(torch.randn(4, 6))
+    x = torch.randn(8, 6)
+    clean = model(x)
+    target, perturbed = consistency_views(
+        MixupAugmentation(type="mixup", locations=["input"]), model, clean, x
+    )
+    torch.testing.assert_close(target[0], perturbed[0])
+    torch.testing.assert_close(target[1], perturbed[1])
+    assert not torch.allclose(target[1], clean[1])
+    assert target[1].requires_grad
+
+
+# ------------------------------------------------------------------------------------------- noise
+
+
+def test_noise_at_mel_follows_the_dcase20_snr_formula():
+    torch.manual_seed(0)
+    x = torch.rand(2, 20000, 3) * torch.tensor([1.0, 10.0, 100.0])
+    out = noise(NoiseAugmentation(type="noise", locations=["mel"], snr_db=20))("mel", x)
+    expected = (x.square().mean(dim=1) * 10 ** (-20 / 10)).sqrt()
+    torch.testing.assert_close((out - x).std(dim=1), expected, rtol=0.03, atol=0)
+
+
+def test_noise_elsewhere_is_sigma_times_rms_and_only_where_asked():
+    torch.manual_seed(0)
+    h = torch.randn(3, 200, 50) * torch.tensor([1.0, 5.0, 0.1]).view(3, 1, 1) + 2.0
+    perturb = noise(NoiseAugmentation(type="noise", locations=["cnn"], sigma=0.2))
+    out = perturb("cnn", h)
+    expected = 0.2 * h.square().mean(dim=(1, 2)).sqrt()
+    torch.testing.assert_close((out - h).flatten(1).std(dim=1), expected, rtol=0.03, atol=0)
+    assert perturb("rnn", h) is h
+
+
+def test_noise_views_on_the_crnn():
+    torch.manual_seed(0)
+    model = CRNN(TINY)
+    x = mels(2)
+    clean = model(x)
+    aug = NoiseAugmentation(type="noise", locations=["mel"])
+    clean_view, perturbed = consistency_views(aug, model, clean, x)
+    assert clean_view is clean
+    assert perturbed[0].shape == (2, 157, 10) and torch.isfinite(perturbed[0]).all()
+
+
+# ------------------------------------------------------------------------------- adversarial and VAT
+
+
+def test_vat_power_iteration_finds_the_top_right_singular_vector():
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64))
+    a = u @ torch.diag(torch.tensor([3.0, 2.0, 1.5, 1.0, 0.5, 0.1], dtype=torch.float64)) @ v[:, :6].T
+    model = Linear(a)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    ref = tuple(y.detach() for y in model(x))
+    aug = VATAugmentation(type="vat", locations=["input"], iterations=10)
+    rng = torch.get_rng_state()
+    d = vat_directions(aug, model, ref, x)["input"]
+    top = np.linalg.svd(a.detach().numpy())[2][0]
+    cosine = np.abs(d.numpy() @ top) / np.linalg.norm(d.numpy(), axis=1)
+    assert (cosine > 0.99).all(), cosine
+    assert all(p.grad is None for p in model.parameters())
+    # The same from an EMA teacher: parameters without gradient, called under no_grad.
+    model.requires_grad_(False)
+    torch.set_rng_state(rng)
+    with torch.no_grad():
+        assert torch.equal(vat_directions(aug, model, ref, x)["input"], d)
+
+
+@pytest.mark.parametrize("mode", ["relative", "absolute"])
+def test_adversarial_perturbation_norm_per_clip(mode):
+    torch.manual_seed(0)
+    spy = Spy(CRNN(TINY).train())
+    x = mels(3)
+    clean = spy.model(x)
+    aug = AdversarialAugmentation(
+        type="adversarial", locations=["cnn", "rnn"], epsilon=0.3, epsilon_mode=mode
+    )
+    clean_view, perturbed = consistency_views(aug, spy, clean, x)
+    assert spy.calls == 2  # one pass for the joint gradient at both locations, one perturbed pass
+    assert clean_view is clean and perturbed[1].requires_grad
+    for point in ("cnn", "rnn"):
+        h, d = spy.seen[point]
+        expected = 0.3 * per_clip_norm(h) if mode == "relative" else torch.full((3,), 0.3)
+        torch.testing.assert_close(per_clip_norm(d), expected)
+    assert spy.seen["input"][1].abs().max() == 0
+
+
+def test_adversarial_direction_needs_dropout_noise_and_stays_finite():
+    torch.manual_seed(0)
+    model = CRNN(TINY)
+    x = mels(2)
+    aug = AdversarialAugmentation(type="adversarial", locations=["input", "rnn"])
+    model.train()
+    d = adversarial_directions(aug, model, tuple(y.detach() for y in model(x)), x)
+    torch.testing.assert_close(per_clip_norm(d["input"]), torch.ones(2))
+    # Without dropout and with the same input, the gradient at d = 0 of MSE[f(x), f(x + d)] is exactly zero.
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+    d = adversarial_directions(aug, model, ref, x)
+    assert all(torch.equal(v, torch.zeros_like(v)) for v in d.values())
+
+
+def test_vat_views_count_passes_and_are_reproducible():
+    aug = VATAugmentation(type="vat", locations=["cnn", "rnn"], iterations=2)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        spy = Spy(CRNN(TINY))
+        x = mels(2)
+        clean = spy.model(x)
+        _, perturbed = consistency_views(aug, spy, clean, x)
+        assert spy.calls == 3
+        torch.testing.assert_close(per_clip_norm(spy.seen["rnn"][1]), 0.1 * per_clip_norm(spy.seen["rnn"][0]))
+        outs.append(perturbed[0].detach())
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("find", [adversarial_directions, vat_directions])
+def test_computing_d_leaves_batchnorm_statistics_and_grads_untouched(find):
+    torch.manual_seed(0)
+    model = CRNN(TINY).train()
+    x = mels(2)
+    clean = model(x)
+    before = bn_state(model)
+    if find is adversarial_directions:
+        aug = AdversarialAugmentation(type="adversarial", locations=["input", "cnn", "rnn"])
+    else:
+        aug = VATAugmentation(type="vat", locations=["input", "cnn", "rnn"], iterations=2)
+    find(aug, model, tuple(y.detach() for y in clean), x)
+    after = bn_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters())
+    model(x)  # a plain training pass does move them: the check above can fail
+    assert not all(torch.equal(before[k], v) for k, v in bn_state(model).items())

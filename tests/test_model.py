@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from sedaug.model import CRNN, POINTS, amplitude_to_db, count_parameters
+from sedaug.recipe import ModelConfig
+
+TINY = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(4, 4), (1, 32)], rnn_hidden=8, rnn_layers=1)
+
+
+def mels(batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
+
+
+def spread_heads(model: CRNN) -> CRNN:
+    """dcase20's N(0, 0.01) head init makes every output ≈ 0.5; wider heads make the pooling visible."""
+    with torch.no_grad():
+        model.strong.weight.normal_(0, 3)
+        model.attention.weight.normal_(0, 3)
+    return model
+
+
+def test_default_crnn_size_shapes_and_backward():
+    torch.manual_seed(0)
+    model = CRNN(ModelConfig())
+    assert count_parameters(model) == 1_112_420
+    strong, weak = model(mels(2))
+    assert strong.shape == (2, 157, 10) and weak.shape == (2, 10)
+    (strong.mean() + weak.mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_tiny_crnn_shapes_dtype_and_config():
+    model = CRNN(TINY)
+    strong, weak = model(mels(3).half())
+    assert strong.shape == (3, 157, 10) and weak.shape == (3, 10)
+    assert strong.dtype == weak.dtype == torch.float32
+    bn = model.cnn[0].bn
+    assert bn.eps == 1e-3 and bn.momentum == 0.99
+    assert CRNN(TINY.model_copy(update={"batchnorm_momentum": 0.01})).cnn[0].bn.momentum == 0.01
+
+
+@pytest.mark.parametrize("softmax", ["classes", "time"])
+def test_weak_is_an_attention_average_of_strong(softmax):
+    model = spread_heads(CRNN(TINY.model_copy(update={"attention_softmax": softmax}))).eval()
+    with torch.no_grad():
+        strong, weak = model(mels(2))
+    assert (weak >= strong.amin(dim=1) - 1e-6).all() and (weak <= strong.amax(dim=1) + 1e-6).all()
+
+
+def test_attention_softmax_axis_is_switchable():
+    torch.manual_seed(0)
+    a = spread_heads(CRNN(TINY)).eval()
+    b = CRNN(TINY.model_copy(update={"attention_softmax": "time"})).eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        strong_a, weak_a = a(mels(2))
+        strong_b, weak_b = b(mels(2))
+    assert torch.equal(strong_a, strong_b) and not torch.allclose(weak_a, weak_b)
+
+
+def test_amplitude_to_db_per_clip_matches_torchaudio():
+    x = torch.rand(3, 50, 20) ** 6
+    x[1] *= 1e6  # a loud clip: a batch-wide top_db floor would clip the others differently
+    x[2, :5] = 0.0
+    expected = torchaudio.functional.amplitude_to_DB(x.unsqueeze(1), 20, 1e-5, 0, top_db=80).squeeze(1)
+    torch.testing.assert_close(amplitude_to_db(x), expected)
+    batchwide = torchaudio.functional.amplitude_to_DB(x, 20, 1e-5, 0, top_db=80)
+    assert not torch.allclose(amplitude_to_db(x), batchwide)
+
+
+def test_scaler_normalizes_the_log_mel():
+    model = CRNN(TINY)
+    mean, std = np.linspace(-50, -20, 128), np.linspace(5, 20, 128)
+    model.set_scaler(mean, std)
+    seen = {}
+
+    def record(point, h):
+        seen[point] = h
+        return h
+
+    x = mels(2)
+    model(x, record)
+    expected = (amplitude_to_db(x) - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(
+        std, dtype=torch.float32
+    )
+    torch.testing.assert_close(seen["input"], expected)
+    assert "scaler_mean" in model.state_dict()
+
+
+def test_perturbation_points_in_order_with_shapes():
+    model = CRNN(TINY)
+    seen = []
+    model(mels(2), lambda point, h: seen.append((point, tuple(h.shape))) or h)
+    assert seen == [
+        ("mel", (2, 628, 128)),
+        ("input", (2, 628, 128)),
+        ("cnn", (2, 157, 8)),
+        ("rnn", (2, 157, 16)),
+    ]
+    assert tuple(p for p, _ in seen) == POINTS
+
+
+@pytest.mark.parametrize("where", ["cnn", "rnn"])
+def test_perturbing_a_point_changes_only_what_is_downstream(where):
+    model = CRNN(TINY).eval()
+    x = mels(2)
+
+    def run(bump):
+        seen = {}
+
+        def perturb(point, h):
+            seen[point] = h.detach().clone()
+            return h + 0.5 if point == bump else h
+
+        with torch.no_grad():
+            out = model(x, perturb)
+        return seen, out
+
+    clean, (strong_c, weak_c) = run(None)
+    bumped, (strong_p, weak_p) = run(where)
+    upstream = POINTS[: POINTS.index(where) + 1]  # what the point itself receives is upstream too
+    for point in POINTS:
+        assert torch.equal(clean[point], bumped[point]) == (point in upstream), point
+    assert not torch.equal(strong_c, strong_p) and not torch.equal(weak_c, weak_p)
+
+
+@pytest.mark.parametrize("softmax, dim", [("classes", -1), ("time", 1)])
+def test_heads_follow_the_dcase20_formulas(softmax, dim):
+    model = spread_heads(CRNN(TINY.model_copy(update={"attention_softmax": softmax}))).eval()
+    seen = {}
+
+    def record(point, h):
+        seen[point] = h
+        return h
+
+    with torch.no_grad():
+        strong, weak = model(mels(2), record)
+        h = seen["rnn"]
+        att = torch.softmax(h @ model.attention.weight.T + model.attention.bias, dim=dim).clamp(1e-7, 1)
+    torch.testing.assert_close(strong, torch.sigmoid(h @ model.strong.weight.T + model.strong.bias))
+    torch.testing.assert_close(weak, (strong * att).sum(1) / att.sum(1))

@@ -1,0 +1,162 @@
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sedaug.cli import app
+from sedaug.errors import UserError
+from sedaug.recipe import Recipe, load_recipe
+from sedaug.train import Interrupted, consistency_loss, ema_update, rampup, train
+
+REPO = Path(__file__).parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+TINY_MODEL = ["model.cnn_filters=[4, 8]", "model.cnn_pooling=[[4, 4], [1, 32]]", "model.rnn_hidden=8"]
+
+
+def tiny(recipe: Path, features: Path, *extra: str) -> Recipe:
+    return load_recipe(recipe, [*TINY_MODEL, f"data.features={features}", "data.batch_size=4", "optim.max_steps_per_epoch=2", *extra])
+
+
+def test_rampup_at_0_half_and_end():
+    assert rampup(0, 100) == pytest.approx(math.exp(-5))
+    assert rampup(50, 100) == pytest.approx(math.exp(-1.25))
+    assert rampup(100, 100) == 1.0 and rampup(500, 100) == 1.0 and rampup(3, 0) == 1.0
+
+
+def test_ema_after_two_steps_is_hand_computed():
+    teacher, student = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        teacher.weight.fill_(10.0)
+        student.weight.fill_(2.0)
+    ema_update(teacher, student, step=0, decay=0.999)  # alpha = min(1 - 1/1, .999) = 0: copy the student
+    assert teacher.weight.item() == 2.0
+    with torch.no_grad():
+        student.weight.fill_(4.0)
+    ema_update(teacher, student, step=1, decay=0.999)  # alpha = 0.5: 0.5 * 2 + 0.5 * 4
+    assert teacher.weight.item() == 3.0
+    ema_update(teacher, student, step=10_000, decay=0.9)  # alpha capped at the decay: 0.9 * 3 + 0.1 * 4
+    assert teacher.weight.item() == pytest.approx(3.1)
+
+
+@pytest.mark.parametrize("mean_teacher", [False, True])
+def test_consistency_on_unlabeled_ignores_labeled_rows(mean_teacher):
+    torch.manual_seed(0)
+    clean = (torch.rand(8, 5, 3, requires_grad=True), torch.rand(8, 3, requires_grad=True))
+    perturbed = (torch.rand(8, 5, 3, requires_grad=True), torch.rand(8, 3, requires_grad=True))
+    unlabeled = slice(0, 4)
+    loss = consistency_loss(clean, perturbed, mean_teacher, unlabeled)
+    changed = tuple(p.detach().clone() for p in perturbed)
+    changed[0][4:] = 0.0  # the labeled rows
+    changed[1][4:] = 1.0
+    assert consistency_loss(clean, changed, mean_teacher, unlabeled).item() == loss.item()
+    expected = ((clean[0][:4] - perturbed[0][:4]) ** 2).mean() + ((clean[1][:4] - perturbed[1][:4]) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item())
+    assert consistency_loss(clean, changed, mean_teacher, slice(None)).item() != loss.item()
+    # The reference side carries no gradient.
+    loss.backward()
+    grad_side, ref_side = (clean, perturbed) if mean_teacher else (perturbed, clean)
+    assert ref_side[0].grad is None and grad_side[0].grad is not None
+
+
+def _weights(run: Path, which: str = "last") -> dict:
+    return torch.load(run / "checkpoints" / f"{which}.pt", weights_only=False)["model"]
+
+
+def _metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("time_s")
+    return rows
+
+
+def test_resume_continues_exactly(tiny_features, tmp_path):
+    recipe = REPO / "recipes" / "vat_latent.yaml"
+    straight = tiny(recipe, tiny_features, "optim.epochs=2")
+    train(straight, tmp_path / "straight", progress=False)
+    train(tiny(recipe, tiny_features, "optim.epochs=1"), tmp_path / "resumed", progress=False)
+    train(straight, tmp_path / "resumed", resume=True, progress=False)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
+
+
+def test_ctrl_c_saves_last_and_resume_is_exact(tiny_features, tmp_path, monkeypatch):
+    recipe = tiny(REPO / "recipes" / "baseline.yaml", tiny_features, "optim.epochs=2")
+    train(recipe, tmp_path / "straight", progress=False)
+
+    real_update = __import__("sedaug.train", fromlist=["ema_update"]).ema_update
+    calls = {"n": 0}
+
+    def update_then_interrupt(*args, **kwargs):  # a Ctrl-C during the third step: epoch 2 of 2-step epochs
+        real_update(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr("sedaug.train.ema_update", update_then_interrupt)
+    with pytest.raises(Interrupted, match="continue with --resume"):
+        train(recipe, tmp_path / "resumed", progress=False)
+    assert len(_metrics(tmp_path / "resumed")) == 1  # stopped mid-epoch 2
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)["step_in_epoch"] == 1
+    monkeypatch.setattr("sedaug.train.ema_update", real_update)
+    train(recipe, tmp_path / "resumed", resume=True, progress=False)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
+
+
+def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny_features, tmp_path):
+    recipe = tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=1")
+    run = tmp_path / "run"
+    train(recipe, run, progress=False)
+    before = _weights(run)
+    with pytest.raises(UserError, match="is not empty: pass --resume"):
+        train(recipe, run, progress=False)
+    with pytest.raises(UserError, match=r"recipe differs .* at optim\.lr"):
+        train(tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=1", "optim.lr=0.01"), run, resume=True, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in _weights(run).items())
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(recipe, tmp_path / "fresh", resume=True, progress=False)
+
+
+def test_nan_loss_stops_cleanly_keeping_the_last_good_checkpoint(tiny_features, tmp_path, monkeypatch):
+    recipe = tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=1")
+    run = tmp_path / "run"
+    train(recipe, run, progress=False)
+    good = _weights(run)
+    monkeypatch.setattr("sedaug.train.F.binary_cross_entropy", lambda scores, target: scores.sum() * float("nan"))
+    with pytest.raises(UserError, match="loss became nan"):
+        train(tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=2"), run, resume=True, progress=False)
+    assert all(torch.equal(good[k], v) for k, v in _weights(run).items())
+
+
+def test_model_selection_uses_the_shared_f1(tiny_features, tmp_path, monkeypatch):
+    scores = iter([0.2, 0.5, 0.4])
+    monkeypatch.setattr("sedaug.train.event_based_f1", lambda *a: {"macro": next(scores)})
+    train(tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=3"), tmp_path / "run", progress=False)
+    assert [m["valid_f1"] for m in _metrics(tmp_path / "run")] == [0.2, 0.5, 0.4]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)["best_epoch"] == 2
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_trains_one_epoch_through_the_cli(recipe, tiny_features, tmp_path):
+    args = ["train", str(recipe), "--runs", str(tmp_path), "--device", "cpu", "--set", "optim.epochs=1"]
+    for item in [*TINY_MODEL, f"data.features={tiny_features}", "data.batch_size=4", "optim.max_steps_per_epoch=2"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / recipe.stem / "seed0"
+    for name in ("recipe.yaml", "env.json", "train.log", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    saved = load_recipe(run / "recipe.yaml")
+    assert saved.optim.epochs == 1 and saved.model.cnn_filters == [4, 8]
+    (row,) = _metrics(run)
+    assert row["epoch"] == 1 and math.isfinite(row["loss_total"]) and 0.0 <= row["valid_f1"] <= 1.0
+    assert (row["loss_const"] > 0) == (saved.augmentation.type != "none")
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
