@@ -26,6 +26,35 @@ def amplitude_to_db(x: Tensor, amin: float = 1e-5, top_db: float = 80.0) -> Tens
     return torch.maximum(db, floor.view(-1, *[1] * (db.dim() - 1)))
 
 
+# Byte value -> its 8 bits as dropout scales {0, 2}: one random byte gives eight Bernoulli(1/2) draws.
+_KEEP_TWICE = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(torch.uint8) * 2
+
+
+class _HalfDropout(torch.autograd.Function):
+    """Dropout with p = 1/2 from random bits: exact Bernoulli(1/2) masks, ~8x cheaper than bernoulli_ on CPU."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        bytes_ = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device).random_()
+        scale = _KEEP_TWICE.to(x.device).index_select(0, bytes_.int()).view(-1)[: x.numel()].view(x.shape)
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (scale,) = ctx.saved_tensors
+        return grad * scale
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, with the random-bits fast path for the CRNN's p = 0.5 on CPU (CUDA's dropout is already fused)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.p == 0.5 and x.device.type == "cpu":
+            return _HalfDropout.apply(x)
+        return super().forward(x)
+
+
 class GatedBlock(nn.Module):
     """Conv 3×3 → BatchNorm → GLU `Linear_c(x) * sigmoid(x)` → Dropout → AvgPool (dcase20)."""
 
@@ -35,7 +64,7 @@ class GatedBlock(nn.Module):
         # dcase20 quirk (default 0.99): Keras' momentum passed to PyTorch, so running stats ≈ the last batch's.
         self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=cfg.batchnorm_momentum)
         self.linear = nn.Linear(c_out, c_out)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.pool = nn.AvgPool2d(pool)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -66,7 +95,7 @@ class CRNN(nn.Module):
         self.rnn = nn.GRU(
             channels[-1] * freq, cfg.rnn_hidden, cfg.rnn_layers, batch_first=True, bidirectional=True
         )
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.strong = nn.Linear(2 * cfg.rnn_hidden, n_classes)
         self.attention = nn.Linear(2 * cfg.rnn_hidden, n_classes)
         # dcase20 quirk (default "classes"): the attention softmax normalizes over classes, not over time.

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sedaug import rundir
 from sedaug.augment import consistency_views
-from sedaug.data.batches import ThreeStreams
+from sedaug.data.batches import Batch, ThreeStreams
 from sedaug.data.features import FeatureParams, check_params, load_scaler, load_split
 from sedaug.errors import UserError
 from sedaug.evaluate import decode, event_based_f1, predict
@@ -57,9 +57,49 @@ def consistency_loss(clean: tuple, perturbed: tuple, mean_teacher: bool, rows: s
     """
     loss = 0.0
     for c, p in zip(clean, perturbed, strict=True):
-        c, p = c[rows], p[rows]
+        c, p = c[rows].float(), p[rows].float()
         loss = loss + (F.mse_loss(c, p.detach()) if mean_teacher else F.mse_loss(c.detach(), p))
     return loss
+
+
+def training_step(
+    recipe: Recipe,
+    model: CRNN,
+    teacher: CRNN | None,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    step: int,
+    lr: float,
+    weight: float,
+) -> torch.Tensor:
+    """One optimizer step (and EMA update) on one batch; returns the detached losses (class, const, total)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    u, w = batch.n_unlabeled, batch.n_weak
+    bf16 = recipe.optim.precision == "bf16"
+    with torch.autocast(batch.mels.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        clean = model(batch.mels)
+        if recipe.augmentation.type != "none":
+            # The perturbed prediction comes from the teacher under Mean Teacher, else from the student itself.
+            views = consistency_views(recipe.augmentation, teacher if teacher is not None else model, clean, batch.mels)
+    # Losses in float32 outside autocast (binary_cross_entropy is not autocast-safe).
+    strong, weak = clean[0].float(), clean[1].float()
+    loss_class = F.binary_cross_entropy(strong[u + w :], batch.strong_labels) + F.binary_cross_entropy(
+        weak[u : u + w], batch.weak_labels
+    )
+    if recipe.augmentation.type != "none":
+        rows = slice(0, u) if recipe.consistency.data == "unlabeled" else slice(None)
+        loss_const = consistency_loss(*views, mean_teacher=teacher is not None, rows=rows)
+    else:
+        loss_const = torch.zeros((), device=strong.device)
+    loss = loss_class + weight * loss_const
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if teacher is not None:
+        ema_update(teacher, model, step, recipe.regularization.ema_decay)
+    return torch.stack([loss_class, loss_const, loss]).detach()
 
 
 def validate(model: CRNN, split, recipe: Recipe, device: torch.device) -> float:
@@ -141,11 +181,10 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
     teacher = copy.deepcopy(model).requires_grad_(False) if mean_teacher else None
     weight_decay = recipe.regularization.weight_decay if recipe.regularization.type == "l2" else 0.0
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=weight_decay)
-    augment = recipe.augmentation.type != "none"
-    const_rows = slice(0, streams.sizes[0]) if recipe.consistency.data == "unlabeled" else slice(None)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if recipe.optim.precision == "bf16" else nullcontext()
-    )
+    if recipe.optim.compile:
+        model.cnn.compile()  # the CNN holds the time; perturbation points stay outside the compiled graph
+        if teacher is not None:
+            teacher.cnn.compile()
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None, "sums": None}
     if resume:
@@ -194,31 +233,9 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
                 for batch in streams.epoch(epoch, start=state["step_in_epoch"], stop=steps_per_epoch):
                     step = state["global_step"]
                     lr = recipe.optim.lr * rampup(step, lr_rampup)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
                     weight = recipe.consistency.weight * rampup(step, const_rampup)
-
-                    with autocast:
-                        clean = model(batch.mels)
-                        strong, weak = clean
-                        synthetic = slice(batch.n_unlabeled + batch.n_weak, None)
-                        weak_rows = slice(batch.n_unlabeled, batch.n_unlabeled + batch.n_weak)
-                        loss_class = F.binary_cross_entropy(strong[synthetic].float(), batch.strong_labels) + \
-                            F.binary_cross_entropy(weak[weak_rows].float(), batch.weak_labels)
-                        if augment:
-                            views = consistency_views(recipe.augmentation, teacher if mean_teacher else model, clean, batch.mels)
-                            loss_const = consistency_loss(*views, mean_teacher, const_rows)
-                        else:
-                            loss_const = torch.zeros((), device=device)
-                        loss = loss_class + weight * loss_const
-
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    if teacher is not None:
-                        ema_update(teacher, model, step, recipe.regularization.ema_decay)
-
-                    sums += torch.stack([loss_class.detach(), loss_const.detach(), loss.detach()]).float()
+                    losses = training_step(recipe, model, teacher, optimizer, batch, step, lr, weight)
+                    sums += losses
                     state["global_step"] += 1
                     state["step_in_epoch"] += 1
                     done = state["step_in_epoch"]

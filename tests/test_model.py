@@ -142,3 +142,26 @@ def test_heads_follow_the_dcase20_formulas(softmax, dim):
         att = torch.softmax(h @ model.attention.weight.T + model.attention.bias, dim=dim).clamp(1e-7, 1)
     torch.testing.assert_close(strong, torch.sigmoid(h @ model.strong.weight.T + model.strong.bias))
     torch.testing.assert_close(weak, (strong * att).sum(1) / att.sum(1))
+
+
+def test_half_dropout_is_exact_bernoulli_half_with_matching_gradient():
+    from sedaug.model import Dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(4, 8, 50, 64, requires_grad=True)
+    y = Dropout(0.5).train()(x)
+    kept = y.detach() != 0
+    assert set(y.detach().unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept units scaled by 1/(1 - p)
+    assert abs(kept.float().mean().item() - 0.5) < 0.01  # 102,400 draws: the std of the mean is 0.0016
+    # Neighbouring units are independent (the bits of one random byte are not correlated).
+    flat = kept.flatten().float()
+    assert abs(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()) < 0.02
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * scale)/dx = scale
+    torch.manual_seed(1)
+    a = Dropout(0.5).train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, Dropout(0.5).train()(x))  # seeded like any other draw
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    other = Dropout(0.3).train()(x).detach()  # other rates keep PyTorch's dropout
+    assert other.unique().tolist() == [0.0, pytest.approx(1 / 0.7)]
