@@ -62,6 +62,22 @@ def consistency_loss(clean: tuple, perturbed: tuple, mean_teacher: bool, rows: s
     return loss
 
 
+def build_training(recipe: Recipe, device: torch.device) -> tuple[CRNN, CRNN | None, torch.optim.Optimizer]:
+    """The student (with the feature store's scaler), its EMA teacher under Mean Teacher, and Adam."""
+    model = CRNN(recipe.model)
+    model.set_scaler(*load_scaler(recipe.data.features))
+    model.to(device)
+    teacher = None
+    if recipe.regularization.type == "mean_teacher":
+        teacher = copy.deepcopy(model).requires_grad_(False)
+    weight_decay = recipe.regularization.weight_decay if recipe.regularization.type == "l2" else 0.0
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=weight_decay)
+    if recipe.optim.compile:
+        for net in filter(None, (model, teacher)):
+            net.cnn.compile()  # the CNN holds the time; the perturbation points stay outside the compiled graph
+    return model, teacher, optimizer
+
+
 def training_step(
     recipe: Recipe,
     model: CRNN,
@@ -172,19 +188,8 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
     lr_rampup = recipe.optim.rampup_epochs * steps_per_epoch
     const_rampup = recipe.consistency.rampup_epochs * steps_per_epoch
 
-    # Model, teacher, optimizer.
     torch.manual_seed(recipe.seed)
-    model = CRNN(recipe.model)
-    model.set_scaler(*load_scaler(features))
-    model.to(device)
-    mean_teacher = recipe.regularization.type == "mean_teacher"
-    teacher = copy.deepcopy(model).requires_grad_(False) if mean_teacher else None
-    weight_decay = recipe.regularization.weight_decay if recipe.regularization.type == "l2" else 0.0
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=weight_decay)
-    if recipe.optim.compile:
-        model.cnn.compile()  # the CNN holds the time; perturbation points stay outside the compiled graph
-        if teacher is not None:
-            teacher.cnn.compile()
+    model, teacher, optimizer = build_training(recipe, device)
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None, "sums": None}
     if resume:

@@ -1,0 +1,359 @@
+"""sedaug benchmarks: every figure measured in one run on this machine (`make bench` / `python -m benchmarks`).
+
+Sections: matmul peak; training-step throughput per augmentation family with model FLOP utilization (MFU) and the
+ratio to a naive eager reference; extract-mels against a librosa per-clip reference; evaluate on a 700-clip split;
+peak resident memory of training on a DESED-sized feature store. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+FAMILIES = ["none", "baseline", "noise_latent", "adversarial_latent", "vat_latent", "mixup_latent"]
+console = Console()
+
+
+def timed(fn, repeats: int, sync=lambda: None) -> float:
+    """Best-of-`repeats` wall seconds of fn() after one warm-up call (best-of: other load only adds time)."""
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _sync(device: torch.device):
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+# --------------------------------------------------------------------------------------------------- peak
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, repeats, _sync(device))
+    return 2 * n**3 / seconds
+
+
+# ------------------------------------------------------------------------------------------- data fixtures
+
+
+def tiny_store(workdir: Path, sample_rate: int = 16000, size: str = "tiny") -> tuple[Path, Path]:
+    from sedaug.data.features import extract_mels
+    from sedaug.data.synthetic import generate_synthetic
+
+    desed = generate_synthetic(workdir / f"desed{sample_rate}_{size}", size=size, sample_rate=sample_rate, progress=False)
+    features = workdir / f"features{sample_rate}_{size}"
+    extract_mels(desed, features, progress=False)
+    return desed, features
+
+
+def tiled_store(source: Path, out: Path, sizes: dict[str, int]) -> Path:
+    """A feature store with `sizes` clips per split, tiling `source`'s clips (renamed) and labels."""
+    from sedaug.data.features import load_split
+
+    out.mkdir(parents=True)
+    shutil.copy(source / "scaler.npz", out / "scaler.npz")
+    meta = json.loads((source / "features.json").read_text())
+    for split, n in sizes.items():
+        src = load_split(source, split)
+        (out / split).mkdir()
+        reps = -(-n // len(src))
+        mels = np.lib.format.open_memmap(out / split / "mels.npy", "w+", np.float16, (n, *src.mels.shape[1:]))
+        for i in range(0, n, len(src)):
+            mels[i : i + len(src)] = src.mels[: n - i]
+        mels.flush()
+        del mels
+        names = [f"{k:05d}_{f}" for k in range(reps) for f in src.filenames][:n]
+        pd.DataFrame({"filename": names, "duration": np.tile(src.durations, reps)[:n]}).to_csv(
+            out / split / "clips.tsv", sep="\t", index=False
+        )
+        if src.events is not None:
+            tiled = pd.concat([src.events.assign(filename=f"{k:05d}_" + src.events.filename) for k in range(reps)])
+            tiled[tiled.filename.isin(set(names))].to_csv(out / split / "events.tsv", sep="\t", index=False)
+        if split == "weak":
+            weak = pd.read_csv(source / split / "weak.tsv", sep="\t")
+            tiled = pd.concat([weak.assign(filename=f"{k:05d}_" + weak.filename) for k in range(reps)])
+            tiled[tiled.filename.isin(set(names))].to_csv(out / split / "weak.tsv", sep="\t", index=False)
+        meta["splits"][split] = n
+    (out / "features.json").write_text(json.dumps(meta))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ training steps
+
+
+def _reference_crnn():
+    """The naive reference: the same CRNN with PyTorch's own dropout, eager, NCHW."""
+    from sedaug.model import CRNN, Dropout
+    from sedaug.recipe import ModelConfig
+
+    model = CRNN(ModelConfig())
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    return model
+
+
+def step_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _stepper(family: str, features: Path, device: torch.device, batch_size: int):
+    """One whole training step of `family`'s recipe per call: batch gathering, passes, optimizer, EMA."""
+    from sedaug.data.batches import ThreeStreams
+    from sedaug.recipe import load_recipe
+    from sedaug.train import build_training, training_step
+
+    recipe = load_recipe(REPO / "recipes" / f"{family}.yaml", [f"data.features={features}"])
+    model, teacher, optimizer = build_training(recipe, device)
+    streams = ThreeStreams(features, batch_size, recipe.seed, device, resident=device.type == "cuda")
+    state = {"step": 0, "batches": iter(())}
+
+    def step():
+        batch = next(state["batches"], None)
+        if batch is None:  # the tiny store's streams last one step; a new epoch reshuffles them
+            state["batches"] = streams.epoch(state["step"])
+            batch = next(state["batches"])
+        training_step(recipe, model, teacher, optimizer, batch, state["step"], 1e-3, 2.0)
+        state["step"] += 1
+
+    return step
+
+
+def bench_training(features: Path, device: torch.device, peak: float, repeats: int, families: list[str]) -> list[dict]:
+    from sedaug.model import CRNN
+    from sedaug.recipe import ModelConfig
+
+    sync = _sync(device)
+    batch_size = 24
+    rows = []
+
+    # Bare forward+backward on a ready tensor: the naive reference and sedaug's own model.
+    x = torch.rand(batch_size, 628, 128, device=device)
+    for name, model in (("reference (naive eager, NCHW)", _reference_crnn()), ("student fwd+bwd (sedaug)", CRNN(ModelConfig()))):
+        model.to(device).train()
+
+        def fwd_bwd(model=model):
+            strong, weak = model(x)
+            (strong.mean() + weak.mean()).backward()
+
+        seconds = timed(fwd_bwd, repeats, sync)
+        flops = step_flops(fwd_bwd)
+        rows.append({"name": name, "seconds": seconds, "clips_per_s": batch_size / seconds, "flops": flops,
+                     "mfu": flops / seconds / peak})
+    reference, bare = rows[0]["seconds"], rows[1]["seconds"]
+
+    for family in families:
+        step = _stepper(family, features, device, batch_size)
+        seconds = timed(step, repeats, sync)
+        flops = step_flops(step)
+        rows.append({
+            "name": family, "seconds": seconds, "clips_per_s": batch_size / seconds, "flops": flops,
+            "mfu": flops / seconds / peak,
+            # MFU relative to the naive reference: the same FLOP rate gives 1.0 whatever the family's extra passes.
+            "vs_reference": (flops / seconds) / (rows[0]["flops"] / reference),
+            "vs_bare_student": seconds / bare,
+        })
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ extract-mels
+
+
+def bench_extract(desed: Path, workdir: Path) -> dict:
+    import librosa
+    import soundfile as sf
+
+    from sedaug.data.desed import load_manifest
+    from sedaug.data.features import extract_mels
+
+    out = workdir / "features_bench"
+    start = time.perf_counter()
+    report = extract_mels(desed, out, progress=False)
+    ours = time.perf_counter() - start
+    paths = [p for table in load_manifest(desed).values() for p in table["path"]]
+
+    def reference(path: str) -> np.ndarray:
+        y, sr = sf.read(path, dtype="float32", always_2d=True)
+        y = librosa.resample(y.mean(axis=1), orig_sr=sr, target_sr=16000)
+        y = librosa.util.fix_length(y, size=160000)
+        spec = np.abs(librosa.stft(y, n_fft=2048, hop_length=255, window=np.hamming(2048), center=True, pad_mode="reflect"))
+        return librosa.feature.melspectrogram(S=spec, sr=16000, n_mels=128, fmin=0, fmax=8000, htk=False, norm=None)
+
+    start = time.perf_counter()
+    for path in paths:
+        reference(path)
+    theirs = time.perf_counter() - start
+    return {"clips": report.n_clips, "sedaug_s": ours, "sedaug_clips_per_s": report.n_clips / ours,
+            "librosa_s": theirs, "librosa_clips_per_s": len(paths) / theirs, "speedup": theirs / ours}
+
+
+# -------------------------------------------------------------------------------------------- evaluate
+
+
+def bench_evaluate(features: Path, device: torch.device, n_clips: int = 700) -> dict:
+    from sedaug.data.features import load_split
+    from sedaug.evaluate import evaluate_scores, predict, write_evaluation
+    from sedaug.model import CRNN
+    from sedaug.recipe import ModelConfig
+
+    split = load_split(features, "eval")
+    reps = -(-n_clips // len(split))
+    mels = np.concatenate([np.asarray(split.mels)] * reps)[:n_clips]
+    names = [f"{k:04d}_{f}" for k in range(reps) for f in split.filenames][:n_clips]
+    durations = np.tile(split.durations, reps)[:n_clips]
+    gt = pd.concat([split.events.assign(filename=f"{k:04d}_" + split.events.filename) for k in range(reps)])
+    gt = gt[gt.filename.isin(set(names))]
+
+    model = CRNN(ModelConfig()).to(device)
+    start = time.perf_counter()
+    predict(model, mels, 64, device)
+    predict_s = time.perf_counter() - start
+    # Scores that look like a trained model's: the ground truth's frames, blurred and noisy.
+    from sedaug.data.features import frame_labels
+
+    rng = np.random.default_rng(0)
+    target = frame_labels(gt, names).astype(np.float32)
+    strong = np.clip(0.7 * target + 0.3 * rng.random(target.shape, dtype=np.float32), 0, 1)
+    timing: dict[str, float] = {}
+    evaluation = evaluate_scores(strong, names, durations, gt, threshold=0.5, median_window=7, progress=False, timing=timing)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        write_evaluation(evaluation, Path(tmp) / "eval", timing)
+        timing["write"] = time.perf_counter() - start
+    return {"clips": n_clips, "predict_s": predict_s, **{f"{k}_s": v for k, v in timing.items()},
+            "total_s": predict_s + sum(timing.values())}
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+DESED_SIZES = {"unlabeled": 14412, "weak": 1578, "synthetic_train": 2067, "synthetic_valid": 517}
+
+
+def _status(pid: int) -> dict[str, int]:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def bench_memory(source: Path, workdir: Path, steps: int) -> dict:
+    """Peak RSS of `sedaug train` (full model) over a DESED-sized store; anonymous memory sampled apart."""
+    store = tiled_store(source, workdir / "desed_sized", {**DESED_SIZES, **{s: 12 for s in ("validation", "eval")}})
+    size = sum((store / s / "mels.npy").stat().st_size for s in DESED_SIZES)
+    cmd = [sys.executable, "-m", "sedaug", "train", str(REPO / "recipes" / "baseline.yaml"), "--runs",
+           str(workdir / "runs"), "--device", "cpu", "--set", f"data.features={store}", "--set", "optim.epochs=1",
+           "--set", f"optim.max_steps_per_epoch={steps}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak_anon, last = 0, {}
+    while proc.poll() is None:
+        try:
+            last = _status(proc.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        peak_anon = max(peak_anon, last.get("RssAnon", 0))
+        time.sleep(0.1)
+    if proc.wait() != 0:
+        raise RuntimeError(f"memory benchmark training failed: {proc.stderr.read()[-2000:]}")
+    return {"feature_bytes": size, "clips": sum(DESED_SIZES.values()), "steps": steps,
+            "peak_rss_bytes": last.get("VmHWM", 0), "peak_anon_bytes": peak_anon}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="peak,train,extract,evaluate,memory", help="comma-separated sections")
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per step (default 3 CPU, 20 GPU)")
+    parser.add_argument("--memory-steps", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    sections = set(args.only.split(","))
+    device = torch.device(args.device)
+    repeats = args.repeats or (20 if device.type == "cuda" else 3)
+    results: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                                 "threads": torch.get_num_threads(), "device": str(device),
+                                 "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        _, features = tiny_store(workdir)
+        peak = matmul_peak(device, torch.float32)
+        results["peak"] = {"fp32_flops": peak}
+        if device.type == "cuda":
+            results["peak"]["bf16_flops"] = matmul_peak(device, torch.bfloat16)
+        if "train" in sections:
+            results["train"] = bench_training(features, device, peak, repeats, args.families.split(","))
+        if "extract" in sections:
+            desed44, _ = tiny_store(workdir, sample_rate=44100)
+            results["extract"] = bench_extract(desed44, workdir)
+        if "evaluate" in sections:
+            results["evaluate"] = bench_evaluate(features, device)
+        if "memory" in sections:
+            results["memory"] = bench_memory(features, workdir, args.memory_steps)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    report(results)
+    console.print(f"wrote {args.json}")
+
+
+def report(results: dict) -> None:
+    peak = results["peak"]
+    console.print(f"[bold]{results['machine']['device']}[/]: fp32 matmul peak {peak['fp32_flops'] / 1e9:.1f} GFLOP/s"
+                  + (f", bf16 {peak['bf16_flops'] / 1e12:.1f} TFLOP/s" if "bf16_flops" in peak else ""))
+    if "train" in results:
+        table = Table("training step (batch 24)", "s/step", "clips/s", "GFLOP/step", "MFU", "vs naive", "vs bare fwd+bwd",
+                      title="Training steps, full-size CRNN")
+        for row in results["train"]:
+            table.add_row(row["name"], f"{row['seconds']:.3f}", f"{row['clips_per_s']:.1f}", f"{row['flops'] / 1e9:.1f}",
+                          f"{row['mfu']:.1%}", f"{row['vs_reference']:.2f}x" if "vs_reference" in row else "",
+                          f"{row['vs_bare_student']:.2f}x" if "vs_bare_student" in row else "")
+        console.print(table)
+    if "extract" in results:
+        e = results["extract"]
+        console.print(f"extract-mels ({e['clips']} clips, 44.1 kHz stereo): sedaug {e['sedaug_clips_per_s']:.1f} clips/s, "
+                      f"librosa per clip {e['librosa_clips_per_s']:.1f} clips/s -> {e['speedup']:.2f}x")
+    if "evaluate" in results:
+        e = results["evaluate"]
+        parts = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in e.items() if k.endswith("_s") and k != "total_s")
+        console.print(f"evaluate ({e['clips']} clips): total {e['total_s']:.1f} s ({parts})")
+    if "memory" in results:
+        m = results["memory"]
+        console.print(f"memory ({m['clips']} clips, {m['feature_bytes'] / 2**30:.2f} GiB of features, {m['steps']} steps): "
+                      f"peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GiB, peak anonymous {m['peak_anon_bytes'] / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
