@@ -147,6 +147,30 @@ def _stepper(family: str, features: Path, device: torch.device, batch_size: int)
     return step
 
 
+def bare_step(name: str, model, device: torch.device, batch_size: int, repeats: int, peak: float) -> dict:
+    x = torch.rand(batch_size, 628, 128, device=device)
+
+    def fwd_bwd():
+        strong, weak = model(x)
+        (strong.mean() + weak.mean()).backward()
+
+    seconds = timed(fwd_bwd, repeats, _sync(device))
+    flops = step_flops(fwd_bwd)
+    return {"name": name, "seconds": seconds, "clips_per_s": batch_size / seconds, "flops": flops,
+            "mfu": flops / seconds / peak}
+
+
+def _reference_in_default_process(repeats: int, peak: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "reference.json"
+        env = {**os.environ, "GLIBC_TUNABLES": ""}  # set but empty: no re-exec, glibc's defaults
+        subprocess.run([sys.executable, "-m", "benchmarks", "--only", "reference", "--repeats", str(repeats),
+                        "--json", str(out)], env=env, check=True, stdout=subprocess.DEVNULL)
+        row = json.loads(out.read_text())["reference"]
+    row["mfu"] = row["flops"] / row["seconds"] / peak  # against this run's peak
+    return row
+
+
 def bench_training(features: Path, device: torch.device, peak: float, repeats: int, families: list[str]) -> list[dict]:
     from sedaug.model import CRNN
     from sedaug.recipe import ModelConfig
@@ -155,20 +179,13 @@ def bench_training(features: Path, device: torch.device, peak: float, repeats: i
     batch_size = 24
     rows = []
 
-    # Bare forward+backward on a ready tensor: the naive reference and sedaug's own model.
-    x = torch.rand(batch_size, 628, 128, device=device)
+    # Bare forward+backward on a ready tensor: the naive reference, as plain PyTorch runs it (glibc's default
+    # allocator, in a process of its own) and in this process, and sedaug's own model.
+    if device.type == "cpu" and os.environ.get("GLIBC_TUNABLES"):
+        rows.append(_reference_in_default_process(repeats, peak))
     for name, model in (("reference (naive eager, NCHW)", _reference_crnn()), ("student fwd+bwd (sedaug)", CRNN(ModelConfig()))):
-        model.to(device).train()
-
-        def fwd_bwd(model=model):
-            strong, weak = model(x)
-            (strong.mean() + weak.mean()).backward()
-
-        seconds = timed(fwd_bwd, repeats, sync)
-        flops = step_flops(fwd_bwd)
-        rows.append({"name": name, "seconds": seconds, "clips_per_s": batch_size / seconds, "flops": flops,
-                     "mfu": flops / seconds / peak})
-    reference, bare = rows[0]["seconds"], rows[1]["seconds"]
+        rows.append(bare_step(name, model.to(device).train(), device, batch_size, repeats, peak))
+    reference, bare = rows[0]["seconds"], rows[-1]["seconds"]
 
     for family in families:
         step = _stepper(family, features, device, batch_size)
@@ -278,10 +295,12 @@ def bench_memory(source: Path, workdir: Path, steps: int) -> dict:
     peak_anon, last = 0, {}
     while proc.poll() is None:
         try:
-            last = _status(proc.pid)
+            status = _status(proc.pid)
         except (FileNotFoundError, ProcessLookupError):
             break
-        peak_anon = max(peak_anon, last.get("RssAnon", 0))
+        if "VmHWM" in status:  # a process that has exited (a zombie) reports no memory lines
+            last = status
+            peak_anon = max(peak_anon, status.get("RssAnon", 0))
         time.sleep(0.1)
     if proc.wait() != 0:
         raise RuntimeError(f"memory benchmark training failed: {proc.stderr.read()[-2000:]}")
@@ -309,11 +328,14 @@ def main(argv: list[str] | None = None) -> None:
                                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        _, features = tiny_store(workdir)
+        _, features = tiny_store(workdir) if sections != {"reference"} else (None, None)
         peak = matmul_peak(device, torch.float32)
         results["peak"] = {"fp32_flops": peak}
         if device.type == "cuda":
             results["peak"]["bf16_flops"] = matmul_peak(device, torch.bfloat16)
+        if sections == {"reference"}:
+            results["reference"] = bare_step("reference (naive eager, NCHW, default allocator)",
+                                             _reference_crnn().to(device).train(), device, 24, repeats, peak)
         if "train" in sections:
             results["train"] = bench_training(features, device, peak, repeats, args.families.split(","))
         if "extract" in sections:
@@ -325,8 +347,10 @@ def main(argv: list[str] | None = None) -> None:
             results["memory"] = bench_memory(features, workdir, args.memory_steps)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
-    report(results)
-    console.print(f"wrote {args.json}")
+    if sections != {"reference"}:
+        report(results)
+    if sections != {"reference"}:
+        console.print(f"wrote {args.json}")
 
 
 def report(results: dict) -> None:
@@ -356,4 +380,7 @@ def report(results: dict) -> None:
 
 
 if __name__ == "__main__":
+    from sedaug.cpu import reexec_with_huge_pages
+
+    reexec_with_huge_pages("benchmarks")  # measure what `sedaug` runs
     main()

@@ -184,7 +184,10 @@ def _device(name: str | None):
 
 
 def main() -> None:
-    app()
+    from sedaug.cpu import reexec_with_huge_pages
+
+    reexec_with_huge_pages("sedaug")
+    app(prog_name="sedaug")
 
 
 if __name__ == "__main__":

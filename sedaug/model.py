@@ -27,32 +27,73 @@ def amplitude_to_db(x: Tensor, amin: float = 1e-5, top_db: float = 80.0) -> Tens
 
 
 # Byte value -> its 8 bits as dropout scales {0, 2}: one random byte gives eight Bernoulli(1/2) draws.
-_KEEP_TWICE = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(torch.uint8) * 2
+# Float scales: a float x float multiply runs ~1.6x faster on CPU than one that promotes a uint8 mask.
+_KEEP_TWICE = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).float() * 2
+
+
+def _random_bytes(x: Tensor) -> Tensor:
+    return torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device).random_()
+
+
+def _keep_twice(random_bytes: Tensor, like: Tensor) -> Tensor:
+    """The {0, 2} dropout scales that `random_bytes` encode, shaped and laid out in memory like `like`."""
+    flat = _KEEP_TWICE.to(like.device, like.dtype).index_select(0, random_bytes.int()).view(-1)
+    if like.is_contiguous() or like.is_contiguous(memory_format=torch.channels_last):
+        return flat.as_strided(like.shape, like.stride())  # i.i.d. draws: any order will do, so like's own
+    return flat[: like.numel()].view(like.shape)
 
 
 class _HalfDropout(torch.autograd.Function):
-    """Dropout with p = 1/2 from random bits: exact Bernoulli(1/2) masks, ~8x cheaper than bernoulli_ on CPU."""
+    """Dropout with p = 1/2 from random bits: exact Bernoulli(1/2) masks, ~8x cheaper than bernoulli_ on CPU.
+
+    Saves the random bytes (1 bit per unit) rather than the mask, and rebuilds the scales in backward.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        bytes_ = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device).random_()
-        scale = _KEEP_TWICE.to(x.device).index_select(0, bytes_.int()).view(-1)[: x.numel()].view(x.shape)
-        ctx.save_for_backward(scale)
-        return x * scale
+        random_bytes = _random_bytes(x)
+        ctx.save_for_backward(random_bytes)
+        return x * _keep_twice(random_bytes, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        (scale,) = ctx.saved_tensors
-        return grad * scale
+        (random_bytes,) = ctx.saved_tensors
+        return grad * _keep_twice(random_bytes, grad)
+
+
+class _GatedHalfDropout(torch.autograd.Function):
+    """dropout_{1/2}(lin * sigmoid(x)) in one function that saves only x, lin and the random bits.
+
+    Autograd would keep sigmoid(x), the gated product's inputs and a mask: two more full-resolution tensors per
+    block (~0.5 GB at batch 24); sigmoid is recomputed in backward instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lin: Tensor) -> Tensor:
+        random_bytes = _random_bytes(x)
+        ctx.save_for_backward(x, lin, random_bytes)
+        out = lin * torch.sigmoid(x)
+        return out.mul_(_keep_twice(random_bytes, out))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        x, lin, random_bytes = ctx.saved_tensors
+        gate = torch.sigmoid(x)
+        grad = grad * _keep_twice(random_bytes, grad)
+        grad_lin = grad * gate
+        grad_x = grad.mul_(lin).mul_(gate).mul_(1.0 - gate)  # d sigmoid = s (1 - s)
+        return grad_x, grad_lin
+
+
+def _fast_half_dropout(dropout: nn.Dropout, x: Tensor) -> bool:
+    return dropout.training and dropout.p == 0.5 and x.device.type == "cpu"
 
 
 class Dropout(nn.Dropout):
     """nn.Dropout, with the random-bits fast path for the CRNN's p = 0.5 on CPU (CUDA's dropout is already fused)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and self.p == 0.5 and x.device.type == "cpu":
-            return _HalfDropout.apply(x)
-        return super().forward(x)
+        return _HalfDropout.apply(x) if _fast_half_dropout(self, x) else super().forward(x)
 
 
 class GatedBlock(nn.Module):
@@ -71,6 +112,10 @@ class GatedBlock(nn.Module):
         x = self.bn(self.conv(x))
         # A Linear over channels is a 1×1 convolution: same maths, no permute copies.
         lin = F.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
+        if _fast_half_dropout(self.dropout, x):
+            return self.pool(_GatedHalfDropout.apply(x, lin))
+        if not torch.is_grad_enabled() and not self.training:  # inference: gate in place, no temporaries
+            return self.pool(lin.mul_(x.sigmoid_()))
         return self.pool(self.dropout(lin * torch.sigmoid(x)))
 
 
@@ -101,6 +146,7 @@ class CRNN(nn.Module):
         # dcase20 quirk (default "classes"): the attention softmax normalizes over classes, not over time.
         self.attention_dim = -1 if cfg.attention_softmax == "classes" else 1
         self.apply(_dcase20_init)
+        self.cnn.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def set_scaler(self, mean: np.ndarray | Tensor, std: np.ndarray | Tensor) -> None:
@@ -116,7 +162,8 @@ class CRNN(nn.Module):
         x = (amplitude_to_db(x.abs()) - self.scaler_mean) / self.scaler_std
         if perturb is not None:
             x = perturb("input", x)
-        x = self.cnn(x.unsqueeze(1))  # (B, C, T', F')
+        # Channels-last: oneDNN's convolutions run ~15 % faster on CPU without layout reorders.
+        x = self.cnn(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))  # (B, C, T', F')
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C·F')
         if perturb is not None:
             x = perturb("cnn", x)
