@@ -86,12 +86,13 @@ def prepare_desed(
         if sample_rate not in (16000, 44100):
             raise UserError(f"--sample-rate {sample_rate}: expected 16000 or 44100")
         synth.generate_synthetic(out, size=size.value, seed=seed, sample_rate=sample_rate)
-        report = desed.prepare_desed(out, out)
-    else:
-        if download:
-            desed.download_desed(root)
-        report = desed.prepare_desed(root, out)
-    console.print(report.summary())
+        report = desed.prepare_desed(out, out)  # already done by the generator: this reads its report back
+        clips = ", ".join(f"{name} {n:,}" for name, n in report.counts.items())
+        console.print(f"synthetic DESED ({size.value}, seed {seed}, {sample_rate} Hz) in {out}: {clips}")
+        return
+    if download:
+        desed.download_desed(root)
+    console.print(desed.prepare_desed(root, out).summary())
 
 
 @app.command("extract-mels")

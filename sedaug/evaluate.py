@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sedaug.data.desed import CLASSES, progress_bar
+from sedaug.data.desed import CLASSES, progress_bar, write_tsv
 from sedaug.errors import UserError
+from sedaug.rundir import atomic_path, write_json
 
 FRAME_SECONDS = 255 * 4 / 16000  # one output frame: hop 255 samples at 16 kHz, pooled 4x in time (0.06375 s)
 EVENT_COLUMNS = ["filename", "onset", "offset", "event_label"]
@@ -438,13 +439,8 @@ def plot_psd_rocs(psd_rocs: dict[str, Any], path: Path) -> None:
         ax.set(xlim=(0, psd.max_efpr), ylim=(0, 1), xlabel=f"eFPR per {psd.duration_unit}", ylabel="eTPR",
                title=f"{name} = {psd.value:.3f}  (alpha_ct {psd.alpha_ct:g}, alpha_st {psd.alpha_st:g})")
         ax.grid(alpha=0.3)
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-
-
-def _atomic(path: Path, write) -> None:
-    from sedaug.rundir import atomic_write
-
-    atomic_write(path, write)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -488,11 +484,10 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path, timing: dict[str, fl
     out_dir = Path(out_dir)
     with _timed(timing, "write"):
         write_scores(evaluation.scores, out_dir / "scores")
-        _atomic(out_dir / "detections.tsv",
-                lambda tmp: evaluation.detections.to_csv(tmp, sep="\t", index=False))
+        write_tsv(out_dir / "detections.tsv", evaluation.detections)
         plot_psd_rocs(evaluation.psd_rocs, out_dir / "psd_roc.png")
     results = {**evaluation.results, "timing": timing}
-    _atomic(out_dir / "results.json", lambda tmp: tmp.write_text(json.dumps(_json_safe(results), indent=2) + "\n"))
+    write_json(out_dir / "results.json", _json_safe(results))
 
 
 def evaluate_run(

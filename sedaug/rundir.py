@@ -7,12 +7,11 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import sedaug
 
@@ -48,21 +47,22 @@ class RunDir:
         return self.root / name
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then rename over `path`: readers see the old file or the new one, never half."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write; it replaces `path` only if the block succeeds, so readers
+    see the old file or the new one, never half. The name keeps the suffix (numpy appends `.npy` otherwise)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
-        write(Path(tmp))
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -70,7 +70,10 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def append_jsonl(path: Path, obj: dict) -> None:
@@ -98,7 +101,8 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def environment(device: torch.device) -> dict:
+def environment(device) -> dict:
+    import torch
     import torchaudio
 
     return {

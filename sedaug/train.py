@@ -7,6 +7,7 @@ Per epoch: predict synthetic_valid, keep best.pt by event-based macro F1, write 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import signal
 import time
@@ -125,12 +126,12 @@ def validate(model: CRNN, split, recipe: Recipe, device: torch.device) -> float:
     return f1 if math.isfinite(f1) else 0.0  # no class has a reference event: nothing to select on
 
 
-def _check_run_dir(run: rundir.RunDir, recipe: Recipe, resume: bool) -> Recipe | None:
+def _check_run_dir(run: rundir.RunDir, recipe: Recipe, resume: bool) -> None:
     """Refuse a non-empty run dir without --resume; on resume, refuse a different recipe (epochs may grow)."""
     if not resume:
         if run.root.exists() and any(run.root.iterdir()):
             raise UserError(f"{run.root} is not empty: pass --resume to continue that run, or change seed/--runs")
-        return None
+        return
     if not run.checkpoint("last").exists():
         raise UserError(f"{run.checkpoint('last')} not found: nothing to resume (train without --resume)")
     saved = validate_recipe(parse_yaml(run.recipe.read_text(), str(run.recipe)), str(run.recipe))
@@ -139,7 +140,6 @@ def _check_run_dir(run: rundir.RunDir, recipe: Recipe, resume: bool) -> Recipe |
     if ours != theirs:
         diff = sorted(_diff_keys(theirs, ours))
         raise UserError(f"--resume: the recipe differs from {run.recipe} at {', '.join(diff)} (only optim.epochs may change)")
-    return saved
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -193,7 +193,7 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None, "sums": None}
     if resume:
-        ckpt = torch.load(run.checkpoint("last"), map_location=device, weights_only=False)
+        ckpt = torch.load(run.checkpoint("last"), map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         if teacher is not None:
             teacher.load_state_dict(ckpt["teacher"])
@@ -202,6 +202,9 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        # Epochs logged after last.pt was written (a crash between the two writes) are trained again.
+        kept = [row for row in rundir.read_jsonl(run.metrics) if row["epoch"] <= state["epoch"]]
+        rundir.write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in kept))
     else:
         run.root.mkdir(parents=True, exist_ok=True)
     # The resolved recipe (epochs may have grown on resume) and the environment, before the first step.
@@ -210,6 +213,7 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
     log = run.log.open("a")
     log.write(f"{'resume' if resume else 'start'} {recipe.name} seed {recipe.seed} on {device}: "
               f"{steps_per_epoch} steps/epoch, {recipe.optim.epochs} epochs\n")
+    log.flush()
 
     def checkpoint(which: str) -> None:
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
@@ -269,11 +273,11 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
                     "loss_class": mean[0], "loss_const": mean[1], "loss_total": mean[2],
                     "weight": weight, "lr": lr, "valid_f1": valid_f1, "time_s": round(time.perf_counter() - start, 3),
                 }
+                rundir.append_jsonl(run.metrics, record)
                 if valid_f1 > state["best_f1"]:
                     state.update(best_f1=valid_f1, best_epoch=epoch + 1)
                     checkpoint("best")
                 checkpoint("last")
-                rundir.append_jsonl(run.metrics, record)
                 log.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()) + "\n")
                 log.flush()
     finally:
@@ -289,7 +293,7 @@ def load_model(run_dir: Path, which: str = "best", device: torch.device | str = 
     path = rundir.RunDir(Path(run_dir)).checkpoint(which)
     if not path.exists():
         raise UserError(f"{path} not found: train the run first (sedaug train)")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = torch.load(path, map_location=device, weights_only=True)
     recipe = validate_recipe(ckpt["recipe"], str(path))
     model = CRNN(recipe.model)
     model.load_state_dict(ckpt["model"])

@@ -160,3 +160,15 @@ def test_every_recipe_trains_one_epoch_through_the_cli(recipe, tiny_features, tm
     assert (row["loss_const"] > 0) == (saved.augmentation.type != "none")
     env = json.loads((run / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+
+
+@pytest.mark.parametrize("option", ["optim.precision=bf16", "optim.compile=true"])
+def test_numerics_options_train_and_stay_close_to_fp32_eager(option, tiny_features, tmp_path):
+    """bf16 autocast and torch.compile are the GPU options; their code path runs here on CPU."""
+    reference = tiny(REPO / "recipes" / "noise_latent.yaml", tiny_features, "optim.epochs=1")
+    train(reference, tmp_path / "fp32", progress=False)
+    train(tiny(REPO / "recipes" / "noise_latent.yaml", tiny_features, "optim.epochs=1", option), tmp_path / "opt", progress=False)
+    (a,), (b,) = _metrics(tmp_path / "fp32"), _metrics(tmp_path / "opt")
+    assert math.isfinite(b["loss_total"])
+    assert b["loss_class"] == pytest.approx(a["loss_class"], rel=0.05)  # same seed, same batches
+    assert load_recipe(tmp_path / "opt" / "recipe.yaml").optim.model_dump() != reference.optim.model_dump()

@@ -34,6 +34,7 @@ from rich.progress import (
 
 from sedaug import __version__
 from sedaug.errors import UserError
+from sedaug.rundir import atomic_path, write_json
 
 CLASSES: tuple[str, ...] = (
     "Alarm_bell_ringing",
@@ -135,29 +136,9 @@ class _SplitTables:
 # Helpers shared by the data modules.
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to write; it replaces `path` only if the block succeeds.
-
-    The temporary name keeps the suffix because numpy appends `.npy`/`.npz` to names that lack it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_tsv(path: Path, table: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
-
-
-def write_json(path: Path, obj: object) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_tsv(path: Path) -> pd.DataFrame:

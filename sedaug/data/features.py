@@ -36,16 +36,15 @@ import torchaudio
 from sedaug import __version__
 from sedaug.data.desed import (
     CLASSES,
-    atomic_path,
     load_events,
     load_manifest,
     manifest_hash,
     progress_bar,
     read_tsv,
-    write_json,
     write_tsv,
 )
 from sedaug.errors import UserError
+from sedaug.rundir import atomic_path, write_json
 
 SAMPLE_RATE = 16000
 N_FFT = 2048
