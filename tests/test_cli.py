@@ -101,3 +101,9 @@ def test_evaluate_without_checkpoint_and_table_of_nothing(tmp_path):
 def test_bad_flags(tmp_path):
     assert_one_line_error(run("prepare-desed", "--root", tmp_path, "--synthetic"), "exclusive")
     assert_one_line_error(run("train", RECIPES / "none.yaml", "--device", "tpu"), "--device tpu")
+
+
+def test_batch_larger_than_the_store(tiny_features, tmp_path):
+    result = run("train", RECIPES / "none.yaml", "--runs", tmp_path, "--set", f"data.features={tiny_features}",
+                 "--set", "data.batch_size=200")
+    assert_one_line_error(result, "too few clips", "data.batch_size 200")

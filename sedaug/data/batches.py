@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from sedaug.data.features import frame_labels, load_split
+from sedaug.errors import UserError
 
 
 @dataclass
@@ -49,8 +50,8 @@ class ThreeStreams:
         self.device = device
         self.steps_per_epoch = min(len(src) // n for src, n in zip(self.sources, self.sizes, strict=True))
         if self.steps_per_epoch == 0:
-            counts = ", ".join(f"{len(s)}" for s in self.sources)
-            raise ValueError(f"streams of {counts} clips are too small for a batch of {batch_size}")
+            counts = ", ".join(f"{name} {len(src)}" for name, src in zip(("unlabeled", "weak", "synthetic_train"), self.sources, strict=True))
+            raise UserError(f"{features}: too few clips ({counts}) for data.batch_size {batch_size} (unlabeled 1/2, weak 1/4, synthetic 1/4)")
 
     def epoch(self, epoch: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """The batches of one epoch, steps [start, stop); the order depends only on (seed, epoch)."""
