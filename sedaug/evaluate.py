@@ -21,7 +21,6 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
@@ -38,7 +37,7 @@ import pandas as pd
 
 from sedaug.data.desed import CLASSES, progress_bar, write_tsv
 from sedaug.errors import UserError
-from sedaug.rundir import atomic_path, write_json
+from sedaug.rundir import RunDir, atomic_path, write_json
 
 FRAME_SECONDS = 255 * 4 / 16000  # one output frame: hop 255 samples at 16 kHz, pooled 4x in time (0.06375 s)
 EVENT_COLUMNS = ["filename", "onset", "offset", "event_label"]
@@ -478,16 +477,18 @@ def write_scores(scores: dict[str, pd.DataFrame], directory: Path) -> None:
         raise
 
 
-def write_evaluation(evaluation: Evaluation, out_dir: Path, timing: dict[str, float] | None = None) -> None:
-    """<split>/scores/*.tsv, detections.tsv, psd_roc.png, results.json (last, so it marks a complete job)."""
+def write_evaluation(evaluation: Evaluation, out_dir: Path, timing: dict[str, float] | None = None) -> dict[str, Any]:
+    """<split>/scores/*.tsv, detections.tsv, psd_roc.png, results.json (last, so it marks a complete job);
+    returns what results.json holds."""
     timing = {} if timing is None else timing
     out_dir = Path(out_dir)
     with _timed(timing, "write"):
         write_scores(evaluation.scores, out_dir / "scores")
         write_tsv(out_dir / "detections.tsv", evaluation.detections)
         plot_psd_rocs(evaluation.psd_rocs, out_dir / "psd_roc.png")
-    results = {**evaluation.results, "timing": timing}
-    write_json(out_dir / "results.json", _json_safe(results))
+    results = _json_safe({**evaluation.results, "timing": timing})
+    write_json(out_dir / "results.json", results)
+    return results
 
 
 def evaluate_run(
@@ -506,9 +507,9 @@ def evaluate_run(
     from sedaug.data.features import load_split
     from sedaug.train import load_model
 
-    run_dir = Path(run_dir)
+    run = RunDir(Path(run_dir))
     timing: dict[str, float] = {}
-    model, ckpt = load_model(run_dir, checkpoint, device)  # UserError when the checkpoint is missing
+    model, ckpt = load_model(run.root, checkpoint, device)  # UserError when the checkpoint is missing
     recipe = ckpt["recipe"]
     features = Path(features if features is not None else recipe["data"]["features"])
     data = load_split(features, split)
@@ -524,17 +525,16 @@ def evaluate_run(
         median_window=eval_cfg["median_window"], progress=progress, timing=timing,
     )
     evaluation.results = {
-        "run": str(run_dir),
+        "run": str(run.root),
         "recipe": recipe["name"],
         "seed": recipe["seed"],
         "split": split,
         "features": str(features),
-        "checkpoint": {"name": checkpoint, "path": str(run_dir / "checkpoints" / f"{checkpoint}.pt"),
+        "checkpoint": {"name": checkpoint, "path": str(run.checkpoint(checkpoint)),
                        "epoch": ckpt["epoch"], "step": ckpt.get("global_step")},
         **evaluation.results,
     }
-    write_evaluation(evaluation, run_dir / split, timing)
-    return json.loads((run_dir / split / "results.json").read_text())
+    return write_evaluation(evaluation, run.split(split), timing)
 
 
 def summary(run_dir: Path, results: dict[str, Any]) -> str:
