@@ -112,10 +112,14 @@ class GatedBlock(nn.Module):
         x = self.bn(self.conv(x))
         # A Linear over channels is a 1×1 convolution: same maths, no permute copies.
         lin = F.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
+        if not (torch.is_grad_enabled() and (x.requires_grad or lin.requires_grad)):
+            # No graph (inference, or the EMA teacher's forward): gate and drop in place, no temporaries.
+            out = lin.mul_(x.sigmoid_())
+            if _fast_half_dropout(self.dropout, out):
+                return self.pool(out.mul_(_keep_twice(_random_bytes(out), out)))  # the same draws as below
+            return self.pool(F.dropout(out, self.dropout.p, self.dropout.training, inplace=True))
         if _fast_half_dropout(self.dropout, x):
             return self.pool(_GatedHalfDropout.apply(x, lin))
-        if not torch.is_grad_enabled() and not self.training:  # inference: gate in place, no temporaries
-            return self.pool(lin.mul_(x.sigmoid_()))
         return self.pool(self.dropout(lin * torch.sigmoid(x)))
 
 
@@ -145,7 +149,8 @@ class CRNN(nn.Module):
         self.attention = nn.Linear(2 * cfg.rnn_hidden, n_classes)
         # dcase20 quirk (default "classes"): the attention softmax normalizes over classes, not over time.
         self.attention_dim = -1 if cfg.attention_softmax == "classes" else 1
-        self.apply(_dcase20_init)
+        if cfg.init == "dcase20":
+            self.apply(_dcase20_init)
         self.cnn.to(memory_format=torch.channels_last)
 
     @torch.no_grad()

@@ -39,6 +39,9 @@ class ModelConfig(Strict):
     batchnorm_momentum: float = Field(0.99, gt=0, le=1)
     # dcase20 quirk: the attention softmax runs over classes, not over time.
     attention_softmax: Literal["classes", "time"] = "classes"
+    # dcase20's weights_init: its N(0, 0.01) linears leave the GLU outputs near zero, so the CRNN sits on the
+    # base-rate plateau for hundreds of steps (harmless over 200 DESED epochs; "pytorch" leaves it in tens).
+    init: Literal["dcase20", "pytorch"] = "dcase20"
 
     @model_validator(mode="after")
     def _same_depth(self) -> ModelConfig:

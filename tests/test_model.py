@@ -42,6 +42,21 @@ def test_tiny_crnn_shapes_dtype_and_config():
     assert CRNN(TINY.model_copy(update={"batchnorm_momentum": 0.01})).cnn[0].bn.momentum == 0.01
 
 
+def test_init_dcase20_or_pytorch():
+    torch.manual_seed(0)
+    dcase = CRNN(ModelConfig())  # the default is dcase20's weights_init
+    assert abs(dcase.cnn[3].linear.weight.std().item() - 0.01) < 1e-3 and (dcase.cnn[3].linear.bias == 0).all()
+    assert (dcase.cnn[0].conv.bias == 0).all()
+    # xavier_uniform with gain sqrt(2): std = sqrt(2) * sqrt(2 / (fan_in + fan_out)), fan = 64·9 and 128·9
+    assert dcase.cnn[3].conv.weight.std().item() == pytest.approx(np.sqrt(2) * np.sqrt(2 / (576 + 1152)), rel=0.02)
+    assert torch.allclose(dcase.rnn.weight_hh_l0.T @ dcase.rnn.weight_hh_l0, torch.eye(128), atol=1e-4)
+    torch.manual_seed(0)
+    torch_init = CRNN(ModelConfig(init="pytorch"))
+    # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std = 1/sqrt(3 fan_in), fan_in 128
+    assert torch_init.cnn[3].linear.weight.std().item() == pytest.approx(1 / np.sqrt(3 * 128), rel=0.02)
+    assert (torch_init.cnn[0].conv.bias != 0).any()
+
+
 @pytest.mark.parametrize("softmax", ["classes", "time"])
 def test_weak_is_an_attention_average_of_strong(softmax):
     model = spread_heads(CRNN(TINY.model_copy(update={"attention_softmax": softmax}))).eval()
@@ -191,3 +206,17 @@ def test_inference_path_equals_the_training_path_without_dropout():
         fast = model(mel)  # in-place gating
     slow = model(mel)  # autograd path
     assert all(torch.allclose(a, b.detach()) for a, b in zip(fast, slow, strict=True))
+
+
+@pytest.mark.parametrize("dropout", [0.5, 0.3])
+def test_teacher_path_equals_the_training_path_with_the_same_draws(dropout):
+    """The EMA teacher runs in train mode with no graph: in-place gating and dropout must draw the same masks."""
+    torch.manual_seed(0)
+    model = CRNN(TINY.model_copy(update={"dropout": dropout})).train()
+    mel = torch.rand(2, 628, 128)
+    torch.manual_seed(1)
+    with_graph = model(mel)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        no_graph = model(mel)
+    assert all(torch.allclose(a.detach(), b) for a, b in zip(with_graph, no_graph, strict=True))
