@@ -220,3 +220,43 @@ def test_teacher_path_equals_the_training_path_with_the_same_draws(dropout):
     with torch.no_grad():
         no_graph = model(mel)
     assert all(torch.allclose(a.detach(), b) for a, b in zip(with_graph, no_graph, strict=True))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_bidirectional_gru_matches_nn_gru_forward_and_gradients(layers):
+    from sedaug.gru import bidirectional_gru
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(6, 5, layers, batch_first=True, bidirectional=True).double()
+    x = torch.randn(3, 9, 6, dtype=torch.float64, requires_grad=True)
+    expected, got = gru(x)[0], bidirectional_gru(x, gru)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    weights = torch.randn_like(expected)
+    inputs = [x, *gru.parameters()]
+    for g, e in zip(torch.autograd.grad((got * weights).sum(), inputs),
+                    torch.autograd.grad((expected * weights).sum(), inputs), strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
+
+
+def test_crnn_training_uses_the_fast_gru_and_gets_the_same_gradients(monkeypatch):
+    import sedaug.model
+
+    torch.manual_seed(0)
+    model = CRNN(TINY.model_copy(update={"dropout": 0.0, "rnn_layers": 2})).double().train()
+    mel = mels(2).double()
+    calls = []
+    fast = sedaug.model.bidirectional_gru
+    monkeypatch.setattr(sedaug.model, "bidirectional_gru", lambda x, rnn: calls.append(1) or fast(x, rnn))
+
+    def outputs_and_grads():
+        strong, weak = model(mel)
+        loss = strong.square().mean() + weak.mean()
+        return (strong, weak, *torch.autograd.grad(loss, list(model.parameters())))
+
+    got = outputs_and_grads()
+    assert calls == [1]
+    monkeypatch.setattr(sedaug.model, "_records_cpu_graph", lambda x, rnn: False)
+    expected = outputs_and_grads()
+    assert calls == [1]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)

@@ -1,0 +1,85 @@
+"""The CRNN's bidirectional GRU for CPU training: nn.GRU's maths and parameters, with a hand-written backward.
+
+Autograd through nn.GRU on CPU records ~15 small ops per time step and direction; here both directions advance
+together (one batched matmul per step), the input projections of all steps are one matmul, and the backward is
+one loop that keeps only the gates. Used only when a graph is recorded on CPU; CUDA keeps cuDNN and inference keeps
+nn.GRU. Gate order and formulas are PyTorch's: r, z, n;  n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def bidirectional_gru(x: Tensor, gru: nn.GRU) -> Tensor:
+    """`gru(x)[0]` for a batch-first, bidirectional nn.GRU with zero initial state (B, T, in) -> (B, T, 2H)."""
+    for layer in range(gru.num_layers):
+        weights = [
+            torch.stack([getattr(gru, f"{name}_l{layer}"), getattr(gru, f"{name}_l{layer}_reverse")])
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]
+        x = _BidirectionalLayer.apply(x, *weights)
+    return x
+
+
+def _time_major(per_direction: Tensor) -> Tensor:
+    """(2, B, T, G) -> (T, 2, B, G) with the reverse direction's time flipped: step t is one slice for both."""
+    return torch.stack([per_direction[0], per_direction[1].flip(1)]).permute(2, 0, 1, 3).contiguous()
+
+
+class _BidirectionalLayer(torch.autograd.Function):
+    """One bidirectional layer; both directions advance together, the reverse one on time-flipped inputs.
+
+    Per step: forward 6 ops, backward 7 (the gate derivatives are computed for all steps at once beforehand).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        # x (B, T, I); w_ih (2, 3H, I); w_hh (2, 3H, H); biases (2, 3H)
+        batch, steps, _ = x.shape
+        hidden = w_hh.shape[2]
+        gi = _time_major(torch.matmul(x, w_ih.transpose(1, 2)[:, None]) + b_ih[:, None, None])  # (T, 2, B, 3H)
+        w_hh_t, b_hh = w_hh.transpose(1, 2).contiguous(), b_hh[:, None]
+        gh = x.new_empty(steps, 2, batch, 3 * hidden)
+        rz = x.new_empty(steps, 2, batch, 2 * hidden)
+        n = x.new_empty(steps, 2, batch, hidden)
+        hs = x.new_empty(steps + 1, 2, batch, hidden)  # hs[0] = 0, the initial state
+        hs[0] = 0
+        for t in range(steps):
+            torch.baddbmm(b_hh, hs[t], w_hh_t, out=gh[t])
+            torch.sigmoid(gi[t, ..., : 2 * hidden] + gh[t, ..., : 2 * hidden], out=rz[t])
+            torch.tanh(torch.addcmul(gi[t, ..., 2 * hidden :], rz[t, ..., :hidden], gh[t, ..., 2 * hidden :]), out=n[t])
+            torch.lerp(n[t], hs[t], rz[t, ..., hidden:], out=hs[t + 1])  # (1 - z) n + z h
+        ctx.save_for_backward(x, w_ih, w_hh, hs, rz, n, gh[..., 2 * hidden :])
+        return torch.cat([hs[1:, 0], hs[1:, 1].flip(0)], dim=-1).transpose(0, 1)  # (B, T, 2H)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, w_ih, w_hh, hs, rz, n, gh_n = ctx.saved_tensors
+        steps, _, batch, hidden = n.shape
+        grad_out = grad_out.transpose(0, 1)  # (T, B, 2H)
+        grad_h = torch.stack([grad_out[..., :hidden], grad_out[..., hidden:].flip(0)], dim=1)  # (T, 2, B, H)
+        r, z = rz[..., :hidden], rz[..., hidden:]
+        # d/dh of each pre-activation, for all steps at once: h' = (1 - z) n + z h, n = tanh(a_n), a_n = ... + r gh_n
+        dn_dh = (1 - z) * (1 - n * n)
+        dz_dh = (hs[:-1] - n) * z * (1 - z)
+        dr_dn = gh_n * r * (1 - r)
+        grad_gh = x.new_empty(steps, 2, batch, 3 * hidden)  # d loss / d (W_hh h + b_hh)
+        grad_n = torch.empty_like(n)  # d loss / d a_n
+        dh = x.new_zeros(2, batch, hidden)
+        for t in range(steps - 1, -1, -1):
+            dh.add_(grad_h[t])
+            torch.mul(dh, dn_dh[t], out=grad_n[t])
+            torch.mul(dh, dz_dh[t], out=grad_gh[t, ..., hidden : 2 * hidden])
+            torch.mul(grad_n[t], dr_dn[t], out=grad_gh[t, ..., :hidden])
+            torch.mul(grad_n[t], r[t], out=grad_gh[t, ..., 2 * hidden :])
+            dh = torch.baddbmm(dh * z[t], grad_gh[t], w_hh)
+        grad_w_hh = torch.einsum("tdbg,tdbh->dgh", grad_gh, hs[:-1])
+        grad_b_hh = grad_gh.sum((0, 2))
+        grad_gi = torch.cat([grad_gh[..., : 2 * hidden], grad_n], dim=-1)  # r and z enter both sides alike
+        grad_gi = torch.stack([grad_gi[:, 0], grad_gi[:, 1].flip(0)]).transpose(1, 2)  # (2, B, T, 3H)
+        grad_w_ih = torch.einsum("dbtg,bti->dgi", grad_gi, x)
+        grad_b_ih = grad_gi.sum((1, 2))
+        grad_x = torch.einsum("dbtg,dgi->bti", grad_gi, w_ih)
+        return grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
