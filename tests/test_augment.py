@@ -179,8 +179,7 @@ def test_adversarial_direction_needs_dropout_noise_and_stays_finite():
     torch.testing.assert_close(per_clip_norm(d["input"]), torch.ones(2))
     # Without dropout and with the same input, the gradient at d = 0 of MSE[f(x), f(x + d)] is exactly zero.
     model.eval()
-    with torch.no_grad():
-        ref = model(x)
+    ref = tuple(y.detach() for y in model(x))  # as in training: the clean forward that records a graph
     d = adversarial_directions(aug, model, ref, x)
     assert all(torch.equal(v, torch.zeros_like(v)) for v in d.values())
 
