@@ -46,12 +46,17 @@ class _BidirectionalLayer(torch.autograd.Function):
         n = x.new_empty(steps, 2, batch, hidden)
         hs = x.new_empty(steps + 1, 2, batch, hidden)  # hs[0] = 0, the initial state
         hs[0] = 0
-        for t in range(steps):
-            torch.baddbmm(b_hh, hs[t], w_hh_t, out=gh[t])
-            torch.sigmoid(gi[t, ..., : 2 * hidden] + gh[t, ..., : 2 * hidden], out=rz[t])
-            torch.tanh(torch.addcmul(gi[t, ..., 2 * hidden :], rz[t, ..., :hidden], gh[t, ..., 2 * hidden :]), out=n[t])
-            torch.lerp(n[t], hs[t], rz[t, ..., hidden:], out=hs[t + 1])  # (1 - z) n + z h
-        ctx.save_for_backward(x, w_ih, w_hh, hs, rz, n, gh[..., 2 * hidden :])
+        # Per-step views, made once: indexing inside the loop costs more than the small ops themselves.
+        rz_part, n_part = slice(None, 2 * hidden), slice(2 * hidden, None)
+        loop = zip(gi[..., rz_part].unbind(0), gi[..., n_part].unbind(0), gh.unbind(0), gh[..., rz_part].unbind(0),
+                   gh[..., n_part].unbind(0), rz.unbind(0), rz[..., :hidden].unbind(0), rz[..., hidden:].unbind(0),
+                   n.unbind(0), hs[:-1].unbind(0), hs[1:].unbind(0), strict=True)
+        for gi_rz, gi_n, gh_t, gh_rz, gh_n, rz_t, r, z, n_t, h, h_next in loop:
+            torch.baddbmm(b_hh, h, w_hh_t, out=gh_t)
+            torch.sigmoid(torch.add(gi_rz, gh_rz), out=rz_t)
+            torch.tanh(torch.addcmul(gi_n, r, gh_n), out=n_t)
+            torch.lerp(n_t, h, z, out=h_next)  # (1 - z) n + z h
+        ctx.save_for_backward(x, w_ih, w_hh, hs, rz, n, gh[..., n_part])
         return torch.cat([hs[1:, 0], hs[1:, 1].flip(0)], dim=-1).transpose(0, 1)  # (B, T, 2H)
 
     @staticmethod
@@ -68,13 +73,16 @@ class _BidirectionalLayer(torch.autograd.Function):
         grad_gh = x.new_empty(steps, 2, batch, 3 * hidden)  # d loss / d (W_hh h + b_hh)
         grad_n = torch.empty_like(n)  # d loss / d a_n
         dh = x.new_zeros(2, batch, hidden)
-        for t in range(steps - 1, -1, -1):
-            dh.add_(grad_h[t])
-            torch.mul(dh, dn_dh[t], out=grad_n[t])
-            torch.mul(dh, dz_dh[t], out=grad_gh[t, ..., hidden : 2 * hidden])
-            torch.mul(grad_n[t], dr_dn[t], out=grad_gh[t, ..., :hidden])
-            torch.mul(grad_n[t], r[t], out=grad_gh[t, ..., 2 * hidden :])
-            dh = torch.baddbmm(dh * z[t], grad_gh[t], w_hh)
+        loop = zip(grad_h.unbind(0), dn_dh.unbind(0), dz_dh.unbind(0), dr_dn.unbind(0), r.unbind(0), z.unbind(0),
+                   grad_n.unbind(0), grad_gh.unbind(0), grad_gh[..., :hidden].unbind(0),
+                   grad_gh[..., hidden : 2 * hidden].unbind(0), grad_gh[..., 2 * hidden :].unbind(0), strict=True)
+        for g, dn_dh_t, dz_dh_t, dr_dn_t, r_t, z_t, dn, dgh, dgh_r, dgh_z, dgh_n in reversed(list(loop)):
+            dh.add_(g)
+            torch.mul(dh, dn_dh_t, out=dn)
+            torch.mul(dh, dz_dh_t, out=dgh_z)
+            torch.mul(dn, dr_dn_t, out=dgh_r)
+            torch.mul(dn, r_t, out=dgh_n)
+            dh = torch.baddbmm(dh * z_t, dgh, w_hh)
         grad_w_hh = torch.einsum("tdbg,tdbh->dgh", grad_gh, hs[:-1])
         grad_b_hh = grad_gh.sum((0, 2))
         grad_gi = torch.cat([grad_gh[..., : 2 * hidden], grad_n], dim=-1)  # r and z enter both sides alike

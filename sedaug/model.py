@@ -86,7 +86,7 @@ class _GatedHalfDropout(torch.autograd.Function):
 
 
 def _fast_half_dropout(dropout: nn.Dropout, x: Tensor) -> bool:
-    return dropout.training and dropout.p == 0.5 and x.device.type == "cpu"
+    return dropout.training and dropout.p == 0.5 and x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class Dropout(nn.Dropout):
@@ -112,6 +112,8 @@ class GatedBlock(nn.Module):
         x = self.bn(self.conv(x))
         # A Linear over channels is a 1×1 convolution: same maths, no permute copies.
         lin = F.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
+        if torch.compiler.is_compiling():  # plain ops: the compiler fuses them itself
+            return self.pool(self.dropout(lin * torch.sigmoid(x)))
         if not (torch.is_grad_enabled() and (x.requires_grad or lin.requires_grad)):
             # No graph (inference, or the EMA teacher's forward): gate and drop in place, no temporaries.
             out = lin.mul_(x.sigmoid_())
@@ -123,13 +125,21 @@ class GatedBlock(nn.Module):
         return self.pool(self.dropout(lin * torch.sigmoid(x)))
 
 
+class CNN(nn.Sequential):
+    def forward(self, x: Tensor) -> Tensor:
+        # Sequential's own forward, in user code: torch.compile then traces the blocks as one graph, not one each.
+        for block in self:
+            x = block(x)
+        return x
+
+
 class CRNN(nn.Module):
     def __init__(self, cfg: ModelConfig, n_classes: int = 10, n_mels: int = 128):
         super().__init__()
         self.register_buffer("scaler_mean", torch.zeros(n_mels))
         self.register_buffer("scaler_std", torch.ones(n_mels))
         channels = [1, *cfg.cnn_filters]
-        self.cnn = nn.Sequential(
+        self.cnn = CNN(
             *(
                 GatedBlock(channels[i], channels[i + 1], cfg.kernel_size, tuple(pool), cfg)
                 for i, pool in enumerate(cfg.cnn_pooling)
