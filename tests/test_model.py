@@ -260,3 +260,17 @@ def test_crnn_training_uses_the_fast_gru_and_gets_the_same_gradients(monkeypatch
     assert calls == [1]
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_cnn_is_one_graph():
+    """`optim.compile` compiles the CNN as one frame. Compiled block by block, dynamo recompiles per block shape and
+    falls back to eager past its limit of 8 (the full CRNN has 7 blocks, times student/teacher/eval variants)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = CRNN(TINY).train()
+    model.cnn.compile()
+    strong, weak = model(mels(2))
+    (strong.mean() + weak.mean()).backward()
+    assert counters["frames"]["ok"] == 1, dict(counters["frames"])
