@@ -112,9 +112,8 @@ class GatedBlock(nn.Module):
         x = self.bn(self.conv(x))
         # A Linear over channels is a 1×1 convolution: same maths, no permute copies.
         lin = F.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
-        if torch.compiler.is_compiling():  # plain ops: the compiler fuses them itself
-            return self.pool(self.dropout(lin * torch.sigmoid(x)))
-        if not (torch.is_grad_enabled() and (x.requires_grad or lin.requires_grad)):
+        records_graph = torch.is_grad_enabled() and (x.requires_grad or lin.requires_grad)
+        if not records_graph and not torch.compiler.is_compiling():  # compiled: plain ops, the compiler fuses them
             # No graph (inference, or the EMA teacher's forward): gate and drop in place, no temporaries.
             out = lin.mul_(x.sigmoid_())
             if _fast_half_dropout(self.dropout, out):
