@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sedaug import kernels
 from sedaug.gru import bidirectional_gru
 from sedaug.recipe import ModelConfig
 
@@ -106,10 +107,15 @@ class GatedBlock(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=cfg.batchnorm_momentum)
         self.linear = nn.Linear(c_out, c_out)
         self.dropout = Dropout(cfg.dropout)
-        self.pool = nn.AvgPool2d(pool)
+        self.pool = nn.AvgPool2d(tuple(pool))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.bn(self.conv(x))
+        x = self.conv(x)
+        if self._fused(x):
+            bits = _random_bytes(x) if self.dropout.training and self.dropout.p == 0.5 else None
+            bn, linear = self.bn, self.linear
+            return kernels.GatedTail.apply(x, bn.weight, bn.bias, linear.weight, linear.bias, bn, self.pool.kernel_size, bits)
+        x = self.bn(x)
         # A Linear over channels is a 1×1 convolution: same maths, no permute copies.
         lin = F.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
         records_graph = torch.is_grad_enabled() and (x.requires_grad or lin.requires_grad)
@@ -122,6 +128,19 @@ class GatedBlock(nn.Module):
         if _fast_half_dropout(self.dropout, x):
             return self.pool(_GatedHalfDropout.apply(x, lin))
         return self.pool(self.dropout(lin * torch.sigmoid(x)))
+
+
+    def _fused(self, x: Tensor) -> bool:
+        """Whether the compiled kernel computes this block's tail: CPU float32, dropout 1/2 or none, and few
+        channels (the high-resolution blocks, where memory passes dominate; oneDNN does the wider ones faster)."""
+        return (
+            x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[1] <= 32
+            and not torch.compiler.is_compiling()
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and (self.dropout.p in (0.0, 0.5) or not self.dropout.training)
+            and self.bn.momentum is not None and self.pool.stride == self.pool.kernel_size and self.pool.padding == 0
+            and kernels.library() is not None
+        )
 
 
 class CNN(nn.Sequential):
