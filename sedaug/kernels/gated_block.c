@@ -128,15 +128,66 @@ void gb_stats(const float *c, int64_t B, int64_t T, int64_t F, int64_t C, double
         default: body((task)->job, (task)->thread, (task)->job->C);    \
     }
 
+/* 8 floats in one AVX register (GCC vector extension; memcpy makes unaligned loads and stores). */
+typedef float v8 __attribute__((vector_size(32)));
+#define VEC(C) ((C) % 8 == 0 && (C) <= 64)
+
+INLINE v8 load8(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+INLINE void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+
+/* out[o] = init[o] + sum_i m[i*C + o] v[i]: all of out in registers, one independent chain per 8 outputs. */
+INLINE void matvec(const float *restrict m, const float *restrict v, const float *restrict init, float *restrict out,
+                   const int64_t C) {
+    if (VEC(C)) {
+        v8 acc[8];
+#pragma GCC unroll 8
+        for (int64_t j = 0; j < C / 8; j++) acc[j] = load8(init + 8 * j);
+        for (int64_t i = 0; i < C; i++)
+#pragma GCC unroll 8
+            for (int64_t j = 0; j < C / 8; j++) acc[j] += load8(m + i * C + 8 * j) * v[i];
+#pragma GCC unroll 8
+        for (int64_t j = 0; j < C / 8; j++) store8(out + 8 * j, acc[j]);
+    } else {
+        for (int64_t o = 0; o < C; o++) out[o] = init[o];
+        for (int64_t i = 0; i < C; i++)
+            for (int64_t o = 0; o < C; o++) out[o] += m[i * C + o] * v[i];
+    }
+}
+
+/* dW[o*C + i] += sum_p dlin[p*C + o] xb[p*C + i] over n pixels, four rows of dW in registers at a time. */
+INLINE void outer_accumulate(const float *restrict dlin, const float *restrict xb, int64_t n, double *restrict dW,
+                             const int64_t C) {
+    if (VEC(C)) {
+        for (int64_t o = 0; o < C; o += 4) {
+            v8 acc[4][8] = {{0}};
+            for (int64_t p = 0; p < n; p++)
+#pragma GCC unroll 4
+                for (int64_t r = 0; r < 4; r++)
+#pragma GCC unroll 4
+                    for (int64_t j = 0; j < C / 8; j++) acc[r][j] += load8(xb + p * C + 8 * j) * dlin[p * C + o + r];
+            for (int64_t r = 0; r < 4; r++)
+                for (int64_t j = 0; j < C / 8; j++)
+                    for (int64_t l = 0; l < 8; l++) dW[(o + r) * C + 8 * j + l] += acc[r][j][l];
+        }
+    } else {
+        for (int64_t o = 0; o < C; o++)
+            for (int64_t p = 0; p < n; p++)
+                for (int64_t i = 0; i < C; i++) dW[o * C + i] += dlin[p * C + o] * xb[p * C + i];
+    }
+}
+
 /* xb = BN(x); lin = W xb + b; gate = sigmoid(xb); keep = dropout scale (0 or 2, or 1 without dropout). */
 INLINE void pixel_forward(const Job *job, int64_t pixel, const int64_t C, float *restrict xb, float *restrict lin,
                           float *restrict gate, float *restrict keep) {
     const float *restrict x = job->c + pixel * C;
     const float *restrict scale = job->scale, *restrict shift = job->shift, *restrict weight_t = job->weight_t;
     for (int64_t k = 0; k < C; k++) xb[k] = x[k] * scale[k] + shift[k];
-    for (int64_t k = 0; k < C; k++) lin[k] = job->bias[k];
-    for (int64_t i = 0; i < C; i++)
-        for (int64_t o = 0; o < C; o++) lin[o] += weight_t[i * C + o] * xb[i];
+    matvec(weight_t, xb, job->bias, lin, C);
     for (int64_t k = 0; k < C; k++) gate[k] = 1.0f / (1.0f + exp_f(-xb[k]));
     const int64_t e = pixel * C;
     if (job->bits && C % 8 == 0) {
@@ -186,30 +237,32 @@ void gb_forward(const float *c, int64_t B, int64_t T, int64_t F, int64_t C, int6
 INLINE void backward_rows(Job *job, int thread, const int64_t C) {
     const float area = 1.0f / (float)(job->pt * job->pf);
     const float *restrict weight = job->weight, *restrict mean = job->mean;
-    float xb[C], lin[C], gate[C], keep[C], dlin[C], dxb[C];
-    /* float sums over one row of windows, flushed into this thread's double sums: dW (C*C), db, dshift, dscale */
-    float *restrict part = calloc(C * C + 3 * C, sizeof(float));
+    float lin[C], gate[C], keep[C], dxb[C];
+    /* One unit's pixels (a row of pooling windows) at a time: xb and dL/dlin are kept for the unit, so that dW
+     * accumulates as a small matrix product with each of its rows in registers, not per pixel through memory. */
+    const int64_t tile = job->pt * job->Fo * job->pf;
+    float *restrict xbs = malloc(tile * C * sizeof(float)), *restrict dlins = malloc(tile * C * sizeof(float));
+    /* float sums over one unit, then this thread's double sums: [dW (C*C), db, dshift, dscale] */
+    float *restrict part = malloc(3 * C * sizeof(float));
+    float *restrict db = part, *restrict dsh = part + C, *restrict dsc = part + 2 * C;
     double *restrict total = job->sums + (int64_t)thread * (C * C + 3 * C);
-    float *restrict dW = part, *restrict db = part + C * C, *restrict dsh = db + C, *restrict dsc = dsh + C;
     for (int64_t unit = job->begin[thread]; unit < job->end[thread]; unit++) {
         const int64_t b = unit / job->To, to = unit % job->To;
-        memset(part, 0, (C * C + 3 * C) * sizeof(float));
+        memset(part, 0, 3 * C * sizeof(float));
+        int64_t n = 0;
         for (int64_t fo = 0; fo < job->Fo; fo++) {
             const float *restrict g = job->grad_out + ((b * job->To + to) * job->Fo + fo) * C;
             for (int64_t dt = 0; dt < job->pt; dt++)
-                for (int64_t df = 0; df < job->pf; df++) {
+                for (int64_t df = 0; df < job->pf; df++, n++) {
                     const int64_t pixel = (b * job->T + to * job->pt + dt) * job->F + fo * job->pf + df;
+                    float *restrict xb = xbs + n * C, *restrict dlin = dlins + n * C;
                     pixel_forward(job, pixel, C, xb, lin, gate, keep);
                     for (int64_t k = 0; k < C; k++) {
                         const float grad = g[k] * area * keep[k];
                         dlin[k] = grad * gate[k];
                         dxb[k] = grad * lin[k] * gate[k] * (1.0f - gate[k]);
                     }
-                    for (int64_t o = 0; o < C; o++)
-                        for (int64_t i = 0; i < C; i++) {
-                            dxb[i] += weight[o * C + i] * dlin[o];
-                            dW[o * C + i] += dlin[o] * xb[i];
-                        }
+                    matvec(weight, dlin, dxb, dxb, C);
                     const float *restrict x = job->c + pixel * C;
                     float *restrict gx = job->grad_xb + pixel * C;
                     for (int64_t k = 0; k < C; k++) {
@@ -220,8 +273,11 @@ INLINE void backward_rows(Job *job, int thread, const int64_t C) {
                     }
                 }
         }
-        for (int64_t j = 0; j < C * C + 3 * C; j++) total[j] += part[j];
+        outer_accumulate(dlins, xbs, n, total, C);
+        for (int64_t j = 0; j < 3 * C; j++) total[C * C + j] += part[j];
     }
+    free(xbs);
+    free(dlins);
     free(part);
 }
 
