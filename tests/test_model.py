@@ -255,7 +255,7 @@ def test_crnn_training_uses_the_fast_gru_and_gets_the_same_gradients(monkeypatch
 
     got = outputs_and_grads()
     assert calls == [1]
-    monkeypatch.setattr(sedaug.model, "_records_cpu_graph", lambda x, rnn: False)
+    monkeypatch.setattr(sedaug.model, "_sedaug_gru", lambda x, rnn: False)
     expected = outputs_and_grads()
     assert calls == [1]
     for g, e in zip(got, expected, strict=True):
