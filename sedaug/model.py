@@ -65,29 +65,6 @@ class _HalfDropout(torch.autograd.Function):
         return grad * _keep_twice(random_bytes, grad)
 
 
-class _GatedHalfDropout(torch.autograd.Function):
-    """dropout_{1/2}(lin * sigmoid(x)) in one function that saves only x, lin and the random bits.
-
-    Autograd would keep sigmoid(x), the gated product's inputs and a mask: two more full-resolution tensors per
-    block (~0.5 GB at batch 24); sigmoid is recomputed in backward instead.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, lin: Tensor) -> Tensor:
-        random_bytes = _random_bytes(x)
-        ctx.save_for_backward(x, lin, random_bytes)
-        out = lin * torch.sigmoid(x)
-        return out.mul_(_keep_twice(random_bytes, out))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
-        x, lin, random_bytes = ctx.saved_tensors
-        gate = torch.sigmoid(x)
-        grad_lin = (grad * _keep_twice(random_bytes, grad)).mul_(gate)
-        grad_x = grad_lin * lin
-        return grad_x.addcmul_(grad_x, gate, value=-1.0), grad_lin  # d sigmoid = s (1 - s): g lin s - g lin s s
-
-
 def _fast_half_dropout(dropout: nn.Dropout, x: Tensor) -> bool:
     return dropout.training and dropout.p == 0.5 and x.device.type == "cpu" and not torch.compiler.is_compiling()
 
@@ -120,24 +97,12 @@ class GatedBlock(nn.Module):
         x = self.bn(x)
         # A Linear over channels is a 1×1 convolution: same maths, no permute copies.
         lin = F.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
-        records_graph = torch.is_grad_enabled() and (x.requires_grad or lin.requires_grad)
-        if not records_graph and not torch.compiler.is_compiling():  # compiled: plain ops, the compiler fuses them
-            # No graph (inference, or the EMA teacher's forward): gate and drop in place, no temporaries.
-            out = lin.mul_(x.sigmoid_())
-            if _fast_half_dropout(self.dropout, out):
-                return self.pool(out.mul_(_keep_twice(_random_bytes(out), out)))  # the same draws as below
-            return self.pool(F.dropout(out, self.dropout.p, self.dropout.training, inplace=True))
-        if _fast_half_dropout(self.dropout, x):
-            return self.pool(_GatedHalfDropout.apply(x, lin))
         return self.pool(self.dropout(lin * torch.sigmoid(x)))
 
-
     def _fused(self, x: Tensor) -> bool:
-        """Whether the compiled kernel computes this block's tail: CPU float32, dropout 1/2 or none, and few
-        channels (the high-resolution blocks, where memory passes dominate; oneDNN does the wider ones faster)."""
+        """Whether sedaug's CPU kernel computes the block after its convolution (float32; dropout 1/2 or none)."""
         return (
-            x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[1] <= 32
-            and not torch.compiler.is_compiling()
+            x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
             and x.is_contiguous(memory_format=torch.channels_last)
             and (self.dropout.p in (0.0, 0.5) or not self.dropout.training)
             and self.bn.momentum is not None and self.pool.stride == self.pool.kernel_size and self.pool.padding == 0

@@ -130,7 +130,8 @@ void gb_stats(const float *c, int64_t B, int64_t T, int64_t F, int64_t C, double
 
 /* 8 floats in one AVX register (GCC vector extension; memcpy makes unaligned loads and stores). */
 typedef float v8 __attribute__((vector_size(32)));
-#define VEC(C) ((C) % 8 == 0 && (C) <= 64)
+#define VEC(C) ((C) % 8 == 0)
+#define TILE 4 /* pixels per matrix product: each weight load serves four pixels */
 
 INLINE v8 load8(const float *p) {
     v8 v;
@@ -140,40 +141,60 @@ INLINE v8 load8(const float *p) {
 
 INLINE void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
-/* out[o] = init[o] + sum_i m[i*C + o] v[i]: all of out in registers, one independent chain per 8 outputs. */
-INLINE void matvec(const float *restrict m, const float *restrict v, const float *restrict init, float *restrict out,
-                   const int64_t C) {
+/* out[p][o] = init[p][o] + sum_i m[i*C + o] v[p][i] for P pixels (rows C apart; out may be init). Blocks of 32
+ * outputs times P pixels stay in registers: independent chains, and P uses of every weight loaded. */
+INLINE void matmul_tile(const float *restrict m, const float *restrict v, const float *init, float *out,
+                        const int64_t C, const int P) {
     if (VEC(C)) {
-        v8 acc[8];
-#pragma GCC unroll 8
-        for (int64_t j = 0; j < C / 8; j++) acc[j] = load8(init + 8 * j);
-        for (int64_t i = 0; i < C; i++)
-#pragma GCC unroll 8
-            for (int64_t j = 0; j < C / 8; j++) acc[j] += load8(m + i * C + 8 * j) * v[i];
-#pragma GCC unroll 8
-        for (int64_t j = 0; j < C / 8; j++) store8(out + 8 * j, acc[j]);
+        const int64_t width = C < 32 ? C : 32;
+        for (int64_t ob = 0; ob < C; ob += width) {
+            v8 acc[TILE][4];
+            for (int p = 0; p < P; p++)
+#pragma GCC unroll 4
+                for (int64_t j = 0; j < width / 8; j++) acc[p][j] = load8(init + p * C + ob + 8 * j);
+            for (int64_t i = 0; i < C; i++) {
+                v8 w[4];
+#pragma GCC unroll 4
+                for (int64_t j = 0; j < width / 8; j++) w[j] = load8(m + i * C + ob + 8 * j);
+#pragma GCC unroll 4
+                for (int p = 0; p < P; p++)
+#pragma GCC unroll 4
+                    for (int64_t j = 0; j < width / 8; j++) acc[p][j] += w[j] * v[p * C + i];
+            }
+            for (int p = 0; p < P; p++)
+#pragma GCC unroll 4
+                for (int64_t j = 0; j < width / 8; j++) store8(out + p * C + ob + 8 * j, acc[p][j]);
+        }
     } else {
-        for (int64_t o = 0; o < C; o++) out[o] = init[o];
-        for (int64_t i = 0; i < C; i++)
-            for (int64_t o = 0; o < C; o++) out[o] += m[i * C + o] * v[i];
+        for (int p = 0; p < P; p++) {
+            float acc[C];
+            for (int64_t o = 0; o < C; o++) acc[o] = init[p * C + o];
+            for (int64_t i = 0; i < C; i++)
+                for (int64_t o = 0; o < C; o++) acc[o] += m[i * C + o] * v[p * C + i];
+            for (int64_t o = 0; o < C; o++) out[p * C + o] = acc[o];
+        }
     }
 }
 
-/* dW[o*C + i] += sum_p dlin[p*C + o] xb[p*C + i] over n pixels, four rows of dW in registers at a time. */
+/* dW[o*C + i] += sum_p dlin[p*C + o] xb[p*C + i] over n pixels: 4 x 32 blocks of dW in registers. */
 INLINE void outer_accumulate(const float *restrict dlin, const float *restrict xb, int64_t n, double *restrict dW,
                              const int64_t C) {
-    if (VEC(C)) {
-        for (int64_t o = 0; o < C; o += 4) {
-            v8 acc[4][8] = {{0}};
-            for (int64_t p = 0; p < n; p++)
+    if (VEC(C) && C % 4 == 0) {
+        const int64_t width = C < 32 ? C : 32;
+        for (int64_t o = 0; o < C; o += 4)
+            for (int64_t ib = 0; ib < C; ib += width) {
+                v8 acc[4][4];
+                memset(acc, 0, sizeof acc);
+                for (int64_t p = 0; p < n; p++)
 #pragma GCC unroll 4
+                    for (int64_t r = 0; r < 4; r++)
+#pragma GCC unroll 4
+                        for (int64_t j = 0; j < width / 8; j++)
+                            acc[r][j] += load8(xb + p * C + ib + 8 * j) * dlin[p * C + o + r];
                 for (int64_t r = 0; r < 4; r++)
-#pragma GCC unroll 4
-                    for (int64_t j = 0; j < C / 8; j++) acc[r][j] += load8(xb + p * C + 8 * j) * dlin[p * C + o + r];
-            for (int64_t r = 0; r < 4; r++)
-                for (int64_t j = 0; j < C / 8; j++)
-                    for (int64_t l = 0; l < 8; l++) dW[(o + r) * C + 8 * j + l] += acc[r][j][l];
-        }
+                    for (int64_t j = 0; j < width / 8; j++)
+                        for (int64_t l = 0; l < 8; l++) dW[(o + r) * C + ib + 8 * j + l] += acc[r][j][l];
+            }
     } else {
         for (int64_t o = 0; o < C; o++)
             for (int64_t p = 0; p < n; p++)
@@ -181,41 +202,79 @@ INLINE void outer_accumulate(const float *restrict dlin, const float *restrict x
     }
 }
 
-/* xb = BN(x); lin = W xb + b; gate = sigmoid(xb); keep = dropout scale (0 or 2, or 1 without dropout). */
-INLINE void pixel_forward(const Job *job, int64_t pixel, const int64_t C, float *restrict xb, float *restrict lin,
-                          float *restrict gate, float *restrict keep) {
-    const float *restrict x = job->c + pixel * C;
-    const float *restrict scale = job->scale, *restrict shift = job->shift, *restrict weight_t = job->weight_t;
-    for (int64_t k = 0; k < C; k++) xb[k] = x[k] * scale[k] + shift[k];
-    matvec(weight_t, xb, job->bias, lin, C);
-    for (int64_t k = 0; k < C; k++) gate[k] = 1.0f / (1.0f + exp_f(-xb[k]));
-    const int64_t e = pixel * C;
-    if (job->bits && C % 8 == 0) {
-        for (int64_t k = 0; k < C; k += 8) memcpy(keep + k, KEEP[job->bits[(e + k) >> 3]], 8 * sizeof(float));
-    } else if (job->bits) {
-        for (int64_t k = 0; k < C; k++) keep[k] = KEEP[job->bits[(e + k) >> 3]][(e + k) & 7];
-    } else {
-        for (int64_t k = 0; k < C; k++) keep[k] = 1.0f;
+/* The pixels of one unit (a row of pooling windows), window by window: offset[k] is the k-th one's pixel index
+ * from the unit's first, window[k] its window (precomputed: integer divisions per pixel would cost more than C=16's
+ * arithmetic). */
+typedef struct {
+    int64_t *offset, *window;
+} Unit;
+
+static Unit unit_new(const Job *job) {
+    const int64_t area = job->pt * job->pf, n = job->Fo * area;
+    Unit u = {malloc(n * sizeof(int64_t)), malloc(n * sizeof(int64_t))};
+    for (int64_t k = 0; k < n; k++) {
+        const int64_t fo = k / area, dt = (k % area) / job->pf, df = k % job->pf;
+        u.offset[k] = dt * job->F + fo * job->pf + df;
+        u.window[k] = fo;
     }
+    return u;
+}
+
+static void unit_free(Unit u) {
+    free(u.offset);
+    free(u.window);
+}
+
+/* For P pixels: xb = BN(x); lin = W xb + b; gate = sigmoid(xb); keep = the dropout
+ * scale (0 or 2, or 1 without dropout). Arrays are P x C. */
+INLINE void tile_forward(const Job *job, const int64_t *restrict pixels, const int64_t C, const int P,
+                         float *restrict xb, float *restrict lin, float *restrict gate, float *restrict keep) {
+    const float *restrict scale = job->scale, *restrict shift = job->shift;
+    for (int p = 0; p < P; p++) {
+        const int64_t pixel = pixels[p];
+        const float *restrict x = job->c + pixel * C;
+        for (int64_t c = 0; c < C; c++) xb[p * C + c] = x[c] * scale[c] + shift[c];
+        for (int64_t c = 0; c < C; c++) lin[p * C + c] = job->bias[c];
+        for (int64_t c = 0; c < C; c++) gate[p * C + c] = 1.0f / (1.0f + exp_f(-xb[p * C + c]));
+        const int64_t e = pixel * C;
+        float *restrict kp = keep + p * C;
+        if (job->bits && C % 8 == 0) {
+            for (int64_t c = 0; c < C; c += 8) memcpy(kp + c, KEEP[job->bits[(e + c) >> 3]], 8 * sizeof(float));
+        } else if (job->bits) {
+            for (int64_t c = 0; c < C; c++) kp[c] = KEEP[job->bits[(e + c) >> 3]][(e + c) & 7];
+        } else {
+            for (int64_t c = 0; c < C; c++) kp[c] = 1.0f;
+        }
+    }
+    matmul_tile(job->weight_t, xb, lin, lin, C, P);
 }
 
 INLINE void forward_rows(Job *job, int thread, const int64_t C) {
-    const float area = 1.0f / (float)(job->pt * job->pf);
-    float xb[C], lin[C], gate[C], keep[C], acc[C];
+    const int64_t area = job->pt * job->pf, n = job->Fo * area;
+    float xb[TILE * C], lin[TILE * C], gate[TILE * C], keep[TILE * C];
+    float *restrict acc = malloc(job->Fo * C * sizeof(float));
+    const Unit u = unit_new(job);
+    int64_t pixels[TILE];
     for (int64_t unit = job->begin[thread]; unit < job->end[thread]; unit++) {
-        const int64_t b = unit / job->To, to = unit % job->To;
-        for (int64_t fo = 0; fo < job->Fo; fo++) {
-            for (int64_t k = 0; k < C; k++) acc[k] = 0.0f;
-            for (int64_t dt = 0; dt < job->pt; dt++)
-                for (int64_t df = 0; df < job->pf; df++) {
-                    const int64_t pixel = (b * job->T + to * job->pt + dt) * job->F + fo * job->pf + df;
-                    pixel_forward(job, pixel, C, xb, lin, gate, keep);
-                    for (int64_t k = 0; k < C; k++) acc[k] += lin[k] * gate[k] * keep[k];
-                }
-            float *restrict out = job->out + ((b * job->To + to) * job->Fo + fo) * C;
-            for (int64_t k = 0; k < C; k++) out[k] = acc[k] * area;
+        const int64_t b = unit / job->To, to = unit % job->To, first = (b * job->T + to * job->pt) * job->F;
+        memset(acc, 0, job->Fo * C * sizeof(float));
+        for (int64_t k = 0; k < n;) {
+            const int P = n - k >= TILE ? TILE : 1;
+            for (int p = 0; p < P; p++) pixels[p] = first + u.offset[k + p];
+            if (P == TILE)
+                tile_forward(job, pixels, C, TILE, xb, lin, gate, keep);
+            else
+                tile_forward(job, pixels, C, 1, xb, lin, gate, keep);
+            for (int p = 0; p < P; p++, k++) {
+                float *restrict a = acc + u.window[k] * C;
+                for (int64_t c = 0; c < C; c++) a[c] += lin[p * C + c] * gate[p * C + c] * keep[p * C + c];
+            }
         }
+        float *restrict out = job->out + (b * job->To + to) * job->Fo * C;
+        for (int64_t j = 0; j < job->Fo * C; j++) out[j] = acc[j] / (float)area;
     }
+    free(acc);
+    unit_free(u);
 }
 
 static void *forward_thread(void *arg) {
@@ -235,43 +294,53 @@ void gb_forward(const float *c, int64_t B, int64_t T, int64_t F, int64_t C, int6
 /* ------------------------------------------------------------------------------------------------- backward */
 
 INLINE void backward_rows(Job *job, int thread, const int64_t C) {
-    const float area = 1.0f / (float)(job->pt * job->pf);
-    const float *restrict weight = job->weight, *restrict mean = job->mean;
-    float lin[C], gate[C], keep[C], dxb[C];
-    /* One unit's pixels (a row of pooling windows) at a time: xb and dL/dlin are kept for the unit, so that dW
-     * accumulates as a small matrix product with each of its rows in registers, not per pixel through memory. */
-    const int64_t tile = job->pt * job->Fo * job->pf;
-    float *restrict xbs = malloc(tile * C * sizeof(float)), *restrict dlins = malloc(tile * C * sizeof(float));
+    const int64_t area = job->pt * job->pf, n = job->Fo * area;
+    const float *restrict mean = job->mean;
+    float lin[TILE * C], gate[TILE * C], keep[TILE * C], dxb[TILE * C];
+    /* A unit's xb and dL/dlin are kept, so that dW accumulates as one small matrix product per unit. */
+    float *restrict xbs = malloc(n * C * sizeof(float)), *restrict dlins = malloc(n * C * sizeof(float));
     /* float sums over one unit, then this thread's double sums: [dW (C*C), db, dshift, dscale] */
     float *restrict part = malloc(3 * C * sizeof(float));
     float *restrict db = part, *restrict dsh = part + C, *restrict dsc = part + 2 * C;
     double *restrict total = job->sums + (int64_t)thread * (C * C + 3 * C);
+    const Unit u = unit_new(job);
+    int64_t pixels[TILE];
     for (int64_t unit = job->begin[thread]; unit < job->end[thread]; unit++) {
-        const int64_t b = unit / job->To, to = unit % job->To;
+        const int64_t b = unit / job->To, to = unit % job->To, first = (b * job->T + to * job->pt) * job->F;
+        const float *restrict grad_out = job->grad_out + (b * job->To + to) * job->Fo * C;
         memset(part, 0, 3 * C * sizeof(float));
-        int64_t n = 0;
-        for (int64_t fo = 0; fo < job->Fo; fo++) {
-            const float *restrict g = job->grad_out + ((b * job->To + to) * job->Fo + fo) * C;
-            for (int64_t dt = 0; dt < job->pt; dt++)
-                for (int64_t df = 0; df < job->pf; df++, n++) {
-                    const int64_t pixel = (b * job->T + to * job->pt + dt) * job->F + fo * job->pf + df;
-                    float *restrict xb = xbs + n * C, *restrict dlin = dlins + n * C;
-                    pixel_forward(job, pixel, C, xb, lin, gate, keep);
-                    for (int64_t k = 0; k < C; k++) {
-                        const float grad = g[k] * area * keep[k];
-                        dlin[k] = grad * gate[k];
-                        dxb[k] = grad * lin[k] * gate[k] * (1.0f - gate[k]);
-                    }
-                    matvec(weight, dlin, dxb, dxb, C);
-                    const float *restrict x = job->c + pixel * C;
-                    float *restrict gx = job->grad_xb + pixel * C;
-                    for (int64_t k = 0; k < C; k++) {
-                        db[k] += dlin[k];
-                        dsh[k] += dxb[k];
-                        dsc[k] += dxb[k] * (x[k] - mean[k]);
-                        gx[k] = dxb[k];
-                    }
+        for (int64_t k = 0; k < n;) {
+            const int P = n - k >= TILE ? TILE : 1;
+            float *restrict xb = xbs + k * C, *restrict dlin = dlins + k * C;
+            for (int p = 0; p < P; p++) pixels[p] = first + u.offset[k + p];
+            if (P == TILE)
+                tile_forward(job, pixels, C, TILE, xb, lin, gate, keep);
+            else
+                tile_forward(job, pixels, C, 1, xb, lin, gate, keep);
+            for (int p = 0; p < P; p++) {
+                const float *restrict g = grad_out + u.window[k + p] * C;
+                for (int64_t c = 0; c < C; c++) {
+                    const int64_t j = p * C + c;
+                    const float grad = g[c] * keep[j] / (float)area;
+                    dlin[j] = grad * gate[j];
+                    dxb[j] = grad * lin[j] * gate[j] * (1.0f - gate[j]);
                 }
+            }
+            if (P == TILE)
+                matmul_tile(job->weight, dlin, dxb, dxb, C, TILE);
+            else
+                matmul_tile(job->weight, dlin, dxb, dxb, C, 1);
+            for (int p = 0; p < P; p++, k++) {
+                const float *restrict x = job->c + pixels[p] * C;
+                float *restrict gx = job->grad_xb + pixels[p] * C;
+                for (int64_t c = 0; c < C; c++) {
+                    const float d = dxb[p * C + c];
+                    db[c] += dlin[p * C + c];
+                    dsh[c] += d;
+                    dsc[c] += d * (x[c] - mean[c]);
+                    gx[c] = d;
+                }
+            }
         }
         outer_accumulate(dlins, xbs, n, total, C);
         for (int64_t j = 0; j < 3 * C; j++) total[C * C + j] += part[j];
@@ -279,6 +348,7 @@ INLINE void backward_rows(Job *job, int thread, const int64_t C) {
     free(xbs);
     free(dlins);
     free(part);
+    unit_free(u);
 }
 
 static void *backward_thread(void *arg) {
