@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
@@ -104,23 +105,60 @@ def tiled_store(source: Path, out: Path, sizes: dict[str, int]) -> Path:
 # ------------------------------------------------------------------------------------------ training steps
 
 
-def _reference_crnn():
-    """The naive reference: the same CRNN with PyTorch's own dropout, eager, NCHW."""
-    from sedaug.model import CRNN, Dropout
-    from sedaug.recipe import ModelConfig
+class _NaiveBlock(torch.nn.Module):
+    """dcase20's block as its code writes it: NCHW, the GLU's linear over permuted channels, nn.Dropout."""
 
-    model = CRNN(ModelConfig())
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, Dropout):
-                setattr(module, name, torch.nn.Dropout(child.p))
-    return model
+    def __init__(self, c_in: int, c_out: int, pool):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.99)
+        self.linear = torch.nn.Linear(c_out, c_out)
+        self.dropout = torch.nn.Dropout(0.5)
+        self.pool = torch.nn.AvgPool2d(tuple(pool))
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        lin = self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.pool(self.dropout(lin * torch.sigmoid(x)))
+
+
+class _NaiveCRNN(torch.nn.Module):
+    """The naive reference: the dcase20 CRNN in plain eager PyTorch (NCHW, nn.GRU, nn.Dropout), no sedaug code."""
+
+    def __init__(self):
+        super().__init__()
+        from sedaug.recipe import ModelConfig
+
+        cfg = ModelConfig()
+        channels = [1, *cfg.cnn_filters]
+        self.cnn = torch.nn.Sequential(*(_NaiveBlock(channels[i], channels[i + 1], pool)
+                                         for i, pool in enumerate(cfg.cnn_pooling)))
+        self.rnn = torch.nn.GRU(channels[-1], cfg.rnn_hidden, cfg.rnn_layers, batch_first=True, bidirectional=True)
+        self.dropout = torch.nn.Dropout(0.5)
+        self.strong = torch.nn.Linear(2 * cfg.rnn_hidden, 10)
+        self.attention = torch.nn.Linear(2 * cfg.rnn_hidden, 10)
+
+    def forward(self, mel):
+        from sedaug.model import amplitude_to_db
+
+        x = self.cnn(amplitude_to_db(mel).unsqueeze(1))
+        x = self.rnn(x.permute(0, 2, 1, 3).flatten(2))[0]
+        x = self.dropout(x)
+        strong = torch.sigmoid(self.strong(x))
+        att = torch.softmax(self.attention(x), dim=-1).clamp(1e-7, 1.0)
+        return strong, (strong * att).sum(dim=1) / att.sum(dim=1)
 
 
 def step_flops(fn) -> int:
+    """The model FLOPs of fn(), counted on PyTorch's ops: sedaug's CPU kernel is off while counting (the counter
+    cannot see inside it), so a step counts the same FLOPs whichever path computes it."""
+    from unittest import mock
+
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    from sedaug import kernels
+
+    with FlopCounterMode(display=False) as counter, mock.patch.object(kernels, "library", lambda: None):
         fn()
     return counter.get_total_flops()
 
@@ -147,17 +185,29 @@ def _stepper(family: str, features: Path, device: torch.device, batch_size: int)
     return step
 
 
-def bare_step(name: str, model, device: torch.device, batch_size: int, repeats: int, peak: float) -> dict:
-    x = torch.rand(batch_size, 628, 128, device=device)
+def _fwd_bwd(model, device: torch.device, batch_size: int):
+    """Plain forward+backward of `model` on a ready batch with the classification loss, nothing else. (A loss like
+    strong.mean() gives gradients ~1e4 times smaller than training's, whose subnormal products slow CPUs down.)"""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 628, 128, generator=g).to(device)
+    strong_target = (torch.rand(batch_size, 157, 10, generator=g) < 0.2).float().to(device)
+    weak_target = strong_target.amax(dim=1)
 
     def fwd_bwd():
         strong, weak = model(x)
-        (strong.mean() + weak.mean()).backward()
+        (F.binary_cross_entropy(strong, strong_target) + F.binary_cross_entropy(weak, weak_target)).backward()
 
-    seconds = timed(fwd_bwd, repeats, _sync(device))
-    flops = step_flops(fwd_bwd)
+    return fwd_bwd
+
+
+def _row(name: str, seconds: float, flops: int, batch_size: int, peak: float) -> dict:
     return {"name": name, "seconds": seconds, "clips_per_s": batch_size / seconds, "flops": flops,
             "mfu": flops / seconds / peak}
+
+
+def bare_step(name: str, model, device: torch.device, batch_size: int, repeats: int, peak: float) -> dict:
+    fwd_bwd = _fwd_bwd(model, device, batch_size)
+    return _row(name, timed(fwd_bwd, repeats, _sync(device)), step_flops(fwd_bwd), batch_size, peak)
 
 
 def _reference_in_default_process(repeats: int, peak: float) -> dict:
@@ -171,33 +221,45 @@ def _reference_in_default_process(repeats: int, peak: float) -> dict:
     return row
 
 
+def timed_interleaved(steps: dict, repeats: int, sync) -> dict[str, float]:
+    """Best-of-`repeats` seconds of each step, the steps taking turns: this VM's speed drifts by up to 2x over
+    minutes, and ratios between rows (vs bare student) must not depend on which row ran in a slow minute."""
+    for step in steps.values():
+        step()
+    sync()
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def bench_training(features: Path, device: torch.device, peak: float, repeats: int, families: list[str]) -> list[dict]:
     from sedaug.model import CRNN
     from sedaug.recipe import ModelConfig
 
-    sync = _sync(device)
     batch_size = 24
     rows = []
-
     # Bare forward+backward on a ready tensor: the naive reference, as plain PyTorch runs it (glibc's default
     # allocator, in a process of its own) and in this process, and sedaug's own model.
     if device.type == "cpu" and os.environ.get("GLIBC_TUNABLES"):
         rows.append(_reference_in_default_process(repeats, peak))
-    for name, model in (("reference (naive eager, NCHW)", _reference_crnn()), ("student fwd+bwd (sedaug)", CRNN(ModelConfig()))):
-        rows.append(bare_step(name, model.to(device).train(), device, batch_size, repeats, peak))
-    reference, bare = rows[0]["seconds"], rows[-1]["seconds"]
-
-    for family in families:
-        step = _stepper(family, features, device, batch_size)
-        seconds = timed(step, repeats, sync)
-        flops = step_flops(step)
-        rows.append({
-            "name": family, "seconds": seconds, "clips_per_s": batch_size / seconds, "flops": flops,
-            "mfu": flops / seconds / peak,
+    reference, bare = "reference (naive eager, NCHW)", "student fwd+bwd (sedaug)"
+    steps = {
+        reference: _fwd_bwd(_NaiveCRNN().to(device).train(), device, batch_size),
+        bare: _fwd_bwd(CRNN(ModelConfig()).to(device).train(), device, batch_size),
+        **{family: _stepper(family, features, device, batch_size) for family in families},
+    }
+    seconds = timed_interleaved(steps, repeats, _sync(device))
+    for name, step in steps.items():
+        rows.append(_row(name, seconds[name], step_flops(step), batch_size, peak))
+        if name in families:
             # MFU relative to the naive reference: the same FLOP rate gives 1.0 whatever the family's extra passes.
-            "vs_reference": (flops / seconds) / (rows[0]["flops"] / reference),
-            "vs_bare_student": seconds / bare,
-        })
+            rows[-1]["vs_reference"] = rows[-1]["mfu"] / rows[0]["mfu"]
+            rows[-1]["vs_bare_student"] = seconds[name] / seconds[bare]
     return rows
 
 
@@ -335,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             results["peak"]["bf16_flops"] = matmul_peak(device, torch.bfloat16)
         if sections == {"reference"}:
             results["reference"] = bare_step("reference (naive eager, NCHW, default allocator)",
-                                             _reference_crnn().to(device).train(), device, 24, repeats, peak)
+                                             _NaiveCRNN().to(device).train(), device, 24, repeats, peak)
         if "train" in sections:
             results["train"] = bench_training(features, device, peak, repeats, args.families.split(","))
         if "extract" in sections:
