@@ -50,7 +50,7 @@ def _sync(device: torch.device):
 # --------------------------------------------------------------------------------------------------- peak
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 10) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = timed(lambda: a @ b, repeats, _sync(device))
@@ -223,13 +223,14 @@ def _reference_in_default_process(repeats: int, peak: float) -> dict:
 
 def timed_interleaved(steps: dict, repeats: int, sync) -> dict[str, float]:
     """Best-of-`repeats` seconds of each step, the steps taking turns: this VM's speed drifts by up to 2x over
-    minutes, and ratios between rows (vs bare student) must not depend on which row ran in a slow minute."""
-    for step in steps.values():
-        step()
-    sync()
+    minutes, and ratios between rows (vs bare student) must not depend on which row ran in a slow minute. Each
+    timed call follows an untimed one of the same step: right after another step's different activations, the
+    allocator's first call pays page faults that a run of one recipe does not."""
     best = dict.fromkeys(steps, float("inf"))
     for _ in range(repeats):
         for name, step in steps.items():
+            step()
+            sync()
             start = time.perf_counter()
             step()
             sync()

@@ -94,3 +94,19 @@ def test_fused_crnn_step_equals_the_eager_step(monkeypatch):
     scale = max(t.abs().max().item() for t in eager[2:])  # small gradients (the attention bias's) cancel in float32
     for got, expected in zip(fused, eager, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5 * scale)
+
+
+def test_a_failed_build_warns_and_leaves_the_eager_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    kernels.library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="did not build"):
+            assert kernels.library() is None
+        block = GatedBlock(1, 8, 3, (2, 2), ModelConfig()).to(memory_format=torch.channels_last)
+        x = torch.randn(2, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+        assert not block._fused(block.conv(x))
+        assert block(x).shape == (2, 8, 4, 4)
+        assert not list(tmp_path.rglob("*.so"))
+    finally:
+        kernels.library.cache_clear()  # the next caller builds or loads the real one again

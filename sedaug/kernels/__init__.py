@@ -1,7 +1,7 @@
 """sedaug's one compiled kernel: the gated block's BatchNorm → GLU → dropout → pooling, fused (`gated_block.c`).
 
 On CPU these memory-bound steps cost more than the convolutions (DESIGN §10): eager PyTorch makes ~20 passes
-over each full-resolution activation per step, the kernel 5. It is built on first use with the system's C compiler
+over each full-resolution activation per step, the kernel 4. It is built on first use with the system's C compiler
 into a cache keyed by source, flags and CPU, and loaded with ctypes. Where no compiler works, `library()` is None and
 the model keeps its eager path, which computes the same numbers from the same random draws. SEDAUG_KERNELS=0 turns
 the kernel off (A/B runs, debugging).
@@ -51,9 +51,9 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("SEDAUG_KERNELS", "1") == "0" or platform.system() != "Linux":
         return None
     compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode() + _cpu_id()).hexdigest()[:16]
-    path = _cache_dir() / f"gated_block-{key}.so"
     try:
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode() + _cpu_id()).hexdigest()
+        path = _cache_dir() / f"gated_block-{key[:16]}.so"
         if not path.exists():
             if shutil.which(compiler) is None:
                 return None

@@ -2,7 +2,8 @@
  * `Linear_c(x) * sigmoid(x)` -> dropout 1/2 from random bits -> average pooling, forward and backward.
  *
  * Eager PyTorch makes ~20 memory passes over each full-resolution activation per step (the first block's is
- * 120 MB at batch 24); these loops make 2 forward and 3 backward, with the channel linear done per pixel in cache.
+ * 120 MB at batch 24); these loops make 2 forward (statistics, output) and 2 backward, with the GLU's channel
+ * products done in registers, four pixels at a time.
  * Layout: NHWC (PyTorch's channels-last), float32. Threads: plain pthreads over rows of pooling windows.
  * Dropout bits: element e (its channels-last memory index) is kept iff bit e % 8 of bits[e / 8] is set, as in
  * sedaug.model._keep_twice. Built and loaded by sedaug/kernels/__init__.py; the eager path in sedaug.model is the
@@ -112,7 +113,7 @@ void gb_stats(const float *c, int64_t B, int64_t T, int64_t F, int64_t C, double
     free(job.sums);
 }
 
-/* -------------------------------------------------------------------------------------- one pixel, forward */
+/* -------------------------------------------------------------------------------------------------- forward */
 
 #define INLINE static inline __attribute__((always_inline))
 
