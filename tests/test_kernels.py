@@ -10,9 +10,16 @@ from sedaug.model import GatedBlock
 from sedaug.recipe import ModelConfig
 
 
-def test_the_kernel_builds_on_this_machine():
-    # Every machine sedaug targets has a C compiler; without the kernel the other tests here would compare the
-    # eager path with itself.
+def test_the_kernel_builds_on_this_machine(monkeypatch, tmp_path):
+    """Built from source into an empty cache, as on a fresh machine. Every machine sedaug targets has a C compiler;
+    without the kernel the other tests here would compare the eager path with itself."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is not None
+        assert len(list((tmp_path / "sedaug").glob("gated_block-*.so"))) == 1
+    finally:
+        kernels.library.cache_clear()  # the next caller loads the one in the real cache
     assert kernels.library() is not None
 
 
