@@ -17,7 +17,7 @@ def test_the_kernel_builds_on_this_machine(monkeypatch, tmp_path):
     kernels.library.cache_clear()
     try:
         assert kernels.library() is not None
-        assert len(list((tmp_path / "sedaug").glob("gated_block-*.so"))) == 1
+        assert len(list((tmp_path / "sedaug").glob("kernels-*.so"))) == 1
     finally:
         kernels.library.cache_clear()  # the next caller loads the one in the real cache
     assert kernels.library() is not None
@@ -117,3 +117,25 @@ def test_a_failed_build_warns_and_leaves_the_eager_path(monkeypatch, tmp_path):
         assert not list(tmp_path.rglob("*.so"))
     finally:
         kernels.library.cache_clear()  # the next caller builds or loads the real one again
+
+
+@pytest.mark.parametrize("batch, steps, inputs, hidden, layers", [(5, 9, 4, 32, 2), (3, 11, 6, 8, 1)])
+def test_kernel_gru_matches_nn_gru_forward_and_gradients(batch, steps, inputs, hidden, layers):
+    """The C recurrences (hidden 32: the blocked products; 8: the generic ones) against PyTorch's GRU, in float32."""
+    from sedaug.gru import _KernelLayer, bidirectional_gru
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(inputs, hidden, layers, batch_first=True, bidirectional=True)
+    x = torch.randn(batch, steps, inputs, requires_grad=True)
+    upstream = torch.randn(batch, steps, 2 * hidden)
+    params = [x, *gru.parameters()]
+    calls = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_KernelLayer, "apply", lambda *a, apply=_KernelLayer.apply: calls.append(1) or apply(*a))
+        got = bidirectional_gru(x, gru)
+    assert len(calls) == layers
+    expected = gru(x)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for g, e in zip(torch.autograd.grad(got, params, upstream), torch.autograd.grad(expected, params, upstream),
+                    strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)

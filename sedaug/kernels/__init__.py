@@ -1,4 +1,5 @@
-"""sedaug's one compiled kernel: the gated block's BatchNorm → GLU → dropout → pooling, fused (`gated_block.c`).
+"""sedaug's CPU kernels: the gated block's BatchNorm → GLU → dropout → pooling, fused (`gated_block.c`), and the
+bidirectional GRU's recurrences (`gru.c`, for sedaug/gru.py).
 
 On CPU these memory-bound steps cost more than the convolutions (DESIGN §10): eager PyTorch makes ~20 passes
 over each full-resolution activation per step, the kernel 4. It is built on first use with the system's C compiler
@@ -22,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("gated_block.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("gated_block.c", "gru.c")]
+HEADERS = [Path(__file__).with_name("common.h")]
 FLAGS = ["-O2", "-ftree-vectorize", "-march=native", "-fPIC", "-shared", "-pthread"]
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -31,6 +33,8 @@ _SIGNATURES = {
     "gb_forward": [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _P, _P, _P, _P, _P, _INT],
     "gb_backward": [_P, _I64, _I64, _I64, _I64, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _INT],
     "gb_bn_backward": [_P, _P, _I64, _I64, _P, _P, _P, _INT],
+    "gru_forward": [_P, _P, _P, _I64, _I64, _I64, _P, _P, _P, _P],
+    "gru_backward": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _P, _P],
 }
 
 
@@ -52,14 +56,15 @@ def library() -> ctypes.CDLL | None:
         return None
     compiler = os.environ.get("CC", "cc")
     try:
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode() + _cpu_id()).hexdigest()
-        path = _cache_dir() / f"gated_block-{key[:16]}.so"
+        sources = b"".join(p.read_bytes() for p in SOURCES + HEADERS)
+        key = hashlib.sha256(sources + " ".join([compiler, *FLAGS]).encode() + _cpu_id()).hexdigest()
+        path = _cache_dir() / f"kernels-{key[:16]}.so"
         if not path.exists():
             if shutil.which(compiler) is None:
                 return None
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            built = subprocess.run([compiler, *FLAGS, "-o", str(partial), str(SOURCE)], capture_output=True, text=True)
+            built = subprocess.run([compiler, *FLAGS, "-o", str(partial), *map(str, SOURCES)], capture_output=True, text=True)
             if built.returncode != 0:
                 return _unavailable(f"it did not build: {built.stderr[-500:]}")
             os.replace(partial, path)  # atomic: concurrent first uses each build, and one wins

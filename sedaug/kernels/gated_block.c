@@ -14,27 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_THREADS 64
+#include "common.h"
 
-/* exp(x) in float, branch-free so that loops over channels vectorize (Cephes' expf polynomial, ~1 ulp). */
-static inline float exp_f(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    float n = x * 1.44269504088896341f + 12582912.0f; /* round to nearest by the 1.5 * 2^23 trick */
-    n -= 12582912.0f;
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
+#define MAX_THREADS 64
 
 /* Byte value -> its 8 bits as dropout scales {0, 2}. */
 static float KEEP[256][8];
@@ -115,8 +97,6 @@ void gb_stats(const float *c, int64_t B, int64_t T, int64_t F, int64_t C, double
 
 /* -------------------------------------------------------------------------------------------------- forward */
 
-#define INLINE static inline __attribute__((always_inline))
-
 /* Thread bodies are inlined with C a constant for the CRNN's channel counts, so the compiler unrolls the
  * per-pixel channel loops and keeps them in registers (3x faster than a runtime C); other C run the generic body. */
 #define SPECIALIZE(body, task)                                         \
@@ -129,18 +109,8 @@ void gb_stats(const float *c, int64_t B, int64_t T, int64_t F, int64_t C, double
         default: body((task)->job, (task)->thread, (task)->job->C);    \
     }
 
-/* 8 floats in one AVX register (GCC vector extension; memcpy makes unaligned loads and stores). */
-typedef float v8 __attribute__((vector_size(32)));
 #define VEC(C) ((C) % 8 == 0)
 #define TILE 4 /* pixels per matrix product: each weight load serves four pixels */
-
-INLINE v8 load8(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-INLINE void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 
 /* out[p][o] = init[p][o] + sum_i m[i*C + o] v[p][i] for P pixels (rows C apart; out may be init). Blocks of 32
  * outputs times P pixels stay in registers: independent chains, and P uses of every weight loaded. */
