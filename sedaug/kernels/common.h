@@ -1,4 +1,4 @@
-/* What sedaug's kernels share: 8-float vectors and a vectorizable exp. */
+/* What sedaug's kernels share: 8-float vectors, a vectorizable exp, and a small register-blocked matrix product. */
 #pragma once
 #include <stdint.h>
 #include <string.h>
@@ -37,3 +37,41 @@ static inline float exp_f(float x) {
 
 INLINE float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
 
+
+/* out[p][o] = init[p][o] + sum_i v[p][i] m[i][o] for `rows` rows (v's rows I apart, out's O apart, init's
+ * init_stride apart: 0 for one row shared by all; out may be init), outputs [ob, ob + width), width a multiple of 8
+ * up to 32. Up to 4 x 4 vectors stay in registers and each weight load serves every row: rows and width must be
+ * constants where this is inlined, else the accumulators live in memory. */
+INLINE void product_block(const float *restrict m, const float *restrict v, const float *init, int64_t init_stride,
+                          float *out, int64_t I, int64_t O, int64_t ob, const int rows, const int64_t width) {
+    v8 acc[4][4];
+#pragma GCC unroll 4
+    for (int p = 0; p < rows; p++)
+#pragma GCC unroll 4
+        for (int64_t j = 0; j < width / 8; j++) acc[p][j] = load8(init + p * init_stride + ob + 8 * j);
+    for (int64_t i = 0; i < I; i++) {
+        v8 w[4];
+#pragma GCC unroll 4
+        for (int64_t j = 0; j < width / 8; j++) w[j] = load8(m + i * O + ob + 8 * j);
+#pragma GCC unroll 4
+        for (int p = 0; p < rows; p++)
+#pragma GCC unroll 4
+            for (int64_t j = 0; j < width / 8; j++) acc[p][j] += w[j] * v[p * I + i];
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < rows; p++)
+#pragma GCC unroll 4
+        for (int64_t j = 0; j < width / 8; j++) store8(out + p * O + ob + 8 * j, acc[p][j]);
+}
+
+/* The same product for any sizes, one row at a time (sizes that are not multiples of 8). */
+INLINE void product_rows(const float *restrict m, const float *restrict v, const float *init, int64_t init_stride,
+                         float *out, int64_t rows, int64_t I, int64_t O) {
+    for (int64_t p = 0; p < rows; p++) {
+        float acc[O];
+        for (int64_t o = 0; o < O; o++) acc[o] = init[p * init_stride + o];
+        for (int64_t i = 0; i < I; i++)
+            for (int64_t o = 0; o < O; o++) acc[o] += v[p * I + i] * m[i * O + o];
+        memcpy(out + p * O, acc, O * sizeof(float));
+    }
+}

@@ -112,38 +112,15 @@ void gb_stats(const float *c, int64_t B, int64_t T, int64_t F, int64_t C, double
 #define VEC(C) ((C) % 8 == 0)
 #define TILE 4 /* pixels per matrix product: each weight load serves four pixels */
 
-/* out[p][o] = init[p][o] + sum_i m[i*C + o] v[p][i] for P pixels (rows C apart; out may be init). Blocks of 32
- * outputs times P pixels stay in registers: independent chains, and P uses of every weight loaded. */
+/* out[p][o] = init[p][o] + sum_i v[p][i] m[i*C + o] for P pixels (rows C apart; out may be init): blocks of up to
+ * 32 outputs times P pixels in registers, P uses of every weight loaded. */
 INLINE void matmul_tile(const float *restrict m, const float *restrict v, const float *init, float *out,
                         const int64_t C, const int P) {
     if (VEC(C)) {
         const int64_t width = C < 32 ? C : 32;
-        for (int64_t ob = 0; ob < C; ob += width) {
-            v8 acc[TILE][4];
-            for (int p = 0; p < P; p++)
-#pragma GCC unroll 4
-                for (int64_t j = 0; j < width / 8; j++) acc[p][j] = load8(init + p * C + ob + 8 * j);
-            for (int64_t i = 0; i < C; i++) {
-                v8 w[4];
-#pragma GCC unroll 4
-                for (int64_t j = 0; j < width / 8; j++) w[j] = load8(m + i * C + ob + 8 * j);
-#pragma GCC unroll 4
-                for (int p = 0; p < P; p++)
-#pragma GCC unroll 4
-                    for (int64_t j = 0; j < width / 8; j++) acc[p][j] += w[j] * v[p * C + i];
-            }
-            for (int p = 0; p < P; p++)
-#pragma GCC unroll 4
-                for (int64_t j = 0; j < width / 8; j++) store8(out + p * C + ob + 8 * j, acc[p][j]);
-        }
+        for (int64_t ob = 0; ob < C; ob += width) product_block(m, v, init, C, out, C, C, ob, P, width);
     } else {
-        for (int p = 0; p < P; p++) {
-            float acc[C];
-            for (int64_t o = 0; o < C; o++) acc[o] = init[p * C + o];
-            for (int64_t i = 0; i < C; i++)
-                for (int64_t o = 0; o < C; o++) acc[o] += m[i * C + o] * v[p * C + i];
-            for (int64_t o = 0; o < C; o++) out[p * C + o] = acc[o];
-        }
+        product_rows(m, v, init, C, out, P, C, C);
     }
 }
 
@@ -220,6 +197,20 @@ INLINE void tile_forward(const Job *job, const int64_t *restrict pixels, const i
     matmul_tile(job->weight_t, xb, lin, lin, C, P);
 }
 
+/* The next tile of a unit from its k-th pixel (TILE pixels while the unit has them, then one): its pixel indices
+ * and tile_forward's arrays; returns the tile's size. */
+INLINE int next_tile(const Job *job, const Unit *u, int64_t first, int64_t k, int64_t n, const int64_t C,
+                     int64_t *restrict pixels, float *restrict xb, float *restrict lin, float *restrict gate,
+                     float *restrict keep) {
+    const int P = n - k >= TILE ? TILE : 1;
+    for (int p = 0; p < P; p++) pixels[p] = first + u->offset[k + p];
+    if (P == TILE)
+        tile_forward(job, pixels, C, TILE, xb, lin, gate, keep);
+    else
+        tile_forward(job, pixels, C, 1, xb, lin, gate, keep);
+    return P;
+}
+
 INLINE void forward_rows(Job *job, int thread, const int64_t C) {
     const int64_t area = job->pt * job->pf, n = job->Fo * area;
     float xb[TILE * C], lin[TILE * C], gate[TILE * C], keep[TILE * C];
@@ -230,12 +221,7 @@ INLINE void forward_rows(Job *job, int thread, const int64_t C) {
         const int64_t b = unit / job->To, to = unit % job->To, first = (b * job->T + to * job->pt) * job->F;
         memset(acc, 0, job->Fo * C * sizeof(float));
         for (int64_t k = 0; k < n;) {
-            const int P = n - k >= TILE ? TILE : 1;
-            for (int p = 0; p < P; p++) pixels[p] = first + u.offset[k + p];
-            if (P == TILE)
-                tile_forward(job, pixels, C, TILE, xb, lin, gate, keep);
-            else
-                tile_forward(job, pixels, C, 1, xb, lin, gate, keep);
+            const int P = next_tile(job, &u, first, k, n, C, pixels, xb, lin, gate, keep);
             for (int p = 0; p < P; p++, k++) {
                 float *restrict a = acc + u.window[k] * C;
                 for (int64_t c = 0; c < C; c++) a[c] += lin[p * C + c] * gate[p * C + c] * keep[p * C + c];
@@ -282,12 +268,8 @@ INLINE void backward_rows(Job *job, int thread, const int64_t C) {
         memset(part, 0, 3 * C * sizeof(float));
         for (int64_t k = 0; k < n;) {
             const int P = n - k >= TILE ? TILE : 1;
-            float *restrict xb = xbs + k * C, *restrict dlin = dlins + k * C;
-            for (int p = 0; p < P; p++) pixels[p] = first + u.offset[k + p];
-            if (P == TILE)
-                tile_forward(job, pixels, C, TILE, xb, lin, gate, keep);
-            else
-                tile_forward(job, pixels, C, 1, xb, lin, gate, keep);
+            float *restrict dlin = dlins + k * C;
+            next_tile(job, &u, first, k, n, C, pixels, xbs + k * C, lin, gate, keep);
             for (int p = 0; p < P; p++) {
                 const float *restrict g = grad_out + u.window[k + p] * C;
                 for (int64_t c = 0; c < C; c++) {

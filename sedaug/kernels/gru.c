@@ -13,51 +13,24 @@
 
 #include "common.h"
 
-/* Rows [b0, b0 + rows) and outputs [ob, ob + 32) of the product below: 4 x 4 vectors in registers (rows is a
- * constant where this is inlined, else the accumulators would live in memory). */
-INLINE void block(const float *restrict m, const float *restrict v, const float *init, int64_t init_stride,
-                  float *out, int64_t I, int64_t O, int64_t b0, int64_t ob, const int rows) {
-    v8 acc[4][4];
-#pragma GCC unroll 4
-    for (int p = 0; p < rows; p++)
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) acc[p][j] = load8(init + (b0 + p) * init_stride + ob + 8 * j);
-    for (int64_t i = 0; i < I; i++) {
-        v8 w[4];
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) w[j] = load8(m + i * O + ob + 8 * j);
-#pragma GCC unroll 4
-        for (int p = 0; p < rows; p++)
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) acc[p][j] += w[j] * v[(b0 + p) * I + i];
-    }
-#pragma GCC unroll 4
-    for (int p = 0; p < rows; p++)
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) store8(out + (b0 + p) * O + ob + 8 * j, acc[p][j]);
-}
-
 /* out[b][o] = init[b][o] + sum_i v[b][i] m[i][o] for B rows; init has row stride init_stride (0: one row for all).
  * out may be init. With O a multiple of 32: blocks of 4 rows x 32 outputs, each weight load serving 4 rows. */
 static void matmul(const float *restrict m, const float *restrict v, const float *init, int64_t init_stride,
                    float *out, int64_t B, int64_t I, int64_t O) {
-    if (O % 32 == 0) {
-        for (int64_t b0 = 0; b0 < B; b0 += 4)
-            for (int64_t ob = 0; ob < O; ob += 32) {
-                switch (B - b0 < 4 ? B - b0 : 4) {
-                    case 4: block(m, v, init, init_stride, out, I, O, b0, ob, 4); break;
-                    case 3: block(m, v, init, init_stride, out, I, O, b0, ob, 3); break;
-                    case 2: block(m, v, init, init_stride, out, I, O, b0, ob, 2); break;
-                    default: block(m, v, init, init_stride, out, I, O, b0, ob, 1);
-                }
+    if (O % 32 != 0) {
+        product_rows(m, v, init, init_stride, out, B, I, O);
+        return;
+    }
+    for (int64_t b0 = 0; b0 < B; b0 += 4) {
+        const float *vb = v + b0 * I, *ib = init + b0 * init_stride;
+        float *ob_out = out + b0 * O;
+        for (int64_t ob = 0; ob < O; ob += 32) {
+            switch (B - b0 < 4 ? B - b0 : 4) { /* constant row counts: see product_block */
+                case 4: product_block(m, vb, ib, init_stride, ob_out, I, O, ob, 4, 32); break;
+                case 3: product_block(m, vb, ib, init_stride, ob_out, I, O, ob, 3, 32); break;
+                case 2: product_block(m, vb, ib, init_stride, ob_out, I, O, ob, 2, 32); break;
+                default: product_block(m, vb, ib, init_stride, ob_out, I, O, ob, 1, 32);
             }
-    } else {
-        for (int64_t b = 0; b < B; b++) {
-            float acc[O];
-            for (int64_t o = 0; o < O; o++) acc[o] = init[b * init_stride + o];
-            for (int64_t i = 0; i < I; i++)
-                for (int64_t o = 0; o < O; o++) acc[o] += v[b * I + i] * m[i * O + o];
-            memcpy(out + b * O, acc, O * sizeof(float));
         }
     }
 }
