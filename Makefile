@@ -14,12 +14,24 @@ DEMO_RECIPES ?= none baseline noise_latent
 ALL_RECIPES  := $(basename $(notdir $(wildcard recipes/*.yaml)))
 FULL_EPOCHS  ?= 200
 
-.PHONY: install test lint demo data table-full bench clean
+.PHONY: install lock test lint demo data table-full bench clean
 
-$(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+# Installs exactly the locked set (every package, version and hash in requirements.lock) into a fresh .venv.
+$(STAMP): requirements.lock pyproject.toml
+	python3 -m venv --clear $(VENV)
+	$(PY) -m pip install --quiet --progress-bar off --no-deps --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --progress-bar off --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Regenerates requirements.lock from pyproject.toml (run it after changing a dependency there, then commit both).
+# One lock for Linux, macOS and Windows, Python >= 3.10; setuptools is locked too, to build the editable install.
+UV_VERSION ?= 0.13.9
+lock:
+	python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --progress-bar off uv==$(UV_VERSION)
+	echo "setuptools>=68" | .venv-lock/bin/uv pip compile pyproject.toml - --extra dev --universal \
+	  --generate-hashes --python-version 3.10 --quiet --custom-compile-command "make lock" -o requirements.lock
 
 install: $(STAMP)
 

@@ -150,15 +150,10 @@ class _NaiveCRNN(torch.nn.Module):
 
 
 def step_flops(fn) -> int:
-    """The model FLOPs of fn(), counted on PyTorch's ops: sedaug's CPU kernel is off while counting (the counter
-    cannot see inside it), so a step counts the same FLOPs whichever path computes it."""
-    from unittest import mock
-
+    """The model FLOPs of fn(), counted on PyTorch's ops."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sedaug import kernels
-
-    with FlopCounterMode(display=False) as counter, mock.patch.object(kernels, "library", lambda: None):
+    with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -205,22 +200,6 @@ def _row(name: str, seconds: float, flops: int, batch_size: int, peak: float) ->
             "mfu": flops / seconds / peak}
 
 
-def bare_step(name: str, model, device: torch.device, batch_size: int, repeats: int, peak: float) -> dict:
-    fwd_bwd = _fwd_bwd(model, device, batch_size)
-    return _row(name, timed(fwd_bwd, repeats, _sync(device)), step_flops(fwd_bwd), batch_size, peak)
-
-
-def _reference_in_default_process(repeats: int, peak: float) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "reference.json"
-        env = {**os.environ, "GLIBC_TUNABLES": ""}  # set but empty: no re-exec, glibc's defaults
-        subprocess.run([sys.executable, "-m", "benchmarks", "--only", "reference", "--repeats", str(repeats),
-                        "--json", str(out)], env=env, check=True, stdout=subprocess.DEVNULL)
-        row = json.loads(out.read_text())["reference"]
-    row["mfu"] = row["flops"] / row["seconds"] / peak  # against this run's peak
-    return row
-
-
 def timed_interleaved(steps: dict, repeats: int, sync) -> dict[str, float]:
     """Best-of-`repeats` seconds of each step, the steps taking turns: this VM's speed drifts by up to 2x over
     minutes, and ratios between rows (vs bare student) must not depend on which row ran in a slow minute. Each
@@ -244,10 +223,7 @@ def bench_training(features: Path, device: torch.device, peak: float, repeats: i
 
     batch_size = 24
     rows = []
-    # Bare forward+backward on a ready tensor: the naive reference, as plain PyTorch runs it (glibc's default
-    # allocator, in a process of its own) and in this process, and sedaug's own model.
-    if device.type == "cpu" and os.environ.get("GLIBC_TUNABLES"):
-        rows.append(_reference_in_default_process(repeats, peak))
+    # Bare forward+backward on a ready tensor: the naive reference and sedaug's own model.
     reference, bare = "reference (naive eager, NCHW)", "student fwd+bwd (sedaug)"
     steps = {
         reference: _fwd_bwd(_NaiveCRNN().to(device).train(), device, batch_size),
@@ -391,14 +367,11 @@ def main(argv: list[str] | None = None) -> None:
                                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        _, features = tiny_store(workdir) if sections != {"reference"} else (None, None)
+        _, features = tiny_store(workdir)
         peak = matmul_peak(device, torch.float32)
         results["peak"] = {"fp32_flops": peak}
         if device.type == "cuda":
             results["peak"]["bf16_flops"] = matmul_peak(device, torch.bfloat16)
-        if sections == {"reference"}:
-            results["reference"] = bare_step("reference (naive eager, NCHW, default allocator)",
-                                             _NaiveCRNN().to(device).train(), device, 24, repeats, peak)
         if "train" in sections:
             results["train"] = bench_training(features, device, peak, repeats, args.families.split(","))
         if "extract" in sections:
@@ -410,10 +383,8 @@ def main(argv: list[str] | None = None) -> None:
             results["memory"] = bench_memory(features, workdir, args.memory_steps)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
-    if sections != {"reference"}:
-        report(results)
-    if sections != {"reference"}:
-        console.print(f"wrote {args.json}")
+    report(results)
+    console.print(f"wrote {args.json}")
 
 
 def report(results: dict) -> None:
@@ -443,7 +414,4 @@ def report(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    from sedaug.cpu import reexec_with_huge_pages
-
-    reexec_with_huge_pages("benchmarks")  # measure what `sedaug` runs
     main()

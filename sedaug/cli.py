@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from sedaug.deps import binary_mismatch
 from sedaug.errors import UserError
 
 app = typer.Typer(
@@ -185,9 +186,10 @@ def _device(name: str | None):
 
 
 def main() -> None:
-    from sedaug.cpu import reexec_with_huge_pages
-
-    reexec_with_huge_pages("sedaug")
+    problem = binary_mismatch()
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(1)
     app(prog_name="sedaug")
 
 

@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sedaug import kernels
-from sedaug.gru import bidirectional_gru
 from sedaug.recipe import ModelConfig
 
 POINTS = ("mel", "input", "cnn", "rnn")
@@ -28,54 +26,6 @@ def amplitude_to_db(x: Tensor, amin: float = 1e-5, top_db: float = 80.0) -> Tens
     return torch.maximum(db, floor.view(-1, *[1] * (db.dim() - 1)))
 
 
-# Byte value -> its 8 bits as dropout scales {0, 2}: one random byte gives eight Bernoulli(1/2) draws.
-# Float scales: a float x float multiply runs ~1.6x faster on CPU than one that promotes a uint8 mask.
-_KEEP_TWICE = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).float() * 2
-
-
-def _random_bytes(x: Tensor) -> Tensor:
-    """At least x.numel() random bits. Drawn as full-range int64s: 5x faster on CPU than one draw per byte."""
-    words = torch.empty((x.numel() + 63) // 64, dtype=torch.int64, device=x.device)
-    return words.random_(torch.iinfo(torch.int64).min, None).view(torch.uint8)
-
-
-def _keep_twice(random_bytes: Tensor, like: Tensor) -> Tensor:
-    """The {0, 2} dropout scales that `random_bytes` encode, shaped and laid out in memory like `like`."""
-    flat = _KEEP_TWICE.to(like.device, like.dtype).index_select(0, random_bytes.int()).view(-1)
-    if like.is_contiguous() or like.is_contiguous(memory_format=torch.channels_last):
-        return flat.as_strided(like.shape, like.stride())  # i.i.d. draws: any order will do, so like's own
-    return flat[: like.numel()].view(like.shape)
-
-
-class _HalfDropout(torch.autograd.Function):
-    """Dropout with p = 1/2 from random bits: exact Bernoulli(1/2) masks, ~8x cheaper than bernoulli_ on CPU.
-
-    Saves the random bytes (1 bit per unit) rather than the mask, and rebuilds the scales in backward.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        random_bytes = _random_bytes(x)
-        ctx.save_for_backward(random_bytes)
-        return x * _keep_twice(random_bytes, x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (random_bytes,) = ctx.saved_tensors
-        return grad * _keep_twice(random_bytes, grad)
-
-
-def _fast_half_dropout(dropout: nn.Dropout, x: Tensor) -> bool:
-    return dropout.training and dropout.p == 0.5 and x.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout, with the random-bits fast path for the CRNN's p = 0.5 on CPU (CUDA's dropout is already fused)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _HalfDropout.apply(x) if _fast_half_dropout(self, x) else super().forward(x)
-
-
 class GatedBlock(nn.Module):
     """Conv 3×3 → BatchNorm → GLU `Linear_c(x) * sigmoid(x)` → Dropout → AvgPool (dcase20)."""
 
@@ -85,29 +35,15 @@ class GatedBlock(nn.Module):
         # dcase20 quirk (default 0.99): Keras' momentum passed to PyTorch, so running stats ≈ the last batch's.
         self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=cfg.batchnorm_momentum)
         self.linear = nn.Linear(c_out, c_out)
-        self.dropout = Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
         self.pool = nn.AvgPool2d(tuple(pool))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
-        if self._fused(x):
-            bits = _random_bytes(x) if self.dropout.training and self.dropout.p == 0.5 else None
-            bn, linear = self.bn, self.linear
-            return kernels.GatedTail.apply(x, bn.weight, bn.bias, linear.weight, linear.bias, bn, self.pool.kernel_size, bits)
         x = self.bn(x)
         # A Linear over channels is a 1×1 convolution: same maths, no permute copies.
         lin = F.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
         return self.pool(self.dropout(lin * torch.sigmoid(x)))
-
-    def _fused(self, x: Tensor) -> bool:
-        """Whether sedaug's CPU kernel computes the block after its convolution (float32; dropout 1/2 or none)."""
-        return (
-            x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and (self.dropout.p in (0.0, 0.5) or not self.dropout.training)
-            and self.bn.momentum is not None and self.pool.stride == self.pool.kernel_size and self.pool.padding == 0
-            and kernels.library() is not None
-        )
 
 
 class CNN(nn.Sequential):
@@ -139,7 +75,7 @@ class CRNN(nn.Module):
         self.rnn = nn.GRU(
             channels[-1] * freq, cfg.rnn_hidden, cfg.rnn_layers, batch_first=True, bidirectional=True
         )
-        self.dropout = Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
         self.strong = nn.Linear(2 * cfg.rnn_hidden, n_classes)
         self.attention = nn.Linear(2 * cfg.rnn_hidden, n_classes)
         # dcase20 quirk (default "classes"): the attention softmax normalizes over classes, not over time.
@@ -167,7 +103,7 @@ class CRNN(nn.Module):
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C·F')
         if perturb is not None:
             x = perturb("cnn", x)
-        x = bidirectional_gru(x, self.rnn) if _sedaug_gru(x, self.rnn) else self.rnn(x)[0]
+        x = self.rnn(x)[0]
         if perturb is not None:
             x = perturb("rnn", x)
         x = self.dropout(x)
@@ -175,11 +111,6 @@ class CRNN(nn.Module):
         att = torch.softmax(self.attention(x), dim=self.attention_dim).clamp(1e-7, 1.0)
         weak = (strong * att).sum(dim=1) / att.sum(dim=1)
         return strong, weak
-
-
-def _sedaug_gru(x: Tensor, rnn: nn.GRU) -> bool:
-    """On CPU without autocast, sedaug's GRU: same maths, faster forward and backward."""
-    return x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and rnn.dropout == 0
 
 
 def _dcase20_init(m: nn.Module) -> None:

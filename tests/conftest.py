@@ -19,8 +19,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from sedaug.data.features import extract_mels
-from sedaug.data.synthetic import generate_synthetic
+from sedaug.deps import binary_mismatch
+
+if (problem := binary_mismatch()) is not None:  # one line, before an import deep in torchaudio fails
+    pytest.exit(f"error: {problem}", returncode=1)
+
+from sedaug.data.features import extract_mels  # noqa: E402
+from sedaug.data.synthetic import generate_synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")

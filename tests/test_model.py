@@ -159,29 +159,6 @@ def test_heads_follow_the_dcase20_formulas(softmax, dim):
     torch.testing.assert_close(weak, (strong * att).sum(1) / att.sum(1))
 
 
-def test_half_dropout_is_exact_bernoulli_half_with_matching_gradient():
-    from sedaug.model import Dropout
-
-    torch.manual_seed(0)
-    x = torch.ones(4, 8, 50, 64, requires_grad=True)
-    y = Dropout(0.5).train()(x)
-    kept = y.detach() != 0
-    assert set(y.detach().unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept units scaled by 1/(1 - p)
-    assert abs(kept.float().mean().item() - 0.5) < 0.01  # 102,400 draws: the std of the mean is 0.0016
-    # Neighbouring units are independent (the bits of one random byte are not correlated).
-    flat = kept.flatten().float()
-    assert abs(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1].item()) < 0.02
-    y.sum().backward()
-    assert torch.equal(x.grad, y.detach())  # d(x * scale)/dx = scale
-    torch.manual_seed(1)
-    a = Dropout(0.5).train()(x)
-    torch.manual_seed(1)
-    assert torch.equal(a, Dropout(0.5).train()(x))  # seeded like any other draw
-    assert torch.equal(Dropout(0.5).eval()(x), x)
-    other = Dropout(0.3).train()(x).detach()  # other rates keep PyTorch's dropout
-    assert other.unique().tolist() == [0.0, pytest.approx(1 / 0.7)]
-
-
 def test_inference_path_equals_the_training_path_without_dropout():
     torch.manual_seed(0)
     model = CRNN(ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(4, 4), (1, 32)], rnn_hidden=8)).eval()
@@ -204,46 +181,6 @@ def test_teacher_path_equals_the_training_path_with_the_same_draws(dropout):
     with torch.no_grad():
         no_graph = model(mel)
     assert all(torch.allclose(a.detach(), b) for a, b in zip(with_graph, no_graph, strict=True))
-
-
-@pytest.mark.parametrize("layers", [1, 2])
-def test_bidirectional_gru_matches_nn_gru_forward_and_gradients(layers):
-    from sedaug.gru import bidirectional_gru
-
-    torch.manual_seed(0)
-    gru = torch.nn.GRU(6, 5, layers, batch_first=True, bidirectional=True).double()
-    x = torch.randn(3, 9, 6, dtype=torch.float64, requires_grad=True)
-    expected, got = gru(x)[0], bidirectional_gru(x, gru)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
-    weights = torch.randn_like(expected)
-    inputs = [x, *gru.parameters()]
-    for g, e in zip(torch.autograd.grad((got * weights).sum(), inputs),
-                    torch.autograd.grad((expected * weights).sum(), inputs), strict=True):
-        torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
-
-
-def test_crnn_training_uses_the_fast_gru_and_gets_the_same_gradients(monkeypatch):
-    import sedaug.model
-
-    torch.manual_seed(0)
-    model = CRNN(TINY.model_copy(update={"dropout": 0.0, "rnn_layers": 2})).double().train()
-    mel = mels(2).double()
-    calls = []
-    fast = sedaug.model.bidirectional_gru
-    monkeypatch.setattr(sedaug.model, "bidirectional_gru", lambda x, rnn: calls.append(1) or fast(x, rnn))
-
-    def outputs_and_grads():
-        strong, weak = model(mel)
-        loss = strong.square().mean() + weak.mean()
-        return (strong, weak, *torch.autograd.grad(loss, list(model.parameters())))
-
-    got = outputs_and_grads()
-    assert calls == [1]
-    monkeypatch.setattr(sedaug.model, "_sedaug_gru", lambda x, rnn: False)
-    expected = outputs_and_grads()
-    assert calls == [1]
-    for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
 
 
 def test_compiled_cnn_is_one_graph():

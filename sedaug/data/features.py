@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
-import torchaudio
 
 from sedaug import __version__
 from sedaug.data.desed import (
@@ -43,8 +42,11 @@ from sedaug.data.desed import (
     read_tsv,
     write_tsv,
 )
+from sedaug.deps import import_torchaudio
 from sedaug.errors import UserError
 from sedaug.rundir import atomic_path, write_json
+
+torchaudio = import_torchaudio()
 
 SAMPLE_RATE = 16000
 N_FFT = 2048
