@@ -1,4 +1,4 @@
-"""Consistency augmentations (DESIGN §5): noise, first-order adversarial, VAT and mixup; tensors in, tensors out.
+"""Consistency augmentations (docs/augmentations.md): noise, first-order adversarial, VAT and mixup.
 
 Each augmentation is a `perturb(point, h) -> h'` callable that the model applies at its named points
 (`sedaug.model.POINTS`); `consistency_views` is the one entry point of the training loop.
@@ -6,19 +6,25 @@ Each augmentation is a `perturb(point, h) -> h'` callable that the model applies
 Conventions:
 - `unit(v)` normalizes per clip over all non-batch dims (max-abs first, then L2: stable for tiny gradients).
 - `epsilon_mode: relative` (default) scales a unit direction by ε·‖h‖₂ per clip, h the tensor perturbed at that
-  location, so one ε means the same at cnn, rnn or input. VAT's ξ follows the same mode (ξ·‖h‖₂ per clip when
-  relative, ξ otherwise), so its finite-difference step is also the same fraction of h at every location;
-  ξ = 1e-6 on a unit direction is the VAT authors' practice.
-- Directions are computed with the model in train mode (dropout on, as the paper's eq. 6-9), against the clean
-  prediction detached; those passes leave every buffer (BatchNorm running statistics) bit-identical and send no
-  gradient to parameters (`torch.autograd.grad` w.r.t. the perturbation only).
-- All draws (noise, VAT start, mixup λ, permutation and location) use torch's global RNG.
+  location, so one ε means the same at cnn, rnn or input. VAT's ξ follows the same mode.
+- The first-order adversarial direction (eq. 6-7) is computed with the model in train mode, against the clean
+  prediction: it is non-zero only because the two passes draw different dropout masks (or, under Mean Teacher,
+  because teacher and student differ).
+- VAT's direction search (eq. 8-9) runs a deterministic network (`dropout: shared`, default): every probe pass
+  replays the clean pass's dropout masks and BatchNorm batch statistics (`SameDraws`), so the divergence is 0 at
+  d = 0 and the ξ-step measures curvature (JᵀJ d). `dropout: independent` draws new masks in each probe, as
+  sedaug's first version did: the gradient is then the dropout residual and VAT reduces to the first-order
+  direction whatever the start, ξ or iterations.
+- Direction passes leave every buffer (BatchNorm running statistics) bit-identical and send no gradient to
+  parameters (`torch.autograd.grad` w.r.t. the perturbation only).
+- All draws (noise, mixup λ, permutation and location) use torch's global RNG; VAT's random start comes from a
+  generator seeded from it, so that drawing it does not shift the replayed dropout masks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +79,63 @@ def frozen_buffers(model: nn.Module) -> Iterator[None]:
             setattr(module, name, buf)
 
 
+def _rng_states(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_states(device: torch.device, states: tuple) -> None:
+    torch.set_rng_state(states[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states[1], device)
+
+
+class SameDraws:
+    """Replays one reference pass's randomness in later passes of the same model: its dropout masks (the RNG is
+    rewound to its state before the reference pass; the probe passes draw in the same order and shapes) and its
+    BatchNorm batch statistics (recorded by forward pre-hooks, then used as fixed statistics). The replayed
+    network is a deterministic function of the perturbation, as VAT's power iteration needs."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
+        self.batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.stats: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+        self.rng: tuple | None = None
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Wrap the reference pass."""
+        self.rng = _rng_states(self.device)
+
+        def record(module: nn.Module, args: tuple) -> None:
+            x = args[0].detach().float()
+            dims = [0, *range(2, x.dim())]
+            self.stats[module] = (x.mean(dims), x.var(dims, unbiased=False))
+
+        hooks = [bn.register_forward_pre_hook(record) for bn in self.batchnorms]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Wrap one probe pass: same masks, same batch statistics; buffers and the RNG's later draws untouched."""
+        after = _rng_states(self.device)
+        modes = [bn.training for bn in self.batchnorms]
+        with frozen_buffers(self.model):
+            for bn in self.batchnorms:
+                bn.running_mean, bn.running_var = (s.clone() for s in self.stats[bn])
+                bn.training = False  # normalize with the buffers, i.e. the reference pass's batch statistics
+            _set_rng_states(self.device, self.rng)
+            try:
+                yield
+            finally:
+                for bn, mode in zip(self.batchnorms, modes, strict=True):
+                    bn.training = mode
+                _set_rng_states(self.device, after)
+
+
 # ----------------------------------------------------------------------------------------------- noise
 
 
@@ -96,9 +159,15 @@ def noise(aug: NoiseAugmentation) -> Perturb:
 
 
 def _gradient(
-    model: nn.Module, mel: Tensor, ref: Pair, locations: list[str], offset: Callable[[str, Tensor], Tensor]
+    model: nn.Module,
+    mel: Tensor,
+    ref: Pair,
+    locations: list[str],
+    offset: Callable[[str, Tensor], Tensor],
+    same_draws: SameDraws | None = None,
 ) -> dict[str, Tensor]:
-    """∇_r MSE[ref, model(mel) with h + r at each location] at r = offset(point, h): one forward, one backward."""
+    """∇_r MSE[ref, model(mel) with h + r at each location] at r = offset(point, h): one forward, one backward;
+    with `same_draws`, the pass replays the reference pass's dropout masks and batch statistics."""
     leaves: dict[str, Tensor] = {}
 
     def perturb(point: str, h: Tensor) -> Tensor:
@@ -108,7 +177,7 @@ def _gradient(
         return h + leaves[point]
 
     # enable_grad: the caller may run an EMA teacher under no_grad, with parameters that need no gradient.
-    with torch.enable_grad(), frozen_buffers(model):
+    with torch.enable_grad(), frozen_buffers(model), same_draws.replaying() if same_draws else nullcontext():
         loss = mse(ref, model(mel, perturb))
         grads = torch.autograd.grad(loss, list(leaves.values()))
     return dict(zip(leaves, grads, strict=True))
@@ -122,17 +191,20 @@ def adversarial_directions(
     return {point: unit(g) for point, g in grads.items()}
 
 
-def vat_directions(aug: VATAugmentation, model: nn.Module, ref: Pair, mel: Tensor) -> dict[str, Tensor]:
+def vat_directions(
+    aug: VATAugmentation, model: nn.Module, ref: Pair, mel: Tensor, same_draws: SameDraws | None
+) -> dict[str, Tensor]:
     """VAT (eq. 8-9): d ~ N(0, I), then `iterations` times d ← ∇_r MSE[ref, f(x + r)] at r = ξ·unit(d)."""
+    generator = torch.Generator(mel.device).manual_seed(int(torch.randint(2**62, ())))
     d: dict[str, Tensor] = {}
 
     def probe(point: str, h: Tensor) -> Tensor:
         if point not in d:
-            d[point] = torch.randn_like(h)
+            d[point] = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
         return aug.xi * _size(h, aug.epsilon_mode) * unit(d[point])
 
     for _ in range(aug.iterations):
-        d.update(_gradient(model, mel, ref, aug.locations, probe))
+        d.update(_gradient(model, mel, ref, aug.locations, probe, same_draws))
     return {point: unit(g) for point, g in d.items()}
 
 
@@ -157,27 +229,49 @@ def mix(h: Tensor, lam: float, perm: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------- entry point
 
 
-def consistency_views(aug: Augmentation, model: nn.Module, clean: Pair, mel: Tensor) -> tuple[Pair, Pair]:
+def consistency_views(
+    aug: Augmentation,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    clean: Pair,
+    mel: Tensor,
+    same_draws: SameDraws | None = None,
+    update_batchnorm: bool = False,
+) -> tuple[Pair, Pair]:
     """The two predictions whose MSE is the consistency loss of one training step.
 
-    `model` makes the perturbed prediction (the student for l2/none, the EMA teacher for mean_teacher), in train
-    mode; `clean` = (strong, weak) is the student's prediction on `mel` (the linear mel batch), graph attached.
+    `clean` = (strong, weak) is the student's prediction on `mel` (the linear mel batch), graph attached; under
+    Mean Teacher the perturbed prediction comes from `teacher`, otherwise from the student (whose BatchNorm
+    running statistics it leaves alone unless `update_batchnorm`). `same_draws` recorded the clean pass, for VAT's
+    deterministic direction search (None: independent dropout masks in each probe).
     Returns `(clean_view, perturbed_view)`: `clean_view` is `clean` (for mixup, the same mix of clean predictions,
-    graph kept) and `perturbed_view = model(mel, perturb)` with the final perturbation detached. The caller forms
+    graph kept) and `perturbed_view` the perturbed prediction, the perturbation itself detached. The caller forms
     `mse(clean_view, tuple(p.detach() for p in perturbed_view))` for mean_teacher and
     `mse(tuple(c.detach() for c in clean_view), perturbed_view)` for l2/none.
     """
+    model = teacher if teacher is not None else student
+
+    def perturbed(perturb: Perturb) -> Pair:
+        keep = teacher is not None or update_batchnorm
+        with nullcontext() if keep else frozen_buffers(student):
+            return model(mel, perturb)
+
     if aug.type == "noise":
-        return clean, model(mel, noise(aug))
-    if aug.type in ("adversarial", "vat"):
+        return clean, perturbed(noise(aug))
+    if aug.type == "adversarial":
         ref = (clean[0].detach(), clean[1].detach())
-        find = adversarial_directions if aug.type == "adversarial" else vat_directions
-        return clean, model(mel, shift(find(aug, model, ref, mel), aug.epsilon, aug.epsilon_mode))
+        # Under Mean Teacher the divergence of the teacher's pass from the student's reference is maximised.
+        return clean, perturbed(shift(adversarial_directions(aug, model, ref, mel), aug.epsilon, aug.epsilon_mode))
+    if aug.type == "vat":
+        ref = (clean[0].detach(), clean[1].detach())
+        # d is the student's own worst case (French eq. 11); only the loss's perturbed pass uses the teacher.
+        directions = vat_directions(aug, student, ref, mel, same_draws)
+        return clean, perturbed(shift(directions, aug.epsilon, aug.epsilon_mode))
     if aug.type == "mixup":
         lam = float(torch.distributions.Beta(aug.alpha, aug.alpha).sample())
         perm = torch.randperm(mel.shape[0], device=mel.device)
         # Manifold mixup: with several locations, one is drawn uniformly per step.
         where = aug.locations[int(torch.randint(len(aug.locations), ()))]
         target = (mix(clean[0], lam, perm), mix(clean[1], lam, perm))
-        return target, model(mel, lambda point, h: mix(h, lam, perm) if point == where else h)
+        return target, perturbed(lambda point, h: mix(h, lam, perm) if point == where else h)
     raise ValueError(f"augmentation {aug.type!r} has no consistency views")

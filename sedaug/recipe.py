@@ -75,8 +75,13 @@ class VATAugmentation(Strict):
     locations: list[Location]
     epsilon: float = Field(0.1, gt=0)
     epsilon_mode: Literal["relative", "absolute"] = "relative"
-    xi: float = Field(1e-6, gt=0)
+    # ξ·‖h‖₂ per clip (relative) or ξ: the finite-difference step of the power iteration. 1e-6 (the VAT authors'
+    # value, in float64 practice) is at float32 round-off; 1e-3 keeps the step measuring curvature.
+    xi: float = Field(1e-3, gt=0)
     iterations: int = Field(1, ge=1)
+    # shared: probe passes replay the clean pass's dropout masks and batch statistics (eq. 8, a deterministic f).
+    # independent: fresh masks per probe (sedaug 0.1): the direction is then the first-order one (dropout residual).
+    dropout: Literal["shared", "independent"] = "shared"
 
 
 class MixupAugmentation(Strict):
@@ -112,6 +117,9 @@ class ConsistencyConfig(Strict):
     data: Literal["all", "unlabeled"] = "all"
     weight: float = Field(2.0, ge=0)
     rampup_epochs: float = Field(50, ge=0)
+    # Whether the student's perturbed pass (l2/none) updates its BatchNorm running statistics. dcase20's student
+    # only saw clean passes; with momentum 0.99 an updating perturbed pass would leave it perturbed statistics.
+    update_batchnorm: bool = False
 
 
 class OptimConfig(Strict):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sedaug import rundir
-from sedaug.augment import consistency_views
+from sedaug.augment import SameDraws, consistency_views
 from sedaug.data.batches import Batch, ThreeStreams
 from sedaug.data.features import FeatureParams, check_params, load_scaler, load_split
 from sedaug.errors import UserError
@@ -94,11 +94,14 @@ def training_step(
         group["lr"] = lr
     u, w = batch.n_unlabeled, batch.n_weak
     bf16 = recipe.optim.precision == "bf16"
+    aug = recipe.augmentation
+    same_draws = SameDraws(model, batch.mels.device) if aug.type == "vat" and aug.dropout == "shared" else None
     with torch.autocast(batch.mels.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
-        clean = model(batch.mels)
-        if recipe.augmentation.type != "none":
-            # The perturbed prediction comes from the teacher under Mean Teacher, else from the student itself.
-            views = consistency_views(recipe.augmentation, teacher if teacher is not None else model, clean, batch.mels)
+        with same_draws.recording() if same_draws else nullcontext():
+            clean = model(batch.mels)
+        if aug.type != "none":
+            views = consistency_views(aug, model, teacher, clean, batch.mels, same_draws,
+                                      update_batchnorm=recipe.consistency.update_batchnorm)
     # Losses in float32 outside autocast (binary_cross_entropy is not autocast-safe).
     strong, weak = clean[0].float(), clean[1].float()
     loss_class = F.binary_cross_entropy(strong[u + w :], batch.strong_labels) + F.binary_cross_entropy(

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from sedaug.augment import adversarial_directions, consistency_views, mix, noise, unit, vat_directions
+from sedaug.augment import SameDraws, adversarial_directions, consistency_views, mix, noise, unit, vat_directions
 from sedaug.model import CRNN
 from sedaug.recipe import (
     AdversarialAugmentation,
@@ -85,7 +85,7 @@ def test_mixup_views_agree_exactly_on_a_linear_model():
     x = torch.randn(8, 6)
     clean = model(x)
     target, perturbed = consistency_views(
-        MixupAugmentation(type="mixup", locations=["input"]), model, clean, x
+        MixupAugmentation(type="mixup", locations=["input"]), model, None, clean, x
     )
     torch.testing.assert_close(target[0], perturbed[0])
     torch.testing.assert_close(target[1], perturbed[1])
@@ -120,7 +120,7 @@ def test_noise_views_on_the_crnn():
     x = mels(2)
     clean = model(x)
     aug = NoiseAugmentation(type="noise", locations=["mel"])
-    clean_view, perturbed = consistency_views(aug, model, clean, x)
+    clean_view, perturbed = consistency_views(aug, model, None, clean, x)
     assert clean_view is clean
     assert perturbed[0].shape == (2, 157, 10) and torch.isfinite(perturbed[0]).all()
 
@@ -138,7 +138,7 @@ def test_vat_power_iteration_finds_the_top_right_singular_vector():
     ref = tuple(y.detach() for y in model(x))
     aug = VATAugmentation(type="vat", locations=["input"], iterations=10)
     rng = torch.get_rng_state()
-    d = vat_directions(aug, model, ref, x)["input"]
+    d = vat_directions(aug, model, ref, x, None)["input"]
     top = np.linalg.svd(a.detach().numpy())[2][0]
     cosine = np.abs(d.numpy() @ top) / np.linalg.norm(d.numpy(), axis=1)
     assert (cosine > 0.99).all(), cosine
@@ -147,7 +147,7 @@ def test_vat_power_iteration_finds_the_top_right_singular_vector():
     model.requires_grad_(False)
     torch.set_rng_state(rng)
     with torch.no_grad():
-        assert torch.equal(vat_directions(aug, model, ref, x)["input"], d)
+        assert torch.equal(vat_directions(aug, model, ref, x, None)["input"], d)
 
 
 @pytest.mark.parametrize("mode", ["relative", "absolute"])
@@ -159,7 +159,7 @@ def test_adversarial_perturbation_norm_per_clip(mode):
     aug = AdversarialAugmentation(
         type="adversarial", locations=["cnn", "rnn"], epsilon=0.3, epsilon_mode=mode
     )
-    clean_view, perturbed = consistency_views(aug, spy, clean, x)
+    clean_view, perturbed = consistency_views(aug, spy, None, clean, x)
     assert spy.calls == 2  # one pass for the joint gradient at both locations, one perturbed pass
     assert clean_view is clean and perturbed[1].requires_grad
     for point in ("cnn", "rnn"):
@@ -192,7 +192,7 @@ def test_vat_views_count_passes_and_are_reproducible():
         spy = Spy(CRNN(TINY))
         x = mels(2)
         clean = spy.model(x)
-        _, perturbed = consistency_views(aug, spy, clean, x)
+        _, perturbed = consistency_views(aug, spy, None, clean, x)
         assert spy.calls == 3
         torch.testing.assert_close(per_clip_norm(spy.seen["rnn"][1]), 0.1 * per_clip_norm(spy.seen["rnn"][0]))
         outs.append(perturbed[0].detach())
@@ -210,9 +210,111 @@ def test_computing_d_leaves_batchnorm_statistics_and_grads_untouched(find):
         aug = AdversarialAugmentation(type="adversarial", locations=["input", "cnn", "rnn"])
     else:
         aug = VATAugmentation(type="vat", locations=["input", "cnn", "rnn"], iterations=2)
-    find(aug, model, tuple(y.detach() for y in clean), x)
+    args = () if find is adversarial_directions else (None,)
+    find(aug, model, tuple(y.detach() for y in clean), x, *args)
     after = bn_state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in model.parameters())
     model(x)  # a plain training pass does move them: the check above can fail
     assert not all(torch.equal(before[k], v) for k, v in bn_state(model).items())
+
+
+# ------------------------------------------------------------------------ VAT measures curvature
+
+
+def _small_crnn_and_hessian(seed: int = 1):
+    """A CRNN small enough to form the MSE's Hessian at d = 0 exactly: H = 2/N_s J_sᵀJ_s + 2/N_w J_wᵀJ_w, J the
+    Jacobian of the replayed (same masks, same batch statistics) network w.r.t. a perturbation at `input`."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(2, 4), (2, 4)], rnn_hidden=8, rnn_layers=1, init="pytorch")
+    model = CRNN(cfg, n_mels=16).train()
+    mel = torch.rand(1, 16, 16) ** 4 * 10
+    same = SameDraws(model, torch.device("cpu"))
+    with same.recording():
+        clean = model(mel)
+
+    def outputs(r):
+        with same.replaying():
+            strong, weak = model(mel, lambda point, h: h + r if point == "input" else h)
+        return strong.flatten(), weak.flatten()
+
+    j_strong, j_weak = (j.flatten(1).double() for j in torch.autograd.functional.jacobian(outputs, torch.zeros(1, 16, 16)))
+    hessian = 2 / len(j_strong) * j_strong.T @ j_strong + 2 / len(j_weak) * j_weak.T @ j_weak
+    return model, mel, tuple(y.detach() for y in clean), same, hessian
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_vat_power_iteration_on_the_crnn_finds_the_top_curvature_direction():
+    model, mel, ref, same, hessian = _small_crnn_and_hessian()
+    eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
+    assert eigenvalues[-2] < 0.5 * eigenvalues[-1]  # this network's gap: a few iterations converge
+    top = eigenvectors[:, -1]
+    aug = VATAugmentation(type="vat", locations=["input"], iterations=4)
+    directions = []
+    for start in (1, 2):
+        torch.manual_seed(start)  # another random start
+        directions.append(vat_directions(aug, model, ref, mel, same)["input"])
+    assert abs(_cos(*directions)) > 0.9
+    assert all(abs(_cos(d, top)) > 0.9 for d in directions), [_cos(d, top) for d in directions]
+    first_order = adversarial_directions(AdversarialAugmentation(type="adversarial", locations=["input"]), model, ref, mel)
+    assert abs(_cos(directions[0], first_order["input"])) < 0.5
+
+
+@pytest.mark.parametrize("dropout", ["shared", "independent"])
+def test_one_vat_iteration_follows_the_curvature_only_with_shared_masks(dropout):
+    model, mel, ref, same, hessian = _small_crnn_and_hessian()
+    spy = Spy(model)
+    aug = VATAugmentation(type="vat", locations=["input"], dropout=dropout)  # the default single iteration
+    torch.manual_seed(3)
+    d = vat_directions(aug, spy, ref, mel, same if dropout == "shared" else None)["input"]
+    start = spy.seen["input"][1]  # ξ·‖h‖·unit(d0), the probe of the one iteration
+    curvature = (hessian @ start.flatten().double()).view_as(d)
+    if dropout == "shared":
+        assert _cos(d, curvature) > 0.9
+    else:  # sedaug 0.1's reading: the dropout residual Jᵀ(f_B(x) − f_A(x)) dominates the curvature term
+        assert abs(_cos(d, curvature)) < 0.5
+
+
+def test_same_draws_replays_masks_and_batch_statistics_exactly():
+    torch.manual_seed(0)
+    model = CRNN(TINY).train()
+    x = mels(2)
+    same = SameDraws(model, torch.device("cpu"))
+    with same.recording():
+        clean = model(x)
+    after = torch.get_rng_state()
+    before = bn_state(model)
+    with same.replaying():
+        again = model(x)
+    torch.testing.assert_close(again, clean, rtol=1e-5, atol=1e-6)  # the replayed pass is the clean pass
+    assert torch.equal(torch.get_rng_state(), after)  # later draws are not shifted
+    assert all(torch.equal(before[k], v) for k, v in bn_state(model).items())
+    assert all(m.training for m in model.modules())
+    assert not torch.allclose(model(x)[0], clean[0])  # an ordinary pass draws new masks: the check can fail
+
+
+def test_vat_under_mean_teacher_probes_the_student_and_perturbs_the_teacher():
+    torch.manual_seed(0)
+    student, teacher = Spy(CRNN(TINY).train()), Spy(CRNN(TINY).train().requires_grad_(False))
+    x = mels(2)
+    clean = student.model(x)
+    aug = VATAugmentation(type="vat", locations=["input"], iterations=2)
+    consistency_views(aug, student, teacher, clean, x)
+    assert (student.calls, teacher.calls) == (2, 1)  # eq. 11: d = argmax MSE[f(x), f(x+d)] on the student
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_the_students_perturbed_pass_leaves_batchnorm_statistics_to_the_clean_pass(update):
+    torch.manual_seed(0)
+    model = CRNN(TINY).train()
+    x = mels(2)
+    clean = model(x)
+    after_clean = bn_state(model)
+    aug = NoiseAugmentation(type="noise", locations=["input"], sigma=0.5)
+    consistency_views(aug, model, None, clean, x, update_batchnorm=update)
+    unchanged = all(torch.equal(after_clean[k], v) for k, v in bn_state(model).items())
+    assert unchanged is not update

@@ -40,6 +40,21 @@ def test_factors_match_table1():
     assert r["none"].augmentation.type == "none" and r["none"].regularization.type == "none"
 
 
+def test_noise_input_is_the_baseline_with_l2():
+    """Paper §5.1: Table 1 lines 2 and 3 "differ only by the regularization method"."""
+    baseline, noise_input = (load_recipe(Path(__file__).parents[1] / "recipes" / f"{n}.yaml") for n in ("baseline", "noise_input"))
+    assert noise_input.augmentation == baseline.augmentation
+    assert noise_input.regularization.type == "l2"
+    same = {"name", "regularization"}
+    assert noise_input.model_dump(exclude=same) == baseline.model_dump(exclude=same)
+
+
+@pytest.mark.parametrize("name", ["vat_input", "vat_latent", "vat_input_mt", "vat_input_unlabeled"])
+def test_vat_recipes_search_a_deterministic_network_with_a_float32_step(name):
+    aug = load_recipe(Path(__file__).parents[1] / "recipes" / f"{name}.yaml").augmentation
+    assert aug.dropout == "shared" and aug.xi >= 1e-4
+
+
 def test_defaults_are_the_dcase20_baseline():
     r = Recipe(name="x")
     assert (r.data.batch_size, r.optim.lr, r.optim.epochs, r.optim.rampup_epochs) == (24, 1e-3, 200, 50)
