@@ -1,7 +1,9 @@
-"""The dcase20 CRNN (DESIGN §4), with its log-mel front end and named perturbation points.
+"""The dcase20 CRNN (docs/architecture.md), with its log-mel front end and named perturbation points.
 
 `CRNN(cfg)(mel, perturb)` maps a batch of LINEAR mel spectrograms (B, T, F) to (strong (B, T', C), weak (B, C)).
 `perturb(point, h) -> h'`, when given, is called at each point of `POINTS`, in that order.
+`CRNN()` is the dcase20 model; `forward_log_mel` takes the baseline's own input, the normalized log-mel, so the
+baseline's weights can be loaded and compared output for output.
 """
 
 from __future__ import annotations
@@ -54,11 +56,21 @@ class CNN(nn.Sequential):
         return x
 
 
-class CRNN(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_classes: int = 10, n_mels: int = 128):
+class Scaler(nn.Module):
+    """Per-mel-bin mean and std of the log-mel over the training splits (from the feature store)."""
+
+    def __init__(self, n_mels: int):
         super().__init__()
-        self.register_buffer("scaler_mean", torch.zeros(n_mels))
-        self.register_buffer("scaler_std", torch.ones(n_mels))
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+
+    def forward(self, log_mel: Tensor) -> Tensor:
+        return (log_mel - self.mean) / self.std
+
+
+class CRNN(nn.Module):
+    def __init__(self, cfg: ModelConfig = ModelConfig(), n_classes: int = 10, n_mels: int = 128):  # noqa: B008 (frozen)
+        super().__init__()
         channels = [1, *cfg.cnn_filters]
         self.cnn = CNN(
             *(
@@ -83,19 +95,25 @@ class CRNN(nn.Module):
         if cfg.init == "dcase20":
             self.apply(_dcase20_init)
         self.cnn.to(memory_format=torch.channels_last)
+        # Registered last, so that the network's own parameters and buffers come first in state_dict order, as
+        # in the baseline's model (order-based weight mapping).
+        self.scaler = Scaler(n_mels)
 
     @torch.no_grad()
     def set_scaler(self, mean: np.ndarray | Tensor, std: np.ndarray | Tensor) -> None:
         """Per-mel-bin mean and std of the log-mel over the training splits."""
-        self.scaler_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.scaler_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+        self.scaler.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.scaler.std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     def forward(self, mel: Tensor, perturb: Perturb | None = None) -> tuple[Tensor, Tensor]:
         x = mel.float()
         if perturb is not None:
             x = perturb("mel", x)
         # abs: noise added to the linear mel may go negative; dcase20's librosa log takes |S| (no-op otherwise).
-        x = (amplitude_to_db(x.abs()) - self.scaler_mean) / self.scaler_std
+        return self.forward_log_mel(self.scaler(amplitude_to_db(x.abs())), perturb)
+
+    def forward_log_mel(self, x: Tensor, perturb: Perturb | None = None) -> tuple[Tensor, Tensor]:
+        """The network from the normalized log-mel (B, T, F), the dcase20 baseline's input, on."""
         if perturb is not None:
             x = perturb("input", x)
         # Channels-last: oneDNN's convolutions run ~15 % faster on CPU without layout reorders.

@@ -102,7 +102,22 @@ def test_scaler_normalizes_the_log_mel():
         std, dtype=torch.float32
     )
     torch.testing.assert_close(seen["input"], expected)
-    assert "scaler_mean" in model.state_dict()
+    assert "scaler.mean" in model.state_dict()
+
+
+def test_the_default_crnn_is_dcase20s_and_takes_its_input_directly():
+    model = CRNN().eval()
+    assert count_parameters(model) == 1_112_420
+    # The network's own buffers come first (order-based mapping of the baseline's weights); the scaler last.
+    names = [name for name, _ in model.named_buffers()]
+    assert names[0] == "cnn.0.bn.running_mean" and names[-2:] == ["scaler.mean", "scaler.std"]
+    torch.manual_seed(0)
+    model.set_scaler(torch.randn(128), torch.rand(128) + 0.5)
+    x = mels(1)
+    log_mel = model.scaler(amplitude_to_db(x))
+    with torch.no_grad():
+        for a, b in zip(model(x), model.forward_log_mel(log_mel), strict=True):
+            torch.testing.assert_close(a, b)
 
 
 def test_perturbation_points_in_order_with_shapes():
