@@ -11,30 +11,35 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from sedaug.errors import UserError
 
 Location = Literal["mel", "input", "cnn", "rnn"]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Section(BaseModel):
+    # Finite floats only (`.inf` for lr is refused here, not by a NaN in step 0).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class DataConfig(Strict):
+# Integers are integers: `epochs: true` or `epochs: 2.0` is refused, not read as 1 or 2.
+Count = Annotated[int, Strict(), Field(ge=1)]
+
+
+class DataConfig(Section):
     features: Path = Path("data/features")
     # A mini-batch is three slices: unlabeled 1/2, weak 1/4, synthetic 1/4 (dcase20: 12/6/6 of 24).
-    batch_size: int = Field(24, ge=4, multiple_of=4)
+    batch_size: Annotated[int, Strict()] = Field(24, ge=4, multiple_of=4)
 
 
-class ModelConfig(Strict):
-    cnn_filters: list[int] = [16, 32, 64, 128, 128, 128, 128]
-    cnn_pooling: list[tuple[int, int]] = [(2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
-    kernel_size: int = 3
+class ModelConfig(Section):
+    cnn_filters: list[Count] = Field([16, 32, 64, 128, 128, 128, 128], min_length=1)
+    cnn_pooling: list[tuple[Count, Count]] = [(2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
+    kernel_size: Count = 3
     dropout: float = Field(0.5, ge=0, lt=1)
-    rnn_hidden: int = 128
-    rnn_layers: int = 2
+    rnn_hidden: Count = 128
+    rnn_layers: Count = 2
     # dcase20 quirk: Keras-style 0.99 passed as PyTorch momentum keeps almost only the last batch's statistics.
     batchnorm_momentum: float = Field(0.99, gt=0, le=1)
     # dcase20 quirk: the attention softmax runs over classes, not over time.
@@ -45,6 +50,13 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _same_depth(self) -> ModelConfig:
+        if self.kernel_size % 2 == 0:
+            raise ValueError("model.kernel_size: must be odd (the padding of k // 2 keeps the size only then)")
+        bands = 128
+        for _, pool_f in self.cnn_pooling:
+            bands //= pool_f
+        if bands < 1:
+            raise ValueError("model.cnn_pooling: pools the 128 mel bands down to nothing")
         if len(self.cnn_filters) != len(self.cnn_pooling):
             raise ValueError(
                 f"cnn_filters has {len(self.cnn_filters)} blocks but cnn_pooling has {len(self.cnn_pooling)}"
@@ -52,25 +64,25 @@ class ModelConfig(Strict):
         return self
 
 
-class NoAugmentation(Strict):
+class NoAugmentation(Section):
     type: Literal["none"]
 
 
-class NoiseAugmentation(Strict):
+class NoiseAugmentation(Section):
     type: Literal["noise"]
     locations: list[Location]
     snr_db: float = 30.0  # at `mel`: the dcase20 per-clip, per-bin SNR
     sigma: float = Field(0.1, gt=0)  # elsewhere: std = sigma * RMS of the tensor, per clip
 
 
-class AdversarialAugmentation(Strict):
+class AdversarialAugmentation(Section):
     type: Literal["adversarial"]
     locations: list[Location]
     epsilon: float = Field(0.1, gt=0)
     epsilon_mode: Literal["relative", "absolute"] = "relative"
 
 
-class VATAugmentation(Strict):
+class VATAugmentation(Section):
     type: Literal["vat"]
     locations: list[Location]
     epsilon: float = Field(0.1, gt=0)
@@ -78,13 +90,13 @@ class VATAugmentation(Strict):
     # ξ·‖h‖₂ per clip (relative) or ξ: the finite-difference step of the power iteration. 1e-6 (the VAT authors'
     # value, in float64 practice) is at float32 round-off; 1e-3 keeps the step measuring curvature.
     xi: float = Field(1e-3, gt=0)
-    iterations: int = Field(1, ge=1)
+    iterations: Count = 1
     # shared: probe passes replay the clean pass's dropout masks and batch statistics (eq. 8, a deterministic f).
     # independent: fresh masks per probe (sedaug 0.1): the direction is then the first-order one (dropout residual).
     dropout: Literal["shared", "independent"] = "shared"
 
 
-class MixupAugmentation(Strict):
+class MixupAugmentation(Section):
     type: Literal["mixup"]
     locations: list[Location]
     alpha: float = Field(1.0, gt=0)
@@ -96,16 +108,16 @@ Augmentation = Annotated[
 ]
 
 
-class NoRegularization(Strict):
+class NoRegularization(Section):
     type: Literal["none"]
 
 
-class MeanTeacher(Strict):
+class MeanTeacher(Section):
     type: Literal["mean_teacher"]
     ema_decay: float = Field(0.999, gt=0, lt=1)
 
 
-class L2Regularization(Strict):
+class L2Regularization(Section):
     type: Literal["l2"]
     weight_decay: float = Field(1e-4, ge=0)
 
@@ -113,7 +125,7 @@ class L2Regularization(Strict):
 Regularization = Annotated[NoRegularization | MeanTeacher | L2Regularization, Field(discriminator="type")]
 
 
-class ConsistencyConfig(Strict):
+class ConsistencyConfig(Section):
     data: Literal["all", "unlabeled"] = "all"
     weight: float = Field(2.0, ge=0)
     rampup_epochs: float = Field(50, ge=0)
@@ -122,26 +134,28 @@ class ConsistencyConfig(Strict):
     update_batchnorm: bool = False
 
 
-class OptimConfig(Strict):
+class OptimConfig(Section):
     lr: float = Field(1e-3, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    epochs: int = Field(200, ge=1)
+    epochs: Count = 200
     rampup_epochs: float = Field(50, ge=0)
     # Cap on steps per epoch (None: until the shortest stream is exhausted, as dcase20); for quick runs.
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+    max_steps_per_epoch: Count | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
 
 
-class EvalConfig(Strict):
+class EvalConfig(Section):
     threshold: float = Field(0.5, gt=0, lt=1)
-    median_window: int = Field(7, ge=1)
-    batch_size: int = Field(64, ge=1)
+    median_window: Count = 7
+    batch_size: Count = 64
 
 
-class Recipe(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+class Recipe(Section):
+    # A folder name under --runs: no separators, no leading dot (`..` would write outside it).
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$", max_length=200)
+    # numpy's generators take seeds below 2**32.
+    seed: Annotated[int, Strict()] = Field(0, ge=0, lt=2**32)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     augmentation: Augmentation = NoAugmentation(type="none")
@@ -221,7 +235,7 @@ def _format_errors(error: ValidationError, where: str) -> str:
         # Drop the discriminator tag pydantic inserts into the path of a tagged union.
         loc = [str(p) for i, p in enumerate(e["loc"]) if not (i == 1 and p in tags)]
         msg = e["msg"].removeprefix("Value error, ")
-        if msg.startswith(("augmentation.", "regularization.")) or not loc:
+        if msg.startswith(("augmentation.", "regularization.", "model.")) or not loc:
             lines.append(f"{where}: {msg}")
         else:
             lines.append(f"{where}: {'.'.join(loc)}: {msg}")

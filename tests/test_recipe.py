@@ -112,6 +112,28 @@ def test_cross_field_rules(tmp_path):
         load_recipe(write(tmp_path, "name: x\nmodel:\n  cnn_filters: [4, 8]\n"))
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.cnn_filters=[0, 8]", "model.cnn_pooling=[[2, 2], [2, 2]]"], "model.cnn_filters.0: Input should be greater than or equal to 1"),
+    (["model.rnn_hidden=0"], "model.rnn_hidden: Input should be greater than or equal to 1"),
+    (["model.kernel_size=0"], "model.kernel_size: Input should be greater than or equal to 1"),
+    (["model.kernel_size=4"], "model.kernel_size: must be odd"),
+    (["model.cnn_filters=[4]", "model.cnn_pooling=[[1, 256]]"], "model.cnn_pooling: pools the 128 mel bands down to nothing"),
+    (["seed=-1"], "seed: Input should be greater than or equal to 0"),
+    (["seed=4294967296"], "seed: Input should be less than 4294967296"),
+    (["optim.epochs=true"], "optim.epochs: Input should be a valid integer"),
+    (["optim.epochs=2.0"], "optim.epochs: Input should be a valid integer"),
+    (["optim.lr=.inf"], "optim.lr: Input should be a finite number"),
+    (["consistency.weight=.nan"], "consistency.weight: Input should be a finite number"),
+    (["name=.."], "name: String should match pattern"),
+    (["name=a/b"], "name: String should match pattern"),
+])
+def test_values_that_would_break_the_model_or_the_seeding_are_refused(tmp_path, overrides, message):
+    path = write(tmp_path, "name: x\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(path, overrides)
+    assert any(line.startswith(f"{path}: {message}") for line in str(e.value).splitlines()), str(e.value)
+
+
 def test_not_a_mapping_and_missing_file(tmp_path):
     with pytest.raises(UserError, match="a recipe is a YAML mapping"):
         load_recipe(write(tmp_path, "- a\n- b\n"))
