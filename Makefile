@@ -30,7 +30,7 @@ UV_VERSION ?= 0.13.9
 lock:
 	python3 -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet --progress-bar off uv==$(UV_VERSION)
-	echo "setuptools>=68" | .venv-lock/bin/uv pip compile pyproject.toml - --extra dev --universal \
+	echo "setuptools>=68" | .venv-lock/bin/uv pip compile pyproject.toml - --extra dev --extra sweep --universal \
 	  --generate-hashes --python-version 3.10 --quiet --custom-compile-command "make lock" -o requirements.lock
 
 install: $(STAMP)
