@@ -254,9 +254,11 @@ def validate_recipe(raw: Any, where: str = "recipe") -> Recipe:
 def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"{path}: cannot read recipe ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a YAML recipe (byte {e.start} is not UTF-8 text)") from None
     raw = parse_yaml(text, str(path)) or {}
     if isinstance(raw, dict):
         raw = apply_overrides(raw, list(overrides))

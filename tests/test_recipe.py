@@ -137,5 +137,9 @@ def test_values_that_would_break_the_model_or_the_seeding_are_refused(tmp_path, 
 def test_not_a_mapping_and_missing_file(tmp_path):
     with pytest.raises(UserError, match="a recipe is a YAML mapping"):
         load_recipe(write(tmp_path, "- a\n- b\n"))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: x\n\x89PNG\x00\xff")
+    with pytest.raises(UserError, match=r"binary.yaml: not a YAML recipe \(byte 8 is not UTF-8 text\)"):
+        load_recipe(binary)
     with pytest.raises(UserError, match="cannot read recipe"):
         load_recipe(tmp_path / "nope.yaml")
