@@ -61,7 +61,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats
 
 
 def tiny_store(workdir: Path, sample_rate: int = 16000, size: str = "tiny") -> tuple[Path, Path]:
-    from sedaug.data.features import extract_mels
+    from sedaug.data.extract import extract_mels
     from sedaug.data.synthetic import generate_synthetic
 
     desed = generate_synthetic(workdir / f"desed{sample_rate}_{size}", size=size, sample_rate=sample_rate, progress=False)
@@ -72,13 +72,14 @@ def tiny_store(workdir: Path, sample_rate: int = 16000, size: str = "tiny") -> t
 
 def tiled_store(source: Path, out: Path, sizes: dict[str, int]) -> Path:
     """A feature store with `sizes` clips per split, tiling `source`'s clips (renamed) and labels."""
-    from sedaug.data.features import load_split
+    from sedaug.data.store import FeatureStore
 
+    store = FeatureStore(source)
     out.mkdir(parents=True)
     shutil.copy(source / "scaler.npz", out / "scaler.npz")
     meta = json.loads((source / "features.json").read_text())
     for split, n in sizes.items():
-        src = load_split(source, split)
+        src = store.split(split)
         (out / split).mkdir()
         reps = -(-n // len(src))
         mels = np.lib.format.open_memmap(out / split / "mels.npy", "w+", np.float16, (n, *src.mels.shape[1:]))
@@ -139,7 +140,7 @@ class _NaiveCRNN(torch.nn.Module):
         self.attention = torch.nn.Linear(2 * cfg.rnn_hidden, 10)
 
     def forward(self, mel):
-        from sedaug.model import amplitude_to_db
+        from sedaug.data.mel import amplitude_to_db
 
         x = self.cnn(amplitude_to_db(mel).unsqueeze(1))
         x = self.rnn(x.permute(0, 2, 1, 3).flatten(2))[0]
@@ -161,12 +162,14 @@ def step_flops(fn) -> int:
 def _stepper(family: str, features: Path, device: torch.device, batch_size: int):
     """One whole training step of `family`'s recipe per call: batch gathering, passes, optimizer, EMA."""
     from sedaug.data.batches import ThreeStreams
+    from sedaug.data.store import FeatureStore
     from sedaug.recipe import load_recipe
     from sedaug.train import build_training, training_step
 
     recipe = load_recipe(REPO / "recipes" / f"{family}.yaml", [f"data.features={features}"])
-    model, teacher, optimizer = build_training(recipe, device)
-    streams = ThreeStreams(features, batch_size, recipe.seed, device, resident=device.type == "cuda")
+    store = FeatureStore(features)
+    model, teacher, optimizer = build_training(recipe, store.scaler(), device)
+    streams = ThreeStreams(store, batch_size, recipe.seed, device, resident=device.type == "cuda")
     state = {"step": 0, "batches": iter(())}
 
     def step():
@@ -248,7 +251,7 @@ def bench_extract(desed: Path, workdir: Path) -> dict:
     import soundfile as sf
 
     from sedaug.data.desed import load_manifest
-    from sedaug.data.features import extract_mels
+    from sedaug.data.extract import extract_mels
 
     out = workdir / "features_bench"
     start = time.perf_counter()
@@ -275,12 +278,14 @@ def bench_extract(desed: Path, workdir: Path) -> dict:
 
 
 def bench_evaluate(features: Path, device: torch.device, n_clips: int = 700) -> dict:
-    from sedaug.data.features import load_split
-    from sedaug.evaluate import evaluate_scores, predict, write_evaluation
+    from sedaug.data.labels import frame_labels
+    from sedaug.data.store import FeatureStore
+    from sedaug.evaluation.predict import predict
+    from sedaug.evaluation.results import evaluate_scores, write_evaluation
     from sedaug.model import CRNN
     from sedaug.recipe import ModelConfig
 
-    split = load_split(features, "eval")
+    split = FeatureStore(features).split("eval")
     reps = -(-n_clips // len(split))
     mels = np.concatenate([np.asarray(split.mels)] * reps)[:n_clips]
     names = [f"{k:04d}_{f}" for k in range(reps) for f in split.filenames][:n_clips]
@@ -293,8 +298,6 @@ def bench_evaluate(features: Path, device: torch.device, n_clips: int = 700) -> 
     predict(model, mels, 64, device)
     predict_s = time.perf_counter() - start
     # Scores that look like a trained model's: the ground truth's frames, blurred and noisy.
-    from sedaug.data.features import frame_labels
-
     rng = np.random.default_rng(0)
     target = frame_labels(gt, names).astype(np.float32)
     strong = np.clip(0.7 * target + 0.3 * rng.random(target.shape, dtype=np.float32), 0, 1)

@@ -92,7 +92,9 @@ def prepare_desed(
         console.print(f"synthetic DESED ({size.value}, seed {seed}, {sample_rate} Hz) in {out}: {clips}")
         return
     if download:
-        desed.download_desed(root)
+        from sedaug.data.download import download_desed
+
+        download_desed(root)
     console.print(desed.prepare_desed(root, out).summary())
 
 
@@ -105,9 +107,10 @@ def extract_mels(
     workers: Annotated[int | None, typer.Option(help="Decoding workers (default: all CPUs).")] = None,
 ) -> None:
     """Compute the linear mel features of every split into one array per split, plus the scaler."""
-    from sedaug.data import features
+    from sedaug.data.extract import extract_mels as extract
+    from sedaug.device import parse_device
 
-    report = features.extract_mels(data, out, device=_device(device).type, workers=workers)
+    report = extract(data, out, device=parse_device(device), workers=workers)
     console.print(report.summary())
 
 
@@ -121,14 +124,16 @@ def train(
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
 ) -> None:
     """Train the CRNN with a recipe's objective, writing a run directory."""
+    from sedaug.device import parse_device
     from sedaug.recipe import load_recipe
-
-    r = load_recipe(recipe, set_)
-    dev = _device(device)
     from sedaug.train import train as run_training
 
-    summary = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=dev)
-    console.print(summary)
+    r = load_recipe(recipe, set_)
+    result = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=parse_device(device))
+    console.print(
+        f"trained {result.recipe} seed {result.seed}: {result.epochs} epochs, best synthetic_valid macro F1 "
+        f"{result.best_f1:.3f} (epoch {result.best_epoch}) -> {result.run_dir}"
+    )
 
 
 @app.command()
@@ -140,9 +145,10 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
 ) -> None:
     """Score a trained run with the DCASE 2020 protocol (macro F1, PSDS)."""
+    from sedaug.device import parse_device
     from sedaug.evaluate import evaluate_run, summary
 
-    results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=_device(device))
+    results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=parse_device(device))
     console.print(summary(run_dir, results))
 
 
@@ -167,22 +173,10 @@ def table(
     if out is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
-        from sedaug.rundir import write_text
+        from sedaug.files import write_text
 
         write_text(out, text)
         console.print(f"wrote {out} ({len(data.rows)} recipes)")
-
-
-def _device(name: str | None):
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"--device {name}: expected cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def main() -> None:

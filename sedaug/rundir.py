@@ -1,19 +1,15 @@
-"""Run-directory paths and atomic writes (DESIGN §6)."""
+"""A run directory's paths (docs/architecture.md, "Run directory") and the environment recorded in its env.json."""
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import sedaug
+from sedaug.deps import import_torchaudio
 
 
 @dataclass(frozen=True)
@@ -47,46 +43,6 @@ class RunDir:
         return self.root / name
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to write; it replaces `path` only if the block succeeds, so readers
-    see the old file or the new one, never half. The name keeps the suffix (numpy appends `.npy` otherwise)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def append_jsonl(path: Path, obj: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(obj) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -103,8 +59,8 @@ def _git_commit() -> str | None:
 
 def environment(device) -> dict:
     import torch
-    import torchaudio
 
+    torchaudio = import_torchaudio()
     return {
         "sedaug": sedaug.__version__,
         "torch": torch.__version__,

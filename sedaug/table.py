@@ -1,4 +1,4 @@
-"""Runs -> the paper's Table 1 (DESIGN §8): one row per recipe name, seeds averaged.
+"""Runs -> the paper's Table 1 (docs/architecture.md, "Table 1"): one row per recipe name, seeds averaged.
 
 Every metric is "higher is better". A cell is the mean over the evaluated seeds ± their sample standard deviation
 (n - 1; no ± for one seed), printed with 3 decimals. Bold: the best mean of its column; underlined: a mean above
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sedaug.errors import UserError
-from sedaug.evaluate import METRICS
+from sedaug.evaluation.results import METRICS
 from sedaug.recipe import Recipe, load_recipe
 
-# DESIGN §8, top to bottom; other recipe names follow, alphabetically.
+# The paper's Table 1, top to bottom (docs/architecture.md); other recipe names follow, alphabetically.
 TABLE1_ORDER = (
     "none",
     "baseline",

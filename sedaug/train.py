@@ -1,4 +1,4 @@
-"""train(recipe, run_dir): the one training loop, read top to bottom (DESIGN §5–6).
+"""train(recipe, run_dir): the one training loop, read top to bottom (docs/architecture.md, "Training").
 
 Per step: batch -> student on the clean input -> L_class -> perturbed prediction -> L_const -> Adam -> EMA.
 Per epoch: predict synthetic_valid, keep best.pt by event-based macro F1, write last.pt and metrics.jsonl.
@@ -12,20 +12,27 @@ import math
 import signal
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sedaug import rundir
-from sedaug.augment import SameDraws, consistency_views
+from sedaug.augment import SameDraws, consistency_views, mse
+from sedaug.checkpoint import TrainState, load_checkpoint, restore_rng, save_checkpoint
 from sedaug.data.batches import Batch, ThreeStreams
-from sedaug.data.features import FeatureParams, check_params, load_scaler, load_split
+from sedaug.data.store import FeatureStore, Split
 from sedaug.errors import UserError
-from sedaug.evaluate import decode, event_based_f1, predict
+from sedaug.evaluation.f1 import event_based_f1
+from sedaug.evaluation.postprocess import decode
+from sedaug.evaluation.predict import predict
+from sedaug.files import append_jsonl, read_jsonl, write_json, write_text
 from sedaug.model import CRNN
 from sedaug.recipe import Recipe, dump_recipe, parse_yaml, validate_recipe
+from sedaug.rundir import RunDir, environment
 
 
 class Diverged(UserError):
@@ -50,23 +57,45 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, step: int, de
     torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1.0 - alpha)
 
 
+class Losses(NamedTuple):
+    """L_class, L_const and the total L_class + w(t)·L_const: tensors from a step, floats as an epoch's means."""
+
+    classification: torch.Tensor | float
+    consistency: torch.Tensor | float
+    total: torch.Tensor | float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` leaves behind: the run directory and its model selection."""
+
+    run_dir: Path
+    recipe: str
+    seed: int
+    epochs: int
+    best_f1: float
+    best_epoch: int | None
+
+
 def consistency_loss(clean: tuple, perturbed: tuple, mean_teacher: bool, rows: slice) -> torch.Tensor:
-    """MSE on strong and weak outputs over `rows`; the reference side is detached.
+    """`augment.mse` over `rows`, in float32; the reference side is detached.
 
     Mean Teacher pulls the student's clean prediction towards the teacher's perturbed one; l2/none pull the
     perturbed prediction towards the (detached) clean one.
     """
-    loss = 0.0
-    for c, p in zip(clean, perturbed, strict=True):
-        c, p = c[rows].float(), p[rows].float()
-        loss = loss + (F.mse_loss(c, p.detach()) if mean_teacher else F.mse_loss(c.detach(), p))
-    return loss
+    clean = tuple(c[rows].float() for c in clean)
+    perturbed = tuple(p[rows].float() for p in perturbed)
+    if mean_teacher:
+        return mse(clean, tuple(p.detach() for p in perturbed))
+    return mse(tuple(c.detach() for c in clean), perturbed)
 
 
-def build_training(recipe: Recipe, device: torch.device) -> tuple[CRNN, CRNN | None, torch.optim.Optimizer]:
+def build_training(
+    recipe: Recipe, scaler: tuple[np.ndarray, np.ndarray], device: torch.device
+) -> tuple[CRNN, CRNN | None, torch.optim.Optimizer]:
     """The student (with the feature store's scaler), its EMA teacher under Mean Teacher, and Adam."""
     model = CRNN(recipe.model)
-    model.set_scaler(*load_scaler(recipe.data.features))
+    model.set_scaler(*scaler)
     model.to(device)
     teacher = None
     if recipe.regularization.type == "mean_teacher":
@@ -88,8 +117,8 @@ def training_step(
     step: int,
     lr: float,
     weight: float,
-) -> torch.Tensor:
-    """One optimizer step (and EMA update) on one batch; returns the detached losses (class, const, total)."""
+) -> Losses:
+    """One optimizer step (and EMA update) on one batch; returns the detached losses."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     u, w = batch.n_unlabeled, batch.n_weak
@@ -119,17 +148,18 @@ def training_step(
     optimizer.step()
     if teacher is not None:
         ema_update(teacher, model, step, recipe.regularization.ema_decay)
-    return torch.stack([loss_class, loss_const, loss]).detach()
+    return Losses(loss_class.detach(), loss_const.detach(), loss.detach())
 
 
-def validate(model: CRNN, split, recipe: Recipe, device: torch.device) -> float:
+def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device) -> float:
+    """Event-based macro F1 on `split` (synthetic_valid): the model selection of dcase20."""
     strong = predict(model, split.mels, recipe.eval.batch_size, device)
     detections = decode(strong, split.filenames, recipe.eval.threshold, recipe.eval.median_window, split.durations)
     f1 = event_based_f1(detections, split.events, split.filenames)["macro"]
     return f1 if math.isfinite(f1) else 0.0  # no class has a reference event: nothing to select on
 
 
-def _check_run_dir(run: rundir.RunDir, recipe: Recipe, resume: bool) -> None:
+def _check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> None:
     """Refuse a non-empty run dir without --resume; on resume, refuse a different recipe (epochs may grow)."""
     if not resume:
         if run.root.exists() and any(run.root.iterdir()):
@@ -177,90 +207,80 @@ def _stop_on_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
-def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.device | str = "cpu", progress: bool = True) -> str:
+def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.device | str = "cpu", progress: bool = True) -> TrainResult:
     device = torch.device(device)
-    run = rundir.RunDir(Path(run_dir))
+    run = RunDir(Path(run_dir))
     _check_run_dir(run, recipe, resume)
-    features = recipe.data.features
-    check_params(features, FeatureParams())
+    store = FeatureStore(recipe.data.features)
 
     # Data: three training streams and synthetic_valid for model selection.
-    streams = ThreeStreams(features, recipe.data.batch_size, recipe.seed, device, resident=device.type == "cuda")
-    valid = load_split(features, "synthetic_valid")
+    streams = ThreeStreams(store, recipe.data.batch_size, recipe.seed, device, resident=device.type == "cuda")
+    valid = store.split("synthetic_valid")
     steps_per_epoch = min(streams.steps_per_epoch, recipe.optim.max_steps_per_epoch or streams.steps_per_epoch)
     lr_rampup = recipe.optim.rampup_epochs * steps_per_epoch
     const_rampup = recipe.consistency.rampup_epochs * steps_per_epoch
 
     torch.manual_seed(recipe.seed)
-    model, teacher, optimizer = build_training(recipe, device)
+    model, teacher, optimizer = build_training(recipe, store.scaler(), device)
 
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": None, "sums": None}
+    state = TrainState()
     if resume:
-        ckpt = torch.load(run.checkpoint("last"), map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
+        ckpt = load_checkpoint(run.checkpoint("last"), device)
+        model.load_state_dict(ckpt.model)
         if teacher is not None:
-            teacher.load_state_dict(ckpt["teacher"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state.update({k: ckpt[k] for k in state})
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+            teacher.load_state_dict(ckpt.teacher)
+        optimizer.load_state_dict(ckpt.optimizer)
+        state = ckpt.state
+        restore_rng(ckpt.rng, device)
         # Epochs logged after last.pt was written (a crash between the two writes) are trained again.
-        kept = [row for row in rundir.read_jsonl(run.metrics) if row["epoch"] <= state["epoch"]]
-        rundir.write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in kept))
+        kept = [row for row in read_jsonl(run.metrics) if row["epoch"] <= state.epoch]
+        write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in kept))
     else:
         run.root.mkdir(parents=True, exist_ok=True)
     # The resolved recipe (epochs may have grown on resume) and the environment, before the first step.
-    rundir.write_text(run.recipe, dump_recipe(recipe))
-    rundir.write_json(run.env, rundir.environment(device))
+    write_text(run.recipe, dump_recipe(recipe))
+    write_json(run.env, environment(device))
     log = run.log.open("a")
     log.write(f"{'resume' if resume else 'start'} {recipe.name} seed {recipe.seed} on {device}: "
               f"{steps_per_epoch} steps/epoch, {recipe.optim.epochs} epochs\n")
     log.flush()
 
     def checkpoint(which: str) -> None:
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        rundir.save_checkpoint(run.checkpoint(which), {
-            "model": model.state_dict(),
-            "teacher": teacher.state_dict() if teacher is not None else None,
-            "optimizer": optimizer.state_dict(),
-            **state,
-            "rng": rng,
-            "recipe": recipe.model_dump(mode="json"),
-        })
+        save_checkpoint(run.checkpoint(which), model=model, teacher=teacher, optimizer=optimizer, state=state,
+                        recipe=recipe, device=device)
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[losses]}")]
     bar = Progress(*columns, disable=not progress, transient=True)
     try:
         with _stop_on_sigint() as sigint, bar:
-            while state["epoch"] < recipe.optim.epochs:
-                epoch = state["epoch"]
+            while state.epoch < recipe.optim.epochs:
+                epoch = state.epoch
                 task = bar.add_task(f"epoch {epoch + 1}/{recipe.optim.epochs}", total=steps_per_epoch,
-                                    completed=state["step_in_epoch"], losses="")
+                                    completed=state.step_in_epoch, losses="")
                 # Losses are summed on the device and read back only when shown or logged (no per-step sync).
-                sums = torch.zeros(3, device=device) if state["sums"] is None else state["sums"].to(device)
+                sums = torch.zeros(3, device=device) if state.loss_sums is None else state.loss_sums.to(device)
                 start = time.perf_counter()
                 model.train()
-                for batch in streams.epoch(epoch, start=state["step_in_epoch"], stop=steps_per_epoch):
-                    step = state["global_step"]
+                for batch in streams.epoch(epoch, start=state.step_in_epoch, stop=steps_per_epoch):
+                    step = state.global_step
                     lr = recipe.optim.lr * rampup(step, lr_rampup)
                     weight = recipe.consistency.weight * rampup(step, const_rampup)
-                    losses = training_step(recipe, model, teacher, optimizer, batch, step, lr, weight)
-                    sums += losses
-                    state["global_step"] += 1
-                    state["step_in_epoch"] += 1
-                    done = state["step_in_epoch"]
+                    sums += torch.stack(training_step(recipe, model, teacher, optimizer, batch, step, lr, weight))
+                    state.global_step += 1
+                    state.step_in_epoch += 1
+                    done = state.step_in_epoch
                     if done % 10 == 0 or done == steps_per_epoch:
-                        mean = (sums / done).tolist()
+                        mean = Losses(*(sums / done).tolist())
                         if not all(map(math.isfinite, mean)):
                             raise Diverged(
-                                f"{recipe.name}: loss became {mean[2]} in epoch {epoch + 1} (step {step}); "
+                                f"{recipe.name}: loss became {mean.total} in epoch {epoch + 1} (step {step}); "
                                 f"stopped, {run.checkpoint('last')} holds the last good epoch"
                             )
-                        bar.update(task, completed=done, losses=f"class {mean[0]:.4f} const {mean[1]:.4f} w {weight:.3f}")
+                        bar.update(task, completed=done, losses=f"class {mean.classification:.4f} "
+                                   f"const {mean.consistency:.4f} w {weight:.3f}")
                     if sigint["stop"]:
-                        state["sums"] = sums.cpu()
+                        state.loss_sums = sums.cpu()
                         checkpoint("last")
                         raise Interrupted(
                             f"interrupted in epoch {epoch + 1} at step {done}/{steps_per_epoch}: saved "
@@ -268,36 +288,21 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
                         )
                 bar.remove_task(task)
 
-                mean = (sums / steps_per_epoch).tolist()
+                mean = Losses(*(sums / steps_per_epoch).tolist())
                 valid_f1 = validate(model, valid, recipe, device)
-                state.update(epoch=epoch + 1, step_in_epoch=0, sums=None)
+                state.epoch, state.step_in_epoch, state.loss_sums = epoch + 1, 0, None
                 record = {
-                    "epoch": epoch + 1, "step": state["global_step"],
-                    "loss_class": mean[0], "loss_const": mean[1], "loss_total": mean[2],
+                    "epoch": epoch + 1, "step": state.global_step,
+                    "loss_class": mean.classification, "loss_const": mean.consistency, "loss_total": mean.total,
                     "weight": weight, "lr": lr, "valid_f1": valid_f1, "time_s": round(time.perf_counter() - start, 3),
                 }
-                rundir.append_jsonl(run.metrics, record)
-                if valid_f1 > state["best_f1"]:
-                    state.update(best_f1=valid_f1, best_epoch=epoch + 1)
+                append_jsonl(run.metrics, record)
+                if valid_f1 > state.best_f1:
+                    state.best_f1, state.best_epoch = valid_f1, epoch + 1
                     checkpoint("best")
                 checkpoint("last")
                 log.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()) + "\n")
                 log.flush()
     finally:
         log.close()
-    return (
-        f"trained {recipe.name} seed {recipe.seed}: {state['epoch']} epochs, best synthetic_valid macro F1 "
-        f"{state['best_f1']:.3f} (epoch {state['best_epoch']}) -> {run.root}"
-    )
-
-
-def load_model(run_dir: Path, which: str = "best", device: torch.device | str = "cpu") -> tuple[CRNN, dict]:
-    """The student of a run's checkpoint, in eval mode, and the checkpoint dict (its epoch, recipe...)."""
-    path = rundir.RunDir(Path(run_dir)).checkpoint(which)
-    if not path.exists():
-        raise UserError(f"{path} not found: train the run first (sedaug train)")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    recipe = validate_recipe(ckpt["recipe"], str(path))
-    model = CRNN(recipe.model)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+    return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch)

@@ -1,5 +1,10 @@
 """Shared test fixtures.
 
+Model fixtures:
+- `tiny_model`: the tiny CRNN's ModelConfig (two gated blocks pooling time 4x like the full model, one GRU layer).
+- `tiny_model_overrides`: `--set` overrides that give a recipe the tiny CRNN (two GRU layers, the default).
+- `random_mels`: `random_mels(batch, seed=0)`, a batch of linear mels (B, 628, 128) with a wide dynamic range.
+
 Data fixtures (sedaug.data):
 - `tiny_desed`: a tiny synthetic DESED (16 kHz), generated and prepared once per session (manifest inside it).
 - `tiny_features`: the mel feature store of `tiny_desed`, extracted once per session.
@@ -24,8 +29,33 @@ from sedaug.deps import binary_mismatch
 if (problem := binary_mismatch()) is not None:  # one line, before an import deep in torchaudio fails
     pytest.exit(f"error: {problem}", returncode=1)
 
-from sedaug.data.features import extract_mels  # noqa: E402
+import torch  # noqa: E402
+
+from sedaug.data.extract import extract_mels  # noqa: E402
 from sedaug.data.synthetic import generate_synthetic  # noqa: E402
+from sedaug.recipe import ModelConfig  # noqa: E402
+
+# The tiny CRNN: two gated blocks that pool time 4x (the output frame grid of the full model) and frequency to 1.
+TINY_CRNN = {"cnn_filters": [4, 8], "cnn_pooling": [[4, 4], [1, 32]], "rnn_hidden": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> ModelConfig:
+    return ModelConfig(**TINY_CRNN, rnn_layers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_overrides() -> list[str]:
+    return [f"model.{key}={value}" for key, value in TINY_CRNN.items()]
+
+
+@pytest.fixture(scope="session")
+def random_mels():
+    def make(batch: int, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
+
+    return make
 
 
 @pytest.fixture(scope="session")

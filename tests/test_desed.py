@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sedaug.data.desed import CLASSES, SPLITS, download_desed, load_events, load_manifest, prepare_desed
+from sedaug.data.desed import CLASSES, SPLITS, load_events, load_manifest, prepare_desed
+from sedaug.data.download import download_desed
 from sedaug.errors import UserError
 
 

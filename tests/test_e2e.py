@@ -10,7 +10,6 @@ from sedaug.cli import app
 from sedaug.data.desed import CLASSES
 
 RECIPES = Path(__file__).parents[1] / "recipes"
-TINY_MODEL = ["model.cnn_filters=[4, 8]", "model.cnn_pooling=[[4, 4], [1, 32]]", "model.rnn_hidden=8"]
 
 
 def sedaug(*args) -> str:
@@ -19,14 +18,14 @@ def sedaug(*args) -> str:
     return result.output
 
 
-def test_end_to_end(tmp_path):
+def test_end_to_end(tmp_path, tiny_model_overrides):
     data, features, runs = tmp_path / "desed", tmp_path / "features", tmp_path / "runs"
     sedaug("prepare-desed", "--synthetic", "--size", "tiny", "--out", data)
     assert (data / "metadata" / "eval" / "public.tsv").is_file() and (data / "manifest").is_dir()
     sedaug("extract-mels", "--data", data, "--out", features, "--workers", "1")
     assert (features / "features.json").is_file()
 
-    overrides = [*TINY_MODEL, f"data.features={features}", "data.batch_size=4", "optim.max_steps_per_epoch=2", "optim.epochs=1"]
+    overrides = [*tiny_model_overrides, f"data.features={features}", "data.batch_size=4", "optim.max_steps_per_epoch=2", "optim.epochs=1"]
     for recipe in ("none", "vat_latent"):
         sedaug("train", RECIPES / f"{recipe}.yaml", "--runs", runs, *[x for o in overrides for x in ("--set", o)])
         run = runs / recipe / "seed0"

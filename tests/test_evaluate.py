@@ -13,21 +13,26 @@ from psds_eval.psds import PSDSEvalError
 from sed_scores_eval.base_modules.io import read_sed_scores
 
 from sedaug import evaluate as ev
+from sedaug.checkpoint import TrainState
 from sedaug.data.desed import CLASSES
+from sedaug.data.grid import FRAME_SECONDS
 from sedaug.errors import UserError
-from sedaug.evaluate import (
-    FRAME_SECONDS,
+from sedaug.evaluation.f1 import event_based_f1
+from sedaug.evaluation.postprocess import decode, median_filter, merge_overlaps
+from sedaug.evaluation.predict import predict
+from sedaug.evaluation.psds import (
+    PSDS1,
+    PSDS2,
     PSDS_CRITERIA,
     PSDS_THRESHOLDS,
-    clip_id,
-    decode,
-    event_based_f1,
-    median_filter,
-    merge_overlaps,
+    PSDS_VARIANTS,
+    clip_metadata,
     psds_eval_psds,
-    score_frames,
     sed_scores_psds,
 )
+from sedaug.evaluation.results import METRICS
+from sedaug.evaluation.scores import clip_id, score_frames, write_scores
+from sedaug.recipe import validate_recipe
 
 F = FRAME_SECONDS
 T = 157
@@ -209,8 +214,8 @@ def test_psds_perfect_predictions():
     assert {k: v.value for k, v in rocs.items()} == pytest.approx({"psds": 1.0, "psds_ct": 1.0, "psds_macro": 1.0})
     frames = score_frames(strong, names, durations)
     clip_durations = {clip_id(f): d for f, d in zip(names, durations, strict=True)}
-    assert sed_scores_psds(frames, gt, clip_durations, ev.PSDS1)[0] == pytest.approx(1.0)
-    assert sed_scores_psds(frames, gt, clip_durations, ev.PSDS2)[0] == pytest.approx(1.0)
+    assert sed_scores_psds(frames, gt, clip_durations, PSDS1)[0] == pytest.approx(1.0)
+    assert sed_scores_psds(frames, gt, clip_durations, PSDS2)[0] == pytest.approx(1.0)
 
 
 def noisy_scores(gt, names, levels, seed):
@@ -234,7 +239,7 @@ def test_psds_50_thresholds_is_a_lower_bound_of_the_exact_psds():
     strong = noisy_scores(gt, names, levels, 3)
     rocs = psds_eval_psds(strong, names, durations, gt, median_window=1)
     for name in ("psds", "psds_ct"):  # mean TPR only: with alpha_st > 0 the std term is not monotone
-        exact = exact_psds(strong, names, durations, gt, *ev.PSDS_VARIANTS[name])
+        exact = exact_psds(strong, names, durations, gt, *PSDS_VARIANTS[name])
         assert 0.0 < rocs[name].value < exact, name  # strictly: operating points between thresholds are lost
 
 
@@ -244,7 +249,7 @@ def test_psds_equals_the_exact_psds_on_the_same_operating_points():
     names, durations, gt = grid_split(30, seed=4)
     strong = noisy_scores(gt, names, PSDS_THRESHOLDS[[5, 20, 30, 45]], 4)
     rocs = psds_eval_psds(strong, names, durations, gt, median_window=1)
-    for name, (alpha_ct, alpha_st) in ev.PSDS_VARIANTS.items():
+    for name, (alpha_ct, alpha_st) in PSDS_VARIANTS.items():
         exact = exact_psds(strong, names, durations, gt, alpha_ct, alpha_st)
         assert 0.1 < exact < 0.95, name  # a non-trivial case
         assert rocs[name].value == pytest.approx(exact, abs=1e-6), name
@@ -255,7 +260,7 @@ def test_overlapping_ground_truth_is_merged_for_psds():
     first = gt.iloc[0]
     overlapping = pd.concat([gt, events((first.filename, first.onset + F, first.offset + 4 * F, first.event_label))])
     with pytest.raises(PSDSEvalError, match="intersecting"):  # why the merge exists
-        PSDSEval(**PSDS_CRITERIA, ground_truth=overlapping, metadata=ev._metadata(names, durations))
+        PSDSEval(**PSDS_CRITERIA, ground_truth=overlapping, metadata=clip_metadata(names, durations))
     merged = merge_overlaps(overlapping)
     assert len(merged) == len(gt)
     strong = noisy_scores(merged, names, [0.3, 0.8], 5)
@@ -286,7 +291,7 @@ class TinyModel(torch.nn.Module):
 def test_predict_batches_in_eval_mode_and_restores_the_mode():
     model = TinyModel().train()
     mels = np.random.default_rng(0).random((5, 628, 128)).astype(np.float16)
-    got = ev.predict(model, mels, batch_size=2, device="cpu")
+    got = predict(model, mels, batch_size=2, device="cpu")
     assert got.shape == (5, T, len(CLASSES)) and got.dtype == np.float32
     assert model.calls == [(False, True, 2), (False, True, 2), (False, True, 1)]
     assert model.training
@@ -324,19 +329,22 @@ def fake_run(tmp_path_factory):
     def load_model(run_dir, which, device):
         if not (run_dir / "checkpoints" / f"{which}.pt").exists():
             raise UserError(f"{run_dir}/checkpoints/{which}.pt not found: train first")
-        return model, {"epoch": 4, "global_step": 40, "recipe": recipe}
+        return model, validate_recipe(recipe), TrainState(epoch=4, global_step=40)
 
-    def load_split(path, split):
-        assert path == features
-        return FakeSplit(mels, names, durations, gt if split == "eval" else None)
+    class FakeStore:
+        def __init__(self, path):
+            assert path == features
+
+        def split(self, name):
+            return FakeSplit(mels, names, durations, gt if name == "eval" else None)
 
     run = tmp_path / "runs" / "fake" / "seed3"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "best.pt").touch()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("sedaug.train.load_model", load_model)
-        mp.setattr("sedaug.data.features.load_split", load_split)
-        yield run, load_split(features, "eval"), ev.evaluate_run(run, "eval", progress=False)
+        mp.setattr("sedaug.evaluate.load_model", load_model)
+        mp.setattr("sedaug.evaluate.FeatureStore", FakeStore)
+        yield run, FakeStore(features).split("eval"), ev.evaluate_run(run, "eval", progress=False)
 
 
 def test_evaluate_run_writes_the_run_folder(fake_run):
@@ -347,7 +355,7 @@ def test_evaluate_run_writes_the_run_folder(fake_run):
     assert results["checkpoint"] == {"name": "best", "path": str(run / "checkpoints" / "best.pt"), "epoch": 4,
                                      "step": 40}
     assert results["n_clips"] == 10 and results["split"] == "eval" and results["recipe"] == "fake"
-    for metric in ev.METRICS:
+    for metric in METRICS:
         assert 0.0 <= results[metric] <= 1.0, metric
     assert set(results["per_class"]) == set(CLASSES)
     assert set(results["timing"]) == {"predict", "macro", "psds", "scores", "psds1", "psds2", "write"}
@@ -358,7 +366,7 @@ def test_evaluate_run_writes_the_run_folder(fake_run):
     assert len(frames["clip003"]) == 118 and frames["clip003"].offset.iloc[-1] == 7.5  # ceil(7.5 / 0.06375)
     # The files hold exactly the scores that were evaluated: PSDS1 computed from them is the reported one.
     durations = {clip_id(f): d for f, d in zip(split.filenames, split.durations, strict=True)}
-    assert sed_scores_psds(frames, split.events, durations, ev.PSDS1)[0] == results["psds1"]
+    assert sed_scores_psds(frames, split.events, durations, PSDS1)[0] == results["psds1"]
 
     detections = pd.read_csv(out / "detections.tsv", sep="\t")
     assert list(detections.columns) == COLUMNS and len(detections) > 0
@@ -382,7 +390,7 @@ def test_evaluate_run_user_errors(fake_run):
 
 def test_write_scores_replaces_the_folder(tmp_path):
     frames = score_frames(np.zeros((2, T, len(CLASSES))), ["a.wav", "b.wav"], np.array([10.0, 10.0]))
-    ev.write_scores(frames, tmp_path / "scores")
-    ev.write_scores({"c": frames["a"]}, tmp_path / "scores")
+    write_scores(frames, tmp_path / "scores")
+    write_scores({"c": frames["a"]}, tmp_path / "scores")
     assert [p.name for p in tmp_path.iterdir()] == ["scores"]
     assert [p.name for p in (tmp_path / "scores").iterdir()] == ["c.tsv"]

@@ -15,21 +15,11 @@ import torch
 import torchaudio
 
 from sedaug.data.desed import CLASSES, SPLITS, load_events, load_manifest, prepare_desed
-from sedaug.data.features import (
-    FEATURE_SPLITS,
-    N_FRAMES,
-    FeatureParams,
-    check_params,
-    extract_mels,
-    frame_labels,
-    load_clip,
-    load_scaler,
-    load_split,
-    log_mel,
-    mel_spectrogram,
-    split_synthetic,
-    weak_labels_from,
-)
+from sedaug.data.extract import extract_mels, load_clip, split_synthetic
+from sedaug.data.grid import PARAMS, FeatureParams
+from sedaug.data.labels import frame_labels, weak_labels_from
+from sedaug.data.mel import log_mel, mel_spectrogram
+from sedaug.data.store import FEATURE_SPLITS, FeatureStore
 from sedaug.data.synthetic import SIZES
 from sedaug.errors import UserError
 
@@ -63,7 +53,7 @@ def parity_waves(tiny_desed, real_layout) -> dict[str, np.ndarray]:
 def test_linear_mel_matches_librosa(parity_waves):
     for name, wave in parity_waves.items():
         ours = mel_spectrogram(torch.from_numpy(wave)).numpy()
-        assert ours.shape == (N_FRAMES, 128), name
+        assert ours.shape == (PARAMS.n_frames, 128), name
         assert_close(ours, librosa_mel(wave), rtol=1e-4)
 
 
@@ -86,7 +76,7 @@ def test_load_clip_downmixes_resamples_and_pads(real_layout):
 
 
 def test_log_and_normalization_match_librosa(parity_waves, tiny_features):
-    mean, std = load_scaler(tiny_features)
+    mean, std = FeatureStore(tiny_features).scaler()
     wave = parity_waves["full"]
     # A second, much quieter copy: top_db must apply per clip, not over the batch.
     mels = mel_spectrogram(torch.from_numpy(np.stack([wave, wave * 1e-4])))
@@ -119,7 +109,7 @@ def test_store_shapes_and_tables(tiny_desed, tiny_features):
         "validation": tiny["validation"],
         "eval": tiny["eval"],
     }
-    splits = {name: load_split(tiny_features, name) for name in FEATURE_SPLITS}
+    splits = {name: FeatureStore(tiny_features).split(name) for name in FEATURE_SPLITS}
     for name, split in splits.items():
         assert split.mels.shape == (expected_sizes[name], 628, 128) and split.mels.dtype == np.float16
         assert isinstance(split.mels, np.memmap)
@@ -152,7 +142,7 @@ def test_store_shapes_and_tables(tiny_desed, tiny_features):
 
 
 def test_stored_features_match_librosa_at_float16(tiny_desed, tiny_features):
-    split = load_split(tiny_features, "validation")
+    split = FeatureStore(tiny_features).split("validation")
     paths = dict(
         zip(
             load_manifest(tiny_desed)["validation"]["filename"],
@@ -169,14 +159,14 @@ def test_scaler_is_the_log_mel_moments_of_the_training_splits(tiny_features):
     logs = (
         torch.cat(
             [
-                log_mel(torch.from_numpy(np.array(load_split(tiny_features, s).mels)))
+                log_mel(torch.from_numpy(np.array(FeatureStore(tiny_features).split(s).mels)))
                 for s in ("weak", "unlabeled", "synthetic_train")
             ]
         )
         .reshape(-1, 128)
         .double()
     )
-    mean, std = load_scaler(tiny_features)
+    mean, std = FeatureStore(tiny_features).scaler()
     assert mean.dtype == std.dtype == np.float32 and mean.shape == std.shape == (128,)
     np.testing.assert_allclose(mean, logs.mean(0).numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(std, logs.std(0, correction=0).numpy(), rtol=1e-4)
@@ -195,7 +185,7 @@ def test_real_layout_end_to_end(real_layout, tmp_path):
         "validation": 3,
         "eval": 2,
     }
-    validation = load_split(features, "validation")
+    validation = FeatureStore(features).split("validation")
     assert validation.mels.shape == (3, 628, 128)
     durations = dict(zip(validation.filenames, validation.durations, strict=True))
     assert durations[real_layout.short_clip] == pytest.approx(4.0)
@@ -205,7 +195,7 @@ def test_real_layout_end_to_end(real_layout, tmp_path):
     speech = validation.events[validation.events["event_label"] == "Speech"]
     assert len(speech) == 2  # same-class overlaps are kept; the evaluator merges them
     assert real_layout.empty_clip not in set(validation.events["filename"])
-    assert real_layout.missing[1] not in load_split(features, "unlabeled").filenames
+    assert real_layout.missing[1] not in FeatureStore(features).split("unlabeled").filenames
 
 
 def test_extract_is_idempotent_until_the_manifest_changes(real_layout, tmp_path):
@@ -219,7 +209,7 @@ def test_extract_is_idempotent_until_the_manifest_changes(real_layout, tmp_path)
     tsv.write_text(tsv.read_text().replace("Running_water", "Speech"))
     prepare_desed(real_layout.root, real_layout.root, progress=False)
     assert not extract_mels(real_layout.root, features, workers=1, progress=False).skipped
-    assert "Speech" in set(load_split(features, "eval").events["event_label"])
+    assert "Speech" in set(FeatureStore(features).split("eval").events["event_label"])
 
 
 def test_extract_needs_a_manifest(tmp_path):
@@ -237,24 +227,24 @@ def test_corrupt_clip_at_extraction_names_the_file(real_layout, tmp_path):
 
 
 def test_incompatible_store(tiny_features, tmp_path):
-    check_params(tiny_features)
+    FeatureStore(tiny_features)
     record = json.loads((tiny_features / "features.json").read_text())
     record["params"]["hop"] = 256
     (tmp_path / "features.json").write_text(json.dumps(record))
     with pytest.raises(UserError) as error:
-        check_params(tmp_path, FeatureParams())
+        FeatureStore(tmp_path, FeatureParams())
     assert f"incompatible feature store at {tmp_path}: hop 256 != 255" in str(error.value)
     assert "\n" not in str(error.value)
 
 
 def test_missing_store_or_split(tiny_features, tmp_path):
     with pytest.raises(UserError, match="run `sedaug extract-mels` first"):
-        load_split(tmp_path, "weak")
+        FeatureStore(tmp_path)
     shutil.copy(tiny_features / "features.json", tmp_path / "features.json")
     with pytest.raises(UserError, match="split eval is missing .* run `sedaug extract-mels`"):
-        load_split(tmp_path, "eval")
+        FeatureStore(tmp_path).split("eval")
     with pytest.raises(UserError, match="unknown feature split 'train'"):
-        load_split(tiny_features, "train")
+        FeatureStore(tiny_features).split("train")
 
 
 def test_frame_labels_by_hand():

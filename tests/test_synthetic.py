@@ -13,7 +13,10 @@ import soundfile as sf
 import torch
 
 from sedaug.data.desed import CLASSES, SPLITS, load_events, load_manifest
-from sedaug.data.features import N_OUTPUT_FRAMES, frame_labels, load_scaler, load_split, log_mel
+from sedaug.data.grid import N_OUTPUT_FRAMES
+from sedaug.data.labels import frame_labels
+from sedaug.data.mel import log_mel
+from sedaug.data.store import FeatureStore
 from sedaug.data.synthetic import (
     GENERATORS,
     SIZES,
@@ -167,7 +170,7 @@ def test_render_clip_is_normalized():
 
 def _frames(features: Path, split: str, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalized log-mel frames pooled to the model's output rate, with ±2 frames of context, and their labels."""
-    data = load_split(features, split)
+    data = FeatureStore(features).split(split)
     x = (log_mel(torch.from_numpy(np.asarray(data.mels, np.float32))) - torch.from_numpy(mean)) / torch.from_numpy(std)
     x = x.view(len(data), N_OUTPUT_FRAMES, 4, -1).mean(2)
     x = torch.cat([torch.roll(x, k, dims=1) for k in range(-2, 3)], dim=-1)
@@ -180,7 +183,7 @@ def test_events_are_learnable_from_held_out_clips(tiny_features):
     two strong splits (28 clips), must find the event frames of a third (micro F1 over classes and frames; it
     scores ~0.60, while "all on" scores < 0.33 and a mislabeled or class-blind generator far less)."""
     torch.manual_seed(0)
-    mean, std = load_scaler(tiny_features)
+    mean, std = FeatureStore(tiny_features).scaler()
     train = [_frames(tiny_features, s, mean, std) for s in ("synthetic_train", "validation")]
     x, y = torch.cat([t[0] for t in train]), torch.cat([t[1] for t in train])
     probe = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.ReLU(), torch.nn.Linear(128, len(CLASSES)))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from sedaug.checkpoint import load_checkpoint
 from sedaug.cli import app
 from sedaug.errors import UserError
 from sedaug.recipe import Recipe, load_recipe
@@ -15,11 +16,17 @@ from sedaug.train import Interrupted, consistency_loss, ema_update, rampup, trai
 
 REPO = Path(__file__).parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
-TINY_MODEL = ["model.cnn_filters=[4, 8]", "model.cnn_pooling=[[4, 4], [1, 32]]", "model.rnn_hidden=8"]
 
 
-def tiny(recipe: Path, features: Path, *extra: str) -> Recipe:
-    return load_recipe(recipe, [*TINY_MODEL, f"data.features={features}", "data.batch_size=4", "optim.max_steps_per_epoch=2", *extra])
+@pytest.fixture
+def tiny(tiny_features, tiny_model_overrides):
+    """tiny(recipe, *overrides): the recipe with the tiny CRNN on the tiny store, two 4-clip steps an epoch."""
+
+    def load(recipe: Path, *extra: str) -> Recipe:
+        return load_recipe(recipe, [*tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4",
+                                    "optim.max_steps_per_epoch=2", *extra])
+
+    return load
 
 
 def test_rampup_at_0_half_and_end():
@@ -74,19 +81,19 @@ def _metrics(run: Path) -> list[dict]:
     return rows
 
 
-def test_resume_continues_exactly(tiny_features, tmp_path):
+def test_resume_continues_exactly(tiny, tmp_path):
     recipe = REPO / "recipes" / "vat_latent.yaml"
-    straight = tiny(recipe, tiny_features, "optim.epochs=2")
+    straight = tiny(recipe, "optim.epochs=2")
     train(straight, tmp_path / "straight", progress=False)
-    train(tiny(recipe, tiny_features, "optim.epochs=1"), tmp_path / "resumed", progress=False)
+    train(tiny(recipe, "optim.epochs=1"), tmp_path / "resumed", progress=False)
     train(straight, tmp_path / "resumed", resume=True, progress=False)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
 
 
-def test_ctrl_c_saves_last_and_resume_is_exact(tiny_features, tmp_path, monkeypatch):
-    recipe = tiny(REPO / "recipes" / "baseline.yaml", tiny_features, "optim.epochs=2")
+def test_ctrl_c_saves_last_and_resume_is_exact(tiny, tmp_path, monkeypatch):
+    recipe = tiny(REPO / "recipes" / "baseline.yaml", "optim.epochs=2")
     train(recipe, tmp_path / "straight", progress=False)
 
     real_update = __import__("sedaug.train", fromlist=["ema_update"]).ema_update
@@ -102,7 +109,7 @@ def test_ctrl_c_saves_last_and_resume_is_exact(tiny_features, tmp_path, monkeypa
     with pytest.raises(Interrupted, match="continue with --resume"):
         train(recipe, tmp_path / "resumed", progress=False)
     assert len(_metrics(tmp_path / "resumed")) == 1  # stopped mid-epoch 2
-    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)["step_in_epoch"] == 1
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt").state.step_in_epoch == 1
     monkeypatch.setattr("sedaug.train.ema_update", real_update)
     train(recipe, tmp_path / "resumed", resume=True, progress=False)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
@@ -110,43 +117,43 @@ def test_ctrl_c_saves_last_and_resume_is_exact(tiny_features, tmp_path, monkeypa
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
 
 
-def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny_features, tmp_path):
-    recipe = tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=1")
+def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny, tmp_path):
+    recipe = tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1")
     run = tmp_path / "run"
     train(recipe, run, progress=False)
     before = _weights(run)
     with pytest.raises(UserError, match="is not empty: pass --resume"):
         train(recipe, run, progress=False)
     with pytest.raises(UserError, match=r"recipe differs .* at optim\.lr"):
-        train(tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=1", "optim.lr=0.01"), run, resume=True, progress=False)
+        train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1", "optim.lr=0.01"), run, resume=True, progress=False)
     assert all(torch.equal(before[k], v) for k, v in _weights(run).items())
     with pytest.raises(UserError, match="nothing to resume"):
         train(recipe, tmp_path / "fresh", resume=True, progress=False)
 
 
-def test_nan_loss_stops_cleanly_keeping_the_last_good_checkpoint(tiny_features, tmp_path, monkeypatch):
-    recipe = tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=1")
+def test_nan_loss_stops_cleanly_keeping_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    recipe = tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1")
     run = tmp_path / "run"
     train(recipe, run, progress=False)
     good = _weights(run)
     monkeypatch.setattr("sedaug.train.F.binary_cross_entropy", lambda scores, target: scores.sum() * float("nan"))
     with pytest.raises(UserError, match="loss became nan"):
-        train(tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=2"), run, resume=True, progress=False)
+        train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=2"), run, resume=True, progress=False)
     assert all(torch.equal(good[k], v) for k, v in _weights(run).items())
 
 
-def test_model_selection_uses_the_shared_f1(tiny_features, tmp_path, monkeypatch):
+def test_model_selection_uses_the_shared_f1(tiny, tmp_path, monkeypatch):
     scores = iter([0.2, 0.5, 0.4])
     monkeypatch.setattr("sedaug.train.event_based_f1", lambda *a: {"macro": next(scores)})
-    train(tiny(REPO / "recipes" / "none.yaml", tiny_features, "optim.epochs=3"), tmp_path / "run", progress=False)
+    train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=3"), tmp_path / "run", progress=False)
     assert [m["valid_f1"] for m in _metrics(tmp_path / "run")] == [0.2, 0.5, 0.4]
-    assert torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)["best_epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt").state.best_epoch == 2
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_every_recipe_trains_one_epoch_through_the_cli(recipe, tiny_features, tmp_path):
+def test_every_recipe_trains_one_epoch_through_the_cli(recipe, tiny_features, tiny_model_overrides, tmp_path):
     args = ["train", str(recipe), "--runs", str(tmp_path), "--device", "cpu", "--set", "optim.epochs=1"]
-    for item in [*TINY_MODEL, f"data.features={tiny_features}", "data.batch_size=4", "optim.max_steps_per_epoch=2"]:
+    for item in [*tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4", "optim.max_steps_per_epoch=2"]:
         args += ["--set", item]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -163,11 +170,11 @@ def test_every_recipe_trains_one_epoch_through_the_cli(recipe, tiny_features, tm
 
 
 @pytest.mark.parametrize("option", ["optim.precision=bf16", "optim.compile=true"])
-def test_numerics_options_train_and_stay_close_to_fp32_eager(option, tiny_features, tmp_path):
+def test_numerics_options_train_and_stay_close_to_fp32_eager(option, tiny, tmp_path):
     """bf16 autocast and torch.compile are the GPU options; their code path runs here on CPU."""
-    reference = tiny(REPO / "recipes" / "noise_latent.yaml", tiny_features, "optim.epochs=1")
+    reference = tiny(REPO / "recipes" / "noise_latent.yaml", "optim.epochs=1")
     train(reference, tmp_path / "fp32", progress=False)
-    train(tiny(REPO / "recipes" / "noise_latent.yaml", tiny_features, "optim.epochs=1", option), tmp_path / "opt", progress=False)
+    train(tiny(REPO / "recipes" / "noise_latent.yaml", "optim.epochs=1", option), tmp_path / "opt", progress=False)
     (a,), (b,) = _metrics(tmp_path / "fp32"), _metrics(tmp_path / "opt")
     assert math.isfinite(b["loss_total"])
     assert b["loss_class"] == pytest.approx(a["loss_class"], rel=0.05)  # same seed, same batches

@@ -9,12 +9,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from sedaug.data.features import frame_labels, load_split
+from sedaug.data.labels import frame_labels
+from sedaug.data.store import FeatureStore
 from sedaug.errors import UserError
 
 
@@ -36,8 +36,8 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
 class ThreeStreams:
     """Per-epoch shuffled batches over the unlabeled, weak and synthetic-train streams."""
 
-    def __init__(self, features: Path, batch_size: int, seed: int, device: torch.device, resident: bool = False):
-        unlabeled, weak, synthetic = (load_split(features, s) for s in ("unlabeled", "weak", "synthetic_train"))
+    def __init__(self, store: FeatureStore, batch_size: int, seed: int, device: torch.device, resident: bool = False):
+        unlabeled, weak, synthetic = (store.split(s) for s in ("unlabeled", "weak", "synthetic_train"))
         # On a GPU the whole store is copied to device memory when asked (it fits for DESED); else gathered from mmap.
         place = (lambda t: t.to(device)) if resident else (lambda t: t)
         self.sources = [place(_as_tensor(s.mels)) for s in (unlabeled, weak, synthetic)]
@@ -51,7 +51,7 @@ class ThreeStreams:
         self.steps_per_epoch = min(len(src) // n for src, n in zip(self.sources, self.sizes, strict=True))
         if self.steps_per_epoch == 0:
             counts = ", ".join(f"{name} {len(src)}" for name, src in zip(("unlabeled", "weak", "synthetic_train"), self.sources, strict=True))
-            raise UserError(f"{features}: too few clips ({counts}) for data.batch_size {batch_size} (unlabeled 1/2, weak 1/4, synthetic 1/4)")
+            raise UserError(f"{store.path}: too few clips ({counts}) for data.batch_size {batch_size} (unlabeled 1/2, weak 1/4, synthetic 1/4)")
 
     def epoch(self, epoch: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """The batches of one epoch, steps [start, stop); the order depends only on (seed, epoch)."""

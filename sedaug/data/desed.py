@@ -10,12 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import socket
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,18 +19,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from sedaug import __version__
 from sedaug.errors import UserError
-from sedaug.rundir import atomic_path, write_json
+from sedaug.files import read_tsv, write_json, write_tsv
+from sedaug.progress import progress_bar
 
 CLASSES: tuple[str, ...] = (
     "Alarm_bell_ringing",
@@ -130,39 +119,6 @@ class _SplitTables:
     filenames: list[str]
     weak_labels: dict[str, str] = field(default_factory=dict)
     events: pd.DataFrame | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Helpers shared by the data modules.
-
-
-def write_tsv(path: Path, table: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep="\t", index=False)
-
-
-def read_tsv(path: Path) -> pd.DataFrame:
-    """Every cell as a string; empty cells stay empty strings (DESED uses them for clips without events)."""
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
-
-
-@contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
-    """A rich progress bar; yields `advance(n=1)`."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not enabled) as bar:
-        task = bar.add_task(description, total=total)
-
-        def advance(n: int = 1) -> None:
-            bar.advance(task, n)
-
-        yield advance
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -421,37 +377,3 @@ def _manifest_dir(prepared: Path) -> Path:
     if not (manifest_dir / PREPARE_JSON).is_file():
         raise UserError(f"no DESED manifest in {manifest_dir}: run `sedaug prepare-desed` first")
     return manifest_dir
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Download (optional)
-
-
-def download_desed(root: Path, jobs: int = 3) -> Path:
-    """Download the real DESED recordings (weak, unlabeled, validation, public eval) with the `desed` package.
-
-    The synthetic20 soundscapes are not part of this download: generate them with DESED's own scripts
-    (desed.download_desed_soundbank + the DCASE 2020 jams) into audio/train/synthetic20/soundscapes.
-    """
-    try:
-        import desed  # type: ignore[import-not-found]
-    except ImportError as err:
-        raise UserError(
-            "downloading DESED needs the optional `desed` package: pip install 'sedaug[download]'"
-        ) from err
-    try:
-        socket.create_connection(("zenodo.org", 443), timeout=10).close()
-    except OSError as err:
-        raise UserError(
-            f"cannot reach zenodo.org ({_one_line(err)}): download DESED on a machine with network access, "
-            "then run `sedaug prepare-desed --root DIR`"
-        ) from err
-    root = Path(root)
-    desed.download_real(str(root), n_jobs=jobs)
-    # The desed package puts validation clips one folder deeper than the DCASE 2020 layout expects.
-    nested = root / "audio" / "validation" / "validation"
-    if nested.is_dir():
-        for wav in nested.iterdir():
-            shutil.move(str(wav), str(root / "audio" / "validation" / wav.name))
-        nested.rmdir()
-    return root

@@ -1,0 +1,67 @@
+"""The two time grids, each stated once: the mel front end's frames and the model's output frames.
+
+Input frames: `FeatureParams` holds every parameter of the stored features (docs/architecture.md, "Features"):
+16 kHz, a 2048-point Hamming STFT with hop 255, 128 Slaney mel bands, 628 frames per 10 s clip.
+
+Output frames: the CRNN pools time by the product of `model.cnn_pooling`'s time factors (dcase20: 2·2 = 4), so a
+clip has 628 // 4 = 157 output frames of 255·4/16000 = 0.06375 s. Frame labels (`data/labels.py`) and
+post-processing (`evaluation/postprocess.py`) use this grid, derived here from the default model configuration;
+the recipe schema refuses a `cnn_pooling` that pools time by another factor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from sedaug.recipe import ModelConfig
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Everything that determines the stored features; a feature store with other parameters is refused."""
+
+    sample_rate: int = 16000
+    n_fft: int = 2048
+    hop: int = 255
+    n_mels: int = 128
+    n_frames: int = 628
+    clip_seconds: float = 10.0
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    power: float = 1.0
+    mel_scale: str = "slaney"
+    norm: str | None = None
+    window: str = "hamming"  # symmetric, like np.hamming and the dcase20 baseline
+    center: bool = True
+    pad_mode: str = "reflect"
+    amin: float = 1e-5
+    top_db: float = 80.0
+
+    def __post_init__(self) -> None:
+        if self.window != "hamming":
+            raise ValueError(f"only the (symmetric) hamming window is supported, not {self.window!r}")
+        expected = self.clip_samples // self.hop + 1 if self.center else None
+        if expected is not None and self.n_frames != expected:
+            raise ValueError(f"n_frames {self.n_frames} != {expected} frames in a {self.clip_seconds} s clip")
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+PARAMS = FeatureParams()
+
+
+def time_pooling(model: ModelConfig) -> int:
+    """How many input frames the CRNN pools into one output frame: the product of its time pooling factors."""
+    return math.prod(time for time, _ in model.cnn_pooling)
+
+
+TIME_POOLING = time_pooling(ModelConfig())
+N_OUTPUT_FRAMES = PARAMS.n_frames // TIME_POOLING
+FRAME_SECONDS = PARAMS.hop * TIME_POOLING / PARAMS.sample_rate  # 0.06375 s

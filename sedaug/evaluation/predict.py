@@ -1,0 +1,26 @@
+"""A model's frame scores on a split, in batches and in eval mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sedaug.data.desed import CLASSES
+from sedaug.progress import progress_bar
+
+
+def predict(model, mels: np.ndarray, batch_size: int, device, progress: bool = False) -> np.ndarray:
+    """The model's strong output (N, T, C), float32, in eval mode and batches; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.inference_mode(), progress_bar("predict", len(mels), progress) as advance:
+            for start in range(0, len(mels), batch_size):
+                batch = torch.from_numpy(np.asarray(mels[start : start + batch_size], dtype=np.float32))
+                strong, _ = model(batch.to(device))
+                out.append(strong.float().cpu().numpy())
+                advance(len(batch))
+    finally:
+        model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 0, len(CLASSES)), dtype=np.float32)

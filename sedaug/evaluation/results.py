@@ -1,0 +1,140 @@
+"""Every metric of one split's frame scores, and the files that hold them: `<split>/results.json` (its keys are
+what `sedaug table` can show), `detections.tsv`, `scores/` and `psd_roc.png`."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sedaug.data.desed import CLASSES
+from sedaug.data.grid import FRAME_SECONDS
+from sedaug.evaluation.f1 import EVENT_BASED, event_based_f1, nan_to_none
+from sedaug.evaluation.plots import plot_psd_rocs
+from sedaug.evaluation.postprocess import EVENT_COLUMNS, as_scores, decode, merge_overlaps
+from sedaug.evaluation.psds import (
+    PSDS1,
+    PSDS2,
+    PSDS_CRITERIA,
+    PSDS_MAX_EFPR,
+    PSDS_THRESHOLDS,
+    PSDS_VARIANTS,
+    psds_eval_psds,
+    sed_scores_psds,
+)
+from sedaug.evaluation.scores import clip_id, score_frames, write_scores
+from sedaug.files import write_json, write_tsv
+
+# The numbers `sedaug table` can put in a column (top-level keys of results.json).
+METRICS = ("macro", "micro", "psds", "psds_ct", "psds_macro", "psds1", "psds2")
+
+
+@dataclass
+class Evaluation:
+    """Everything `write_evaluation` writes: the results dict and the tables/curves behind it."""
+
+    results: dict[str, Any]
+    detections: pd.DataFrame
+    scores: dict[str, pd.DataFrame]
+    psd_rocs: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def timed(timing: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the seconds the block takes to `timing[phase]`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[phase] = round(timing.get(phase, 0.0) + time.perf_counter() - start, 3)
+
+
+def evaluate_scores(
+    strong: np.ndarray,
+    filenames: Sequence[str],
+    durations: np.ndarray,
+    ground_truth: pd.DataFrame,
+    *,
+    threshold: float = 0.5,
+    median_window: int = 7,
+    progress: bool = False,
+    timing: dict[str, float] | None = None,
+) -> Evaluation:
+    """Every metric of the DCASE 2020 protocol (docs/architecture.md, "Evaluation") on frame scores (N, T, C)."""
+    timing = {} if timing is None else timing
+    strong = as_scores(strong)
+    durations = np.asarray(durations, dtype=np.float64)
+    ground_truth = ground_truth[EVENT_COLUMNS].dropna()
+    gt_classes = set(merge_overlaps(ground_truth).event_label)
+    results: dict[str, Any] = {
+        "n_clips": len(filenames),
+        "n_events": len(ground_truth),
+        "duration_hours": float(durations.sum() / 3600),
+    }
+    with timed(timing, "macro"):
+        detections = decode(strong, filenames, threshold, median_window, durations)
+        f1 = event_based_f1(detections, ground_truth, filenames)
+    results.update(macro=nan_to_none(f1["macro"]), micro=f1["micro"], per_class=f1["per_class"])
+
+    with timed(timing, "psds"):
+        rocs = psds_eval_psds(strong, filenames, durations, ground_truth, median_window=median_window,
+                              progress=progress)
+    for name in PSDS_VARIANTS:
+        results[name] = float(rocs[name].value) if name in rocs else None
+
+    with timed(timing, "scores"):
+        scores = score_frames(strong, filenames, durations)
+    clip_durations = {clip_id(f): float(d) for f, d in zip(filenames, durations, strict=True)}
+    for name, params in (("psds1", PSDS1), ("psds2", PSDS2)):
+        with timed(timing, name):
+            value, per_class = sed_scores_psds(scores, ground_truth, clip_durations, params)
+        results[name] = value
+        results[f"{name}_per_class"] = per_class
+
+    results["classes_without_events"] = [c for c in CLASSES if c not in gt_classes]
+    results["params"] = {
+        "threshold": threshold,
+        "median_window": median_window,
+        "frame_seconds": FRAME_SECONDS,
+        "event_based": EVENT_BASED,
+        "psds": {**PSDS_CRITERIA, "max_efpr": PSDS_MAX_EFPR, "n_thresholds": len(PSDS_THRESHOLDS),
+                 "thresholds": [round(float(t), 6) for t in PSDS_THRESHOLDS],
+                 "variants": {k: {"alpha_ct": a, "alpha_st": b} for k, (a, b) in PSDS_VARIANTS.items()}},
+        "psds1": PSDS1,
+        "psds2": PSDS2,
+        "unit_of_time": "hour",
+    }
+    return Evaluation(results=results, detections=detections, scores=scores, psd_rocs=rocs)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_evaluation(evaluation: Evaluation, out_dir: Path, timing: dict[str, float] | None = None) -> dict[str, Any]:
+    """<split>/scores/*.tsv, detections.tsv, psd_roc.png, results.json (last, so it marks a complete job);
+    returns what results.json holds."""
+    timing = {} if timing is None else timing
+    out_dir = Path(out_dir)
+    with timed(timing, "write"):
+        write_scores(evaluation.scores, out_dir / "scores")
+        write_tsv(out_dir / "detections.tsv", evaluation.detections)
+        plot_psd_rocs(evaluation.psd_rocs, out_dir / "psd_roc.png")
+    results = _json_safe({**evaluation.results, "timing": timing})
+    write_json(out_dir / "results.json", results)
+    return results

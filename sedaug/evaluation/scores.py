@@ -1,0 +1,58 @@
+"""Frame-score files: one sed_scores_eval TSV per clip (onset, offset, one column per class), cut at the clip's
+duration, as `<split>/scores/<clip>.tsv`."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sedaug.data.desed import CLASSES
+from sedaug.evaluation.postprocess import as_scores, frame_counts, frame_timestamps
+
+
+def clip_id(filename: str) -> str:
+    """The key of a clip in sed_scores_eval's format (and the name of its score file): the filename without .wav."""
+    return filename[:-4] if filename.lower().endswith(".wav") else filename
+
+
+def score_frames(
+    strong: np.ndarray, filenames: Sequence[str], durations: np.ndarray
+) -> dict[str, pd.DataFrame]:
+    """Per-clip frame scores in sed_scores_eval's format (onset, offset, one column per class), cut at the
+    clip's duration."""
+    strong = as_scores(strong)
+    lengths = frame_counts(durations, strong.shape[1])
+    columns = ["onset", "offset", *CLASSES]
+    frames = {}
+    for i, (f, n, d) in enumerate(zip(filenames, lengths, durations, strict=True)):
+        ts = frame_timestamps(n, d)
+        frames[clip_id(f)] = pd.DataFrame(np.column_stack([ts[:-1], ts[1:], strong[i, :n]]), columns=columns)
+    return frames
+
+
+def write_scores(scores: dict[str, pd.DataFrame], directory: Path) -> None:
+    """One sed_scores_eval TSV per clip (what `write_sed_scores` writes, numbers in their shortest exact form);
+    the folder is filled aside and swapped in whole."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        for key, frame in scores.items():
+            rows = frame.to_numpy().tolist()  # str(float): the shortest text that reads back exactly; 4x faster
+            text = "\n".join(["\t".join(frame.columns), *("\t".join(map(str, row)) for row in rows)]) + "\n"
+            (tmp / f"{key}.tsv").write_text(text)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+        tmp.rename(directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
