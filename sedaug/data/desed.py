@@ -69,12 +69,13 @@ SPLITS: dict[str, SourceSplit] = {
     )
 }
 
+# An event, in every TSV and table of events (a list: pandas selects columns with it).
+EVENT_COLUMNS = ["filename", "onset", "offset", "event_label"]
 TSV_COLUMNS: dict[LabelKind, tuple[str, ...]] = {
     "weak": ("filename", "event_labels"),
     "unlabeled": ("filename",),
-    "strong": ("filename", "onset", "offset", "event_label"),
+    "strong": tuple(EVENT_COLUMNS),
 }
-EVENT_COLUMNS = ("filename", "onset", "offset", "event_label")
 MANIFEST_DIR = "manifest"
 MISSING_FILES = "missing_files.tsv"
 PREPARE_JSON = "prepare.json"
@@ -230,7 +231,7 @@ def _parse_events(path: Path, table: pd.DataFrame) -> pd.DataFrame:
     """Events of a strong TSV; the rows with empty onset, offset and label (clips with no event) are dropped."""
     cells = table[["onset", "offset", "event_label"]]
     empty = (cells == "").all(axis=1)
-    events = table.loc[~empty, list(EVENT_COLUMNS)].copy()
+    events = table.loc[~empty, EVENT_COLUMNS].copy()
     lines = _line_numbers(table)[~empty.to_numpy()]
     for column in ("onset", "offset"):
         values = pd.to_numeric(events[column], errors="coerce")
@@ -353,13 +354,15 @@ def load_events(prepared: Path, split: str) -> pd.DataFrame:
     """The events (filename, onset, offset, event_label) of a strong source split; clips without events have none."""
     if SPLITS[split].kind != "strong":
         raise ValueError(f"{split} is not a strongly labeled split")
-    events = pd.read_csv(
-        _manifest_dir(prepared) / f"{split}_events.tsv",
-        sep="\t",
-        keep_default_na=False,
+    return read_events(_manifest_dir(prepared) / f"{split}_events.tsv")
+
+
+def read_events(path: Path) -> pd.DataFrame:
+    """A table of events (filename, onset, offset, event_label) as written by sedaug, with typed columns."""
+    return pd.read_csv(
+        path, sep="\t", keep_default_na=False,
         dtype={"filename": str, "event_label": str, "onset": float, "offset": float},
     )
-    return events
 
 
 def manifest_hash(prepared: Path) -> str:

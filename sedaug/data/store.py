@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sedaug.data.desed import read_events
 from sedaug.data.grid import PARAMS, FeatureParams
 from sedaug.data.labels import weak_labels_from
 from sedaug.errors import UserError
@@ -88,12 +89,7 @@ class FeatureStore:
         mels = np.load(directory / "mels.npy", mmap_mode="r") if filenames else np.load(directory / "mels.npy")
         events = weak = None
         if name in STRONG_SPLITS:
-            events = pd.read_csv(
-                directory / "events.tsv",
-                sep="\t",
-                keep_default_na=False,
-                dtype={"filename": str, "event_label": str, "onset": float, "offset": float},
-            )
+            events = read_events(directory / "events.tsv")
         if name == "weak":
             weak = weak_labels_from(read_tsv(directory / "weak.tsv"), filenames)
         return Split(name, mels, filenames, clips["duration"].astype(float).to_numpy(), events, weak)

@@ -23,7 +23,7 @@ import pandas as pd
 import soundfile as sf
 
 from sedaug import __version__
-from sedaug.data.desed import CLASSES, SPLITS, prepare_desed
+from sedaug.data.desed import CLASSES, EVENT_COLUMNS, SPLITS, prepare_desed
 from sedaug.data.sounds import F32, GENERATORS, background, fades, rms
 from sedaug.errors import UserError
 from sedaug.files import write_json, write_tsv
@@ -229,7 +229,7 @@ def _write_metadata(root: Path, plans: dict[str, list[ClipPlan]]) -> None:
             )
         else:
             table = pd.DataFrame(
-                _strong_rows(split_plans), columns=["filename", "onset", "offset", "event_label"]
+                _strong_rows(split_plans), columns=EVENT_COLUMNS
             )
         write_tsv(path, table)
 

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sedaug.data.desed import CLASSES
-from sedaug.evaluation.postprocess import EVENT_COLUMNS
+from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 
 EVENT_BASED = {"t_collar": 0.2, "percentage_of_length": 0.2, "evaluate_onset": True, "evaluate_offset": True}
 

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from sedaug.data.desed import CLASSES
+from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS
 
-EVENT_COLUMNS = ["filename", "onset", "offset", "event_label"]
 TIME_DECIMALS = 6  # event and frame times are multiples of 0.06375 (5 decimals): rounding only removes fp noise
 SCORE_DECIMALS = 6  # frame scores as evaluated and written (float32 outputs carry about 7 digits)
 

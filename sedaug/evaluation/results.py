@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sedaug.data.desed import CLASSES
+from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS
 from sedaug.evaluation.f1 import EVENT_BASED, event_based_f1, nan_to_none
 from sedaug.evaluation.plots import plot_psd_rocs
-from sedaug.evaluation.postprocess import EVENT_COLUMNS, as_scores, decode, merge_overlaps
+from sedaug.evaluation.postprocess import as_scores, decode, merge_overlaps
 from sedaug.evaluation.psds import (
     PSDS1,
     PSDS2,
