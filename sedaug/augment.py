@@ -1,4 +1,6 @@
-"""Consistency augmentations (docs/augmentations.md): noise, first-order adversarial, VAT and mixup.
+"""Consistency augmentations (docs/augmentations.md): noise, first-order adversarial, VAT and mixup; and the audio
+transforms of sedaug/transforms.py (docs/audio_augmentations.md): filter, reverb (random or adversarial), frequency
+and time shifts, masks.
 
 Each augmentation is a `perturb(point, h) -> h'` callable that the model applies at its named points
 (`sedaug.model.POINTS`); `consistency_views` is the one entry point of the training loop.
@@ -30,11 +32,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sedaug.model import Perturb
-from sedaug.recipe import AdversarialAugmentation, MixupAugmentation, NoiseAugmentation, VATAugmentation
+from sedaug import transforms
+from sedaug.model import Perturb, Scaler
+from sedaug.recipe import (
+    AdversarialAugmentation,
+    FilterAugmentation,
+    FrequencyShiftAugmentation,
+    MaskAugmentation,
+    MixupAugmentation,
+    NoiseAugmentation,
+    ReverbAugmentation,
+    TimeShiftAugmentation,
+    VATAugmentation,
+)
 
 Pair = tuple[Tensor, Tensor]
-Augmentation = NoiseAugmentation | AdversarialAugmentation | VATAugmentation | MixupAugmentation
+Augmentation = (
+    NoiseAugmentation
+    | AdversarialAugmentation
+    | VATAugmentation
+    | MixupAugmentation
+    | FilterAugmentation  # and adversarial_filter
+    | ReverbAugmentation  # and adversarial_reverb
+    | FrequencyShiftAugmentation
+    | TimeShiftAugmentation
+    | MaskAugmentation
+)
 
 
 def _per_clip(x: Tensor, like: Tensor) -> Tensor:
@@ -226,6 +249,49 @@ def mix(h: Tensor, lam: float, perm: Tensor) -> Tensor:
     return lam * h + (1.0 - lam) * h[perm]
 
 
+# ---------------------------------------------------------------------------------- audio transforms
+
+
+def _transform(aug: Augmentation, model: nn.Module):
+    """The transform object of an audio augmentation (sedaug.transforms)."""
+    if aug.type in ("filter", "adversarial_filter"):
+        # At `input`, a gain in dB is a shift of the normalized log-mel by dB / σ, σ the scaler's per-bin std.
+        log_std = next(m.std for m in model.modules() if isinstance(m, Scaler)) if "input" in aug.locations else None
+        return transforms.Filter(aug, log_std)
+    if aug.type in ("reverb", "adversarial_reverb"):
+        return transforms.Reverb(aug)
+    if aug.type == "frequency_shift":
+        return transforms.FrequencyShift(aug)
+    return transforms.Mask(aug)
+
+
+def divergence_gradient(model: nn.Module, mel: Tensor, ref: Pair) -> transforms.Gradient:
+    """∇ MSE[ref, model(mel, perturb)] w.r.t. the leaves `perturb` creates: the adversarial transforms' search
+    pass, with the same rules as the direction passes (no buffer changes, no gradient to the parameters)."""
+
+    def gradient(perturb: Perturb, leaves: dict[str, Tensor]) -> dict[str, Tensor]:
+        with torch.enable_grad(), frozen_buffers(model):
+            loss = mse(ref, model(mel, perturb))
+            return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+
+    return gradient
+
+
+def time_shift(aug: TimeShiftAugmentation, pooling: list[tuple[int, int]]) -> tuple[Perturb, int]:
+    """One location and one shift k (output frames, ±1…±max_frames) per step; at the location, a roll by k times
+    the pooling still ahead of it (4·k input frames at mel or input with dcase20's pooling), so that the shift is
+    exactly k frames on the output grid. Returns the perturbation and k."""
+    where = aug.locations[int(torch.randint(len(aug.locations), ()))]
+    k = int(torch.randint(-aug.max_frames, aug.max_frames, ()))
+    k = k + 1 if k >= 0 else k
+    grid = transforms.point_grid(where, pooling)
+
+    def perturb(point: str, h: Tensor) -> Tensor:
+        return torch.roll(h, k * grid.time_after, dims=grid.time_axis) if point == where else h
+
+    return perturb, k
+
+
 # ------------------------------------------------------------------------------------- entry point
 
 
@@ -274,4 +340,20 @@ def consistency_views(
         where = aug.locations[int(torch.randint(len(aug.locations), ()))]
         target = (mix(clean[0], lam, perm), mix(clean[1], lam, perm))
         return target, perturbed(lambda point, h: mix(h, lam, perm) if point == where else h)
+    if aug.type == "time_shift":
+        # An equivariance: the strong target moves with the input; the frames rolled in are out of the loss.
+        perturb, k = time_shift(aug, transforms.model_pooling(model))
+        return transforms.time_shift_views(clean, perturbed(perturb), k)
+    if aug.type in ("filter", "reverb", "frequency_shift", "mask"):
+        pooling = transforms.model_pooling(model)
+        return clean, perturbed(transforms.fixed(_transform(aug, model), aug.locations, pooling))
+    if aug.type in ("adversarial_filter", "adversarial_reverb"):
+        ref = (clean[0].detach(), clean[1].detach())
+        pooling = transforms.model_pooling(model)
+        transform = _transform(aug, model)
+        # As `adversarial`: under Mean Teacher the teacher's divergence from the student's reference is maximised.
+        params = transforms.search(
+            transform, aug.locations, pooling, divergence_gradient(model, mel, ref), aug.steps, aug.step_size
+        )
+        return clean, perturbed(transforms.fixed(transform, aug.locations, pooling, params))
     raise ValueError(f"augmentation {aug.type!r} has no consistency views")

@@ -1,7 +1,9 @@
 """The dcase20 CRNN (docs/architecture.md), with its log-mel front end and named perturbation points.
 
 `CRNN(cfg)(mel, perturb)` maps a batch of LINEAR mel spectrograms (B, T, F) to (strong (B, T', C), weak (B, C)).
-`perturb(point, h) -> h'`, when given, is called at each point of `POINTS`, in that order.
+`perturb(point, h) -> h'`, when given, is called at each point of `POINTS`, in that order: `mel` (B, T, F), the linear
+mel; `input` (B, T, F), the normalized log-mel; `cnn1`…`cnn7` (B, C, T_i, F_i), gated block i's output; `cnn`
+(B, T', C·F'), the CNN's output as the GRU reads it; `rnn` (B, T', 2·hidden).
 `CRNN()` is the dcase20 model; `forward_log_mel` takes the baseline's own input, the normalized log-mel, so the
 baseline's weights can be loaded and compared output for output.
 """
@@ -17,7 +19,9 @@ from torch import Tensor, nn
 
 from sedaug.recipe import ModelConfig
 
-POINTS = ("mel", "input", "cnn", "rnn")
+# In call order. `cnn1`…`cnn7` are the outputs of the gated blocks (after pooling), (B, C, T, F); a model with fewer
+# blocks skips the missing ones (and a deeper one calls `cnn8`… too, which recipes cannot name).
+POINTS = ("mel", "input", *(f"cnn{i}" for i in range(1, 8)), "cnn", "rnn")
 Perturb = Callable[[str, Tensor], Tensor]
 
 
@@ -48,11 +52,22 @@ class GatedBlock(nn.Module):
         return self.pool(self.dropout(lin * torch.sigmoid(x)))
 
 
+@torch.compiler.disable
+def _at(perturb: Perturb, point: str, h: Tensor) -> Tensor:
+    # Outside the compiled graph: a compiled CNN breaks its graph here instead of tracing the augmentation's
+    # Python (a new closure with new floats and tensors every step), so it compiles once, not once per step.
+    return perturb(point, h)
+
+
 class CNN(nn.Sequential):
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, perturb: Perturb | None = None) -> Tensor:
         # Sequential's own forward, in user code: torch.compile then traces the blocks as one graph, not one each.
-        for block in self:
-            x = block(x)
+        if perturb is None:
+            for block in self:
+                x = block(x)
+            return x
+        for i, block in enumerate(self, start=1):
+            x = _at(perturb, f"cnn{i}", block(x))  # the point `cnn<i>`: block i's output (B, C, T, F)
         return x
 
 
@@ -117,7 +132,7 @@ class CRNN(nn.Module):
         if perturb is not None:
             x = perturb("input", x)
         # Channels-last: oneDNN's convolutions run ~15 % faster on CPU without layout reorders.
-        x = self.cnn(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))  # (B, C, T', F')
+        x = self.cnn(x.unsqueeze(1).contiguous(memory_format=torch.channels_last), perturb)  # (B, C, T', F')
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C·F')
         if perturb is not None:
             x = perturb("cnn", x)

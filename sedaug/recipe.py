@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, mode
 
 from sedaug.errors import UserError
 
-Location = Literal["mel", "input", "cnn", "rnn"]
+# The model's perturbation points (sedaug.model.POINTS): `cnn1`…`cnn7` are the gated blocks' outputs (B, C, T, F).
+Location = Literal["mel", "input", "cnn1", "cnn2", "cnn3", "cnn4", "cnn5", "cnn6", "cnn7", "cnn", "rnn"]
 
 
 class Section(BaseModel):
@@ -102,10 +103,121 @@ class MixupAugmentation(Section):
     alpha: float = Field(1.0, gt=0)
 
 
+# ------------------------------------------------ audio transforms (docs/audio_augmentations.md)
+
+
+def _ordered(name: str, pair: tuple[float, float]) -> None:
+    if pair[0] > pair[1]:
+        raise ValueError(f"augmentation.{name}: the minimum {pair[0]} is above the maximum {pair[1]}")
+
+
+# Adversarial transforms: projected sign-gradient ascent of the parameters on the consistency divergence, `steps`
+# steps of `step_size` × the parameter's range (max − min), each clamped back into the range.
+SearchSteps = Count
+StepSize = Annotated[float, Field(gt=0, le=1)]
+
+
+class FilterAugmentation(Section):
+    """FilterAugment (Nam et al., ICASSP 2022): a random gain per frequency band, per clip."""
+
+    type: Literal["filter"]
+    locations: list[Location]
+    bands: tuple[Count, Count] = (3, 5)  # band count, drawn per step in [min, max] (FilterAugment: randint(3, 6))
+    min_bandwidth: Count = 6  # mel bins; at a CNN block, rows of its frequency axis: max(1, this // pooling so far)
+    gain_db: tuple[float, float] = (-6.0, 6.0)  # per clip and band, uniform
+    shape: Literal["step", "linear"] = "linear"  # constant per band, or linear between gains at the band edges
+
+    @model_validator(mode="after")
+    def _ranges(self) -> FilterAugmentation:
+        _ordered("bands", self.bands)
+        _ordered("gain_db", self.gain_db)
+        return self
+
+
+class AdversarialFilterAugmentation(FilterAugmentation):
+    """The band gains searched within `gain_db` for the largest divergence, from a random draw."""
+
+    type: Literal["adversarial_filter"]
+    steps: SearchSteps = 1
+    step_size: StepSize = 0.5
+
+
+class ReverbAugmentation(Section):
+    """An exponential decay along time, per clip: the linear mel's analogue of a room response."""
+
+    type: Literal["reverb"]
+    locations: list[Location]
+    # The time for the decay to fall by 60 dB (T60), per clip, uniform.
+    decay_s: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.1, 1.0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ReverbAugmentation:
+        _ordered("decay_s", self.decay_s)
+        return self
+
+
+class AdversarialReverbAugmentation(ReverbAugmentation):
+    """The decay time searched within `decay_s` for the largest divergence, from a random draw."""
+
+    type: Literal["adversarial_reverb"]
+    steps: SearchSteps = 1
+    step_size: StepSize = 0.5
+
+
+class FrequencyShiftAugmentation(Section):
+    """k mel bins (or latent frequency rows) up or down, per clip: the pitch-shift analogue."""
+
+    type: Literal["frequency_shift"]
+    locations: list[Location]
+    # k uniform in [-max_bins, max_bins] mel bins; at a CNN block, rows: max(1, max_bins // pooling so far).
+    max_bins: Count = 8
+    # shift: the edge bin fills the bins shifted in; roll: the bins shifted out wrap around.
+    mode: Literal["shift", "roll"] = "shift"
+
+
+class TimeShiftAugmentation(Section):
+    """k output frames earlier or later, one k per step; the strong target is shifted by the same k."""
+
+    type: Literal["time_shift"]
+    locations: list[Location]  # several: one drawn per step
+    # |k| uniform in 1..max_frames output frames (dcase20: 0.06375 s each); at most 4 s of a 10 s clip.
+    max_frames: Count = Field(8, le=64)
+
+
+class MaskAugmentation(Section):
+    """SpecAugment's time and frequency masks, per clip."""
+
+    type: Literal["mask"]
+    locations: list[Location]
+    time_masks: Annotated[int, Strict()] = Field(2, ge=0)
+    time_width: Count = 40  # input frames (0.64 s); at a point with pooled time, max(1, this // pooling so far)
+    freq_masks: Annotated[int, Strict()] = Field(2, ge=0)
+    freq_width: Count = 16  # mel bins; at a CNN block, max(1, this // pooling so far)
+
+    @model_validator(mode="after")
+    def _some_mask(self) -> MaskAugmentation:
+        if self.time_masks + self.freq_masks == 0:
+            raise ValueError("augmentation.time_masks: mask needs at least one time or frequency mask")
+        return self
+
+
 Augmentation = Annotated[
-    NoAugmentation | NoiseAugmentation | AdversarialAugmentation | VATAugmentation | MixupAugmentation,
+    NoAugmentation
+    | NoiseAugmentation
+    | AdversarialAugmentation
+    | VATAugmentation
+    | MixupAugmentation
+    | FilterAugmentation
+    | AdversarialFilterAugmentation
+    | ReverbAugmentation
+    | AdversarialReverbAugmentation
+    | FrequencyShiftAugmentation
+    | TimeShiftAugmentation
+    | MaskAugmentation,
     Field(discriminator="type"),
 ]
+# The transforms that act along a frequency axis (mask: when it has frequency masks).
+FREQUENCY_TYPES = ("filter", "adversarial_filter", "frequency_shift")
 
 
 class NoRegularization(Section):
@@ -174,7 +286,36 @@ class Recipe(Section):
                 raise ValueError("augmentation.locations: a location is listed twice")
             if aug.type in ("adversarial", "vat", "mixup") and "mel" in aug.locations:
                 raise ValueError(f"augmentation.locations: {aug.type} acts on input, cnn or rnn, not mel")
+            self._points_exist(aug)
         return self
+
+    def _points_exist(self, aug: Any) -> None:
+        """`cnn<k>` names one of the model's blocks; a frequency transform acts where a frequency axis is left."""
+        pooling = self.model.cnn_pooling
+        along_frequency = aug.type in FREQUENCY_TYPES or (aug.type == "mask" and aug.freq_masks > 0)
+        what = "mask with freq_masks > 0" if aug.type == "mask" else aug.type
+        for point in aug.locations:
+            if point in ("cnn", "rnn"):
+                if along_frequency:
+                    raise ValueError(
+                        f"augmentation.locations: {what} acts along frequency, and {point} has no frequency "
+                        f"axis (mel, input and cnn1…cnn{len(pooling)} have one)"
+                    )
+                continue
+            block = int(point[3:]) if point.startswith("cnn") else 0
+            if block > len(pooling):
+                raise ValueError(
+                    f"augmentation.locations: {point} is the output of block {block}, and the model has "
+                    f"{len(pooling)} blocks (model.cnn_pooling)"
+                )
+            rows = 128  # mel bands, pooled as in sedaug.model.CRNN
+            for _, pool_f in pooling[:block]:
+                rows //= pool_f
+            if along_frequency and rows < 2:
+                raise ValueError(
+                    f"augmentation.locations: {what} acts along frequency, and model.cnn_pooling leaves "
+                    f"{point} {rows} frequency row"
+                )
 
 
 # ---------------------------------------------------------------------------------------------- YAML
@@ -229,7 +370,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def _format_errors(error: ValidationError, where: str) -> str:
-    tags = {"none", "noise", "adversarial", "vat", "mixup", "mean_teacher", "l2"}
+    tags = {"none", "noise", "adversarial", "vat", "mixup", "mean_teacher", "l2", "filter", "adversarial_filter",
+            "reverb", "adversarial_reverb", "frequency_shift", "time_shift", "mask"}
     lines = []
     for e in error.errors():
         # Drop the discriminator tag pydantic inserts into the path of a tagged union.

@@ -127,13 +127,26 @@ def test_perturbation_points_in_order_with_shapes():
     assert seen == [
         ("mel", (2, 628, 128)),
         ("input", (2, 628, 128)),
+        ("cnn1", (2, 4, 157, 32)),  # (B, C, T, F) after the first block's (4, 4) pooling
+        ("cnn2", (2, 8, 157, 1)),
         ("cnn", (2, 157, 8)),
         ("rnn", (2, 157, 16)),
     ]
-    assert tuple(p for p, _ in seen) == POINTS
+    assert tuple(p for p, _ in seen) == tuple(p for p in POINTS if p not in ("cnn3", "cnn4", "cnn5", "cnn6", "cnn7"))
 
 
-@pytest.mark.parametrize("where", ["cnn", "rnn"])
+def test_the_dcase20_model_has_a_point_after_each_of_its_seven_blocks():
+    seen = {}
+    with torch.no_grad():
+        CRNN().eval()(mels(1), lambda point, h: seen.setdefault(point, tuple(h.shape)) and h)
+    assert tuple(seen) == POINTS
+    assert [seen[f"cnn{i}"] for i in range(1, 8)] == [
+        (1, 16, 314, 64), (1, 32, 157, 32), (1, 64, 157, 16), (1, 128, 157, 8), (1, 128, 157, 4), (1, 128, 157, 2),
+        (1, 128, 157, 1),
+    ]
+
+
+@pytest.mark.parametrize("where", ["cnn1", "cnn2", "cnn", "rnn"])
 def test_perturbing_a_point_changes_only_what_is_downstream(where):
     model = CRNN(TINY).eval()
     x = mels(2)
@@ -152,7 +165,7 @@ def test_perturbing_a_point_changes_only_what_is_downstream(where):
     clean, (strong_c, weak_c) = run(None)
     bumped, (strong_p, weak_p) = run(where)
     upstream = POINTS[: POINTS.index(where) + 1]  # what the point itself receives is upstream too
-    for point in POINTS:
+    for point in clean:
         assert torch.equal(clean[point], bumped[point]) == (point in upstream), point
     assert not torch.equal(strong_c, strong_p) and not torch.equal(weak_c, weak_p)
 
@@ -210,3 +223,30 @@ def test_compiled_cnn_is_one_graph():
     strong, weak = model(mels(2))
     (strong.mean() + weak.mean()).backward()
     assert counters["frames"]["ok"] == 1, dict(counters["frames"])
+
+
+def test_a_compiled_cnn_runs_perturbations_at_its_blocks_without_recompiling():
+    """The block points break the compiled graph instead of tracing the augmentation: a new perturbation (new
+    closure, new values) each step compiles nothing new, and the result is the eager one."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = CRNN(TINY).eval()
+    eager = CRNN(TINY).eval()
+    eager.load_state_dict(model.state_dict())
+    model.cnn.compile()
+    x = mels(2)
+    with torch.no_grad():
+        model(x)
+    for step in range(3):
+        gain, where = 1.0 + step, ("cnn1", "cnn2")[step % 2]
+
+        def perturb(point, h):
+            return h * gain if point == where else h
+
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, perturb), eager(x, perturb))
+        if step == 1:
+            compiled = dict(counters["frames"])
+    assert dict(counters["frames"]) == compiled
