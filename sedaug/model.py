@@ -17,19 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sedaug.data.mel import amplitude_to_db
 from sedaug.recipe import ModelConfig
 
 # In call order. `cnn1`…`cnn7` are the outputs of the gated blocks (after pooling), (B, C, T, F); a model with fewer
 # blocks skips the missing ones (and a deeper one calls `cnn8`… too, which recipes cannot name).
 POINTS = ("mel", "input", *(f"cnn{i}" for i in range(1, 8)), "cnn", "rnn")
 Perturb = Callable[[str, Tensor], Tensor]
-
-
-def amplitude_to_db(x: Tensor, amin: float = 1e-5, top_db: float = 80.0) -> Tensor:
-    """20·log10(max(x, amin)) (ref 1), floored at each clip's maximum − top_db; x is (B, ...)."""
-    db = 20.0 * torch.log10(x.clamp_min(amin))
-    floor = db.flatten(1).amax(dim=1) - top_db
-    return torch.maximum(db, floor.view(-1, *[1] * (db.dim() - 1)))
 
 
 class GatedBlock(nn.Module):

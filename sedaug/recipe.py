@@ -64,6 +64,22 @@ class ModelConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_output_grid(self) -> ModelConfig:
+        # Frame labels and post-processing use one output grid (sedaug/data/grid.py), derived from the default
+        # pooling: another time pooling would train against labels on the wrong frames.
+        pooled = expected = 1
+        for time, _ in self.cnn_pooling:
+            pooled *= time
+        for time, _ in type(self).model_fields["cnn_pooling"].default:
+            expected *= time
+        if pooled != expected:
+            raise ValueError(
+                f"model.cnn_pooling: pools time by {pooled}, but frame labels and post-processing use the output grid "
+                f"of the default pooling (time pooled {expected}x, sedaug/data/grid.py): keep the time factors' product"
+            )
+        return self
+
 
 class NoAugmentation(Section):
     type: Literal["none"]
