@@ -197,7 +197,7 @@ class TimeShiftAugmentation(Section):
     type: Literal["time_shift"]
     locations: list[Location]  # several: one drawn per step
     # |k| uniform in 1..max_frames output frames (dcase20: 0.06375 s each); at most 4 s of a 10 s clip.
-    max_frames: Count = Field(8, le=64)
+    max_frames: Count = Field(16, le=64)
 
 
 class MaskAugmentation(Section):

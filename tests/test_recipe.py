@@ -1,15 +1,29 @@
+import json
+import math
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from sedaug.cli import app
 from sedaug.errors import UserError
 from sedaug.recipe import Recipe, dump_recipe, load_recipe, parse_yaml, validate_recipe
 
-RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+REPO = Path(__file__).parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+AUDIO_RECIPES = sorted((REPO / "recipes" / "audio").glob("*.yaml"))
 TABLE1 = {
     "none", "baseline", "noise_input", "noise_latent", "adversarial_latent", "vat_input_mt", "vat_input",
     "vat_latent", "mixup_latent", "vat_input_unlabeled",
 }
+# Table 2: each audio transform at the input and in the latent space, random and adversarial where defined, L2.
+TABLE2 = {
+    f"{transform}_{where}"
+    for transform in ("filter", "adversarial_filter", "reverb", "adversarial_reverb", "frequency_shift", "time_shift", "mask")
+    for where in ("input", "latent")
+}
+# A tiny CRNN with four blocks (time pooled 4x, as every model must), so that cnn2 and cnn4 keep frequency rows.
+TINY_FOUR_BLOCKS = {"cnn_filters": [4, 4, 4, 4], "cnn_pooling": [[4, 4], [1, 2], [1, 2], [1, 2]], "rnn_hidden": 8}
 
 
 def write(tmp_path, text: str) -> Path:
@@ -22,12 +36,18 @@ def test_the_ten_table1_recipes_exist():
     assert {p.stem for p in RECIPES} == TABLE1
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_the_table2_recipes_exist_and_their_names_do_not_collide_with_table1():
+    assert {p.stem for p in AUDIO_RECIPES} == TABLE2
+    assert not TABLE1 & TABLE2
+
+
+@pytest.mark.parametrize("path", RECIPES + AUDIO_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_recipe_validates_and_names_itself(path):
     recipe = load_recipe(path)
     assert recipe.name == path.stem
     header = path.read_text().splitlines()[:2]
-    assert header[0].startswith("# Table 1") and f"sedaug train recipes/{path.name}" in header[1]
+    table, command = ("# Table 2", f"recipes/audio/{path.name}") if path.parent.name == "audio" else ("# Table 1", f"recipes/{path.name}")
+    assert header[0].startswith(table) and f"sedaug train {command}" in header[1]
     # The resolved recipe round-trips through YAML.
     assert validate_recipe(parse_yaml(dump_recipe(recipe), "x")) == recipe
 
@@ -38,6 +58,25 @@ def test_factors_match_table1():
     assert r["vat_latent"].augmentation.locations == ["cnn", "rnn"] and r["vat_latent"].regularization.type == "l2"
     assert r["vat_input_unlabeled"].consistency.data == "unlabeled"
     assert r["none"].augmentation.type == "none" and r["none"].regularization.type == "none"
+
+
+def test_factors_match_table2():
+    r = {p.stem: load_recipe(p) for p in AUDIO_RECIPES}
+    for name, recipe in r.items():
+        transform, where = name.rsplit("_", 1)
+        assert recipe.augmentation.type == transform, name
+        assert recipe.regularization.type == "l2" and recipe.consistency.data == "all", name
+        latent = recipe.augmentation.locations == ["cnn2", "cnn4"]
+        assert latent == (where == "latent"), name
+    # The physical transforms act on the linear mel; the shift and the masks on the normalized log-mel.
+    assert {n for n, x in r.items() if x.augmentation.locations == ["mel"]} == {
+        "filter_input", "adversarial_filter_input", "reverb_input", "adversarial_reverb_input", "frequency_shift_input"
+    }
+    # An adversarial row is its random row plus the search.
+    for transform in ("filter", "reverb"):
+        for where in ("input", "latent"):
+            random, adversarial = r[f"{transform}_{where}"].augmentation, r[f"adversarial_{transform}_{where}"].augmentation
+            assert adversarial.model_dump(exclude={"type", "steps", "step_size"}) == random.model_dump(exclude={"type"})
 
 
 def test_noise_input_is_the_baseline_with_l2():
@@ -110,6 +149,55 @@ def test_cross_field_rules(tmp_path):
         load_recipe(write(tmp_path, "name: x\naugmentation:\n  type: noise\n  locations: []\n"))
     with pytest.raises(UserError, match="cnn_filters has 2 blocks but cnn_pooling has 7"):
         load_recipe(write(tmp_path, "name: x\nmodel:\n  cnn_filters: [4, 8]\n"))
+
+
+@pytest.mark.parametrize(("augmentation", "message"), [
+    ("{type: filter, locations: [cnn]}", "augmentation.locations: filter acts along frequency, and cnn has no frequency axis"),
+    ("{type: frequency_shift, locations: [input, rnn]}", "augmentation.locations: frequency_shift acts along frequency, and rnn has"),
+    ("{type: adversarial_filter, locations: [cnn7]}", "augmentation.locations: adversarial_filter acts along frequency, and model.cnn_pooling leaves cnn7 1 frequency row"),
+    ("{type: mask, locations: [rnn]}", "augmentation.locations: mask with freq_masks > 0 acts along frequency, and rnn has"),
+    ("{type: mask, locations: [input], time_masks: 0, freq_masks: 0}", "augmentation.time_masks: mask needs at least one"),
+    ("{type: filter, locations: [mel], gain_db: [6, -6]}", "augmentation.gain_db: the minimum 6.0 is above the maximum -6.0"),
+    ("{type: filter, locations: [mel], bands: [4, 2]}", "augmentation.bands: the minimum 4 is above the maximum 2"),
+    ("{type: reverb, locations: [mel], decay_s: [0, 1]}", "augmentation.decay_s.0: Input should be greater than 0"),
+    ("{type: adversarial_reverb, locations: [mel], step_size: 2}", "augmentation.step_size: Input should be less than or equal to 1"),
+    ("{type: time_shift, locations: [input], max_frames: 65}", "augmentation.max_frames: Input should be less than or equal to 64"),
+    ("{type: time_shift, locations: [cnn8]}", "augmentation.locations.0: Input should be 'mel', 'input', 'cnn1'"),
+    ("{type: noise, locations: [cnn3]}", "augmentation.locations: cnn3 is the output of block 3, and the model has 2 blocks"),
+])
+def test_audio_augmentations_are_checked_against_the_model(tmp_path, augmentation, message):
+    path = write(tmp_path, "name: x\nmodel:\n  cnn_filters: [4, 8]\n  cnn_pooling: [[4, 4], [1, 32]]\n")
+    overrides = [f"augmentation={augmentation}"]
+    if "cnn7" in augmentation:
+        overrides = [f"augmentation={augmentation}", "model.cnn_filters=[4, 4, 4, 4, 4, 4, 4]",
+                     "model.cnn_pooling=[[2, 2], [2, 2], [1, 2], [1, 2], [1, 2], [1, 2], [1, 2]]"]
+    with pytest.raises(UserError) as e:
+        load_recipe(path, overrides)
+    assert any(line.startswith(f"{path}: {message}") for line in str(e.value).splitlines()), str(e.value)
+
+
+def test_every_point_with_a_frequency_axis_takes_every_transform(tmp_path):
+    path = write(tmp_path, "name: x\n")  # the dcase20 model: cnn6 keeps 2 frequency rows, cnn7 one
+    points = ["mel", "input", "cnn1", "cnn2", "cnn3", "cnn4", "cnn5", "cnn6"]
+    for kind in ("filter", "adversarial_filter", "frequency_shift", "mask", "reverb", "adversarial_reverb", "time_shift"):
+        load_recipe(path, [f"augmentation={{type: {kind}, locations: [{', '.join(points)}]}}"])
+    load_recipe(path, ["augmentation={type: mask, locations: [cnn7, cnn, rnn], freq_masks: 0}"])
+    load_recipe(path, ["augmentation={type: time_shift, locations: [cnn7, cnn, rnn]}"])
+
+
+@pytest.mark.parametrize("recipe", AUDIO_RECIPES, ids=lambda p: p.stem)
+def test_every_table2_recipe_trains_one_step_through_the_cli(recipe, tiny_features, tmp_path):
+    args = ["train", str(recipe), "--runs", str(tmp_path), "--device", "cpu", "--set", "optim.epochs=1"]
+    overrides = [f"model.{key}={value}" for key, value in TINY_FOUR_BLOCKS.items()]
+    for item in [*overrides, f"data.features={tiny_features}", "data.batch_size=4", "optim.max_steps_per_epoch=1"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / recipe.stem / "seed0"
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert load_recipe(run / "recipe.yaml").augmentation == load_recipe(recipe).augmentation
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert row["epoch"] == 1 and math.isfinite(row["loss_total"]) and row["loss_const"] > 0
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
