@@ -256,7 +256,12 @@ def _transform(aug: Augmentation, model: nn.Module):
     """The transform object of an audio augmentation (sedaug.transforms)."""
     if aug.type in ("filter", "adversarial_filter"):
         # At `input`, a gain in dB is a shift of the normalized log-mel by dB / σ, σ the scaler's per-bin std.
-        log_std = next(m.std for m in model.modules() if isinstance(m, Scaler)) if "input" in aug.locations else None
+        log_std = None
+        if "input" in aug.locations:
+            scalers = [m for m in model.modules() if isinstance(m, Scaler)]
+            if not scalers:
+                raise ValueError("a filter at `input` needs the model's log-mel scaler (its per-bin std in dB)")
+            log_std = scalers[0].std
         return transforms.Filter(aug, log_std)
     if aug.type in ("reverb", "adversarial_reverb"):
         return transforms.Reverb(aug)
@@ -314,6 +319,8 @@ def consistency_views(
     graph kept) and `perturbed_view` the perturbed prediction, the perturbation itself detached. The caller forms
     `mse(clean_view, tuple(p.detach() for p in perturbed_view))` for mean_teacher and
     `mse(tuple(c.detach() for c in clean_view), perturbed_view)` for l2/none.
+    For `time_shift` (an equivariance) both strong views are sliced to the frames the shift keeps, so that frame t
+    of the clean view meets frame t + k of the perturbed one (sedaug.transforms.time_shift_views).
     """
     model = teacher if teacher is not None else student
 

@@ -3,7 +3,15 @@ import pytest
 import torch
 from torch import nn
 
-from sedaug.augment import SameDraws, adversarial_directions, consistency_views, mix, noise, unit, vat_directions
+from sedaug.augment import (
+    SameDraws,
+    adversarial_directions,
+    consistency_views,
+    mix,
+    noise,
+    unit,
+    vat_directions,
+)
 from sedaug.model import CRNN
 from sedaug.recipe import (
     AdversarialAugmentation,
@@ -318,3 +326,32 @@ def test_the_students_perturbed_pass_leaves_batchnorm_statistics_to_the_clean_pa
     consistency_views(aug, model, None, clean, x, update_batchnorm=update)
     unchanged = all(torch.equal(after_clean[k], v) for k, v in bn_state(model).items())
     assert unchanged is not update
+
+
+# ------------------------------------------------------------------------ at a CNN block (B, C, T, F)
+
+
+@pytest.mark.parametrize("aug", [
+    NoiseAugmentation(type="noise", locations=["cnn1"], sigma=0.2),
+    AdversarialAugmentation(type="adversarial", locations=["cnn1", "rnn"], epsilon=0.3),
+    VATAugmentation(type="vat", locations=["cnn1"], epsilon=0.3),
+    MixupAugmentation(type="mixup", locations=["cnn1"]),
+], ids=lambda a: a.type)
+def test_the_table1_augmentations_act_at_a_cnn_block_per_clip(aug):
+    """unit(), ε·‖h‖ and σ·RMS normalize over all non-batch dims, so they mean the same on a 4-D block output."""
+    torch.manual_seed(0)
+    spy = Spy(CRNN(TINY).train())
+    x = mels(3)
+    same = SameDraws(spy.model, x.device)
+    with same.recording():
+        clean = spy.model(x)
+    clean_view, perturbed = consistency_views(aug, spy, None, clean, x, same)
+    h, d = spy.seen["cnn1"]
+    assert h.shape == (3, 4, 157, 32) and perturbed[0].shape == clean_view[0].shape == (3, 157, 10)
+    if aug.type == "noise":
+        torch.testing.assert_close(d.flatten(1).std(dim=1), 0.2 * h.flatten(1).square().mean(dim=1).sqrt(), rtol=0.05, atol=0)
+    elif aug.type == "mixup":  # a convex combination of two clips' block outputs, elementwise between the extremes
+        mixed = h + d
+        assert (mixed >= h.amin(dim=0) - 1e-6).all() and (mixed <= h.amax(dim=0) + 1e-6).all()
+    else:
+        torch.testing.assert_close(per_clip_norm(d), 0.3 * per_clip_norm(h))

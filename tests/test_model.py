@@ -242,7 +242,7 @@ def test_a_compiled_cnn_runs_perturbations_at_its_blocks_without_recompiling():
     for step in range(3):
         gain, where = 1.0 + step, ("cnn1", "cnn2")[step % 2]
 
-        def perturb(point, h):
+        def perturb(point, h, gain=gain, where=where):
             return h * gain if point == where else h
 
         with torch.no_grad():
