@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from sedaug.data.grid import PARAMS
 from sedaug.model import GatedBlock, Perturb
+from sedaug.recipe import FilterAugmentation, FrequencyShiftAugmentation, MaskAugmentation, ReverbAugmentation
 
 INPUT_FRAME_SECONDS = PARAMS.hop / PARAMS.sample_rate  # 0.0159375 s
 
@@ -104,7 +105,7 @@ def apply_gain(h: Tensor, curve_db: Tensor, point: str, grid: Grid, log_std: Ten
 class Filter:
     """Random band gains (FilterAugment): one band split per step (per point), gains per clip and band."""
 
-    def __init__(self, aug, log_std: Tensor | None):
+    def __init__(self, aug: FilterAugmentation, log_std: Tensor | None):
         self.aug, self.log_std = aug, log_std
         self.bounds = aug.gain_db
 
@@ -143,7 +144,7 @@ def smear(h: Tensor, kernel: Tensor, axis: int) -> Tensor:
 class Reverb:
     """A decay time T60 per clip (per point), uniform in `decay_s`; seconds are the same at every point."""
 
-    def __init__(self, aug):
+    def __init__(self, aug: ReverbAugmentation):
         self.aug, self.bounds = aug, aug.decay_s
 
     def draw(self, point: str, h: Tensor, grid: Grid) -> dict[str, Tensor]:
@@ -170,7 +171,7 @@ def shift_along(h: Tensor, k: Tensor, axis: int, mode: str) -> Tensor:
 class FrequencyShift:
     """k rows up or down along the frequency axis, per clip, uniform in ±max_bins (in rows at a CNN block)."""
 
-    def __init__(self, aug):
+    def __init__(self, aug: FrequencyShiftAugmentation):
         self.aug = aug
 
     def draw(self, point: str, h: Tensor, grid: Grid) -> dict[str, Tensor]:
@@ -219,7 +220,7 @@ def apply_masks(h: Tensor, grid: Grid, time: Tensor | None, freq: Tensor | None)
 class Mask:
     """SpecAugment's masks per clip: widths in input frames and mel bins, in rows at a pooled point."""
 
-    def __init__(self, aug):
+    def __init__(self, aug: MaskAugmentation):
         self.aug = aug
 
     def draw(self, point: str, h: Tensor, grid: Grid) -> dict[str, Tensor | None]:
@@ -243,7 +244,14 @@ class Mask:
 Gradient = Callable[[Perturb, dict[str, Tensor]], dict[str, Tensor]]
 
 
-def search(transform, locations: Sequence[str], pooling, gradient: Gradient, steps: int, step_size: float) -> dict:
+def search(
+    transform: Filter | Reverb,
+    locations: Sequence[str],
+    pooling: Sequence[tuple[int, int]],
+    gradient: Gradient,
+    steps: int,
+    step_size: float,
+) -> dict[str, dict[str, Tensor]]:
     """Projected sign-gradient ascent of the transform's parameters ("search") from a random draw: each step,
     θ ← clamp(θ + step_size·(max − min)·sign(∇_θ divergence), min, max). `gradient(perturb, leaves)` runs one
     forward pass with `perturb` (which fills `leaves`) and returns ∇ of the divergence w.r.t. each leaf.
@@ -268,7 +276,12 @@ def search(transform, locations: Sequence[str], pooling, gradient: Gradient, ste
     return params
 
 
-def fixed(transform, locations: Sequence[str], pooling, params: dict | None = None) -> Perturb:
+def fixed(
+    transform: Filter | Reverb | FrequencyShift | Mask,
+    locations: Sequence[str],
+    pooling: Sequence[tuple[int, int]],
+    params: dict[str, dict] | None = None,
+) -> Perturb:
     """The transform at each location with `params` (searched) or fresh random draws (drawn at the first call)."""
     params = {} if params is None else params
 
