@@ -1,0 +1,180 @@
+"""Model selection over the search trials, read from their run directories (metrics.jsonl, <split>/results.json,
+recipe.yaml), and `selection.tsv`: every trial's setting and score, the winner of each recipe marked.
+
+The run directories are the record; `trials.jsonl` (written by the driver) only adds what a run directory cannot
+say: that Ray stopped a trial early (ASHA) or gave up on it after its retries.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sedaug.sweep.spec import LoadedSweep, get_key, grid_settings
+from sedaug.sweep.trial import best_valid_f1, read_metrics, read_results, setting_id
+
+SELECTION = "selection.tsv"
+JOURNAL = "trials.jsonl"
+WINNER = "*"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    recipe: str
+    setting: str
+    seed: int
+    params: dict[str, Any]
+    run_dir: Path
+    epochs_done: int
+    epochs: int
+    score: float | None
+    best_epoch: int | None
+    status: str  # done | stopped (early stopping) | failed (retries exhausted) | incomplete
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "done"
+
+
+def journal_statuses(out: Path) -> dict[tuple, str]:
+    """(stage, recipe, setting, seed) -> the last status the driver recorded."""
+    path = Path(out) / JOURNAL
+    statuses = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                statuses[(row["stage"], row["recipe"], row["setting"], row["seed"])] = row["status"]
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut short by a killed driver
+    return statuses
+
+
+def append_journal(out: Path, row: dict) -> None:
+    with (Path(out) / JOURNAL).open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tuple[int, float | None, int | None, bool]:
+    """(epochs done, score, best epoch, complete) of one run directory. `split` None: the paper's selection, the
+    best synthetic_valid macro F1 over epochs (what best.pt keeps); else `metric` of `<split>/results.json`."""
+    rows = read_metrics(run_dir)
+    best = best_valid_f1(rows)
+    best_epoch = next((r["epoch"] for r in rows if r.get("valid_f1") == best), None) if best is not None else None
+    done = len(rows)
+    if split is None:
+        return done, best, best_epoch, done >= epochs
+    results = read_results(run_dir, split)
+    value = None if results is None else results.get(metric)
+    score = float(value) if isinstance(value, int | float) else None
+    return done, score, best_epoch, done >= epochs and results is not None
+
+
+def search_records(loaded: LoadedSweep, out: Path) -> list[TrialRecord]:
+    """Every search trial found on disk, per recipe in the sweep's order, settings in the grid's order."""
+    from sedaug.recipe import parse_yaml
+
+    sweep = loaded.sweep
+    split = None if sweep.select.is_default else sweep.select.split
+    statuses = journal_statuses(out)
+    records = []
+    for recipe, space in loaded.spaces.items():
+        order = {}
+        if sweep.algorithm.type == "grid":
+            order = {setting_id(p): i for i, p in enumerate(grid_settings(space))}
+        found = []
+        for run_dir in sorted((Path(out) / "search" / recipe).glob(f"*/seed{sweep.trial_seed}")):
+            recipe_file = run_dir / "recipe.yaml"
+            if not run_dir.is_dir() or not recipe_file.exists():
+                continue
+            raw = parse_yaml(recipe_file.read_text(), str(recipe_file))
+            params = {key: get_key(raw, key) for key in space}
+            done, score, best_epoch, complete = run_state(run_dir, loaded.epochs[recipe], split, sweep.select.metric)
+            setting = run_dir.parent.name
+            status = "done" if complete else statuses.get(("search", recipe, setting, sweep.trial_seed), "incomplete")
+            if status == "done" and not complete:
+                status = "incomplete"
+            found.append(TrialRecord(recipe, setting, sweep.trial_seed, params, run_dir, done, loaded.epochs[recipe],
+                                     score, best_epoch, status))
+        found.sort(key=lambda r: (order.get(r.setting, len(order)), json.dumps(r.params, sort_keys=True)))
+        records += found
+    return records
+
+
+def winners(records: list[TrialRecord]) -> dict[str, TrialRecord]:
+    """Per recipe, the best score among complete trials (among early-stopped ones when none is complete); a tie
+    goes to the first in the grid's order."""
+    best: dict[str, TrialRecord] = {}
+    for r in records:
+        if r.score is None or r.status not in ("done", "stopped"):
+            continue
+        current = best.get(r.recipe)
+        if current is None or (r.complete, r.score) > (current.complete, current.score):
+            best[r.recipe] = r
+    return best
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def write_selection(out: Path, records: list[TrialRecord], chosen: dict[str, TrialRecord]) -> Path:
+    keys = list(dict.fromkeys(k for r in records for k in r.params))
+    header = ["recipe", "setting", "seed", *keys, "epochs", "status", "score", "best_epoch", "winner"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(header)
+    for r in records:
+        writer.writerow([
+            r.recipe, r.setting, r.seed, *(_cell(r.params[k]) if k in r.params else "" for k in keys),
+            f"{r.epochs_done}/{r.epochs}", r.status, "" if r.score is None else f"{r.score:.6f}",
+            "" if r.best_epoch is None else r.best_epoch, WINNER if chosen.get(r.recipe) is r else "",
+        ])
+    path = Path(out) / SELECTION
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def read_selection(path: Path) -> list[dict[str, str]]:
+    """selection.tsv's rows; `path` is the TSV, the sweep directory or its `final/` folder."""
+    path = Path(path)
+    for candidate in (path, path / SELECTION, path.parent / SELECTION):
+        if candidate.is_file() and candidate.name == SELECTION:
+            with candidate.open(newline="") as f:
+                return list(csv.DictReader(f, delimiter="\t"))
+    return []
+
+
+def selected_settings(path: Path) -> dict[str, str]:
+    """{recipe: "key=value, ..."} of each recipe's winner (short key names: the last part, unless two collide);
+    "defaults" for a recipe searched over nothing. Empty when `path` holds no selection.tsv (not a sweep)."""
+    rows = read_selection(path)
+    if not rows:
+        return {}
+    fixed = {"recipe", "setting", "seed", "epochs", "status", "score", "best_epoch", "winner"}
+    out = {}
+    for row in rows:
+        if row.get("winner") != WINNER:
+            continue
+        params = {k: v for k, v in row.items() if k not in fixed and v != ""}
+        short = [k.rsplit(".", 1)[-1] for k in params]
+        names = short if len(set(short)) == len(short) else list(params)
+        out[row["recipe"]] = ", ".join(f"{n}={v}" for n, v in zip(names, params.values(), strict=True)) or "defaults"
+    return out
+
+
+def in_search(run_dir: Path) -> bool:
+    """Whether a run directory is a search trial of a sweep (`<sweep>/search/...` beside a selection.tsv or a
+    sweep.yaml): `sedaug table` of a folder holding sweeps should read their `final/` runs only."""
+    run_dir = Path(run_dir).resolve()
+    for parent in run_dir.parents:
+        if parent.name == "search" and ((parent.parent / "sweep.yaml").is_file() or (parent.parent / SELECTION).is_file()):
+            return True
+    return False

@@ -1,0 +1,368 @@
+"""The sweep file (docs/sweeps.md): base recipes, a search space over recipe keys, seeds, selection, algorithm,
+resources. Strict like recipes: every problem, including a searched value a base recipe refuses, is one
+`file: path: message` line, all reported at once.
+
+`load_sweep(path, overrides)` returns a `LoadedSweep`: the validated `Sweep` and, per recipe name, the base recipe
+(a raw dict, `set` applied, `data.features` made absolute) and its search space.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+
+from sedaug.errors import UserError
+from sedaug.recipe import Recipe, apply_overrides, parse_yaml, validate_recipe
+
+# Recipe keys a sweep may not search: `name` is the row, `seed` is the sweep's own `seeds`.
+RESERVED = {"name": "the row's name: set it in the recipe", "seed": "the sweep's `seeds` and `search_seed` set it"}
+METRICS = ("macro", "micro", "psds", "psds_ct", "psds_macro", "psds1", "psds2")
+MAX_GRID = 10_000  # settings per recipe: beyond that a typo, not a study
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
+Count = Annotated[int, Strict(), Field(ge=1)]
+
+
+class Space(Section):
+    """One searched key: exactly one of grid (every value tried), choice, uniform, loguniform (sampled)."""
+
+    grid: list[Any] | None = Field(None, min_length=1)
+    choice: list[Any] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Space:
+        given = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform (got {', '.join(given) or 'none'})")
+        bounds = self.uniform or self.loguniform
+        if bounds is not None:
+            low, high = bounds
+            if not low < high:
+                raise ValueError(f"[{low}, {high}]: the lower bound must be below the upper one")
+            if self.loguniform is not None and low <= 0:
+                raise ValueError(f"loguniform [{low}, {high}]: bounds must be positive")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None)
+
+    def values_to_check(self) -> list[Any]:
+        """The values a base recipe must accept: every listed value, or both bounds."""
+        return list(self.grid or self.choice or self.uniform or self.loguniform)
+
+
+class RecipeEntry(Section):
+    recipe: Path
+    search: dict[str, Space] = {}  # merged over the sweep's top-level `search` (the entry wins)
+    set: dict[str, Any] = {}  # merged over the sweep's top-level `set`
+
+
+class Selection(Section):
+    # The paper's: event-based macro F1 on synthetic_valid, the score best.pt keeps (read from metrics.jsonl).
+    split: Literal["synthetic_valid", "validation"] = "synthetic_valid"
+    metric: Literal[METRICS] = "macro"
+
+    @property
+    def is_default(self) -> bool:
+        return (self.split, self.metric) == ("synthetic_valid", "macro")
+
+
+class Algorithm(Section):
+    type: Literal["grid", "random", "optuna"] = "grid"
+    trials: Count | None = None  # per recipe, random and optuna only
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _trials(self) -> Algorithm:
+        if self.type == "grid" and self.trials is not None:
+            raise ValueError("trials: a grid tries every setting; trials is for random and optuna")
+        if self.type != "grid" and self.trials is None:
+            raise ValueError(f"trials: {self.type} needs a trial budget per recipe")
+        return self
+
+
+class Resources(Section):
+    cpus: float = Field(1.0, gt=0)  # torch.set_num_threads gets the whole part (at least 1)
+    gpus: float = Field(0.0, ge=0)  # a fraction shares a GPU between trials; above 1, whole GPUs
+
+    @model_validator(mode="after")
+    def _whole(self) -> Resources:
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise ValueError(f"gpus: {self.gpus}: a fraction of one GPU, or a whole number of GPUs")
+        return self
+
+
+class EarlyStopping(Section):
+    type: Literal["asha"]
+    grace_epochs: Count = 10  # no trial is stopped before this many epochs
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class Sweep(Section):
+    recipes: list[RecipeEntry] = Field(min_length=1)
+    search: dict[str, Space] = {}  # keys searched in every recipe
+    set: dict[str, Any] = {}  # recipe keys fixed in every recipe (`--set model.x=...` adds here)
+    seeds: list[Seed] = Field([0], min_length=1)  # the winner of each recipe is trained on each
+    search_seed: Seed | None = None  # the seed of the search trials (default: the first of seeds)
+    select: Selection = Selection()
+    algorithm: Algorithm = Algorithm()
+    resources: Resources = Resources()
+    max_concurrent_trials: Count | None = None  # default: as many as the resources allow
+    max_failures: Annotated[int, Strict(), Field(ge=0)] = 2  # retries of a trial whose worker dies
+    early_stopping: EarlyStopping | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("a seed is listed twice")
+        return seeds
+
+    @property
+    def trial_seed(self) -> int:
+        return self.seeds[0] if self.search_seed is None else self.search_seed
+
+
+@dataclass(frozen=True)
+class LoadedSweep:
+    path: Path
+    sweep: Sweep
+    bases: dict[str, dict]  # recipe name -> the base recipe's raw dict (sets applied, features absolute)
+    spaces: dict[str, dict[str, Space]]  # recipe name -> searched key -> space
+    epochs: dict[str, int]  # recipe name -> optim.epochs
+
+    def resolved(self) -> dict:
+        """The sweep as it runs (overrides merged, defaults filled): written to `<out>/sweep.yaml`."""
+        return self.sweep.model_dump(mode="json", exclude_none=True)
+
+
+# ---------------------------------------------------------------------------------------------- keys
+
+
+def set_key(raw: dict, key: str, value: Any) -> None:
+    """raw[a][b][c] = value for key "a.b.c", creating sections; ValueError when a parent is not a section."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{'.'.join(parents[: i + 1])} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def get_key(raw: dict, key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def apply_params(base: dict, params: dict[str, Any], seed: int | None = None) -> dict:
+    """A copy of the base recipe with the searched values (and the seed) set."""
+    import copy
+
+    raw = copy.deepcopy(base)
+    for key, value in params.items():
+        set_key(raw, key, value)
+    if seed is not None:
+        raw["seed"] = seed
+    return raw
+
+
+def grid_settings(space: dict[str, Space]) -> list[dict[str, Any]]:
+    """Every combination of the grid values, in the file's order (the first key varies slowest)."""
+    keys = list(space)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(space[k].grid for k in keys))]
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _loc(parts: tuple) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _schema_errors(error: ValidationError, where: str) -> list[str]:
+    lines = []
+    for e in error.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        loc = _loc(tuple(e["loc"]))
+        lines.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
+    return lines
+
+
+def _recipe_problems(raw: dict, name: str, key: str | None) -> list[str]:
+    """validate_recipe's `path: message` lines for a candidate recipe, worded for the sweep file."""
+    try:
+        validate_recipe(raw, "@")
+    except UserError as e:
+        out = []
+        for line in str(e).splitlines():
+            msg = line.removeprefix("@: ")
+            if key is not None and msg.startswith(f"{key}: "):
+                msg = msg[len(key) + 2 :]
+            if "Extra inputs are not permitted" in msg:
+                msg = msg.replace("Extra inputs are not permitted", f"not a key of recipe {name}")
+            out.append(msg)
+        return out
+    return []
+
+
+def _split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """`--set` items: a recipe key (its first part a recipe section) joins `set`; anything else edits the sweep."""
+    sweep_items, recipe_items = [], {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key.path=value")
+        if key.split(".")[0] in Recipe.model_fields:
+            recipe_items[key] = parse_yaml(value, f"--set {key}")
+        else:
+            sweep_items.append(item)
+    return sweep_items, recipe_items
+
+
+def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read sweep file ({e.strerror})") from None
+    raw = parse_yaml(text, where)
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: a sweep file is a YAML mapping, got {type(raw).__name__}")
+    sweep_items, recipe_items = _split_overrides(list(overrides))
+    apply_overrides(raw, sweep_items)
+    if recipe_items:
+        if not isinstance(raw.get("set", {}), dict):
+            raise UserError(f"{where}: set: expected a mapping of recipe keys")
+        raw["set"] = {**raw.get("set", {}), **recipe_items}
+    problems: list[str] = []
+    try:
+        sweep = Sweep.model_validate(raw)
+        indices, kinds = list(range(len(sweep.recipes))), True
+    except ValidationError as e:
+        # Report every problem at once: check the recipes of the entries that are valid on their own too.
+        problems = _schema_errors(e, where)
+        sweep, indices, kinds = _salvage(raw, e)
+        if sweep is None:
+            raise UserError("\n".join(problems)) from None
+
+    bases, spaces, epochs = {}, {}, {}
+    for i, entry in zip(indices, sweep.recipes, strict=True):
+        here = f"{where}: recipes[{i}]"
+        try:
+            base = parse_yaml(entry.recipe.read_text(), str(entry.recipe))
+        except OSError as e:
+            problems.append(f"{here}.recipe: cannot read {entry.recipe} ({e.strerror})")
+            continue
+        except UserError as e:
+            problems.append(f"{here}.recipe: {e}")
+            continue
+        if not isinstance(base, dict):
+            problems.append(f"{here}.recipe: {entry.recipe} is not a recipe mapping")
+            continue
+        fixed = {**sweep.set, **entry.set}
+        for key, value in fixed.items():
+            if key in ("seed",):
+                problems.append(f"{here}.set.{key}: {RESERVED[key]}")
+                continue
+            try:
+                set_key(base, key, value)
+            except ValueError as e:
+                problems.append(f"{here}.set.{key}: {e}")
+        set_problems = _recipe_problems(base, str(base.get("name", entry.recipe)), None)
+        if set_problems:
+            problems += [f"{here}: {entry.recipe} with set: {p}" for p in set_problems]
+            continue
+        name = base["name"]
+        if name in bases:
+            problems.append(f"{here}.recipe: recipe name {name!r} is already in the sweep (names are the rows)")
+            continue
+        features = Path(get_key(validate_recipe(base).model_dump(mode="json"), "data.features"))
+        set_key(base, "data.features", str(features if features.is_absolute() else Path.cwd() / features))
+        space = {**sweep.search, **entry.search}
+        problems += _check_space(sweep, base, name, space, fixed, f"{here}.search", kinds)
+        bases[name], spaces[name] = base, space
+        epochs[name] = validate_recipe(base).optim.epochs
+        grace = sweep.early_stopping.grace_epochs if sweep.early_stopping else None
+        if grace is not None and grace > epochs[name]:
+            problems.append(f"{where}: early_stopping.grace_epochs: {grace} is more than {name}'s {epochs[name]} epochs")
+    if problems:
+        raise UserError("\n".join(problems))
+    return LoadedSweep(path, sweep, bases, spaces, epochs)
+
+
+def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int], bool]:
+    """The sweep without its invalid parts (top-level keys, recipe entries), the kept entries' indices, and whether
+    the algorithm survived; (None, [], False) when nothing sensible is left."""
+    bad_top = {e["loc"][0] for e in error.errors() if e["loc"]}
+    bad_entries = {e["loc"][1] for e in error.errors() if len(e["loc"]) > 1 and e["loc"][0] == "recipes"}
+    kept = {k: v for k, v in raw.items() if k not in bad_top}
+    indices: list[int] = []
+    if isinstance(raw.get("recipes"), list):
+        indices = [i for i in range(len(raw["recipes"])) if i not in bad_entries]
+        kept["recipes"] = [raw["recipes"][i] for i in indices]
+    try:
+        return Sweep.model_validate(kept), indices, "algorithm" not in bad_top
+    except ValidationError:
+        return None, [], False
+
+
+def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], fixed: dict, here: str,
+                 kinds: bool = True) -> list[str]:
+    problems = []
+    algorithm = sweep.algorithm.type if kinds else None
+    for key, dom in space.items():
+        at = f"{here}.{key}"
+        if key.split(".")[0] in RESERVED:
+            problems.append(f"{at}: {RESERVED[key.split('.')[0]]}")
+            continue
+        if key in fixed:
+            problems.append(f"{at}: the key is also in set: fix it or search it, not both")
+            continue
+        if algorithm is None:
+            pass  # the algorithm itself is wrong: which spaces it takes is not known
+        elif algorithm == "grid" and dom.kind != "grid":
+            problems.append(f"{at}: {dom.kind} is sampled: the grid algorithm takes {{grid: [...]}} (or use random/optuna)")
+            continue
+        elif algorithm != "grid" and dom.kind == "grid":
+            problems.append(f"{at}: {algorithm} samples: use {{choice: [...]}} instead of grid")
+            continue
+        for value in dom.values_to_check():
+            try:
+                candidate = apply_params(base, {key: value})
+            except ValueError as e:
+                problems.append(f"{at}: {e}")
+                break
+            for p in _recipe_problems(candidate, name, key):
+                problems.append(f"{at}: {value!r} for {name}: {p}")
+    if problems or algorithm != "grid" or any(d.kind != "grid" for d in space.values()):
+        return problems
+    settings = grid_settings(space)
+    if len(settings) > MAX_GRID:
+        return [f"{here}: {len(settings):,} settings for {name} (at most {MAX_GRID:,})"]
+    for params in settings:  # each value passed alone; some combinations may still be refused together
+        bad = _recipe_problems(apply_params(base, params), name, None)
+        if bad:
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            problems.append(f"{here}: the setting {shown} for {name}: {bad[0]}")
+    return problems
+

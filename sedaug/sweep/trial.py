@@ -1,0 +1,170 @@
+"""One trial, as a Ray Tune function trainable: an ordinary run directory trained by `sedaug.train.train`.
+
+The trial trains one epoch at a time (raising optim.epochs and resuming from last.pt, which `train` allows) and
+reports `{epoch, valid_f1, best_valid_f1, score}` after each, so that ASHA can stop it between epochs and a retried
+trial (its worker died) continues from last.pt. A run directory that already holds every epoch reports once and
+returns: that is what makes `sedaug sweep --resume` cheap. The run directory is the truth, not Ray's state.
+
+Layout (docs/sweeps.md): `<out>/search/<recipe>/<setting>/seed<k>/` and `<out>/final/<recipe>/seed<k>/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SETTING = "default"  # the setting id of a recipe searched over nothing
+
+
+def setting_id(params: dict[str, Any]) -> str:
+    """A short, stable name for a setting: 8 hex digits of its canonical JSON ("default" when nothing is searched)."""
+    if not params:
+        return DEFAULT_SETTING
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def search_dir(out: Path, recipe: str, params: dict[str, Any], seed: int) -> Path:
+    return Path(out) / "search" / recipe / setting_id(params) / f"seed{seed}"
+
+
+def final_dir(out: Path, recipe: str, seed: int) -> Path:
+    return Path(out) / "final" / recipe / f"seed{seed}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every trial of a stage shares (sent once through the object store by tune.with_parameters)."""
+
+    out: str
+    bases: dict[str, dict]  # recipe name -> base recipe raw dict
+    select_split: str
+    select_metric: str
+    cpus: float
+    gpus: float
+    argv: list[str]  # the driver's command line, recorded in each run's env.json
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_results(run_dir: Path, split: str) -> dict | None:
+    path = Path(run_dir) / split / "results.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def best_valid_f1(rows: list[dict]) -> float | None:
+    scores = [r["valid_f1"] for r in rows if isinstance(r.get("valid_f1"), int | float)]
+    return max(scores) if scores else None
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside a run directory, held while a trial works on it (two trials of one setting, as
+    Optuna may suggest, then run one after the other). Released by the kernel when the worker dies."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _copy_run(source: Path, dest: Path) -> None:
+    """The search trial of the winner on the search seed is the final run of that seed (same recipe, same seed:
+    the same weights on CPU, docs/architecture.md "Determinism"): copied, not trained again."""
+    tmp = dest.with_name(f".{dest.name}.copy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    os.replace(tmp, dest)
+
+
+def trial_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune config as {stage, recipe, seed, params, [copy_from], [evaluate]}: Tune's config holds them under
+    "trial" (a grid over explicit trials), with "params" beside it when a searcher (Optuna) suggests them."""
+    spec = dict(config["trial"])
+    spec["params"] = dict(config.get("params") or spec.get("params") or {})
+    return spec
+
+
+def run_trial(config: dict[str, Any], plan: Plan) -> None:
+    """The Ray Tune trainable (see trial_spec for its config)."""
+    import torch
+    from ray import tune
+
+    from sedaug.evaluate import evaluate_run
+    from sedaug.recipe import validate_recipe
+    from sedaug.sweep.spec import apply_params, set_key
+    from sedaug.train import train
+
+    config = trial_spec(config)
+    torch.set_num_threads(max(1, int(plan.cpus)))
+    sys.argv = list(plan.argv)  # env.json records the command that made the run
+    device = "cuda" if plan.gpus > 0 else "cpu"
+    recipe_name, seed, params = config["recipe"], config["seed"], config["params"]
+    if config["stage"] == "final":
+        run_dir = final_dir(Path(plan.out), recipe_name, seed)
+    else:
+        run_dir = search_dir(Path(plan.out), recipe_name, params, seed)
+    raw = apply_params(plan.bases[recipe_name], params, seed)
+    epochs = validate_recipe(raw).optim.epochs
+
+    with locked(run_dir.with_name(run_dir.name + ".lock")):
+        last = run_dir / "checkpoints" / "last.pt"
+        if config.get("copy_from") and not run_dir.exists():
+            _copy_run(Path(config["copy_from"]), run_dir)
+        elif run_dir.exists() and not last.exists():
+            shutil.rmtree(run_dir)  # died inside its first epoch: nothing to resume, start again
+        rows = read_metrics(run_dir)
+        best = best_valid_f1(rows)
+        if rows:  # catch up: where the run directory stands
+            tune.report(_result(rows[-1], best, stage=config["stage"]))
+        for epoch in range(len(rows) + 1, epochs + 1):
+            set_key(raw, "optim.epochs", epoch)
+            train(validate_recipe(raw, str(run_dir / "recipe.yaml")), run_dir, resume=last.exists(), device=device,
+                  progress=False)
+            row = read_metrics(run_dir)[-1]
+            best = row["valid_f1"] if best is None else max(best, row["valid_f1"])
+            tune.report(_result(row, best, stage=config["stage"]))
+        selection = _selection_split(plan) if config["stage"] == "search" else None
+        for split in dict.fromkeys(s for s in (selection, config.get("evaluate")) if s):
+            if read_results(run_dir, split) is None:
+                evaluate_run(run_dir, split=split, checkpoint="best", device=device, progress=False)
+        if selection:  # the search algorithm's final word: the selection metric, not the per-epoch F1
+            value = (read_results(run_dir, selection) or {}).get(plan.select_metric)
+            score = float(value) if isinstance(value, int | float) else float("nan")
+            tune.report({**_result(read_metrics(run_dir)[-1], best, stage="search"), "score": score})
+
+
+def _selection_split(plan: Plan) -> str | None:
+    """The split the search trials are evaluated on, when the selection is not the per-epoch synthetic_valid F1."""
+    if (plan.select_split, plan.select_metric) == ("synthetic_valid", "macro"):
+        return None
+    return plan.select_split
+
+
+def _result(row: dict, best: float | None, stage: str) -> dict:
+    best = 0.0 if best is None else float(best)
+    return {"epoch": int(row["epoch"]), "valid_f1": float(row["valid_f1"]), "best_valid_f1": best, "score": best,
+            "stage": stage}

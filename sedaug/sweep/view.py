@@ -1,0 +1,158 @@
+"""The live view of a sweep: a Ray Tune callback that counts trials (running, done, stopped early, failed,
+retried) and keeps the best score so far per recipe, drawn with rich while the sweep runs. It also records what only
+the driver learns, a trial stopped early or given up, in `<out>/trials.jsonl` (sedaug.sweep.select).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from sedaug.sweep.select import append_journal
+from sedaug.sweep.trial import setting_id, trial_spec
+
+_ACTIVE: SweepView | None = None
+
+
+def _active_view() -> SweepView:
+    """What an unpickled view becomes: the view of this process's sweep (Ray pickles run_config into tuner.pkl)."""
+    return _ACTIVE if _ACTIVE is not None else SweepView(out=None, epochs={})
+
+
+@dataclass
+class RecipeCounts:
+    trials: int = 0  # planned in the current stage
+    done: int = 0
+    stopped: int = 0
+    failed: int = 0
+    best: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+
+
+class SweepView(Callback):
+    def __init__(self, out: Path | None, epochs: dict[str, int], title: str = "sweep"):
+        self.out, self.epochs, self.title = out, epochs, title
+        self.stage = ""
+        self.recipes: dict[str, RecipeCounts] = {}
+        self.running: dict[str, str] = {}  # trial id -> recipe
+        self.retries = 0
+        self.totals = {"done": 0, "stopped": 0, "failed": 0}
+        self.started = time.monotonic()
+        self._live: Live | None = None
+
+    def __reduce__(self):
+        return (_active_view, ())
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def begin_stage(self, stage: str, planned: dict[str, int], skipped: dict[str, int]) -> None:
+        """A new stage: `planned` trials per recipe, `skipped` of them already complete on disk."""
+        self.stage = stage
+        for name, n in planned.items():
+            counts = self.recipes.setdefault(name, RecipeCounts())
+            counts.trials, counts.done, counts.stopped, counts.failed = n, skipped.get(name, 0), 0, 0
+        self._refresh()
+
+    # ------------------------------------------------------------------------------------------ Tune hooks
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running[trial.trial_id] = trial_spec(trial.config)["recipe"]
+        self._refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        spec, score = trial_spec(trial.config), result.get("score")
+        if spec["stage"] == "search" and isinstance(score, int | float) and math.isfinite(score):
+            counts = self.recipes.setdefault(spec["recipe"], RecipeCounts())
+            if counts.best is None or score > counts.best:
+                counts.best, counts.best_params = float(score), spec["params"]
+        self._refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        recipe = self.running.pop(trial.trial_id, trial_spec(trial.config)["recipe"])
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        status = "stopped" if epoch < self.epochs.get(recipe, 0) else "done"
+        self._count(recipe, status)
+        self._journal(trial, status)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        recipe = self.running.pop(trial.trial_id, trial_spec(trial.config)["recipe"])
+        self._count(recipe, "failed")
+        self._journal(trial, "failed", error=str(getattr(trial, "error_file", "") or ""))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.running.pop(trial.trial_id, None)
+        self.retries += 1
+        self._refresh()
+
+    # ------------------------------------------------------------------------------------------ record
+
+    def _count(self, recipe: str, status: str) -> None:
+        counts = self.recipes.setdefault(recipe, RecipeCounts())
+        setattr(counts, status, getattr(counts, status) + 1)
+        self.totals[status] += 1
+        self._refresh()
+
+    def _journal(self, trial, status: str, error: str = "") -> None:
+        if self.out is None:
+            return
+        spec = trial_spec(trial.config)
+        row = {"stage": spec["stage"], "recipe": spec["recipe"],
+               "setting": setting_id(spec["params"]) if spec["stage"] == "search" else "final",
+               "seed": spec["seed"], "status": status}
+        if error:
+            row["error"] = error
+        append_journal(self.out, row)
+
+    # ------------------------------------------------------------------------------------------ drawing
+
+    @contextmanager
+    def shown(self, enabled: bool, console: Console | None = None):
+        """Make this the process's active view and, when enabled, draw it live until the block ends."""
+        global _ACTIVE
+        previous, _ACTIVE = _ACTIVE, self
+        try:
+            if not enabled:
+                yield self
+                return
+            with Live(get_renderable=self.render, console=console or Console(stderr=True), refresh_per_second=2,
+                      transient=True) as live:
+                self._live = live
+                yield self
+        finally:
+            self._live = None
+            _ACTIVE = previous
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.refresh()
+
+    def render(self):
+        elapsed = int(time.monotonic() - self.started)
+        head = Text.assemble(
+            (f"{self.title}", "bold"), f" — {self.stage or 'starting'} · ",
+            (f"{len(self.running)} running", "cyan"), f" · {self.totals['done']} done · ",
+            f"{self.totals['stopped']} stopped early · ", (f"{self.totals['failed']} failed", "red" if self.totals["failed"] else ""),
+            f" · {self.retries} retried · {elapsed // 60}m{elapsed % 60:02d}s",
+        )
+        table = Table(box=None, pad_edge=False)
+        for col in ("recipe", "trials", "running", "done", "stopped", "failed", "best so far", "setting"):
+            table.add_column(col, justify="right" if col not in ("recipe", "setting") else "left")
+        running = {}
+        for name in self.running.values():
+            running[name] = running.get(name, 0) + 1
+        for name, c in self.recipes.items():
+            best = "" if c.best is None else f"{c.best:.3f}"
+            setting = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in c.best_params.items())
+            table.add_row(name, str(c.trials), str(running.get(name, 0)), str(c.done), str(c.stopped), str(c.failed),
+                          best, setting)
+        return Group(head, table)

@@ -1,0 +1,330 @@
+"""`sedaug sweep` (sedaug/sweep/): the sweep file's errors, model selection, and one real sweep on a local Ray with
+the tiny CRNN: a trial's worker killed mid-run is retried and resumes from last.pt, the driver killed by kill -9
+continues with --resume without redoing a finished trial, the winner is trained on the seeds and evaluated on eval.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sedaug.errors import UserError
+from sedaug.sweep import in_search, selected_settings
+from sedaug.sweep.select import TrialRecord, winners, write_selection
+from sedaug.sweep.spec import grid_settings, load_sweep
+from sedaug.sweep.trial import search_dir, setting_id
+
+REPO = Path(__file__).parents[1]
+TINY = {"model.cnn_filters": [4, 8], "model.cnn_pooling": [[4, 4], [1, 32]], "model.rnn_hidden": 8,
+        "model.init": "pytorch"}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- the sweep file
+
+
+def test_the_shipped_sweeps_validate():
+    demo = load_sweep(REPO / "sweeps" / "demo.yaml")
+    assert set(demo.bases) == {"none", "noise_latent"}
+    full = load_sweep(REPO / "sweeps" / "table1.yaml")
+    assert {p.stem for p in (REPO / "recipes").glob("*.yaml")} == set(full.bases)
+    assert len(full.sweep.seeds) == 3 and full.sweep.select.split == "synthetic_valid"
+    assert all(full.spaces[name] for name in full.bases if name != "none")  # every other row searches something
+
+
+def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path / "bad.yaml", """\
+        recipes:
+          - recipe: recipes/vat_input.yaml
+            search:
+              augmentation.epsilon: {grid: [0.1, -0.5]}
+              augmentation.sigma: {grid: [0.1]}
+              optim.epochs: {grid: [2, 2.5]}
+              seed: {grid: [1, 2]}
+          - recipe: recipes/missing.yaml
+          - recipe: recipes/none.yaml
+            search:
+              optim.lr: {grid: []}
+        search:
+          optim.lr: {uniform: [1.0e-4, 1.0e-2]}
+        seeds: [0, 0]
+        max_concurrent_trials: two
+        colour: blue
+        """)
+    with pytest.raises(UserError) as e:
+        load_sweep(path)
+    lines = str(e.value).splitlines()
+    at = f"{path}: recipes[0].search"
+    assert lines == [
+        # the schema: unknown keys, wrong types
+        f"{path}: recipes[2].search.optim.lr.grid: List should have at least 1 item after validation, not 0",
+        f"{path}: seeds: a seed is listed twice",
+        f"{path}: max_concurrent_trials: Input should be a valid integer",
+        f"{path}: colour: Extra inputs are not permitted",
+        # each searched key and value against the base recipe (the top-level search applies to every recipe)
+        f"{at}.optim.lr: uniform is sampled: the grid algorithm takes {{grid: [...]}} (or use random/optuna)",
+        f"{at}.augmentation.epsilon: -0.5 for vat_input: Input should be greater than 0",
+        f"{at}.augmentation.sigma: 0.1 for vat_input: not a key of recipe vat_input",
+        f"{at}.optim.epochs: 2.5 for vat_input: Input should be a valid integer",
+        f"{at}.seed: the sweep's `seeds` and `search_seed` set it",
+        f"{path}: recipes[1].recipe: cannot read recipes/missing.yaml (No such file or directory)",
+    ]
+
+
+def test_sampled_spaces_need_a_sampling_algorithm_and_bounds_the_recipe_accepts(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path / "s.yaml", """\
+        recipes:
+          - recipe: recipes/vat_latent.yaml
+            search:
+              augmentation.epsilon: {loguniform: [0.0, 1.0]}
+          - recipe: recipes/vat_input.yaml
+            search:
+              augmentation.xi: {uniform: [-1.0, 1.0]}
+              consistency.weight: {grid: [1.0, 2.0]}
+        algorithm: {type: optuna}
+        """)
+    with pytest.raises(UserError) as e:
+        load_sweep(path)
+    assert str(e.value).splitlines() == [
+        f"{path}: recipes[0].search.augmentation.epsilon: loguniform [0.0, 1.0]: bounds must be positive",
+        f"{path}: algorithm: trials: optuna needs a trial budget per recipe",
+        f"{path}: recipes[1].search.augmentation.xi: -1.0 for vat_input: Input should be greater than 0",
+    ]
+    path = write(tmp_path / "s2.yaml", path.read_text().replace("{type: optuna}", "{type: optuna, trials: 4}"))
+    with pytest.raises(UserError) as e:
+        load_sweep(path)
+    assert f"{path}: recipes[1].search.consistency.weight: optuna samples: use {{choice: [...]}} instead of grid" in (
+        str(e.value).splitlines())
+
+
+def test_set_overrides_reach_recipes_and_the_sweep(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    loaded = load_sweep(REPO / "sweeps" / "demo.yaml", ["optim.epochs=1", "max_concurrent_trials=1",
+                                                        "data.features=elsewhere"])
+    assert loaded.epochs == {"none": 1, "noise_latent": 1}
+    assert loaded.sweep.max_concurrent_trials == 1
+    assert loaded.bases["none"]["data"]["features"] == str(REPO / "elsewhere")  # absolute: trials run elsewhere
+    assert [s["optim.lr"] for s in grid_settings(loaded.spaces["none"])] == [1e-3, 3e-3]
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+def _record(tmp_path, recipe, lr, score, status="done"):
+    params = {"optim.lr": lr}
+    return TrialRecord(recipe, setting_id(params), 0, params, search_dir(tmp_path, recipe, params, 0), 3, 3, score,
+                       2, status)
+
+
+def test_the_best_complete_trial_wins_and_selection_tsv_marks_it(tmp_path):
+    records = [
+        _record(tmp_path, "a", 1e-3, 0.30), _record(tmp_path, "a", 3e-3, 0.42), _record(tmp_path, "a", 1e-2, 0.42),
+        _record(tmp_path, "a", 3e-2, 0.90, status="failed"),
+        _record(tmp_path, "b", 1e-3, 0.10, status="stopped"), _record(tmp_path, "b", 3e-3, 0.05),
+    ]
+    chosen = winners(records)
+    assert chosen["a"].params == {"optim.lr": 3e-3}  # the tie goes to the first; the failed one never wins
+    assert chosen["b"].params == {"optim.lr": 3e-3}  # a complete trial beats an early-stopped one
+    (tmp_path / "sweep.yaml").write_text("{}\n")
+    write_selection(tmp_path, records, chosen)
+    with (tmp_path / "selection.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["winner"] for r in rows] == ["", "*", "", "", "", "*"]
+    assert rows[1]["optim.lr"] == "0.003" and rows[1]["score"] == "0.420000" and rows[1]["epochs"] == "3/3"
+    assert selected_settings(tmp_path) == {"a": "lr=0.003", "b": "lr=0.003"}
+    assert selected_settings(tmp_path / "final") == selected_settings(tmp_path)
+    assert in_search(tmp_path / "search" / "a" / "x" / "seed0") and not in_search(tmp_path / "final" / "a" / "seed0")
+
+
+def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch):
+    from sedaug.sweep.run import INSTALL_HINT, run_sweep
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(UserError) as e:
+        run_sweep(REPO / "sweeps" / "demo.yaml", out=tmp_path / "out")
+    assert str(e.value) == INSTALL_HINT == "sedaug sweep needs Ray Tune and Optuna: pip install 'sedaug[sweep]'"
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- a real sweep
+
+
+def _lock_holder(lock: Path) -> int | None:
+    """The pid holding the flock of a trial's lock file (the trial's Ray worker), from /proc/locks."""
+    try:
+        inode = os.stat(lock).st_ino
+    except FileNotFoundError:
+        return None
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        if int(parts[5].split(":")[-1]) == inode:
+            return int(parts[4])
+    return None
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(condition, what: str, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tiny_features, tmp_path_factory):
+    """2 recipes x 2 learning rates x search seed 0, 2 trials at once, 4 epochs; winners on seeds 0 and 1.
+    One trial's worker is killed after its first epoch; once a trial has finished, the driver is killed (-9);
+    then `--resume` finishes the sweep. Yields what the test functions check."""
+    if sys.platform != "linux":
+        pytest.skip("finds trial workers through /proc/locks")
+    pytest.importorskip("ray.tune")
+    root = tmp_path_factory.mktemp("sweep")
+    out = root / "a-sweep-directory-whose-path-is-long-enough-for-the-short-ray-temp-link"
+    sweep = {
+        "recipes": [{"recipe": str(REPO / "recipes" / "none.yaml")},
+                    {"recipe": str(REPO / "recipes" / "noise_latent.yaml")}],
+        "search": {"optim.lr": {"grid": [1e-3, 3e-2]}},
+        "set": {**TINY, "data.features": str(tiny_features), "optim.epochs": EPOCHS, "optim.rampup_epochs": 0,
+                "consistency.rampup_epochs": 0, "eval.threshold": 0.3},
+        "seeds": [0, 1],
+        "max_concurrent_trials": 2,
+        "resources": {"cpus": 1},
+    }
+    spec = root / "tiny.yaml"
+    spec.write_text(json.dumps(sweep))  # JSON is YAML
+    loaded = load_sweep(spec)
+    runs = {(name, p["optim.lr"]): search_dir(out, name, p, 0) for name in loaded.bases
+            for p in grid_settings(loaded.spaces[name])}
+
+    code = f"from sedaug.sweep.run import run_sweep; run_sweep({str(spec)!r}, out={str(out)!r}, progress=False)"
+    driver = subprocess.Popen([sys.executable, "-c", code], cwd=root, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # A trial's worker, killed after its first epoch while it trains the second.
+        victim = _wait(lambda: next((r for r in runs.values() if len(_rows(r)) == 1 and _lock_holder(
+            r.with_name(r.name + ".lock"))), None), "a trial's first epoch")
+        lock = victim.with_name(victim.name + ".lock")
+        first_epoch = _rows(victim)[0]
+        worker = _lock_holder(lock)
+        os.kill(worker, signal.SIGKILL)
+        # Ray retries it in a new worker, which resumes from last.pt: epoch 1 is not trained again.
+        _wait(lambda: len(_rows(victim)) >= 2, "the retried trial's second epoch")
+        retried_by = _lock_holder(lock)
+
+        # The driver, killed once a trial has finished and while another still runs.
+        finished = _wait(lambda: [r for r in runs.values() if len(_rows(r)) == EPOCHS], "a finished trial")
+        snapshot = {r: ((r / "metrics.jsonl").read_text(), (r / "train.log").read_text(),
+                        (r / "checkpoints" / "last.pt").stat().st_mtime_ns) for r in finished}
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        unfinished_at_kill = [r for r in runs.values() if len(_rows(r)) < EPOCHS]
+
+        from sedaug.sweep.run import run_sweep
+
+        with pytest.raises(UserError, match="pass --resume"):
+            run_sweep(spec, out=out, progress=False)
+        result = run_sweep(spec, out=out, resume=True, progress=False)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.wait()
+        try:  # what the killed driver's local Ray leaves behind for a while (its agents), ours by process group
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return {"out": out, "runs": runs, "victim": victim, "first_epoch": first_epoch, "worker": worker,
+            "retried_by": retried_by, "snapshot": snapshot, "unfinished_at_kill": unfinished_at_kill,
+            "result": result}
+
+
+def test_the_sweep_finishes_and_picks_the_best_setting(killed_and_resumed):
+    k = killed_and_resumed
+    out, result = k["out"], k["result"]
+    with (out / "selection.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"} and {r["epochs"] for r in rows} == {f"{EPOCHS}/{EPOCHS}"}
+    for name in ("none", "noise_latent"):
+        mine = [r for r in rows if r["recipe"] == name]
+        best = max(mine, key=lambda r: float(r["score"]))
+        winner = next(r for r in mine if r["winner"] == "*")
+        assert float(winner["score"]) == float(best["score"])
+        assert result.winners[name].params == {"optim.lr": float(winner["optim.lr"])}
+        # The score is the best synthetic_valid F1 over the trial's epochs (what best.pt keeps).
+        assert float(winner["score"]) == pytest.approx(max(r["valid_f1"] for r in _rows(result.winners[name].run_dir)))
+    assert result.trials == 4 and result.statuses == {"done": 4}
+    assert "sweep tiny: 4 trials (4 done, 0 stopped early, 0 failed" in result.summary()
+    assert selected_settings(out).keys() == {"none", "noise_latent"}
+
+
+def test_the_winners_are_trained_on_the_seeds_and_evaluated_on_eval(killed_and_resumed):
+    from sedaug.recipe import load_recipe
+
+    k = killed_and_resumed
+    out, result = k["out"], k["result"]
+    assert sorted(map(str, result.final_runs)) == sorted(str(out / "final" / n / f"seed{s}")
+                                                         for n in ("none", "noise_latent") for s in (0, 1))
+    for run in result.final_runs:
+        recipe = load_recipe(run / "recipe.yaml")
+        assert recipe.optim.lr == result.winners[recipe.name].params["optim.lr"]  # says what it used
+        assert recipe.seed == int(run.name.removeprefix("seed")) and len(_rows(run)) == EPOCHS
+        results = json.loads((run / "eval" / "results.json").read_text())
+        assert results["split"] == "eval" and 0 <= results["macro"] <= 1
+    # The search seed's final run is the winner's search run (same recipe, same seed), not trained again.
+    for name, w in result.winners.items():
+        assert _rows(out / "final" / name / "seed0") == _rows(w.run_dir)
+    from sedaug.table import build_table
+
+    table = build_table(out / "final", split="eval", metrics=("macro",))
+    assert {row.recipe: row.n for row in table.rows} == {"none": 2, "noise_latent": 2}
+
+
+def test_a_killed_worker_is_retried_and_resumes_from_last_pt(killed_and_resumed):
+    k = killed_and_resumed
+    assert k["retried_by"] != k["worker"]
+    rows = _rows(k["victim"])
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+    assert rows[0] == k["first_epoch"]  # epoch 1 was not trained again
+
+
+def test_a_killed_driver_resumes_without_redoing_finished_trials(killed_and_resumed):
+    k = killed_and_resumed
+    assert k["snapshot"] and k["unfinished_at_kill"]  # it was killed mid-search
+    for run, (metrics, log, mtime) in k["snapshot"].items():
+        assert (run / "metrics.jsonl").read_text() == metrics
+        assert (run / "train.log").read_text() == log
+        assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    for run in k["unfinished_at_kill"]:
+        assert [r["epoch"] for r in _rows(run)] == list(range(1, EPOCHS + 1))
+    # Ray's state and logs stayed in the sweep directory; the short temp-dir link is gone.
+    assert (k["out"] / "ray" / "tmp").is_dir() and (k["out"] / "ray" / "search").is_dir()
+    assert not any(p.is_symlink() and os.readlink(p) == str(k["out"] / "ray" / "tmp")
+                   for p in Path("/tmp").glob("sedaug-ray-*"))
+    assert any("reached through" in n for n in k["result"].notes)
