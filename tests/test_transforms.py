@@ -274,14 +274,15 @@ def test_adversarial_parameters_increase_the_divergence_and_stay_in_bounds(kind)
     with torch.no_grad():  # wider heads than dcase20's N(0, 0.01): outputs away from 0.5 that the transform moves
         model.strong.weight.normal_(0, 3)
         model.attention.weight.normal_(0, 3)
-    x = mels(4)
+    x = mels(2)
     with torch.no_grad():
         ref = model(x)
     if kind == "filter":
         aug = AdversarialFilterAugmentation(type="adversarial_filter", locations=["mel", "cnn2"], steps=3, step_size=0.25)
         transform = Filter(aug, None)
     else:
-        aug = AdversarialReverbAugmentation(type="adversarial_reverb", locations=["mel", "cnn2"], steps=3, step_size=0.25)
+        # At cnn2: this model's divergence hardly depends on T60 at mel (within 0.5 % over the range).
+        aug = AdversarialReverbAugmentation(type="adversarial_reverb", locations=["cnn2"], steps=3, step_size=0.25)
         transform = Reverb(aug)
     pooling = model_pooling(model)
 
@@ -290,7 +291,7 @@ def test_adversarial_parameters_increase_the_divergence_and_stay_in_bounds(kind)
             return mse(ref, model(x, fixed(transform, aug.locations, pooling, params))).item()
 
     random = []
-    for seed in range(5):
+    for seed in range(4):
         torch.manual_seed(seed)
         random.append(divergence({}))
     torch.manual_seed(0)  # the search starts from seed 0's random draw
@@ -298,9 +299,8 @@ def test_adversarial_parameters_increase_the_divergence_and_stay_in_bounds(kind)
     lo, hi = transform.bounds
     for p in params.values():
         assert p["search"].min() >= lo and p["search"].max() <= hi and not p["search"].requires_grad
-    assert divergence(params) > max(random)  # above its own start (seed 0) and four other random draws
-    if kind == "filter":  # this model's divergence is flat in T60 (within 15 % over the range), steep in the gains
-        assert divergence(params) > 2 * max(random)
+    # Above its own start (seed 0) and three other random draws.
+    assert divergence(params) > (2 if kind == "filter" else 1.2) * max(random)
     assert all(p.grad is None for p in model.parameters())
 
 
