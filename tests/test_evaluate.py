@@ -1,6 +1,7 @@
 """Post-processing and metric adapters, against hand-computed answers and the reference libraries."""
 
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -358,8 +359,12 @@ def test_evaluate_run_writes_the_run_folder(fake_run):
     for metric in METRICS:
         assert 0.0 <= results[metric] <= 1.0, metric
     assert set(results["per_class"]) == set(CLASSES)
-    assert set(results["timing"]) == {"predict", "macro", "psds", "scores", "psds1", "psds2", "write"}
+    assert set(results["timing"]) == {"predict", "macro", "psds", "scores", "psds1", "psds2", "psds1_filtered",
+                                      "psds2_filtered", "write"}
 
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "scores").stat().st_mode & 0o777 == 0o777 & ~umask  # the user's permissions, not mkdtemp's 0700
     frames = read_sed_scores(out / "scores")  # sed_scores_eval's own reader validates the format
     assert sorted(frames) == [clip_id(f) for f in split.filenames]
     assert list(frames["clip000"].columns) == ["onset", "offset", *CLASSES]
@@ -367,6 +372,12 @@ def test_evaluate_run_writes_the_run_folder(fake_run):
     # The files hold exactly the scores that were evaluated: PSDS1 computed from them is the reported one.
     durations = {clip_id(f): d for f, d in zip(split.filenames, split.durations, strict=True)}
     assert sed_scores_psds(frames, split.events, durations, PSDS1)[0] == results["psds1"]
+    # psds1_filtered: the same scores median-filtered over time first (scipy, 7 frames, each clip's real frames).
+    from scipy.ndimage import median_filter
+
+    filtered = {k: v.assign(**{c: median_filter(v[c].to_numpy(), size=7, mode="reflect") for c in CLASSES})
+                for k, v in frames.items()}
+    assert sed_scores_psds(filtered, split.events, durations, PSDS1)[0] == pytest.approx(results["psds1_filtered"], abs=1e-12)
 
     detections = pd.read_csv(out / "detections.tsv", sep="\t")
     assert list(detections.columns) == COLUMNS and len(detections) > 0

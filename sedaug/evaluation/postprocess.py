@@ -70,6 +70,18 @@ def median_filter(binary: np.ndarray, window: int, lengths: np.ndarray | None = 
     return x[0] if single else x
 
 
+def median_filter_scores(strong: np.ndarray, window: int, lengths: np.ndarray) -> np.ndarray:
+    """Median filter over time of continuous frame scores (N, T, C), per clip over its `lengths` real frames and per
+    class, edges reflected (scipy's default): DESED_task's 2023+ baselines filter scores so before their PSDS."""
+    from scipy.ndimage import median_filter as scipy_median
+
+    out = np.array(strong, dtype=np.float64)
+    if window > 1:
+        for i, n in enumerate(np.asarray(lengths, dtype=np.int64)):
+            out[i, :n] = scipy_median(out[i, :n], size=(window, 1), mode="reflect")
+    return out
+
+
 def binary_to_events(
     binary: np.ndarray, filenames: Sequence[str], durations: np.ndarray | None = None
 ) -> pd.DataFrame:

@@ -18,7 +18,13 @@ from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS
 from sedaug.evaluation.f1 import EVENT_BASED, event_based_f1, nan_to_none
 from sedaug.evaluation.plots import plot_psd_rocs
-from sedaug.evaluation.postprocess import as_scores, decode, merge_overlaps
+from sedaug.evaluation.postprocess import (
+    as_scores,
+    decode,
+    frame_counts,
+    median_filter_scores,
+    merge_overlaps,
+)
 from sedaug.evaluation.psds import (
     PSDS1,
     PSDS2,
@@ -33,7 +39,8 @@ from sedaug.evaluation.scores import clip_id, score_frames, write_scores
 from sedaug.files import write_json, write_tsv
 
 # The numbers `sedaug table` can put in a column (top-level keys of results.json).
-METRICS = ("macro", "micro", "psds", "psds_ct", "psds_macro", "psds1", "psds2")
+# psds1/psds2 score the raw frame scores; the *_filtered ones median-filter them first (DESED_task's 2023+ baselines).
+METRICS = ("macro", "micro", "psds", "psds_ct", "psds_macro", "psds1", "psds2", "psds1_filtered", "psds2_filtered")
 
 
 @dataclass
@@ -91,12 +98,15 @@ def evaluate_scores(
 
     with timed(timing, "scores"):
         scores = score_frames(strong, filenames, durations)
+        lengths = frame_counts(durations, strong.shape[1])
+        filtered = score_frames(median_filter_scores(strong, median_window, lengths), filenames, durations)
     clip_durations = {clip_id(f): float(d) for f, d in zip(filenames, durations, strict=True)}
     for name, params in (("psds1", PSDS1), ("psds2", PSDS2)):
-        with timed(timing, name):
-            value, per_class = sed_scores_psds(scores, ground_truth, clip_durations, params)
-        results[name] = value
-        results[f"{name}_per_class"] = per_class
+        for suffix, frames in (("", scores), ("_filtered", filtered)):
+            with timed(timing, name + suffix):
+                value, per_class = sed_scores_psds(frames, ground_truth, clip_durations, params)
+            results[name + suffix] = value
+            results[f"{name}{suffix}_per_class"] = per_class
 
     results["classes_without_events"] = [c for c in CLASSES if c not in gt_classes]
     results["params"] = {

@@ -3,8 +3,8 @@ duration, as `<split>/scores/<clip>.tsv`."""
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +39,9 @@ def write_scores(scores: dict[str, pd.DataFrame], directory: Path) -> None:
     """One sed_scores_eval TSV per clip (what `write_sed_scores` writes, numbers in their shortest exact form);
     the folder is filled aside and swapped in whole."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")  # mkdir, not mkdtemp: the user's umask, not 0700
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         for key, frame in scores.items():
             rows = frame.to_numpy().tolist()  # str(float): the shortest text that reads back exactly; 4x faster
