@@ -1,0 +1,287 @@
+"""`sedaug detect`: a trained run's model on any recordings (docs/detect.md).
+
+Each recording is decoded as `extract-mels` decodes a clip (channels averaged, resampled to 16 kHz), cut into
+overlapping 10 s windows (the model's input; the last one zero-padded at the end, as `extract-mels` pads a short
+clip), and each window's linear mel is computed by the feature code of `extract-mels` and rounded through float16
+as the feature store holds it. The model's output frames of the windows are stitched on the output grid of
+`data/grid.py`: every output frame is the mean of the windows that cover it. The run's own post-processing
+(threshold, median filter) then turns the frame scores into events, exactly as `sedaug evaluate` does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+
+from sedaug.checkpoint import load_model
+from sedaug.data.desed import EVENT_COLUMNS
+from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, FeatureParams
+from sedaug.data.mel import mel_spectrogram
+from sedaug.deps import import_torchaudio
+from sedaug.device import parse_device
+from sedaug.errors import UserError
+from sedaug.evaluation.detection_plot import plot_detections
+from sedaug.evaluation.postprocess import decode
+from sedaug.evaluation.scores import clip_id, score_frames
+from sedaug.files import write_text, write_tsv
+from sedaug.progress import progress_bar
+
+# What a folder is searched for (recursively); a file named on the command line is read whatever its suffix.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64")
+# A file soundfile cannot read raises LibsndfileError (a RuntimeError); a missing one OSError; a rate that cannot
+# be resampled or an empty file ValueError.
+DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, OSError)
+
+# Windows: the model's 10 s input (628 frames, 157 output frames) every half window, rounded down to whole output
+# frames so that the windows' output frames fall on one grid: 312 input frames = 78 output frames = 4.9725 s.
+HOP_FRAMES = PARAMS.n_frames // 2 // TIME_POOLING * TIME_POOLING
+HOP_OUTPUT_FRAMES = HOP_FRAMES // TIME_POOLING
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    name: str  # the `filename` column: the file's name, or its path below the folder it was found in
+
+
+@dataclass
+class DetectReport:
+    out: Path
+    run_dir: Path
+    checkpoint: str
+    epoch: int
+    threshold: float
+    n_recordings: int = 0
+    n_events: int = 0
+    audio_seconds: float = 0.0
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+    scores_dir: Path | None = None
+    plot_dir: Path | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """The one line `sedaug detect` prints."""
+        extras = "".join(
+            f", {what} in {where}" for what, where in (("scores", self.scores_dir), ("plots", self.plot_dir)) if where
+        )
+        failed = f"; {len(self.failures)} failed" if self.failures else ""
+        return (
+            f"detected {self.n_events} events in {self.n_recordings} recordings ({_hms(self.audio_seconds)} of audio) "
+            f"with {self.run_dir} ({self.checkpoint}.pt, epoch {self.epoch}, threshold {self.threshold:g}) "
+            f"in {self.seconds:.1f} s -> {self.out}{extras}{failed}"
+        )
+
+
+def detect(
+    run_dir: Path,
+    paths: Sequence[Path],
+    out: Path,
+    scores_dir: Path | None = None,
+    plot_dir: Path | None = None,
+    threshold: float | None = None,
+    checkpoint: str = "best",
+    device: str | torch.device | None = "cpu",
+    progress: bool = True,
+    on_error: Callable[[Path, str], None] | None = None,
+) -> DetectReport:
+    """Detect events in the audio files `paths` (folders searched recursively) with a run's checkpoint.
+
+    Writes `out` (DCASE TSV: filename, onset, offset, event_label), one sed_scores_eval score file per recording
+    under `scores_dir` and one PNG per recording under `plot_dir` when given. A file that cannot be decoded is a
+    failure (`on_error(path, reason)`, and listed in the report); the others are scored. `threshold` defaults to
+    the run's (recipe `eval.threshold`); the median filter is the run's.
+    """
+    start = time.perf_counter()
+    torch_device = parse_device(device)
+    model, recipe, state = load_model(Path(run_dir), checkpoint, torch_device)
+    threshold = recipe.eval.threshold if threshold is None else float(threshold)
+    if not 0.0 < threshold < 1.0:
+        raise UserError(f"--threshold {threshold:g}: expected a value between 0 and 1 (exclusive)")
+    report = DetectReport(Path(out), Path(run_dir), checkpoint, state.epoch, threshold,
+                          scores_dir=scores_dir, plot_dir=plot_dir)
+
+    def fail(path: Path, reason: str) -> None:
+        report.failures.append((path, reason))
+        if on_error is not None:
+            on_error(path, reason)
+
+    recordings = find_recordings(paths, fail)
+    if not recordings and not report.failures:
+        raise UserError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    events: list[pd.DataFrame] = []
+    with progress_bar("Detecting events", len(recordings), progress) as advance:
+
+        def fail_one(path: Path, reason: str) -> None:
+            fail(path, reason)
+            advance()
+
+        for group in decoded_groups(recordings, recipe.eval.batch_size, fail_one):
+            waves = [wave for _, wave in group]
+            scored = score_recordings(model, waves, recipe.eval.batch_size, torch_device, plot_dir is not None)
+            for (recording, wave), (scores, mel) in zip(group, scored, strict=True):
+                duration = np.array([len(wave) / PARAMS.sample_rate])
+                found = decode(scores[None], [recording.name], threshold, recipe.eval.median_window, duration)
+                if scores_dir is not None:
+                    write_score_files(score_frames(scores[None], [recording.name], duration), Path(scores_dir))
+                if plot_dir is not None:
+                    plot_detections(mel, float(duration[0]), found, Path(plot_dir) / f"{clip_id(recording.name)}.png",
+                                    title=f"{recording.name}  (threshold {threshold:g})")
+                events.append(found)
+                report.n_recordings += 1
+                report.n_events += len(found)
+                report.audio_seconds += float(duration[0])
+                advance()
+    detections = pd.concat(events, ignore_index=True) if events else pd.DataFrame(columns=EVENT_COLUMNS)
+    write_tsv(Path(out), detections[EVENT_COLUMNS])
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def find_recordings(paths: Iterable[Path], fail: Callable[[Path, str], None]) -> list[Recording]:
+    """The files to score, in the order given (a folder's files sorted); a missing path or a second recording
+    with the same name is a failure."""
+    recordings: dict[str, Recording] = {}
+    for given in map(Path, paths):
+        if given.is_dir():
+            found = sorted(
+                p for p in given.rglob("*")
+                if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(given).parts)
+            )
+            candidates = [Recording(p, p.relative_to(given).as_posix()) for p in found]
+        elif given.exists():
+            candidates = [Recording(given, given.name)]
+        else:
+            fail(given, "no such file or folder")
+            continue
+        for recording in candidates:
+            if recording.name in recordings:
+                fail(recording.path, f"same name {recording.name} as {recordings[recording.name].path}: not scored")
+            else:
+                recordings[recording.name] = recording
+    return list(recordings.values())
+
+
+def decoded_groups(
+    recordings: Iterable[Recording], n_windows: int, fail: Callable[[Path, str], None]
+) -> Iterator[list[tuple[Recording, np.ndarray]]]:
+    """The recordings decoded, in groups of at least `n_windows` windows (the last group may hold fewer), so that
+    short clips share the model's batches; a file that cannot be decoded is `fail(path, reason)`."""
+    group: list[tuple[Recording, np.ndarray]] = []
+    windows = 0
+    for recording in recordings:
+        try:
+            wave = load_recording(recording.path)
+        except DECODE_ERRORS as err:
+            fail(recording.path, " ".join(str(err).split()) or type(err).__name__)
+            continue
+        group.append((recording, wave))
+        windows += len(window_starts(len(wave)))
+        if windows >= n_windows:
+            yield group
+            group, windows = [], 0
+    if group:
+        yield group
+
+
+def load_recording(path: Path, params: FeatureParams = PARAMS) -> np.ndarray:
+    """The whole recording as `extract-mels` decodes a clip: channels averaged, resampled to 16 kHz (float32)."""
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if audio.shape[0] == 0:
+        raise ValueError("no audio samples in the file")
+    wave = torch.from_numpy(audio.mean(axis=1))
+    if rate != params.sample_rate:
+        wave = import_torchaudio().functional.resample(wave, rate, params.sample_rate)
+    return wave.numpy()
+
+
+def window_starts(n_samples: int, params: FeatureParams = PARAMS) -> np.ndarray:
+    """The first sample of each window: every HOP_FRAMES input frames, until a window reaches the end."""
+    hop = HOP_FRAMES * params.hop
+    n_windows = 1 + max(0, math.ceil((n_samples - params.clip_samples) / hop))
+    return np.arange(n_windows) * hop
+
+
+def clip_mels(clips: np.ndarray, device: torch.device, params: FeatureParams = PARAMS) -> torch.Tensor:
+    """Linear mels (W, n_frames, n_mels) of 10 s clips (W, clip_samples), float16 as the feature store holds
+    them: the computation of `extract-mels` (data/extract.py)."""
+    mels = mel_spectrogram(torch.from_numpy(clips).to(device), params)
+    return mels.clamp(max=torch.finfo(torch.float16).max).half()
+
+
+def window_clip(wave: np.ndarray, start: int, params: FeatureParams = PARAMS) -> np.ndarray:
+    """The window of `wave` from sample `start`, zero-padded at the end to 10 s like a short clip in
+    `extract-mels`."""
+    clip = np.zeros(params.clip_samples, np.float32)
+    piece = wave[start : start + params.clip_samples]
+    clip[: len(piece)] = piece
+    return clip
+
+
+def stitch(window_scores: np.ndarray, hop: int = HOP_OUTPUT_FRAMES) -> np.ndarray:
+    """Windows' output frames (W, T, C), window k starting at output frame k·hop -> (T + (W − 1)·hop, C) float64:
+    each frame the mean of the windows that cover it."""
+    n, t, c = window_scores.shape
+    sums = np.zeros(((n - 1) * hop + t, c))
+    counts = np.zeros((len(sums), 1))
+    for k, scores in enumerate(window_scores):
+        sums[k * hop : k * hop + t] += scores
+        counts[k * hop : k * hop + t] += 1
+    return sums / counts
+
+
+def score_recordings(
+    model, waves: Sequence[np.ndarray], batch_size: int, device: torch.device, keep_mels: bool = False,
+    params: FeatureParams = PARAMS,
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Each recording's stitched frame scores (T, C) and, when asked, its linear mel (frames, n_mels) for the plot
+    (each window's first HOP_FRAMES frames, the last window's up to the recording's end). The windows of all the
+    recordings go through the model in batches of `batch_size`."""
+    starts = [window_starts(len(wave), params) for wave in waves]
+    windows = [(i, s) for i, recording in enumerate(starts) for s in recording]
+    outputs: list[list[np.ndarray]] = [[] for _ in waves]
+    mels: list[list[np.ndarray]] = [[] for _ in waves]
+    with torch.inference_mode():
+        for first in range(0, len(windows), batch_size):
+            batch = windows[first : first + batch_size]
+            mel = clip_mels(np.stack([window_clip(waves[i], s, params) for i, s in batch]), device, params)
+            strong, _ = model(mel)
+            if strong.shape[1] != N_OUTPUT_FRAMES:
+                raise ValueError(f"the model outputs {strong.shape[1]} frames per window, not {N_OUTPUT_FRAMES}")
+            strong = strong.float().cpu().numpy()
+            for row, (i, s) in enumerate(batch):
+                outputs[i].append(strong[row])
+                if keep_mels:
+                    last = s == starts[i][-1]
+                    mels[i].append(mel[row, : None if last else HOP_FRAMES].float().cpu().numpy())
+    results = []
+    for i, wave in enumerate(waves):
+        mel = None
+        if keep_mels:
+            mel = np.concatenate(mels[i])[: len(wave) // params.hop + 1]  # the recording's centred frames
+        results.append((stitch(np.stack(outputs[i])), mel))
+    return results
+
+
+def write_score_files(scores: dict[str, pd.DataFrame], directory: Path) -> None:
+    """Each recording's frame scores as `<directory>/<name without .wav>.tsv`, in the text `sedaug evaluate`
+    writes (sed_scores_eval's format; numbers in their shortest exact form), one atomic write per file. Files
+    already in `directory` stay."""
+    for key, frame in scores.items():
+        rows = frame.to_numpy().tolist()
+        write_text(directory / f"{key}.tsv",
+                   "\n".join(["\t".join(frame.columns), *("\t".join(map(str, row)) for row in rows)]) + "\n")
+
+
+def _hms(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours} h {m} min" if hours else f"{m} min {s} s" if m else f"{s} s"

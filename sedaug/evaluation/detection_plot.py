@@ -1,0 +1,60 @@
+"""One recording's detections as a PNG (`sedaug detect --plot`): its log-mel spectrogram, each detected event
+shaded over it in its class's colour, and below it one lane per detected class, named on the y axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sedaug.data.desed import CLASSES
+from sedaug.data.grid import PARAMS, FeatureParams
+from sedaug.data.mel import amplitude_to_db
+from sedaug.files import atomic_path
+
+
+def plot_detections(
+    mel: np.ndarray,
+    duration: float,
+    events: pd.DataFrame,
+    path: Path,
+    title: str = "",
+    params: FeatureParams = PARAMS,
+) -> None:
+    """Write the PNG `path` for a recording's linear mel (frames, n_mels), its duration in seconds and its events
+    (onset, offset, event_label). No pyplot state: safe in threads and under any backend."""
+    from matplotlib.figure import Figure
+
+    log_mel = amplitude_to_db(torch.from_numpy(np.asarray(mel, np.float32))[None])[0].numpy()  # one floor per recording
+    classes = [c for c in CLASSES if c in set(events["event_label"])]  # in the DESED order
+    colours = {c: f"C{i}" for i, c in enumerate(CLASSES)}  # tab10: one colour per class, the same in every plot
+    width = float(np.clip(4 + 0.6 * duration, 10, 40))
+    lanes_height = 0.32 * max(len(classes), 1) + 0.5
+    fig = Figure(figsize=(width, 3.2 + lanes_height), layout="constrained")
+    spec_ax, lane_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3.2, lanes_height])
+
+    frame = params.hop / params.sample_rate  # input frame j is centred at j · frame seconds
+    spec_ax.imshow(log_mel.T, origin="lower", aspect="auto", cmap="magma", interpolation="antialiased",
+                   extent=(-frame / 2, (len(log_mel) - 0.5) * frame, 0, log_mel.shape[1]))
+    spec_ax.set(ylabel="mel band", title=title, xlim=(0, duration))
+    spec_ax.set_yticks(np.linspace(0, log_mel.shape[1], 5))
+
+    for lane, label in enumerate(classes):
+        rows = events[events["event_label"] == label]
+        spans = [(on, off - on) for on, off in zip(rows["onset"], rows["offset"], strict=True)]
+        for on, length in spans:
+            spec_ax.axvspan(on, on + length, facecolor=colours[label], alpha=0.18, edgecolor=colours[label],
+                            linewidth=1.2)
+        lane_ax.broken_barh(spans, (lane - 0.35, 0.7), facecolors=colours[label])
+    lane_ax.set_yticks(range(len(classes)), [c.replace("_", " ") for c in classes])
+    lane_ax.set_ylim(len(classes) - 0.5 if classes else 0.5, -0.5)  # the first class on top
+    for tick, label in zip(lane_ax.get_yticklabels(), classes, strict=True):
+        tick.set_color(colours[label])
+    if not classes:
+        lane_ax.text(0.5, 0.5, "no event detected", transform=lane_ax.transAxes, ha="center", va="center")
+    lane_ax.grid(axis="x", alpha=0.3)
+    lane_ax.set(xlabel="time (s)", xlim=(0, duration))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

@@ -1,0 +1,236 @@
+"""`sedaug detect` (docs/detect.md): the windows and their stitching by hand, the features and the detections of
+`sedaug evaluate` reproduced from the audio files, recordings of any rate, channels and length, and files that
+cannot be read."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from sedaug.checkpoint import load_model
+from sedaug.data.desed import CLASSES, EVENT_COLUMNS
+from sedaug.data.grid import FRAME_SECONDS, N_OUTPUT_FRAMES, PARAMS, TIME_POOLING
+from sedaug.data.store import FeatureStore
+from sedaug.detect import (
+    HOP_FRAMES,
+    HOP_OUTPUT_FRAMES,
+    clip_mels,
+    detect,
+    load_recording,
+    score_recordings,
+    stitch,
+    window_clip,
+    window_starts,
+)
+from sedaug.errors import UserError
+from sedaug.evaluate import evaluate_run
+from sedaug.evaluation.postprocess import as_scores
+from sedaug.evaluation.predict import predict
+from sedaug.recipe import load_recipe
+from sedaug.train import train
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+EVAL_AUDIO = Path("audio/eval/public")
+
+
+# --- windows and stitching, by hand ---------------------------------------------------------------------------
+
+
+def test_windows_fall_on_the_output_grid():
+    assert (HOP_FRAMES, HOP_OUTPUT_FRAMES) == (312, 78)  # half a window, in whole output frames
+    assert HOP_FRAMES % TIME_POOLING == 0 and HOP_OUTPUT_FRAMES * TIME_POOLING == HOP_FRAMES
+    hop = HOP_FRAMES * PARAMS.hop
+    assert list(window_starts(PARAMS.clip_samples)) == [0]
+    assert list(window_starts(3 * PARAMS.sample_rate)) == [0]
+    assert list(window_starts(PARAMS.clip_samples + 1)) == [0, hop]
+    starts = window_starts(25 * PARAMS.sample_rate)
+    assert list(starts) == [k * hop for k in range(5)]  # 4 windows end at 24.9 s, the fifth covers the end
+    assert starts[-1] + PARAMS.clip_samples >= 25 * PARAMS.sample_rate > starts[-2] + PARAMS.clip_samples
+    # Window k's output frame i is the recording's output frame k·78 + i: same start time in seconds.
+    assert starts[1] / PARAMS.sample_rate == pytest.approx(HOP_OUTPUT_FRAMES * FRAME_SECONDS)
+
+
+def test_window_clip_pads_the_end_with_zeros():
+    wave = np.arange(1, 5 * PARAMS.sample_rate + 1, dtype=np.float32)
+    clip = window_clip(wave, 1000)
+    assert clip.shape == (PARAMS.clip_samples,)
+    assert np.array_equal(clip[: len(wave) - 1000], wave[1000:]) and not clip[len(wave) - 1000 :].any()
+
+
+def test_stitch_averages_the_windows_covering_each_frame():
+    one = np.full((1, 4, 2), 0.25, np.float32)
+    assert np.array_equal(stitch(one, hop=2), one[0])
+    windows = np.stack([np.full((4, 1), v, np.float32) for v in (1.0, 2.0, 4.0)])  # hop 2: frames 0..7
+    assert stitch(windows, hop=2)[:, 0].tolist() == [1, 1, 1.5, 1.5, 3, 3, 4, 4]
+    windows = np.stack([np.full((4, 1), v, np.float32) for v in (1.0, 4.0)])
+    assert stitch(windows, hop=1)[:, 0].tolist() == [1, 2.5, 2.5, 2.5, 4]
+
+
+# --- a trained tiny run -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(tiny_features, tiny_model_overrides, tmp_path_factory) -> Path:
+    """The `none` recipe with the tiny CRNN, trained one epoch of two steps on the tiny store."""
+    recipe = load_recipe(RECIPES / "none.yaml", [
+        *tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4",
+        "optim.max_steps_per_epoch=2", "optim.epochs=1",
+    ])
+    run_dir = tmp_path_factory.mktemp("detect") / "run"
+    train(recipe, run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def threshold(run, tiny_features) -> float:
+    """A threshold for this run that splits its eval scores far from any of them.
+
+    A model trained for two steps scores every frame near 0.5; at 0.5 its detections would be whole clips, or
+    hang on a score a rounding away from the threshold. Midway across the widest gap between the middle 40 % of
+    its (rounded) eval scores, events start and end inside the clips and a score moves by far more than its last
+    digit before a detection changes.
+    """
+    model, recipe, _ = load_model(run, "best")
+    scores = np.unique(as_scores(predict(model, FeatureStore(tiny_features).split("eval").mels, 64, "cpu")))
+    middle = scores[int(0.3 * len(scores)) : int(0.7 * len(scores))]
+    widest = np.argmax(np.diff(middle))
+    assert middle[widest + 1] - middle[widest] > 1e-4, "no gap between the scores: the fixture is degenerate"
+    return float((middle[widest] + middle[widest + 1]) / 2)
+
+
+@pytest.fixture(scope="module")
+def evaluated(run, threshold) -> Path:
+    """`evaluate_run` on eval, with the run's recipe threshold set to `threshold`: RUN/eval/."""
+
+    def at_threshold(run_dir, which="best", device="cpu"):
+        model, recipe, state = load_model(run_dir, which, device)
+        return model, recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"threshold": threshold})}), state
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sedaug.evaluate.load_model", at_threshold)
+        evaluate_run(run, "eval", progress=False)
+    return run / "eval"
+
+
+def sorted_rows(table: pd.DataFrame) -> list[tuple]:
+    return sorted(table[EVENT_COLUMNS].itertuples(index=False, name=None))
+
+
+def test_features_are_the_stores(tiny_desed, tiny_features):
+    """The eval clips through detect's decoding and mels are the feature store's float16 mels (batched matrix
+    products may round a value or two the other way: float16's last bit at most)."""
+    split = FeatureStore(tiny_features).split("eval")
+    clips = np.stack([window_clip(load_recording(tiny_desed / EVAL_AUDIO / f), 0) for f in split.filenames])
+    mels = clip_mels(clips, torch.device("cpu")).numpy()
+    stored = np.asarray(split.mels)
+    assert mels.dtype == stored.dtype == np.float16 and mels.shape == stored.shape
+    differ = mels != stored
+    assert differ.mean() < 1e-4
+    assert np.allclose(mels[differ].astype(np.float32), stored[differ].astype(np.float32), rtol=2**-10, atol=0)
+
+
+def test_detect_on_the_eval_clips_gives_what_evaluate_wrote(run, threshold, evaluated, tiny_desed, tmp_path):
+    report = detect(run, [tiny_desed / EVAL_AUDIO], tmp_path / "detections.tsv", scores_dir=tmp_path / "scores",
+                    threshold=threshold, progress=False)
+    assert report.failures == [] and report.n_recordings == 12
+    expected = pd.read_csv(evaluated / "detections.tsv", sep="\t")
+    found = pd.read_csv(tmp_path / "detections.tsv", sep="\t")
+    assert list(found.columns) == EVENT_COLUMNS
+    assert sorted_rows(found) == sorted_rows(expected) and report.n_events == len(expected)
+    assert (found.offset - found.onset < 5).any(), "only whole-clip events: the comparison would prove little"
+
+    score_files = sorted(p.name for p in (evaluated / "scores").iterdir())
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir()) == score_files
+    for name in score_files:
+        ours = pd.read_csv(tmp_path / "scores" / name, sep="\t")
+        theirs = pd.read_csv(evaluated / "scores" / name, sep="\t")
+        assert list(ours.columns) == list(theirs.columns) == ["onset", "offset", *CLASSES]
+        assert ours[["onset", "offset"]].equals(theirs[["onset", "offset"]])
+        # The same maths; batches of other sizes may move the 6th decimal.
+        assert np.abs(ours[list(CLASSES)].to_numpy() - theirs[list(CLASSES)].to_numpy()).max() <= 2.01e-6, name
+
+
+def write_tone(path: Path, seconds: float, rate: int, channels: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 0.2 * t) > 0)
+    audio = tone[:, None] * np.linspace(1.0, 0.5, channels) + 0.02 * rng.standard_normal((t.size, channels))
+    sf.write(path, audio, rate, subtype="PCM_16")
+
+
+def test_long_stereo_and_short_mono_recordings(run, threshold, tmp_path):
+    audio = tmp_path / "audio"
+    (audio / "sub").mkdir(parents=True)
+    write_tone(audio / "long.wav", 25.0, 44100, 2, seed=1)
+    write_tone(audio / "sub" / "short.flac", 3.0, 16000, 1, seed=2)
+    report = detect(run, [audio], tmp_path / "out" / "detections.tsv", scores_dir=tmp_path / "scores",
+                    plot_dir=tmp_path / "plots", threshold=threshold, progress=False)
+    assert report.failures == [] and report.n_recordings == 2
+    assert report.audio_seconds == pytest.approx(28.0)
+    events = pd.read_csv(tmp_path / "out" / "detections.tsv", sep="\t")
+    durations = {"long.wav": 25.0, "sub/short.flac": 3.0}
+    assert set(events.filename) <= set(durations) and len(events) == report.n_events
+    assert (events.onset >= 0).all() and (events.onset < events.offset).all()
+    assert (events.offset <= events.filename.map(durations)).all()
+
+    # Files are named as clip_id names an eval clip: without .wav; other suffixes stay (no two names collide).
+    for name, seconds in (("long", 25.0), ("sub/short.flac", 3.0)):
+        scores = pd.read_csv(tmp_path / "scores" / f"{name}.tsv", sep="\t")
+        assert len(scores) == math.ceil(seconds / FRAME_SECONDS) and scores.offset.iloc[-1] == seconds
+        assert scores.onset.iloc[0] == 0 and scores[list(CLASSES)].isin(scores[list(CLASSES)].clip(0, 1)).all().all()
+        png = tmp_path / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_long_recordings_are_windows_stitched(run, tmp_path):
+    """The scores of a 25 s recording are its five windows' outputs, each scored as a 10 s clip, stitched."""
+    write_tone(tmp_path / "long.wav", 25.0, 44100, 2, seed=1)
+    wave = load_recording(tmp_path / "long.wav")
+    model, _, _ = load_model(run, "best")
+    [(scores, mel)] = score_recordings(model, [wave], batch_size=2, device=torch.device("cpu"), keep_mels=True)
+    starts = window_starts(len(wave))
+    with torch.inference_mode():
+        windows = [model(clip_mels(window_clip(wave, s)[None], torch.device("cpu")))[0][0].numpy() for s in starts]
+    assert scores.shape == ((len(starts) - 1) * HOP_OUTPUT_FRAMES + N_OUTPUT_FRAMES, len(CLASSES))
+    np.testing.assert_allclose(scores, stitch(np.stack(windows)), atol=1e-6)
+    np.testing.assert_allclose(scores[:HOP_OUTPUT_FRAMES], windows[0][:HOP_OUTPUT_FRAMES], atol=1e-6)
+    assert mel.shape == (len(wave) // PARAMS.hop + 1, PARAMS.n_mels)  # the plot's: the recording's frames
+    first = clip_mels(window_clip(wave, 0)[None], torch.device("cpu"))[0].float().numpy()
+    np.testing.assert_array_equal(mel[:HOP_FRAMES], first[:HOP_FRAMES])
+
+
+def test_unreadable_files_are_reported_and_the_others_scored(run, tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    write_tone(audio / "a.wav", 4.0, 16000, 1, seed=3)
+    write_tone(audio / "c.ogg", 12.0, 22050, 1, seed=4)
+    (audio / "b.wav").write_bytes(b"RIFF\x00\x01\x00\x00WAVEfmt " + bytes(range(200)))  # a corrupt header
+    (audio / "notes.txt").write_text("not audio, not searched")
+    errors = []
+    report = detect(run, [audio, tmp_path / "missing.wav", audio / "a.wav"], tmp_path / "detections.tsv",
+                    progress=False, on_error=lambda path, reason: errors.append((path, reason)))
+    assert report.n_recordings == 2 and report.failures == errors
+    failed = [path for path, _ in errors]
+    assert failed == [tmp_path / "missing.wav", audio / "a.wav", audio / "b.wav"]
+    assert all(reason and "\n" not in reason for _, reason in errors)
+    assert "same name a.wav" in errors[1][1]
+    assert "3 failed" in report.summary() and "\n" not in report.summary()
+    detections = pd.read_csv(tmp_path / "detections.tsv", sep="\t")
+    assert list(detections.columns) == EVENT_COLUMNS and set(detections.filename) <= {"a.wav", "c.ogg"}
+
+
+def test_user_errors(run, tmp_path):
+    write_tone(tmp_path / "a.wav", 2.0, 16000, 1, seed=5)
+    with pytest.raises(UserError, match="threshold"):
+        detect(run, [tmp_path / "a.wav"], tmp_path / "d.tsv", threshold=1.5, progress=False)
+    with pytest.raises(UserError, match="not found"):
+        detect(tmp_path / "nowhere", [tmp_path / "a.wav"], tmp_path / "d.tsv", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no audio files"):
+        detect(run, [tmp_path / "empty"], tmp_path / "d.tsv", progress=False)
