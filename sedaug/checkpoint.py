@@ -87,7 +87,15 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} not found: train the run first (sedaug train)")
-    raw = torch.load(path, map_location=device, weights_only=True)
+    try:
+        raw = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # empty, truncated or foreign files fail in many types (EOFError, RuntimeError, ...)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: not a readable sedaug checkpoint (empty, cut short or another file: {reason[:120]}); "
+                        "train the run again, or use the other checkpoint") from None
+    if not isinstance(raw, dict) or not {"model", "optimizer", "recipe", "rng"} <= raw.keys():
+        raise UserError(f"{path}: not a sedaug checkpoint (a {type(raw).__name__} without model, optimizer, rng and "
+                        "recipe): train the run again, or use the other checkpoint")
     if "state" not in raw:
         raise UserError(f"{path} is in an earlier sedaug checkpoint format (no training state): train the run again")
     state = TrainState()

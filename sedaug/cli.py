@@ -22,11 +22,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+# Summaries stay one line in logs and CI (no wrapping at 80 columns when stderr is not a terminal).
+console = Console(stderr=True, soft_wrap=True)
 
 
 def user_errors(command):
-    """Report a UserError as one line on stderr and exit 1, with no traceback."""
+    """Report a UserError, or an OSError of the environment (a full disk, a folder where a file should be, a
+    permission), as one line per problem on stderr and exit non-zero, with no traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -35,6 +37,10 @@ def user_errors(command):
         except UserError as e:
             for line in str(e).splitlines():
                 print(f"error: {line}", file=sys.stderr)
+            raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # atomic writes leave the previous file in place: say what failed, nothing is lost
+            where = e.filename or "sedaug"
+            print(f"error: {where}: {e.strerror or e} (earlier outputs are left as they were)", file=sys.stderr)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -120,7 +126,7 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
     set_: Annotated[list[str], typer.Option("--set", help="Override a recipe value: key.path=value (repeatable).")] = [],  # noqa: B006
     runs: Annotated[Path, typer.Option(help="Where run directories go: RUNS/<name>/seed<seed>.")] = Path("runs"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt; restart one that stopped before saving any.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
 ) -> None:
     """Train the CRNN with a recipe's objective, writing a run directory."""
@@ -166,8 +172,12 @@ def table(
 
     names = tuple(m.strip() for m in metrics.split(",") if m.strip())
     data = build_table(runs_dir, split=split.value, metrics=names)
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file name")
     if out is None and format is Format.rich:
-        print_table(data)
+        from rich.console import Console
+
+        print_table(data, Console(width=None if sys.stdout.isatty() else 10_000))  # whole rows in logs
         return
     text = render(data, format.value)
     if out is None:

@@ -3,3 +3,5 @@
 
 class UserError(Exception):
     """Bad input from the user (a file, a recipe, a flag): the message says what and where."""
+
+    exit_code = 1

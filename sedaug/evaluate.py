@@ -12,6 +12,7 @@ from sedaug.errors import UserError
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.rundir import RunDir
+from sedaug.watch import log_evaluation
 
 
 def evaluate_run(
@@ -52,7 +53,9 @@ def evaluate_run(
                        "epoch": state.epoch, "step": state.global_step},
         **evaluation.results,
     }
-    return write_evaluation(evaluation, run.split(split), timing)
+    results = write_evaluation(evaluation, run.split(split), timing)
+    log_evaluation(run, results)
+    return results
 
 
 def summary(run_dir: Path, results: dict[str, Any]) -> str:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import sedaug
 from sedaug.deps import import_torchaudio
+from sedaug.errors import UserError
+
+LOCK = ".lock"
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,10 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     @property
+    def curves(self) -> Path:
+        return self.root / "train_curves.png"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
@@ -41,6 +53,30 @@ class RunDir:
 
     def split(self, name: str) -> Path:
         return self.root / name
+
+    def is_empty(self) -> bool:
+        return not self.root.exists() or not any(p.name != LOCK for p in self.root.iterdir())
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process (an flock the OS drops when the process dies, kill -9 too): a
+        second writer is refused with the holder's pid instead of interleaving its files."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise UserError(f"{self.root} is in use by another sedaug process (pid {holder}): wait for it, "
+                                "or stop it first") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 def _git_commit() -> str | None:

@@ -89,8 +89,11 @@ def _find_runs(runs_dir: Path, split: str) -> list[_Run]:
         if results_path.is_file():
             try:
                 results = json.loads(results_path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise UserError(f"{results_path}: unreadable results ({e}): run `sedaug evaluate` again") from None
+            if not isinstance(results, dict):
+                raise UserError(f"{results_path}: not the results of `sedaug evaluate` (a JSON "
+                                f"{type(results).__name__}): run `sedaug evaluate` again")
         runs.append(_Run(recipe_path.parent, load_recipe(recipe_path), results))
     if not runs:
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")

@@ -21,17 +21,18 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sedaug import watch
 from sedaug.augment import SameDraws, consistency_views, mse
-from sedaug.checkpoint import TrainState, load_checkpoint, restore_rng, save_checkpoint
+from sedaug.checkpoint import Checkpoint, TrainState, load_checkpoint, restore_rng, save_checkpoint
 from sedaug.data.batches import Batch, ThreeStreams
 from sedaug.data.store import FeatureStore, Split
 from sedaug.errors import UserError
 from sedaug.evaluation.f1 import event_based_f1
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.predict import predict
-from sedaug.files import append_jsonl, read_jsonl, write_json, write_text
+from sedaug.files import read_jsonl, write_json, write_text
 from sedaug.model import CRNN
-from sedaug.recipe import Recipe, dump_recipe, parse_yaml, validate_recipe
+from sedaug.recipe import Recipe, dump_recipe
 from sedaug.rundir import RunDir, environment
 
 
@@ -40,7 +41,9 @@ class Diverged(UserError):
 
 
 class Interrupted(UserError):
-    """Ctrl-C: last.pt was saved, `--resume` continues exactly."""
+    """Ctrl-C: what was saved is in the message; `--resume` continues exactly."""
+
+    exit_code = 130  # the shell's convention for SIGINT
 
 
 def rampup(step: int, length: float) -> float:
@@ -133,9 +136,14 @@ def training_step(
                                       update_batchnorm=recipe.consistency.update_batchnorm)
     # Losses in float32 outside autocast (binary_cross_entropy is not autocast-safe).
     strong, weak = clean[0].float(), clean[1].float()
+    # A non-finite output would crash binary_cross_entropy (an assert on CUDA): it sees 0.5 instead, and the
+    # losses become NaN, which the loop reads back every 10 steps and stops on as "diverged". No host sync here.
+    finite = torch.isfinite(strong).all() & torch.isfinite(weak).all()
+    strong, weak = torch.where(finite, strong, 0.5), torch.where(finite, weak, 0.5)
+    nan_if_not_finite = torch.where(finite, 0.0, float("nan"))
     loss_class = F.binary_cross_entropy(strong[u + w :], batch.strong_labels) + F.binary_cross_entropy(
         weak[u : u + w], batch.weak_labels
-    )
+    ) + nan_if_not_finite
     if recipe.augmentation.type != "none":
         rows = slice(0, u) if recipe.consistency.data == "unlabeled" else slice(None)
         loss_const = consistency_loss(*views, mean_teacher=teacher is not None, rows=rows)
@@ -151,28 +159,37 @@ def training_step(
     return Losses(loss_class.detach(), loss_const.detach(), loss.detach())
 
 
-def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device) -> float:
+def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device, on_batch=None) -> float:
     """Event-based macro F1 on `split` (synthetic_valid): the model selection of dcase20."""
-    strong = predict(model, split.mels, recipe.eval.batch_size, device)
+    strong = predict(model, split.mels, recipe.eval.batch_size, device, on_batch=on_batch)
     detections = decode(strong, split.filenames, recipe.eval.threshold, recipe.eval.median_window, split.durations)
     f1 = event_based_f1(detections, split.events, split.filenames)["macro"]
     return f1 if math.isfinite(f1) else 0.0  # no class has a reference event: nothing to select on
 
 
-def _check_run_dir(run: RunDir, recipe: Recipe, resume: bool) -> None:
-    """Refuse a non-empty run dir without --resume; on resume, refuse a different recipe (epochs may grow)."""
+def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> Checkpoint | None:
+    """The checkpoint training continues from, or None to start from scratch. Refuses a run directory that holds
+    another run, a resume with another recipe (only optim.epochs may grow) and one with fewer epochs than done."""
+    last = run.checkpoint("last")
     if not resume:
-        if run.root.exists() and any(run.root.iterdir()):
-            raise UserError(f"{run.root} is not empty: pass --resume to continue that run, or change seed/--runs")
-        return
-    if not run.checkpoint("last").exists():
-        raise UserError(f"{run.checkpoint('last')} not found: nothing to resume (train without --resume)")
-    saved = validate_recipe(parse_yaml(run.recipe.read_text(), str(run.recipe)), str(run.recipe))
-    ours, theirs = recipe.model_dump(mode="json"), saved.model_dump(mode="json")
+        if run.is_empty():
+            return None
+        if last.exists():
+            raise UserError(f"{run.root} holds a run: pass --resume to continue it, or change seed/--runs")
+        raise UserError(f"{run.root} holds a run that stopped before its first epoch ended (no {last}): "
+                        "pass --resume to restart it from scratch")
+    if not last.exists():
+        return None  # nothing was trained yet: --resume restarts the run from scratch
+    ckpt = load_checkpoint(last, device)  # its recipe is the run's, whatever became of recipe.yaml
+    ours, theirs = recipe.model_dump(mode="json"), ckpt.recipe.model_dump(mode="json")
     ours["optim"].pop("epochs"), theirs["optim"].pop("epochs")
     if ours != theirs:
         diff = sorted(_diff_keys(theirs, ours))
-        raise UserError(f"--resume: the recipe differs from {run.recipe} at {', '.join(diff)} (only optim.epochs may change)")
+        raise UserError(f"--resume: the recipe differs from {last}'s at {', '.join(diff)} (only optim.epochs may change)")
+    if recipe.optim.epochs < ckpt.state.epoch:
+        raise UserError(f"--resume: optim.epochs {recipe.optim.epochs} is below the {ckpt.state.epoch} epochs "
+                        f"{run.root} has trained: resume with optim.epochs >= {ckpt.state.epoch}")
+    return ckpt
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -208,9 +225,14 @@ def _stop_on_sigint():
 
 
 def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.device | str = "cpu", progress: bool = True) -> TrainResult:
-    device = torch.device(device)
+    """Train `recipe` into `run_dir` (RUNS/<name>/seed<k>), which this process holds locked meanwhile."""
     run = RunDir(Path(run_dir))
-    _check_run_dir(run, recipe, resume)
+    with run.lock():
+        return _train(recipe, run, resume, torch.device(device), progress)
+
+
+def _train(recipe: Recipe, run: RunDir, resume: bool, device: torch.device, progress: bool) -> TrainResult:
+    ckpt = _start(run, recipe, resume, device)
     store = FeatureStore(recipe.data.features)
 
     # Data: three training streams and synthetic_valid for model selection.
@@ -224,8 +246,8 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
     model, teacher, optimizer = build_training(recipe, store.scaler(), device)
 
     state = TrainState()
-    if resume:
-        ckpt = load_checkpoint(run.checkpoint("last"), device)
+    metrics: list[dict] = []
+    if ckpt is not None:
         model.load_state_dict(ckpt.model)
         if teacher is not None:
             teacher.load_state_dict(ckpt.teacher)
@@ -233,17 +255,23 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
         state = ckpt.state
         restore_rng(ckpt.rng, device)
         # Epochs logged after last.pt was written (a crash between the two writes) are trained again.
-        kept = [row for row in read_jsonl(run.metrics) if row["epoch"] <= state.epoch]
-        write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in kept))
+        metrics = [row for row in read_jsonl(run.metrics) if row["epoch"] <= state.epoch]
     else:
-        run.root.mkdir(parents=True, exist_ok=True)
-    # The resolved recipe (epochs may have grown on resume) and the environment, before the first step.
+        run.checkpoint("best").unlink(missing_ok=True)  # a restart from scratch: no model from an earlier start
+    # The resolved recipe (epochs may have grown on resume), the metrics so far and the environment, before the
+    # first step.
     write_text(run.recipe, dump_recipe(recipe))
+    write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in metrics))
     write_json(run.env, environment(device))
     log = run.log.open("a")
-    log.write(f"{'resume' if resume else 'start'} {recipe.name} seed {recipe.seed} on {device}: "
+    log.write(f"{'resume' if ckpt is not None else 'start'} {recipe.name} seed {recipe.seed} on {device}: "
               f"{steps_per_epoch} steps/epoch, {recipe.optim.epochs} epochs\n")
     log.flush()
+    board = watch.Board(run, purge_from=state.epoch + 1)
+
+    def saved() -> str:
+        return (f"{run.checkpoint('last')} holds epoch {state.epoch}" if run.checkpoint("last").exists()
+                else "no epoch had ended, nothing was saved")
 
     def checkpoint(which: str) -> None:
         save_checkpoint(run.checkpoint(which), model=model, teacher=teacher, optimizer=optimizer, state=state,
@@ -273,13 +301,13 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
                     if done % 10 == 0 or done == steps_per_epoch:
                         mean = Losses(*(sums / done).tolist())
                         if not all(map(math.isfinite, mean)):
-                            raise Diverged(
-                                f"{recipe.name}: loss became {mean.total} in epoch {epoch + 1} (step {step}); "
-                                f"stopped, {run.checkpoint('last')} holds the last good epoch"
-                            )
+                            raise Diverged(f"{recipe.name}: loss became {mean.total} in epoch {epoch + 1} (step "
+                                           f"{step}): stopped; {saved()}")
                         bar.update(task, completed=done, losses=f"class {mean.classification:.4f} "
                                    f"const {mean.consistency:.4f} w {weight:.3f}")
                     if sigint["stop"]:
+                        if not torch.isfinite(sums).all():  # never save a diverged model
+                            raise Diverged(f"{recipe.name}: loss became NaN in epoch {epoch + 1}: stopped; {saved()}")
                         state.loss_sums = sums.cpu()
                         checkpoint("last")
                         raise Interrupted(
@@ -289,20 +317,29 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
                 bar.remove_task(task)
 
                 mean = Losses(*(sums / steps_per_epoch).tolist())
-                valid_f1 = validate(model, valid, recipe, device)
+                task = bar.add_task(f"epoch {epoch + 1}: synthetic_valid", total=len(valid), losses="")
+                valid_f1 = validate(model, valid, recipe, device, on_batch=lambda n, task=task: bar.advance(task, n))
+                bar.remove_task(task)
                 state.epoch, state.step_in_epoch, state.loss_sums = epoch + 1, 0, None
                 record = {
                     "epoch": epoch + 1, "step": state.global_step,
                     "loss_class": mean.classification, "loss_const": mean.consistency, "loss_total": mean.total,
                     "weight": weight, "lr": lr, "valid_f1": valid_f1, "time_s": round(time.perf_counter() - start, 3),
                 }
-                append_jsonl(run.metrics, record)
+                metrics.append(record)
+                write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in metrics))  # whole, even on a full disk
+                board.epoch(record)
                 if valid_f1 > state.best_f1:
                     state.best_f1, state.best_epoch = valid_f1, epoch + 1
                     checkpoint("best")
                 checkpoint("last")
                 log.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()) + "\n")
                 log.flush()
+    except KeyboardInterrupt:  # a second Ctrl-C: out at once, mid-step
+        raise Interrupted(f"interrupted again: stopped at once; {saved()}") from None
     finally:
         log.close()
+        board.close()
+        if metrics:
+            watch.plot_train_curves(metrics, run.curves)
     return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch)

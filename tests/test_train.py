@@ -122,13 +122,14 @@ def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny, tmp_p
     run = tmp_path / "run"
     train(recipe, run, progress=False)
     before = _weights(run)
-    with pytest.raises(UserError, match="is not empty: pass --resume"):
+    with pytest.raises(UserError, match="holds a run: pass --resume"):
         train(recipe, run, progress=False)
     with pytest.raises(UserError, match=r"recipe differs .* at optim\.lr"):
         train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1", "optim.lr=0.01"), run, resume=True, progress=False)
     assert all(torch.equal(before[k], v) for k, v in _weights(run).items())
-    with pytest.raises(UserError, match="nothing to resume"):
-        train(recipe, tmp_path / "fresh", resume=True, progress=False)
+    # --resume where nothing was saved yet starts from scratch: the same weights as a plain start.
+    train(recipe, tmp_path / "fresh", resume=True, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in _weights(tmp_path / "fresh").items())
 
 
 def test_nan_loss_stops_cleanly_keeping_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The PSD-ROC plot, `<split>/psd_roc.png`."""
+"""The plots of an evaluation: `<split>/psd_roc.png` and `<split>/per_class.png`."""
 
 from __future__ import annotations
 
@@ -25,3 +25,34 @@ def plot_psd_rocs(psd_rocs: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+def plot_per_class(results: dict[str, Any], path: Path) -> None:
+    """Event-based F1 and PSDS1 per class, side by side as horizontal bars (classes without events marked)."""
+    from matplotlib.figure import Figure
+
+    from sedaug.data.desed import CLASSES
+
+    f1 = {c: scores.get("f1") for c, scores in (results.get("per_class") or {}).items()}
+    psds1 = results.get("psds1_per_class") or {}
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    rows = range(len(CLASSES))
+    for ax, values, title, color in ((axes[0], f1, f"event-based F1 (macro {_fmt(results.get('macro'))})", "tab:blue"),
+                                     (axes[1], psds1, f"PSDS1 per class (PSDS1 {_fmt(results.get('psds1'))})", "tab:orange")):
+        heights = [values.get(c) or 0.0 for c in CLASSES]
+        ax.barh(rows, heights, color=color)
+        for y, c in zip(rows, CLASSES, strict=True):
+            ax.text(0.01 if values.get(c) is None else heights[y] + 0.01, y,
+                    "no event" if values.get(c) is None else f"{heights[y]:.2f}", va="center", fontsize=8)
+        ax.set(xlim=(0, 1), title=title)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(list(rows), CLASSES)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{results.get('recipe', '')} seed {results.get('seed', '')} on {results.get('split', '')}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -9,8 +11,12 @@ from sedaug.data.desed import CLASSES
 from sedaug.progress import progress_bar
 
 
-def predict(model, mels: np.ndarray, batch_size: int, device, progress: bool = False) -> np.ndarray:
-    """The model's strong output (N, T, C), float32, in eval mode and batches; the model's mode is restored."""
+def predict(
+    model, mels: np.ndarray, batch_size: int, device, progress: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """The model's strong output (N, T, C), float32, in eval mode and batches; the model's mode is restored.
+    `on_batch(n)` is called after each batch of n clips (a progress bar of the caller's)."""
     was_training = model.training
     model.eval()
     out = []
@@ -21,6 +27,8 @@ def predict(model, mels: np.ndarray, batch_size: int, device, progress: bool = F
                 strong, _ = model(batch.to(device))
                 out.append(strong.float().cpu().numpy())
                 advance(len(batch))
+                if on_batch is not None:
+                    on_batch(len(batch))
     finally:
         model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0, len(CLASSES)), dtype=np.float32)

@@ -17,7 +17,7 @@ import pandas as pd
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS
 from sedaug.evaluation.f1 import EVENT_BASED, event_based_f1, nan_to_none
-from sedaug.evaluation.plots import plot_psd_rocs
+from sedaug.evaluation.plots import plot_per_class, plot_psd_rocs
 from sedaug.evaluation.postprocess import (
     as_scores,
     decode,
@@ -145,6 +145,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path, timing: dict[str, fl
         write_scores(evaluation.scores, out_dir / "scores")
         write_tsv(out_dir / "detections.tsv", evaluation.detections)
         plot_psd_rocs(evaluation.psd_rocs, out_dir / "psd_roc.png")
+        plot_per_class(evaluation.results, out_dir / "per_class.png")
     results = _json_safe({**evaluation.results, "timing": timing})
     write_json(out_dir / "results.json", results)
     return results

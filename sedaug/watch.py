@@ -1,0 +1,88 @@
+"""What a researcher watches while and after training: TensorBoard scalars in the run directory (the event files sit
+in RUN itself, so `tensorboard --logdir runs/` names each run `<recipe>/seed<k>`, sweep trials included) and
+`train_curves.png`. `metrics.jsonl` stays the source of truth; both are drawn from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sedaug.files import atomic_path
+from sedaug.rundir import RunDir
+
+# metrics.jsonl key -> TensorBoard tag
+EPOCH_TAGS = {
+    "loss_class": "loss/classification",
+    "loss_const": "loss/consistency",
+    "loss_total": "loss/total",
+    "weight": "consistency_weight",
+    "lr": "lr",
+    "valid_f1": "synthetic_valid/macro_f1",
+}
+
+
+class Board:
+    """The run's TensorBoard writer, one scalar per metric per epoch (step = epoch). On resume, events of epochs
+    from `purge_from` on (trained again) are dropped by TensorBoard."""
+
+    def __init__(self, run: RunDir, purge_from: int = 1):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run.root), purge_step=purge_from if purge_from > 1 else None)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        for key, tag in EPOCH_TAGS.items():
+            if record.get(key) is not None:
+                self.writer.add_scalar(tag, record[key], record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def log_evaluation(run: RunDir, results: dict[str, Any]) -> None:
+    """An evaluation's metrics, overall and per class, as scalars at the evaluated checkpoint's epoch."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    split, epoch = results["split"], results["checkpoint"]["epoch"]
+    with SummaryWriter(str(run.root)) as writer:
+        for name in ("macro", "psds", "psds_ct", "psds_macro", "psds1", "psds2"):
+            if results.get(name) is not None:
+                writer.add_scalar(f"{split}/{name}", results[name], epoch)
+        for cls, scores in (results.get("per_class") or {}).items():
+            if scores.get("f1") is not None:
+                writer.add_scalar(f"{split}/f1/{cls}", scores["f1"], epoch)
+        for cls, value in (results.get("psds1_per_class") or {}).items():
+            writer.add_scalar(f"{split}/psds1/{cls}", value, epoch)
+
+
+def plot_train_curves(metrics: list[dict[str, Any]], path: Path) -> None:
+    """Losses, the consistency weight w(t) and synthetic_valid F1 over epochs, as one PNG (written atomically)."""
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in metrics]
+    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    losses, weight, valid = fig.subplots(1, 3)
+    for key, label in (("loss_class", "classification"), ("loss_const", "consistency"), ("loss_total", "total")):
+        losses.plot(epochs, [row[key] for row in metrics], marker=".", label=label)
+    losses.set(title="training losses (epoch means)", xlabel="epoch", yscale="log")
+    losses.legend()
+    weight.plot(epochs, [row["weight"] for row in metrics], marker=".", color="tab:purple", label="w(t)")
+    lr_axis = weight.twinx()
+    lr_axis.plot(epochs, [row["lr"] for row in metrics], marker=".", color="tab:gray", label="lr")
+    weight.set(title="consistency weight w(t) and learning rate", xlabel="epoch", ylabel="w(t)")
+    lr_axis.set_ylabel("lr")
+    weight.legend(handles=[*weight.get_lines(), *lr_axis.get_lines()], loc="lower right")
+    best = max(metrics, key=lambda row: row["valid_f1"])
+    valid.plot(epochs, [row["valid_f1"] for row in metrics], marker=".", color="tab:green")
+    valid.axvline(best["epoch"], linestyle="--", color="gray", label=f"best.pt: epoch {best['epoch']}")
+    valid.set(title="synthetic_valid event-based macro F1", xlabel="epoch", ylim=(0, max(0.05, 1.1 * best["valid_f1"])))
+    valid.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (losses, weight, valid):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

@@ -1,0 +1,183 @@
+"""Bad runs, checkpoints, results and faults through the CLI: each ends in exit status != 0, one `error:` line
+that names the file or key, no traceback, and what was written before is unchanged (checksums)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sedaug.cli import app
+from sedaug.rundir import RunDir
+
+REPO = Path(__file__).parents[1]
+
+
+def checksums(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith("events.out")}
+
+
+def one_error(result, *needles: str, code: int = 1) -> str:
+    """The single `error:` line of a failed command (stderr and stdout mixed, as CliRunner gives them)."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture
+def cli(tiny_features, tiny_model_overrides, tmp_path):
+    """`sedaug train RECIPE` on the tiny store and model, 2 steps an epoch, into tmp_path/runs."""
+    runner = CliRunner()
+
+    def run(*args: str, recipe: str = "none", epochs: int = 1):
+        cmd = ["train", str(REPO / "recipes" / f"{recipe}.yaml"), "--runs", str(tmp_path / "runs"), "--device", "cpu",
+               "--set", f"optim.epochs={epochs}"]
+        for item in [*tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4",
+                     "optim.max_steps_per_epoch=2", "optim.rampup_epochs=0"]:
+            cmd += ["--set", item]
+        return runner.invoke(app, [*cmd, *args])
+
+    return run
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_restarts_with_resume(cli, tmp_path):
+    run = tmp_path / "runs" / "none" / "seed0"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: none\n")  # what a kill -9 in the first epoch leaves
+    (run / "train.log").write_text("start none seed 0\n")
+    message = one_error(cli(), str(run), "stopped before its first epoch ended", "--resume")
+    assert "checkpoints/last.pt" in message
+    result = cli("--resume")
+    assert result.exit_code == 0, result.output
+    assert (run / "checkpoints" / "last.pt").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_divergence_before_any_checkpoint_says_nothing_was_saved(cli, tmp_path):
+    one_error(cli("--set", "optim.lr=1e30"), "loss became nan", "nothing was saved")
+    assert not (tmp_path / "runs" / "none" / "seed0" / "checkpoints" / "last.pt").exists()
+
+
+def test_resume_cannot_shrink_a_finished_run_and_keeps_its_files_true(cli, tmp_path):
+    assert cli(epochs=2).exit_code == 0
+    run = tmp_path / "runs" / "none" / "seed0"
+    before = checksums(run)
+    one_error(cli("--resume", epochs=1), "optim.epochs 1 is below the 2 epochs")
+    assert checksums(run) == before
+
+
+def test_resume_without_recipe_yaml_uses_the_checkpoints_recipe(cli, tmp_path):
+    assert cli(epochs=1).exit_code == 0
+    run = tmp_path / "runs" / "none" / "seed0"
+    (run / "recipe.yaml").unlink()
+    assert cli("--resume", epochs=2).exit_code == 0
+    assert "epochs: 2" in (run / "recipe.yaml").read_text()
+
+
+def test_two_processes_never_write_one_run_directory(cli, tmp_path):
+    run = tmp_path / "runs" / "none" / "seed0"
+    with RunDir(run).lock():  # another process holds it (flock conflicts between open files, even in one process)
+        one_error(cli(), str(run), "in use by another sedaug process", f"pid {os.getpid()}")
+    assert not (run / "checkpoints").exists()
+    assert cli().exit_code == 0  # released: the run goes ahead
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", None], ids=["empty", "truncated", "other-pickle"])
+@pytest.mark.parametrize("command", ["evaluate", "resume"])
+def test_unreadable_checkpoints_are_one_line(cli, tmp_path, content, command):
+    assert cli().exit_code == 0
+    run = tmp_path / "runs" / "none" / "seed0"
+    target = run / "checkpoints" / ("best.pt" if command == "evaluate" else "last.pt")
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, target)  # a checkpoint of something else
+    else:
+        target.write_bytes(content)
+    before = checksums(run)
+    if command == "evaluate":
+        result = CliRunner().invoke(app, ["evaluate", str(run), "--device", "cpu"])
+    else:
+        result = cli("--resume", epochs=2)
+    one_error(result, str(target), "sedaug checkpoint")
+    assert checksums(run) == before
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(cli, tmp_path, monkeypatch):
+    assert cli().exit_code == 0
+    run = tmp_path / "runs" / "none" / "seed0"
+    before = checksums(run / "checkpoints")
+
+    def full(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("sedaug.checkpoint.torch.save", full)
+    one_error(cli("--resume", epochs=2), "No space left on device")
+    assert checksums(run / "checkpoints") == before
+    assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_what_was_saved(cli, tmp_path, monkeypatch):
+    assert cli(recipe="baseline").exit_code == 0
+    run = tmp_path / "runs" / "baseline" / "seed0"
+    before = checksums(run / "checkpoints")
+
+    def interrupt_twice(*args, **kwargs):  # both Ctrl-Cs within one step (the EMA update runs in every step)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr("sedaug.train.ema_update", interrupt_twice)
+    one_error(cli("--resume", recipe="baseline", epochs=2), "interrupted again", "holds epoch 1", code=130)
+    assert checksums(run / "checkpoints") == before
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "not json", "\x89PNG"], ids=["list", "not-json", "binary"])
+def test_table_refuses_results_that_are_not_results(cli, tmp_path, content):
+    assert cli().exit_code == 0
+    results = tmp_path / "runs" / "none" / "seed0" / "eval" / "results.json"
+    results.parent.mkdir()
+    results.write_text(content)
+    one_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs")]), str(results), "sedaug evaluate")
+
+
+def test_table_out_a_folder_is_refused(cli, tmp_path):
+    assert cli().exit_code == 0
+    one_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs"), "--format", "csv", "--out", str(tmp_path)]),
+              f"--out {tmp_path} is a folder")
+
+
+def test_summaries_stay_one_line_when_not_a_terminal(cli):
+    result = cli()
+    assert result.exit_code == 0
+    (line,) = [line for line in result.output.splitlines() if line.strip()]
+    assert len(line) > 80 and line.startswith("trained none seed 0")
+
+
+def test_results_json_holds_json_and_tensorboard_sees_the_run(cli, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert cli(epochs=2).exit_code == 0
+    run = tmp_path / "runs" / "none" / "seed0"
+    assert (run / "train_curves.png").read_bytes()[:4] == b"\x89PNG"
+    result = CliRunner().invoke(app, ["evaluate", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (run / "eval" / "per_class.png").read_bytes()[:4] == b"\x89PNG"
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/classification", "loss/consistency", "consistency_weight", "lr", "synthetic_valid/macro_f1"} <= tags
+    assert [e.step for e in events.Scalars("synthetic_valid/macro_f1")] == [1, 2]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("synthetic_valid/macro_f1")] == pytest.approx([m["valid_f1"] for m in metrics])
+    assert "eval/macro" in tags and "eval/f1/Speech" in tags
