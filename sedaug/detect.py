@@ -74,7 +74,8 @@ class DetectReport:
         )
         failed = f"; {len(self.failures)} failed" if self.failures else ""
         return (
-            f"detected {self.n_events} events in {self.n_recordings} recordings ({_hms(self.audio_seconds)} of audio) "
+            f"detected {_count(self.n_events, 'event')} in {_count(self.n_recordings, 'recording')} "
+            f"({_hms(self.audio_seconds)} of audio) "
             f"with {self.run_dir} ({self.checkpoint}.pt, epoch {self.epoch}, threshold {self.threshold:g}) "
             f"in {self.seconds:.1f} s -> {self.out}{extras}{failed}"
         )
@@ -181,7 +182,7 @@ def decoded_groups(
         try:
             wave = load_recording(recording.path)
         except DECODE_ERRORS as err:
-            fail(recording.path, " ".join(str(err).split()) or type(err).__name__)
+            fail(recording.path, _reason(err))
             continue
         group.append((recording, wave))
         windows += len(window_starts(len(wave)))
@@ -279,6 +280,16 @@ def write_score_files(scores: dict[str, pd.DataFrame], directory: Path) -> None:
         rows = frame.to_numpy().tolist()
         write_text(directory / f"{key}.tsv",
                    "\n".join(["\t".join(frame.columns), *("\t".join(map(str, row)) for row in rows)]) + "\n")
+
+
+def _reason(err: Exception) -> str:
+    """One line on why a file could not be decoded (libsndfile's own message, without the path it repeats)."""
+    text = err.error_string if isinstance(err, sf.LibsndfileError) else str(err)
+    return " ".join(text.split()) or type(err).__name__
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _hms(seconds: float) -> str:

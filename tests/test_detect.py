@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from typer.testing import CliRunner
 
 from sedaug.checkpoint import load_model
+from sedaug.cli import app
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS, N_OUTPUT_FRAMES, PARAMS, TIME_POOLING
 from sedaug.data.store import FeatureStore
@@ -161,7 +163,7 @@ def write_tone(path: Path, seconds: float, rate: int, channels: int, seed: int) 
     t = np.arange(int(seconds * rate)) / rate
     tone = 0.3 * np.sin(2 * np.pi * 440 * t) * (np.sin(2 * np.pi * 0.2 * t) > 0)
     audio = tone[:, None] * np.linspace(1.0, 0.5, channels) + 0.02 * rng.standard_normal((t.size, channels))
-    sf.write(path, audio, rate, subtype="PCM_16")
+    sf.write(path, audio, rate, subtype="VORBIS" if path.suffix == ".ogg" else "PCM_16")
 
 
 def test_long_stereo_and_short_mono_recordings(run, threshold, tmp_path):
@@ -234,3 +236,20 @@ def test_user_errors(run, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no audio files"):
         detect(run, [tmp_path / "empty"], tmp_path / "d.tsv", progress=False)
+
+
+COMMANDS = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
+
+
+@pytest.mark.skipif("detect" not in COMMANDS, reason="`sedaug detect` is not wired into sedaug/cli.py yet")
+def test_cli_reports_each_unreadable_file_and_exits_1(run, tmp_path):
+    write_tone(tmp_path / "good.wav", 12.0, 44100, 2, seed=6)
+    (tmp_path / "bad.wav").write_bytes(b"not audio at all")
+    result = CliRunner().invoke(app, ["detect", str(run), str(tmp_path), "--out", str(tmp_path / "d.tsv"),
+                                      "--plot", str(tmp_path / "plots"), "--checkpoint", "last"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert f"error: {tmp_path / 'bad.wav'}: " in result.output
+    assert lines[-1].startswith("detected ") and "1 recording " in lines[-1] and "1 failed" in lines[-1]
+    assert "Traceback" not in result.output and (tmp_path / "plots" / "good.png").is_file()
+    assert set(pd.read_csv(tmp_path / "d.tsv", sep="\t").filename) <= {"good.wav"}

@@ -1,5 +1,5 @@
 """One recording's detections as a PNG (`sedaug detect --plot`): its log-mel spectrogram, each detected event
-shaded over it in its class's colour, and below it one lane per detected class, named on the y axis."""
+edged over it in its class's colour, and below it one lane per detected class, named on the y axis."""
 
 from __future__ import annotations
 
@@ -38,15 +38,16 @@ def plot_detections(
     frame = params.hop / params.sample_rate  # input frame j is centred at j · frame seconds
     spec_ax.imshow(log_mel.T, origin="lower", aspect="auto", cmap="magma", interpolation="antialiased",
                    extent=(-frame / 2, (len(log_mel) - 0.5) * frame, 0, log_mel.shape[1]))
-    spec_ax.set(ylabel="mel band", title=title, xlim=(0, duration))
+    spec_ax.set(ylabel=f"mel band ({params.f_min / 1000:g}–{params.f_max / 1000:g} kHz)", title=title,
+                xlim=(0, duration), ylim=(0, log_mel.shape[1]))
     spec_ax.set_yticks(np.linspace(0, log_mel.shape[1], 5))
 
     for lane, label in enumerate(classes):
         rows = events[events["event_label"] == label]
         spans = [(on, off - on) for on, off in zip(rows["onset"], rows["offset"], strict=True)]
-        for on, length in spans:
-            spec_ax.axvspan(on, on + length, facecolor=colours[label], alpha=0.18, edgecolor=colours[label],
-                            linewidth=1.2)
+        # Over the spectrogram, only the events' edges: shading would hide it wherever classes overlap.
+        edges = sorted({t for on, length in spans for t in (on, on + length)} - {0.0, duration})
+        spec_ax.vlines(edges, 0, log_mel.shape[1], colors=colours[label], linewidth=1.0, alpha=0.8)
         lane_ax.broken_barh(spans, (lane - 0.35, 0.7), facecolors=colours[label])
     lane_ax.set_yticks(range(len(classes)), [c.replace("_", " ") for c in classes])
     lane_ax.set_ylim(len(classes) - 0.5 if classes else 0.5, -0.5)  # the first class on top
