@@ -78,7 +78,7 @@ def prepare_desed(
     size: Annotated[Size, typer.Option(help="Synthetic set size.")] = Size.small,
     seed: Annotated[int, typer.Option(help="Synthetic generator seed.")] = 0,
     sample_rate: Annotated[int, typer.Option(help="Synthetic audio rate: 16000 mono or 44100 stereo like DESED.")] = 16000,
-    download: Annotated[bool, typer.Option("--download", help="Download DESED into --root first (needs sedaug[download]).")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Download DESED into --root first (needs sedaug\\[download]).")] = False,
     out: Annotated[Path, typer.Option(help="Prepared directory (manifest; the synthetic audio too).")] = Path("data/desed"),
 ) -> None:
     """Generate the synthetic DESED, or check a real DESED tree, and write the manifest."""
@@ -89,6 +89,8 @@ def prepare_desed(
         raise UserError("--root and --synthetic are exclusive: import a real DESED or generate a synthetic one")
     if download and root is None:
         raise UserError("--download needs --root DIR to download into")
+    if seed < 0:
+        raise UserError(f"--seed {seed}: expected an integer >= 0")
     if root is None:
         if sample_rate not in (16000, 44100):
             raise UserError(f"--sample-rate {sample_rate}: expected 16000 or 44100")
@@ -116,6 +118,8 @@ def extract_mels(
     from sedaug.data.extract import extract_mels as extract
     from sedaug.device import parse_device
 
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: expected a positive number of decoding threads (leave it out: every CPU)")
     report = extract(data, out, device=parse_device(device), workers=workers)
     console.print(report.summary())
 
@@ -145,17 +149,28 @@ def train(
 @app.command()
 @user_errors
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<name>/seed<k>).")],
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/<name>/seed<k>), e.g. runs/none/seed*.")],
     split: Annotated[Split, typer.Option(help="Split to score.")] = Split.eval,
     checkpoint: Annotated[Checkpoint, typer.Option(help="Checkpoint to score.")] = Checkpoint.best,
+    ensemble: Annotated[bool, typer.Option("--ensemble", help="Average the runs' frame scores and score the average "
+                                           "(into RUNS/<name>/ensemble, or --out).")] = False,
+    out: Annotated[Path | None, typer.Option(help="With --ensemble: the ensemble's directory.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
 ) -> None:
-    """Score a trained run with the DCASE 2020 protocol (macro F1, PSDS)."""
+    """Score trained runs with the DCASE 2020 protocol (macro F1, PSDS), one by one or as a seed ensemble."""
     from sedaug.device import parse_device
-    from sedaug.evaluate import evaluate_run, summary
+    from sedaug.evaluate import evaluate_ensemble, evaluate_run, summary
 
-    results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=parse_device(device))
-    console.print(summary(run_dir, results))
+    dev = parse_device(device)
+    if ensemble:
+        where, results = evaluate_ensemble(run_dirs, split=split.value, checkpoint=checkpoint.value, device=dev, out=out)
+        console.print(summary(where, results))
+        return
+    if out is not None:
+        raise UserError("--out goes with --ensemble (a single run is scored into RUN/<split>/)")
+    for run_dir in run_dirs:
+        results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=dev)
+        console.print(summary(run_dir, results))
 
 
 @app.command()
