@@ -1,9 +1,10 @@
 """`sedaug detect`: a trained run's model on any recordings (docs/detect.md).
 
-Each recording is decoded as `extract-mels` decodes a clip (channels averaged, resampled to 16 kHz), cut into
-overlapping 10 s windows (the model's input; the last one zero-padded at the end, as `extract-mels` pads a short
-clip), and each window's linear mel is computed by the feature code of `extract-mels` and rounded through float16
-as the feature store holds it. The model's output frames of the windows are stitched on the output grid of
+Each recording is decoded as `extract-mels` decodes a clip (channels averaged, resampled to 16 kHz as dcase20
+did), cut into overlapping 10 s windows (the model's input), and each window's linear mel is computed by the
+feature code of `extract-mels` (`data/mel.py`'s `clip_mels`: a last window that runs past the end is padded as a
+short clip is, with 0 dB frames) and rounded through float16 as the feature store holds it (the model's log then
+floors each window at its own maximum − 80 dB, as it did each training clip). The model's output frames of the windows are stitched on the output grid of
 `data/grid.py`: every output frame is the mean of the windows that cover it. The run's own post-processing
 (threshold, median filter) then turns the frame scores into events, exactly as `sedaug evaluate` does.
 """
@@ -24,8 +25,7 @@ import torch
 from sedaug.checkpoint import load_model
 from sedaug.data.desed import EVENT_COLUMNS
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, FeatureParams
-from sedaug.data.mel import mel_spectrogram
-from sedaug.deps import import_torchaudio
+from sedaug.data.mel import clip_mels, resample
 from sedaug.device import parse_device
 from sedaug.errors import UserError
 from sedaug.evaluation.detection_plot import plot_detections
@@ -36,8 +36,8 @@ from sedaug.progress import progress_bar
 
 # What a folder is searched for (recursively); a file named on the command line is read whatever its suffix.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64")
-# A file soundfile cannot read raises LibsndfileError (a RuntimeError); a missing one OSError; a rate that cannot
-# be resampled or an empty file ValueError.
+# A file soundfile cannot read raises LibsndfileError (a RuntimeError); a missing one OSError; an empty, too short
+# or non-finite one ValueError.
 DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, OSError)
 
 # Windows: the model's 10 s input (628 frames, 157 output frames) every half window, rounded down to whole output
@@ -194,37 +194,35 @@ def decoded_groups(
 
 
 def load_recording(path: Path, params: FeatureParams = PARAMS) -> np.ndarray:
-    """The whole recording as `extract-mels` decodes a clip: channels averaged, resampled to 16 kHz (float32)."""
+    """The whole recording as `extract-mels` decodes a clip (data/extract.py): channels averaged, resampled to
+    16 kHz (float32). Audio holding NaN or infinity, or too short for one STFT frame, is a ValueError."""
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    if audio.shape[0] == 0:
-        raise ValueError("no audio samples in the file")
-    wave = torch.from_numpy(audio.mean(axis=1))
-    if rate != params.sample_rate:
-        wave = import_torchaudio().functional.resample(wave, rate, params.sample_rate)
-    return wave.numpy()
+    finite = np.isfinite(audio).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"non-finite audio samples (the first at {int(finite.argmin()) / rate:.3f} s)")
+    wave = resample(torch.from_numpy(audio.mean(axis=1)), rate, params).numpy() if len(audio) else audio[:, 0]
+    if len(wave) <= params.n_fft // 2:
+        raise ValueError(f"only {len(audio) / rate:.3f} s of audio, too short to analyse")
+    return wave
 
 
 def window_starts(n_samples: int, params: FeatureParams = PARAMS) -> np.ndarray:
-    """The first sample of each window: every HOP_FRAMES input frames, until a window reaches the end."""
+    """The first sample of each window: every HOP_FRAMES input frames, until a window reaches the end (the last
+    window starts less than clip_seconds − HOP_FRAMES frames, about 5 s, before the end)."""
     hop = HOP_FRAMES * params.hop
     n_windows = 1 + max(0, math.ceil((n_samples - params.clip_samples) / hop))
     return np.arange(n_windows) * hop
 
 
-def clip_mels(clips: np.ndarray, device: torch.device, params: FeatureParams = PARAMS) -> torch.Tensor:
-    """Linear mels (W, n_frames, n_mels) of 10 s clips (W, clip_samples), float16 as the feature store holds
-    them: the computation of `extract-mels` (data/extract.py)."""
-    mels = mel_spectrogram(torch.from_numpy(clips).to(device), params)
-    return mels.clamp(max=torch.finfo(torch.float16).max).half()
-
-
-def window_clip(wave: np.ndarray, start: int, params: FeatureParams = PARAMS) -> np.ndarray:
-    """The window of `wave` from sample `start`, zero-padded at the end to 10 s like a short clip in
-    `extract-mels`."""
-    clip = np.zeros(params.clip_samples, np.float32)
-    piece = wave[start : start + params.clip_samples]
-    clip[: len(piece)] = piece
-    return clip
+def window_mels(
+    windows: Sequence[tuple[np.ndarray, int]], device: torch.device, params: FeatureParams = PARAMS
+) -> torch.Tensor:
+    """Linear mels (W, n_frames, n_mels), float16 as the feature store holds them, of the windows (wave, first
+    sample): each window is the recording from there on, a clip of `extract-mels`, through the same code (cut where
+    no kept frame sees it, padded with 0 dB frames when it ends before 10 s)."""
+    keep = (params.n_frames - 1) * params.hop + params.n_fft // 2  # as data/extract.py's load_clip cuts a clip
+    mels = clip_mels([wave[start : start + keep] for wave, start in windows], params, device)
+    return mels.clamp(max=torch.finfo(torch.float16).max).half()  # as data/extract.py stores them
 
 
 def stitch(window_scores: np.ndarray, hop: int = HOP_OUTPUT_FRAMES) -> np.ndarray:
@@ -253,7 +251,7 @@ def score_recordings(
     with torch.inference_mode():
         for first in range(0, len(windows), batch_size):
             batch = windows[first : first + batch_size]
-            mel = clip_mels(np.stack([window_clip(waves[i], s, params) for i, s in batch]), device, params)
+            mel = window_mels([(waves[i], s) for i, s in batch], device, params)
             strong, _ = model(mel)
             if strong.shape[1] != N_OUTPUT_FRAMES:
                 raise ValueError(f"the model outputs {strong.shape[1]} frames per window, not {N_OUTPUT_FRAMES}")

@@ -17,17 +17,17 @@ from typer.testing import CliRunner
 from sedaug.checkpoint import load_model
 from sedaug.cli import app
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
-from sedaug.data.grid import FRAME_SECONDS, N_OUTPUT_FRAMES, PARAMS, TIME_POOLING
+from sedaug.data.grid import FRAME_SECONDS, N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, real_frames
+from sedaug.data.mel import PAD
 from sedaug.data.store import FeatureStore
 from sedaug.detect import (
     HOP_FRAMES,
     HOP_OUTPUT_FRAMES,
-    clip_mels,
     detect,
     load_recording,
     score_recordings,
     stitch,
-    window_clip,
+    window_mels,
     window_starts,
 )
 from sedaug.errors import UserError
@@ -58,11 +58,22 @@ def test_windows_fall_on_the_output_grid():
     assert starts[1] / PARAMS.sample_rate == pytest.approx(HOP_OUTPUT_FRAMES * FRAME_SECONDS)
 
 
-def test_window_clip_pads_the_end_with_zeros():
-    wave = np.arange(1, 5 * PARAMS.sample_rate + 1, dtype=np.float32)
-    clip = window_clip(wave, 1000)
-    assert clip.shape == (PARAMS.clip_samples,)
-    assert np.array_equal(clip[: len(wave) - 1000], wave[1000:]) and not clip[len(wave) - 1000 :].any()
+CPU = torch.device("cpu")
+
+
+def test_a_window_past_the_end_is_padded_like_a_short_clip():
+    """The last window of a 25 s recording starts at 19.89 s: its 5.11 s of audio, then 0 dB frames (dcase20's
+    padding, as `extract-mels` pads a short clip); the others are 10 s of the recording."""
+    wave = np.random.default_rng(0).uniform(-0.5, 0.5, 25 * PARAMS.sample_rate).astype(np.float32)
+    starts = window_starts(len(wave))
+    mels = window_mels([(wave, s) for s in starts], CPU).float().numpy()
+    assert mels.shape == (len(starts), PARAMS.n_frames, PARAMS.n_mels)
+    real = int(real_frames((len(wave) - starts[-1]) / PARAMS.sample_rate))
+    assert real == (len(wave) - starts[-1]) // PARAMS.hop + 1 < PARAMS.n_frames
+    assert (mels[-1, real:] == PAD).all() and (mels[-1, :real] != PAD).all()
+    alone = window_mels([(wave[starts[-1] :], 0)], CPU)[0].float().numpy()  # the tail as a clip of its own
+    np.testing.assert_array_equal(mels[-1], alone)
+    assert (mels[:-1] != PAD).all()
 
 
 def test_stitch_averages_the_windows_covering_each_frame():
@@ -72,6 +83,11 @@ def test_stitch_averages_the_windows_covering_each_frame():
     assert stitch(windows, hop=2)[:, 0].tolist() == [1, 1, 1.5, 1.5, 3, 3, 4, 4]
     windows = np.stack([np.full((4, 1), v, np.float32) for v in (1.0, 4.0)])
     assert stitch(windows, hop=1)[:, 0].tolist() == [1, 2.5, 2.5, 2.5, 4]
+    # The model's windows: 157 frames every 78, so window k's last frame is window k + 2's first.
+    windows = np.stack([np.full((N_OUTPUT_FRAMES, 1), v, np.float32) for v in (1.0, 2.0, 4.0)])
+    stitched = stitch(windows)[:, 0]
+    assert len(stitched) == 2 * HOP_OUTPUT_FRAMES + N_OUTPUT_FRAMES
+    assert stitched[[0, 77, 78, 155, 156, 157, 234, 235, 312]].tolist() == [1, 1, 1.5, 1.5, 7 / 3, 3, 3, 4, 4]
 
 
 # --- a trained tiny run -----------------------------------------------------------------------------------------
@@ -128,8 +144,8 @@ def test_features_are_the_stores(tiny_desed, tiny_features):
     """The eval clips through detect's decoding and mels are the feature store's float16 mels (batched matrix
     products may round a value or two the other way: float16's last bit at most)."""
     split = FeatureStore(tiny_features).split("eval")
-    clips = np.stack([window_clip(load_recording(tiny_desed / EVAL_AUDIO / f), 0) for f in split.filenames])
-    mels = clip_mels(clips, torch.device("cpu")).numpy()
+    waves = [load_recording(tiny_desed / EVAL_AUDIO / f) for f in split.filenames]
+    mels = window_mels([(wave, 0) for wave in waves], CPU).numpy()
     stored = np.asarray(split.mels)
     assert mels.dtype == stored.dtype == np.float16 and mels.shape == stored.shape
     differ = mels != stored
@@ -195,15 +211,15 @@ def test_long_recordings_are_windows_stitched(run, tmp_path):
     write_tone(tmp_path / "long.wav", 25.0, 44100, 2, seed=1)
     wave = load_recording(tmp_path / "long.wav")
     model, _, _ = load_model(run, "best")
-    [(scores, mel)] = score_recordings(model, [wave], batch_size=2, device=torch.device("cpu"), keep_mels=True)
+    [(scores, mel)] = score_recordings(model, [wave], batch_size=2, device=CPU, keep_mels=True)
     starts = window_starts(len(wave))
     with torch.inference_mode():
-        windows = [model(clip_mels(window_clip(wave, s)[None], torch.device("cpu")))[0][0].numpy() for s in starts]
+        windows = [model(window_mels([(wave, s)], CPU))[0][0].numpy() for s in starts]
     assert scores.shape == ((len(starts) - 1) * HOP_OUTPUT_FRAMES + N_OUTPUT_FRAMES, len(CLASSES))
     np.testing.assert_allclose(scores, stitch(np.stack(windows)), atol=1e-6)
     np.testing.assert_allclose(scores[:HOP_OUTPUT_FRAMES], windows[0][:HOP_OUTPUT_FRAMES], atol=1e-6)
     assert mel.shape == (len(wave) // PARAMS.hop + 1, PARAMS.n_mels)  # the plot's: the recording's frames
-    first = clip_mels(window_clip(wave, 0)[None], torch.device("cpu"))[0].float().numpy()
+    first = window_mels([(wave, 0)], CPU)[0].float().numpy()
     np.testing.assert_array_equal(mel[:HOP_FRAMES], first[:HOP_FRAMES])
 
 
@@ -213,16 +229,22 @@ def test_unreadable_files_are_reported_and_the_others_scored(run, tmp_path):
     write_tone(audio / "a.wav", 4.0, 16000, 1, seed=3)
     write_tone(audio / "c.ogg", 12.0, 22050, 1, seed=4)
     (audio / "b.wav").write_bytes(b"RIFF\x00\x01\x00\x00WAVEfmt " + bytes(range(200)))  # a corrupt header
+    sf.write(audio / "d.wav", np.zeros((0, 2)), 44100)  # a valid file without a sample
+    nan = np.zeros(16000)
+    nan[8000] = np.nan
+    sf.write(audio / "e.wav", nan, 16000, subtype="FLOAT")
     (audio / "notes.txt").write_text("not audio, not searched")
     errors = []
     report = detect(run, [audio, tmp_path / "missing.wav", audio / "a.wav"], tmp_path / "detections.tsv",
                     progress=False, on_error=lambda path, reason: errors.append((path, reason)))
     assert report.n_recordings == 2 and report.failures == errors
     failed = [path for path, _ in errors]
-    assert failed == [tmp_path / "missing.wav", audio / "a.wav", audio / "b.wav"]
+    assert failed == [tmp_path / "missing.wav", audio / "a.wav", audio / "b.wav", audio / "d.wav", audio / "e.wav"]
     assert all(reason and "\n" not in reason for _, reason in errors)
-    assert "same name a.wav" in errors[1][1]
-    assert "3 failed" in report.summary() and "\n" not in report.summary()
+    reasons = [reason for _, reason in errors]
+    assert "no such file" in reasons[0] and "same name a.wav" in reasons[1] and "too short" in reasons[3]
+    assert "non-finite audio samples (the first at 0.500 s)" in reasons[4]
+    assert "5 failed" in report.summary() and "\n" not in report.summary()
     detections = pd.read_csv(tmp_path / "detections.tsv", sep="\t")
     assert list(detections.columns) == EVENT_COLUMNS and set(detections.filename) <= {"a.wav", "c.ogg"}
 
