@@ -39,9 +39,18 @@ from sedaug.recipe import ModelConfig  # noqa: E402
 TINY_CRNN = {"cnn_filters": [4, 8], "cnn_pooling": [[4, 4], [1, 32]], "rnn_hidden": 8}
 
 
+TINY_MODEL = ModelConfig(**TINY_CRNN, rnn_layers=1)
+
+
+def mels(batch: int, seed: int = 0) -> torch.Tensor:
+    """A batch of positive, skewed linear mels (B, 628, 128), like real ones after |STFT| and the mel bank."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> ModelConfig:
-    return ModelConfig(**TINY_CRNN, rnn_layers=1)
+    return TINY_MODEL
 
 
 @pytest.fixture(scope="session")
@@ -51,11 +60,7 @@ def tiny_model_overrides() -> list[str]:
 
 @pytest.fixture(scope="session")
 def random_mels():
-    def make(batch: int, seed: int = 0) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
-
-    return make
+    return mels
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL as TINY
+from conftest import mels
 from torch import nn
 
 from sedaug.augment import (
@@ -20,13 +22,6 @@ from sedaug.recipe import (
     NoiseAugmentation,
     VATAugmentation,
 )
-
-TINY = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(4, 4), (1, 32)], rnn_hidden=8, rnn_layers=1)
-
-
-def mels(batch: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
 
 
 class Linear(nn.Module):

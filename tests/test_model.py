@@ -2,16 +2,12 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
+from conftest import TINY_MODEL as TINY
+from conftest import mels
 
-from sedaug.model import CRNN, POINTS, amplitude_to_db, count_parameters
+from sedaug.data.mel import amplitude_to_db
+from sedaug.model import CRNN, POINTS, count_parameters
 from sedaug.recipe import ModelConfig
-
-TINY = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(4, 4), (1, 32)], rnn_hidden=8, rnn_layers=1)
-
-
-def mels(batch: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
 
 
 def spread_heads(model: CRNN) -> CRNN:

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_MODEL as TINY
+from conftest import mels
 
 from sedaug.augment import consistency_views, divergence_gradient, mse
 from sedaug.model import CRNN, amplitude_to_db
@@ -39,15 +41,10 @@ from sedaug.transforms import (
     time_shift_views,
 )
 
-TINY = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(4, 4), (1, 32)], rnn_hidden=8, rnn_layers=1)
 # Four blocks, so that cnn2 has 16 frequency rows (of 8 mel bins) and time at the output rate.
 FOUR = ModelConfig(cnn_filters=[4, 4, 4, 4], cnn_pooling=[(4, 4), (1, 2), (1, 2), (1, 2)], rnn_hidden=8, rnn_layers=1)
 DCASE20 = ModelConfig().cnn_pooling
 
-
-def mels(batch: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
 
 
 def bn_state(model):
