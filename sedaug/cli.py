@@ -175,6 +175,34 @@ def evaluate(
 
 @app.command()
 @user_errors
+def detect(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run directory (runs/<name>/seed<k>).")],
+    paths: Annotated[list[Path], typer.Argument(help="Audio files, or folders searched recursively (any rate, channels, length).")],
+    out: Annotated[Path, typer.Option(help="Detected events (DCASE TSV: filename, onset, offset, event_label).")] = Path("detections.tsv"),
+    scores: Annotated[Path | None, typer.Option(help="Also write each recording's frame scores here (sed_scores_eval TSV).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw one PNG per recording here (log-mel and its events).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Decision threshold (default: the run's eval.threshold).")] = None,
+    checkpoint: Annotated[Checkpoint, typer.Option(help="Checkpoint to use.")] = Checkpoint.best,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+) -> None:
+    """Detect sound events in any recordings with a trained run (long ones in overlapping 10 s windows)."""
+    from sedaug.detect import detect as run_detection
+    from sedaug.device import parse_device
+
+    def report_error(path: Path, reason: str) -> None:
+        print(f"error: {path}: {reason}", file=sys.stderr)
+
+    report = run_detection(
+        run_dir, paths, out, scores_dir=scores, plot_dir=plot, threshold=threshold,
+        checkpoint=checkpoint.value, device=parse_device(device), on_error=report_error,
+    )
+    console.print(report.summary())
+    if report.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
 def table(
     runs_dir: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs"),
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
