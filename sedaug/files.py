@@ -1,13 +1,16 @@
 """The files every part of sedaug reads and writes: atomic writes, TSV, JSON and JSON lines.
 
 A write goes to a temporary sibling that replaces the target only once it is complete, so a reader (or a crash)
-sees the old file or the new one, never half of one.
+sees the old file or the new one, never half of one. A write that fails (a full disk, a read-only folder) removes
+its temporary file and raises a one-line `UserError` naming the target; the old file stays as it was.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,18 +18,96 @@ from typing import Any
 
 import pandas as pd
 
+from sedaug.errors import UserError
+
+# The temporary siblings below are named `.<name>.tmp<pid>...` and `.<name>.old<pid>`.
+_TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)(\d+)(?:\.[^.]*)?$")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OSError raised by the block (the disk is full, the folder read-only) into a one-line UserError
+    naming `path`."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write; it replaces `path` only if the block succeeds. The name keeps
-    the suffix (numpy appends `.npy` otherwise)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    the suffix (numpy appends `.npy` otherwise). An OSError in the block is a one-line UserError naming `path`."""
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder to fill; it replaces the folder `path` whole only if the block
+    succeeds (else it is removed and `path` stays as it was). The folder is made with `mkdir`, so that it gets the
+    user's normal permissions (umask), not the 0700 of a `tempfile.mkdtemp` folder, which a rename would keep.
+    """
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    try:
+        with writing(path), named_as(tmp, path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            yield tmp
+            if path.exists():
+                path.rename(old)
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def named_as(staging: Path, path: Path) -> Iterator[None]:
+    """A UserError raised by the block names the files of the folder `path` that `staging`, its temporary twin,
+    stands for (the twin is gone by the time the user reads it)."""
+    try:
+        yield
+    except UserError as err:
+        message = str(err).replace(str(staging), str(path))
+        if message == str(err):
+            raise
+        raise UserError(message) from err
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Remove the temporary siblings (`.<name>.tmp<pid>...`, `.<name>.old<pid>`) that a process killed before its
+    clean-up left in `directory`; those of running processes are kept."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or _is_running(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to someone else
+        return True
+    return True
 
 
 def write_text(path: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -10,22 +11,24 @@ import librosa
 import numpy as np
 import pandas as pd
 import pytest
+import resampy
 import soundfile as sf
 import torch
 import torchaudio
 
+from sedaug.data.batches import ThreeStreams
 from sedaug.data.desed import CLASSES, SPLITS, load_events, load_manifest, prepare_desed
 from sedaug.data.extract import extract_mels, load_clip, split_synthetic
-from sedaug.data.grid import PARAMS, FeatureParams
+from sedaug.data.grid import PARAMS, FeatureParams, real_frames
 from sedaug.data.labels import frame_labels, weak_labels_from
-from sedaug.data.mel import log_mel, mel_spectrogram
+from sedaug.data.mel import PAD, clip_mels, log_mel, mel_spectrogram, resample
 from sedaug.data.store import FEATURE_SPLITS, FeatureStore
 from sedaug.data.synthetic import SIZES
 from sedaug.errors import UserError
 
 
 def librosa_mel(y: np.ndarray) -> np.ndarray:
-    """The dcase20 baseline's features, time-major (frames, mels)."""
+    """The dcase20 baseline's mel of a clip's own samples, time-major (frames, mels): 1 + len // 255 frames."""
     stft = librosa.stft(
         y, n_fft=2048, hop_length=255, window=np.hamming(2048), center=True, pad_mode="reflect"
     )
@@ -35,6 +38,29 @@ def librosa_mel(y: np.ndarray) -> np.ndarray:
     return mel.T
 
 
+def dcase20_mel(y: np.ndarray) -> np.ndarray:
+    """The linear mel dcase20's log-mel corresponds to: the clip's own frames, cut or padded to 628 with frames of
+    1.0 (dcase20 pads the log-mel with 0 dB: PadOrTrunc after ApplyLog)."""
+    mel = librosa_mel(y)[:628]
+    return np.concatenate([mel, np.full((628 - len(mel), 128), 1.0, mel.dtype)])
+
+
+def dcase20_log_mel(y: np.ndarray) -> np.ndarray:
+    """dcase20's log-mel of a clip: librosa.amplitude_to_db (ref 1, amin 1e-5, top_db 80) of its own frames, then
+    PadOrTrunc to 628 frames with zeros (utilities/Transforms.py: ApplyLog, then PadOrTrunc)."""
+    db = librosa.amplitude_to_db(librosa_mel(y))[:628]
+    return np.concatenate([db, np.zeros((628 - len(db), 128), db.dtype)])
+
+
+def resampy_kaiser_best(y: np.ndarray, rate: int) -> np.ndarray:
+    """librosa 0.7's resampling to 16 kHz with resampy 0.2's `kaiser_best` (what dcase20 ran in 2020), rebuilt with
+    today's resampy: its kaiser_best is another filter since 0.3, its `sinc_window` builds the old one."""
+    return resampy.resample(
+        y, rate, 16000, filter="sinc_window", num_zeros=64, precision=9, rolloff=0.9475937167399596,
+        window=functools.partial(np.kaiser, beta=14.769656459379492),
+    )
+
+
 def assert_close(ours: np.ndarray, reference: np.ndarray, rtol: float) -> None:
     # Relative tolerance per bin, plus a floor far below the clip's level for bins that are (almost) zero.
     np.testing.assert_allclose(ours, reference, rtol=rtol, atol=rtol * 1e-3 * np.abs(reference).max())
@@ -42,37 +68,75 @@ def assert_close(ours: np.ndarray, reference: np.ndarray, rtol: float) -> None:
 
 @pytest.fixture
 def parity_waves(tiny_desed, real_layout) -> dict[str, np.ndarray]:
-    """16 kHz waves as extraction sees them: a 10 s clip, a short padded clip, a 44.1 kHz stereo clip."""
+    """16 kHz waves as extraction sees them: a 10 s clip, a short clip, a 44.1 kHz stereo clip, a 10.5 s clip."""
     manifest = load_manifest(tiny_desed)["validation"]
     full = manifest[manifest["duration"] == 10.0]["path"].iloc[0]
     short = manifest[manifest["duration"] < 10.0]["path"].iloc[0]
     stereo = real_layout.root / SPLITS["eval"].audio_dir / "Yevalevaleva_0.000_10.000.wav"
-    return {name: load_clip(path)[0] for name, path in (("full", full), ("short", short), ("stereo", stereo))}
+    waves = {name: load_clip(path)[0] for name, path in (("full", full), ("short", short), ("stereo", stereo))}
+    waves["long"] = np.concatenate([waves["full"], waves["full"][:8000]])  # cut by load_clip after 160909 samples
+    return waves
 
 
 def test_linear_mel_matches_librosa(parity_waves):
     for name, wave in parity_waves.items():
-        ours = mel_spectrogram(torch.from_numpy(wave)).numpy()
+        ours = clip_mels([wave])[0].numpy()
         assert ours.shape == (PARAMS.n_frames, 128), name
-        assert_close(ours, librosa_mel(wave), rtol=1e-4)
+        # A longer clip keeps the first 628 frames of its whole STFT (dcase20's PadOrTrunc).
+        assert_close(ours, dcase20_mel(wave), rtol=1e-4)
 
 
 def test_batched_mel_equals_single(parity_waves):
-    waves = np.stack(list(parity_waves.values()))
-    batch = mel_spectrogram(torch.from_numpy(waves)).numpy()
-    for i, wave in enumerate(parity_waves.values()):
-        assert_close(batch[i], mel_spectrogram(torch.from_numpy(wave)).numpy(), rtol=1e-5)
+    waves = list(parity_waves.values())
+    batch = clip_mels(waves).numpy()
+    for i, wave in enumerate(waves):
+        assert_close(batch[i], clip_mels([wave]).numpy()[0], rtol=1e-5)
+    # Clips of one length share one batched STFT: the same as one at a time.
+    full = mel_spectrogram(torch.from_numpy(np.stack([parity_waves["full"], parity_waves["stereo"]]))).numpy()
+    assert_close(batch[[0, 2]], full, rtol=1e-5)
 
 
-def test_load_clip_downmixes_resamples_and_pads(real_layout):
+def test_short_clip_is_padded_as_dcase20(parity_waves):
+    """dcase20 computes a short clip's STFT over its own samples and pads the log-mel with 0 dB; zero-padding the
+    audio instead put the pad at the clip's max - 80 dB and changed the last real frames."""
+    wave = parity_waves["short"]
+    frames = int(real_frames(len(wave) / 16000))
+    assert frames == 1 + len(wave) // 255 < 628
+    mel = clip_mels([wave])
+    assert (mel[0, frames:] == PAD).all() and PAD == 1.0
+    ours = log_mel(mel.half())[0].numpy()  # the model's log of what the store holds
+    reference = dcase20_log_mel(wave)
+    assert (ours[frames:] == 0).all() and (reference[frames:] == 0).all()  # 0 dB, as dcase20's pad
+    np.testing.assert_allclose(ours, reference, atol=0.02)  # float16 storage: 0.02 dB
+
+
+def test_load_clip_downmixes_and_resamples_without_padding(real_layout):
     path = real_layout.root / SPLITS["validation"].audio_dir / real_layout.short_clip
     stereo, rate = sf.read(path, dtype="float32")
     assert stereo.ndim == 2 and rate == 44100
-    expected = torchaudio.functional.resample(torch.from_numpy(stereo.mean(axis=1)), 44100, 16000).numpy()
+    expected = resample(torch.from_numpy(stereo.mean(axis=1)), 44100).numpy()
     wave, duration = load_clip(path)
-    assert wave.shape == (160000,) and duration == pytest.approx(4.0)
-    np.testing.assert_array_equal(wave[: expected.size], expected)
-    assert not wave[expected.size :].any()
+    assert wave.shape == (64000,) and duration == pytest.approx(4.0)
+    np.testing.assert_array_equal(wave, expected)
+
+
+def mel_db(wave: np.ndarray) -> np.ndarray:
+    return 20 * np.log10(np.maximum(clip_mels([wave])[0].numpy(), 1e-5))
+
+
+def test_resampling_reproduces_kaiser_best_in_every_mel_band(real_layout):
+    """A 44.1 kHz stereo clip: every mel band of every frame within 0.5 dB of the librosa + resampy (kaiser_best)
+    path of dcase20. torchaudio's default resampler is 20 dB off in the top band (measured: 0.9-2.0 dB in bands
+    120-125, 6.3 dB in 126, 20.4 dB in 127); its Kaiser window with kaiser_best's nominal numbers (64, 0.9476,
+    14.77) still 2.1 dB."""
+    path = real_layout.root / SPLITS["eval"].audio_dir / "Yevalevaleva_0.000_10.000.wav"
+    stereo, rate = sf.read(path, dtype="float32", always_2d=True)
+    mono = stereo.mean(axis=1)
+    reference = mel_db(resampy_kaiser_best(mono, rate))
+    difference = np.abs(mel_db(load_clip(path)[0]) - reference).max(axis=0)  # per band, worst frame
+    assert difference.shape == (128,) and difference.max() < 0.5, np.round(difference[-8:], 2)
+    default = torchaudio.functional.resample(torch.from_numpy(mono), rate, 16000).numpy()
+    assert np.abs(mel_db(default) - reference).max(axis=0)[-1] > 5  # the test can tell them apart
 
 
 def test_log_and_normalization_match_librosa(parity_waves, tiny_features):
@@ -150,8 +214,10 @@ def test_stored_features_match_librosa_at_float16(tiny_desed, tiny_features):
             strict=True,
         )
     )
-    for i in (0, len(split) - 1):
-        reference = librosa_mel(load_clip(paths[split.filenames[i]])[0])
+    short = int(np.argmin(split.durations))
+    assert split.durations[short] < 10
+    for i in (0, short, len(split) - 1):
+        reference = dcase20_mel(load_clip(paths[split.filenames[i]])[0])
         assert_close(split.mels[i].astype(np.float32), reference, rtol=1e-3)
 
 
@@ -191,7 +257,9 @@ def test_real_layout_end_to_end(real_layout, tmp_path):
     assert durations[real_layout.short_clip] == pytest.approx(4.0)
     assert durations[real_layout.empty_clip] == pytest.approx(10.0)
     short = validation.mels[validation.filenames.index(real_layout.short_clip)].astype(np.float32)
-    assert short[:240].max() > 0 and short[260:].max() == 0  # padded with silence after 4 s (frame 251)
+    frames = validation.frames[validation.filenames.index(real_layout.short_clip)]
+    assert frames == 251 and (short[frames:] == 1.0).all()  # 4 s = 251 frames of its own, then 0 dB
+    assert (short[:frames] != 1.0).any(axis=1).all()
     speech = validation.events[validation.events["event_label"] == "Speech"]
     assert len(speech) == 2  # same-class overlaps are kept; the evaluator merges them
     assert real_layout.empty_clip not in set(validation.events["filename"])
@@ -224,6 +292,57 @@ def test_corrupt_clip_at_extraction_names_the_file(real_layout, tmp_path):
     with pytest.raises(UserError, match=re.escape(str(corrupt))):
         extract_mels(tmp_path, tmp_path / "features", workers=1, progress=False)
     assert not (tmp_path / "features" / "features.json").exists()
+
+
+def test_store_records_padding_and_resampler_and_refuses_older_stores(tiny_features, tmp_path):
+    record = json.loads((tiny_features / "features.json").read_text())
+    assert record["format"] == 2
+    assert record["params"]["padding"] == "0dB" and record["params"]["resampler"] == "kaiser_best"
+    # A store written before both were recorded (format 1, zero-padded audio, torchaudio's default resampler).
+    for key in ("padding", "resampler"):
+        del record["params"][key]
+    record["format"] = 1
+    (tmp_path / "features.json").write_text(json.dumps(record))
+    with pytest.raises(UserError) as error:
+        FeatureStore(tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and "re-run `sedaug extract-mels`" in message
+    assert "format 1 != 2" in message and "padding None != '0dB'" in message
+
+
+def test_real_frames_by_hand():
+    # 10 s: 160000 // 255 = 627 -> 628 frames; 4 s: 64000 // 255 = 250 -> 251; 0.5 s: 8000 // 255 = 31 -> 32.
+    assert real_frames(np.array([10.0, 4.0, 0.5, 12.0])).tolist() == [628, 251, 32, 628]
+
+
+def test_batches_carry_each_clips_real_frames(tiny_features, tmp_path):
+    """Batch.frames: the real input frames of each row, for statistics over a clip's real frames only."""
+    store_dir = shutil.copytree(tiny_features, tmp_path / "features")
+    clips = pd.read_csv(store_dir / "unlabeled" / "clips.tsv", sep="\t")
+    clips["duration"] = np.where(np.arange(len(clips)) % 2 == 0, 4.0, 10.0)  # every other unlabeled clip 4 s
+    clips.to_csv(store_dir / "unlabeled" / "clips.tsv", sep="\t", index=False)
+    streams = ThreeStreams(FeatureStore(store_dir), batch_size=8, seed=0, device=torch.device("cpu"))
+    batches = list(streams.epoch(0))
+    assert batches
+    for batch in batches:
+        assert batch.frames.dtype == torch.int64 and batch.frames.shape == (8,)
+        assert set(batch.frames[: batch.n_unlabeled].tolist()) <= {251, 628}
+        assert (batch.frames[batch.n_unlabeled :] == 628).all()  # tiny's weak and synthetic clips are 10 s
+    unlabeled = torch.cat([b.frames[: b.n_unlabeled] for b in batches])
+    assert {251, 628} <= set(unlabeled.tolist())
+
+
+def test_truncated_mels_are_extracted_again(real_layout, tmp_path):
+    prepare_desed(real_layout.root, tmp_path / "desed", progress=False)
+    features = tmp_path / "features"
+    extract_mels(tmp_path / "desed", features, workers=1, progress=False)
+    mels = features / "validation" / "mels.npy"
+    data = mels.read_bytes()
+    mels.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=re.escape(f"{mels}: truncated or damaged")):
+        FeatureStore(features).split("validation")
+    assert not extract_mels(tmp_path / "desed", features, workers=1, progress=False).skipped
+    assert mels.read_bytes() == data
 
 
 def test_incompatible_store(tiny_features, tmp_path):

@@ -25,6 +25,9 @@ class Batch:
     strong_labels: torch.Tensor  # (B/4, T', C) for the synthetic slice
     n_unlabeled: int
     n_weak: int
+    # (B,) int64 on the batch's device: each clip's input frames of real audio. Rows t >= frames[i] of mels[i] are
+    # padding (linear 1.0, 0 dB): statistics of a clip (the 30 dB noise's per-bin power) belong to frames < frames[i].
+    frames: torch.Tensor | None = None
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -41,6 +44,7 @@ class ThreeStreams:
         # On a GPU the whole store is copied to device memory when asked (it fits for DESED); else gathered from mmap.
         place = (lambda t: t.to(device)) if resident else (lambda t: t)
         self.sources = [place(_as_tensor(s.mels)) for s in (unlabeled, weak, synthetic)]
+        self.frames = [torch.as_tensor(s.frames, device=device) for s in (unlabeled, weak, synthetic)]
         self.weak_labels = torch.as_tensor(weak.weak_labels, dtype=torch.float32, device=device)
         self.strong_labels = torch.as_tensor(
             frame_labels(synthetic.events, synthetic.filenames), dtype=torch.float32, device=device
@@ -70,4 +74,5 @@ class ThreeStreams:
                 strong_labels=self.strong_labels[picks[2].to(self.device)],
                 n_unlabeled=self.sizes[0],
                 n_weak=self.sizes[1],
+                frames=torch.cat([f[idx.to(self.device)] for f, idx in zip(self.frames, picks, strict=True)]),
             )

@@ -1,8 +1,16 @@
 """The DESED (DCASE 2020 task 4) layout, its import into a manifest, and the missing-file report.
 
-`prepare_desed` reads the metadata TSVs of a DESED root, checks every listed clip on disk (header only: nothing is
-copied or resampled) and writes one manifest table per source split into `<out>/manifest/`. It records a
-fingerprint of its inputs so that a second run over unchanged inputs does nothing.
+`prepare_desed` reads the metadata TSVs of a DESED root, checks every listed clip on disk (its header; the samples
+too when they are floats, which can hold NaN: nothing is copied or resampled) and writes one manifest table per
+source split into `<out>/manifest/`. It records a fingerprint of its inputs so that a second run over unchanged
+inputs does nothing.
+
+Bad data is refused before anything is written, with one line naming the file (and line, for a TSV): a TSV that is
+empty, binary or has more fields than its header; an onset or offset that is not a finite number, a negative
+onset, an offset before its onset; an event that ends well past its clip's audio (a truncated file); audio that
+cannot be decoded, holds NaN or infinite samples, or is too short to analyse. One DESED quirk is accepted: an
+event ending at most `LABEL_TOLERANCE` seconds past its clip's audio (a 9.98 s clip labelled to 10 s) is clipped
+to the clip, or dropped if it starts there, and counted in `label_warnings.tsv`.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import soundfile as sf
 
 from sedaug import __version__
 from sedaug.errors import UserError
-from sedaug.files import read_tsv, write_json, write_tsv
+from sedaug.files import atomic_dir, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
 CLASSES: tuple[str, ...] = (
@@ -78,9 +86,16 @@ TSV_COLUMNS: dict[LabelKind, tuple[str, ...]] = {
 }
 MANIFEST_DIR = "manifest"
 MISSING_FILES = "missing_files.tsv"
+LABEL_WARNINGS = "label_warnings.tsv"
 PREPARE_JSON = "prepare.json"
 # Bump when the manifest's content or format changes, so that old manifests are rebuilt.
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+# DESED quirk: some events end slightly after their clip's audio (a 10 s label on a 9.98 s file). Up to this many
+# seconds past the end, the event is clipped to the clip (with a warning); further, the file is taken as truncated.
+LABEL_TOLERANCE = 0.5
+# The shortest clip the mel front end can analyse: more samples than half its 2048-point STFT, at 16 kHz.
+MIN_SECONDS = 1025 / 16000
+WARNING_COLUMNS = ["metadata", "line", "filename", "event_label", "onset", "offset", "duration", "action"]
 
 
 @dataclass
@@ -96,12 +111,20 @@ class PrepareReport:
     missing_files: Path
     skipped: bool
     seconds: float = 0.0
+    n_label_warnings: int = 0
+    label_warnings: Path | None = None
 
     def summary(self) -> str:
         clips = ", ".join(f"{name} {n:,}" for name, n in self.counts.items())
         state = "already up to date" if self.skipped else "written"
         missing = f"{self.n_missing:,} listed files missing (see {self.missing_files})"
-        return f"DESED manifest {state} in {self.manifest_dir}: {clips}; {missing}"
+        warnings = ""
+        if self.n_label_warnings:
+            warnings = (
+                f"; {self.n_label_warnings:,} events ending past their clip's audio clipped or dropped "
+                f"(see {self.label_warnings})"
+            )
+        return f"DESED manifest {state} in {self.manifest_dir}: {clips}; {missing}{warnings}"
 
 
 @dataclass
@@ -115,8 +138,9 @@ class _Clip:
 
 @dataclass
 class _SplitTables:
-    """A source split's metadata as read from its TSV."""
+    """A source split's metadata as read from its TSV (events carry their TSV line in a `line` column)."""
 
+    path: Path
     filenames: list[str]
     weak_labels: dict[str, str] = field(default_factory=dict)
     events: pd.DataFrame | None = None
@@ -127,7 +151,10 @@ class _SplitTables:
 
 
 def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport:
-    """Check the DESED layout under `root` and write the manifest into `out/manifest/` (idempotent)."""
+    """Check the DESED layout under `root` and write the manifest into `out/manifest/` (idempotent).
+
+    Everything is read and checked before anything is written; the manifest folder is then replaced whole, so a
+    refused input or a full disk leaves the previous manifest as it was."""
     start = time.perf_counter()
     root, out = Path(root).resolve(), Path(out).resolve()
     check_layout(root)
@@ -148,10 +175,10 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
             missing_files=out / MISSING_FILES,
             skipped=True,
             seconds=time.perf_counter() - start,
+            n_label_warnings=previous.get("n_label_warnings", 0),
+            label_warnings=out / LABEL_WARNINGS,
         )
 
-    # A crash below must not leave an old prepare.json vouching for a half-rewritten manifest.
-    (manifest_dir / PREPARE_JSON).unlink(missing_ok=True)
     missing: list[tuple[str, str]] = []
     present: dict[str, list[str]] = {}
     for name, table in tables.items():
@@ -159,30 +186,40 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
         missing += [(name, f) for f in table.filenames if f not in on_disk[name]]
     clips = _read_headers(root, present, progress)
 
-    counts, n_events = {}, {}
+    manifests, events, warnings = {}, {}, []
     for name, split in SPLITS.items():
-        manifest = _manifest_table(clips[name], tables[name], split.kind)
-        write_tsv(manifest_dir / f"{name}.tsv", manifest)
-        counts[name] = len(manifest)
+        manifests[name] = _manifest_table(clips[name], tables[name], split.kind)
         if split.kind == "strong":
-            events = tables[name].events
-            assert events is not None
-            events = events[events["filename"].isin(manifest["filename"])]
-            write_tsv(manifest_dir / f"{name}_events.tsv", events)
-            n_events[name] = len(events)
-    write_tsv(out / MISSING_FILES, pd.DataFrame(missing, columns=["split", "filename"]))
-    write_json(
-        manifest_dir / PREPARE_JSON,
-        {
-            "format": MANIFEST_FORMAT,
-            "sedaug_version": __version__,
-            "root": str(root),
-            "fingerprint": fingerprint,
-            "counts": counts,
-            "n_events": n_events,
-            "n_missing": len(missing),
-        },
-    )
+            durations = {c.filename: (c.duration, c.path) for c in clips[name]}
+            events[name], problems = _fit_events(root, tables[name], durations)
+            warnings += problems
+
+    counts = {name: len(table) for name, table in manifests.items()}
+    n_events = {name: len(table) for name, table in events.items()}
+    # Written aside, then swapped in: the reports first, the manifest (whose prepare.json vouches for it) last.
+    with atomic_dir(manifest_dir) as staging:
+        for name, table in manifests.items():
+            write_tsv(staging / f"{name}.tsv", table)
+        for name, table in events.items():
+            write_tsv(staging / f"{name}_events.tsv", table)
+        write_tsv(staging / MISSING_FILES, pd.DataFrame(missing, columns=["split", "filename"]))
+        write_tsv(staging / LABEL_WARNINGS, pd.DataFrame(warnings, columns=WARNING_COLUMNS))
+        write_json(
+            staging / PREPARE_JSON,
+            {
+                "format": MANIFEST_FORMAT,
+                "sedaug_version": __version__,
+                "root": str(root),
+                "fingerprint": fingerprint,
+                "counts": counts,
+                "n_events": n_events,
+                "n_missing": len(missing),
+                "n_label_warnings": len(warnings),
+            },
+        )
+        for report in (MISSING_FILES, LABEL_WARNINGS):
+            with writing(out / report):
+                os.replace(staging / report, out / report)
     return PrepareReport(
         root=root,
         out=out,
@@ -193,6 +230,8 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
         missing_files=out / MISSING_FILES,
         skipped=False,
         seconds=time.perf_counter() - start,
+        n_label_warnings=len(warnings),
+        label_warnings=out / LABEL_WARNINGS,
     )
 
 
@@ -211,46 +250,125 @@ def check_layout(root: Path) -> None:
 
 
 def _read_metadata(path: Path, kind: LabelKind) -> _SplitTables:
-    table = read_tsv(path)
-    absent = [c for c in TSV_COLUMNS[kind] if c not in table.columns]
-    if absent:
-        raise UserError(f"{path}: missing column(s) {', '.join(absent)} (found {', '.join(table.columns)})")
+    table = read_metadata_tsv(path, TSV_COLUMNS[kind])
     filenames = list(dict.fromkeys(table["filename"]))
     if kind == "weak":
-        for line, labels in zip(_line_numbers(table), table["event_labels"], strict=True):
+        for line, labels in zip(table["line"], table["event_labels"], strict=True):
             _check_labels(path, line, labels.split(",") if labels else [])
         return _SplitTables(
-            filenames, weak_labels=dict(zip(table["filename"], table["event_labels"], strict=True))
+            path, filenames, weak_labels=dict(zip(table["filename"], table["event_labels"], strict=True))
         )
     if kind == "strong":
-        return _SplitTables(filenames, events=_parse_events(path, table))
-    return _SplitTables(filenames)
+        return _SplitTables(path, filenames, events=_parse_events(path, table))
+    return _SplitTables(path, filenames)
+
+
+def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A metadata TSV as strings, with each row's 1-based line number in a `line` column.
+
+    Strict where pandas would guess or fail with a traceback: an empty or binary file, and a row with more non-empty
+    fields than the header, are one-line errors naming the file (and line). Blank lines are skipped; a row with
+    fewer fields than the header is completed with empty cells (DESED writes clips without events that way)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from err
+    if not data.strip():
+        raise UserError(f"{path}: empty file (expected a header line: {chr(9).join(columns)})")
+    if b"\0" in data:
+        raise UserError(f"{path}: not a text TSV (byte {data.index(0)} is a NUL byte: a binary file?)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a text TSV (byte {err.start} is not UTF-8 text)") from None
+    lines = text.split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    absent = [c for c in columns if c not in header]
+    if absent:
+        raise UserError(f"{path}: missing column(s) {', '.join(absent)} (found {', '.join(header)})")
+    repeated = sorted({c for c in header if header.count(c) > 1 and c})
+    if repeated:
+        raise UserError(f"{path}:1: column(s) {', '.join(repeated)} appear more than once in the header")
+    rows, numbers = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) > len(header):
+            if any(f.strip() for f in fields[len(header) :]):
+                raise UserError(
+                    f"{path}:{number}: {len(fields)} tab-separated fields where the header has {len(header)} "
+                    f"({', '.join(header)})"
+                )
+            fields = fields[: len(header)]
+        rows.append(fields + [""] * (len(header) - len(fields)))
+        numbers.append(number)
+    table = pd.DataFrame(rows, columns=header, dtype=object) if rows else pd.DataFrame(columns=header, dtype=object)
+    table = table[list(columns)].copy()
+    table["line"] = np.asarray(numbers, dtype=int)
+    return table
 
 
 def _parse_events(path: Path, table: pd.DataFrame) -> pd.DataFrame:
-    """Events of a strong TSV; the rows with empty onset, offset and label (clips with no event) are dropped."""
+    """Events of a strong TSV, with their line; the rows with empty onset, offset and label (clips with no event)
+    are dropped. Onsets and offsets must be finite numbers, onsets not negative, offsets not before onsets."""
     cells = table[["onset", "offset", "event_label"]]
     empty = (cells == "").all(axis=1)
-    events = table.loc[~empty, EVENT_COLUMNS].copy()
-    lines = _line_numbers(table)[~empty.to_numpy()]
+    events = table.loc[~empty, [*EVENT_COLUMNS, "line"]].copy()
     for column in ("onset", "offset"):
-        values = pd.to_numeric(events[column], errors="coerce")
-        bad = values.isna().to_numpy()
+        values = pd.to_numeric(events[column], errors="coerce").astype(float)
+        bad = ~np.isfinite(values.to_numpy())
         if bad.any():
+            first = int(bad.argmax())
             raise UserError(
-                f"{path}:{lines[bad][0]}: {column} {events[column].iloc[bad.argmax()]!r} is not a number"
+                f"{path}:{events['line'].iloc[first]}: {column} {events[column].iloc[first]!r} is not a finite number"
             )
-        events[column] = values.astype(float)
+        events[column] = values
+    negative = (events["onset"] < 0).to_numpy()
+    if negative.any():
+        first = int(negative.argmax())
+        raise UserError(f"{path}:{events['line'].iloc[first]}: negative onset {events['onset'].iloc[first]:g}")
     backwards = (events["offset"] < events["onset"]).to_numpy()
     if backwards.any():
-        raise UserError(f"{path}:{lines[backwards][0]}: offset before onset")
-    for line, label in zip(lines, events["event_label"], strict=True):
+        first = int(backwards.argmax())
+        row = events.iloc[first]
+        raise UserError(f"{path}:{row['line']}: offset {row['offset']:g} before onset {row['onset']:g}")
+    for line, label in zip(events["line"], events["event_label"], strict=True):
         _check_labels(path, line, [label])
     return events.reset_index(drop=True)
 
 
-def _line_numbers(table: pd.DataFrame) -> np.ndarray:
-    return table.index.to_numpy() + 2  # 1-based, after the header line
+def _fit_events(
+    root: Path, table: _SplitTables, clips: dict[str, tuple[float, Path]]
+) -> tuple[pd.DataFrame, list[tuple]]:
+    """The events of the clips present on disk, fitted to their clip's audio: an event ending at most
+    LABEL_TOLERANCE seconds past the end is clipped to it (dropped if it starts there), with a warning row;
+    further is a UserError naming the TSV line and the audio file."""
+    assert table.events is not None
+    events = table.events[table.events["filename"].isin(clips.keys())].reset_index(drop=True).copy()
+    duration = events["filename"].map(lambda f: clips[f][0]).to_numpy(float)
+    late = (events["offset"].to_numpy() > duration + LABEL_TOLERANCE)
+    if late.any():
+        row, seconds = events.iloc[int(late.argmax())], duration[int(late.argmax())]
+        raise UserError(
+            f"{table.path}:{row['line']}: {row['event_label']} ends at {row['offset']:g} s but "
+            f"{clips[row['filename']][1]} holds {seconds:.3f} s of audio (a truncated file? replace or delete it)"
+        )
+    past = events["offset"].to_numpy() > duration
+    metadata = str(table.path.relative_to(root)) if table.path.is_relative_to(root) else str(table.path)
+    warnings = []
+    for i in np.flatnonzero(past):
+        row = events.iloc[i]
+        starts_after = row["onset"] >= duration[i]
+        action = "dropped: starts at or after the clip's end" if starts_after else f"offset clipped to {duration[i]:g}"
+        warnings.append(
+            (metadata, int(row["line"]), row["filename"], row["event_label"], row["onset"], row["offset"],
+             duration[i], action)
+        )
+    keep = ~(past & (events["onset"].to_numpy() >= duration))
+    events["offset"] = np.minimum(events["offset"].to_numpy(), duration)
+    return events.loc[keep, EVENT_COLUMNS].reset_index(drop=True), warnings
 
 
 def _check_labels(path: Path, line: int, labels: list[str]) -> None:
@@ -269,7 +387,7 @@ def _scan_audio_dir(directory: Path) -> dict[str, tuple[int, int]]:
 def _fingerprint(
     root: Path, tables: dict[str, _SplitTables], on_disk: dict[str, dict[str, tuple[int, int]]]
 ) -> str:
-    digest = hashlib.sha256(f"{MANIFEST_FORMAT}\n{root}\n".encode())
+    digest = hashlib.sha256(f"{MANIFEST_FORMAT}\n{LABEL_TOLERANCE}\n{root}\n".encode())
     for name, split in SPLITS.items():
         digest.update((root / split.metadata).read_bytes())
         for filename in tables[name].filenames:
@@ -296,7 +414,32 @@ def _read_header(path: Path) -> _Clip:
         raise UserError(f"cannot decode {path}: {_one_line(err)}") from err
     if info.frames <= 0 or info.samplerate <= 0:
         raise UserError(f"cannot decode {path}: it holds no audio samples")
-    return _Clip(path.name, path, info.frames / info.samplerate, info.samplerate, info.channels)
+    duration = info.frames / info.samplerate
+    if duration < MIN_SECONDS:
+        raise UserError(
+            f"{path}: only {duration:.3f} s of audio, too short to analyse (a truncated file? replace or delete it)"
+        )
+    if info.subtype in ("FLOAT", "DOUBLE"):  # integer samples cannot be NaN; float ones are read through
+        _check_finite(path)
+    return _Clip(path.name, path, duration, info.samplerate, info.channels)
+
+
+def _check_finite(path: Path) -> None:
+    """Raise a UserError naming `path` and the first non-finite sample's time, if it holds NaN or infinity."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            start = 0
+            for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                bad = ~np.isfinite(block)
+                if bad.any():
+                    frame = start + int(bad.any(axis=1).argmax())
+                    raise UserError(
+                        f"{path}: non-finite audio samples (the first at {frame / f.samplerate:.3f} s): "
+                        "repair or delete the file"
+                    )
+                start += len(block)
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"cannot decode {path}: {_one_line(err)}") from err
 
 
 def _one_line(err: BaseException) -> str:
@@ -324,7 +467,7 @@ def _outputs_exist(out: Path) -> bool:
     tables += [
         manifest_dir / f"{name}_events.tsv" for name, split in SPLITS.items() if split.kind == "strong"
     ]
-    return all(p.is_file() for p in [*tables, out / MISSING_FILES])
+    return all(p.is_file() for p in [*tables, out / MISSING_FILES, out / LABEL_WARNINGS])
 
 
 def _read_prepare_json(manifest_dir: Path) -> dict | None:

@@ -3,6 +3,11 @@
 
 Clips are decoded in a thread pool and their mels computed in batches, on the GPU when asked. The scaler is the
 per-mel-bin mean and std of the log-mel over the training splits, accumulated during extraction.
+
+The whole store is written aside (`<out>/.staging.tmp<pid>/`, with plain file writes: no memory map, so a full disk
+is an OSError, not a SIGBUS) and moved into place only once every clip has been decoded and checked: a clip that
+holds NaN, has changed since `prepare-desed`, or a full disk, stops the run with one line and leaves the previous
+store as it was. Replacing a store therefore needs room for a second copy while it runs.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +31,7 @@ import torch
 from sedaug import __version__
 from sedaug.data.desed import load_events, load_manifest, manifest_hash
 from sedaug.data.grid import PARAMS, FeatureParams
-from sedaug.data.mel import log_mel, mel_spectrogram
+from sedaug.data.mel import clip_mels, log_mel, resample
 from sedaug.data.store import (
     FEATURE_SPLITS,
     FEATURES_JSON,
@@ -37,13 +43,10 @@ from sedaug.data.store import (
     is_complete,
     read_record,
 )
-from sedaug.deps import import_torchaudio
 from sedaug.device import parse_device
 from sedaug.errors import UserError
-from sedaug.files import atomic_path, write_json, write_tsv
+from sedaug.files import named_as, remove_stale_temporaries, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
-
-torchaudio = import_torchaudio()
 
 
 @dataclass
@@ -82,6 +85,8 @@ def extract_mels(
 ) -> ExtractReport:
     """Compute the mel features of every clip in the manifest under `data` into the store `out` (idempotent)."""
     start = time.perf_counter()
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise UserError(f"workers {workers}: expected a positive number of decoding threads (or none: every CPU)")
     data, out = Path(data).resolve(), Path(out).resolve()
     manifest = load_manifest(data)
     settings = {  # what the store depends on; recorded at the top level of features.json
@@ -93,51 +98,93 @@ def extract_mels(
     }
     recorded = read_record(out)
     current = recorded is not None and all(recorded.get(key) == value for key, value in settings.items())
-    if current and is_complete(out):
+    if current and is_complete(out, params):
         sizes = {name: recorded["splits"][name] for name in FEATURE_SPLITS}
         return ExtractReport(out, sizes, 0, time.perf_counter() - start, True, str(device))
 
     torch_device = parse_device(device)
-    (out / FEATURES_JSON).unlink(missing_ok=True)  # no stale record may vouch for a half-rewritten store
     tables = _split_tables(data, manifest, synthetic_valid_fraction, split_seed)
-    moments = _Moments(params.n_mels, torch_device)
+    remove_stale_temporaries(out)
+    staging = out / f".staging.tmp{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    workers = workers or os.cpu_count() or 1
+    batch_size = batch_size or (64 if torch_device.type == "cuda" else 16)
+    try:
+        with named_as(staging, out):  # the staged files stand for the store's: errors name the latter
+            _write_store(staging, tables, params, torch_device, workers, batch_size, progress)
+            write_json(
+                staging / FEATURES_JSON,
+                {
+                    **settings,
+                    "sedaug_version": __version__,
+                    "manifest": str(data),
+                    "splits": {name: len(clips) for name, (clips, _) in tables.items()},
+                    "synthetic_split_hash": _synthetic_split_hash(tables),
+                },
+            )
+        _move_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    sizes = {name: len(clips) for name, (clips, _) in tables.items()}
+    total = sum(sizes.values())
+    return ExtractReport(out, sizes, total, time.perf_counter() - start, False, str(torch_device))
+
+
+def _write_store(
+    staging: Path,
+    tables: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]],
+    params: FeatureParams,
+    device: torch.device,
+    workers: int,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Every split's mels, clips and labels, and the scaler, into the new folder `staging`."""
+    with writing(staging):
+        staging.mkdir(parents=True)
+    moments = _Moments(params.n_mels, device)
     total = sum(len(clips) for clips, _ in tables.values())
     with progress_bar("Extracting mel features", total, progress) as advance:
         for name, (clips, labels) in tables.items():
             durations = _extract_split(
-                list(clips["path"]),
-                out / name / "mels.npy",
+                clips,
+                staging / name / "mels.npy",
                 params,
-                torch_device,
-                workers or os.cpu_count() or 1,
-                batch_size or (64 if torch_device.type == "cuda" else 16),
+                device,
+                workers,
+                batch_size,
                 moments if name in SCALER_SPLITS else None,
                 advance,
             )
             write_tsv(
-                out / name / "clips.tsv", pd.DataFrame({"filename": clips["filename"], "duration": durations})
+                staging / name / "clips.tsv", pd.DataFrame({"filename": clips["filename"], "duration": durations})
             )
             if labels is not None:
-                write_tsv(out / name / ("weak.tsv" if name == "weak" else "events.tsv"), labels)
-
+                write_tsv(staging / name / ("weak.tsv" if name == "weak" else "events.tsv"), labels)
     mean, std = moments.mean_std()
-    with atomic_path(out / SCALER) as tmp:
-        np.savez(tmp, mean=mean, std=std)
-    sizes = {name: len(clips) for name, (clips, _) in tables.items()}
-    synthetic_files = "\n".join(
+    with writing(staging / SCALER):
+        np.savez(staging / SCALER, mean=mean, std=std)
+
+
+def _synthetic_split_hash(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]) -> str:
+    files = "\n".join(
         f"{name}\t{f}" for name in ("synthetic_train", "synthetic_valid") for f in tables[name][0]["filename"]
     )
-    write_json(
-        out / FEATURES_JSON,
-        {
-            **settings,
-            "sedaug_version": __version__,
-            "manifest": str(data),
-            "splits": sizes,
-            "synthetic_split_hash": hashlib.sha256(synthetic_files.encode()).hexdigest(),
-        },
-    )
-    return ExtractReport(out, sizes, total, time.perf_counter() - start, False, str(torch_device))
+    return hashlib.sha256(files.encode()).hexdigest()
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the staged store's files over the old ones (renames need no space): features.json goes first, so
+    that no record vouches for a half-replaced store, and comes back last."""
+    with writing(out):
+        (out / FEATURES_JSON).unlink(missing_ok=True)
+        for name in FEATURE_SPLITS:
+            (out / name).mkdir(exist_ok=True)
+            remove_stale_temporaries(out / name)
+            for path in (staging / name).iterdir():
+                os.replace(path, out / name / path.name)
+        os.replace(staging / SCALER, out / SCALER)
+        os.replace(staging / FEATURES_JSON, out / FEATURES_JSON)
 
 
 def split_synthetic(
@@ -176,7 +223,7 @@ def _split_tables(
 
 
 def _extract_split(
-    paths: list[str],
+    clips: pd.DataFrame,
     target: Path,
     params: FeatureParams,
     device: torch.device,
@@ -185,69 +232,89 @@ def _extract_split(
     moments: _Moments | None,
     advance: Callable[[int], None],
 ) -> np.ndarray:
-    """Write the mels of `paths` into the .npy `target` (atomically); return the clips' durations."""
-    shape = (len(paths), params.n_frames, params.n_mels)
-    durations = np.zeros(len(paths))
-    with atomic_path(target) as tmp:
-        if not paths:  # numpy cannot memory-map an empty file
-            np.save(tmp, np.zeros(shape, np.float16))
-            return durations
-        store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        start = 0
-        for batch in _batches(paths, params, workers, batch_size):
-            waves = torch.from_numpy(np.stack([wave for wave, _ in batch])).to(device)
-            # Real audio stays far below float16's maximum; clamping only guards against an inf in the store.
-            mels = mel_spectrogram(waves, params).clamp(max=torch.finfo(torch.float16).max).half()
-            if moments is not None:
-                moments.add(log_mel(mels, params.amin, params.top_db))  # statistics of what the model sees
-            store[start : start + len(batch)] = mels.cpu().numpy()
-            durations[start : start + len(batch)] = [duration for _, duration in batch]
-            start += len(batch)
-            advance(len(batch))
-        store.flush()
-        del store
+    """Write the mels of the manifest rows `clips` into the new .npy file `target`, batch by batch with ordinary
+    writes; return the clips' durations (seconds of real audio, at most clip_seconds)."""
+    shape = (len(clips), params.n_frames, params.n_mels)
+    durations = np.zeros(len(clips))
+    expected = np.round(clips["duration"].to_numpy(float) * clips["sample_rate"].to_numpy(float)).astype(np.int64)
+    jobs = list(zip(clips["path"], expected.tolist(), strict=True))
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": shape}
+            )
+            start = 0
+            for batch in _batches(jobs, params, workers, batch_size):
+                mels = clip_mels([wave for wave, _ in batch], params, device)
+                # Real audio stays far below float16's maximum; clamping only guards against an inf in the store.
+                mels = mels.clamp(max=torch.finfo(torch.float16).max).half()
+                if moments is not None:
+                    moments.add(log_mel(mels, params.amin, params.top_db))  # statistics of what the model sees
+                f.write(mels.cpu().numpy().tobytes())
+                durations[start : start + len(batch)] = [duration for _, duration in batch]
+                start += len(batch)
+                advance(len(batch))
     return durations
 
 
 def _batches(
-    paths: list[str], params: FeatureParams, workers: int, batch_size: int
+    jobs: list[tuple[str, int]], params: FeatureParams, workers: int, batch_size: int
 ) -> Iterator[list[tuple[np.ndarray, float]]]:
-    """Decoded clips in order, in batches, from a thread pool that runs at most two batches ahead (bounded memory).
+    """Decoded clips (path, expected source frames) in order, in batches, from a thread pool that runs at most two
+    batches ahead (bounded memory).
 
     Threads suffice: libsndfile and torch's resampling release the GIL.
     """
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        remaining = iter(paths)
+        remaining = iter(jobs)
         pending: deque[Future] = deque(
-            pool.submit(load_clip, p, params) for p in itertools.islice(remaining, 2 * batch_size)
+            pool.submit(load_clip, p, params, n) for p, n in itertools.islice(remaining, 2 * batch_size)
         )
         batch = []
         while pending:
             batch.append(pending.popleft().result())
             following = next(remaining, None)
             if following is not None:
-                pending.append(pool.submit(load_clip, following, params))
+                pending.append(pool.submit(load_clip, following[0], params, following[1]))
             if len(batch) == batch_size or not pending:
                 yield batch
                 batch = []
 
 
-def load_clip(path: str | Path, params: FeatureParams = PARAMS) -> tuple[np.ndarray, float]:
-    """Decode, downmix to mono, resample and pad at the end / truncate to the clip length.
+def load_clip(
+    path: str | Path, params: FeatureParams = PARAMS, expected_frames: int | None = None
+) -> tuple[np.ndarray, float]:
+    """Decode, downmix to mono (the mean of the channels), resample to 16 kHz (`data/mel.py`, as dcase20) and cut
+    what no kept frame sees (`clip_mels` pads a short clip).
 
-    Returns the wave (float32, clip_samples) and the duration of real audio in it, in seconds.
+    Returns the wave (float32) and the duration of real audio in the clip, in seconds (at most clip_seconds).
+    Audio holding NaN or infinity, too short to analyse, or of another length than `expected_frames` (the
+    manifest's: the file changed since `prepare-desed`) is a UserError naming the file.
     """
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as err:
         raise UserError(f"cannot decode {path}: {' '.join(str(err).split())}") from err
-    wave = torch.from_numpy(audio.mean(axis=1))
-    if rate != params.sample_rate:
-        wave = torchaudio.functional.resample(wave, rate, params.sample_rate)
-    length = min(wave.shape[-1], params.clip_samples)
-    clip = np.zeros(params.clip_samples, np.float32)
-    clip[:length] = wave[:length].numpy()
-    return clip, length / params.sample_rate
+    if expected_frames is not None and len(audio) != expected_frames:
+        raise UserError(
+            f"{path}: {len(audio) / rate:.3f} s of audio where the manifest says {expected_frames / rate:.3f} s: "
+            "the file changed since `sedaug prepare-desed` (run it again)"
+        )
+    finite = np.isfinite(audio).all(axis=1)
+    if not finite.all():
+        raise UserError(
+            f"{path}: non-finite audio samples (the first at {int(finite.argmin()) / rate:.3f} s): "
+            "repair or delete the file"
+        )
+    wave = resample(torch.from_numpy(audio.mean(axis=1)), rate, params).numpy()
+    if len(wave) <= params.n_fft // 2:
+        raise UserError(
+            f"{path}: only {len(audio) / rate:.3f} s of audio, too short to analyse (a truncated file? "
+            "replace or delete it)"
+        )
+    keep = (params.n_frames - 1) * params.hop + params.n_fft // 2  # clip_mels cuts there too
+    return wave[:keep], min(len(wave), params.clip_samples) / params.sample_rate
 
 
 class _Moments:

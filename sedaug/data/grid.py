@@ -1,7 +1,8 @@
 """The two time grids, each stated once: the mel front end's frames and the model's output frames.
 
 Input frames: `FeatureParams` holds every parameter of the stored features (docs/architecture.md, "Features"):
-16 kHz, a 2048-point Hamming STFT with hop 255, 128 Slaney mel bands, 628 frames per 10 s clip.
+16 kHz, a 2048-point Hamming STFT with hop 255, 128 Slaney mel bands, 628 frames per 10 s clip; a shorter clip has
+`real_frames` of its own, then padding frames.
 
 Output frames: the CRNN pools time by the product of `model.cnn_pooling`'s time factors (dcase20: 2·2 = 4), so a
 clip has 628 // 4 = 157 output frames of 255·4/16000 = 0.06375 s. Frame labels (`data/labels.py`) and
@@ -15,7 +16,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from sedaug.recipe import ModelConfig
+
+RESAMPLERS = ("kaiser_best",)
+PADDINGS = ("0dB",)
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,19 @@ class FeatureParams:
     pad_mode: str = "reflect"
     amin: float = 1e-5
     top_db: float = 80.0
+    # Audio at another rate: dcase20's resampler, librosa 0.7 + resampy 0.2's `kaiser_best` (data/mel.py).
+    resampler: str = "kaiser_best"
+    # A clip shorter than clip_seconds (dcase20): the mel of its own samples, then frames of linear 1.0 (0 dB, the
+    # log-mel dcase20 pads with) up to n_frames.
+    padding: str = "0dB"
 
     def __post_init__(self) -> None:
         if self.window != "hamming":
             raise ValueError(f"only the (symmetric) hamming window is supported, not {self.window!r}")
+        if self.resampler not in RESAMPLERS:
+            raise ValueError(f"resampler {self.resampler!r}: one of {', '.join(RESAMPLERS)}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding {self.padding!r}: one of {', '.join(PADDINGS)}")
         expected = self.clip_samples // self.hop + 1 if self.center else None
         if expected is not None and self.n_frames != expected:
             raise ValueError(f"n_frames {self.n_frames} != {expected} frames in a {self.clip_seconds} s clip")
@@ -55,6 +70,13 @@ class FeatureParams:
 
 
 PARAMS = FeatureParams()
+
+
+def real_frames(durations: np.ndarray | float, params: FeatureParams = PARAMS) -> np.ndarray:
+    """The input frames of real audio in clips of `durations` seconds (the rest of the n_frames are padding):
+    1 + samples // hop, as the centered STFT of the clip's own samples gives, at most n_frames (628 for 10 s)."""
+    samples = np.round(np.asarray(durations, dtype=np.float64) * params.sample_rate).astype(np.int64)
+    return np.minimum(params.n_frames, 1 + samples // params.hop)
 
 
 def time_pooling(model: ModelConfig) -> int:

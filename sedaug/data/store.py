@@ -3,7 +3,8 @@ and the scaler to training and evaluation alike (written by `data/extract.py`).
 
     <features>/features.json              parameters, sedaug version, source manifest hash, split sizes
     <features>/scaler.npz                 mean, std (n_mels,) of the log-mel over weak + unlabeled + synthetic_train
-    <features>/<split>/mels.npy           (N, 628, 128) float16, LINEAR mel (the log runs in the model)
+    <features>/<split>/mels.npy           (N, 628, 128) float16, LINEAR mel (the log runs in the model); a clip
+                                          shorter than 10 s has `real_frames` of its own, then 1.0 (0 dB) frames
     <features>/<split>/clips.tsv          filename, duration (seconds of real audio, at most 10)
     <features>/<split>/events.tsv         strong splits: filename, onset, offset, event_label
     <features>/<split>/weak.tsv           weak split: filename, event_labels
@@ -12,6 +13,7 @@ and the scaler to training and evaluation alike (written by `data/extract.py`).
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +21,16 @@ import numpy as np
 import pandas as pd
 
 from sedaug.data.desed import read_events
-from sedaug.data.grid import PARAMS, FeatureParams
+from sedaug.data.grid import PARAMS, FeatureParams, real_frames
 from sedaug.data.labels import weak_labels_from
 from sedaug.errors import UserError
 from sedaug.files import read_tsv
 
 FEATURES_JSON = "features.json"
 SCALER = "scaler.npz"
-STORE_FORMAT = 1
+# Bump when the store's layout or content changes (2: dcase20's padding and resampler), so that old stores are
+# refused with a one-line "re-run extract-mels".
+STORE_FORMAT = 2
 # Feature-store split -> the DESED source split it comes from.
 SOURCES: dict[str, str] = {
     "weak": "weak",
@@ -51,9 +55,15 @@ class Split:
     durations: np.ndarray
     events: pd.DataFrame | None
     weak_labels: np.ndarray | None
+    params: FeatureParams = PARAMS
 
     def __len__(self) -> int:
         return len(self.filenames)
+
+    @property
+    def frames(self) -> np.ndarray:
+        """(N,) int64: each clip's input frames of real audio; frames from there to n_frames are padding."""
+        return real_frames(self.durations, self.params)
 
 
 class FeatureStore:
@@ -71,12 +81,15 @@ class FeatureStore:
             for key, value in params.to_dict().items()
             if stored.get(key) != value
         ]
+        if record.get("format") != STORE_FORMAT:
+            differences.insert(0, f"format {record.get('format')!r} != {STORE_FORMAT}")
         if differences:
             raise UserError(
                 f"incompatible feature store at {self.path}: {'; '.join(differences)} "
                 "(re-run `sedaug extract-mels` with this version of sedaug)"
             )
         self.record = record
+        self.params = params
 
     def split(self, name: str) -> Split:
         if name not in FEATURE_SPLITS:
@@ -84,20 +97,74 @@ class FeatureStore:
         directory = self.path / name
         if not (directory / "mels.npy").is_file() or not (directory / "clips.tsv").is_file():
             raise UserError(f"split {name} is missing from the feature store {self.path}: run `sedaug extract-mels`")
-        clips = read_tsv(directory / "clips.tsv")
+        clips = _read_table(directory / "clips.tsv", read_tsv, ("filename", "duration"))
         filenames = list(clips["filename"])
-        mels = np.load(directory / "mels.npy", mmap_mode="r") if filenames else np.load(directory / "mels.npy")
+        durations = pd.to_numeric(clips["duration"], errors="coerce").to_numpy(float)
+        if not np.isfinite(durations).all():
+            raise UserError(f"{directory / 'clips.tsv'}: a duration is not a number: re-run `sedaug extract-mels`")
+        mels = open_mels(directory / "mels.npy", len(filenames), self.params)
         events = weak = None
         if name in STRONG_SPLITS:
-            events = read_events(directory / "events.tsv")
+            events = _read_table(directory / "events.tsv", read_events, ("filename", "onset", "offset", "event_label"))
         if name == "weak":
-            weak = weak_labels_from(read_tsv(directory / "weak.tsv"), filenames)
-        return Split(name, mels, filenames, clips["duration"].astype(float).to_numpy(), events, weak)
+            table = _read_table(directory / "weak.tsv", read_tsv, ("filename", "event_labels"))
+            try:
+                weak = weak_labels_from(table, filenames)
+            except KeyError as err:
+                raise UserError(f"{directory / 'weak.tsv'}: clip {err} is not in clips.tsv: re-run `sedaug extract-mels`") from None
+        return Split(name, mels, filenames, durations, events, weak, self.params)
 
     def scaler(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-mel-bin mean and std (float32, (n_mels,)) of the log-mel over the training splits."""
-        with np.load(self.path / SCALER) as scaler:
-            return scaler["mean"].astype(np.float32), scaler["std"].astype(np.float32)
+        path = self.path / SCALER
+        advice = "re-run `sedaug extract-mels`"
+        if not path.is_file():
+            raise UserError(f"{path} is missing: {advice}")
+        try:
+            with np.load(path) as scaler:
+                mean, std = scaler["mean"].astype(np.float32), scaler["std"].astype(np.float32)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise UserError(f"{path}: damaged ({_one_line(err)}): {advice}") from err
+        shape = (self.params.n_mels,)
+        if mean.shape != shape or std.shape != shape:
+            raise UserError(f"{path}: mean {mean.shape} and std {std.shape} where {shape} is expected: {advice}")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise UserError(f"{path}: a mean or std is not a finite (positive) number: {advice}")
+        return mean, std
+
+
+def open_mels(path: Path, n_clips: int, params: FeatureParams = PARAMS) -> np.ndarray:
+    """A split's mels.npy, memory-mapped, checked to hold float16 (n_clips, n_frames, n_mels); a truncated or
+    damaged file is a one-line UserError naming it."""
+    advice = "re-run `sedaug extract-mels`"
+    try:
+        mels = np.load(path, mmap_mode="r") if n_clips else np.load(path)  # numpy cannot map an empty array
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: {advice}") from None
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"{path}: truncated or damaged ({_one_line(err)}): {advice}") from err
+    expected = (n_clips, params.n_frames, params.n_mels)
+    if mels.shape != expected or mels.dtype != np.float16:
+        raise UserError(f"{path}: holds {mels.dtype} {mels.shape} where float16 {expected} is expected: {advice}")
+    return mels
+
+
+def _read_table(path: Path, read, columns: tuple[str, ...]) -> pd.DataFrame:
+    """One of the store's TSVs, read by `read`; a missing, damaged or incomplete one is a one-line UserError."""
+    try:
+        table = read(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: re-run `sedaug extract-mels`") from None
+    except (OSError, ValueError) as err:  # pandas' parser and decoding errors are ValueErrors
+        raise UserError(f"{path}: damaged ({_one_line(err)}): re-run `sedaug extract-mels`") from err
+    absent = [c for c in columns if c not in table.columns]
+    if absent:
+        raise UserError(f"{path}: missing column(s) {', '.join(absent)}: re-run `sedaug extract-mels`")
+    return table
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def read_record(path: Path) -> dict | None:
@@ -108,7 +175,16 @@ def read_record(path: Path) -> dict | None:
         return None
 
 
-def is_complete(path: Path) -> bool:
-    """Whether every file of a store is present (the scaler and each split's mels and clips)."""
-    needed = [path / SCALER] + [path / s / f for s in FEATURE_SPLITS for f in ("mels.npy", "clips.tsv")]
-    return all(p.is_file() for p in needed)
+def is_complete(path: Path, params: FeatureParams = PARAMS) -> bool:
+    """Whether every file of a store is present (the scaler and each split's clips), and each split's mels hold the
+    number of clips its record says (a truncated mels.npy is not complete)."""
+    record = read_record(path) or {}
+    needed = [path / SCALER] + [path / s / "clips.tsv" for s in FEATURE_SPLITS]
+    if not all(p.is_file() for p in needed):
+        return False
+    try:
+        for name in FEATURE_SPLITS:
+            open_mels(path / name / "mels.npy", int(record["splits"][name]), params)
+    except (UserError, KeyError, TypeError, ValueError):
+        return False
+    return True

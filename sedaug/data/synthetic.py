@@ -11,6 +11,7 @@ without synthesizing audio.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from sedaug import __version__
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS, SPLITS, prepare_desed
 from sedaug.data.sounds import F32, GENERATORS, background, fades, rms
 from sedaug.errors import UserError
-from sedaug.files import write_json, write_tsv
+from sedaug.files import named_as, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
 SIZES: dict[str, dict[str, int]] = {
@@ -93,6 +94,8 @@ def generate_synthetic(
     then import it with `prepare_desed(out, out)`. Does nothing if `out` already holds the same generation."""
     if size not in SIZES:
         raise UserError(f"unknown synthetic size {size!r} (choose one of {', '.join(SIZES)})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"synthetic seed {seed!r}: expected an integer >= 0")
     out = Path(out).resolve()
     settings = {"format": GENERATOR_FORMAT, "size": size, "seed": seed, "sample_rate": sample_rate}
     plans = {split: plan_split(split, n, seed) for split, n in SIZES[size].items()}
@@ -184,32 +187,46 @@ def _refuse_foreign_tree(out: Path) -> None:
 def _generate(
     out: Path, settings: dict, plans: dict[str, list[ClipPlan]], progress: bool, workers: int
 ) -> None:
-    """Write into a scratch folder, then swap it in: an interrupted run leaves no half-written tree."""
-    (out / SYNTHETIC_JSON).unlink(missing_ok=True)
+    """Write into a scratch folder, then swap it in: an interrupted or failed run (a full disk) leaves the previous
+    tree as it was and no scratch folder behind."""
     scratch = out / ".synthetic.partial"
     shutil.rmtree(scratch, ignore_errors=True)
-    for split in SPLITS.values():
-        (scratch / split.audio_dir).mkdir(parents=True, exist_ok=True)
-    _write_metadata(scratch, plans)
+    try:
+        with named_as(scratch, out), writing(scratch):
+            for split in SPLITS.values():
+                (scratch / split.audio_dir).mkdir(parents=True, exist_ok=True)
+            _write_metadata(scratch, plans)
 
-    jobs = [plan for split_plans in plans.values() for plan in split_plans]
-    seed, sample_rate = settings["seed"], settings["sample_rate"]
-    channels = 2 if sample_rate == 44100 else 1
+            jobs = [plan for split_plans in plans.values() for plan in split_plans]
+            seed, sample_rate = settings["seed"], settings["sample_rate"]
+            channels = 2 if sample_rate == 44100 else 1
 
-    def write(plan: ClipPlan) -> None:
-        audio = render_clip(plan, seed, sample_rate, channels)
-        sf.write(scratch / SPLITS[plan.split].audio_dir / plan.filename, audio, sample_rate, subtype="PCM_16")
+            def write(plan: ClipPlan) -> None:
+                audio = render_clip(plan, seed, sample_rate, channels)
+                # Encoded in memory, then written as plain bytes: a full disk is an OSError naming its file, not
+                # libsndfile's "System error."
+                wav = io.BytesIO()
+                sf.write(wav, audio, sample_rate, format="WAV", subtype="PCM_16")
+                path = scratch / SPLITS[plan.split].audio_dir / plan.filename
+                with writing(path):
+                    path.write_bytes(wav.getbuffer())
 
-    with progress_bar("Generating synthetic DESED", len(jobs), progress) as advance:
-        # numpy's FFTs and ufuncs release the GIL, so threads share the synthesis.
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(write, jobs):
-                advance()
+            with progress_bar("Generating synthetic DESED", len(jobs), progress) as advance:
+                # numpy's FFTs and ufuncs release the GIL, so threads share the synthesis.
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    try:
+                        for _ in pool.map(write, jobs):
+                            advance()
+                    except BaseException:
+                        pool.shutdown(cancel_futures=True)  # the first failure stops the run; queued clips are dropped
+                        raise
 
-    for name in ("audio", "metadata"):
-        shutil.rmtree(out / name, ignore_errors=True)
-        (scratch / name).rename(out / name)
-    scratch.rmdir()
+            (out / SYNTHETIC_JSON).unlink(missing_ok=True)
+            for name in ("audio", "metadata"):
+                shutil.rmtree(out / name, ignore_errors=True)
+                (scratch / name).rename(out / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     counts = {split: len(p) for split, p in plans.items()}
     write_json(out / SYNTHETIC_JSON, {"settings": settings, "counts": counts, "sedaug_version": __version__})
 

@@ -1,0 +1,403 @@
+"""Bad data through the CLI (issue 13): every bad input is refused with exit status 1 and one `error:` line that
+names the file (and line, for a TSV) or the flag, no traceback, and what was written before is left as it was
+(same files, same bytes, no temporary file left behind). One DESED quirk is accepted with a counted warning: an
+event ending at most 0.5 s past its clip's audio.
+
+A full disk is a real one: a small tmpfs when this process may mount one (root), else a per-file size limit
+(RLIMIT_FSIZE) on the command's process; commands that meet it run in a subprocess, since writing through a memory
+map onto a full disk used to kill the process with SIGBUS (exit status 135).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from sedaug.cli import app
+from sedaug.data.desed import SPLITS, load_events
+from sedaug.files import atomic_dir
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+REAL_RATE = 44100
+WEAK_CLIP = "Yaaaaaaaaaaa_0.000_10.000.wav"
+EVAL_CLIP = "Yevalevaleva_0.000_10.000.wav"  # public.tsv line 2: Alarm_bell_ringing 2.0 - 3.0
+
+
+def run(*args) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def checksums(*folders: Path) -> dict[str, str]:
+    """sha256 of every file below the folders, hidden ones included (a leftover temporary file shows up)."""
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_refused(exit_code: int, stderr: str, output: str, *fragments: str) -> str:
+    assert exit_code == 1, output
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in output + stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_cli_refuses(result, *fragments: str) -> str:
+    return assert_refused(result.exit_code, result.stderr, result.output, *fragments)
+
+
+# ------------------------------------------------------------------------------------------------ prepare-desed
+
+
+@pytest.fixture
+def prepared(real_layout, tmp_path):
+    """A real-layout DESED prepared once into `out` (the outputs a later refused run must leave alone)."""
+    out = tmp_path / "out"
+    result = run("prepare-desed", "--root", real_layout.root, "--out", out)
+    assert result.exit_code == 0, result.output
+    return real_layout, out
+
+
+def audio(layout, split: str, name: str) -> Path:
+    return layout.root / SPLITS[split].audio_dir / name
+
+
+def float_wav(path: Path, bad: float, seconds: float = 10.0) -> None:
+    """Replace `path` with a 44.1 kHz stereo float WAV holding one `bad` sample at 1.5 s."""
+    samples = np.random.default_rng(0).uniform(-0.1, 0.1, (int(seconds * REAL_RATE), 2)).astype(np.float32)
+    samples[int(1.5 * REAL_RATE), 1] = bad
+    sf.write(path, samples, REAL_RATE, subtype="FLOAT")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_audio(prepared, bad):
+    layout, out = prepared
+    before = checksums(out)
+    victim = audio(layout, "weak", WEAK_CLIP)
+    float_wav(victim, bad)
+    line = assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "non-finite")
+    assert "1.500 s" in line
+    assert checksums(out) == before
+
+
+def truncate(path: Path, seconds: float) -> None:
+    """Cut a 16-bit stereo WAV's data after `seconds`, leaving its header as it was (a broken download)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: 44 + int(seconds * REAL_RATE) * 4])
+
+
+def test_truncated_wav_shorter_than_its_labels(prepared):
+    layout, out = prepared
+    before = checksums(out)
+    victim = audio(layout, "validation", layout.overlap_clip)  # labelled up to 8 s
+    truncate(victim, 0.5)
+    tsv = layout.root / SPLITS["validation"].metadata
+    line = assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:4:", str(victim))
+    assert "0.500 s of audio" in line and "truncated" in line
+    assert checksums(out) == before
+
+
+def test_truncated_wav_too_short_to_analyse(prepared):
+    layout, out = prepared
+    before = checksums(out)
+    victim = audio(layout, "unlabeled", "Ycccccccccc0_10.000_20.000.wav")  # no labels to contradict it
+    truncate(victim, 0.03)
+    line = assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "too short")
+    assert "0.030 s" in line
+    assert checksums(out) == before
+
+
+def edit_eval_tsv(layout, old: str, new: str) -> Path:
+    tsv = layout.root / SPLITS["eval"].metadata
+    text = tsv.read_text()
+    assert old in text
+    tsv.write_text(text.replace(old, new))
+    return tsv
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("2.0\t3.0", "2.0\tinf", "offset 'inf' is not a finite number"),
+        ("2.0\t3.0", "nan\t3.0", "onset 'nan' is not a finite number"),
+        ("2.0\t3.0", "2.0\t1e999", "offset '1e999' is not a finite number"),
+        ("2.0\t3.0", "-0.5\t3.0", "negative onset -0.5"),
+        ("2.0\t3.0", "3.0\t2.0", "offset 2 before onset 3"),
+        ("2.0\t3.0", "2.0\t12.0", "ends at 12 s but"),  # 2 s past a 10 s clip: truncated, or wrong labels
+        ("2.0\t3.0", "10.6\t10.9", "ends at 10.9 s but"),
+        ("2.0\t3.0\tAlarm_bell_ringing", "2.0\t3.0\tAlarm_bell_ringing\tDog", "5 tab-separated fields"),
+    ],
+)
+def test_bad_event_rows_name_file_and_line(prepared, old, new, expected):
+    layout, out = prepared
+    before = checksums(out)
+    tsv = edit_eval_tsv(layout, old, new)
+    assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:2:", expected)
+    assert checksums(out) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty file"),
+        (b"\n\n  \n", "empty file"),
+        (bytes(range(256)) * 8, "NUL byte: a binary file"),
+        (b"filename\tonset\toffset\tevent_label\n\xff\xfe\t1\t2\tDog\n", "byte 34 is not UTF-8 text"),
+        (b"filename\tonset\toffset\n", "missing column(s) event_label"),
+    ],
+)
+def test_unreadable_tsv_names_the_file(prepared, content, expected):
+    layout, out = prepared
+    before = checksums(out)
+    tsv = layout.root / SPLITS["eval"].metadata
+    tsv.write_bytes(content)
+    assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), str(tsv), expected)
+    assert checksums(out) == before
+
+
+def test_extra_field_in_a_weak_tsv(prepared):
+    layout, out = prepared
+    before = checksums(out)
+    tsv = layout.root / SPLITS["weak"].metadata
+    tsv.write_text(tsv.read_text().replace("\tCat\n", "\tCat\tDog\n"))
+    assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:3:", "3 tab-separated fields")
+    assert checksums(out) == before
+
+
+def test_events_slightly_past_the_clip_are_clipped_with_a_counted_warning(prepared):
+    """DESED's quirk (a 9.98 s file labelled to 10 s): up to 0.5 s past the end, clipped or dropped, and reported."""
+    layout, out = prepared
+    tsv = layout.root / SPLITS["eval"].metadata
+    text = tsv.read_text().replace("4.0\t9.0\tRunning_water", "4.0\t10.3\tRunning_water")
+    tsv.write_text(text + "Yevalevalev2_0.000_10.000.wav\t10.1\t10.4\tDog\n")
+    result = run("prepare-desed", "--root", layout.root, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "2 events ending past their clip's audio clipped or dropped" in " ".join(result.output.split())
+    warnings = pd.read_csv(out / "label_warnings.tsv", sep="\t")
+    assert list(warnings["line"]) == [3, 4] and set(warnings["metadata"]) == {"metadata/eval/public.tsv"}
+    assert list(warnings["action"]) == ["offset clipped to 10", "dropped: starts at or after the clip's end"]
+    events = load_events(out, "eval")
+    assert list(events["offset"]) == [3.0, 10.0] and "Dog" not in set(events["event_label"])
+
+
+def test_negative_seed(tmp_path):
+    assert_cli_refuses(run("prepare-desed", "--synthetic", "--seed", "-1", "--out", tmp_path / "desed"), "--seed -1")
+    assert not (tmp_path / "desed").exists()
+
+
+def test_download_help_names_the_extra():
+    result = run("prepare-desed", "--help")
+    assert result.exit_code == 0 and "sedaug[download]" in " ".join(result.output.split())
+
+
+def test_atomic_dir_has_the_users_permissions(tmp_path):
+    """A folder filled aside and renamed into place keeps the permissions of an ordinary mkdir (not 0700)."""
+    reference = tmp_path / "plain"
+    reference.mkdir()
+    with atomic_dir(tmp_path / "scores") as tmp:
+        (tmp / "a.tsv").write_text("x\n")
+    assert (tmp_path / "scores").stat().st_mode & 0o777 == reference.stat().st_mode & 0o777
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "scores"]
+
+
+# ------------------------------------------------------------------------------------------------- extract-mels
+
+
+@pytest.fixture
+def extracted(prepared, tmp_path):
+    layout, out = prepared
+    features = tmp_path / "features"
+    result = run("extract-mels", "--data", out, "--out", features, "--workers", "2")
+    assert result.exit_code == 0, result.output
+    return layout, out, features
+
+
+@pytest.mark.parametrize("workers", ["-1", "0"])
+def test_workers_must_be_positive(extracted, workers):
+    _, out, features = extracted
+    before = checksums(out, features)
+    result = run("extract-mels", "--data", out, "--out", features, "--workers", workers)
+    assert_cli_refuses(result, f"--workers {workers}")
+    assert checksums(out, features) == before
+
+
+def test_nan_audio_after_prepare_stops_extraction(extracted):
+    """A float WAV of the same length, holding NaN, swapped in after prepare-desed: extract-mels checks too."""
+    layout, out, features = extracted
+    edit_eval_tsv(layout, "Running_water", "Speech")  # the store must be rebuilt...
+    assert run("prepare-desed", "--root", layout.root, "--out", out).exit_code == 0
+    before = checksums(out, features)
+    victim = audio(layout, "weak", WEAK_CLIP)  # ...and a training clip (the scaler) goes bad
+    float_wav(victim, np.nan)
+    result = run("extract-mels", "--data", out, "--out", features, "--workers", "2")
+    assert_cli_refuses(result, str(victim), "non-finite")
+    assert checksums(out, features) == before
+
+
+def test_audio_changed_since_prepare(extracted):
+    layout, out, features = extracted
+    edit_eval_tsv(layout, "Running_water", "Speech")
+    assert run("prepare-desed", "--root", layout.root, "--out", out).exit_code == 0
+    before = checksums(out, features)
+    victim = audio(layout, "eval", EVAL_CLIP)
+    truncate(victim, 3.0)
+    result = run("extract-mels", "--data", out, "--out", features, "--workers", "2")
+    assert_cli_refuses(result, str(victim), "changed since `sedaug prepare-desed`")
+    assert checksums(out, features) == before
+
+
+# ------------------------------------------------------------------------------------- opening the feature store
+
+
+def train_on(store: Path, tmp_path: Path, tiny_model_overrides: list[str]):
+    overrides = [*tiny_model_overrides, f"data.features={store}", "data.batch_size=4", "optim.epochs=1"]
+    return run("train", RECIPES / "none.yaml", "--runs", tmp_path / "runs", *[x for o in overrides for x in ("--set", o)])
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("rm scaler.npz", "scaler.npz is missing"),
+        ("cut scaler.npz", "scaler.npz: damaged"),
+        ("cut weak/mels.npy", "weak/mels.npy: truncated or damaged"),
+        ("cut synthetic_valid/mels.npy", "synthetic_valid/mels.npy: truncated or damaged"),
+        ("empty weak/clips.tsv", "weak/clips.tsv: damaged"),
+    ],
+)
+def test_damaged_store(tiny_features, tmp_path, tiny_model_overrides, damage, expected):
+    store = shutil.copytree(tiny_features, tmp_path / "features")
+    action, name = damage.split()
+    target = store / name
+    if action == "rm":
+        target.unlink()
+    elif action == "cut":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    else:
+        target.write_bytes(b"")
+    before = checksums(store)
+    assert_cli_refuses(train_on(store, tmp_path, tiny_model_overrides), str(store), expected)
+    assert checksums(store) == before
+
+
+# ---------------------------------------------------------------------------------------------------- full disk
+
+
+@dataclass
+class SmallDisk:
+    """A folder where writing fails once `room` bytes are used: a tmpfs filled up to `room` free bytes, or (when
+    mounting is not permitted) a per-file size limit of `room` bytes on the command's process."""
+
+    root: Path
+    kind: str  # "tmpfs" or "rlimit"
+
+    def sedaug(self, *args, room: int | None = None) -> subprocess.CompletedProcess:
+        """`python -m sedaug ARGS` in a subprocess, with the disk full but for `room` bytes (None: not full)."""
+        limit = None
+        if room is not None and self.kind == "tmpfs":
+            self._fill(room)
+        elif room is not None:
+            limit = room
+        try:
+            return subprocess.run(
+                [sys.executable, "-m", "sedaug", *map(str, args)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                preexec_fn=None if limit is None else lambda: _limit_file_size(limit),
+            )
+        finally:
+            (self.root / ".filler").unlink(missing_ok=True)
+
+    def _fill(self, room: int) -> None:
+        stat = os.statvfs(self.root)
+        size = max(0, stat.f_bavail * stat.f_frsize - room)
+        with open(self.root / ".filler", "wb") as f:
+            while size > 0:
+                chunk = min(size, 1 << 20)
+                f.write(bytes(chunk))
+                size -= chunk
+
+
+def _limit_file_size(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    root = tmp_path / "disk"
+    root.mkdir()
+    kind = os.environ.get("SEDAUG_TEST_DISK", "tmpfs")
+    mounted = False
+    if kind == "tmpfs" and os.geteuid() == 0 and shutil.which("mount"):
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)],
+                                 capture_output=True).returncode == 0
+    try:
+        yield SmallDisk(root, "tmpfs" if mounted else "rlimit")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(root)], check=True)
+
+
+def assert_process_refuses(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    return assert_refused(proc.returncode, proc.stderr, proc.stdout + proc.stderr, *fragments)
+
+
+def test_full_disk_in_synthetic_generation(small_disk):
+    """It was `LibsndfileError: System error.` and a traceback."""
+    keep = small_disk.root / "notes.txt"
+    keep.write_text("mine\n")
+    before = checksums(small_disk.root)
+    out = small_disk.root / "desed"
+    proc = small_disk.sedaug("prepare-desed", "--synthetic", "--size", "tiny", "--out", out, room=100_000)
+    assert_process_refuses(proc, f"cannot write {out}/audio/", ".wav")
+    assert checksums(small_disk.root) == before  # no half-written tree, no scratch folder
+
+
+def test_full_disk_in_prepare(real_layout, small_disk):
+    out = small_disk.root / "out"
+    assert small_disk.sedaug("prepare-desed", "--root", real_layout.root, "--out", out).returncode == 0
+    before = checksums(small_disk.root)
+    edit_eval_tsv(real_layout, "Running_water", "Speech")  # the manifest must be written again
+    proc = small_disk.sedaug("prepare-desed", "--root", real_layout.root, "--out", out, room=0)
+    assert_process_refuses(proc, f"cannot write {out}/")
+    assert checksums(small_disk.root) == before  # the previous manifest as it was, no temporary files
+
+
+def test_full_disk_in_extraction(real_layout, small_disk, tmp_path):
+    """It died of SIGBUS (exit status 135) with no message, leaving a `.mels.tmp<PID>.npy` behind."""
+    data, features = tmp_path / "desed", small_disk.root / "features"
+    assert run("prepare-desed", "--root", real_layout.root, "--out", data).exit_code == 0
+    proc = small_disk.sedaug("extract-mels", "--data", data, "--out", features, "--workers", "2", room=100_000)
+    assert_process_refuses(proc, f"cannot write {features}/", "mels.npy")
+    assert checksums(small_disk.root) == {}
+
+
+def test_full_disk_when_replacing_a_store(real_layout, small_disk, tmp_path):
+    data, features = tmp_path / "desed", small_disk.root / "features"
+    assert run("prepare-desed", "--root", real_layout.root, "--out", data).exit_code == 0
+    assert small_disk.sedaug("extract-mels", "--data", data, "--out", features, "--workers", "2").returncode == 0
+    before = checksums(small_disk.root)
+    edit_eval_tsv(real_layout, "Running_water", "Speech")
+    assert run("prepare-desed", "--root", real_layout.root, "--out", data).exit_code == 0
+    proc = small_disk.sedaug("extract-mels", "--data", data, "--out", features, "--workers", "2", room=100_000)
+    assert_process_refuses(proc, f"cannot write {features}/")
+    assert checksums(small_disk.root) == before  # the previous store, whole and usable
+    again = small_disk.sedaug("extract-mels", "--data", data, "--out", features, "--workers", "2")
+    assert again.returncode == 0, again.stderr  # with room again, the retry succeeds
