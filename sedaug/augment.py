@@ -162,15 +162,22 @@ class SameDraws:
 # ----------------------------------------------------------------------------------------------- noise
 
 
-def noise(aug: NoiseAugmentation) -> Perturb:
-    """Gaussian noise at each location; its std is a constant (detached), not something to differentiate."""
+def noise(aug: NoiseAugmentation, frames: Tensor | None = None) -> Perturb:
+    """Gaussian noise at each location; its std is a constant (detached), not something to differentiate.
+    `frames` (B,): each clip's real input frames; the mel power is averaged over those only (padding excluded)."""
 
     def perturb(point: str, h: Tensor) -> Tensor:
         if point not in aug.locations:
             return h
         if point == "mel":
             # dcase20: per clip and mel bin, std = sqrt(mean_t(X²)·10^(−snr/10)) on the linear mel (B, T, F).
-            std = (h.detach().square().mean(dim=1, keepdim=True) * 10 ** (-aug.snr_db / 10)).sqrt()
+            power = h.detach().square()
+            if frames is None:
+                power = power.mean(dim=1, keepdim=True)
+            else:
+                real = (torch.arange(h.shape[1], device=h.device) < frames[:, None]).unsqueeze(-1)
+                power = (power * real).sum(dim=1, keepdim=True) / frames.view(-1, 1, 1).clamp_min(1)
+            std = (power * 10 ** (-aug.snr_db / 10)).sqrt()
         else:
             std = aug.sigma * rms(h)
         return h + std * torch.randn_like(h)
@@ -308,13 +315,15 @@ def consistency_views(
     mel: Tensor,
     same_draws: SameDraws | None = None,
     update_batchnorm: bool = False,
+    frames: Tensor | None = None,
 ) -> tuple[Pair, Pair]:
     """The two predictions whose MSE is the consistency loss of one training step.
 
     `clean` = (strong, weak) is the student's prediction on `mel` (the linear mel batch), graph attached; under
     Mean Teacher the perturbed prediction comes from `teacher`, otherwise from the student (whose BatchNorm
     running statistics it leaves alone unless `update_batchnorm`). `same_draws` recorded the clean pass, for VAT's
-    deterministic direction search (None: independent dropout masks in each probe).
+    deterministic direction search (None: independent dropout masks in each probe). `frames` (B,) counts each
+    clip's real input frames (statistics of a clip leave its padding out).
     Returns `(clean_view, perturbed_view)`: `clean_view` is `clean` (for mixup, the same mix of clean predictions,
     graph kept) and `perturbed_view` the perturbed prediction, the perturbation itself detached. The caller forms
     `mse(clean_view, tuple(p.detach() for p in perturbed_view))` for mean_teacher and
@@ -330,7 +339,7 @@ def consistency_views(
             return model(mel, perturb)
 
     if aug.type == "noise":
-        return clean, perturbed(noise(aug))
+        return clean, perturbed(noise(aug, frames))
     if aug.type == "adversarial":
         ref = (clean[0].detach(), clean[1].detach())
         # Under Mean Teacher the divergence of the teacher's pass from the student's reference is maximised.

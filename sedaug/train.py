@@ -133,7 +133,7 @@ def training_step(
             clean = model(batch.mels)
         if aug.type != "none":
             views = consistency_views(aug, model, teacher, clean, batch.mels, same_draws,
-                                      update_batchnorm=recipe.consistency.update_batchnorm)
+                                      update_batchnorm=recipe.consistency.update_batchnorm, frames=batch.frames)
     # Losses in float32 outside autocast (binary_cross_entropy is not autocast-safe).
     strong, weak = clean[0].float(), clean[1].float()
     # A non-finite output would crash binary_cross_entropy (an assert on CUDA): it sees 0.5 instead, and the

@@ -350,3 +350,17 @@ def test_the_table1_augmentations_act_at_a_cnn_block_per_clip(aug):
         assert (mixed >= h.amin(dim=0) - 1e-6).all() and (mixed <= h.amax(dim=0) + 1e-6).all()
     else:
         torch.testing.assert_close(per_clip_norm(d), 0.3 * per_clip_norm(h))
+
+
+def test_noise_at_mel_takes_the_power_of_the_real_frames_only():
+    """dcase20 pads a short clip with 0 dB frames (linear 1.0): the 30 dB noise's per-bin power leaves them out."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 628, 4) * 10
+    x[0, 300:] = 1.0  # clip 0: 300 real frames, then padding
+    frames = torch.tensor([300, 628])
+    out = noise(NoiseAugmentation(type="noise", locations=["mel"], snr_db=0), frames)("mel", x)
+    # snr 0 dB: std = sqrt(mean_t(X²)) over the real frames; estimate it from the noise itself, per bin
+    expected = torch.stack([x[0, :300].square().mean(dim=0).sqrt(), x[1].square().mean(dim=0).sqrt()])
+    torch.testing.assert_close((out - x).std(dim=1), expected, rtol=0.08, atol=0)
+    padded_power = x[0].square().mean(dim=0).sqrt()
+    assert ((out - x)[0].std(dim=0) - padded_power).abs().min() > 0.1 * padded_power.min()
