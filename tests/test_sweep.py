@@ -195,12 +195,12 @@ def _wait(condition, what: str, timeout: float = 120.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-EPOCHS = 4
+EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tiny_features, tmp_path_factory):
-    """2 recipes x 2 learning rates x search seed 0, 2 trials at once, 4 epochs; winners on seeds 0 and 1.
+    """2 recipes x 2 learning rates x search seed 0, 2 trials at once, 3 epochs; winners on seeds 0 and 1.
     One trial's worker is killed after its first epoch; once a trial has finished, the driver is killed (-9);
     then `--resume` finishes the sweep. Yields what the test functions check."""
     if sys.platform != "linux":
@@ -228,9 +228,11 @@ def killed_and_resumed(tiny_features, tmp_path_factory):
     driver = subprocess.Popen([sys.executable, "-c", code], cwd=root, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        # A trial's worker, killed after its first epoch while it trains the second.
-        victim = _wait(lambda: next((r for r in runs.values() if len(_rows(r)) == 1 and _lock_holder(
-            r.with_name(r.name + ".lock"))), None), "a trial's first epoch")
+        # A trial's worker, killed after its first epoch (checkpointed: metrics.jsonl is written before last.pt)
+        # while it trains the second.
+        victim = _wait(lambda: next((r for r in runs.values() if len(_rows(r)) == 1 and (
+            r / "checkpoints" / "last.pt").exists() and _lock_holder(r.with_name(r.name + ".lock"))), None),
+            "a trial's first epoch")
         lock = victim.with_name(victim.name + ".lock")
         first_epoch = _rows(victim)[0]
         worker = _lock_holder(lock)

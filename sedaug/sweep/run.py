@@ -28,7 +28,15 @@ from typing import Any
 import yaml
 
 from sedaug.errors import UserError
-from sedaug.sweep.select import journal_statuses, run_state, search_records, winners, write_selection
+from sedaug.sweep.select import (
+    journal_errors,
+    journal_statuses,
+    run_state,
+    search_records,
+    short_value,
+    winners,
+    write_selection,
+)
 from sedaug.sweep.spec import LoadedSweep, Space, grid_settings, load_sweep
 from sedaug.sweep.trial import Plan, final_dir, run_trial, search_dir, setting_id, trial_spec
 
@@ -56,8 +64,8 @@ class SweepResult:
     winners: dict[str, Winner]
     seeds: list[int]
     final_runs: list[Path]
-    search_s: float
-    final_s: float
+    search_s: float  # the search stage's time
+    elapsed_s: float  # the whole command's
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -65,7 +73,7 @@ class SweepResult:
         return sum(self.statuses.values())
 
     def summary(self) -> str:
-        elapsed = int(self.search_s + self.final_s)
+        elapsed = int(self.elapsed_s)
         counts = ", ".join(f"{self.statuses.get(s, 0)} {w}" for s, w in
                            (("done", "done"), ("stopped", "stopped early"), ("failed", "failed")))
         chosen = "; ".join(f"{w.recipe} {_short(w.params) or 'defaults'} ({w.score:.3f})" for w in self.winners.values())
@@ -76,7 +84,7 @@ class SweepResult:
 
 
 def _short(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items())
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in params.items())
 
 
 # ---------------------------------------------------------------------------------------------- the driver
@@ -90,6 +98,7 @@ def run_sweep(
     overrides: list[str] = (),
     progress: bool = True,
 ) -> SweepResult:
+    started = time.monotonic()
     loaded = load_sweep(Path(spec_path), list(overrides))
     _import_ray(loaded.sweep.algorithm.type == "optuna")
     from sedaug.sweep.view import SweepView
@@ -111,9 +120,7 @@ def run_sweep(
         unsettled = [r for r in records if r.status not in ("done", "stopped")]
         missing = [n for n in loaded.bases if n not in chosen]
         ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled)}
-        start = time.monotonic()
         final_runs = _final(loaded, out, plan, view, ready)
-        final_s = time.monotonic() - start
     problems = []
     if unsettled or missing:
         names = sorted({r.recipe for r in unsettled} | set(missing))
@@ -124,13 +131,16 @@ def run_sweep(
         problems.append(f"{len(unfinal)} final runs did not finish ({', '.join(str(r.relative_to(out)) for r in unfinal[:3])}"
                         f"{', ...' if len(unfinal) > 3 else ''})")
     if problems:
-        raise UserError(f"{out}: {'; '.join(problems)}; Ray's logs in {out / 'ray'}; `sedaug sweep --resume` retries")
+        errors = journal_errors(out)
+        first = f"; the first error: {errors[0]}" if errors else ""
+        raise UserError(f"{out}: {'; '.join(problems)}{first}; Ray's logs in {out / 'ray'}; "
+                        "`sedaug sweep --resume` retries")
     statuses: dict[str, int] = {}
     for r in records:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     chosen_w = {n: Winner(n, w.setting, w.params, w.score, w.run_dir) for n, w in chosen.items()}
     return SweepResult(out, Path(spec_path).stem, statuses, view.retries, chosen_w, list(sweep.seeds), final_runs,
-                       search_s, final_s, notes)
+                       search_s, time.monotonic() - started, notes)
 
 
 def _import_ray(optuna: bool) -> None:
@@ -232,16 +242,17 @@ def _ray(out: Path, address: str | None) -> Iterator[list[str]]:
     handler = logging.FileHandler(ray_dir / "driver.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # ray.init(configure_logging=False) empties the "ray" logger's handlers: "ray._private" (init's own warnings)
-    # gets the file before, "ray" (Tune's) after.
-    loggers = [logging.getLogger("ray._private"), logging.getLogger("ray")]
+    # gets the file before, "ray" (Tune's) after; Optuna's study messages go there too.
+    loggers = [logging.getLogger("ray._private"), logging.getLogger("optuna"), logging.getLogger("ray")]
     saved_loggers = [(lg.handlers[:], lg.propagate) for lg in loggers]
-    loggers[0].handlers, loggers[0].propagate = [handler], False
+    for lg in loggers[:2]:
+        lg.handlers, lg.propagate = [handler], False
     try:
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as e:
             raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({e})") from None
-        loggers[1].handlers, loggers[1].propagate = [handler], False
+        loggers[2].handlers, loggers[2].propagate = [handler], False
         yield notes
     finally:
         with contextlib.suppress(Exception):
@@ -314,7 +325,7 @@ def _fit(name: str, out: Path, plan: Plan, view, loaded: LoadedSweep, param_spac
         param_space=param_space,
         tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, scheduler=scheduler,
                                     num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
-                                    trial_dirname_creator=_trial_dirname),
+                                    trial_dirname_creator=_trial_dirname, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(out / "ray"), name=name, verbose=0, callbacks=[view],
                                   failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
     )
@@ -402,7 +413,7 @@ def _optuna_search(loaded: LoadedSweep, out: Path, plan: Plan, view, name: str, 
     settled = [r for r in records if r.status in ("done", "stopped")]
     unfinished = [r for r in records if r not in settled]
     remaining = sweep.algorithm.trials - len(settled)
-    view.begin_stage(f"search (optuna, {name})", {name: sweep.algorithm.trials}, {name: len(settled)})
+    view.begin_stage(f"search (optuna: {name})", {name: sweep.algorithm.trials}, {name: len(settled)})
     if remaining <= 0:
         return
     if not space:  # nothing to search: the base recipe is the one setting
@@ -433,7 +444,7 @@ def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict) -> li
                 trial["copy_from"] = str(w.run_dir)
             trials.append(trial)
     pending = [t for t in trials if not _settled(out, loaded, "final", t, {})]
-    view.begin_stage("final (winners on every seed, evaluated on eval)", _per_recipe(trials), _per_recipe(trials, pending))
+    view.begin_stage("final (seeds, eval)", _per_recipe(trials), _per_recipe(trials, pending))
     if pending:
         from ray import tune
 

@@ -55,6 +55,21 @@ def journal_statuses(out: Path) -> dict[tuple, str]:
     return statuses
 
 
+def journal_errors(out: Path) -> list[str]:
+    """The distinct errors of trials that failed for good, first seen first."""
+    path = Path(out) / JOURNAL
+    errors: dict[str, None] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("status") == "failed" and row.get("error"):
+                errors[row["error"]] = None
+    return list(errors)
+
+
 def append_journal(out: Path, row: dict) -> None:
     with (Path(out) / JOURNAL).open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -123,6 +138,18 @@ def _cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def short_value(value: Any) -> str:
+    """A value as the summary and the table show it: floats to 4 significant digits (selection.tsv has them all)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def write_selection(out: Path, records: list[TrialRecord], chosen: dict[str, TrialRecord]) -> Path:
     keys = list(dict.fromkeys(k for r in records for k in r.params))
     header = ["recipe", "setting", "seed", *keys, "epochs", "status", "score", "best_epoch", "winner"]
@@ -166,7 +193,8 @@ def selected_settings(path: Path) -> dict[str, str]:
         params = {k: v for k, v in row.items() if k not in fixed and v != ""}
         short = [k.rsplit(".", 1)[-1] for k in params]
         names = short if len(set(short)) == len(short) else list(params)
-        out[row["recipe"]] = ", ".join(f"{n}={v}" for n, v in zip(names, params.values(), strict=True)) or "defaults"
+        out[row["recipe"]] = ", ".join(f"{n}={short_value(v)}" for n, v in zip(names, params.values(), strict=True))
+        out[row["recipe"]] = out[row["recipe"]] or "defaults"
     return out
 
 

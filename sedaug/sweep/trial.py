@@ -138,23 +138,28 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
             shutil.rmtree(run_dir)  # died inside its first epoch: nothing to resume, start again
         rows = read_metrics(run_dir)
         best = best_valid_f1(rows)
-        if rows:  # catch up: where the run directory stands
-            tune.report(_result(rows[-1], best, stage=config["stage"]))
+        selection = _selection_split(plan) if config["stage"] == "search" else None
+
+        def finish() -> float | None:
+            """Evaluate what the trial needs (before its last report: ASHA stops a trial at its last epoch)."""
+            for split in dict.fromkeys(s for s in (selection, config.get("evaluate")) if s):
+                if read_results(run_dir, split) is None:
+                    evaluate_run(run_dir, split=split, checkpoint="best", device=device, progress=False)
+            if selection is None:
+                return None
+            value = (read_results(run_dir, selection) or {}).get(plan.select_metric)
+            return float(value) if isinstance(value, int | float) else float("nan")
+
+        if rows:  # catch up: where the run directory stands (complete: the trial's one report)
+            score = finish() if len(rows) >= epochs else None
+            tune.report(_result(rows[-1], best, config["stage"], score))
         for epoch in range(len(rows) + 1, epochs + 1):
             set_key(raw, "optim.epochs", epoch)
             train(validate_recipe(raw, str(run_dir / "recipe.yaml")), run_dir, resume=last.exists(), device=device,
                   progress=False)
             row = read_metrics(run_dir)[-1]
             best = row["valid_f1"] if best is None else max(best, row["valid_f1"])
-            tune.report(_result(row, best, stage=config["stage"]))
-        selection = _selection_split(plan) if config["stage"] == "search" else None
-        for split in dict.fromkeys(s for s in (selection, config.get("evaluate")) if s):
-            if read_results(run_dir, split) is None:
-                evaluate_run(run_dir, split=split, checkpoint="best", device=device, progress=False)
-        if selection:  # the search algorithm's final word: the selection metric, not the per-epoch F1
-            value = (read_results(run_dir, selection) or {}).get(plan.select_metric)
-            score = float(value) if isinstance(value, int | float) else float("nan")
-            tune.report({**_result(read_metrics(run_dir)[-1], best, stage="search"), "score": score})
+            tune.report(_result(row, best, config["stage"], finish() if epoch == epochs else None))
 
 
 def _selection_split(plan: Plan) -> str | None:
@@ -164,7 +169,9 @@ def _selection_split(plan: Plan) -> str | None:
     return plan.select_split
 
 
-def _result(row: dict, best: float | None, stage: str) -> dict:
+def _result(row: dict, best: float | None, stage: str, score: float | None = None) -> dict:
+    """A report: `score` is the running best synthetic_valid F1, or at the end the selection metric when another
+    is asked for (ASHA and Optuna's intermediate values see the F1, Optuna's final value the selection)."""
     best = 0.0 if best is None else float(best)
-    return {"epoch": int(row["epoch"]), "valid_f1": float(row["valid_f1"]), "best_valid_f1": best, "score": best,
-            "stage": stage}
+    return {"epoch": int(row["epoch"]), "valid_f1": float(row["valid_f1"]), "best_valid_f1": best,
+            "score": best if score is None else score, "stage": stage}

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sedaug.sweep.select import append_journal
+from sedaug.sweep.select import append_journal, short_value
 from sedaug.sweep.trial import setting_id, trial_spec
 
 _ACTIVE: SweepView | None = None
@@ -27,6 +27,18 @@ _ACTIVE: SweepView | None = None
 def _active_view() -> SweepView:
     """What an unpickled view becomes: the view of this process's sweep (Ray pickles run_config into tuner.pkl)."""
     return _ACTIVE if _ACTIVE is not None else SweepView(out=None, epochs={})
+
+
+def _error_line(error_file: str | None) -> str:
+    """The exception's message from Ray's error.txt of a trial (a sedaug UserError as its one line)."""
+    try:
+        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return ""
+    last = lines[-1] if lines else ""
+    for prefix in ("sedaug.errors.UserError: ", "sedaug.train.Diverged: ", "sedaug.train.Interrupted: "):
+        last = last.removeprefix(prefix)
+    return f"{last} ({error_file})" if last else str(error_file)
 
 
 @dataclass
@@ -58,6 +70,7 @@ class SweepView(Callback):
     def begin_stage(self, stage: str, planned: dict[str, int], skipped: dict[str, int]) -> None:
         """A new stage: `planned` trials per recipe, `skipped` of them already complete on disk."""
         self.stage = stage
+        self.totals = {"done": sum(skipped.values()), "stopped": 0, "failed": 0}
         for name, n in planned.items():
             counts = self.recipes.setdefault(name, RecipeCounts())
             counts.trials, counts.done, counts.stopped, counts.failed = n, skipped.get(name, 0), 0, 0
@@ -87,7 +100,7 @@ class SweepView(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         recipe = self.running.pop(trial.trial_id, trial_spec(trial.config)["recipe"])
         self._count(recipe, "failed")
-        self._journal(trial, "failed", error=str(getattr(trial, "error_file", "") or ""))
+        self._journal(trial, "failed", error=_error_line(getattr(trial, "error_file", None)))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
@@ -141,7 +154,7 @@ class SweepView(Callback):
         head = Text.assemble(
             (f"{self.title}", "bold"), f" — {self.stage or 'starting'} · ",
             (f"{len(self.running)} running", "cyan"), f" · {self.totals['done']} done · ",
-            f"{self.totals['stopped']} stopped early · ", (f"{self.totals['failed']} failed", "red" if self.totals["failed"] else ""),
+            f"{self.totals['stopped']} stopped · ", (f"{self.totals['failed']} failed", "red" if self.totals["failed"] else ""),
             f" · {self.retries} retried · {elapsed // 60}m{elapsed % 60:02d}s",
         )
         table = Table(box=None, pad_edge=False)
@@ -152,7 +165,7 @@ class SweepView(Callback):
             running[name] = running.get(name, 0) + 1
         for name, c in self.recipes.items():
             best = "" if c.best is None else f"{c.best:.3f}"
-            setting = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in c.best_params.items())
+            setting = ", ".join(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in c.best_params.items())
             table.add_row(name, str(c.trials), str(running.get(name, 0)), str(c.done), str(c.stopped), str(c.failed),
                           best, setting)
         return Group(head, table)
