@@ -302,12 +302,19 @@ def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
                     f"({', '.join(header)})"
                 )
             fields = fields[: len(header)]
-        rows.append(fields + [""] * (len(header) - len(fields)))
+        rows.append([_unquote(f) for f in fields] + [""] * (len(header) - len(fields)))
         numbers.append(number)
     table = pd.DataFrame(rows, columns=header, dtype=object) if rows else pd.DataFrame(columns=header, dtype=object)
     table = table[list(columns)].copy()
     table["line"] = np.asarray(numbers, dtype=int)
     return table
+
+
+def _unquote(cell: str) -> str:
+    """A cell quoted as pandas writes one ("Dog,Speech"), unquoted; others as they are."""
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"':
+        return cell[1:-1].replace('""', '"')
+    return cell
 
 
 def _parse_events(path: Path, table: pd.DataFrame) -> pd.DataFrame:
