@@ -61,6 +61,7 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold the run directory for this process (an flock the OS drops when the process dies, kill -9 too): a
         second writer is refused with the holder's pid instead of interleaving its files."""
+        created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -74,7 +75,13 @@ class RunDir:
                                 "or stop it first") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
+            try:
+                yield
+            except BaseException:
+                if created and self.is_empty():  # refused or failed before writing anything: leave no trace
+                    (self.root / LOCK).unlink(missing_ok=True)
+                    self.root.rmdir()
+                raise
         finally:
             os.close(fd)  # releases the lock
 

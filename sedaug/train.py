@@ -226,14 +226,16 @@ def _stop_on_sigint():
 
 def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.device | str = "cpu", progress: bool = True) -> TrainResult:
     """Train `recipe` into `run_dir` (RUNS/<name>/seed<k>), which this process holds locked meanwhile."""
-    run = RunDir(Path(run_dir))
-    with run.lock():
-        return _train(recipe, run, resume, torch.device(device), progress)
-
-
-def _train(recipe: Recipe, run: RunDir, resume: bool, device: torch.device, progress: bool) -> TrainResult:
-    ckpt = _start(run, recipe, resume, device)
+    run, device = RunDir(Path(run_dir)), torch.device(device)
     store = FeatureStore(recipe.data.features)
+    _start(run, recipe, resume, device)  # refuse before anything is created; checked again under the lock
+    with run.lock():
+        return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress)
+
+
+def _train(
+    recipe: Recipe, run: RunDir, store: FeatureStore, ckpt: Checkpoint | None, device: torch.device, progress: bool
+) -> TrainResult:
 
     # Data: three training streams and synthetic_valid for model selection.
     streams = ThreeStreams(store, recipe.data.batch_size, recipe.seed, device, resident=device.type == "cuda")

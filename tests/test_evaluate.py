@@ -351,7 +351,8 @@ def fake_run(tmp_path_factory):
 def test_evaluate_run_writes_the_run_folder(fake_run):
     run, split, results = fake_run
     out = run / "eval"
-    assert sorted(p.name for p in out.iterdir()) == ["detections.tsv", "psd_roc.png", "results.json", "scores"]
+    assert sorted(p.name for p in out.iterdir()) == ["detections.tsv", "per_class.png", "psd_roc.png", "results.json",
+                                                     "scores"]
     assert json.loads((out / "results.json").read_text()) == results
     assert results["checkpoint"] == {"name": "best", "path": str(run / "checkpoints" / "best.pt"), "epoch": 4,
                                      "step": 40}

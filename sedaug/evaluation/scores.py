@@ -3,8 +3,6 @@ duration, as `<split>/scores/<clip>.tsv`."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pandas as pd
 
 from sedaug.data.desed import CLASSES
 from sedaug.evaluation.postprocess import as_scores, frame_counts, frame_timestamps
+from sedaug.files import atomic_dir
 
 
 def clip_id(filename: str) -> str:
@@ -38,23 +37,8 @@ def score_frames(
 def write_scores(scores: dict[str, pd.DataFrame], directory: Path) -> None:
     """One sed_scores_eval TSV per clip (what `write_sed_scores` writes, numbers in their shortest exact form);
     the folder is filled aside and swapped in whole."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")  # mkdir, not mkdtemp: the user's umask, not 0700
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(directory) as tmp:
         for key, frame in scores.items():
             rows = frame.to_numpy().tolist()  # str(float): the shortest text that reads back exactly; 4x faster
             text = "\n".join(["\t".join(frame.columns), *("\t".join(map(str, row)) for row in rows)]) + "\n"
             (tmp / f"{key}.tsv").write_text(text)
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-        tmp.rename(directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
