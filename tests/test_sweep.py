@@ -162,6 +162,31 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_resumed_optuna_study_is_told_the_finished_trials_and_reruns_the_unfinished_first(tmp_path, monkeypatch):
+    pytest.importorskip("ray.tune.search.optuna")
+    from sedaug.sweep.run import optuna_searcher
+
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path / "o.yaml", """\
+        recipes:
+          - recipe: recipes/none.yaml
+            search:
+              optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+        algorithm: {type: optuna, trials: 5, seed: 7}
+        """)
+    loaded = load_sweep(path)
+    records = [_record(tmp_path, "none", 1e-3, 0.3), _record(tmp_path, "none", 2e-3, 0.1, status="stopped"),
+               _record(tmp_path, "none", 5e-3, None, status="incomplete")]
+    searcher, remaining = optuna_searcher(loaded.sweep, loaded.spaces["none"], records)
+    assert remaining == 3  # 5 - the two settled
+    searcher.set_search_properties(None, None, {"trial": {"stage": "search"}})
+    assert searcher.suggest("a") == {"params": {"optim.lr": 5e-3}}  # the unfinished trial first
+    assert 1e-4 <= searcher.suggest("b")["params"]["optim.lr"] <= 1e-2
+    told = [t for t in searcher._ot_study.trials if t.value is not None]
+    assert sorted(t.value for t in told) == [0.1, 0.3]
+    assert optuna_searcher(loaded.sweep, {}, records[:1]) == (None, 0)  # nothing searched, the one trial done
+
+
 # ---------------------------------------------------------------------------------------------- a real sweep
 
 

@@ -289,32 +289,44 @@ def _per_recipe(trials: list[dict], among: list[dict] | None = None) -> dict[str
 
 def _optuna_search(loaded: LoadedSweep, out: Path, plan: Plan, view, name: str, statuses: dict) -> None:
     """One Optuna TPE study per recipe (each row gets its own budget), told the trials already on disk."""
-    from ray.tune.search.optuna import OptunaSearch
-
     sweep = loaded.sweep
-    space = loaded.spaces[name]
     records = [r for r in search_records(loaded, out) if r.recipe == name]
-    settled = [r for r in records if r.status in ("done", "stopped")]
-    unfinished = [r for r in records if r not in settled]
-    remaining = sweep.algorithm.trials - len(settled)
-    view.begin_stage(f"search (optuna: {name})", {name: sweep.algorithm.trials}, {name: len(settled)})
+    searcher, remaining = optuna_searcher(sweep, loaded.spaces[name], records)
+    view.begin_stage(f"search (optuna: {name})", {name: sweep.algorithm.trials},
+                     {name: sum(r.status in ("done", "stopped") for r in records)})
     if remaining <= 0:
         return
-    if not space:  # nothing to search: the base recipe is the one setting
-        trial = {"stage": "search", "recipe": name, "seed": sweep.trial_seed, "params": {}}
+    if searcher is None:  # nothing to search: the base recipe is the one setting
         from ray import tune
 
+        trial = {"stage": "search", "recipe": name, "seed": sweep.trial_seed, "params": {}}
         _fit(f"search-{name}", out, plan, view, loaded, {"trial": tune.grid_search([trial])}, early_stopping=True)
         return
-    flat = [{f"params/{k}": v for k, v in r.params.items()} for r in unfinished][:remaining]
-    searcher = OptunaSearch(space={"params": {k: _domain(d) for k, d in space.items()}}, metric="score", mode="max",
-                            seed=sweep.algorithm.seed + len(settled), points_to_evaluate=flat or None)
-    for r in settled:
-        if r.score is not None:
-            searcher.add_evaluated_point({f"params/{k}": v for k, v in r.params.items()}, r.score)
     param_space = {"trial": {"stage": "search", "recipe": name, "seed": sweep.trial_seed}}
     _fit(f"search-{name}", out, plan, view, loaded, param_space, search_alg=searcher, num_samples=remaining,
          early_stopping=True)
+
+
+def optuna_searcher(sweep, space: dict[str, Space], records: list) -> tuple[Any, int]:
+    """Ray Tune's OptunaSearch (TPE) for one recipe and the trials left in its budget. It is told the settled
+    trials on disk (score known) and asked to run the unfinished ones first; its seed moves on with the number of
+    settled trials, so that a resumed study does not draw the same first points again. (None, n) when nothing is
+    searched: the one setting is the base recipe."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    settled = [r for r in records if r.status in ("done", "stopped")]
+    unfinished = [r for r in records if r not in settled]
+    if not space:
+        return None, 0 if settled else 1
+    remaining = sweep.algorithm.trials - len(settled)
+    flat = [{f"params/{k}": v for k, v in r.params.items()} for r in unfinished][: max(remaining, 0)]
+    distributions = OptunaSearch.convert_search_space({"params": {k: _domain(d) for k, d in space.items()}})
+    searcher = OptunaSearch(space=distributions, metric="score", mode="max", seed=sweep.algorithm.seed + len(settled),
+                            points_to_evaluate=flat or None)
+    for r in settled:
+        if r.score is not None:
+            searcher.add_evaluated_point({f"params/{k}": v for k, v in r.params.items()}, r.score)
+    return searcher, remaining
 
 
 def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict) -> list[Path]:
