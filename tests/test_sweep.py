@@ -151,6 +151,21 @@ def test_the_best_complete_trial_wins_and_selection_tsv_marks_it(tmp_path):
     assert in_search(tmp_path / "search" / "a" / "x" / "seed0") and not in_search(tmp_path / "final" / "a" / "seed0")
 
 
+def test_an_epoch_counts_once_its_checkpoint_is_written(tmp_path):
+    from sedaug.sweep.trial import checkpointed_metrics
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "valid_f1": 0.1}\n{"epoch": 2, "valid_f1": 0.2}\n')
+    assert checkpointed_metrics(run) == []  # no last.pt: nothing to resume from
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    os.utime(run / "metrics.jsonl", ns=(2_000_000_000, 2_000_000_000))
+    os.utime(run / "checkpoints" / "last.pt", ns=(1_000_000_000, 1_000_000_000))
+    assert [r["epoch"] for r in checkpointed_metrics(run)] == [1]  # killed between epoch 2's row and its last.pt
+    os.utime(run / "checkpoints" / "last.pt", ns=(3_000_000_000, 3_000_000_000))
+    assert [r["epoch"] for r in checkpointed_metrics(run)] == [1, 2]
+
+
 def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch):
     from sedaug.sweep.run import INSTALL_HINT, run_sweep
 
@@ -267,7 +282,8 @@ def killed_and_resumed(tiny_features, tmp_path_factory):
         retried_by = _lock_holder(lock)
 
         # The driver, killed once a trial has finished and while another still runs.
-        finished = _wait(lambda: [r for r in runs.values() if len(_rows(r)) == EPOCHS], "a finished trial")
+        finished = _wait(lambda: [r for r in runs.values() if len(_rows(r)) == EPOCHS and _lock_holder(
+            r.with_name(r.name + ".lock")) is None], "a finished trial")  # all written, the trial returned
         snapshot = {r: ((r / "metrics.jsonl").read_text(), (r / "train.log").read_text(),
                         (r / "checkpoints" / "last.pt").stat().st_mtime_ns) for r in finished}
         os.kill(driver.pid, signal.SIGKILL)

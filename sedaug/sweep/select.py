@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.sweep.spec import LoadedSweep, get_key, grid_settings
-from sedaug.sweep.trial import best_valid_f1, read_metrics, read_results, setting_id
+from sedaug.sweep.trial import best_valid_f1, checkpointed_metrics, read_results, setting_id
 
 SELECTION = "selection.tsv"
 JOURNAL = "trials.jsonl"
@@ -78,7 +78,7 @@ def append_journal(out: Path, row: dict) -> None:
 def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tuple[int, float | None, int | None, bool]:
     """(epochs done, score, best epoch, complete) of one run directory. `split` None: the paper's selection, the
     best synthetic_valid macro F1 over epochs (what best.pt keeps); else `metric` of `<split>/results.json`."""
-    rows = read_metrics(run_dir)
+    rows = checkpointed_metrics(run_dir)
     best = best_valid_f1(rows)
     best_epoch = next((r["epoch"] for r in rows if r.get("valid_f1") == best), None) if best is not None else None
     done = len(rows)

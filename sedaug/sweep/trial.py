@@ -60,6 +60,19 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def checkpointed_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's epochs that last.pt holds. An epoch's row is written before its checkpoint, so a worker killed
+    between the two leaves a row too many: metrics.jsonl newer than last.pt drops its last row (train's resume
+    rewrites metrics.jsonl too, which then costs at most one idle call of train, never a wrong skip)."""
+    rows = read_metrics(run_dir)
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if not rows or not last.exists():
+        return [] if not last.exists() else rows
+    if (Path(run_dir) / "metrics.jsonl").stat().st_mtime_ns > last.stat().st_mtime_ns:
+        return rows[:-1]
+    return rows
+
+
 def read_results(run_dir: Path, split: str) -> dict | None:
     path = Path(run_dir) / split / "results.json"
     try:
@@ -136,7 +149,7 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
             _copy_run(Path(config["copy_from"]), run_dir)
         elif run_dir.exists() and not last.exists():
             shutil.rmtree(run_dir)  # died inside its first epoch: nothing to resume, start again
-        rows = read_metrics(run_dir)
+        rows = checkpointed_metrics(run_dir)
         best = best_valid_f1(rows)
         selection = _selection_split(plan) if config["stage"] == "search" else None
 
