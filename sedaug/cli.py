@@ -175,6 +175,24 @@ def evaluate(
 
 @app.command()
 @user_errors
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="Sweep YAML (see sweeps/ and docs/sweeps.md).")],
+    out: Annotated[Path | None, typer.Option(help="Sweep directory (default: runs/sweeps/<sweep file name>).")] = None,
+    address: Annotated[str | None, typer.Option(help="An existing Ray cluster (HOST:PORT or auto) instead of a local Ray.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep in --out; finished trials are kept.")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="A recipe key (model.x=...) for every recipe, or a sweep key (max_concurrent_trials=2); repeatable.")] = [],  # noqa: B006
+) -> None:
+    """Select each recipe's hyper-parameters on synthetic_valid with Ray Tune, then train the winners on the seeds."""
+    from sedaug.sweep.run import run_sweep
+
+    result = run_sweep(spec, out=out, address=address, resume=resume, overrides=set_)
+    for note in result.notes:
+        console.print(note)
+    console.print(result.summary())
+
+
+@app.command()
+@user_errors
 def detect(
     run_dir: Annotated[Path, typer.Argument(help="A trained run directory (runs/<name>/seed<k>).")],
     paths: Annotated[list[Path], typer.Argument(help="Audio files, or folders searched recursively (any rate, channels, length).")],

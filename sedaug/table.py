@@ -11,6 +11,7 @@ best and above-baseline follow from the numbers.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -20,6 +21,7 @@ from pathlib import Path
 from sedaug.errors import UserError
 from sedaug.evaluation.results import METRICS
 from sedaug.recipe import Recipe, load_recipe
+from sedaug.sweep import in_search, selected_settings
 
 # The paper's Table 1, top to bottom (docs/architecture.md); other recipe names follow, alphabetically.
 TABLE1_ORDER = (
@@ -84,6 +86,8 @@ def _find_runs(runs_dir: Path, split: str) -> list[_Run]:
         raise UserError(f"{runs_dir}: no such folder")
     runs = []
     for recipe_path in sorted(runs_dir.glob("**/recipe.yaml")):
+        if in_search(recipe_path.parent):  # a sweep's search trials: its final/ runs are the table
+            continue
         results_path = recipe_path.parent / split / "results.json"
         results = None
         if results_path.is_file():
@@ -184,6 +188,9 @@ def build_table(runs_dir: Path, split: str = "eval", metrics: tuple[str, ...] = 
     for run in _find_runs(runs_dir, split):
         groups.setdefault(run.recipe.name, []).append(run)
     rows = [_row(name, groups[name], metrics) for name in sorted(groups, key=_order)]
+    selected = selected_settings(runs_dir)  # a sweep directory or its final/: each row's selected values
+    rows = [dataclasses.replace(r, note="; ".join(filter(None, [r.note, selected.get(r.recipe) and f"selected {selected[r.recipe]}"])))
+            for r in rows]
     return Table(runs_dir=runs_dir, split=split, metrics=metrics, rows=tuple(_flag(rows, metrics)))
 
 
