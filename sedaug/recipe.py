@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from sedaug.errors import UserError
+from sedaug.strict_yaml import apply_overrides, parse_yaml
 
 # The model's perturbation points (sedaug.model.POINTS): `cnn1`…`cnn7` are the gated blocks' outputs (B, C, T, F).
 Location = Literal["mel", "input", "cnn1", "cnn2", "cnn3", "cnn4", "cnn5", "cnn6", "cnn7", "cnn", "rnn"]
@@ -332,57 +332,6 @@ class Recipe(Section):
                     f"augmentation.locations: {what} acts along frequency, and model.cnn_pooling leaves "
                     f"{point} {rows} frequency row"
                 )
-
-
-# ---------------------------------------------------------------------------------------------- YAML
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
-
-
-def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as e:
-        raise UserError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, in place, and return it."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r}: expected key.path=value")
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"--set {item!r}: {part} is not a section")
-            node = child
-        node[leaf] = parse_yaml(value, f"--set {key}")
-    return raw
 
 
 def _format_errors(error: ValidationError, where: str) -> str:

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from sedaug.cli import app
 from sedaug.errors import UserError
-from sedaug.recipe import Recipe, dump_recipe, load_recipe, parse_yaml, validate_recipe
+from sedaug.recipe import Recipe, dump_recipe, load_recipe, validate_recipe
+from sedaug.strict_yaml import parse_yaml
 
 REPO = Path(__file__).parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

@@ -161,7 +161,7 @@ def _prepare_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
         return
     if not sweep_file.exists():
         raise UserError(f"{out}: no sweep to resume (no sweep.yaml): run it without --resume")
-    from sedaug.recipe import parse_yaml
+    from sedaug.strict_yaml import parse_yaml
 
     saved = parse_yaml(sweep_file.read_text(), str(sweep_file))
     diff = _diff(saved, resolved)

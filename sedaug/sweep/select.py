@@ -92,7 +92,7 @@ def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tup
 
 def search_records(loaded: LoadedSweep, out: Path) -> list[TrialRecord]:
     """Every search trial found on disk, per recipe in the sweep's order, settings in the grid's order."""
-    from sedaug.recipe import parse_yaml
+    from sedaug.strict_yaml import parse_yaml
 
     sweep = loaded.sweep
     split = None if sweep.select.is_default else sweep.select.split

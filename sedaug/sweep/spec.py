@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from sedaug.errors import UserError
-from sedaug.recipe import Recipe, apply_overrides, parse_yaml, validate_recipe
+from sedaug.recipe import Recipe, validate_recipe
+from sedaug.strict_yaml import apply_overrides, parse_yaml
 
 # Recipe keys a sweep may not search: `name` is the row, `seed` is the sweep's own `seeds`.
 RESERVED = {"name": "the row's name: set it in the recipe", "seed": "the sweep's `seeds` and `search_seed` set it"}

@@ -1,0 +1,58 @@
+"""YAML as sedaug reads it (recipes, sweep files, `--set` values): safe, duplicate keys refused, `1e-3` a float."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from sedaug.errors import UserError
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise UserError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, in place, and return it."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key.path=value")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[leaf] = parse_yaml(value, f"--set {key}")
+    return raw
