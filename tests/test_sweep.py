@@ -43,6 +43,9 @@ def test_the_shipped_sweeps_validate():
     assert {p.stem for p in (REPO / "recipes").glob("*.yaml")} == set(full.bases)
     assert len(full.sweep.seeds) == 3 and full.sweep.select.split == "synthetic_valid"
     assert all(full.spaces[name] for name in full.bases if name != "none")  # every other row searches something
+    audio = load_sweep(REPO / "sweeps" / "audio.yaml")  # Table 2: every audio recipe, each searching its strength
+    assert {p.stem for p in (REPO / "recipes" / "audio").glob("*.yaml")} == set(audio.bases)
+    assert all(audio.spaces[name] for name in audio.bases)
 
 
 def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_path, monkeypatch):
