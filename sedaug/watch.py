@@ -70,7 +70,10 @@ def plot_train_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     losses.legend()
     weight.plot(epochs, [row["weight"] for row in metrics], marker=".", color="tab:purple", label="w(t)")
     lr_axis = weight.twinx()
-    lr_axis.plot(epochs, [row["lr"] for row in metrics], marker=".", color="tab:gray", label="lr")
+    lr_axis.plot(epochs, [row["lr"] for row in metrics], marker="x", linestyle="--", color="tab:gray", label="lr")
+    # From 0: both ramps end at their recipe values; a zoomed axis would make a flat line look like a ramp.
+    weight.set_ylim(0, 1.1 * max(max(row["weight"] for row in metrics), 1e-12))
+    lr_axis.set_ylim(0, 1.1 * max(max(row["lr"] for row in metrics), 1e-12))
     weight.set(title="consistency weight w(t) and learning rate", xlabel="epoch", ylabel="w(t)")
     lr_axis.set_ylabel("lr")
     weight.legend(handles=[*weight.get_lines(), *lr_axis.get_lines()], loc="lower right")

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -37,20 +38,40 @@ def one_error(result, *needles: str, code: int = 1) -> str:
     return errors[0]
 
 
+def _train_command(runs: Path, features: Path, overrides: list[str], recipe: str, epochs: int) -> list[str]:
+    cmd = ["train", str(REPO / "recipes" / f"{recipe}.yaml"), "--runs", str(runs), "--device", "cpu",
+           "--set", f"optim.epochs={epochs}"]
+    for item in [*overrides, f"data.features={features}", "data.batch_size=4", "optim.max_steps_per_epoch=2",
+                 "optim.rampup_epochs=0"]:
+        cmd += ["--set", item]
+    return cmd
+
+
 @pytest.fixture
 def cli(tiny_features, tiny_model_overrides, tmp_path):
     """`sedaug train RECIPE` on the tiny store and model, 2 steps an epoch, into tmp_path/runs."""
     runner = CliRunner()
 
     def run(*args: str, recipe: str = "none", epochs: int = 1):
-        cmd = ["train", str(REPO / "recipes" / f"{recipe}.yaml"), "--runs", str(tmp_path / "runs"), "--device", "cpu",
-               "--set", f"optim.epochs={epochs}"]
-        for item in [*tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4",
-                     "optim.max_steps_per_epoch=2", "optim.rampup_epochs=0"]:
-            cmd += ["--set", item]
+        cmd = _train_command(tmp_path / "runs", tiny_features, tiny_model_overrides, recipe, epochs)
         return runner.invoke(app, [*cmd, *args])
 
     return run
+
+
+@pytest.fixture(scope="module")
+def _trained_template(tiny_features, tiny_model_overrides, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("trained") / "runs"
+    result = CliRunner().invoke(app, _train_command(runs, tiny_features, tiny_model_overrides, "none", 1))
+    assert result.exit_code == 0, result.output
+    return runs
+
+
+@pytest.fixture
+def trained(_trained_template, tmp_path) -> Path:
+    """tmp_path/runs holding `none` trained for one epoch (what `cli()` would make), copied from one training."""
+    shutil.copytree(_trained_template, tmp_path / "runs")
+    return tmp_path / "runs" / "none" / "seed0"
 
 
 def test_a_run_that_stopped_before_its_first_checkpoint_restarts_with_resume(cli, tmp_path):
@@ -78,8 +99,7 @@ def test_resume_cannot_shrink_a_finished_run_and_keeps_its_files_true(cli, tmp_p
     assert checksums(run) == before
 
 
-def test_resume_without_recipe_yaml_uses_the_checkpoints_recipe(cli, tmp_path):
-    assert cli(epochs=1).exit_code == 0
+def test_resume_without_recipe_yaml_uses_the_checkpoints_recipe(cli, trained, tmp_path):
     run = tmp_path / "runs" / "none" / "seed0"
     (run / "recipe.yaml").unlink()
     assert cli("--resume", epochs=2).exit_code == 0
@@ -96,8 +116,7 @@ def test_two_processes_never_write_one_run_directory(cli, tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", None], ids=["empty", "truncated", "other-pickle"])
 @pytest.mark.parametrize("command", ["evaluate", "resume"])
-def test_unreadable_checkpoints_are_one_line(cli, tmp_path, content, command):
-    assert cli().exit_code == 0
+def test_unreadable_checkpoints_are_one_line(cli, trained, tmp_path, content, command):
     run = tmp_path / "runs" / "none" / "seed0"
     target = run / "checkpoints" / ("best.pt" if command == "evaluate" else "last.pt")
     if content is None:
@@ -113,8 +132,7 @@ def test_unreadable_checkpoints_are_one_line(cli, tmp_path, content, command):
     assert checksums(run) == before
 
 
-def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(cli, tmp_path, monkeypatch):
-    assert cli().exit_code == 0
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(cli, trained, tmp_path, monkeypatch):
     run = tmp_path / "runs" / "none" / "seed0"
     before = checksums(run / "checkpoints")
 
@@ -143,16 +161,14 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_was_saved(cli, tmp_path, mo
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", "not json", "\x89PNG"], ids=["list", "not-json", "binary"])
-def test_table_refuses_results_that_are_not_results(cli, tmp_path, content):
-    assert cli().exit_code == 0
+def test_table_refuses_results_that_are_not_results(trained, tmp_path, content):
     results = tmp_path / "runs" / "none" / "seed0" / "eval" / "results.json"
     results.parent.mkdir()
     results.write_text(content)
     one_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs")]), str(results), "sedaug evaluate")
 
 
-def test_table_out_a_folder_is_refused(cli, tmp_path):
-    assert cli().exit_code == 0
+def test_table_out_a_folder_is_refused(trained, tmp_path):
     one_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs"), "--format", "csv", "--out", str(tmp_path)]),
               f"--out {tmp_path} is a folder")
 

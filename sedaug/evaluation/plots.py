@@ -38,8 +38,8 @@ def plot_per_class(results: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     rows = range(len(CLASSES))
-    for ax, values, title, color in ((axes[0], f1, f"event-based F1 (macro {_fmt(results.get('macro'))})", "tab:blue"),
-                                     (axes[1], psds1, f"PSDS1 per class (PSDS1 {_fmt(results.get('psds1'))})", "tab:orange")):
+    for ax, values, title, color in ((axes[0], f1, f"event-based F1\n(macro {_fmt(results.get('macro'))})", "tab:blue"),
+                                     (axes[1], psds1, f"PSDS1 per class\n(overall {_fmt(results.get('psds1'))}, after its class-spread penalty)", "tab:orange")):
         heights = [values.get(c) or 0.0 for c in CLASSES]
         ax.barh(rows, heights, color=color)
         for y, c in zip(rows, CLASSES, strict=True):
