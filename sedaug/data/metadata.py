@@ -1,0 +1,190 @@
+"""DESED's metadata: its classes and the TSVs that label its clips (weak labels, strong events), read strictly.
+
+A TSV row that cannot be trusted (not finite, a negative onset, an offset before its onset, an unknown class, more
+fields than the header) is a UserError naming the file and line. An event ending at most `LABEL_TOLERANCE` seconds
+past its clip's audio is DESED's known quirk: it is clipped, with a warning row (`WARNING_COLUMNS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from sedaug.errors import UserError
+
+CLASSES: tuple[str, ...] = (
+    "Alarm_bell_ringing",
+    "Blender",
+    "Cat",
+    "Dishes",
+    "Dog",
+    "Electric_shaver_toothbrush",
+    "Frying",
+    "Running_water",
+    "Speech",
+    "Vacuum_cleaner",
+)
+
+LabelKind = Literal["weak", "unlabeled", "strong"]
+
+
+# An event, in every TSV and table of events (a list: pandas selects columns with it).
+EVENT_COLUMNS = ["filename", "onset", "offset", "event_label"]
+TSV_COLUMNS: dict[LabelKind, tuple[str, ...]] = {
+    "weak": ("filename", "event_labels"),
+    "unlabeled": ("filename",),
+    "strong": tuple(EVENT_COLUMNS),
+}
+# DESED quirk: some events end slightly after their clip's audio (a 10 s label on a 9.98 s file). Up to this many
+# seconds past the end, the event is clipped to the clip (with a warning); further, the file is taken as truncated.
+LABEL_TOLERANCE = 0.5
+WARNING_COLUMNS = ["metadata", "line", "filename", "event_label", "onset", "offset", "duration", "action"]
+
+
+@dataclass
+class MetadataTables:
+    """A source split's metadata as read from its TSV (events carry their TSV line in a `line` column)."""
+
+    path: Path
+    filenames: list[str]
+    weak_labels: dict[str, str] = field(default_factory=dict)
+    events: pd.DataFrame | None = None
+
+
+def read_metadata(path: Path, kind: LabelKind) -> MetadataTables:
+    table = read_metadata_tsv(path, TSV_COLUMNS[kind])
+    filenames = list(dict.fromkeys(table["filename"]))
+    if kind == "weak":
+        for line, labels in zip(table["line"], table["event_labels"], strict=True):
+            _check_labels(path, line, labels.split(",") if labels else [])
+        return MetadataTables(
+            path, filenames, weak_labels=dict(zip(table["filename"], table["event_labels"], strict=True))
+        )
+    if kind == "strong":
+        return MetadataTables(path, filenames, events=_parse_events(path, table))
+    return MetadataTables(path, filenames)
+
+
+def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A metadata TSV as strings, with each row's 1-based line number in a `line` column.
+
+    Strict where pandas would guess or fail with a traceback: an empty or binary file, and a row with more non-empty
+    fields than the header, are one-line errors naming the file (and line). Blank lines are skipped; a row with
+    fewer fields than the header is completed with empty cells (DESED writes clips without events that way)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from err
+    if not data.strip():
+        raise UserError(f"{path}: empty file (expected a header line: {chr(9).join(columns)})")
+    if b"\0" in data:
+        raise UserError(f"{path}: not a text TSV (byte {data.index(0)} is a NUL byte: a binary file?)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a text TSV (byte {err.start} is not UTF-8 text)") from None
+    lines = text.split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    absent = [c for c in columns if c not in header]
+    if absent:
+        raise UserError(f"{path}: missing column(s) {', '.join(absent)} (found {', '.join(header)})")
+    repeated = sorted({c for c in header if header.count(c) > 1 and c})
+    if repeated:
+        raise UserError(f"{path}:1: column(s) {', '.join(repeated)} appear more than once in the header")
+    rows, numbers = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) > len(header):
+            if any(f.strip() for f in fields[len(header) :]):
+                raise UserError(
+                    f"{path}:{number}: {len(fields)} tab-separated fields where the header has {len(header)} "
+                    f"({', '.join(header)})"
+                )
+            fields = fields[: len(header)]
+        rows.append([_unquote(f) for f in fields] + [""] * (len(header) - len(fields)))
+        numbers.append(number)
+    table = pd.DataFrame(rows, columns=header, dtype=object) if rows else pd.DataFrame(columns=header, dtype=object)
+    table = table[list(columns)].copy()
+    table["line"] = np.asarray(numbers, dtype=int)
+    return table
+
+
+def _unquote(cell: str) -> str:
+    """A cell quoted as pandas writes one ("Dog,Speech"), unquoted; others as they are."""
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"':
+        return cell[1:-1].replace('""', '"')
+    return cell
+
+
+def _parse_events(path: Path, table: pd.DataFrame) -> pd.DataFrame:
+    """Events of a strong TSV, with their line; the rows with empty onset, offset and label (clips with no event)
+    are dropped. Onsets and offsets must be finite numbers, onsets not negative, offsets not before onsets."""
+    cells = table[["onset", "offset", "event_label"]]
+    empty = (cells == "").all(axis=1)
+    events = table.loc[~empty, [*EVENT_COLUMNS, "line"]].copy()
+    for column in ("onset", "offset"):
+        values = pd.to_numeric(events[column], errors="coerce").astype(float)
+        bad = ~np.isfinite(values.to_numpy())
+        if bad.any():
+            first = int(bad.argmax())
+            raise UserError(
+                f"{path}:{events['line'].iloc[first]}: {column} {events[column].iloc[first]!r} is not a finite number"
+            )
+        events[column] = values
+    negative = (events["onset"] < 0).to_numpy()
+    if negative.any():
+        first = int(negative.argmax())
+        raise UserError(f"{path}:{events['line'].iloc[first]}: negative onset {events['onset'].iloc[first]:g}")
+    backwards = (events["offset"] < events["onset"]).to_numpy()
+    if backwards.any():
+        first = int(backwards.argmax())
+        row = events.iloc[first]
+        raise UserError(f"{path}:{row['line']}: offset {row['offset']:g} before onset {row['onset']:g}")
+    for line, label in zip(events["line"], events["event_label"], strict=True):
+        _check_labels(path, line, [label])
+    return events.reset_index(drop=True)
+
+
+def fit_events(
+    root: Path, table: MetadataTables, clips: dict[str, tuple[float, Path]]
+) -> tuple[pd.DataFrame, list[tuple]]:
+    """The events of the clips present on disk, fitted to their clip's audio: an event ending at most
+    LABEL_TOLERANCE seconds past the end is clipped to it (dropped if it starts there), with a warning row;
+    further is a UserError naming the TSV line and the audio file."""
+    assert table.events is not None
+    events = table.events[table.events["filename"].isin(clips.keys())].reset_index(drop=True).copy()
+    duration = events["filename"].map(lambda f: clips[f][0]).to_numpy(float)
+    late = (events["offset"].to_numpy() > duration + LABEL_TOLERANCE)
+    if late.any():
+        row, seconds = events.iloc[int(late.argmax())], duration[int(late.argmax())]
+        raise UserError(
+            f"{table.path}:{row['line']}: {row['event_label']} ends at {row['offset']:g} s but "
+            f"{clips[row['filename']][1]} holds {seconds:.3f} s of audio (a truncated file? replace or delete it)"
+        )
+    past = events["offset"].to_numpy() > duration
+    metadata = str(table.path.relative_to(root)) if table.path.is_relative_to(root) else str(table.path)
+    warnings = []
+    for i in np.flatnonzero(past):
+        row = events.iloc[i]
+        starts_after = row["onset"] >= duration[i]
+        action = "dropped: starts at or after the clip's end" if starts_after else f"offset clipped to {duration[i]:g}"
+        warnings.append(
+            (metadata, int(row["line"]), row["filename"], row["event_label"], row["onset"], row["offset"],
+             duration[i], action)
+        )
+    keep = ~(past & (events["onset"].to_numpy() >= duration))
+    events["offset"] = np.minimum(events["offset"].to_numpy(), duration)
+    return events.loc[keep, EVENT_COLUMNS].reset_index(drop=True), warnings
+
+
+def _check_labels(path: Path, line: int, labels: list[str]) -> None:
+    for label in labels:
+        if label not in CLASSES:
+            raise UserError(f"{path}:{line}: unknown class {label!r} (DESED classes: {', '.join(CLASSES)})")
