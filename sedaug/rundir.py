@@ -63,6 +63,7 @@ class RunDir:
         second writer is refused with the holder's pid instead of interleaving its files."""
         created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
+        lock_created = not (self.root / LOCK).exists()
         fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -78,8 +79,9 @@ class RunDir:
             try:
                 yield
             except BaseException:
-                if created and self.is_empty():  # refused or failed before writing anything: leave no trace
+                if lock_created:  # a refusal (or failure) leaves no lock file, nor a folder it made and left empty
                     (self.root / LOCK).unlink(missing_ok=True)
+                if created and self.is_empty():
                     self.root.rmdir()
                 raise
         finally:

@@ -228,8 +228,7 @@ def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.dev
     """Train `recipe` into `run_dir` (RUNS/<name>/seed<k>), which this process holds locked meanwhile."""
     run, device = RunDir(Path(run_dir)), torch.device(device)
     store = FeatureStore(recipe.data.features)
-    _start(run, recipe, resume, device)  # refuse before anything is created; checked again under the lock
-    with run.lock():
+    with run.lock():  # a refusal under it leaves no folder or lock file behind
         return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress)
 
 
