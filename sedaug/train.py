@@ -11,6 +11,7 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,14 @@ from sedaug.rundir import RunDir, environment
 
 
 class Diverged(UserError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+    """A loss became NaN or infinite in `epoch` (1-based) at global `step`; the last good checkpoint is kept."""
+
+    def __init__(self, message: str, epoch: int, step: int):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+    def __reduce__(self):  # picklable with its epoch and step (Ray ships a trial's exception to the driver)
+        return type(self), (str(self), self.epoch, self.step)
 
 
 class Interrupted(UserError):
@@ -224,16 +232,33 @@ def _stop_on_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
-def train(recipe: Recipe, run_dir: Path, resume: bool = False, device: torch.device | str = "cpu", progress: bool = True) -> TrainResult:
-    """Train `recipe` into `run_dir` (RUNS/<name>/seed<k>), which this process holds locked meanwhile."""
+def train(
+    recipe: Recipe,
+    run_dir: Path,
+    resume: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train `recipe` into `run_dir` (RUNS/<name>/seed<k>), which this process holds locked meanwhile.
+
+    `on_epoch(record)` is called after each epoch once its metrics.jsonl row and checkpoints are written (a sweep
+    trial reports to Ray Tune there); whatever it raises ends training and propagates, last.pt holding that epoch.
+    """
     run, device = RunDir(Path(run_dir)), torch.device(device)
     store = FeatureStore(recipe.data.features)
     with run.lock():  # a refusal under it leaves no folder or lock file behind
-        return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress)
+        return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress, on_epoch)
 
 
 def _train(
-    recipe: Recipe, run: RunDir, store: FeatureStore, ckpt: Checkpoint | None, device: torch.device, progress: bool
+    recipe: Recipe,
+    run: RunDir,
+    store: FeatureStore,
+    ckpt: Checkpoint | None,
+    device: torch.device,
+    progress: bool,
+    on_epoch: Callable[[dict], None] | None,
 ) -> TrainResult:
 
     # Data: three training streams and synthetic_valid for model selection.
@@ -303,12 +328,13 @@ def _train(
                         mean = Losses(*(sums / done).tolist())
                         if not all(map(math.isfinite, mean)):
                             raise Diverged(f"{recipe.name}: loss became {mean.total} in epoch {epoch + 1} (step "
-                                           f"{step}): stopped; {saved()}")
+                                           f"{step}): stopped; {saved()}", epoch + 1, step)
                         bar.update(task, completed=done, losses=f"class {mean.classification:.4f} "
                                    f"const {mean.consistency:.4f} w {weight:.3f}")
                     if sigint["stop"]:
                         if not torch.isfinite(sums).all():  # never save a diverged model
-                            raise Diverged(f"{recipe.name}: loss became NaN in epoch {epoch + 1}: stopped; {saved()}")
+                            raise Diverged(f"{recipe.name}: loss became NaN in epoch {epoch + 1}: stopped; {saved()}",
+                                           epoch + 1, state.global_step)
                         state.loss_sums = sums.cpu()
                         checkpoint("last")
                         raise Interrupted(
@@ -336,6 +362,8 @@ def _train(
                 checkpoint("last")
                 log.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()) + "\n")
                 log.flush()
+                if on_epoch is not None:
+                    on_epoch(record)
     except KeyboardInterrupt:  # a second Ctrl-C: out at once, mid-step
         raise Interrupted(f"interrupted again: stopped at once; {saved()}") from None
     finally:

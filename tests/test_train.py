@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import pickle
 import signal
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sedaug.checkpoint import load_checkpoint
 from sedaug.cli import app
 from sedaug.errors import UserError
 from sedaug.recipe import Recipe, load_recipe
-from sedaug.train import Interrupted, consistency_loss, ema_update, rampup, train
+from sedaug.train import Diverged, Interrupted, consistency_loss, ema_update, rampup, train
 
 REPO = Path(__file__).parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -138,9 +139,32 @@ def test_nan_loss_stops_cleanly_keeping_the_last_good_checkpoint(tiny, tmp_path,
     train(recipe, run, progress=False)
     good = _weights(run)
     monkeypatch.setattr("sedaug.train.F.binary_cross_entropy", lambda scores, target: scores.sum() * float("nan"))
-    with pytest.raises(UserError, match="loss became nan"):
+    with pytest.raises(Diverged, match="loss became nan") as diverged:
         train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=2"), run, resume=True, progress=False)
     assert all(torch.equal(good[k], v) for k, v in _weights(run).items())
+    steps = _metrics(run)[0]["step"]  # steps per epoch: epoch 2's first step has the global index `steps`
+    assert (diverged.value.epoch, diverged.value.step) == (2, steps + min(10, steps) - 1)
+    copy = pickle.loads(pickle.dumps(diverged.value))  # as Ray ships it from a trial to the driver
+    assert (str(copy), copy.epoch, copy.step) == (str(diverged.value), 2, diverged.value.step)
+
+
+def test_on_epoch_sees_each_written_epoch_and_what_it_raises_ends_training(tiny, tmp_path):
+    recipe, run = tiny(REPO / "recipes" / "none.yaml", "optim.epochs=3"), tmp_path / "run"
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(record):
+        seen.append((record, load_checkpoint(run / "checkpoints" / "last.pt").state.epoch, len(_metrics(run))))
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(recipe, run, progress=False, on_epoch=on_epoch)
+    assert [(r["epoch"], saved, rows) for r, saved, rows in seen] == [(1, 1, 1), (2, 2, 2)]  # written before the call
+    assert [r["valid_f1"] for r, _, _ in seen] == [m["valid_f1"] for m in _metrics(run)]
+    assert train(recipe, run, resume=True, progress=False).epochs == 3  # stopped by the callback: still resumable
 
 
 def test_model_selection_uses_the_shared_f1(tiny, tmp_path, monkeypatch):
