@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -178,14 +179,28 @@ def evaluate(
 def sweep(
     spec: Annotated[Path, typer.Argument(help="Sweep YAML (see sweeps/ and docs/sweeps.md).")],
     out: Annotated[Path | None, typer.Option(help="Sweep directory (default: runs/sweeps/<sweep file name>).")] = None,
-    address: Annotated[str | None, typer.Option(help="An existing Ray cluster (HOST:PORT or auto) instead of a local Ray.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep in --out; finished trials are kept.")] = False,
+    address: Annotated[str | None, typer.Option(help="An existing Ray cluster (HOST:PORT of its head, or auto) instead of a local Ray (docs/cluster.md).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep in --out; finished trials are kept, edited search values are run.")] = False,
     set_: Annotated[list[str], typer.Option("--set", help="A recipe key (model.x=...) for every recipe, or a sweep key (max_concurrent_trials=2); repeatable.")] = [],  # noqa: B006
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials, final runs, epochs and an estimate of the device-hours (a few steps timed here); start nothing.")] = False,
+    wait_for_resources: Annotated[bool, typer.Option("--wait-for-resources", help="Warn instead of refusing when the cluster lacks the resources a trial asks for (an autoscaling cluster).")] = False,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for the cluster at --address.")] = 30.0,
 ) -> None:
     """Select each recipe's hyper-parameters on synthetic_valid with Ray Tune, then train the winners on the seeds."""
+    if dry_run:
+        from sedaug.sweep.cluster import parse_address
+        from sedaug.sweep.plan import dry_run as plan_sweep
+        from sedaug.sweep.spec import load_sweep
+
+        loaded = load_sweep(spec, list(set_))
+        parse_address(address)
+        for line in plan_sweep(loaded).lines():
+            print(line)
+        return
     from sedaug.sweep.run import run_sweep
 
-    result = run_sweep(spec, out=out, address=address, resume=resume, overrides=set_)
+    result = run_sweep(spec, out=out, address=address, resume=resume, overrides=set_,
+                       connect_timeout=connect_timeout, wait_for_resources=wait_for_resources)
     for note in result.notes:
         console.print(note)
     console.print(result.summary())
@@ -227,30 +242,57 @@ def table(
     out: Annotated[Path | None, typer.Option(help="Write to a file instead of the terminal.")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated metric columns.")] = "macro,psds_ct",
     split: Annotated[Split, typer.Option(help="Evaluated split to tabulate.")] = Split.eval,
+    ci: Annotated[float | None, typer.Option("--ci", help="Add each cell's bootstrap interval at this level in percent "
+                                             "(e.g. 95), resampling the split's clips in the runs' score files.")] = None,
+    resamples: Annotated[int, typer.Option(help="With --ci: bootstrap resamples.")] = 1000,
+    bootstrap_seed: Annotated[int, typer.Option(help="With --ci: the resamples' seed (the same for every row).")] = 0,
+    compare: Annotated[str | None, typer.Option(help="With --ci: the reference row of the paired test "
+                                                "(default: baseline, if present; none: no test).")] = None,
+    paper: Annotated[bool, typer.Option("--paper", help="Add the paper's Table 1 values beside the rows that "
+                                        "reproduce them (recipe paper_row).")] = False,
+    per_class: Annotated[bool, typer.Option("--per-class", help="Print each row's per-class F1 and PSDS1 instead.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the table as a PNG: each row's metrics with their "
+                                              "intervals, the reference row's shaded, the paper's values.")] = None,
 ) -> None:
     """Collect evaluated runs into the paper's Table 1."""
-    from sedaug.table import build_table, print_table, render
+    from sedaug.table import build_table, per_class_rows
+    from sedaug.table_render import print_table, render, render_per_class
 
     names = tuple(m.strip() for m in metrics.split(",") if m.strip())
-    data = build_table(runs_dir, split=split.value, metrics=names)
-    if out is not None and out.is_dir():
-        raise UserError(f"--out {out} is a folder: give a file name")
-    if out is None and format is Format.rich:
-        from rich.console import Console
+    for path, what in ((out, "--out"), (plot, "--plot")):
+        if path is not None and path.is_dir():
+            raise UserError(f"{what} {path} is a folder: give a file name")
+    if per_class:
+        if ci is not None or paper or plot is not None or compare is not None:
+            raise UserError("--per-class prints the per-class view alone: leave out --ci, --compare, --paper and --plot")
+        rows = per_class_rows(runs_dir, split=split.value)
+        text, count = render_per_class(rows, format.value, split.value), len(rows)
+    else:
+        data = build_table(runs_dir, split=split.value, metrics=names, ci=ci, resamples=resamples,
+                           bootstrap_seed=bootstrap_seed, compare=compare, paper=paper, progress=ci is not None)
+        if plot is not None:
+            from sedaug.evaluation.plots import plot_table
 
-        print_table(data, Console(width=None if sys.stdout.isatty() else 10_000))  # whole rows in logs
-        return
-    text = render(data, format.value)
+            plot_table(data, plot)
+            console.print(f"wrote {plot} ({len(data.rows)} recipes)")
+        if out is None and format is Format.rich:
+            from rich.console import Console
+
+            print_table(data, Console(width=None if sys.stdout.isatty() else 10_000))  # whole rows in logs
+            return
+        text, count = render(data, format.value), len(data.rows)
     if out is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
         from sedaug.files import write_text
 
         write_text(out, text)
-        console.print(f"wrote {out} ({len(data.rows)} recipes)")
+        console.print(f"wrote {out} ({count} recipes)")
 
 
 def main() -> None:
+    # sed_eval's dcase_util imports pkg_resources, whose deprecation warning would come before sedaug's own lines.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     problem = binary_mismatch()
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

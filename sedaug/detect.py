@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from sedaug.checkpoint import load_model
 from sedaug.data.desed import EVENT_COLUMNS
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, FeatureParams
-from sedaug.data.mel import clip_mels, resample
+from sedaug.data.mel import FLOAT16_MAX, check_sample_rate, clip_mels, mel_problems, resample
 from sedaug.device import parse_device
 from sedaug.errors import UserError
 from sedaug.evaluation.detection_plot import plot_detections
@@ -33,6 +34,7 @@ from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import clip_id, score_frames
 from sedaug.files import write_text, write_tsv
 from sedaug.progress import progress_bar
+from sedaug.rundir import RunDir
 
 # What a folder is searched for (recursively); a file named on the command line is read whatever its suffix.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64")
@@ -73,6 +75,8 @@ class DetectReport:
             f", {what} in {where}" for what, where in (("scores", self.scores_dir), ("plots", self.plot_dir)) if where
         )
         failed = f"; {len(self.failures)} failed" if self.failures else ""
+        if self.n_recordings == 0:
+            return f"no recording could be scored ({len(self.failures)} failed): {self.out} was not written"
         return (
             f"detected {_count(self.n_events, 'event')} in {_count(self.n_recordings, 'recording')} "
             f"({_hms(self.audio_seconds)} of audio) "
@@ -124,25 +128,37 @@ def detect(
             fail(path, reason)
             advance()
 
+        stems = file_stems([recording.name for recording in recordings])
         for group in decoded_groups(recordings, recipe.eval.batch_size, fail_one):
             waves = [wave for _, wave in group]
-            scored = score_recordings(model, waves, recipe.eval.batch_size, torch_device, plot_dir is not None)
-            for (recording, wave), (scores, mel) in zip(group, scored, strict=True):
+            try:
+                scored = score_recordings(model, waves, recipe.eval.batch_size, torch_device, plot_dir is not None,
+                                          fail=lambda i, reason, group=group: fail_one(group[i][0].path, reason))
+            except NonFiniteOutput as err:
+                raise UserError(f"{RunDir(Path(run_dir)).checkpoint(checkpoint)}: the model's outputs are not finite "
+                                f"(NaN or infinity on {group[err.index][0].path}): the checkpoint is damaged or "
+                                "diverged; train the run again, or use the other checkpoint") from None
+            for (recording, wave), result in zip(group, scored, strict=True):
+                if result is None:  # its mels could not be computed: reported through fail
+                    continue
+                scores, mel = result
                 duration = np.array([len(wave) / PARAMS.sample_rate])
                 found = decode(scores[None], [recording.name], threshold, recipe.eval.median_window, duration)
                 if scores_dir is not None:
-                    write_score_files(score_frames(scores[None], [recording.name], duration), Path(scores_dir))
+                    [frame] = score_frames(scores[None], [recording.name], duration).values()
+                    write_score_files({stems[recording.name]: frame}, Path(scores_dir))
                 if plot_dir is not None:
-                    plot_detections(mel, float(duration[0]), found, Path(plot_dir) / f"{clip_id(recording.name)}.png",
+                    plot_detections(mel, float(duration[0]), found, Path(plot_dir) / f"{stems[recording.name]}.png",
                                     title=f"{recording.name}  (threshold {threshold:g})")
                 events.append(found)
                 report.n_recordings += 1
                 report.n_events += len(found)
                 report.audio_seconds += float(duration[0])
                 advance()
-    detections = pd.concat(events, ignore_index=True) if events else pd.DataFrame(columns=EVENT_COLUMNS)
-    write_tsv(Path(out), detections[EVENT_COLUMNS])
     report.seconds = time.perf_counter() - start
+    if not events:  # every recording failed: the previous --out stays
+        return report
+    write_tsv(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS])
     return report
 
 
@@ -171,6 +187,25 @@ def find_recordings(paths: Iterable[Path], fail: Callable[[Path, str], None]) ->
     return list(recordings.values())
 
 
+def file_stems(names: Sequence[str]) -> dict[str, str]:
+    """Recording name -> the stem of its score file and plot: its clip_id (the name without .wav, as `sedaug
+    evaluate` names an eval clip's files) where that is unique, even ignoring case; else its whole name (a.wav and
+    a.WAV -> a.wav, a.WAV); a "~2", "~3"... is added where names still clash ignoring case."""
+    base = {name: clip_id(name) for name in names}
+    clashes = Counter(stem.casefold() for stem in base.values())
+    used: set[str] = set()
+    stems = {}
+    for name in names:
+        stem = first = name if clashes[base[name].casefold()] > 1 else base[name]
+        k = 1
+        while stem.casefold() in used:
+            k += 1
+            stem = f"{first}~{k}"
+        used.add(stem.casefold())
+        stems[name] = stem
+    return stems
+
+
 def decoded_groups(
     recordings: Iterable[Recording], n_windows: int, fail: Callable[[Path, str], None]
 ) -> Iterator[list[tuple[Recording, np.ndarray]]]:
@@ -195,8 +230,10 @@ def decoded_groups(
 
 def load_recording(path: Path, params: FeatureParams = PARAMS) -> np.ndarray:
     """The whole recording as `extract-mels` decodes a clip (data/extract.py): channels averaged, resampled to
-    16 kHz (float32). Audio holding NaN or infinity, or too short for one STFT frame, is a ValueError."""
+    16 kHz (float32). Audio holding NaN or infinity, too short for one STFT frame, or at an absurd sample rate
+    (data/mel.py's check_sample_rate) is a ValueError."""
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    check_sample_rate(rate)
     finite = np.isfinite(audio).all(axis=1)
     if not finite.all():
         raise ValueError(f"non-finite audio samples (the first at {int(finite.argmin()) / rate:.3f} s)")
@@ -220,9 +257,15 @@ def window_mels(
     """Linear mels (W, n_frames, n_mels), float16 as the feature store holds them, of the windows (wave, first
     sample): each window is the recording from there on, a clip of `extract-mels`, through the same code (cut where
     no kept frame sees it, padded with 0 dB frames when it ends before 10 s)."""
+    return linear_window_mels(windows, device, params).clamp(max=FLOAT16_MAX).half()  # as the store holds them
+
+
+def linear_window_mels(
+    windows: Sequence[tuple[np.ndarray, int]], device: torch.device, params: FeatureParams = PARAMS
+) -> torch.Tensor:
+    """`window_mels` before the float16 rounding (float32), for checking them."""
     keep = (params.n_frames - 1) * params.hop + params.n_fft // 2  # as data/extract.py's load_clip cuts a clip
-    mels = clip_mels([wave[start : start + keep] for wave, start in windows], params, device)
-    return mels.clamp(max=torch.finfo(torch.float16).max).half()  # as data/extract.py stores them
+    return clip_mels([wave[start : start + keep] for wave, start in windows], params, device)
 
 
 def stitch(window_scores: np.ndarray, hop: int = HOP_OUTPUT_FRAMES) -> np.ndarray:
@@ -237,32 +280,61 @@ def stitch(window_scores: np.ndarray, hop: int = HOP_OUTPUT_FRAMES) -> np.ndarra
     return sums / counts
 
 
+class NonFiniteOutput(ValueError):
+    """The model's output is NaN or infinite on finite mels of recording `index`: the model is at fault."""
+
+    def __init__(self, index: int):
+        super().__init__(f"the model's outputs are not finite (NaN or infinity) on recording {index}")
+        self.index = index
+
+
 def score_recordings(
     model, waves: Sequence[np.ndarray], batch_size: int, device: torch.device, keep_mels: bool = False,
-    params: FeatureParams = PARAMS,
-) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    params: FeatureParams = PARAMS, fail: Callable[[int, str], None] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray | None] | None]:
     """Each recording's stitched frame scores (T, C) and, when asked, its linear mel (frames, n_mels) for the plot
     (each window's first HOP_FRAMES frames, the last window's up to the recording's end). The windows of all the
-    recordings go through the model in batches of `batch_size`."""
+    recordings go through the model in batches of `batch_size`.
+
+    A recording whose mels the model cannot take (data/mel.py's mel_problems: samples so large that the STFT
+    overflows) is None, and `fail(index, reason)` is called (without `fail`, a ValueError); a non-finite output on
+    good mels is a NonFiniteOutput."""
     starts = [window_starts(len(wave), params) for wave in waves]
     windows = [(i, s) for i, recording in enumerate(starts) for s in recording]
     outputs: list[list[np.ndarray]] = [[] for _ in waves]
     mels: list[list[np.ndarray]] = [[] for _ in waves]
+    failed: set[int] = set()
     with torch.inference_mode():
         for first in range(0, len(windows), batch_size):
-            batch = windows[first : first + batch_size]
-            mel = window_mels([(waves[i], s) for i, s in batch], device, params)
+            batch = [(i, s) for i, s in windows[first : first + batch_size] if i not in failed]
+            if not batch:
+                continue
+            linear = linear_window_mels([(waves[i], s) for i, s in batch], device, params)
+            for row, problem in mel_problems(linear).items():
+                i, s = batch[row]
+                if fail is None:
+                    raise ValueError(f"recording {i}: {problem}")
+                failed.add(i)
+                fail(i, f"{problem} (window at {s / params.sample_rate:.1f} s)")
+            mel = linear.half()  # as data/extract.py stores them
             strong, _ = model(mel)
             if strong.shape[1] != N_OUTPUT_FRAMES:
                 raise ValueError(f"the model outputs {strong.shape[1]} frames per window, not {N_OUTPUT_FRAMES}")
             strong = strong.float().cpu().numpy()
             for row, (i, s) in enumerate(batch):
+                if i in failed:
+                    continue
+                if not np.isfinite(strong[row]).all():
+                    raise NonFiniteOutput(i)
                 outputs[i].append(strong[row])
                 if keep_mels:
                     last = s == starts[i][-1]
                     mels[i].append(mel[row, : None if last else HOP_FRAMES].float().cpu().numpy())
-    results = []
+    results: list[tuple[np.ndarray, np.ndarray | None] | None] = []
     for i, wave in enumerate(waves):
+        if i in failed:
+            results.append(None)
+            continue
         mel = None
         if keep_mels:
             mel = np.concatenate(mels[i])[: len(wave) // params.hop + 1]  # the recording's centred frames

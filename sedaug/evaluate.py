@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sedaug.checkpoint import load_model
 from sedaug.data.store import FeatureStore, Split
 from sedaug.errors import UserError
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.files import write_text
-from sedaug.recipe import Recipe, dump_recipe
+from sedaug.recipe import Recipe, dump_recipe, load_recipe
 from sedaug.rundir import RunDir
 from sedaug.watch import log_evaluation
 
@@ -37,6 +39,7 @@ def evaluate_run(
     data = _strong_split(features, split)
     with timed(timing, "predict"):
         strong = predict(model, data.mels, recipe.eval.batch_size, device, progress=progress)
+    check_finite(strong, data, run.checkpoint(checkpoint), features)
     about = {"run": str(run.root), "recipe": recipe.name, "seed": recipe.seed, "split": split, "features": str(features),
              "checkpoint": {"name": checkpoint, "path": str(run.checkpoint(checkpoint)), "epoch": state.epoch,
                             "step": state.global_step}}
@@ -56,25 +59,74 @@ def evaluate_ensemble(
     """Average the frame scores of several runs of one recipe (seeds) and score the average like a single run,
     into `out` (default: RUNS/<name>/ensemble), a run directory of its own whose recipe is named `<name>_ensemble`,
     so `sedaug table` shows it as a row beside the single runs. Returns (out, results)."""
+    run_dirs = [Path(r) for r in run_dirs]
+    seen: dict[Path, Path] = {}
+    for path in run_dirs:
+        if path.resolve() in seen:
+            raise UserError(f"--ensemble: {path} is given twice (as {seen[path.resolve()]} too): it is one member; "
+                            "list each run once")
+        seen[path.resolve()] = path
     if len(run_dirs) < 2:
         raise UserError("--ensemble needs at least two run directories")
     timing: dict[str, float] = {}
-    members = [(Path(r), *load_model(r, checkpoint, device)) for r in run_dirs]
+    members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
     recipe = members[0][2]
     for path, _, other, _ in members[1:]:
         if other.model_copy(update={"seed": recipe.seed}) != recipe:
             raise UserError(f"{path}: another recipe than {members[0][0]}'s: an ensemble averages seeds of one recipe")
-    data = _strong_split(Path(recipe.data.features), split)
-    with timed(timing, "predict"):
-        strong = sum(predict(model, data.mels, recipe.eval.batch_size, device, progress=progress)
-                     for _, model, _, _ in members) / len(members)
     out = Path(out) if out is not None else members[0][0].parent / "ensemble"
     ensemble = recipe.model_copy(update={"name": f"{recipe.name}_ensemble", "seed": 0})
-    write_text(out / "recipe.yaml", dump_recipe(ensemble))
+    _check_ensemble_out(out, ensemble.name, run_dirs)
+    features = Path(recipe.data.features)
+    data = _strong_split(features, split)
+    with timed(timing, "predict"):
+        outputs = []
+        for path, model, _, _ in members:
+            outputs.append(predict(model, data.mels, recipe.eval.batch_size, device, progress=progress))
+            check_finite(outputs[-1], data, RunDir(path).checkpoint(checkpoint), features)
+        strong = sum(outputs) / len(members)
     about = {"run": str(out), "recipe": ensemble.name, "seed": 0, "split": split, "features": str(recipe.data.features),
              "checkpoint": {"name": checkpoint, "epoch": None, "step": None},
              "members": [{"run": str(path), "seed": r.seed, "epoch": state.epoch} for path, _, r, state in members]}
-    return out, _score(strong, data, recipe, about, out / split, timing, progress)
+    results = _score(strong, data, recipe, about, out / split, timing, progress)
+    write_text(out / "recipe.yaml", dump_recipe(ensemble))  # after the scores: a failure leaves no row behind
+    return out, results
+
+
+def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:
+    """Refuse an ensemble folder that would overwrite anything but an earlier ensemble of the same recipe: a run
+    (a member or another), another recipe's folder, or a folder of other files."""
+    advice = "give --out a new folder (or leave it out: RUNS/<name>/ensemble)"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: {advice}")
+    if any(out.resolve() == m.resolve() for m in members):
+        raise UserError(f"--out {out} is one of the ensemble's runs: {advice}")
+    if (out / "checkpoints").exists():
+        raise UserError(f"--out {out} holds a trained run (checkpoints/), which the ensemble would overwrite: {advice}")
+    if (out / "recipe.yaml").exists():
+        try:
+            theirs = load_recipe(out / "recipe.yaml").name
+        except UserError:
+            theirs = None
+        if theirs != name:
+            what = f"recipe {theirs}" if theirs else "a recipe.yaml that is not sedaug's"
+            raise UserError(f"--out {out} holds {what}, not the ensemble {name}: {advice}")
+    elif out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out} holds other files (no ensemble recipe.yaml): {advice}")
+
+
+def check_finite(strong: np.ndarray, data: Split, checkpoint: Path, features: Path) -> None:
+    """Refuse frame scores that are not finite: the clip's features when they hold NaN or infinity, else the model."""
+    bad = ~np.isfinite(strong).reshape(len(strong), -1).all(axis=1)
+    if not bad.any():
+        return
+    i = int(bad.argmax())
+    clip = data.filenames[i]
+    if not np.isfinite(np.asarray(data.mels[i], dtype=np.float32)).all():
+        raise UserError(f"{features / data.name / 'mels.npy'}: the features of {clip} hold NaN or infinite values: "
+                        "re-run `sedaug extract-mels`")
+    raise UserError(f"{checkpoint}: the model's outputs are not finite (NaN or infinity on {clip}, {int(bad.sum())} "
+                    "clips in all): the checkpoint is damaged or diverged; train the run again, or use the other checkpoint")
 
 
 def _strong_split(features: Path, split: str) -> Split:

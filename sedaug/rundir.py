@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import platform
 import subprocess
@@ -18,6 +19,8 @@ from sedaug.deps import import_torchaudio
 from sedaug.errors import UserError
 
 LOCK = ".lock"
+# The splits `sedaug evaluate` scores into RUN/<split>/.
+EVALUATED_SPLITS = ("eval", "validation", "synthetic_valid")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,43 @@ class RunDir:
 
     def is_empty(self) -> bool:
         return not self.root.exists() or not any(p.name != LOCK for p in self.root.iterdir())
+
+    def trained_outputs(self) -> list[str]:
+        """What in the run directory comes from training (best.pt, epochs in metrics.jsonl, evaluations), said
+        for a message; empty when nothing was trained."""
+        found = []
+        if self.checkpoint("best").exists():
+            found.append(str(self.checkpoint("best").relative_to(self.root)))
+        if self.metrics.is_file():
+            with self.metrics.open("rb") as f:
+                rows = sum(1 for line in f if line.strip())
+            if rows:
+                found.append(f"{rows} epoch{'s' if rows > 1 else ''} in {self.metrics.name}")
+        found += [f"{name}/" for name in EVALUATED_SPLITS if self.split(name).exists()]
+        return found
+
+    def metric_rows(self, upto: int) -> list[dict]:
+        """metrics.jsonl's rows of epochs 1..`upto`; a line that is not such a row is a one-line UserError."""
+        if not self.metrics.exists():
+            return []
+        rows = []
+        try:
+            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{self.metrics}: unreadable ({err}): repair or remove it") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
+                raise UserError(f"{self.metrics} line {n}: not a metrics row with an integer epoch: repair or remove "
+                                "the line")
+            if row["epoch"] <= upto:
+                rows.append(row)
+        return rows
 
     @contextmanager
     def lock(self) -> Iterator[None]:

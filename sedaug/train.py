@@ -24,14 +24,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sedaug import watch
 from sedaug.augment import SameDraws, consistency_views, mse
-from sedaug.checkpoint import Checkpoint, TrainState, load_checkpoint, restore_rng, save_checkpoint
+from sedaug.checkpoint import Checkpoint, TrainState, load_checkpoint, restore_training, save_checkpoint
 from sedaug.data.batches import Batch, ThreeStreams
 from sedaug.data.store import FeatureStore, Split
 from sedaug.errors import UserError
 from sedaug.evaluation.f1 import event_based_f1
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.predict import predict
-from sedaug.files import read_jsonl, write_json, write_text
+from sedaug.files import write_json, write_text
 from sedaug.model import CRNN
 from sedaug.recipe import Recipe, dump_recipe
 from sedaug.rundir import RunDir, environment
@@ -179,6 +179,13 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> C
     """The checkpoint training continues from, or None to start from scratch. Refuses a run directory that holds
     another run, a resume with another recipe (only optim.epochs may grow) and one with fewer epochs than done."""
     last = run.checkpoint("last")
+    if not last.exists() and not run.is_empty():
+        trained = run.trained_outputs()
+        if trained:  # last.pt removed (to save disk, say): a restart from scratch would throw these away
+            raise UserError(
+                f"{run.root} has no {last.relative_to(run.root)} to continue from, but holds {', '.join(trained)}: "
+                "nothing was changed. Put last.pt back; or copy best.pt to last.pt and --resume from best.pt's epoch "
+                "(the epochs after it are trained again); or train into another --runs or seed")
     if not resume:
         if run.is_empty():
             return None
@@ -274,14 +281,9 @@ def _train(
     state = TrainState()
     metrics: list[dict] = []
     if ckpt is not None:
-        model.load_state_dict(ckpt.model)
-        if teacher is not None:
-            teacher.load_state_dict(ckpt.teacher)
-        optimizer.load_state_dict(ckpt.optimizer)
-        state = ckpt.state
-        restore_rng(ckpt.rng, device)
+        state = restore_training(ckpt, model, teacher, optimizer, device)  # each part checked: one line if unfit
         # Epochs logged after last.pt was written (a crash between the two writes) are trained again.
-        metrics = [row for row in read_jsonl(run.metrics) if row["epoch"] <= state.epoch]
+        metrics = run.metric_rows(upto=state.epoch)
     else:
         run.checkpoint("best").unlink(missing_ok=True)  # a restart from scratch: no model from an earlier start
     # The resolved recipe (epochs may have grown on resume), the metrics so far and the environment, before the

@@ -5,6 +5,7 @@ in RUN itself, so `tensorboard --logdir runs/` names each run `<recipe>/seed<k>`
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,19 @@ def log_evaluation(run: RunDir, results: dict[str, Any]) -> None:
 
 
 def plot_train_curves(metrics: list[dict[str, Any]], path: Path) -> None:
-    """Losses, the consistency weight w(t) and synthetic_valid F1 over epochs, as one PNG (written atomically)."""
+    """Losses, the consistency weight w(t) and synthetic_valid F1 over epochs, as one PNG (written atomically).
+
+    Called while an error is on its way out (training's clean-up after a failed checkpoint write, say), a failure
+    here is dropped: the figure is a by-product, and the same full disk must be reported as the checkpoint's."""
+    failing = sys.exc_info()[1] is not None
+    try:
+        _plot_train_curves(metrics, path)
+    except Exception:
+        if not failing:
+            raise
+
+
+def _plot_train_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in metrics]

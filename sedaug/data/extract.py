@@ -31,7 +31,7 @@ import torch
 from sedaug import __version__
 from sedaug.data.desed import load_events, load_manifest, manifest_hash
 from sedaug.data.grid import PARAMS, FeatureParams
-from sedaug.data.mel import clip_mels, log_mel, resample
+from sedaug.data.mel import check_sample_rate, clip_mels, log_mel, mel_problems, resample
 from sedaug.data.store import (
     FEATURE_SPLITS,
     FEATURES_JSON,
@@ -247,8 +247,10 @@ def _extract_split(
             start = 0
             for batch in _batches(jobs, params, workers, batch_size):
                 mels = clip_mels([wave for wave, _ in batch], params, device)
-                # Real audio stays far below float16's maximum; clamping only guards against an inf in the store.
-                mels = mels.clamp(max=torch.finfo(torch.float16).max).half()
+                # What the model sees, checked: finite samples can still overflow the STFT (3e38 in a float WAV).
+                for row, problem in mel_problems(mels).items():
+                    raise UserError(f"{jobs[start + row][0]}: {problem}: repair or delete the file")
+                mels = mels.half()
                 if moments is not None:
                     moments.add(log_mel(mels, params.amin, params.top_db))  # statistics of what the model sees
                 f.write(mels.cpu().numpy().tobytes())
@@ -296,6 +298,10 @@ def load_clip(
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as err:
         raise UserError(f"cannot decode {path}: {' '.join(str(err).split())}") from err
+    try:
+        check_sample_rate(rate)
+    except ValueError as err:
+        raise UserError(f"{path}: {err}: resample or delete the file") from None
     if expected_frames is not None and len(audio) != expected_frames:
         raise UserError(
             f"{path}: {len(audio) / rate:.3f} s of audio where the manifest says {expected_frames / rate:.3f} s: "

@@ -27,6 +27,37 @@ PAD = 1.0
 KAISER_BEST = {"num_zeros": 64, "precision": 9, "rolloff": 0.9475937167399596, "beta": 14.769656459379492}
 
 
+# The sample rates a recording may have: 8 kHz (telephone audio) up to 768 kHz. Below, the file cannot hold most of
+# the 0-8 kHz mel bands (a 1 Hz file's ten samples would pass for ten seconds of silence); above, resampling alone
+# would need a filter of millions of taps.
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 768000
+# The largest value the feature store's float16 holds.
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def check_sample_rate(rate: int) -> None:
+    """A ValueError for a sample rate outside [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"a sample rate of {rate} Hz (sedaug reads {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz audio)")
+
+
+def mel_problems(mels: Tensor) -> dict[int, str]:
+    """Row -> why the linear mels (B, frames, n_mels) of that clip cannot be stored or fed to the model: NaN or
+    infinity (samples so large that the STFT overflows float32), or values beyond float16's range (audio some
+    20 dB above full scale). Real audio within +-1 gives mels below about 6,300."""
+    rows = mels.flatten(1)
+    finite = torch.isfinite(rows).all(dim=1)
+    peak = torch.where(torch.isfinite(rows), rows.abs(), 0.0).amax(dim=1)
+    problems = {}
+    for i in torch.nonzero(~finite | (peak > FLOAT16_MAX)).flatten().tolist():
+        problems[i] = ("its mel spectrogram holds NaN or infinite values (samples too large for the STFT)"
+                       if not finite[i] else
+                       f"its mel spectrogram reaches {float(peak[i]):.3g}, beyond float16's {FLOAT16_MAX:g} "
+                       "(audio far above full scale)")
+    return problems
+
+
 def resample(wave: Tensor, rate: int, params: FeatureParams = PARAMS) -> Tensor:
     """(..., samples) float32 at `rate` -> at params.sample_rate, as dcase20 resampled (`params.resampler`)."""
     if rate == params.sample_rate:

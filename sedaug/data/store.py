@@ -72,10 +72,8 @@ class FeatureStore:
 
     def __init__(self, path: Path, params: FeatureParams = PARAMS):
         self.path = Path(path)
-        record = read_record(self.path)
-        if record is None:
-            raise UserError(f"no feature store at {self.path}: run `sedaug extract-mels` first")
-        stored = record.get("params", {})
+        record = _open_record(self.path)
+        stored = record["params"]
         differences = [
             f"{key} {stored.get(key)!r} != {value!r}"
             for key, value in params.to_dict().items()
@@ -168,11 +166,33 @@ def _one_line(err: BaseException) -> str:
 
 
 def read_record(path: Path) -> dict | None:
-    """The store's features.json, or None when there is none (or it is unreadable)."""
+    """The store's features.json, or None when there is none (or it is unreadable, or not a JSON object)."""
     try:
-        return json.loads((Path(path) / FEATURES_JSON).read_text())
+        record = json.loads((Path(path) / FEATURES_JSON).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def _open_record(path: Path) -> dict:
+    """The store's features.json for opening the store; what is wrong with a missing or damaged one is a
+    one-line UserError."""
+    advice = "re-run `sedaug extract-mels`"
+    file = path / FEATURES_JSON
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not a feature store folder: give the folder `sedaug extract-mels` wrote")
+    if not file.exists():
+        if path.is_dir() and any(path.iterdir()):
+            raise UserError(f"no feature store at {path} (the folder has no {FEATURES_JSON}): {advice}")
+        raise UserError(f"no feature store at {path}: run `sedaug extract-mels` first")
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{file}: damaged ({_one_line(err)}): {advice}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
+        what = f"a JSON {type(record).__name__}" + (" without params" if isinstance(record, dict) else "")
+        raise UserError(f"{file}: not a sedaug feature store record ({what}): {advice}")
+    return record
 
 
 def is_complete(path: Path, params: FeatureParams = PARAMS) -> bool:

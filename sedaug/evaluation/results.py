@@ -3,6 +3,7 @@ what `sedaug table` can show), `detections.tsv`, `scores/` and `psd_roc.png`."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,7 @@ import pandas as pd
 
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS
+from sedaug.errors import UserError
 from sedaug.evaluation.f1 import EVENT_BASED, event_based_f1, nan_to_none
 from sedaug.evaluation.plots import plot_per_class, plot_psd_rocs
 from sedaug.evaluation.postprocess import (
@@ -36,7 +38,7 @@ from sedaug.evaluation.psds import (
     sed_scores_psds,
 )
 from sedaug.evaluation.scores import clip_id, score_frames, write_scores
-from sedaug.files import write_json, write_tsv
+from sedaug.files import atomic_dir, write_json, write_tsv
 
 # The numbers `sedaug table` can put in a column (top-level keys of results.json).
 # psds1/psds2 score the raw frame scores; the *_filtered ones median-filter them first (DESED_task's 2023+ baselines).
@@ -141,11 +143,37 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path, timing: dict[str, fl
     returns what results.json holds."""
     timing = {} if timing is None else timing
     out_dir = Path(out_dir)
-    with timed(timing, "write"):
-        write_scores(evaluation.scores, out_dir / "scores")
-        write_tsv(out_dir / "detections.tsv", evaluation.detections)
-        plot_psd_rocs(evaluation.psd_rocs, out_dir / "psd_roc.png")
-        plot_per_class(evaluation.results, out_dir / "per_class.png")
-    results = _json_safe({**evaluation.results, "timing": timing})
-    write_json(out_dir / "results.json", results)
+    # The folder is filled aside and swapped in whole: a failure (a full disk) leaves the previous evaluation as it
+    # was, never half of a new one beside it.
+    with atomic_dir(out_dir) as tmp:
+        with timed(timing, "write"):
+            write_scores(evaluation.scores, tmp / "scores")
+            write_tsv(tmp / "detections.tsv", evaluation.detections)
+            plot_psd_rocs(evaluation.psd_rocs, tmp / "psd_roc.png")
+            plot_per_class(evaluation.results, tmp / "per_class.png")
+        results = _json_safe({**evaluation.results, "timing": timing})
+        write_json(tmp / "results.json", results)
+    return results
+
+
+def read_results(path: Path, metrics: Sequence[str] = METRICS) -> dict[str, Any]:
+    """A `results.json` as `sedaug evaluate` writes it, checked: a JSON object whose metrics are scores in [0, 1]
+    or null (not computable), each of `metrics` present. Anything else is a one-line UserError naming the file."""
+    advice = "run `sedaug evaluate` again"
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"{path}: unreadable results ({reason}): {advice}") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path}: not the results of `sedaug evaluate` (a JSON {type(results).__name__}): {advice}")
+    for name in dict.fromkeys([*metrics, *METRICS]):
+        if name not in results:
+            if name in metrics:
+                raise UserError(f"{path}: no {name} (not the results of `sedaug evaluate`, or an older one's): {advice}")
+            continue
+        value = results[name]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and not (number and 0.0 <= value <= 1.0):
+            raise UserError(f"{path}: {name} is {json.dumps(value)[:40]}, not a score between 0 and 1: {advice}")
     return results
