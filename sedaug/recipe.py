@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from sedaug.errors import UserError
+from sedaug.paper import PAPER_TABLE1
 from sedaug.strict_yaml import apply_overrides, parse_yaml
 
 # The model's perturbation points (sedaug.model.POINTS): `cnn1`…`cnn7` are the gated blocks' outputs (B, C, T, F).
@@ -291,6 +292,9 @@ class Recipe(Section):
     consistency: ConsistencyConfig = ConsistencyConfig()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    # The row of the paper's Table 1 this recipe reproduces (sedaug/paper.py: 1-9 English, 10 the French extra row);
+    # `sedaug table --paper` prints that row's values beside it.
+    paper_row: Annotated[int, Strict()] | None = Field(None, ge=1, le=len(PAPER_TABLE1))
 
     @model_validator(mode="after")
     def _coherent(self) -> Recipe:

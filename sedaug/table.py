@@ -1,27 +1,29 @@
-"""Runs -> the paper's Table 1 (docs/architecture.md, "Table 1"): one row per recipe name, seeds averaged.
+"""Runs -> the paper's Table 1 (docs/architecture.md, "Table 1"; docs/reporting.md): one row per recipe name, seeds
+averaged. The text formats are `table_render.py`'s.
 
 Every metric is "higher is better". A cell is the mean over the evaluated seeds ± their sample standard deviation
-(n - 1; no ± for one seed), printed with 3 decimals. Bold: the best mean of its column; underlined: a mean above
-the `baseline` row's. Both compare the printed (rounded) values, so a reader never sees 0.545 bold and another
-0.545 not. Runs without `<split>/results.json` are counted in a `note` column ("not evaluated"), never dropped.
-CSV carries plain numbers only (`<metric>_mean`, `<metric>_std`, empty when undefined) and no formatting flags:
-best and above-baseline follow from the numbers.
+(n - 1; no ± for one seed). Bold: the best mean of its column (as printed, so a reader never sees 0.545 bold and
+another 0.545 not). Underlined: without `--ci`, a mean above the `baseline` row's; with `--ci`, a row whose paired
+difference to the reference row has an interval that excludes 0 (`table_ci.py`). Runs without
+`<split>/results.json` are counted in a `note` column ("not evaluated"), never dropped. `--paper` adds Table 1's
+values of the paper (`paper.py`) for the rows whose recipe says `paper_row`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
 from sedaug.evaluation.results import METRICS
+from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
 from sedaug.sweep import in_search, selected_settings
+from sedaug.table_ci import BootstrapSettings, Difference, EvaluatedRun, Interval, bootstrap_rows, check_metrics
 
 # The paper's Table 1, top to bottom (docs/architecture.md); other recipe names follow, alphabetically.
 TABLE1_ORDER = (
@@ -36,10 +38,8 @@ TABLE1_ORDER = (
     "mixup_latent",
     "vat_input_unlabeled",
 )
-FORMATS = ("rich", "markdown", "latex", "csv")
 DASH = "—"
 DECIMALS = 3
-FACTOR_HEADERS = ("recipe", "augmentation", "location", "regularization", "consistency data", "n")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,15 @@ class Cell:
     mean: float | None  # None: no evaluated seed has this metric
     std: float | None  # None when fewer than 2 values
     best: bool = False
-    above_baseline: bool = False
+    above_baseline: bool = False  # without --ci: a mean above the baseline row's
+    interval: Interval | None = None  # with --ci
+    difference: Difference | None = None  # with --ci and a reference row: this row minus the reference
+    paper: float | None = None  # with --paper: the paper's value of this row, where it has one
+
+    @property
+    def marked(self) -> bool:
+        """Underlined: a difference to the reference whose interval excludes 0 (--ci), else above the baseline."""
+        return self.difference.excludes_zero if self.difference is not None else self.above_baseline
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class Row:
     not_evaluated: int  # runs without <split>/results.json
     cells: dict[str, Cell]
     note: str
+    paper_row: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class Table:
     split: str
     metrics: tuple[str, ...]
     rows: tuple[Row, ...]
+    bootstrap: BootstrapSettings | None = None
+    paper: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- collecting
@@ -153,6 +164,7 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         not_evaluated=pending,
         cells=cells,
         note="; ".join(notes),
+        paper_row=recipe.paper_row,
     )
 
 
@@ -172,149 +184,108 @@ def _flag(rows: list[Row], metrics: tuple[str, ...]) -> list[Row]:
             if v is None:
                 continue
             above = base is not None and row is not baseline and v > base
-            flagged[i][m] = Cell(row.cells[m].mean, row.cells[m].std, best=v == best, above_baseline=above)
-    return [Row(**{**r.__dict__, "cells": c}) for r, c in zip(rows, flagged, strict=True)]
+            flagged[i][m] = dataclasses.replace(row.cells[m], best=v == best, above_baseline=above)
+    return [dataclasses.replace(r, cells=c) for r, c in zip(rows, flagged, strict=True)]
 
 
-def build_table(runs_dir: Path, split: str = "eval", metrics: tuple[str, ...] = ("macro", "psds_ct")) -> Table:
-    """Read every run below `runs_dir` (each folder holding a recipe.yaml) into Table 1's rows."""
+def _add_note(row: Row, *notes: str | None) -> Row:
+    return dataclasses.replace(row, note="; ".join(filter(None, [row.note, *notes])))
+
+
+def build_table(
+    runs_dir: Path,
+    split: str = "eval",
+    metrics: tuple[str, ...] = ("macro", "psds_ct"),
+    *,
+    ci: float | None = None,
+    resamples: int = 1000,
+    bootstrap_seed: int = 0,
+    compare: str | None = None,
+    paper: bool = False,
+    progress: bool = False,
+) -> Table:
+    """Read every run below `runs_dir` (each folder holding a recipe.yaml) into Table 1's rows.
+
+    `ci` (a level in percent, e.g. 95) adds each cell's bootstrap interval over the split's clips (`resamples`
+    draws from `bootstrap_seed`) and each row's paired difference to the row `compare` (default: `baseline`, if
+    there is one; "none": no comparison). `paper` adds the paper's values.
+    """
     metrics = tuple(metrics)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         what = f"unknown metric {', '.join(map(repr, unknown))}" if unknown else "no metric given"
         raise UserError(f"{what}: choose from {', '.join(METRICS)}")
+    if ci is None and compare not in (None, "none"):
+        raise UserError("--compare needs --ci LEVEL (the paired test is a bootstrap)")
+    settings = None
+    if ci is not None:
+        settings = BootstrapSettings(ci / 100, resamples, bootstrap_seed)
+        settings.check()
+        check_metrics(metrics)
     runs_dir = Path(runs_dir)
     groups: dict[str, list[_Run]] = {}
     for run in _find_runs(runs_dir, split):
         groups.setdefault(run.recipe.name, []).append(run)
     rows = [_row(name, groups[name], metrics) for name in sorted(groups, key=_order)]
     selected = selected_settings(runs_dir)  # a sweep directory or its final/: each row's selected values
-    rows = [dataclasses.replace(r, note="; ".join(filter(None, [r.note, selected.get(r.recipe) and f"selected {selected[r.recipe]}"])))
-            for r in rows]
-    return Table(runs_dir=runs_dir, split=split, metrics=metrics, rows=tuple(_flag(rows, metrics)))
+    rows = [_add_note(r, selected.get(r.recipe) and f"selected {selected[r.recipe]}") for r in rows]
+    rows = _flag(rows, metrics)
+    if settings is not None:
+        settings = dataclasses.replace(settings, reference=_reference(compare, rows))
+        evaluated = {r.recipe: [EvaluatedRun(run.path, run.results) for run in groups[r.recipe] if run.results]
+                     for r in rows if r.n}
+        boot, notes = bootstrap_rows(evaluated, split, metrics, settings, progress=progress)
+        rows = [_with_bootstrap(r, boot.get(r.recipe), notes.get(r.recipe, [])) for r in rows]
+    if paper:
+        rows = [dataclasses.replace(r, cells={m: dataclasses.replace(c, paper=paper_value(r.paper_row, m))
+                                              for m, c in r.cells.items()}) for r in rows]
+    return Table(runs_dir=runs_dir, split=split, metrics=metrics, rows=tuple(rows), bootstrap=settings, paper=paper)
 
 
-# ---------------------------------------------------------------------------------------------- rendering
+def _reference(compare: str | None, rows: list[Row]) -> str | None:
+    names = [r.recipe for r in rows if r.n]
+    if compare is None:
+        return "baseline" if "baseline" in names else None
+    if compare == "none":
+        return None
+    if compare not in names:
+        raise UserError(f"--compare {compare}: no evaluated row of that name (rows: {', '.join(names) or 'none'})")
+    return compare
 
 
-def _number(cell: Cell, pm: str) -> str:
-    if cell.mean is None:
-        return ""
-    text = f"{cell.mean:.{DECIMALS}f}"
-    return text if cell.std is None else f"{text}{pm}{cell.std:.{DECIMALS}f}"
+def _with_bootstrap(row: Row, boot, notes: list[str]) -> Row:
+    if boot is None:
+        return row
+    cells = {m: dataclasses.replace(c, interval=boot.intervals.get(m), difference=boot.differences.get(m))
+             for m, c in row.cells.items()}
+    return _add_note(dataclasses.replace(row, cells=cells), *notes)
 
 
-def _legend(table: Table) -> str:
-    return (
-        f"split {table.split}; mean ± std over seeds (n); bold: best per column; "
-        f"underlined: above the baseline row"
-    )
+# ---------------------------------------------------------------------------------------------- per class
 
 
-def _markdown(table: Table) -> str:
-    headers = [*FACTOR_HEADERS, *table.metrics, "note"]
-    align = ["---"] * 5 + ["--:"] + ["--:"] * len(table.metrics) + ["---"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
-    for r in table.rows:
-        cells = []
-        for m in table.metrics:
-            c, text = r.cells[m], _number(r.cells[m], " ± ")
-            if text and c.above_baseline:
-                text = f"<u>{text}</u>"
-            if text and c.best:
-                text = f"**{text}**"
-            cells.append(text)
-        values = [r.recipe, r.augmentation, r.location, r.regularization, r.consistency, str(r.n), *cells, r.note]
-        lines.append("| " + " | ".join(values) + " |")
-    return "\n".join(lines) + f"\n\n_{_legend(table)}_\n"
+@dataclass(frozen=True)
+class PerClassRow:
+    recipe: str
+    n: int
+    f1: dict[str, float | None]  # class -> event-based F1, seeds averaged (None: no reference event)
+    psds1: dict[str, float | None]  # class -> PSDS1 of the class (sed_scores_eval)
 
 
-def _tex(text: str) -> str:
-    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%") \
-        .replace("#", r"\#").replace(DASH, "---")
-
-
-def _latex(table: Table) -> str:
-    headers = [*FACTOR_HEADERS, *table.metrics, "note"]
-    lines = [
-        f"% sedaug table {_tex(str(table.runs_dir))}: {_legend(table).replace('±', '+/-')}; needs booktabs",
-        r"\begin{tabular}{lllll" + "r" * (1 + len(table.metrics)) + "l}",
-        r"\toprule",
-        " & ".join(_tex(h) for h in headers) + r" \\",
-        r"\midrule",
-    ]
-    for r in table.rows:
-        cells = []
-        for m in table.metrics:
-            c, text = r.cells[m], _number(r.cells[m], r" $\pm$ ")
-            if text and c.above_baseline:
-                text = rf"\underline{{{text}}}"
-            if text and c.best:
-                text = rf"\textbf{{{text}}}"
-            cells.append(text)
-        factors = [r.recipe, r.augmentation, r.location, r.regularization, r.consistency, str(r.n)]
-        lines.append(" & ".join([*map(_tex, factors), *cells, _tex(r.note)]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def _csv(table: Table) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    metric_columns = [f"{m}_{s}" for m in table.metrics for s in ("mean", "std")]
-    writer.writerow(["recipe", "augmentation", "location", "regularization", "consistency_data", "n",
-                     "not_evaluated", *metric_columns])
-
-    def plain(x: float | None) -> str:
-        return "" if x is None else repr(round(x, 6))
-
-    for r in table.rows:
-        numbers = [plain(v) for m in table.metrics for v in (r.cells[m].mean, r.cells[m].std)]
-        factors = ["" if f == DASH else f for f in (r.location, r.consistency)]
-        writer.writerow([r.recipe, r.augmentation, factors[0], r.regularization, factors[1], r.n, r.not_evaluated,
-                         *numbers])
-    return out.getvalue()
-
-
-def rich_table(table: Table):
-    """The table as a rich renderable (bold and underline as text styles)."""
-    from rich.table import Table as RichTable
-    from rich.text import Text
-
-    out = RichTable(title=f"Table 1 — {table.runs_dir}", caption=_legend(table))
-    for h in FACTOR_HEADERS:  # in a narrow terminal the factors wrap; recipe names and numbers never do
-        out.add_column(h, justify="right" if h == "n" else "left", no_wrap=h in ("recipe", "n"))
-    for m in table.metrics:
-        out.add_column(m, justify="right", no_wrap=True)
-    out.add_column("note")
-    for r in table.rows:
-        cells = []
-        for m in table.metrics:
-            c = r.cells[m]
-            style = " ".join(s for s, on in (("bold", c.best), ("underline", c.above_baseline)) if on)
-            cells.append(Text(_number(c, " ± "), style=style))
-        out.add_row(r.recipe, r.augmentation, r.location, r.regularization, r.consistency, str(r.n), *cells, r.note)
+def per_class_rows(runs_dir: Path, split: str = "eval") -> list[PerClassRow]:
+    """Each row's per-class event-based F1 and PSDS1 (results.json's `per_class` and `psds1_per_class`), averaged
+    over its evaluated seeds: the numbers behind each run's per_class.png."""
+    groups: dict[str, list[dict]] = {}
+    for run in _find_runs(Path(runs_dir), split):
+        groups.setdefault(run.recipe.name, [])
+        if run.results is not None:
+            groups[run.recipe.name].append(run.results)
+    out = []
+    for name in sorted(groups, key=_order):
+        evaluated = groups[name]
+        f1 = {c: _mean_std([v for r in evaluated if (v := _value((r.get("per_class") or {}).get(c) or {}, "f1"))
+                            is not None])[0] for c in CLASSES}
+        psds1 = {c: _mean_std([v for r in evaluated if (v := _value(r.get("psds1_per_class") or {}, c)) is not None])[0]
+                 for c in CLASSES}
+        out.append(PerClassRow(name, len(evaluated), f1, psds1))
     return out
-
-
-def print_table(table: Table, console=None) -> None:
-    from rich.console import Console
-
-    (console or Console()).print(rich_table(table))
-
-
-def render(table: Table, fmt: str) -> str:
-    """The table as text: markdown, latex, csv, or rich (with ANSI styles, as a terminal would show it)."""
-    if fmt == "markdown":
-        return _markdown(table)
-    if fmt == "latex":
-        return _latex(table)
-    if fmt == "csv":
-        return _csv(table)
-    if fmt == "rich":
-        from rich.console import Console
-
-        console = Console(file=io.StringIO(), force_terminal=True, width=160, color_system="standard")
-        console.print(rich_table(table))
-        return console.file.getvalue()
-    raise UserError(f"unknown table format {fmt!r}: choose from {', '.join(FORMATS)}")

@@ -146,3 +146,15 @@ def test_percentile_interval_by_hand():
     samples = np.arange(101, dtype=float)  # percentiles 2.5 and 97.5 of 0..100
     assert percentile_interval(samples, 0.95) == pytest.approx((2.5, 97.5))
     assert percentile_interval(np.array([np.nan, 1.0, 1.0]), 0.9) == (1.0, 1.0)
+
+
+def test_window_medians_threshold_like_the_binary_median_filter():
+    from sedaug.evaluation.bootstrap import window_medians
+    from sedaug.evaluation.postprocess import median_filter
+
+    rng = np.random.default_rng(0)
+    strong = np.round(rng.uniform(size=(5, 20, 3)), 2)  # ties between frames and thresholds
+    lengths = np.array([20, 9, 3, 1, 2])  # clips shorter than the window reflect more than once
+    medians = window_medians(strong, 7, lengths)
+    for t in np.round(np.linspace(0.01, 0.99, 50), 6):
+        assert ((medians >= t) == median_filter(strong >= t, 7, lengths)).all(), t

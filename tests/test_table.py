@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sedaug.errors import UserError
-from sedaug.table import build_table, render, rich_table
+from sedaug.table import build_table
+from sedaug.table_render import render, rich_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "table"
 RUNS = FIXTURES / "runs"

@@ -24,7 +24,8 @@ import pandas as pd
 
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.evaluation.f1 import EVENT_BASED
-from sedaug.evaluation.postprocess import as_scores, binary_to_events, frame_counts, median_filter, merge_overlaps
+from sedaug.data.grid import FRAME_SECONDS
+from sedaug.evaluation.postprocess import TIME_DECIMALS, as_scores, frame_counts, merge_overlaps
 from sedaug.evaluation.psds import PSDS_CRITERIA, PSDS_MAX_EFPR, PSDS_THRESHOLDS, PSDS_VARIANTS
 
 F1_METRICS = ("macro", "micro")
@@ -142,16 +143,45 @@ def psds_counts(
         "tp": np.zeros((n, k, c)), "fp": np.zeros((n, k, c)), "ct": np.zeros((n, k, c, c)),
     }
     lengths = frame_counts(durations, strong.shape[1])
+    medians = np.ascontiguousarray(window_medians(strong, median_window, lengths).transpose(0, 2, 1))  # (N, C, T)
     for i, threshold in enumerate(thresholds):
-        binary = median_filter(strong >= threshold, median_window, lengths)
-        events = binary_to_events(binary, np.arange(n), durations)
-        events = events[events.offset > events.onset]  # psds_eval drops empty detections
-        clip = events.filename.to_numpy(np.int64)
-        cls = events.event_label.map({name: j for j, name in enumerate(CLASSES)}).to_numpy(np.int64)
-        tp, fp, ct = _judge(clip, cls, events.onset.to_numpy(float), events.offset.to_numpy(float),
-                            pad_cls, pad_on, pad_off)
+        # A binary median filter after a threshold is the threshold of the median filter (a window holds at least
+        # w - w // 2 frames >= threshold exactly when its median is >= threshold): one filter for all thresholds.
+        clip, cls, start, stop = _runs(medians >= threshold)
+        on = np.round(start * FRAME_SECONDS, TIME_DECIMALS)  # as binary_to_events
+        off = np.minimum(np.round(stop * FRAME_SECONDS, TIME_DECIMALS), durations[clip])
+        keep = off > on  # psds_eval drops empty detections
+        tp, fp, ct = _judge(clip[keep], cls[keep], on[keep], off[keep], pad_cls, pad_on, pad_off)
         counts["tp"][:, i], counts["fp"][:, i], counts["ct"][:, i] = tp, fp, ct
     return counts
+
+
+def window_medians(strong: np.ndarray, window: int, lengths: np.ndarray) -> np.ndarray:
+    """(N, T, C) median of each frame's window of `window` frames over time, with `median_filter`'s edges (each
+    clip reflected at its own end); frames past a clip's end are -inf. `median_filter(strong >= t, window,
+    lengths)` equals `window_medians(strong, window, lengths) >= t` for every t (tested)."""
+    n, t, c = strong.shape
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if window > 1 and t > 0:
+        before = window // 2
+        pos = np.arange(-before, t + window - before - 1)
+        period = 2 * lengths[:, None]
+        m = np.mod(pos[None, :], period)
+        idx = np.where(m < lengths[:, None], m, period - 1 - m)
+        padded = np.take_along_axis(strong, idx[:, :, None], axis=1)
+        windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=1)  # (N, T, C, window)
+        strong = np.partition(windows, window // 2, axis=-1)[..., window // 2]
+    return np.where(np.arange(t)[None, :, None] < lengths[:, None, None], strong, -np.inf)
+
+
+def _runs(binary: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Contiguous runs of True along the last axis of (N, C, T): clip, class, first frame, frame after the last."""
+    n, c, t = binary.shape
+    edges = np.diff(np.pad(binary, ((0, 0), (0, 0), (1, 1))).view(np.int8), axis=2).ravel()
+    flat = np.flatnonzero(edges)  # starts and stops alternate along each row: one scan finds both
+    starts, stops = flat[edges[flat] == 1], flat[edges[flat] == -1]
+    row, start = np.divmod(starts, t + 1)
+    return row // c, row % c, start, stops % (t + 1)
 
 
 def _judge(clip, cls, on, off, pad_cls, pad_on, pad_off):
@@ -245,11 +275,20 @@ def metric_values(counts: ClipCounts, weights: np.ndarray, metrics: Sequence[str
         out.update({m: _f1_values(sums, m) for m in metrics if m in F1_METRICS})
     if any(m in PSDS_EVAL_METRICS for m in metrics):
         w64 = weights.astype(np.float64)
-        sums = {key: w64 @ value if value.ndim < 3 else  # counts are small integers: exact in float32
-                (weights @ value.reshape(n, -1).astype(np.float32)).reshape(r, *value.shape[1:]).astype(np.float64)
-                for key, value in counts.psds.items()}
+        sums = {key: w64 @ value if value.ndim < 3 else _sum_counts(weights, value) for key, value in counts.psds.items()}
         out.update({m: _psds_values(sums, *PSDS_VARIANTS[m]) for m in metrics if m in PSDS_EVAL_METRICS})
     return out
+
+
+def _sum_counts(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """weights (R, N) @ counts (N, ...) over the columns that are not all 0 (most cross-trigger pairs are); counts
+    are small integers, exact in float32."""
+    r, n = weights.shape
+    flat = counts.reshape(n, -1)
+    used = np.flatnonzero(flat.any(0))
+    out = np.zeros((r, flat.shape[1]))
+    out[:, used] = weights @ flat[:, used].astype(np.float32)
+    return out.reshape(r, *counts.shape[1:])
 
 
 def percentile_interval(samples: np.ndarray, level: float) -> tuple[float, float]:

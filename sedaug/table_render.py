@@ -1,0 +1,262 @@
+"""Table 1 as text: rich (terminal), markdown, LaTeX and CSV; and the per-class view (`table --per-class`).
+
+CSV carries plain numbers only (`<metric>_mean`, `<metric>_std`; with --ci `_low`, `_high`, and against the
+reference row `_diff`, `_diff_low`, `_diff_high`, `_p`; with --paper `_paper`, `_paper_diff`), empty when
+undefined, and the bootstrap's settings in columns of their own; no formatting flags: they follow from the numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from sedaug.data.desed import CLASSES
+from sedaug.errors import UserError
+from sedaug.table import DASH, DECIMALS, Cell, PerClassRow, Row, Table
+
+FORMATS = ("rich", "markdown", "latex", "csv")
+FACTOR_HEADERS = ("recipe", "augmentation", "location", "regularization", "consistency data", "n")
+
+
+def _f(x: float | None, sign: bool = False) -> str:
+    return "" if x is None else f"{x:+.{DECIMALS}f}" if sign else f"{x:.{DECIMALS}f}"
+
+
+def _number(cell: Cell, pm: str) -> str:
+    if cell.mean is None:
+        return ""
+    text = _f(cell.mean) if cell.std is None else f"{_f(cell.mean)}{pm}{_f(cell.std)}"
+    if cell.interval is not None:
+        text += f" [{_f(cell.interval.low)}, {_f(cell.interval.high)}]"
+    return text
+
+
+def _difference(cell: Cell) -> str:
+    d = cell.difference
+    if d is None:
+        return ""
+    p = "< 0.001" if d.p < 0.001 else f"{d.p:.3f}"
+    return f"{_f(d.value, True)} [{_f(d.low, True)}, {_f(d.high, True)}] p {p}"
+
+
+def _paper(cell: Cell) -> str:
+    if cell.paper is None:
+        return ""
+    return _f(cell.paper) if cell.mean is None else f"{_f(cell.paper)} ({_f(cell.mean - cell.paper, True)})"
+
+
+def _columns(table: Table) -> list[tuple[str, str, object]]:
+    """(header, metric, cell -> text) of each metric column, then its comparison and paper columns."""
+    columns = []
+    reference = table.bootstrap.reference if table.bootstrap else None
+    for m in table.metrics:
+        columns.append((m, m, None))
+        if reference is not None:
+            columns.append((f"{m} − {reference}", m, _difference))
+        if table.paper and m in ("macro", "psds_ct"):
+            columns.append((f"{m} paper", m, _paper))
+    return columns
+
+
+def _legend(table: Table) -> str:
+    parts = [f"split {table.split}", "mean ± std over seeds (n)"]
+    b = table.bootstrap
+    if b is not None:
+        parts.append(f"[{b.level * 100:g}% bootstrap interval over the clips, seeds averaged; {b.resamples} resamples, "
+                     f"seed {b.seed}]")
+        if b.reference is not None:
+            parts.append(f"{b.reference} row: paired difference [interval] and p-value on the same resamples")
+    parts.append("bold: best per column")
+    parts.append(f"underlined: difference to the {b.reference} row whose interval excludes 0"
+                 if b is not None and b.reference is not None else "underlined: above the baseline row")
+    if table.paper:
+        parts.append("paper: the paper's Table 1 value (ours − paper)")
+    return "; ".join(parts)
+
+
+def _factors(r: Row) -> list[str]:
+    return [r.recipe, r.augmentation, r.location, r.regularization, r.consistency, str(r.n)]
+
+
+def _markdown(table: Table) -> str:
+    columns = _columns(table)
+    headers = [*FACTOR_HEADERS, *(h for h, _, _ in columns), "note"]
+    align = ["---"] * 5 + ["--:"] + ["--:"] * len(columns) + ["---"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
+    for r in table.rows:
+        cells = []
+        for _, m, text_of in columns:
+            c = r.cells[m]
+            text = text_of(c) if text_of else _number(c, " ± ")
+            if text and text_of is None and c.marked:
+                text = f"<u>{text}</u>"
+            if text and text_of is None and c.best:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append("| " + " | ".join([*_factors(r), *cells, r.note]) + " |")
+    return "\n".join(lines) + f"\n\n_{_legend(table)}_\n"
+
+
+def _tex(text: str) -> str:
+    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%") \
+        .replace("#", r"\#").replace(DASH, "---").replace("−", "$-$").replace("±", r"$\pm$")
+
+
+def _latex(table: Table) -> str:
+    columns = _columns(table)
+    headers = [*FACTOR_HEADERS, *(h for h, _, _ in columns), "note"]
+    lines = [
+        f"% sedaug table {_tex(str(table.runs_dir))}: {_legend(table).replace('±', '+/-').replace('−', '-')}; "
+        "needs booktabs",
+        r"\begin{tabular}{lllll" + "r" * (1 + len(columns)) + "l}",
+        r"\toprule",
+        " & ".join(_tex(h) for h in headers) + r" \\",
+        r"\midrule",
+    ]
+    for r in table.rows:
+        cells = []
+        for _, m, text_of in columns:
+            c = r.cells[m]
+            if text_of is not None:
+                cells.append(_tex(text_of(c)))
+                continue
+            text = _number(c, r" $\pm$ ")
+            if text and c.marked:
+                text = rf"\underline{{{text}}}"
+            if text and c.best:
+                text = rf"\textbf{{{text}}}"
+            cells.append(text)
+        lines.append(" & ".join([*map(_tex, _factors(r)), *cells, _tex(r.note)]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _plain(x: float | None) -> str:
+    return "" if x is None else repr(round(x, 6))
+
+
+def _csv(table: Table) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    b = table.bootstrap
+    suffixes = ["mean", "std"]
+    if b is not None:
+        suffixes += ["low", "high"] + (["diff", "diff_low", "diff_high", "p"] if b.reference else [])
+    if table.paper:
+        suffixes += ["paper", "paper_diff"]
+    settings = ["ci_level", "resamples", "bootstrap_seed", "reference"] if b is not None else []
+    writer.writerow(["recipe", "augmentation", "location", "regularization", "consistency_data", "n",
+                     "not_evaluated", *(f"{m}_{s}" for m in table.metrics for s in suffixes), *settings])
+
+    def numbers(c: Cell) -> list[float | None]:
+        values = [c.mean, c.std]
+        if b is not None:
+            values += [c.interval and c.interval.low, c.interval and c.interval.high]
+            if b.reference:
+                d = c.difference
+                values += [None, None, None, None] if d is None else [d.value, d.low, d.high, d.p]
+        if table.paper:
+            values += [c.paper, None if c.paper is None or c.mean is None else c.mean - c.paper]
+        return values
+
+    for r in table.rows:
+        factors = ["" if f == DASH else f for f in (r.location, r.consistency)]
+        values = [_plain(v) for m in table.metrics for v in numbers(r.cells[m])]
+        extra = [f"{b.level * 100:g}", b.resamples, b.seed, b.reference or ""] if b is not None else []
+        writer.writerow([r.recipe, r.augmentation, factors[0], r.regularization, factors[1], r.n, r.not_evaluated,
+                         *values, *extra])
+    return out.getvalue()
+
+
+def rich_table(table: Table):
+    """The table as a rich renderable (bold and underline as text styles)."""
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    columns = _columns(table)
+    out = RichTable(title=f"Table 1 — {table.runs_dir}", caption=_legend(table))
+    for h in FACTOR_HEADERS:  # in a narrow terminal the factors wrap; recipe names and numbers never do
+        out.add_column(h, justify="right" if h == "n" else "left", no_wrap=h in ("recipe", "n"))
+    for h, _, _ in columns:
+        out.add_column(h, justify="right", no_wrap=True)
+    out.add_column("note")
+    for r in table.rows:
+        cells = []
+        for _, m, text_of in columns:
+            c = r.cells[m]
+            if text_of is not None:
+                cells.append(Text(text_of(c)))
+                continue
+            style = " ".join(s for s, on in (("bold", c.best), ("underline", c.marked)) if on)
+            cells.append(Text(_number(c, " ± "), style=style))
+        out.add_row(*_factors(r), *cells, r.note)
+    return out
+
+
+def print_table(table: Table, console=None) -> None:
+    from rich.console import Console
+
+    (console or Console()).print(rich_table(table))
+
+
+def render(table: Table, fmt: str) -> str:
+    """The table as text: markdown, latex, csv, or rich (with ANSI styles, as a terminal would show it)."""
+    renderers = {"markdown": _markdown, "latex": _latex, "csv": _csv, "rich": _rich_text}
+    if fmt not in renderers:
+        raise UserError(f"unknown table format {fmt!r}: choose from {', '.join(FORMATS)}")
+    return renderers[fmt](table)
+
+
+def _rich_text(renderable) -> str:
+    from rich.console import Console
+
+    if isinstance(renderable, Table):
+        renderable = rich_table(renderable)
+    console = Console(file=io.StringIO(), force_terminal=True, width=200, color_system="standard")
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- per class
+
+
+def render_per_class(rows: list[PerClassRow], fmt: str, split: str = "eval") -> str:
+    """Per-class F1 and PSDS1 of each row: CSV in long form (recipe, class, n, f1, psds1); the other formats as
+    two tables (F1, then PSDS1) with one column per class."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown table format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["recipe", "class", "n", "f1", "psds1"])
+        for r in rows:
+            for c in CLASSES:
+                writer.writerow([r.recipe, c, r.n, _plain(r.f1[c]), _plain(r.psds1[c])])
+        return out.getvalue()
+    short = [c.replace("_", " ") for c in CLASSES]
+    blocks = []
+    for title, key in ((f"event-based F1 per class on {split} (seeds averaged)", "f1"),
+                       (f"PSDS1 per class on {split} (seeds averaged)", "psds1")):
+        body = [[r.recipe, str(r.n), *(_f(getattr(r, key)[c]) for c in CLASSES)] for r in rows]
+        blocks.append(_grid(title, ["recipe", "n", *short], body, fmt))
+    return "\n".join(blocks)
+
+
+def _grid(title: str, headers: list[str], body: list[list[str]], fmt: str) -> str:
+    if fmt == "markdown":
+        lines = [f"**{title}**", "", "| " + " | ".join(headers) + " |",
+                 "|---|" + "--:|" * (len(headers) - 1)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
+    if fmt == "latex":
+        lines = [f"% {title}", r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}", r"\toprule",
+                 " & ".join(map(_tex, headers)) + r" \\", r"\midrule"]
+        lines += [" & ".join(map(_tex, row)) + r" \\" for row in body]
+        return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+    from rich.table import Table as RichTable
+
+    grid = RichTable(title=title)
+    for i, h in enumerate(headers):
+        grid.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in body:
+        grid.add_row(*row)
+    return _rich_text(grid)
