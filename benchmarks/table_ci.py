@@ -72,7 +72,8 @@ def make_runs(root: Path, n_clips: int, n_rows: int, n_seeds: int) -> Path:
     names = list(TABLE1_ORDER[:n_rows]) + [f"extra{i}" for i in range(n_rows - len(TABLE1_ORDER))]
     for row, name in enumerate(names):
         base = REPO / "recipes" / f"{name}.yaml"
-        recipe = load_recipe(base if base.is_file() else REPO / "recipes" / "none.yaml")
+        recipe = load_recipe(base) if base.is_file() else load_recipe(REPO / "recipes" / "none.yaml").model_copy(
+            update={"paper_row": None})
         for seed in range(n_seeds):
             run = root / "runs" / name / f"seed{seed}"
             run.mkdir(parents=True)

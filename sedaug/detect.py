@@ -149,7 +149,8 @@ def detect(
                     write_score_files({stems[recording.name]: frame}, Path(scores_dir))
                 if plot_dir is not None:
                     plot_detections(mel, float(duration[0]), found, Path(plot_dir) / f"{stems[recording.name]}.png",
-                                    title=f"{recording.name}  (threshold {threshold:g})")
+                                    title=f"{recording.name}  (threshold {threshold:g})", scores=scores,
+                                    threshold=threshold)
                 events.append(found)
                 report.n_recordings += 1
                 report.n_events += len(found)

@@ -1,5 +1,7 @@
-"""One recording's detections as a PNG (`sedaug detect --plot`): its log-mel spectrogram, each detected event
-edged over it in its class's colour, and below it one lane per detected class, named on the y axis."""
+"""One recording's detections as a PNG (`sedaug detect --plot`), the view of sed_vis: its log-mel spectrogram, each
+detected event edged over it in its class's colour; under it each class's frame score curve (the classes that
+were detected or came within half the threshold of it) with the threshold line; then one lane of events per
+detected class, named on the y axis."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pandas as pd
 import torch
 
 from sedaug.data.desed import CLASSES
-from sedaug.data.grid import PARAMS, FeatureParams
+from sedaug.data.grid import FRAME_SECONDS, PARAMS, FeatureParams
 from sedaug.data.mel import amplitude_to_db
 from sedaug.files import atomic_path
 
@@ -22,9 +24,12 @@ def plot_detections(
     path: Path,
     title: str = "",
     params: FeatureParams = PARAMS,
+    scores: np.ndarray | None = None,
+    threshold: float | None = None,
 ) -> None:
     """Write the PNG `path` for a recording's linear mel (frames, n_mels), its duration in seconds and its events
-    (onset, offset, event_label). No pyplot state: safe in threads and under any backend."""
+    (onset, offset, event_label); with `scores` (output frames, classes) and `threshold`, the score curves too.
+    No pyplot state: safe in threads and under any backend."""
     from matplotlib.figure import Figure
 
     log_mel = amplitude_to_db(torch.from_numpy(np.asarray(mel, np.float32))[None])[0].numpy()  # one floor per recording
@@ -32,8 +37,12 @@ def plot_detections(
     colours = {c: f"C{i}" for i, c in enumerate(CLASSES)}  # tab10: one colour per class, the same in every plot
     width = float(np.clip(4 + 0.6 * duration, 10, 40))
     lanes_height = 0.32 * max(len(classes), 1) + 0.5
-    fig = Figure(figsize=(width, 3.2 + lanes_height), layout="constrained")
-    spec_ax, lane_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3.2, lanes_height])
+    heights = [3.2, 2.2, lanes_height] if scores is not None else [3.2, lanes_height]
+    fig = Figure(figsize=(width, sum(heights)), layout="constrained")
+    axes = fig.subplots(len(heights), 1, sharex=True, height_ratios=heights)
+    spec_ax, lane_ax = axes[0], axes[-1]
+    if scores is not None:
+        _score_curves(axes[1], np.asarray(scores, dtype=float), duration, classes, colours, threshold)
 
     frame = params.hop / params.sample_rate  # input frame j is centred at j · frame seconds
     spec_ax.imshow(log_mel.T, origin="lower", aspect="auto", cmap="magma", interpolation="antialiased",
@@ -59,3 +68,21 @@ def plot_detections(
     lane_ax.set(xlabel="time (s)", xlim=(0, duration))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+def _score_curves(ax, scores: np.ndarray, duration: float, detected: list[str], colours: dict[str, str],
+                  threshold: float | None) -> None:
+    """Each shown class's frame scores as a step curve over its output frames, and the decision threshold."""
+    frames = min(len(scores), max(1, int(np.ceil(duration / FRAME_SECONDS - 1e-9))))
+    edges = np.minimum(np.arange(frames + 1) * FRAME_SECONDS, duration)
+    near = 0.5 * threshold if threshold is not None else 0.5
+    shown = [c for i, c in enumerate(CLASSES) if c in detected or scores[:frames, i].max() >= near]
+    for label in shown:
+        ax.stairs(scores[:frames, CLASSES.index(label)], edges, color=colours[label], lw=1.2,
+                  label=label.replace("_", " "))
+    if threshold is not None:
+        ax.axhline(threshold, color="0.2", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set(ylim=(0, 1.02), ylabel="frame score", xlim=(0, duration))
+    ax.grid(alpha=0.3)
+    if shown or threshold is not None:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)

@@ -1,4 +1,4 @@
-"""The plots of an evaluation: `<split>/psd_roc.png` and `<split>/per_class.png`."""
+"""The plots of an evaluation (`<split>/psd_roc.png`, `<split>/per_class.png`) and of a table (`table --plot`)."""
 
 from __future__ import annotations
 
@@ -56,3 +56,64 @@ def plot_per_class(results: dict[str, Any], path: Path) -> None:
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def plot_table(table, path: Path) -> None:
+    """`sedaug table --plot`: one panel per metric, one line per row (top to bottom as in the table): the row's
+    mean with its interval (--ci; else ± the seeds' std), the reference row's interval shaded across the panel,
+    rows whose paired difference excludes 0 coloured (green above, red below), the paper's value as a diamond."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    rows = table.rows
+    boot = table.bootstrap
+    reference = boot.reference if boot is not None else None
+    fig = Figure(figsize=(4.2 * len(table.metrics) + 2.2, 1.6 + 0.32 * max(len(rows), 3)), layout="constrained")
+    axes = fig.subplots(1, len(table.metrics), sharey=True, squeeze=False)[0]
+    ys = range(len(rows))
+    for ax, metric in zip(axes, table.metrics, strict=True):
+        ref = next((r.cells[metric] for r in rows if r.recipe == reference), None)
+        if ref is not None and ref.interval is not None:
+            ax.axvspan(ref.interval.low, ref.interval.high, color="tab:blue", alpha=0.12, lw=0)
+            ax.axvline(ref.mean if ref.mean is not None else float("nan"), color="tab:blue", lw=0.8, ls="--")
+        for y, row in zip(ys, rows, strict=True):
+            cell = row.cells[metric]
+            if cell.mean is not None:
+                low, high = _extent(cell)
+                colour = "tab:blue" if row.recipe == reference else _colour(cell)
+                ax.plot([low, high], [y, y], color=colour, lw=2, solid_capstyle="butt")
+                ax.plot(cell.mean, y, "o", color=colour, ms=5)
+            if cell.paper is not None:
+                ax.plot(cell.paper, y, "D", mfc="none", mec="tab:orange", ms=6, mew=1.5)
+        ax.set(title=metric, xlabel=metric)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_yticks(list(ys), [f"{r.recipe} (n={r.n})" for r in rows])
+    axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
+    what = (f"{boot.level * 100:g}% bootstrap interval ({boot.resamples} resamples of the clips, seeds averaged)"
+            if boot is not None else "± std over seeds")
+    handles = [Line2D([], [], color="0.3", marker="o", lw=2, label=f"mean, {what}")]
+    if reference is not None:
+        handles += [Patch(color="tab:blue", alpha=0.12, label=f"{reference}'s interval"),
+                    Line2D([], [], color="tab:green", marker="o", lw=2, label=f"above {reference} (paired interval > 0)"),
+                    Line2D([], [], color="tab:red", marker="o", lw=2, label=f"below {reference} (paired interval < 0)")]
+    if table.paper:
+        handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="tab:orange", mew=1.5, label="the paper"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
+    fig.suptitle(f"{table.runs_dir} on {table.split}")
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def _extent(cell) -> tuple[float, float]:
+    if cell.interval is not None:
+        return cell.interval.low, cell.interval.high
+    spread = cell.std or 0.0
+    return cell.mean - spread, cell.mean + spread
+
+
+def _colour(cell) -> str:
+    d = cell.difference
+    if d is None or not d.excludes_zero:
+        return "0.3"
+    return "tab:green" if d.low > 0 else "tab:red"
