@@ -5,12 +5,16 @@ never evaluated), none (1 seed) and vat_input_eps3 (a recipe that is not in the 
 To accept a deliberate change of format: SEDAUG_UPDATE_GOLDEN=1 pytest tests/test_table.py, then read the diff.
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
 from sedaug.table import build_table
 from sedaug.table_render import render, rich_table
@@ -102,3 +106,198 @@ def test_other_split_is_not_evaluated(runs):
 def test_unknown_format(runs):
     with pytest.raises(UserError, match="unknown table format"):
         render(build_table(runs), "html")
+
+
+# ---------------------------------------------------------------------------------------------- --paper
+
+
+PAPER = {  # docs/architecture.md "Table 1" (the English paper's nine rows) and the French version's extra row
+    "none": (0.291, 0.500), "baseline": (0.381, 0.552), "noise_input": (0.397, 0.534), "noise_latent": (0.388, 0.565),
+    "adversarial_latent": (0.374, 0.559), "vat_input_mt": (0.311, 0.461), "vat_input": (0.358, 0.539),
+    "vat_latent": (0.362, 0.542), "mixup_latent": (0.351, 0.507), "vat_input_unlabeled": (0.337, 0.540),
+}
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def write_run(runs: Path, recipe_file: Path, seed: int, results: dict | None, name: str | None = None) -> Path:
+    from sedaug.recipe import dump_recipe, load_recipe
+
+    recipe = load_recipe(recipe_file)
+    recipe = recipe.model_copy(update={"seed": seed, **({"name": name, "paper_row": None} if name else {})})
+    run = runs / recipe.name / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text(dump_recipe(recipe))
+    if results is not None:
+        (run / "eval").mkdir()
+        (run / "eval" / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def test_paper_lists_exactly_the_papers_values_for_the_table1_recipes(tmp_path):
+    runs = tmp_path / "runs"
+    for name in PAPER:
+        write_run(runs, RECIPES / f"{name}.yaml", 0, {"macro": 0.35, "psds_ct": 0.5})
+    write_run(runs, RECIPES / "none.yaml", 0, {"macro": 0.3, "psds_ct": 0.4}, name="mine")  # not a row of the paper
+    table = build_table(runs, metrics=("macro", "psds_ct", "psds"), paper=True)
+    got = {r.recipe: (r.cells["macro"].paper, r.cells["psds_ct"].paper) for r in table.rows if r.paper_row}
+    assert got == PAPER
+    assert [r.recipe for r in table.rows][:10] == list(PAPER)  # the paper's order
+    assert all(r.cells["psds"].paper is None for r in table.rows)  # the paper's psds column is psds_ct
+    mine = next(r for r in table.rows if r.recipe == "mine")
+    assert mine.paper_row is None and mine.cells["macro"].paper is None
+    text = render(table, "csv").splitlines()
+    header = text[0].split(",")
+    baseline = dict(zip(header, next(line for line in text if line.startswith("baseline,")).split(","), strict=True))
+    assert (baseline["macro_paper"], baseline["psds_ct_paper"]) == ("0.381", "0.552")
+    assert float(baseline["macro_paper_diff"]) == pytest.approx(0.35 - 0.381)
+    assert "0.381 (-0.031)" in render(table, "markdown")
+
+
+def test_every_paper_recipe_names_its_row():
+    from sedaug.paper import PAPER_TABLE1
+    from sedaug.recipe import load_recipe
+
+    rows = {}
+    for path in sorted(RECIPES.glob("**/*.yaml")):
+        recipe = load_recipe(path)
+        if recipe.paper_row is not None:
+            rows[recipe.name] = recipe.paper_row
+            assert PAPER_TABLE1[recipe.paper_row].recipe == recipe.name
+    assert sorted(rows.values()) == list(range(1, 11)) and set(rows) == set(PAPER)  # audio/ recipes have none
+    assert {k: (v.macro, v.psds) for k, v in ((r.recipe, r) for r in PAPER_TABLE1.values())} == PAPER
+
+
+@pytest.mark.parametrize("value", ["0", "11", "true", "'3'"])
+def test_paper_row_is_validated(tmp_path, value):
+    from sedaug.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text((RECIPES / "none.yaml").read_text().replace("paper_row: 1", f"paper_row: {value}"))
+    with pytest.raises(UserError, match="paper_row"):
+        load_recipe(path)
+
+
+# ---------------------------------------------------------------------------------------------- --ci, --compare
+
+
+@pytest.fixture(scope="module")
+def ci_runs(tmp_path_factory) -> Path:
+    """Runs written by evaluate's own writer from made-up scores on 24 clips: baseline (2 seeds), none (the very
+    same scores as baseline: an identical row) and vat_latent (1 seed, scores equal to the ground truth)."""
+    from test_bootstrap import synthetic_eval
+
+    from sedaug.evaluation.results import evaluate_scores, write_evaluation
+
+    root = tmp_path_factory.mktemp("ci")
+    clips, durations, gt, strong = synthetic_eval(n_clips=24, seed=4)
+    features = root / "features" / "eval"
+    features.mkdir(parents=True)
+    pd.DataFrame({"filename": clips, "duration": durations}).to_csv(features / "clips.tsv", sep="\t", index=False)
+    gt.to_csv(features / "events.tsv", sep="\t", index=False)
+    perfect = np.zeros_like(strong)
+    for name, on, off, label in gt.itertuples(index=False):
+        perfect[clips.index(name), int(on / 0.06375):int(np.ceil(off / 0.06375)), CLASSES.index(label)] = 1.0
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(strong + rng.normal(0, 0.05, strong.shape), 0, 1) for _ in range(2)]
+    for name, seed, scores in (("baseline", 0, noisy[0]), ("baseline", 1, noisy[1]), ("none", 0, noisy[0]),
+                               ("none", 1, noisy[1]), ("vat_latent", 0, perfect)):
+        run = write_run(root / "runs", RECIPES / f"{name}.yaml", seed, None)
+        evaluation = evaluate_scores(scores, clips, durations, gt)
+        evaluation.results["features"] = str(root / "features")
+        write_evaluation(evaluation, run / "eval")
+    return root / "runs"
+
+
+def test_ci_intervals_and_the_paired_test(ci_runs):
+    table = build_table(ci_runs, metrics=("macro", "psds_ct", "psds"), ci=95, resamples=300, bootstrap_seed=1)
+    rows = {r.recipe: r for r in table.rows}
+    assert table.bootstrap.reference == "baseline" and table.bootstrap.resamples == 300
+    # Recomputed from the score files, every metric equals what evaluate wrote: no "scores differ" note.
+    assert all(r.note == "" for r in table.rows), [r.note for r in table.rows]
+    for m in table.metrics:
+        base, same, best = rows["baseline"].cells[m], rows["none"].cells[m], rows["vat_latent"].cells[m]
+        assert base.interval.low <= base.mean <= base.interval.high and base.interval.low < base.interval.high
+        assert base.difference is None  # the reference row
+        # Identical rows: a difference of 0 in every resample.
+        assert (same.difference.value, same.difference.low, same.difference.high, same.difference.p) == (0, 0, 0, 1)
+        assert not same.marked and same.interval == base.interval
+        # The ground truth itself as scores: better than the baseline in every resample.
+        assert best.difference.low > 0 and best.difference.p == 0 and best.marked
+    assert rows["vat_latent"].cells["macro"].mean == 1.0
+    again = build_table(ci_runs, metrics=("macro",), ci=95, resamples=300, bootstrap_seed=1)
+    other = build_table(ci_runs, metrics=("macro",), ci=95, resamples=300, bootstrap_seed=2)
+    interval = {r.recipe: r.cells["macro"].interval for r in again.rows}
+    assert interval["baseline"] == rows["baseline"].cells["macro"].interval  # the seed repeats the resamples
+    assert {r.recipe: r.cells["macro"].interval for r in other.rows} != interval
+
+
+def test_ci_in_the_text_formats(ci_runs):
+    table = build_table(ci_runs, metrics=("macro",), ci=90, resamples=200, compare="none")
+    import csv
+
+    rows = list(csv.DictReader(render(table, "csv").splitlines()))
+    header = list(rows[0])
+    assert header[-4:] == ["ci_level", "resamples", "bootstrap_seed", "reference"] and "macro_diff" not in header
+    assert {(r["ci_level"], r["resamples"], r["bootstrap_seed"], r["reference"]) for r in rows} == {("90", "200", "0", "")}
+    assert all(float(r["macro_low"]) <= float(r["macro_mean"]) <= float(r["macro_high"]) for r in rows)
+    compared = build_table(ci_runs, metrics=("macro",), ci=95, resamples=200, compare="vat_latent")
+    markdown = render(compared, "markdown")
+    assert "| macro − vat_latent |" in markdown and "95% bootstrap interval" in markdown and "p < 0.001" in markdown
+    latex = render(compared, "latex")
+    assert r"macro $-$ vat\_latent" in latex and r"\underline{" in latex
+    assert "macro − vat_latent" in render(compared, "rich")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"ci": 95, "metrics": ("macro", "psds1")}, "no interval for psds1"),
+    ({"ci": 120}, "--ci 120: expected a confidence level"),
+    ({"ci": 95, "resamples": 10}, "--resamples 10"),
+    ({"ci": 95, "compare": "mixup"}, "--compare mixup: no evaluated row of that name"),
+    ({"compare": "baseline"}, "--compare needs --ci"),
+])
+def test_ci_refuses_bad_options(ci_runs, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        build_table(ci_runs, **kwargs)
+
+
+def test_ci_needs_the_score_files_and_the_same_clips(ci_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(ci_runs, runs)
+    stale = runs / "none" / "seed1" / "eval" / "results.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "macro": 0.123}))
+    table = build_table(runs, metrics=("macro",), ci=95, resamples=100)
+    assert "seed1: scores differ from results.json (macro)" in {r.recipe: r for r in table.rows}["none"].note
+    next((runs / "baseline" / "seed0" / "eval" / "scores").glob("*.tsv")).unlink()
+    with pytest.raises(UserError, match=r"clip\d+\.tsv: missing: run `sedaug evaluate`"):
+        build_table(runs, metrics=("macro",), ci=95, resamples=100)
+    shutil.rmtree(runs / "baseline")
+    clips = Path(json.loads(stale.read_text())["features"]) / "eval" / "clips.tsv"
+    other = tmp_path / "other" / "eval"
+    other.mkdir(parents=True)
+    pd.read_csv(clips, sep="\t").iloc[:-1].to_csv(other / "clips.tsv", sep="\t", index=False)
+    shutil.copy(clips.parent / "events.tsv", other / "events.tsv")
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "features": str(other.parent)}))
+    with pytest.raises(UserError, match="scored on other eval clips"):
+        build_table(runs, metrics=("macro",), ci=95, resamples=100)
+
+
+def test_cli_ci_plot_and_per_class(ci_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from sedaug.cli import app
+
+    plot = tmp_path / "table.png"
+    result = CliRunner().invoke(app, ["table", str(ci_runs), "--ci", "95", "--resamples", "200", "--paper",
+                                      "--plot", str(plot), "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    assert plot.stat().st_size > 10_000 and "macro − baseline" in result.output and "0.381 (" in result.output
+    result = CliRunner().invoke(app, ["table", str(ci_runs), "--per-class", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "recipe,class,n,f1,psds1" and len(lines) == 1 + 3 * len(CLASSES)
+    baseline = [json.loads((ci_runs / "baseline" / f"seed{s}" / "eval" / "results.json").read_text()) for s in (0, 1)]
+    dog = next(line.split(",") for line in lines if line.startswith("baseline,Dog,"))
+    f1 = [r["per_class"]["Dog"]["f1"] for r in baseline]
+    assert dog[2] == "2" and (dog[3] == "" if None in f1 else float(dog[3]) == pytest.approx(sum(f1) / 2))
+    result = CliRunner().invoke(app, ["table", str(ci_runs), "--per-class", "--ci", "95"])
+    assert result.exit_code == 1 and result.output.startswith("error: --per-class")
