@@ -256,7 +256,7 @@ def table(
 ) -> None:
     """Collect evaluated runs into the paper's Table 1."""
     from sedaug.table import build_table, per_class_rows
-    from sedaug.table_render import print_table, render, render_per_class
+    from sedaug.table_render import print_per_class, print_table, render, render_per_class
 
     names = tuple(m.strip() for m in metrics.split(",") if m.strip())
     for path, what in ((out, "--out"), (plot, "--plot")):
@@ -266,6 +266,11 @@ def table(
         if ci is not None or paper or plot is not None or compare is not None:
             raise UserError("--per-class prints the per-class view alone: leave out --ci, --compare, --paper and --plot")
         rows = per_class_rows(runs_dir, split=split.value)
+        if out is None and format is Format.rich:
+            from rich.console import Console
+
+            print_per_class(rows, split.value, Console(width=None if sys.stdout.isatty() else 10_000))
+            return
         text, count = render_per_class(rows, format.value, split.value), len(rows)
     else:
         data = build_table(runs_dir, split=split.value, metrics=names, ci=ci, resamples=resamples,

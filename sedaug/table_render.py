@@ -233,16 +233,27 @@ def render_per_class(rows: list[PerClassRow], fmt: str, split: str = "eval") -> 
             for c in CLASSES:
                 writer.writerow([r.recipe, c, r.n, _plain(r.f1[c]), _plain(r.psds1[c])])
         return out.getvalue()
+    return "\n".join(_grid(title, headers, body, fmt) if fmt != "rich" else _rich_text(_grid(title, headers, body, fmt))
+                     for title, headers, body in _per_class_grids(rows, split))
+
+
+def print_per_class(rows: list[PerClassRow], split: str = "eval", console=None) -> None:
+    from rich.console import Console
+
+    console = console or Console()
+    for title, headers, body in _per_class_grids(rows, split):
+        console.print(_grid(title, headers, body, "rich"))
+
+
+def _per_class_grids(rows: list[PerClassRow], split: str):
     short = [c.replace("_", " ") for c in CLASSES]
-    blocks = []
     for title, key in ((f"event-based F1 per class on {split} (seeds averaged)", "f1"),
                        (f"PSDS1 per class on {split} (seeds averaged)", "psds1")):
-        body = [[r.recipe, str(r.n), *(_f(getattr(r, key)[c]) for c in CLASSES)] for r in rows]
-        blocks.append(_grid(title, ["recipe", "n", *short], body, fmt))
-    return "\n".join(blocks)
+        yield title, ["recipe", "n", *short], [[r.recipe, str(r.n), *(_f(getattr(r, key)[c]) for c in CLASSES)]
+                                               for r in rows]
 
 
-def _grid(title: str, headers: list[str], body: list[list[str]], fmt: str) -> str:
+def _grid(title: str, headers: list[str], body: list[list[str]], fmt: str):
     if fmt == "markdown":
         lines = [f"**{title}**", "", "| " + " | ".join(headers) + " |",
                  "|---|" + "--:|" * (len(headers) - 1)]
@@ -259,4 +270,4 @@ def _grid(title: str, headers: list[str], body: list[list[str]], fmt: str) -> st
         grid.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in body:
         grid.add_row(*row)
-    return _rich_text(grid)
+    return grid
