@@ -1,6 +1,7 @@
-"""Where a sweep's trials run: a local Ray started for the sweep (its logs and state under <out>/ray, addresses on
-localhost, a per-process token, no dashboard), or an existing cluster given by --address; and the one-driver lock of
-a sweep directory (docs/sweeps.md, "Ray").
+"""Where a sweep's trials run: a local Ray started for the sweep (its logs and state under <out>/ray, listening on
+127.0.0.1 only, a per-process token, no dashboard), or an existing cluster given by --address HOST:PORT (reached
+within --connect-timeout); the resources it has against what the trials ask; and the one-driver lock of a sweep
+directory (docs/sweeps.md, "Ray"; docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ import contextlib
 import functools
 import hashlib
 import logging
+import logging.handlers
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from sedaug.sweep.spec import LoadedSweep
 # Ray's Unix sockets live at <temp>/session_<date>_<pid>/sockets/plasma_store: 107 bytes at most on Linux, so
 # Ray's temp dir may have ~40 characters; a longer one is reached through a short link in /tmp.
 MAX_TEMP_DIR = 40
+OBJECT_STORE = 256 * 2**20  # a local Ray's object store: trials pass only configs and small results
 
 
 @contextlib.contextmanager
@@ -39,57 +42,139 @@ def driver_lock(out: Path) -> Iterator[None]:
         yield
 
 
+# ---------------------------------------------------------------------------------------------- addresses
+
+
+def parse_address(address: str | None) -> tuple[str, int] | str | None:
+    """None (a local Ray), "auto", or (host, port) of an existing cluster's GCS; anything else is a UserError."""
+    if address is None:
+        return None
+    if address == "auto":
+        return "auto"
+    if address.startswith("ray://"):
+        raise UserError(f"--address {address}: Ray Client (ray://) is not supported: give the head's GCS address as "
+                        "HOST:PORT (port 6379 by default) from a machine of the cluster (docs/cluster.md)")
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        raise UserError(f"--address {address!r}: not a Ray address: give HOST:PORT of the head's GCS (e.g. "
+                        "10.0.0.1:6379) or auto")
+    return host, int(port)
+
+
+def probe(address: str, where: tuple[str, int] | str, timeout: float) -> None:
+    """Connect to the cluster once in a child process, bounded by `timeout` seconds, so that an address where no
+    Ray answers, or a refused connection, is one line instead of minutes of Ray's retries."""
+    import socket
+    import subprocess
+    import sys
+
+    if isinstance(where, tuple):
+        try:
+            socket.create_connection(where, timeout=timeout).close()
+        except OSError as e:
+            reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+            raise UserError(f"--address {address}: cannot reach {where[0]} port {where[1]} ({reason}): is the Ray "
+                            "head running there, and its GCS port open to this machine?") from None
+    code = ("import logging, sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
+            "logging_level=logging.ERROR); ray.shutdown()")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"--address {address}: no Ray cluster answered within {timeout:g} s (--connect-timeout "
+                        "waits longer)") from None
+    if proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit status {proc.returncode}"
+        hint = ""
+        if "auth" in proc.stderr.lower() or "token" in proc.stderr.lower() or "unauthenticated" in proc.stderr.lower():
+            hint = "; a Ray 2.60 cluster needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN in this environment"
+        raise UserError(f"--address {address}: cannot join the Ray cluster ({last[-300:]}){hint} (docs/cluster.md)")
+
+
 # ---------------------------------------------------------------------------------------------- Ray
 
 
 @contextlib.contextmanager
-def ray_session(out: Path, address: str | None) -> Iterator[list[str]]:
-    """A local Ray (logs and state under <out>/ray, localhost, token-protected, no dashboard) or the cluster at
-    `address`; Ray's Python logs go to <out>/ray/driver.log. Yields notes for the summary."""
-    import ray
+def ray_session(out: Path, address: str | None, connect_timeout: float = 30.0,
+                before_start: Callable[[dict | None], None] = lambda resources: None) -> Iterator[list[str]]:
+    """A local Ray (logs and state under <out>/ray, listening on 127.0.0.1 only, token-protected, no dashboard) or
+    the cluster at `address`; Ray's Python logs go to <out>/ray/driver.log. Yields notes for the summary.
 
+    `before_start(resources)` runs before anything is written: joining a cluster, once connected, with its
+    resources; for a local Ray (whose files live in <out>) with None, before it starts."""
+    import ray
+    from ray._private import ray_constants
+
+    where = parse_address(address)
     ray_dir = out / "ray"
-    ray_dir.mkdir(parents=True, exist_ok=True)
     # No usage report, no Tune console output (the view draws), and Ctrl-C raises KeyboardInterrupt at once.
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1"}
     notes: list[str] = []
     link = None
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False,
                               "logging_level": logging.WARNING}
-    if address is None:
+    local_only = ray_constants.ENABLE_RAY_CLUSTER
+    if where is None:
         if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
             # Ray protects a new local cluster with a token it would write to ~/.ray/auth_token; this one lives in
             # the environment of this process and of the cluster's (one per driver process: Ray caches it).
             env["RAY_AUTH_TOKEN"] = _token()
-        temp = ray_dir / "tmp"
-        temp.mkdir(exist_ok=True)
-        if len(str(temp)) > MAX_TEMP_DIR:
-            link = _short_link(temp)
-            notes.append(f"Ray's temp dir {temp} is reached through {link} (Unix socket paths are limited to 107 bytes)")
-        kwargs |= {"_temp_dir": str(link or temp), "_node_ip_address": "127.0.0.1", "object_store_memory": 256 * 2**20}
+        # Ray turns 127.0.0.1 into the machine's external address, and its servers then listen on every interface,
+        # unless it believes multi-node clusters are off (its own default on macOS and Windows): then every server
+        # of this node listens on 127.0.0.1 only. Read by this process at import, by Ray's processes from env.
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    handler = logging.FileHandler(ray_dir / "driver.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Ray's messages wait in memory until <out>/ray exists (nothing is written before the checks pass).
+    buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    handler = None
     # ray.init(configure_logging=False) empties the "ray" logger's handlers: "ray._private" (init's own warnings)
-    # gets the file before, "ray" (Tune's) after; Optuna's study messages go there too.
+    # gets the handler before, "ray" (Tune's) after; Optuna's study messages go there too.
     loggers = [logging.getLogger("ray._private"), logging.getLogger("optuna"), logging.getLogger("ray")]
     saved_loggers = [(lg.handlers[:], lg.propagate) for lg in loggers]
-    for lg in loggers[:2]:
-        lg.handlers, lg.propagate = [handler], False
+    for lg in loggers:
+        lg.handlers, lg.propagate = [buffer], False
     try:
-        try:
-            ray.init(address=address, **kwargs)
-        except ConnectionError as e:
-            raise UserError(f"--address {address}: cannot connect to a Ray cluster there ({e})") from None
-        loggers[2].handlers, loggers[2].propagate = [handler], False
+        if where is not None:
+            probe(address, where, connect_timeout)
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise UserError(f"--address {address}: cannot join the Ray cluster ({e})") from None
+            loggers[2].handlers, loggers[2].propagate = [buffer], False
+            before_start(ray.cluster_resources())
+            ray_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            before_start(None)
+            ray_constants.ENABLE_RAY_CLUSTER = False
+            temp = ray_dir / "tmp"
+            temp.mkdir(parents=True, exist_ok=True)
+            if len(str(temp)) > MAX_TEMP_DIR:
+                link = _short_link(temp)
+                notes.append(f"Ray's temp dir {temp} is reached through {link} (Unix socket paths are limited to 107 "
+                             "bytes)")
+            kwargs |= {"_temp_dir": str(link or temp), "_node_ip_address": "127.0.0.1",
+                       "object_store_memory": OBJECT_STORE}
+            ray.init(**kwargs)
+        handler = logging.FileHandler(ray_dir / "driver.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        buffer.setTarget(handler)
+        buffer.flush()
+        for lg in loggers:
+            lg.handlers, lg.propagate = [handler], False
         yield notes
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = local_only
         for lg, (handlers, propagate) in zip(loggers, saved_loggers, strict=True):
             lg.handlers, lg.propagate = handlers, propagate
-        handler.close()
+        buffer.close()
+        if handler is not None:
+            handler.close()
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -119,13 +204,45 @@ def _short_link(target: Path) -> Path:
     raise UserError(f"cannot make a short link to Ray's temp dir {target} in {base}")
 
 
-def check_resources(loaded: LoadedSweep) -> None:
-    import ray
+# ---------------------------------------------------------------------------------------------- resources
 
-    have = ray.cluster_resources()
-    res = loaded.sweep.resources
-    where = f"{loaded.path}: resources"
-    if res.cpus > have.get("CPU", 0):
-        raise UserError(f"{where}.cpus: {res.cpus:g} per trial, but the Ray cluster has {have.get('CPU', 0):g} CPUs")
-    if res.gpus > have.get("GPU", 0):
-        raise UserError(f"{where}.gpus: {res.gpus:g} per trial, but the Ray cluster has {have.get('GPU', 0):g} GPUs")
+
+def local_resources() -> dict[str, float]:
+    """What a local Ray will have: this process's CPUs, the visible GPUs, the physical memory (bytes)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    gpus = 0
+    with contextlib.suppress(Exception):
+        import torch
+
+        gpus = torch.cuda.device_count()
+    try:  # what Ray will offer: the memory available now (cgroup-aware), less the object store sedaug gives it
+        from ray._private.utils import estimate_available_memory
+
+        memory = estimate_available_memory() - OBJECT_STORE
+    except (ImportError, AttributeError, OSError):
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") - OBJECT_STORE
+    return {"CPU": float(cpus), "GPU": float(gpus), "memory": float(memory)}
+
+
+def check_resources(loaded: LoadedSweep, per_trial: dict[str, dict[str, float]], have: dict[str, float],
+                    where: str, wait: bool) -> list[str]:
+    """Each recipe's trial request against what the cluster has: a UserError naming what is short (every row's
+    largest request), or, when told to wait for resources (an autoscaling cluster), warnings."""
+    request = {"CPU": max(r["cpu"] for r in per_trial.values()), "GPU": max(r["gpu"] for r in per_trial.values()),
+               "memory": max(r["memory"] for r in per_trial.values())}
+    names = {"CPU": "cpus", "GPU": "gpus", "memory": "memory"}
+    short = []
+    for key, need in request.items():
+        if need > have.get(key, 0):
+            if key == "memory":
+                short.append(f"memory: {need / 2**30:.3g} GiB per trial, but {where} has "
+                             f"{have.get(key, 0) / 2**30:.3g} GiB")
+            else:
+                short.append(f"{names[key]}: {need:g} per trial, but {where} has {have.get(key, 0):g}")
+    if short and not wait:
+        hint = " (an autoscaling cluster: pass --wait-for-resources)" if where != "this machine" else ""
+        raise UserError(f"{loaded.path}: resources.{'; resources.'.join(short)}{hint}")
+    return [f"waiting for resources: {s}" for s in short]

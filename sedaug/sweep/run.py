@@ -12,7 +12,8 @@ nothing is lost, whatever state Ray managed to save. Ray's logs and state go und
 
 from __future__ import annotations
 
-import os
+import contextlib
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ from typing import Any
 import yaml
 
 from sedaug.errors import UserError
-from sedaug.sweep.cluster import check_resources, driver_lock, ray_session
+from sedaug.files import write_text
+from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, parse_address, ray_session
+from sedaug.sweep.plan import SearchPlan, domain, final_trials, plan_search, same_recipe, trial_resources
 from sedaug.sweep.select import (
     journal_errors,
     journal_statuses,
@@ -32,8 +35,8 @@ from sedaug.sweep.select import (
     winners,
     write_selection,
 )
-from sedaug.sweep.spec import LoadedSweep, Space, grid_settings, load_sweep
-from sedaug.sweep.trial import Plan, final_dir, run_trial, search_dir, setting_id, trial_spec
+from sedaug.sweep.spec import LoadedSweep, load_sweep
+from sedaug.sweep.trial import Plan, read_diverged, setting_id, trial_dir, trial_spec
 
 INSTALL_HINT = "sedaug sweep needs Ray Tune and Optuna: pip install 'sedaug[sweep]'"
 
@@ -67,7 +70,8 @@ class SweepResult:
     def summary(self) -> str:
         elapsed = int(self.elapsed_s)
         counts = ", ".join(f"{self.statuses.get(s, 0)} {w}" for s, w in
-                           (("done", "done"), ("stopped", "stopped early"), ("failed", "failed")))
+                           (("done", "done"), ("stopped", "stopped early"), ("diverged", "diverged"),
+                            ("failed", "failed")))
         chosen = "; ".join(f"{w.recipe} {_short(w.params) or 'defaults'} ({w.score:.3f})" for w in self.winners.values())
         seeds = ", ".join(map(str, self.seeds))
         return (f"sweep {self.name}: {self.trials} trials ({counts}, {self.retries} retried) in "
@@ -89,44 +93,70 @@ def run_sweep(
     resume: bool = False,
     overrides: list[str] = (),
     progress: bool = True,
+    connect_timeout: float = 30.0,
+    wait_for_resources: bool = False,
 ) -> SweepResult:
     started = time.monotonic()
     loaded = load_sweep(Path(spec_path), list(overrides))
+    parse_address(address)
+    if connect_timeout <= 0:
+        raise UserError(f"--connect-timeout {connect_timeout:g}: give a number of seconds above 0")
     _import_ray(loaded.sweep.algorithm.type == "optuna")
     from sedaug.sweep.view import SweepView
 
     out = Path(out if out is not None else Path("runs") / "sweeps" / Path(spec_path).stem).absolute()
-    _prepare_out(out, loaded, resume)
+    _check_out(out, loaded, resume)  # before anything is written, as the resources are
     sweep = loaded.sweep
+    per_trial = trial_resources(loaded)
     plan = Plan(out=str(out), bases=loaded.bases, select_split=sweep.select.split, select_metric=sweep.select.metric,
                 cpus=sweep.resources.cpus, gpus=sweep.resources.gpus, argv=list(sys.argv))
     view = SweepView(out, loaded.epochs, title=f"sweep {Path(spec_path).stem}")
-    with driver_lock(out), ray_session(out, address) as notes, view.shown(progress):
-        check_resources(loaded)
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+
+        def before_start(have: dict | None) -> None:
+            where = "this machine" if have is None else "the Ray cluster"
+            notes.extend(check_resources(loaded, per_trial, have or local_resources(), where, wait_for_resources))
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(driver_lock(out))
+            _write_out(out, loaded)
+
+        notes += stack.enter_context(ray_session(out, address, connect_timeout, before_start))
+        stack.enter_context(view.shown(progress))
+        searched = plan_search(loaded, out)
+        if searched.note(out):
+            notes.append(searched.note(out))
         start = time.monotonic()
-        _search(loaded, out, plan, view)
+        _search(loaded, out, plan, view, searched, per_trial)
         search_s = time.monotonic() - start
         records = search_records(loaded, out)
         chosen = winners(records)
         write_selection(out, records, chosen)
-        unsettled = [r for r in records if r.status not in ("done", "stopped")]
-        missing = [n for n in loaded.bases if n not in chosen]
+        unsettled = [r for r in records if r.status not in ("done", "stopped", "diverged")]
         ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled)}
-        final_runs = _final(loaded, out, plan, view, ready)
+        final_runs = _final(loaded, out, plan, view, ready, per_trial, notes)
     problems = []
-    if unsettled or missing:
-        names = sorted({r.recipe for r in unsettled} | set(missing))
-        problems.append(f"the search of {', '.join(names)} is not finished ({len(unsettled)} trials failed or "
+    diverged_rows = {n: [r for r in records if r.recipe == n] for n in loaded.bases if n not in chosen}
+    for name, rows in diverged_rows.items():
+        if rows and all(r.status == "diverged" for r in rows):
+            settings = "; ".join(f"{_short(r.params) or 'defaults'} (epoch {r.diverged.get('epoch')})" for r in rows)
+            problems.append(f"{name}: every setting diverged ({settings}): no final runs for this row")
+    unfinished = sorted({r.recipe for r in unsettled} | {n for n, rows in diverged_rows.items()
+                                                         if not rows or any(r.status != "diverged" for r in rows)})
+    if unfinished:
+        problems.append(f"the search of {', '.join(unfinished)} is not finished ({len(unsettled)} trials failed or "
                         f"unfinished, see {out / 'selection.tsv'})")
-    unfinal = [r for r in final_runs if not (r / "eval" / "results.json").exists()]
+    diverged_finals = [r for r in final_runs if read_diverged(r) is not None]
+    notes += [f"final run {r.relative_to(out)} diverged in epoch {read_diverged(r).get('epoch')}" for r in diverged_finals]
+    unfinal = [r for r in final_runs if not (r / "eval" / "results.json").exists() and r not in diverged_finals]
     if unfinal:
         problems.append(f"{len(unfinal)} final runs did not finish ({', '.join(str(r.relative_to(out)) for r in unfinal[:3])}"
                         f"{', ...' if len(unfinal) > 3 else ''})")
     if problems:
-        errors = journal_errors(out)
+        errors = journal_errors(out) if unsettled or unfinal else []
         last = f"; the last error: {errors[-1]}" if errors else ""
-        raise UserError(f"{out}: {'; '.join(problems)}{last}; Ray's logs in {out / 'ray'}; "
-                        "`sedaug sweep --resume` retries")
+        retry = "; `sedaug sweep --resume` retries" if unsettled or unfinal else ""
+        raise UserError("\n".join([*problems[:-1], f"{out}: {problems[-1]}{last}; Ray's logs in {out / 'ray'}{retry}"]))
     statuses: dict[str, int] = {}
     for r in records:
         statuses[r.status] = statuses.get(r.status, 0) + 1
@@ -146,31 +176,65 @@ def _import_ray(optuna: bool) -> None:
         raise UserError(INSTALL_HINT) from None
 
 
-def _prepare_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
-    """A new sweep needs an empty --out; --resume needs the same resolved sweep and base recipes as before."""
+# Changes to a sweep that --resume refuses: the finished trials would no longer be comparable with new ones.
+FROZEN = {"select": "the selection split and metric", "search_seed": "the search seed",
+          "algorithm.type": "the search algorithm", "early_stopping": "early stopping"}
+
+
+def _check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
+    """A new sweep needs an empty --out. --resume accepts an edited sweep file (search values, rows, seeds,
+    resources) but refuses, each named, a change of what makes trials comparable: a base recipe (epochs
+    included), the selection, the search seed or algorithm, early stopping. Reads only."""
+    from sedaug.strict_yaml import parse_yaml
+
     sweep_file, recipes_dir = out / "sweep.yaml", out / "recipes"
-    resolved = loaded.resolved()
     if not resume:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"{out} is not empty: pass --resume to continue that sweep, or choose another --out")
-        recipes_dir.mkdir(parents=True, exist_ok=True)
-        header = f"# The sweep as run (overrides merged, defaults filled) from {loaded.path}; --resume checks it.\n"
-        _write(sweep_file, header + yaml.safe_dump(resolved, sort_keys=False))
-        for name, base in loaded.bases.items():
-            _write(recipes_dir / f"{name}.yaml", yaml.safe_dump(base, sort_keys=False))
         return
     if not sweep_file.exists():
         raise UserError(f"{out}: no sweep to resume (no sweep.yaml): run it without --resume")
-    from sedaug.strict_yaml import parse_yaml
-
     saved = parse_yaml(sweep_file.read_text(), str(sweep_file))
-    diff = _diff(saved, resolved)
+    if not isinstance(saved, dict):
+        raise UserError(f"{sweep_file}: not a sweep sedaug wrote: run the sweep with another --out")
+    resolved = loaded.resolved()
+    saved.setdefault("search_seed", (saved.get("seeds") or [0])[0])
+    resolved.setdefault("search_seed", loaded.sweep.trial_seed)
+    problems = []
+    for key, what in FROZEN.items():
+        before, now = _get(saved, key), _get(resolved, key)
+        if before != now:
+            problems.append(f"{key} ({what}): {_show(before)} in {sweep_file}, {_show(now)} now")
     for name, base in loaded.bases.items():
         path = recipes_dir / f"{name}.yaml"
-        before = parse_yaml(path.read_text(), str(path)) if path.exists() else {}
-        diff += [f"recipe {name}: {k}" for k in _diff(before, base)]
-    if diff:
-        raise UserError(f"--resume: the sweep differs from the one in {out} at {', '.join(diff)}")
+        if path.exists():
+            keys = _diff(parse_yaml(path.read_text(), str(path)), base)
+            if keys:
+                problems.append(f"recipe {name} (the base recipe, set included): {', '.join(keys)}")
+    if problems:
+        raise UserError("\n".join(f"--resume: {p}: the finished trials would not be comparable; run the changed "
+                                   "sweep with another --out" for p in problems))
+
+
+def _get(raw: dict, key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else json.dumps(value, sort_keys=True)
+
+
+def _write_out(out: Path, loaded: LoadedSweep) -> None:
+    """The sweep as run (and each base recipe), which the next --resume compares with."""
+    recipes_dir = out / "recipes"
+    recipes_dir.mkdir(parents=True, exist_ok=True)
+    header = f"# The sweep as run (overrides merged, defaults filled) from {loaded.path}; --resume checks it.\n"
+    write_text(out / "sweep.yaml", header + yaml.safe_dump(loaded.resolved(), sort_keys=False))
+    for name, base in loaded.bases.items():
+        write_text(recipes_dir / f"{name}.yaml", yaml.safe_dump(base, sort_keys=False))
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -179,31 +243,28 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".") or "(top)"]
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _trial_dirname(trial) -> str:
     spec = trial_spec(trial.config)
-    setting = setting_id(spec["params"]) if spec["stage"] == "search" else "final"
+    setting = (spec.get("setting") or setting_id(spec["params"])) if spec["stage"] == "search" else "final"
     return f"{spec['recipe']}-{setting}-seed{spec['seed']}-{trial.trial_id}"
 
 
-def _fit(name: str, out: Path, plan: Plan, view, loaded: LoadedSweep, param_space: dict, *, search_alg=None,
-         num_samples: int = 1, early_stopping: bool = False) -> None:
+def _fit(name: str, out: Path, plan: Plan, view, loaded: LoadedSweep, param_space: dict, per_trial: dict, *,
+         search_alg=None, num_samples: int = 1, early_stopping: bool = False) -> None:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+
+    from sedaug.sweep.trial import run_trial
 
     sweep = loaded.sweep
     scheduler = None
     if early_stopping and sweep.early_stopping is not None:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(loaded.epochs.values()),
-                                  grace_period=sweep.early_stopping.grace_epochs,
-                                  reduction_factor=sweep.early_stopping.reduction_factor)
+        from sedaug.sweep.schedule import RowASHA
+
+        scheduler = RowASHA(loaded.epochs, grace_period=sweep.early_stopping.grace_epochs,
+                            reduction_factor=sweep.early_stopping.reduction_factor)
+    # Each row's trials ask for its CPUs, GPU fraction and memory (Ray packs trials by all three).
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
-                                    {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus})
+                                    lambda config: per_trial[trial_spec(config)["recipe"]])
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -219,65 +280,35 @@ def _fit(name: str, out: Path, plan: Plan, view, loaded: LoadedSweep, param_spac
         raise UserError(f"interrupted: the finished trials are in {out}; continue with `sedaug sweep --resume`") from None
 
 
-def _settled(out: Path, loaded: LoadedSweep, stage: str, spec: dict, statuses: dict) -> bool:
-    """Complete on disk (every epoch, the evaluations it needs), or stopped early by ASHA."""
+def _settled(out: Path, loaded: LoadedSweep, spec: dict, statuses: dict) -> bool:
+    """Complete on disk (every epoch, the evaluations it needs), diverged, or stopped early by ASHA."""
     sweep = loaded.sweep
-    if stage == "search":
-        run_dir = search_dir(out, spec["recipe"], spec["params"], spec["seed"])
+    run_dir = trial_dir(out, spec)
+    if read_diverged(run_dir) is not None:
+        return True
+    if spec["stage"] == "search":
         split = None if sweep.select.is_default else sweep.select.split
-        if statuses.get(("search", spec["recipe"], setting_id(spec["params"]), spec["seed"])) == "stopped":
+        if statuses.get(("search", spec["recipe"], run_dir.parent.name, spec["seed"])) == "stopped":
             return True
     else:
-        run_dir, split = final_dir(out, spec["recipe"], spec["seed"]), "eval"
+        split = "eval"
     return run_state(run_dir, loaded.epochs[spec["recipe"]], split, sweep.select.metric)[3]
 
 
-def _search(loaded: LoadedSweep, out: Path, plan: Plan, view) -> None:
+def _search(loaded: LoadedSweep, out: Path, plan: Plan, view, searched: SearchPlan, per_trial: dict) -> None:
     sweep = loaded.sweep
     statuses = journal_statuses(out)
     if sweep.algorithm.type == "optuna":
         for name in loaded.bases:
-            _optuna_search(loaded, out, plan, view, name, statuses)
+            _optuna_search(loaded, out, plan, view, name, per_trial)
         return
-    trials = [{"stage": "search", "recipe": name, "seed": sweep.trial_seed, "params": params}
-              for name, space in loaded.spaces.items() for params in _settings(loaded, name, space)]
-    pending = [t for t in trials if not _settled(out, loaded, "search", t, statuses)]
+    trials = searched.trials
+    pending = [t for t in trials if not _settled(out, loaded, t, statuses)]
     view.begin_stage(f"search ({sweep.algorithm.type})", _per_recipe(trials), _per_recipe(trials, pending))
     if pending:
         from ray import tune
 
-        _fit("search", out, plan, view, loaded, {"trial": tune.grid_search(pending)}, early_stopping=True)
-
-
-def _settings(loaded: LoadedSweep, name: str, space: dict[str, Space]) -> list[dict[str, Any]]:
-    """The grid's settings, or `trials` random ones drawn by Ray Tune's samplers from the algorithm's seed (the
-    same list every time, so that --resume finds the same trials); duplicates drawn twice are run once."""
-    sweep = loaded.sweep
-    if sweep.algorithm.type == "grid":
-        return grid_settings(space)
-    import numpy as np
-
-    rng = np.random.default_rng([sweep.algorithm.seed, list(loaded.bases).index(name)])
-    settings = {}
-    for _ in range(sweep.algorithm.trials):
-        params = {key: _sample(dom, rng) for key, dom in space.items()}
-        settings.setdefault(setting_id(params), params)
-    return list(settings.values())
-
-
-def _domain(dom: Space):
-    from ray import tune
-
-    if dom.kind == "choice":
-        return tune.choice(dom.choice)
-    if dom.kind == "uniform":
-        return tune.uniform(*dom.uniform)
-    return tune.loguniform(*dom.loguniform)
-
-
-def _sample(dom: Space, rng) -> Any:
-    value = _domain(dom).sample(random_state=rng)
-    return value.item() if hasattr(value, "item") else value  # numpy scalars -> plain numbers (YAML, JSON)
+        _fit("search", out, plan, view, loaded, {"trial": tune.grid_search(pending)}, per_trial, early_stopping=True)
 
 
 def _per_recipe(trials: list[dict], among: list[dict] | None = None) -> dict[str, int]:
@@ -287,62 +318,71 @@ def _per_recipe(trials: list[dict], among: list[dict] | None = None) -> dict[str
     return counts
 
 
-def _optuna_search(loaded: LoadedSweep, out: Path, plan: Plan, view, name: str, statuses: dict) -> None:
+SETTLED = ("done", "stopped", "diverged")
+
+
+def _optuna_search(loaded: LoadedSweep, out: Path, plan: Plan, view, name: str, per_trial: dict) -> None:
     """One Optuna TPE study per recipe (each row gets its own budget), told the trials already on disk."""
     sweep = loaded.sweep
     records = [r for r in search_records(loaded, out) if r.recipe == name]
     searcher, remaining = optuna_searcher(sweep, loaded.spaces[name], records)
     view.begin_stage(f"search (optuna: {name})", {name: sweep.algorithm.trials},
-                     {name: sum(r.status in ("done", "stopped") for r in records)})
+                     {name: sum(r.status in SETTLED for r in records)})
     if remaining <= 0:
         return
     if searcher is None:  # nothing to search: the base recipe is the one setting
         from ray import tune
 
         trial = {"stage": "search", "recipe": name, "seed": sweep.trial_seed, "params": {}}
-        _fit(f"search-{name}", out, plan, view, loaded, {"trial": tune.grid_search([trial])}, early_stopping=True)
+        _fit(f"search-{name}", out, plan, view, loaded, {"trial": tune.grid_search([trial])}, per_trial,
+             early_stopping=True)
         return
     param_space = {"trial": {"stage": "search", "recipe": name, "seed": sweep.trial_seed}}
-    _fit(f"search-{name}", out, plan, view, loaded, param_space, search_alg=searcher, num_samples=remaining,
-         early_stopping=True)
+    _fit(f"search-{name}", out, plan, view, loaded, param_space, per_trial, search_alg=searcher,
+         num_samples=remaining, early_stopping=True)
 
 
-def optuna_searcher(sweep, space: dict[str, Space], records: list) -> tuple[Any, int]:
+def optuna_searcher(sweep, space: dict, records: list) -> tuple[Any, int]:
     """Ray Tune's OptunaSearch (TPE) for one recipe and the trials left in its budget. It is told the settled
-    trials on disk (score known) and asked to run the unfinished ones first; its seed moves on with the number of
-    settled trials, so that a resumed study does not draw the same first points again. (None, n) when nothing is
-    searched: the one setting is the base recipe."""
+    trials on disk (score known; a diverged one scores 0) and asked to run the unfinished ones first; its seed moves
+    on with the number of settled trials, so that a resumed study does not draw the same first points again.
+    (None, n) when nothing is searched: the one setting is the base recipe."""
     from ray.tune.search.optuna import OptunaSearch
 
-    settled = [r for r in records if r.status in ("done", "stopped")]
+    settled = [r for r in records if r.status in SETTLED]
     unfinished = [r for r in records if r not in settled]
     if not space:
         return None, 0 if settled else 1
     remaining = sweep.algorithm.trials - len(settled)
     flat = [{f"params/{k}": v for k, v in r.params.items()} for r in unfinished][: max(remaining, 0)]
-    distributions = OptunaSearch.convert_search_space({"params": {k: _domain(d) for k, d in space.items()}})
+    distributions = OptunaSearch.convert_search_space({"params": {k: domain(d) for k, d in space.items()}})
     searcher = OptunaSearch(space=distributions, metric="score", mode="max", seed=sweep.algorithm.seed + len(settled),
                             points_to_evaluate=flat or None)
     for r in settled:
-        if r.score is not None:
-            searcher.add_evaluated_point({f"params/{k}": v for k, v in r.params.items()}, r.score)
+        score = 0.0 if r.status == "diverged" else r.score
+        if score is not None:
+            searcher.add_evaluated_point({f"params/{k}": v for k, v in r.params.items()}, score)
     return searcher, remaining
 
 
-def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict) -> list[Path]:
-    """Each recipe's winner on every seed, evaluated on eval; the search seed's run is the winner's search run."""
-    sweep = loaded.sweep
-    trials = []
-    for name, w in chosen.items():
-        for seed in sweep.seeds:
-            trial = {"stage": "final", "recipe": name, "seed": seed, "params": w.params, "evaluate": "eval"}
-            if seed == sweep.trial_seed and w.complete:
-                trial["copy_from"] = str(w.run_dir)
-            trials.append(trial)
-    pending = [t for t in trials if not _settled(out, loaded, "final", t, {})]
+def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict, per_trial: dict,
+           notes: list[str]) -> list[Path]:
+    """Each recipe's winner on every seed, evaluated on eval (plan.final_trials). A final run of an earlier winner
+    (the search values were edited and another setting won) moves to <out>/replaced/, where table does not look."""
+    trials = final_trials(loaded, chosen)
+    for t in trials:
+        run_dir = trial_dir(out, t)
+        if (run_dir / "recipe.yaml").is_file() and not same_recipe(run_dir, loaded.bases[t["recipe"]], t["params"],
+                                                                   t["seed"]):
+            dest = out / "replaced" / t["recipe"] / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            run_dir.rename(dest)
+            notes.append(f"{run_dir.relative_to(out)} was the final run of an earlier winner: moved to "
+                         f"{dest.relative_to(out)}")
+    pending = [t for t in trials if not _settled(out, loaded, t, {})]
     view.begin_stage("final (seeds, eval)", _per_recipe(trials), _per_recipe(trials, pending))
     if pending:
         from ray import tune
 
-        _fit("final", out, plan, view, loaded, {"trial": tune.grid_search(pending)})
-    return [final_dir(out, t["recipe"], t["seed"]) for t in trials]
+        _fit("final", out, plan, view, loaded, {"trial": tune.grid_search(pending)}, per_trial)
+    return [trial_dir(out, t) for t in trials]

@@ -1,8 +1,8 @@
 """Model selection over the search trials, read from their run directories (metrics.jsonl, <split>/results.json,
 recipe.yaml), and `selection.tsv`: every trial's setting and score, the winner of each recipe marked.
 
-The run directories are the record; `trials.jsonl` (written by the driver) only adds what a run directory cannot
-say: that Ray stopped a trial early (ASHA) or gave up on it after its retries.
+The run directories are the record (a diverged trial's `diverged.json` too); `trials.jsonl` (written by the driver)
+only adds what a run directory cannot say: that Ray stopped a trial early (ASHA) or gave up on it after its retries.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sedaug.sweep.spec import LoadedSweep, get_key, grid_settings
-from sedaug.sweep.trial import best_valid_f1, checkpointed_metrics, read_results, setting_id
+from sedaug.sweep.plan import SearchPlan, plan_search
+from sedaug.sweep.spec import LoadedSweep, get_key
+from sedaug.sweep.trial import best_valid_f1, checkpointed_metrics, read_diverged, read_results
 
 SELECTION = "selection.tsv"
 JOURNAL = "trials.jsonl"
@@ -34,7 +35,8 @@ class TrialRecord:
     epochs: int
     score: float | None
     best_epoch: int | None
-    status: str  # done | stopped (early stopping) | failed (retries exhausted) | incomplete
+    status: str  # done | stopped (early stopping) | diverged (a non-finite loss) | failed (retries exhausted) | incomplete
+    diverged: dict | None = None  # {epoch, step, message} of a diverged trial
 
     @property
     def complete(self) -> bool:
@@ -90,32 +92,33 @@ def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tup
     return done, score, best_epoch, done >= epochs and results is not None
 
 
-def search_records(loaded: LoadedSweep, out: Path) -> list[TrialRecord]:
-    """Every search trial found on disk, per recipe in the sweep's order, settings in the grid's order."""
+def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = None) -> list[TrialRecord]:
+    """The search trials of the sweep found on disk, per recipe in the sweep's order, settings in the grid's order;
+    folders of settings no longer in the sweep (`plan.ignored`) are not read."""
     from sedaug.strict_yaml import parse_yaml
 
     sweep = loaded.sweep
+    plan = plan or plan_search(loaded, out)
     split = None if sweep.select.is_default else sweep.select.split
     statuses = journal_statuses(out)
     records = []
     for recipe, space in loaded.spaces.items():
-        order = {}
-        if sweep.algorithm.type == "grid":
-            order = {setting_id(p): i for i, p in enumerate(grid_settings(space))}
+        order = {t["setting"]: i for i, t in enumerate(t for t in plan.trials if t["recipe"] == recipe)}
         found = []
-        for run_dir in sorted((Path(out) / "search" / recipe).glob(f"*/seed{sweep.trial_seed}")):
+        for run_dir in plan.on_disk.get(recipe, []):
             recipe_file = run_dir / "recipe.yaml"
-            if not run_dir.is_dir() or not recipe_file.exists():
-                continue
             raw = parse_yaml(recipe_file.read_text(), str(recipe_file))
             params = {key: get_key(raw, key) for key in space}
             done, score, best_epoch, complete = run_state(run_dir, loaded.epochs[recipe], split, sweep.select.metric)
             setting = run_dir.parent.name
+            diverged = read_diverged(run_dir)
             status = "done" if complete else statuses.get(("search", recipe, setting, sweep.trial_seed), "incomplete")
-            if status == "done" and not complete:
+            if diverged is not None:
+                status = "diverged"
+            elif status in ("done", "diverged") and not complete:
                 status = "incomplete"
             found.append(TrialRecord(recipe, setting, sweep.trial_seed, params, run_dir, done, loaded.epochs[recipe],
-                                     score, best_epoch, status))
+                                     score, best_epoch, status, diverged))
         found.sort(key=lambda r: (order.get(r.setting, len(order)), json.dumps(r.params, sort_keys=True)))
         records += found
     return records
@@ -152,7 +155,8 @@ def short_value(value: Any) -> str:
 
 def write_selection(out: Path, records: list[TrialRecord], chosen: dict[str, TrialRecord]) -> Path:
     keys = list(dict.fromkeys(k for r in records for k in r.params))
-    header = ["recipe", "setting", "seed", *keys, "epochs", "status", "score", "best_epoch", "winner"]
+    header = ["recipe", "setting", "seed", *keys, "epochs", "status", "score", "best_epoch", "diverged_epoch",
+              "diverged_step", "winner"]
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(header)
@@ -160,7 +164,8 @@ def write_selection(out: Path, records: list[TrialRecord], chosen: dict[str, Tri
         writer.writerow([
             r.recipe, r.setting, r.seed, *(_cell(r.params[k]) if k in r.params else "" for k in keys),
             f"{r.epochs_done}/{r.epochs}", r.status, "" if r.score is None else f"{r.score:.6f}",
-            "" if r.best_epoch is None else r.best_epoch, WINNER if chosen.get(r.recipe) is r else "",
+            "" if r.best_epoch is None else r.best_epoch, *((r.diverged or {}).get(k, "") for k in ("epoch", "step")),
+            WINNER if chosen.get(r.recipe) is r else "",
         ])
     path = Path(out) / SELECTION
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -185,7 +190,8 @@ def selected_settings(path: Path) -> dict[str, str]:
     rows = read_selection(path)
     if not rows:
         return {}
-    fixed = {"recipe", "setting", "seed", "epochs", "status", "score", "best_epoch", "winner"}
+    fixed = {"recipe", "setting", "seed", "epochs", "status", "score", "best_epoch", "diverged_epoch", "diverged_step",
+             "winner"}
     out = {}
     for row in rows:
         if row.get("winner") != WINNER:

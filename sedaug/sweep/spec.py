@@ -97,6 +97,7 @@ class Algorithm(Section):
 class Resources(Section):
     cpus: float = Field(1.0, gt=0)  # torch.set_num_threads gets the whole part (at least 1)
     gpus: float = Field(0.0, ge=0)  # a fraction shares a GPU between trials; above 1, whole GPUs
+    memory: float | None = Field(None, gt=0)  # GiB per trial; default from the model, batch and family (plan.py)
 
     @model_validator(mode="after")
     def _whole(self) -> Resources:
@@ -243,9 +244,11 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
     path = Path(path)
     where = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise UserError(f"{path}: cannot read sweep file ({e.strerror})") from None
+        raise UserError(f"{path}: cannot read sweep file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a YAML sweep file (byte {e.start} is not UTF-8 text)") from None
     raw = parse_yaml(text, where)
     if not isinstance(raw, dict):
         raise UserError(f"{where}: a sweep file is a YAML mapping, got {type(raw).__name__}")
@@ -270,9 +273,12 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
     for i, entry in zip(indices, sweep.recipes, strict=True):
         here = f"{where}: recipes[{i}]"
         try:
-            base = parse_yaml(entry.recipe.read_text(), str(entry.recipe))
+            base = parse_yaml(entry.recipe.read_text(encoding="utf-8"), str(entry.recipe))
         except OSError as e:
-            problems.append(f"{here}.recipe: cannot read {entry.recipe} ({e.strerror})")
+            problems.append(f"{here}.recipe: cannot read {entry.recipe} ({e.strerror or e})")
+            continue
+        except UnicodeDecodeError as e:
+            problems.append(f"{here}.recipe: {entry.recipe} is not a YAML recipe (byte {e.start} is not UTF-8 text)")
             continue
         except UserError as e:
             problems.append(f"{here}.recipe: {e}")

@@ -1,9 +1,14 @@
-"""One trial, as a Ray Tune function trainable: an ordinary run directory trained by `sedaug.train.train`.
+"""One trial, as a Ray Tune function trainable: an ordinary run directory trained by one `sedaug.train.train` call.
 
-The trial trains one epoch at a time (raising optim.epochs and resuming from last.pt, which `train` allows) and
-reports `{epoch, valid_f1, best_valid_f1, score}` after each, so that ASHA can stop it between epochs and a retried
-trial (its worker died) continues from last.pt. A run directory that already holds every epoch reports once and
-returns: that is what makes `sedaug sweep --resume` cheap. The run directory is the truth, not Ray's state.
+`train` reports each epoch through its `on_epoch` callback, where the trial passes `{epoch, valid_f1, best_valid_f1,
+score}` to Ray Tune: the process, its features (resident on a GPU) and its compiled model live for the whole run,
+ASHA stops the trial between epochs (Tune's report raises SystemExit in the training thread, and last.pt holds that
+epoch), and a retried trial (its worker died) resumes from last.pt. A run directory that already holds every epoch
+reports once and returns: that is what makes `sedaug sweep --resume` cheap. The run directory is the truth, not
+Ray's state.
+
+A trial whose loss becomes non-finite is a result, not a failure: `train` raises `Diverged`, the trial writes
+`diverged.json` (epoch, step, message) into its run directory, reports it and returns, so Ray does not retry it.
 
 Layout (docs/sweeps.md): `<out>/search/<recipe>/<setting>/seed<k>/` and `<out>/final/<recipe>/seed<k>/`.
 """
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SETTING = "default"  # the setting id of a recipe searched over nothing
+DIVERGED = "diverged.json"  # in a run directory: the trial's loss became non-finite (epoch, step, message)
 
 
 def setting_id(params: dict[str, Any]) -> str:
@@ -32,8 +38,10 @@ def setting_id(params: dict[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def search_dir(out: Path, recipe: str, params: dict[str, Any], seed: int) -> Path:
-    return Path(out) / "search" / recipe / setting_id(params) / f"seed{seed}"
+def search_dir(out: Path, recipe: str, params: dict[str, Any], seed: int, setting: str | None = None) -> Path:
+    """A search trial's run directory; `setting` names an existing folder that holds the same resolved recipe
+    (a resumed sweep whose search keys changed), else the setting's own id."""
+    return Path(out) / "search" / recipe / (setting or setting_id(params)) / f"seed{seed}"
 
 
 def final_dir(out: Path, recipe: str, seed: int) -> Path:
@@ -81,6 +89,15 @@ def read_results(run_dir: Path, split: str) -> dict | None:
         return None
 
 
+def read_diverged(run_dir: Path) -> dict | None:
+    """`{epoch, step, message}` of a run whose loss became non-finite, or None."""
+    try:
+        record = json.loads((Path(run_dir) / DIVERGED).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def best_valid_f1(rows: list[dict]) -> float | None:
     scores = [r["valid_f1"] for r in rows if isinstance(r.get("valid_f1"), int | float)]
     return max(scores) if scores else None
@@ -114,11 +131,17 @@ def _copy_run(source: Path, dest: Path) -> None:
 
 
 def trial_spec(config: dict[str, Any]) -> dict[str, Any]:
-    """A Tune config as {stage, recipe, seed, params, [copy_from], [evaluate]}: Tune's config holds them under
-    "trial" (a grid over explicit trials), with "params" beside it when a searcher (Optuna) suggests them."""
+    """A Tune config as {stage, recipe, seed, params, [setting], [copy_from], [evaluate]}: Tune's config holds them
+    under "trial" (a grid over explicit trials), with "params" beside it when a searcher (Optuna) suggests them."""
     spec = dict(config["trial"])
     spec["params"] = dict(config.get("params") or spec.get("params") or {})
     return spec
+
+
+def trial_dir(out: Path, spec: dict[str, Any]) -> Path:
+    if spec["stage"] == "final":
+        return final_dir(out, spec["recipe"], spec["seed"])
+    return search_dir(out, spec["recipe"], spec["params"], spec["seed"], spec.get("setting"))
 
 
 def run_trial(config: dict[str, Any], plan: Plan) -> None:
@@ -127,31 +150,34 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
     from ray import tune
 
     from sedaug.evaluate import evaluate_run
+    from sedaug.files import write_json
     from sedaug.recipe import validate_recipe
-    from sedaug.sweep.spec import apply_params, set_key
-    from sedaug.train import train
+    from sedaug.sweep.spec import apply_params
+    from sedaug.train import Diverged, train
 
     config = trial_spec(config)
     torch.set_num_threads(max(1, int(plan.cpus)))
     sys.argv = list(plan.argv)  # env.json records the command that made the run
     device = "cuda" if plan.gpus > 0 else "cpu"
-    recipe_name, seed, params = config["recipe"], config["seed"], config["params"]
-    if config["stage"] == "final":
-        run_dir = final_dir(Path(plan.out), recipe_name, seed)
-    else:
-        run_dir = search_dir(Path(plan.out), recipe_name, params, seed)
-    raw = apply_params(plan.bases[recipe_name], params, seed)
-    epochs = validate_recipe(raw).optim.epochs
+    stage, run_dir = config["stage"], trial_dir(Path(plan.out), config)
+    recipe = validate_recipe(apply_params(plan.bases[config["recipe"]], config["params"], config["seed"]),
+                             str(run_dir / "recipe.yaml"))
+    epochs = recipe.optim.epochs
+    selection = _selection_split(plan) if stage == "search" else None
 
     with locked(run_dir.with_name(run_dir.name + ".lock")):
         last = run_dir / "checkpoints" / "last.pt"
+        diverged = read_diverged(run_dir)
+        if diverged is not None:  # a result already: report it again, never train it again
+            rows = checkpointed_metrics(run_dir)
+            tune.report(_diverged_result(rows, best_valid_f1(rows), stage, diverged))
+            return
         if config.get("copy_from") and not run_dir.exists():
             _copy_run(Path(config["copy_from"]), run_dir)
         elif run_dir.exists() and not last.exists():
             shutil.rmtree(run_dir)  # died inside its first epoch: nothing to resume, start again
         rows = checkpointed_metrics(run_dir)
         best = best_valid_f1(rows)
-        selection = _selection_split(plan) if config["stage"] == "search" else None
 
         def finish() -> float | None:
             """Evaluate what the trial needs (before its last report: ASHA stops a trial at its last epoch)."""
@@ -164,15 +190,21 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
             return float(value) if isinstance(value, int | float) else float("nan")
 
         if rows:  # catch up: where the run directory stands (complete: the trial's one report)
-            score = finish() if len(rows) >= epochs else None
-            tune.report(_result(rows[-1], best, config["stage"], score))
-        for epoch in range(len(rows) + 1, epochs + 1):
-            set_key(raw, "optim.epochs", epoch)
-            train(validate_recipe(raw, str(run_dir / "recipe.yaml")), run_dir, resume=last.exists(), device=device,
-                  progress=False)
-            row = read_metrics(run_dir)[-1]
-            best = row["valid_f1"] if best is None else max(best, row["valid_f1"])
-            tune.report(_result(row, best, config["stage"], finish() if epoch == epochs else None))
+            tune.report(_result(rows[-1], best, stage, finish() if len(rows) >= epochs else None))
+            if len(rows) >= epochs:
+                return
+
+        def report(record: dict) -> None:
+            nonlocal best
+            best = record["valid_f1"] if best is None else max(best, record["valid_f1"])
+            tune.report(_result(record, best, stage, finish() if record["epoch"] >= epochs else None))
+
+        try:
+            train(recipe, run_dir, resume=last.exists(), device=device, progress=False, on_epoch=report)
+        except Diverged as e:
+            diverged = {"epoch": e.epoch, "step": e.step, "message": str(e)}
+            write_json(run_dir / DIVERGED, diverged)
+            tune.report(_diverged_result(checkpointed_metrics(run_dir), best, stage, diverged))
 
 
 def _selection_split(plan: Plan) -> str | None:
@@ -188,3 +220,12 @@ def _result(row: dict, best: float | None, stage: str, score: float | None = Non
     best = 0.0 if best is None else float(best)
     return {"epoch": int(row["epoch"]), "valid_f1": float(row["valid_f1"]), "best_valid_f1": best,
             "score": best if score is None else score, "stage": stage}
+
+
+def _diverged_result(rows: list[dict], best: float | None, stage: str, diverged: dict) -> dict:
+    """The last report of a diverged trial: its last good epoch, score 0 (Optuna learns the region is bad; ASHA has
+    that epoch already), and where it diverged."""
+    row = rows[-1] if rows else {"epoch": 0, "valid_f1": 0.0}
+    result = _result(row, best, stage, 0.0)
+    result.update(diverged=1, diverged_epoch=int(diverged.get("epoch", 0)), diverged_step=int(diverged.get("step", 0)))
+    return result

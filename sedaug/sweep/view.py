@@ -1,6 +1,6 @@
-"""The live view of a sweep: a Ray Tune callback that counts trials (running, done, stopped early, failed,
-retried) and keeps the best score so far per recipe, drawn with rich while the sweep runs. It also records what only
-the driver learns, a trial stopped early or given up, in `<out>/trials.jsonl` (sedaug.sweep.select).
+"""The live view of a sweep: a Ray Tune callback that counts trials (running, done, stopped early, diverged,
+failed, retried) and keeps the best score so far per recipe, drawn with rich while the sweep runs. It also records
+what only the driver learns, a trial stopped early, diverged or given up, in `<out>/trials.jsonl` (sedaug.sweep.select).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class RecipeCounts:
     trials: int = 0  # planned in the current stage
     done: int = 0
     stopped: int = 0
+    diverged: int = 0
     failed: int = 0
     best: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
@@ -58,7 +59,7 @@ class SweepView(Callback):
         self.recipes: dict[str, RecipeCounts] = {}
         self.running: dict[str, str] = {}  # trial id -> recipe
         self.retries = 0
-        self.totals = {"done": 0, "stopped": 0, "failed": 0}
+        self.totals = {"done": 0, "stopped": 0, "diverged": 0, "failed": 0}
         self.started = time.monotonic()
         self._live: Live | None = None
 
@@ -70,10 +71,10 @@ class SweepView(Callback):
     def begin_stage(self, stage: str, planned: dict[str, int], skipped: dict[str, int]) -> None:
         """A new stage: `planned` trials per recipe, `skipped` of them already complete on disk."""
         self.stage = stage
-        self.totals = {"done": sum(skipped.values()), "stopped": 0, "failed": 0}
+        self.totals = {"done": sum(skipped.values()), "stopped": 0, "diverged": 0, "failed": 0}
         for name, n in planned.items():
             counts = self.recipes.setdefault(name, RecipeCounts())
-            counts.trials, counts.done, counts.stopped, counts.failed = n, skipped.get(name, 0), 0, 0
+            counts.trials, counts.done, counts.stopped, counts.diverged, counts.failed = n, skipped.get(name, 0), 0, 0, 0
         self._refresh()
 
     # ------------------------------------------------------------------------------------------ Tune hooks
@@ -92,8 +93,12 @@ class SweepView(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         recipe = self.running.pop(trial.trial_id, trial_spec(trial.config)["recipe"])
-        epoch = (trial.last_result or {}).get("epoch", 0)
-        status = "stopped" if epoch < self.epochs.get(recipe, 0) else "done"
+        last = trial.last_result or {}
+        if last.get("diverged"):  # a result, not a failure (sedaug.sweep.trial)
+            self._count(recipe, "diverged")
+            self._journal(trial, "diverged", epoch=last.get("diverged_epoch"), step=last.get("diverged_step"))
+            return
+        status = "stopped" if last.get("epoch", 0) < self.epochs.get(recipe, 0) else "done"
         self._count(recipe, status)
         self._journal(trial, status)
 
@@ -115,13 +120,13 @@ class SweepView(Callback):
         self.totals[status] += 1
         self._refresh()
 
-    def _journal(self, trial, status: str, error: str = "") -> None:
+    def _journal(self, trial, status: str, error: str = "", **where) -> None:
         if self.out is None:
             return
         spec = trial_spec(trial.config)
         row = {"stage": spec["stage"], "recipe": spec["recipe"],
-               "setting": setting_id(spec["params"]) if spec["stage"] == "search" else "final",
-               "seed": spec["seed"], "status": status}
+               "setting": spec.get("setting") or setting_id(spec["params"]) if spec["stage"] == "search" else "final",
+               "seed": spec["seed"], "status": status, **{k: v for k, v in where.items() if v is not None}}
         if error:
             row["error"] = error
         append_journal(self.out, row)
@@ -154,11 +159,12 @@ class SweepView(Callback):
         head = Text.assemble(
             (f"{self.title}", "bold"), f" — {self.stage or 'starting'} · ",
             (f"{len(self.running)} running", "cyan"), f" · {self.totals['done']} done · ",
-            f"{self.totals['stopped']} stopped · ", (f"{self.totals['failed']} failed", "red" if self.totals["failed"] else ""),
+            f"{self.totals['stopped']} stopped · {self.totals['diverged']} diverged · ",
+            (f"{self.totals['failed']} failed", "red" if self.totals["failed"] else ""),
             f" · {self.retries} retried · {elapsed // 60}m{elapsed % 60:02d}s",
         )
         table = Table(box=None, pad_edge=False)
-        for col in ("recipe", "trials", "running", "done", "stopped", "failed", "best so far", "setting"):
+        for col in ("recipe", "trials", "running", "done", "stopped", "diverged", "failed", "best so far", "setting"):
             table.add_column(col, justify="right" if col not in ("recipe", "setting") else "left")
         running = {}
         for name in self.running.values():
@@ -166,6 +172,6 @@ class SweepView(Callback):
         for name, c in self.recipes.items():
             best = "" if c.best is None else f"{c.best:.3f}"
             setting = ", ".join(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in c.best_params.items())
-            table.add_row(name, str(c.trials), str(running.get(name, 0)), str(c.done), str(c.stopped), str(c.failed),
-                          best, setting)
+            table.add_row(name, str(c.trials), str(running.get(name, 0)), str(c.done), str(c.stopped), str(c.diverged),
+                          str(c.failed), best, setting)
         return Group(head, table)

@@ -1,0 +1,357 @@
+"""What a sweep will run, known before Ray starts: the search trials (each matched with the folder that already holds
+its resolved recipe, so that a resumed sweep whose search keys changed keeps what it ran), the final runs, each
+trial's resources (a default `memory` from the model, batch and family), and `--dry-run`'s estimate of the cost from
+a few training steps timed on this machine's device (docs/sweeps.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sedaug.recipe import Recipe, validate_recipe
+from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings
+from sedaug.sweep.trial import search_dir, setting_id
+
+GIB = 2**30
+
+
+# ---------------------------------------------------------------------------------------------- the trials
+
+
+def settings(loaded: LoadedSweep, name: str) -> list[dict[str, Any]]:
+    """The grid's settings, or `trials` random ones drawn by Ray Tune's samplers from the algorithm's seed (the
+    same list every time, so that --resume finds the same trials); duplicates drawn twice are run once. Optuna's
+    are not known in advance: []."""
+    sweep, space = loaded.sweep, loaded.spaces[name]
+    if sweep.algorithm.type == "grid":
+        return grid_settings(space)
+    if sweep.algorithm.type == "optuna":
+        return []
+    import numpy as np
+
+    rng = np.random.default_rng([sweep.algorithm.seed, list(loaded.bases).index(name)])
+    found: dict[str, dict] = {}
+    for _ in range(sweep.algorithm.trials):
+        params = {key: sample(dom, rng) for key, dom in space.items()}
+        found.setdefault(setting_id(params), params)
+    return list(found.values())
+
+
+def domain(dom: Space):
+    from ray import tune
+
+    if dom.kind == "choice":
+        return tune.choice(dom.choice)
+    if dom.kind == "uniform":
+        return tune.uniform(*dom.uniform)
+    return tune.loguniform(*dom.loguniform)
+
+
+def sample(dom: Space, rng) -> Any:
+    value = domain(dom).sample(random_state=rng)
+    return value.item() if hasattr(value, "item") else value  # numpy scalars -> plain numbers (YAML, JSON)
+
+
+def _fits(params: dict[str, Any], space: dict[str, Space]) -> bool:
+    """Whether an Optuna trial on disk lies in the (possibly edited) search space."""
+    if set(params) != set(space):
+        return False
+    for key, dom in space.items():
+        value = params[key]
+        if dom.kind in ("choice", "grid"):
+            if value not in (dom.choice or dom.grid):
+                return False
+        elif not isinstance(value, int | float) or not (dom.uniform or dom.loguniform)[0] <= value <= (
+                dom.uniform or dom.loguniform)[1]:
+            return False
+    return True
+
+
+def _canonical(raw: dict) -> str:
+    """A resolved recipe as a comparable string; optim.epochs aside (a trial's recipe.yaml may hold fewer)."""
+    dump = validate_recipe(raw).model_dump(mode="json")
+    dump["optim"].pop("epochs")
+    return json.dumps(dump, sort_keys=True)
+
+
+@dataclass
+class SearchPlan:
+    trials: list[dict]  # {stage, recipe, seed, params, setting} per grid/random trial, in the sweep's order
+    on_disk: dict[str, list[Path]] = field(default_factory=dict)  # recipe -> the trial folders selection reads
+    ignored: list[Path] = field(default_factory=list)  # trial folders of settings (or rows) no longer in the sweep
+
+    def note(self, out: Path) -> str | None:
+        if not self.ignored:
+            return None
+        shown = ", ".join(str(p.relative_to(out)) for p in self.ignored[:3])
+        more = f" and {len(self.ignored) - 3} more" if len(self.ignored) > 3 else ""
+        return (f"{len(self.ignored)} search trials of settings no longer in the sweep are left on disk and ignored "
+                f"by selection ({shown}{more})")
+
+
+def plan_search(loaded: LoadedSweep, out: Path) -> SearchPlan:
+    """Every search trial of the sweep, each pointed at the folder that holds its resolved recipe when one exists
+    (its own setting id, or a folder of an earlier version of the sweep file with the same recipe)."""
+    sweep, seed = loaded.sweep, loaded.sweep.trial_seed
+    plan = SearchPlan([])
+    for name in loaded.bases:
+        existing = sorted(p for p in (Path(out) / "search" / name).glob(f"*/seed{seed}") if (p / "recipe.yaml").is_file())
+        used: set[Path] = set()
+        if sweep.algorithm.type == "optuna":
+            from sedaug.strict_yaml import parse_yaml
+
+            for run_dir in existing:
+                raw = parse_yaml((run_dir / "recipe.yaml").read_text(), str(run_dir / "recipe.yaml"))
+                params = {k: get_key(raw, k) for k in loaded.spaces[name] if _has(raw, k)}
+                if _fits(params, loaded.spaces[name]):
+                    used.add(run_dir)
+        else:
+            by_recipe: dict[str, Path] | None = None
+            for params in settings(loaded, name):
+                run_dir = search_dir(out, name, params, seed)
+                if run_dir not in existing:
+                    if by_recipe is None:  # read only when an edited sweep needs it
+                        by_recipe = _index(existing)
+                    run_dir = by_recipe.get(_canonical(apply_params(loaded.bases[name], params, seed)), run_dir)
+                plan.trials.append({"stage": "search", "recipe": name, "seed": seed, "params": params,
+                                    "setting": run_dir.parent.name})
+                used.add(run_dir)
+        plan.on_disk[name] = [p for p in existing if p in used]
+        plan.ignored += [p for p in existing if p not in used]
+    for row in sorted((Path(out) / "search").glob("*")):
+        if row.is_dir() and row.name not in loaded.bases:
+            plan.ignored += sorted(p for p in row.glob(f"*/seed{seed}") if p.is_dir())
+    return plan
+
+
+def _has(raw: dict, key: str) -> bool:
+    try:
+        get_key(raw, key)
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+def _index(run_dirs: list[Path]) -> dict[str, Path]:
+    from sedaug.errors import UserError
+    from sedaug.strict_yaml import parse_yaml
+
+    index = {}
+    for run_dir in run_dirs:
+        try:
+            index.setdefault(_canonical(parse_yaml((run_dir / "recipe.yaml").read_text(), "")), run_dir)
+        except (UserError, ValueError, OSError):
+            continue  # not a recipe this sedaug reads: not a match
+    return index
+
+
+def same_recipe(run_dir: Path, base: dict, params: dict[str, Any], seed: int) -> bool:
+    """Whether a run directory holds the resolved recipe of `params` on `seed` (epochs aside)."""
+    from sedaug.errors import UserError
+    from sedaug.strict_yaml import parse_yaml
+
+    try:
+        held = _canonical(parse_yaml((Path(run_dir) / "recipe.yaml").read_text(), ""))
+    except (UserError, ValueError, OSError):
+        return False
+    return held == _canonical(apply_params(base, params, seed))
+
+
+def final_trials(loaded: LoadedSweep, chosen: dict) -> list[dict]:
+    """Each winner on every seed, evaluated on eval; the search seed's run, if it is a final seed, is the winner's
+    search run (copied: same recipe, same seed)."""
+    sweep, trials = loaded.sweep, []
+    for name, w in chosen.items():
+        for seed in sweep.seeds:
+            trial = {"stage": "final", "recipe": name, "seed": seed, "params": w.params, "evaluate": "eval"}
+            if seed == sweep.trial_seed and w.complete:
+                trial["copy_from"] = str(w.run_dir)
+            trials.append(trial)
+    return trials
+
+
+# ---------------------------------------------------------------------------------------------- resources
+
+
+def _activation_elements(recipe: Recipe) -> int:
+    """Elements of the CNN's block outputs for one clip (each block keeps ~8 tensors of its input's size for the
+    backward pass: conv, batch norm, the gated unit's linear, sigmoid and product, dropout, its mask, the pool)."""
+    from sedaug.data.grid import PARAMS
+
+    frames, bands, total = PARAMS.n_frames, PARAMS.n_mels, 0
+    for channels, (pool_t, pool_f) in zip(recipe.model.cnn_filters, recipe.model.cnn_pooling, strict=True):
+        total += 8 * channels * frames * bands
+        frames, bands = frames // pool_t, bands // pool_f
+    return total + 12 * frames * recipe.model.rnn_hidden * recipe.model.rnn_layers
+
+
+def graph_passes(recipe: Recipe) -> int:
+    """Forward passes whose graphs the backward holds: the clean one, and the perturbed one where it is the
+    student's (l2, none); adversarial and VAT also hold the clean graph beside their direction pass."""
+    aug, reg = recipe.augmentation.type, recipe.regularization.type
+    if aug == "none" or (reg == "mean_teacher" and aug not in ("adversarial", "vat")):
+        return 1
+    return 2
+
+
+def default_memory(recipe: Recipe, gpus: float) -> int:
+    """Ray's `memory` request of one trial, in bytes (rounded up to 1/4 GiB): the process (PyTorch, Python, on a
+    GPU its CUDA libraries) and, on CPU, the activations of a step with 30 % for the allocator and the gradients.
+    The feature store is not counted: a CPU trial maps it (page cache, shared by the node's trials), a GPU trial
+    copies it to device memory. Checked against measured peaks by benchmarks/trial_memory.py (docs/sweeps.md)."""
+    if gpus > 0:
+        need = 3.0 * GIB
+    else:
+        per_clip = 4 * _activation_elements(recipe) * (0.5 if recipe.optim.precision == "bf16" else 1.0)
+        need = 1.0 * GIB + 1.3 * recipe.data.batch_size * per_clip * graph_passes(recipe)
+    return int(math.ceil(need / (GIB / 4)) * (GIB / 4))
+
+
+def trial_resources(loaded: LoadedSweep) -> dict[str, dict[str, float]]:
+    """Per recipe, what each of its trials asks Ray for: CPUs, GPU (a fraction shares one), memory in bytes."""
+    res = loaded.sweep.resources
+    out = {}
+    for name, base in loaded.bases.items():
+        memory = res.memory * GIB if res.memory is not None else default_memory(validate_recipe(base), res.gpus)
+        out[name] = {"cpu": res.cpus, "gpu": res.gpus, "memory": int(memory)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- --dry-run
+
+
+@dataclass
+class RowCost:
+    recipe: str
+    trials: int
+    finals: int
+    copied: int  # final runs that are the winner's search run (the search seed is a final seed)
+    epochs: int
+    steps: int  # per epoch
+    step_s: float | None  # measured on this machine's device
+    memory: int
+
+    @property
+    def trial_hours(self) -> float | None:
+        if self.step_s is None:
+            return None
+        return (self.trials + self.finals - self.copied) * self.epochs * self.steps * self.step_s / 3600
+
+
+@dataclass
+class DryRun:
+    name: str
+    rows: list[RowCost]
+    device: str
+    seeds: list[int]
+    notes: list[str]
+
+    def lines(self) -> list[str]:
+        trials, finals = sum(r.trials for r in self.rows), sum(r.finals for r in self.rows)
+        out = [f"sweep {self.name}: {trials} search trials and {finals} final runs (seeds "
+               f"{', '.join(map(str, self.seeds))}) -- nothing is started"]
+        width = max(len(r.recipe) for r in self.rows)
+        for r in self.rows:
+            time_s = "" if r.step_s is None else f", {r.step_s:.3g} s/step -> {r.trial_hours:.3g} h"
+            copied = f" ({r.copied} the search run)" if r.copied else ""
+            out.append(f"  {r.recipe:<{width}}  {r.trials:>4} trials + {r.finals} final{copied} x {r.epochs} epochs x "
+                       f"{r.steps} steps{time_s}, memory {r.memory / GIB:.3g} GiB")
+        total = [r.trial_hours for r in self.rows]
+        if all(h is not None for h in total):
+            out.append(f"  total: {sum(total):.3g} trial-hours of training steps on {self.device} (one trial at a "
+                       "time, steps timed alone; validation and evaluation come on top; trials sharing a device each "
+                       "run slower)")
+        return out + self.notes
+
+
+def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
+    """The recipe's steps per epoch from its feature store's split sizes (DESED's when there is no store yet)."""
+    from sedaug.data.store import read_record
+
+    record = read_record(Path(recipe.data.features)) or {}
+    sizes, note = record.get("splits"), None
+    if not isinstance(sizes, dict):
+        sizes, note = {"unlabeled": 14412, "weak": 1578, "synthetic_train": 2067}, (
+            f"no feature store at {recipe.data.features}: steps per epoch assume DESED's sizes")
+    b = recipe.data.batch_size
+    steps = min(int(sizes.get("unlabeled", 0)) // (b // 2), int(sizes.get("weak", 0)) // (b // 4),
+                int(sizes.get("synthetic_train", 0)) // (b // 4))
+    return min(steps, recipe.optim.max_steps_per_epoch or steps), note
+
+
+def _family(recipe: Recipe) -> str:
+    """What sets a step's time: the model, the augmentation and where, the regularization, batch and precision."""
+    dump = recipe.model_dump(mode="json")
+    return json.dumps([dump["model"], dump["augmentation"].get("type"), dump["augmentation"].get("locations"),
+                       dump["regularization"]["type"], dump["data"]["batch_size"], dump["optim"]["precision"],
+                       dump["optim"]["compile"]], sort_keys=True)
+
+
+def step_seconds(recipe: Recipe, device: str, steps: int = 2) -> float:
+    """Best of `steps` timed training steps (after one warm-up) on random mels of the recipe's batch."""
+    import numpy as np
+    import torch
+
+    from sedaug.data.batches import Batch
+    from sedaug.train import build_training, training_step
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    n_mels = 128
+    scaler = (np.zeros(n_mels, np.float32), np.ones(n_mels, np.float32))
+    model, teacher, optimizer = build_training(recipe, scaler, dev)
+    b = recipe.data.batch_size
+    mels = (torch.rand(b, 628, n_mels) ** 4 * 10).to(dev)
+    with torch.no_grad():
+        out_frames = model(mels[:1])[0].shape[1]
+    batch = Batch(mels=mels, weak_labels=(torch.rand(b // 4, 10) < 0.3).float().to(dev),
+                  strong_labels=(torch.rand(b // 4, out_frames, 10) < 0.2).float().to(dev),
+                  n_unlabeled=b // 2, n_weak=b // 4, frames=torch.full((b,), 628, device=dev))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        training_step(recipe, model, teacher, optimizer, batch, i, recipe.optim.lr, recipe.consistency.weight)
+        sync()
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) -> DryRun:
+    """The plan of a sweep with its cost: trials and final runs per row, epochs, steps, and a few training steps of
+    each recipe family timed on `device` (default: cuda when available and asked for, else cpu)."""
+    import torch
+
+    sweep = loaded.sweep
+    if device is None:
+        device = "cuda" if sweep.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
+    notes = []
+    if sweep.resources.gpus > 0 and device == "cpu":
+        notes.append("timed on this machine's CPU: the trials will run on GPUs, much faster")
+    resources = trial_resources(loaded)
+    timings: dict[str, float] = {}
+    rows = []
+    for name, base in loaded.bases.items():
+        first = (settings(loaded, name) or [{}])[0]
+        recipe = validate_recipe(apply_params(base, first, sweep.trial_seed))
+        n = sweep.algorithm.trials if sweep.algorithm.type == "optuna" else len(settings(loaded, name))
+        steps, note = _steps_per_epoch(recipe)
+        if note and note not in notes:
+            notes.append(note)
+        step_s = None
+        if timed:
+            torch.set_num_threads(max(1, int(sweep.resources.cpus)))
+            key = _family(recipe)
+            if key not in timings:
+                timings[key] = step_seconds(recipe, device)
+            step_s = timings[key]
+        copied = int(sweep.trial_seed in sweep.seeds)  # that seed's final run is the winner's search run
+        rows.append(RowCost(name, n, len(sweep.seeds), copied, recipe.optim.epochs, steps, step_s,
+                            resources[name]["memory"]))
+    return DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), notes)

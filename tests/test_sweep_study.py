@@ -1,0 +1,323 @@
+"""A whole study runs to its end (issue 19): a diverging setting is a result, an edited sweep resumes keeping what
+ran, early stopping ranks each row on its own, `--dry-run` plans what runs, resources are checked before anything
+is written; and the sweep command keeps the one-line promise (binary files, bad addresses, an address where no Ray
+answers), with a local Ray that listens on 127.0.0.1 only. The cluster guide's files parse.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sedaug.cli import app
+from sedaug.errors import UserError
+from sedaug.sweep.spec import load_sweep
+
+REPO = Path(__file__).parents[1]
+TINY = {"model.cnn_filters": [4, 8], "model.cnn_pooling": [[4, 4], [1, 32]], "model.rnn_hidden": 8,
+        "model.init": "pytorch"}
+EPOCHS = 2
+
+
+def one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def sweep_cli(*args) -> object:
+    return CliRunner().invoke(app, ["sweep", *map(str, args)])
+
+
+def study(features: Path, sigmas: list[float]) -> dict:
+    """Two rows: `none` with a learning rate that diverges at once, `noise_latent` over `sigmas`; searched on seed 0,
+    the winners trained on seed 1."""
+    return {
+        "recipes": [{"recipe": str(REPO / "recipes" / "none.yaml"), "search": {"optim.lr": {"grid": [1e-3, 1e30]}}},
+                    {"recipe": str(REPO / "recipes" / "noise_latent.yaml"),
+                     "search": {"augmentation.sigma": {"grid": sigmas}}}],
+        "set": {**TINY, "data.features": str(features), "optim.epochs": EPOCHS, "optim.max_steps_per_epoch": 2,
+                "optim.rampup_epochs": 0, "consistency.rampup_epochs": 0, "eval.threshold": 0.3},
+        "seeds": [1],
+        "search_seed": 0,
+        "max_concurrent_trials": 2,
+        "resources": {"cpus": 1, "memory": 1.0},
+    }
+
+
+def write_sweep(path: Path, sweep: dict) -> Path:
+    path.write_text(json.dumps(sweep))  # JSON is YAML
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- listening sockets
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _listening(pids: set[int]) -> set[str]:
+    """The local addresses of the TCP sockets in LISTEN state that `pids` hold, as a.b.c.d."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            parts = line.split()
+            if parts[3] == "0A" and parts[9] in inodes:  # 0A: LISTEN
+                ip = bytes.fromhex(parts[1].split(":")[0][-8:])[::-1]
+                v4_mapped = len(parts[1].split(":")[0]) == 8 or parts[1].startswith("0000000000000000FFFF0000")
+                addresses.add(".".join(map(str, ip)) if v4_mapped else parts[1].split(":")[0])
+    return addresses
+
+
+class SocketWatch(threading.Thread):
+    """Samples the listening sockets of this process and its descendants (the local Ray) while a sweep runs."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.seen: set[str] = set()
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.5):
+            self.seen |= _listening(_descendants(os.getpid()))
+
+
+# ---------------------------------------------------------------------------------------------- the study
+
+
+@pytest.fixture(scope="module")
+def edited_study(tiny_features, tmp_path_factory):
+    """The study run once (a setting diverges), then resumed with one sigma removed and one added."""
+    pytest.importorskip("ray.tune")
+    from sedaug.sweep.plan import dry_run
+    from sedaug.sweep.run import run_sweep
+
+    root = tmp_path_factory.mktemp("study")
+    out = root / "out"
+    spec = write_sweep(root / "study.yaml", study(tiny_features, [0.05, 0.2]))
+    planned = dry_run(load_sweep(spec), timed=False)
+    watch = SocketWatch()
+    watch.start()
+    try:
+        first = run_sweep(spec, out=out, progress=False)
+    finally:
+        watch.done.set()
+        watch.join()
+    with (out / "selection.tsv").open() as f:
+        first_rows = list(csv.DictReader(f, delimiter="\t"))
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("search/*/*/seed0/checkpoints/last.pt")}
+    journal_lines = len((out / "trials.jsonl").read_text().splitlines())
+    edited = write_sweep(root / "study.yaml", study(tiny_features, [0.05, 0.1]))
+    second = run_sweep(edited, out=out, resume=True, progress=False)
+    return SimpleNamespace(out=out, spec=edited, planned=planned, first=first, first_rows=first_rows, second=second,
+                           mtimes=mtimes, journal_lines=journal_lines, listening=watch.seen)
+
+
+def test_a_diverged_setting_is_a_result_and_its_row_goes_on(edited_study):
+    k = edited_study
+    rows = {(r["recipe"], r.get("optim.lr") or r.get("augmentation.sigma")): r for r in k.first_rows}
+    bad = rows[("none", "1e+30")]
+    assert bad["status"] == "diverged" and bad["winner"] == ""
+    epoch, step = int(bad["diverged_epoch"]), int(bad["diverged_step"])
+    assert 1 <= epoch <= EPOCHS and bad["epochs"] == f"{epoch - 1}/{EPOCHS}"  # last.pt holds the epochs before
+    assert rows[("none", "0.001")]["winner"] == "*"  # the row finished with the other setting
+    assert k.first.statuses == {"done": 3, "diverged": 1} and k.first.retries == 0  # not retried
+    journal = [json.loads(line) for line in (k.out / "trials.jsonl").read_text().splitlines()]
+    diverged = [j for j in journal if j["status"] == "diverged"]
+    assert [(j["recipe"], j["epoch"], j["step"]) for j in diverged] == [("none", epoch, step)]
+    assert (k.out / "final" / "none" / "seed1" / "eval" / "results.json").is_file()
+    assert "1 diverged" in k.first.summary()
+
+
+def test_an_edited_sweep_resumes_running_only_the_new_setting(edited_study):
+    k = edited_study
+    # Nothing that had run was trained again (the removed sigma's folder included).
+    for path, mtime in k.mtimes.items():
+        assert path.stat().st_mtime_ns == mtime, path
+    with (k.out / "selection.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    sigmas = sorted(float(r["augmentation.sigma"]) for r in rows if r["recipe"] == "noise_latent")
+    assert sigmas == [0.05, 0.1]  # 0.2 is left on disk, ignored by selection
+    assert len(list((k.out / "search" / "noise_latent").glob("*/seed0"))) == 3
+    assert any("no longer in the sweep" in n and "1 search trials" in n for n in k.second.notes)
+    assert k.second.trials == 4
+    # The diverged setting stays a result: never run again.
+    resumed = [json.loads(line) for line in (k.out / "trials.jsonl").read_text().splitlines()[k.journal_lines:]]
+    assert [(j["stage"], j["recipe"]) for j in resumed if j["stage"] == "search"] == [("search", "noise_latent")]
+
+
+def test_dry_run_plans_what_ran(edited_study):
+    k = edited_study
+    planned = {r.recipe: (r.trials, r.finals, r.epochs) for r in k.planned.rows}
+    assert planned == {"none": (2, 1, EPOCHS), "noise_latent": (2, 1, EPOCHS)}
+    assert sum(p[0] for p in planned.values()) == k.first.trials
+    assert sum(p[1] for p in planned.values()) == len(k.first.final_runs)
+    assert "4 search trials and 2 final runs" in k.planned.lines()[0]
+
+
+def test_the_local_ray_listens_on_localhost_only(edited_study):
+    assert edited_study.listening, "no listening socket seen while the sweep ran"
+    assert edited_study.listening <= {"127.0.0.1"}, edited_study.listening
+
+
+def test_a_change_that_makes_trials_incomparable_is_refused_each_named(edited_study):
+    from sedaug.sweep.run import run_sweep
+
+    k = edited_study
+    with pytest.raises(UserError) as e:
+        run_sweep(k.spec, out=k.out, resume=True, progress=False,
+                  overrides=["optim.epochs=3", "select.metric=psds", "search_seed=2"])
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4, lines
+    assert any(line.startswith("--resume: select ") for line in lines)
+    assert any(line.startswith("--resume: search_seed ") for line in lines)
+    assert sum("optim.epochs" in line and line.startswith("--resume: recipe ") for line in lines) == 2
+
+
+# ---------------------------------------------------------------------------------------------- early stopping
+
+
+def _trial(trial_id: str, recipe: str):
+    return SimpleNamespace(trial_id=trial_id, config={"trial": {"stage": "search", "recipe": recipe, "seed": 0,
+                                                                "params": {}}})
+
+
+def test_asha_ranks_each_trial_against_its_own_row_only():
+    pytest.importorskip("ray.tune")
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from sedaug.sweep.schedule import RowASHA
+
+    strong = [(_trial(f"a{i}", "strong"), score) for i, score in enumerate([0.80, 0.85, 0.90])]
+    weak_best, weak_worse = (_trial("b0", "weak"), 0.30), (_trial("b1", "weak"), 0.20)
+
+    def first_rung(scheduler) -> dict[str, str]:
+        scheduler.set_search_properties("score", "max")
+        decisions = {}
+        for trial, score in [*strong, weak_best, weak_worse]:
+            scheduler.on_trial_add(None, trial)
+            decisions[trial.trial_id] = scheduler.on_trial_result(None, trial, {"epoch": 1, "score": score})
+        return decisions
+
+    shared = first_rung(ASHAScheduler(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2))
+    assert shared["b0"] == TrialScheduler.STOP  # one ASHA over the grid stops the weak row's best setting
+    per_row = first_rung(RowASHA({"strong": 4, "weak": 4}, grace_period=1, reduction_factor=2))
+    assert per_row["b0"] == TrialScheduler.CONTINUE  # ranked against its row only
+    assert per_row["b1"] == TrialScheduler.STOP  # and still stopped below its row's cutoff
+    assert per_row["a0"] == per_row["a1"] == per_row["a2"] == TrialScheduler.CONTINUE
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+def test_a_refused_resource_request_leaves_no_folder(tmp_path, tiny_features):
+    pytest.importorskip("ray.tune")
+    spec = write_sweep(tmp_path / "s.yaml", study(tiny_features, [0.05]))
+    for override, fragment in (("resources.cpus=4096", "resources.cpus: 4096 per trial, but this machine has"),
+                               ("resources.memory=100000", "resources.memory: 1e+05 GiB per trial")):
+        result = sweep_cli(spec, "--out", tmp_path / "out", "--set", override)
+        one_line_error(result, fragment)
+        assert not (tmp_path / "out").exists()
+
+
+def test_default_memory_grows_with_the_model_batch_and_passes():
+    from sedaug.recipe import load_recipe
+    from sedaug.sweep.plan import GIB, default_memory
+
+    none = load_recipe(REPO / "recipes" / "none.yaml")
+    vat = load_recipe(REPO / "recipes" / "vat_latent.yaml")
+    tiny = load_recipe(REPO / "recipes" / "none.yaml", [f"{k}={json.dumps(v)}" for k, v in TINY.items()])
+    assert default_memory(tiny, 0) < default_memory(none, 0) < default_memory(vat, 0)
+    assert default_memory(none, 0) % (GIB // 4) == 0
+    assert default_memory(none, 1.0) == 3 * GIB  # on a GPU the activations live in device memory
+
+
+@pytest.mark.parametrize("address, fragment", [
+    ("not an address", "not a Ray address"),
+    ("ray://127.0.0.1:10001", "Ray Client (ray://) is not supported: give the head's GCS address as HOST:PORT"),
+    ("127.0.0.1:1", "cannot reach 127.0.0.1 port 1"),
+])
+def test_a_bad_address_is_one_line_and_writes_nothing(tmp_path, tiny_features, address, fragment):
+    pytest.importorskip("ray.tune")
+    spec = write_sweep(tmp_path / "s.yaml", study(tiny_features, [0.05]))
+    start = time.monotonic()
+    one_line_error(sweep_cli(spec, "--out", tmp_path / "out", "--address", address, "--connect-timeout", 5), fragment)
+    assert not (tmp_path / "out").exists()
+    assert time.monotonic() - start < 60  # bounded, not minutes of Ray's retries (a bound, not a timing)
+
+
+def test_binary_sweep_files_and_recipes_are_one_line(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    one_line_error(sweep_cli(binary, "--out", tmp_path / "out"), "not a YAML sweep file (byte")
+    spec = write_sweep(tmp_path / "s.yaml", {"recipes": [{"recipe": str(binary)}]})
+    one_line_error(sweep_cli(spec, "--out", tmp_path / "out"), f"{binary} is not a YAML recipe (byte")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- make, cluster guide
+
+
+def test_make_table_full_without_desed_is_one_line():
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    result = subprocess.run(["make", "--no-print-directory", "table-full"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and "DESED=/path/to/DESED" in lines[0], lines
+
+
+def test_the_cluster_guides_files_parse():
+    pytest.importorskip("ray.autoscaler")
+    sbatch = REPO / "docs" / "cluster" / "sweep.sbatch"
+    subprocess.run(["bash", "-n", str(sbatch)], check=True)
+    assert "sedaug sweep" in sbatch.read_text() and "--address" in sbatch.read_text()
+    config = yaml.safe_load((REPO / "docs" / "cluster" / "ray-up.yaml").read_text())
+    import jsonschema
+    from ray.autoscaler._private.commands import prepare_config
+    from ray.autoscaler._private.util import validate_config
+
+    try:  # Ray's own schema (ray/autoscaler/ray-schema.json), after `ray up` fills its defaults
+        validate_config(prepare_config(config))
+    except jsonschema.ValidationError as e:
+        raise AssertionError(f"docs/cluster/ray-up.yaml: {e.message}") from None
+    assert any("sedaug" in line for line in config["setup_commands"])
+    with pytest.raises(jsonschema.ValidationError):  # the check can fail
+        validate_config(prepare_config({**config, "head_start_ray_command": ["ray start --head"]}))
