@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -90,6 +92,11 @@ def make_runs(root: Path, n_clips: int, n_rows: int, n_seeds: int) -> Path:
     return root / "runs"
 
 
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=692)
@@ -97,6 +104,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--metrics", default="macro,psds_ct")
+    parser.add_argument("--workers", type=int, help="Processes scoring runs (default: the table's choice).")
     parser.add_argument("--keep", type=Path, help="Build the runs here and keep them (default: a temporary folder).")
     args = parser.parse_args()
     from sedaug.table import build_table
@@ -109,12 +117,14 @@ def main() -> None:
             make_runs(root, args.clips, args.rows, args.seeds)
         print(f"made {args.rows} rows x {args.seeds} seeds x {args.clips} clips in {root} "
               f"({time.perf_counter() - start:.0f} s, not timed)")
-        start = time.perf_counter()
-        table = build_table(root / "runs", metrics=tuple(args.metrics.split(",")), ci=95, resamples=args.resamples)
-        seconds = time.perf_counter() - start
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        table = build_table(root / "runs", metrics=tuple(args.metrics.split(",")), ci=95, resamples=args.resamples,
+                            workers=args.workers)
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
         print(render(table, "markdown"))
-        print(f"table --ci 95 --resamples {args.resamples} --metrics {args.metrics}: {seconds:.1f} s "
-              f"({args.rows} rows x {args.seeds} seeds x {args.clips} clips)")
+        print(f"table --ci 95 --resamples {args.resamples} --metrics {args.metrics} ({args.rows} rows x {args.seeds} "
+              f"seeds x {args.clips} clips, workers {args.workers or 'default'}): {seconds:.1f} s wall, {cpu:.1f} s CPU "
+              f"(this process and its workers); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -203,12 +203,14 @@ def build_table(
     compare: str | None = None,
     paper: bool = False,
     progress: bool = False,
+    workers: int | None = None,
 ) -> Table:
     """Read every run below `runs_dir` (each folder holding a recipe.yaml) into Table 1's rows.
 
     `ci` (a level in percent, e.g. 95) adds each cell's bootstrap interval over the split's clips (`resamples`
     draws from `bootstrap_seed`) and each row's paired difference to the row `compare` (default: `baseline`, if
-    there is one; "none": no comparison). `paper` adds the paper's values.
+    there is one; "none": no comparison), scoring the runs in `workers` processes (default: one per CPU for a large
+    table). `paper` adds the paper's values.
     """
     metrics = tuple(metrics)
     unknown = [m for m in metrics if m not in METRICS]
@@ -234,7 +236,7 @@ def build_table(
         settings = dataclasses.replace(settings, reference=_reference(compare, rows))
         evaluated = {r.recipe: [EvaluatedRun(run.path, run.results) for run in groups[r.recipe] if run.results]
                      for r in rows if r.n}
-        boot, notes = bootstrap_rows(evaluated, split, metrics, settings, progress=progress)
+        boot, notes = bootstrap_rows(evaluated, split, metrics, settings, progress=progress, workers=workers)
         rows = [_with_bootstrap(r, boot.get(r.recipe), notes.get(r.recipe, [])) for r in rows]
     if paper:
         rows = [dataclasses.replace(r, cells={m: dataclasses.replace(c, paper=paper_value(r.paper_row, m))

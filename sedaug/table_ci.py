@@ -9,11 +9,13 @@ resample, is a paired difference: the clips that are hard for both cancel out.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -36,6 +38,9 @@ from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import clip_id
 from sedaug.files import read_tsv
 from sedaug.progress import progress_bar
+
+
+PARALLEL_FROM = 5000  # runs x clips from which runs are scored in parallel processes
 
 
 @dataclass(frozen=True)
@@ -168,49 +173,81 @@ def bootstrap_rows(
     metrics: Sequence[str],
     settings: BootstrapSettings,
     progress: bool = False,
+    workers: int | None = None,
 ) -> tuple[dict[str, RowBootstrap], dict[str, list[str]]]:
     """Intervals and paired differences for each row (seeds averaged), and notes per row (a run whose
-    recomputed metric differs from its results.json)."""
+    recomputed metric differs from its results.json). Runs are scored in `workers` processes (default: one per
+    CPU this process may use)."""
     check_metrics(metrics)
     truths: dict[Path, GroundTruth] = {}
-    samples: dict[str, dict[str, np.ndarray]] = {}
-    full: dict[str, dict[str, float]] = {}
+    jobs = []
+    for name, runs in rows.items():
+        for run in runs:
+            features = Path(run.results.get("features") or "")
+            if features not in truths:
+                truths[features] = read_ground_truth(features, split)
+            jobs.append((name, run, truths[features]))
+    if not jobs:
+        return {}, {}
+    clips = jobs[0][2].clips
+    for _, run, truth in jobs:
+        if truth.clips != clips:
+            raise UserError(f"{run.path}: scored on other {split} clips than {jobs[0][1].path} "
+                            f"({run.results.get('features')}): a paired bootstrap needs the same clips")
+    weights = resample_weights(len(clips), settings.resamples, settings.seed)
+    tasks = [(run, split, tuple(metrics), truth, weights) for _, run, truth in jobs]
+    if workers is None:  # processes take seconds to start: worth it from about ten DESED-sized runs
+        workers = len(os.sched_getaffinity(0)) if len(tasks) * len(clips) >= PARALLEL_FROM else 1
+    workers = min(len(tasks), workers)
+    with progress_bar("Bootstrap", len(tasks), progress) as advance, _pool(workers) as pool:
+        scored = []
+        for result in pool.map(_score_run, tasks):
+            scored.append(result)
+            advance()
+    samples: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in rows}
     notes: dict[str, list[str]] = {name: [] for name in rows}
-    weights = clips = None
-    n_runs = sum(len(runs) for runs in rows.values())
-    with progress_bar("Bootstrap", n_runs, progress) as advance:
-        for name, runs in rows.items():
-            per_seed, per_seed_full = [], []
-            for run in runs:
-                features = Path(run.results.get("features") or "")
-                truth = truths.get(features) or truths.setdefault(features, read_ground_truth(features, split))
-                if clips is None:
-                    clips = truth.clips
-                    weights = resample_weights(len(clips), settings.resamples, settings.seed)
-                elif truth.clips != clips:
-                    raise UserError(f"{run.path}: scored on other {split} clips than the other rows "
-                                    f"({features}): a paired bootstrap needs the same clips")
-                counts = run_counts(run, split, metrics, truth)
-                per_seed.append(metric_values(counts, weights, metrics))
-                per_seed_full.append(metric_values(counts, np.ones((1, len(clips)), np.float32), metrics))
-                stale = [m for m in metrics if _differs(per_seed_full[-1][m][0], run.results.get(m))]
-                if stale:
-                    notes[name].append(f"{run.path.name}: scores differ from results.json ({', '.join(stale)})")
-                advance()
-            samples[name] = {m: np.mean([s[m] for s in per_seed], axis=0) for m in metrics}
-            full[name] = {m: float(np.mean([s[m][0] for s in per_seed_full])) for m in metrics}
+    for (name, run, _), values in zip(jobs, scored, strict=True):
+        samples[name].append(values)
+        stale = [m for m in metrics if _differs(values[m][0], run.results.get(m))]
+        if stale:
+            notes[name].append(f"{run.path.name}: scores differ from results.json ({', '.join(stale)})")
+    # Row statistic: the seed average, in each resample (index 0 holds the full clip set, the rest the resamples).
+    average = {name: {m: np.mean([v[m] for v in per_seed], axis=0) for m in metrics}
+               for name, per_seed in samples.items() if per_seed}
     out = {}
     ref = settings.reference
-    for name in rows:
-        intervals = {m: Interval(*percentile_interval(samples[name][m], settings.level)) for m in metrics}
+    for name, values in average.items():
+        intervals = {m: Interval(*percentile_interval(values[m][1:], settings.level)) for m in metrics}
         differences = {}
-        if ref is not None and ref in samples and name != ref:
+        if ref is not None and ref in average and name != ref:
             for m in metrics:
-                d = samples[name][m] - samples[ref][m]
-                differences[m] = Difference(full[name][m] - full[ref][m], *percentile_interval(d, settings.level),
-                                            paired_p_value(d))
+                d = values[m] - average[ref][m]
+                differences[m] = Difference(float(d[0]), *percentile_interval(d[1:], settings.level),
+                                            paired_p_value(d[1:]))
         out[name] = RowBootstrap(intervals, differences)
     return out, notes
+
+
+def _score_run(task) -> dict[str, np.ndarray]:
+    """One run's metrics on the full clip set (index 0), then under each resample."""
+    run, split, metrics, truth, weights = task
+    counts = run_counts(run, split, metrics, truth)
+    full = np.ones((1, weights.shape[1]), dtype=weights.dtype)
+    return metric_values(counts, np.concatenate([full, weights]), metrics)
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator:
+    """Processes that score runs side by side, or this process alone for one worker. Spawned, not forked: the
+    progress bar's thread is running."""
+    if workers <= 1:
+        yield SimpleNamespace(map=map)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
 
 
 def _differs(recomputed: float, recorded) -> bool:

@@ -301,3 +301,9 @@ def test_cli_ci_plot_and_per_class(ci_runs, tmp_path):
     assert dog[2] == "2" and (dog[3] == "" if None in f1 else float(dog[3]) == pytest.approx(sum(f1) / 2))
     result = CliRunner().invoke(app, ["table", str(ci_runs), "--per-class", "--ci", "95"])
     assert result.exit_code == 1 and result.output.startswith("error: --per-class")
+
+
+def test_ci_in_worker_processes_equals_in_process(ci_runs):
+    one = build_table(ci_runs, metrics=("macro", "psds_ct"), ci=95, resamples=100, workers=1)
+    two = build_table(ci_runs, metrics=("macro", "psds_ct"), ci=95, resamples=100, workers=2)
+    assert one == two
