@@ -23,7 +23,14 @@ from sedaug.evaluation.results import METRICS
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
 from sedaug.sweep import in_search, selected_settings
-from sedaug.table_ci import BootstrapSettings, Difference, EvaluatedRun, Interval, bootstrap_rows, check_metrics
+from sedaug.table_ci import (
+    BootstrapSettings,
+    Difference,
+    EvaluatedRun,
+    Interval,
+    bootstrap_rows,
+    check_metrics,
+)
 
 # The paper's Table 1, top to bottom (docs/architecture.md); other recipe names follow, alphabetically.
 TABLE1_ORDER = (

@@ -39,7 +39,6 @@ from sedaug.evaluation.scores import clip_id
 from sedaug.files import read_tsv
 from sedaug.progress import progress_bar
 
-
 PARALLEL_FROM = 5000  # runs x clips from which runs are scored in parallel processes
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
-from sedaug.evaluation.f1 import EVENT_BASED
 from sedaug.data.grid import FRAME_SECONDS
+from sedaug.evaluation.f1 import EVENT_BASED
 from sedaug.evaluation.postprocess import TIME_DECIMALS, as_scores, frame_counts, merge_overlaps
 from sedaug.evaluation.psds import PSDS_CRITERIA, PSDS_MAX_EFPR, PSDS_THRESHOLDS, PSDS_VARIANTS
 
