@@ -241,14 +241,20 @@ def build_table(
     rows = _flag(rows, metrics)
     if settings is not None:
         settings = dataclasses.replace(settings, reference=_reference(compare, rows))
-        evaluated = {r.recipe: [EvaluatedRun(run.path, run.results) for run in groups[r.recipe] if run.results]
-                     for r in rows if r.n}
+        evaluated = {r.recipe: [EvaluatedRun(run.path, run.results, _features(run))
+                                for run in groups[r.recipe] if run.results] for r in rows if r.n}
         boot, notes = bootstrap_rows(evaluated, split, metrics, settings, progress=progress, workers=workers)
         rows = [_with_bootstrap(r, boot.get(r.recipe), notes.get(r.recipe, [])) for r in rows]
     if paper:
         rows = [dataclasses.replace(r, cells={m: dataclasses.replace(c, paper=paper_value(r.paper_row, m))
                                               for m, c in r.cells.items()}) for r in rows]
     return Table(runs_dir=runs_dir, split=split, metrics=metrics, rows=tuple(rows), bootstrap=settings, paper=paper)
+
+
+def _features(run: _Run) -> Path:
+    """The feature store a run was scored on: results.json's `features`, else its recipe's `data.features`."""
+    recorded = run.results.get("features")
+    return Path(recorded if isinstance(recorded, str) and recorded else run.recipe.data.features)
 
 
 def _reference(compare: str | None, rows: list[Row]) -> str | None:

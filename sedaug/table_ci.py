@@ -88,6 +88,7 @@ class RowBootstrap:
 class EvaluatedRun:
     path: Path
     results: dict
+    features: Path  # the feature store it was scored on (results.json's `features`, else its recipe's)
 
 
 # ---------------------------------------------------------------------------------------------- reading a run
@@ -182,7 +183,7 @@ def bootstrap_rows(
     jobs = []
     for name, runs in rows.items():
         for run in runs:
-            features = Path(run.results.get("features") or "")
+            features = run.features
             if features not in truths:
                 truths[features] = read_ground_truth(features, split)
             jobs.append((name, run, truths[features]))
@@ -192,7 +193,7 @@ def bootstrap_rows(
     for _, run, truth in jobs:
         if truth.clips != clips:
             raise UserError(f"{run.path}: scored on other {split} clips than {jobs[0][1].path} "
-                            f"({run.results.get('features')}): a paired bootstrap needs the same clips")
+                            f"({run.features}): a paired bootstrap needs the same clips")
     weights = resample_weights(len(clips), settings.resamples, settings.seed)
     tasks = [(run, split, tuple(metrics), truth, weights) for _, run, truth in jobs]
     if workers is None:  # processes take seconds to start: worth it from about ten DESED-sized runs
