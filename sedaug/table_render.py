@@ -174,7 +174,7 @@ def rich_table(table: Table):
     from rich.text import Text
 
     columns = _columns(table)
-    out = RichTable(title=f"Table 1 — {table.runs_dir}", caption=_legend(table))
+    out = RichTable(title=Text(f"Table 1 — {table.runs_dir}"), caption=Text(_legend(table)))  # no markup: [..]
     for h in FACTOR_HEADERS:  # in a narrow terminal the factors wrap; recipe names and numbers never do
         out.add_column(h, justify="right" if h == "n" else "left", no_wrap=h in ("recipe", "n"))
     for h, _, _ in columns:
@@ -189,7 +189,7 @@ def rich_table(table: Table):
                 continue
             style = " ".join(s for s, on in (("bold", c.best), ("underline", c.marked)) if on)
             cells.append(Text(_number(c, " ± "), style=style))
-        out.add_row(*_factors(r), *cells, r.note)
+        out.add_row(*_factors(r), *cells, Text(r.note))
     return out
 
 
