@@ -42,6 +42,7 @@ def test_the_shipped_sweeps_validate():
     full = load_sweep(REPO / "sweeps" / "table1.yaml")
     assert {p.stem for p in (REPO / "recipes").glob("*.yaml")} == set(full.bases)
     assert len(full.sweep.seeds) == 3 and full.sweep.select.split == "synthetic_valid"
+    assert full.sweep.trial_seed not in full.sweep.seeds  # the winner's curse (docs/sweeps.md)
     assert all(full.spaces[name] for name in full.bases if name != "none")  # every other row searches something
     audio = load_sweep(REPO / "sweeps" / "audio.yaml")  # Table 2: every audio recipe, each searching its strength
     assert {p.stem for p in (REPO / "recipes" / "audio").glob("*.yaml")} == set(audio.bases)
@@ -326,7 +327,7 @@ def test_the_sweep_finishes_and_picks_the_best_setting(killed_and_resumed):
         # The score is the best synthetic_valid F1 over the trial's epochs (what best.pt keeps).
         assert float(winner["score"]) == pytest.approx(max(r["valid_f1"] for r in _rows(result.winners[name].run_dir)), abs=1e-6)
     assert result.trials == 4 and result.statuses == {"done": 4}
-    assert "sweep tiny: 4 trials (4 done, 0 stopped early, 0 failed" in result.summary()
+    assert "sweep tiny: 4 trials (4 done, 0 stopped early, 0 diverged, 0 failed" in result.summary()
     assert selected_settings(out).keys() == {"none", "noise_latent"}
 
 

@@ -24,6 +24,10 @@ from sedaug.sweep.spec import LoadedSweep
 # Ray's temp dir may have ~40 characters; a longer one is reached through a short link in /tmp.
 MAX_TEMP_DIR = 40
 OBJECT_STORE = 256 * 2**20  # a local Ray's object store: trials pass only configs and small results
+# Ray turns 127.0.0.1 into the machine's external address, and its servers then listen on every interface, unless it
+# believes multi-node clusters are off (its own default on macOS and Windows): then a node listens on 127.0.0.1 only
+# and a driver reaches a head on 127.0.0.1 as such. Read by Ray at import (patched then) and by its processes.
+LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @contextlib.contextmanager
@@ -62,12 +66,21 @@ def parse_address(address: str | None) -> tuple[str, int] | str | None:
     return host, int(port)
 
 
+def is_loopback(where: tuple[str, int] | str | None) -> bool:
+    return where is None or (isinstance(where, tuple) and where[0] in ("127.0.0.1", "localhost", "::1"))
+
+
+TOKEN_HINT = "a Ray 2.60 cluster needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN in this environment (docs/cluster.md)"
+
+
 def probe(address: str, where: tuple[str, int] | str, timeout: float) -> None:
     """Connect to the cluster once in a child process, bounded by `timeout` seconds, so that an address where no
-    Ray answers, or a refused connection, is one line instead of minutes of Ray's retries."""
+    Ray answers, a refused connection or a missing token is one line instead of minutes of Ray's retries."""
     import socket
     import subprocess
     import sys
+    import tempfile
+    import time
 
     if isinstance(where, tuple):
         try:
@@ -79,19 +92,33 @@ def probe(address: str, where: tuple[str, int] | str, timeout: float) -> None:
     code = ("import logging, sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
             "logging_level=logging.ERROR); ray.shutdown()")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    try:
-        proc = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
-                              timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
+    if is_loopback(where):
+        env[LOCAL_ONLY] = "0"  # a head on 127.0.0.1 is reached as 127.0.0.1 (see ray_session)
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", code, address], stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                err.seek(0)
+                if "Unauthenticated" in err.read():  # Ray retries a refused token for ~30 s: no need to wait
+                    raise UserError(f"--address {address}: the cluster refused this connection's token: {TOKEN_HINT}")
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        err.seek(0)
+        text = err.read()
+    if proc.returncode == 0:
+        return
+    if "Unauthenticated" in text or "auth" in text.lower():
+        raise UserError(f"--address {address}: the cluster refused this connection's token: {TOKEN_HINT}")
+    if time.monotonic() >= deadline:
         raise UserError(f"--address {address}: no Ray cluster answered within {timeout:g} s (--connect-timeout "
-                        "waits longer)") from None
-    if proc.returncode != 0:
-        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-        last = lines[-1] if lines else f"exit status {proc.returncode}"
-        hint = ""
-        if "auth" in proc.stderr.lower() or "token" in proc.stderr.lower() or "unauthenticated" in proc.stderr.lower():
-            hint = "; a Ray 2.60 cluster needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN in this environment"
-        raise UserError(f"--address {address}: cannot join the Ray cluster ({last[-300:]}){hint} (docs/cluster.md)")
+                        "waits longer)")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {proc.returncode}"
+    raise UserError(f"--address {address}: cannot join the Ray cluster ({last[-300:]})")
 
 
 # ---------------------------------------------------------------------------------------------- Ray
@@ -122,10 +149,8 @@ def ray_session(out: Path, address: str | None, connect_timeout: float = 30.0,
             # Ray protects a new local cluster with a token it would write to ~/.ray/auth_token; this one lives in
             # the environment of this process and of the cluster's (one per driver process: Ray caches it).
             env["RAY_AUTH_TOKEN"] = _token()
-        # Ray turns 127.0.0.1 into the machine's external address, and its servers then listen on every interface,
-        # unless it believes multi-node clusters are off (its own default on macOS and Windows): then every server
-        # of this node listens on 127.0.0.1 only. Read by this process at import, by Ray's processes from env.
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if is_loopback(where):
+        env[LOCAL_ONLY] = "0"
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     # Ray's messages wait in memory until <out>/ray exists (nothing is written before the checks pass).
@@ -138,6 +163,8 @@ def ray_session(out: Path, address: str | None, connect_timeout: float = 30.0,
     for lg in loggers:
         lg.handlers, lg.propagate = [buffer], False
     try:
+        if is_loopback(where):
+            ray_constants.ENABLE_RAY_CLUSTER = False
         if where is not None:
             probe(address, where, connect_timeout)
             try:
@@ -149,7 +176,6 @@ def ray_session(out: Path, address: str | None, connect_timeout: float = 30.0,
             ray_dir.mkdir(parents=True, exist_ok=True)
         else:
             before_start(None)
-            ray_constants.ENABLE_RAY_CLUSTER = False
             temp = ray_dir / "tmp"
             temp.mkdir(parents=True, exist_ok=True)
             if len(str(temp)) > MAX_TEMP_DIR:
