@@ -105,6 +105,11 @@ def detect(
     the run's (recipe `eval.threshold`); the median filter is the run's.
     """
     start = time.perf_counter()
+    if Path(out).is_dir():
+        raise UserError(f"--out {out} is a folder: give a file name")
+    for option, folder in (("--scores", scores_dir), ("--plot", plot_dir)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise UserError(f"{option} {folder} is a file: give a folder")
     torch_device = parse_device(device)
     model, recipe, state = load_model(Path(run_dir), checkpoint, torch_device)
     threshold = recipe.eval.threshold if threshold is None else float(threshold)

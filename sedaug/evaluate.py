@@ -35,6 +35,7 @@ def evaluate_run(
     run = RunDir(Path(run_dir))
     timing: dict[str, float] = {}
     model, recipe, state = load_model(run.root, checkpoint, device)  # UserError when the checkpoint is missing
+    _check_folder(run.split(split))
     features = Path(features if features is not None else recipe.data.features)
     data = _strong_split(features, split)
     with timed(timing, "predict"):
@@ -77,6 +78,7 @@ def evaluate_ensemble(
     out = Path(out) if out is not None else members[0][0].parent / "ensemble"
     ensemble = recipe.model_copy(update={"name": f"{recipe.name}_ensemble", "seed": 0})
     _check_ensemble_out(out, ensemble.name, run_dirs)
+    _check_folder(out / split)
     features = Path(recipe.data.features)
     data = _strong_split(features, split)
     with timed(timing, "predict"):
@@ -113,6 +115,11 @@ def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:
             raise UserError(f"--out {out} holds {what}, not the ensemble {name}: {advice}")
     elif out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out} holds other files (no ensemble recipe.yaml): {advice}")
+
+
+def _check_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, where the evaluation's folder goes: move it away")
 
 
 def check_finite(strong: np.ndarray, data: Split, checkpoint: Path, features: Path) -> None:

@@ -66,8 +66,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
                 path.rename(old)
             tmp.rename(path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:  # `path` was a file (or a link): its renamed self
+                leftover.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -401,3 +401,19 @@ def test_full_disk_when_replacing_a_store(real_layout, small_disk, tmp_path):
     assert checksums(small_disk.root) == before  # the previous store, whole and usable
     again = small_disk.sedaug("extract-mels", "--data", data, "--out", features, "--workers", "2")
     assert again.returncode == 0, again.stderr  # with room again, the retry succeeds
+
+
+def test_full_disk_in_evaluate_keeps_the_previous_evaluation(tiny_features, tiny_model_overrides, small_disk):
+    """The evaluation folder is swapped in whole; and the one error line comes alone, without the pkg_resources
+    deprecation warning that sed_eval's dcase_util used to print before it (issue 20)."""
+    runs = small_disk.root / "runs"
+    overrides = [*tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4", "optim.epochs=1",
+                 "optim.max_steps_per_epoch=2"]
+    assert run("train", RECIPES / "none.yaml", "--runs", runs, *[x for o in overrides for x in ("--set", o)],
+               "--device", "cpu").exit_code == 0
+    seed = runs / "none" / "seed0"
+    assert run("evaluate", seed, "--device", "cpu").exit_code == 0
+    before = checksums(small_disk.root)
+    proc = small_disk.sedaug("evaluate", seed, "--device", "cpu", room=20_000)
+    assert_process_refuses(proc, f"cannot write {seed / 'eval'}")
+    assert checksums(small_disk.root) == before

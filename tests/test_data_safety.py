@@ -237,6 +237,8 @@ def test_weights_that_do_not_fit_are_one_line(train, runs, tmp_path, edit, comma
         result = run("detect", seed, tone(tmp_path / "a.wav"), "--out", out, "--device", "cpu")
     else:
         result = train("--resume", epochs=2)
+        if edit == "other-model":  # resume compares the recipes first
+            expected = "the recipe differs from"
     one_error(result, str(target), expected)
     assert checksums(runs, out) == before
 
@@ -418,3 +420,14 @@ def test_results_json_as_evaluate_writes_it_is_read(tmp_path):
     path.write_text("NaN")
     with pytest.raises(UserError, match="not the results"):
         read_results(path)
+
+
+def test_outputs_where_a_file_or_folder_is_the_other_kind_are_refused_before_any_work(runs, tmp_path):
+    seed = runs / "none" / "seed0"
+    (seed / "eval").write_text("my notes")
+    before = checksums(runs)
+    one_error(run("evaluate", seed, "--device", "cpu"), f"{seed / 'eval'} is a file")
+    assert checksums(runs) == before
+    one_error(run("detect", seed, tone(tmp_path / "a.wav"), "--out", tmp_path), f"--out {tmp_path} is a folder")
+    one_error(run("detect", seed, tmp_path / "a.wav", "--scores", tmp_path / "a.wav"), "--scores", "is a file")
+    assert checksums(runs) == before and not (tmp_path / "detections.tsv").exists()
