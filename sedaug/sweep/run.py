@@ -1,30 +1,30 @@
 """`sedaug sweep`: the paper's protocol on Ray Tune (docs/sweeps.md).
 
 Search: every setting of every base recipe is a trial (an ordinary run directory, sedaug.sweep.trial) on the search
-seed; Ray Tune runs them, several at once, retries a trial whose worker dies (it resumes from last.pt) and, when
-asked, stops bad ones early (ASHA). Selection: per recipe the best score (sedaug.sweep.select), every trial listed in
-selection.tsv. Final: the winner trained on each seed and evaluated on eval, in `<out>/final/` (Table 1).
+seed; Ray Tune runs them, several at once, each asking for its row's CPUs, GPU fraction and memory, retries a trial
+whose worker dies (it resumes from last.pt) and, when asked, stops bad ones early (ASHA, per row). A diverged trial
+is a result. Selection: per recipe the best score (sedaug.sweep.select), every trial listed in selection.tsv.
+Final: the winner trained on each seed and evaluated on eval, in `<out>/final/` (Table 1).
 
 The run directories are the record: a sweep stopped by Ctrl-C or killed continues with `--resume`, which hands Ray
-only the trials that are not complete on disk (Optuna is told the finished ones), so nothing finished is redone and
-nothing is lost, whatever state Ray managed to save. Ray's logs and state go under `<out>/ray/`.
+only the trials that are not settled on disk (Optuna is told the finished ones), so nothing finished is redone and
+nothing is lost, whatever state Ray managed to save; an edited sweep file resumes too, keeping every trial whose
+resolved recipe it still holds. Nothing is written before the sweep file, `--out`, the address and the resources
+are checked. Ray's logs and state go under `<out>/ray/`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sedaug.errors import UserError
-from sedaug.files import write_text
 from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, parse_address, ray_session
+from sedaug.sweep.outdir import check_out, write_out
 from sedaug.sweep.plan import SearchPlan, domain, final_trials, plan_search, same_recipe, trial_resources
 from sedaug.sweep.select import (
     journal_errors,
@@ -105,7 +105,7 @@ def run_sweep(
     from sedaug.sweep.view import SweepView
 
     out = Path(out if out is not None else Path("runs") / "sweeps" / Path(spec_path).stem).absolute()
-    _check_out(out, loaded, resume)  # before anything is written, as the resources are
+    check_out(out, loaded, resume)  # before anything is written, as the resources are
     sweep = loaded.sweep
     per_trial = trial_resources(loaded)
     plan = Plan(out=str(out), bases=loaded.bases, select_split=sweep.select.split, select_metric=sweep.select.metric,
@@ -119,7 +119,7 @@ def run_sweep(
             notes.extend(check_resources(loaded, per_trial, have or local_resources(), where, wait_for_resources))
             out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(driver_lock(out))
-            _write_out(out, loaded)
+            write_out(out, loaded)
 
         notes += stack.enter_context(ray_session(out, address, connect_timeout, before_start))
         stack.enter_context(view.shown(progress))
@@ -174,73 +174,6 @@ def _import_ray(optuna: bool) -> None:
             import optuna as _  # noqa: F401
     except ImportError:
         raise UserError(INSTALL_HINT) from None
-
-
-# Changes to a sweep that --resume refuses: the finished trials would no longer be comparable with new ones.
-FROZEN = {"select": "the selection split and metric", "search_seed": "the search seed",
-          "algorithm.type": "the search algorithm", "early_stopping": "early stopping"}
-
-
-def _check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
-    """A new sweep needs an empty --out. --resume accepts an edited sweep file (search values, rows, seeds,
-    resources) but refuses, each named, a change of what makes trials comparable: a base recipe (epochs
-    included), the selection, the search seed or algorithm, early stopping. Reads only."""
-    from sedaug.strict_yaml import parse_yaml
-
-    sweep_file, recipes_dir = out / "sweep.yaml", out / "recipes"
-    if not resume:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UserError(f"{out} is not empty: pass --resume to continue that sweep, or choose another --out")
-        return
-    if not sweep_file.exists():
-        raise UserError(f"{out}: no sweep to resume (no sweep.yaml): run it without --resume")
-    saved = parse_yaml(sweep_file.read_text(), str(sweep_file))
-    if not isinstance(saved, dict):
-        raise UserError(f"{sweep_file}: not a sweep sedaug wrote: run the sweep with another --out")
-    resolved = loaded.resolved()
-    saved.setdefault("search_seed", (saved.get("seeds") or [0])[0])
-    resolved.setdefault("search_seed", loaded.sweep.trial_seed)
-    problems = []
-    for key, what in FROZEN.items():
-        before, now = _get(saved, key), _get(resolved, key)
-        if before != now:
-            problems.append(f"{key} ({what}): {_show(before)} in {sweep_file}, {_show(now)} now")
-    for name, base in loaded.bases.items():
-        path = recipes_dir / f"{name}.yaml"
-        if path.exists():
-            keys = _diff(parse_yaml(path.read_text(), str(path)), base)
-            if keys:
-                problems.append(f"recipe {name} (the base recipe, set included): {', '.join(keys)}")
-    if problems:
-        raise UserError("\n".join(f"--resume: {p}: the finished trials would not be comparable; run the changed "
-                                   "sweep with another --out" for p in problems))
-
-
-def _get(raw: dict, key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
-def _show(value: Any) -> str:
-    return "none" if value is None else json.dumps(value, sort_keys=True)
-
-
-def _write_out(out: Path, loaded: LoadedSweep) -> None:
-    """The sweep as run (and each base recipe), which the next --resume compares with."""
-    recipes_dir = out / "recipes"
-    recipes_dir.mkdir(parents=True, exist_ok=True)
-    header = f"# The sweep as run (overrides merged, defaults filled) from {loaded.path}; --resume checks it.\n"
-    write_text(out / "sweep.yaml", header + yaml.safe_dump(loaded.resolved(), sort_keys=False))
-    for name, base in loaded.bases.items():
-        write_text(recipes_dir / f"{name}.yaml", yaml.safe_dump(base, sort_keys=False))
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in dict.fromkeys([*a, *b]) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".") or "(top)"]
 
 
 def _trial_dirname(trial) -> str:

@@ -1,0 +1,93 @@
+"""The sweep directory before Ray starts: a new sweep needs an empty `--out`; `--resume` compares the sweep file with
+the one the directory was run with (`sweep.yaml`, `recipes/<name>.yaml`) and refuses, one line each, the changes that
+would make finished trials incomparable with new ones (docs/sweeps.md, "Stopping, killing and resuming").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sedaug.errors import UserError
+from sedaug.files import write_text
+from sedaug.sweep.spec import LoadedSweep
+
+# Changes to a sweep that --resume refuses: the finished trials would no longer be comparable with new ones.
+FROZEN = {"select": "the selection split and metric", "search_seed": "the search seed",
+          "algorithm.type": "the search algorithm", "early_stopping": "early stopping"}
+
+
+def check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
+    """A new sweep needs an empty --out. --resume accepts an edited sweep file (search values, rows, seeds,
+    resources) but refuses, each named, a change of what makes trials comparable: a base recipe (epochs
+    included), the selection, the search seed or algorithm, early stopping. Reads only."""
+
+    sweep_file, recipes_dir = out / "sweep.yaml", out / "recipes"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder for the sweep")
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} is not empty: pass --resume to continue that sweep, or choose another --out")
+        return
+    if not sweep_file.exists():
+        raise UserError(f"{out}: no sweep to resume (no sweep.yaml): run it without --resume")
+    saved = _read_yaml(sweep_file)
+    if not isinstance(saved, dict):
+        raise UserError(f"{sweep_file}: not a sweep sedaug wrote: run the sweep with another --out")
+    resolved = loaded.resolved()
+    saved.setdefault("search_seed", (saved.get("seeds") or [0])[0])
+    resolved.setdefault("search_seed", loaded.sweep.trial_seed)
+    problems = []
+    for key, what in FROZEN.items():
+        before, now = _get(saved, key), _get(resolved, key)
+        if before != now:
+            problems.append(f"{key} ({what}): {_show(before)} in {sweep_file}, {_show(now)} now")
+    for name, base in loaded.bases.items():
+        path = recipes_dir / f"{name}.yaml"
+        if path.exists():
+            keys = _diff(_read_yaml(path), base)
+            if keys:
+                problems.append(f"recipe {name} (the base recipe, set included): {', '.join(keys)}")
+    if problems:
+        raise UserError("\n".join(f"--resume: {p}: the finished trials would not be comparable; run the changed "
+                                   "sweep with another --out" for p in problems))
+
+
+def _read_yaml(path: Path) -> Any:
+    """A file the sweep wrote into OUT, read back; damaged, one line."""
+    from sedaug.strict_yaml import parse_yaml
+
+    try:
+        return parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read back ({e}): run the sweep with another --out") from None
+
+
+def _get(raw: dict, key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else json.dumps(value, sort_keys=True)
+
+
+def write_out(out: Path, loaded: LoadedSweep) -> None:
+    """The sweep as run (and each base recipe), which the next --resume compares with."""
+    recipes_dir = out / "recipes"
+    recipes_dir.mkdir(parents=True, exist_ok=True)
+    header = f"# The sweep as run (overrides merged, defaults filled) from {loaded.path}; --resume checks it.\n"
+    write_text(out / "sweep.yaml", header + yaml.safe_dump(loaded.resolved(), sort_keys=False))
+    for name, base in loaded.bases.items():
+        write_text(recipes_dir / f"{name}.yaml", yaml.safe_dump(base, sort_keys=False))
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in dict.fromkeys([*a, *b]) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".") or "(top)"]
