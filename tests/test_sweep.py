@@ -153,6 +153,7 @@ def test_the_best_complete_trial_wins_and_selection_tsv_marks_it(tmp_path):
     assert selected_settings(tmp_path) == {"a": "lr=0.003", "b": "lr=0.003"}
     assert selected_settings(tmp_path / "final") == selected_settings(tmp_path)
     assert in_search(tmp_path / "search" / "a" / "x" / "seed0") and not in_search(tmp_path / "final" / "a" / "seed0")
+    assert in_search(tmp_path / "replaced" / "a" / "seed0-20260101-000000")  # an earlier winner's final run
 
 
 def test_an_epoch_counts_once_its_checkpoint_is_written(tmp_path):
