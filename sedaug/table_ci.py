@@ -34,6 +34,7 @@ from sedaug.evaluation.bootstrap import (
     psds_counts,
     resample_weights,
 )
+from sedaug.evaluation.bootstrap_psds import SED_SCORES_METRICS, sed_scores_counts, sed_scores_values
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import clip_id
 from sedaug.files import read_tsv
@@ -154,17 +155,20 @@ def run_counts(run: EvaluatedRun, split: str, metrics: Sequence[str], truth: Gro
         f1 = f1_counts(detections, truth.events, truth.clips)
     if any(m in PSDS_EVAL_METRICS for m in metrics):
         psds = psds_counts(strong, truth.durations, truth.events, truth.clips, median_window=window)
-    return ClipCounts(truth.clips, f1=f1, psds=psds)
+    sed_scores = {m: sed_scores_counts(strong, truth.durations, truth.events, truth.clips, m, window)
+                  for m in metrics if m in SED_SCORES_METRICS}
+    return ClipCounts(truth.clips, f1=f1, psds=psds, sed_scores=sed_scores)
 
 
 # ---------------------------------------------------------------------------------------------- the rows
 
 
 def check_metrics(metrics: Sequence[str]) -> None:
-    unsupported = [m for m in metrics if m not in BOOTSTRAP_METRICS]
+    covered = (*BOOTSTRAP_METRICS, *SED_SCORES_METRICS)
+    unsupported = [m for m in metrics if m not in covered]
     if unsupported:
         raise UserError(f"--ci: no interval for {', '.join(unsupported)} (the bootstrap covers "
-                        f"{', '.join(BOOTSTRAP_METRICS)}): leave it out of --metrics")
+                        f"{', '.join(covered)}): leave it out of --metrics")
 
 
 def bootstrap_rows(
@@ -232,8 +236,9 @@ def _score_run(task) -> dict[str, np.ndarray]:
     """One run's metrics on the full clip set (index 0), then under each resample."""
     run, split, metrics, truth, weights = task
     counts = run_counts(run, split, metrics, truth)
-    full = np.ones((1, weights.shape[1]), dtype=weights.dtype)
-    return metric_values(counts, np.concatenate([full, weights]), metrics)
+    weights = np.concatenate([np.ones((1, weights.shape[1]), dtype=weights.dtype), weights])
+    values = metric_values(counts, weights, [m for m in metrics if m not in SED_SCORES_METRICS])
+    return {**values, **{m: sed_scores_values(c, weights, m) for m, c in counts.sed_scores.items()}}
 
 
 @contextmanager

@@ -158,3 +158,34 @@ def test_window_medians_threshold_like_the_binary_median_filter():
     medians = window_medians(strong, 7, lengths)
     for t in np.round(np.linspace(0.01, 0.99, 50), 6):
         assert ((medians >= t) == median_filter(strong >= t, 7, lengths)).all(), t
+
+
+def library_sed_scores(clips, durations, gt, strong, metric):
+    """sedaug's evaluation of a sed_scores_eval metric (evaluation/results.py's path)."""
+    from sedaug.evaluation.bootstrap_psds import SED_SCORES_METRICS
+    from sedaug.evaluation.postprocess import as_scores, frame_counts, median_filter_scores
+    from sedaug.evaluation.psds import sed_scores_psds
+    from sedaug.evaluation.scores import clip_id, score_frames
+
+    params, filtered = SED_SCORES_METRICS[metric]
+    strong = as_scores(strong)
+    if filtered:
+        strong = median_filter_scores(strong, 7, frame_counts(durations, strong.shape[1]))
+    scores = score_frames(strong, clips, durations)
+    return sed_scores_psds(scores, gt, {clip_id(f): float(d) for f, d in zip(clips, durations, strict=True)}, params)[0]
+
+
+@pytest.mark.parametrize("metric", ["psds1", "psds2", "psds2_filtered"])
+def test_sed_scores_counts_reproduce_sed_scores_eval_on_resamples(metric):
+    from sedaug.evaluation.bootstrap_psds import sed_scores_counts, sed_scores_values
+
+    clips, durations, gt, strong = synthetic_eval(n_clips=12, seed=6)
+    counts = sed_scores_counts(strong, durations, gt, clips, metric)
+    rng = np.random.default_rng(7)
+    draws = [np.arange(len(clips))] + [rng.integers(0, len(clips), len(clips)) for _ in range(2)]
+    weights = np.stack([np.bincount(d, minlength=len(clips)) for d in draws]).astype(np.float32)
+    ours = sed_scores_values(counts, weights, metric)
+    for r, idx in enumerate(draws):
+        expected = library_sed_scores(*renamed_copies(idx, clips, durations, gt, strong), metric)
+        assert ours[r] == pytest.approx(expected, abs=1e-12), (r, metric)
+    assert 0 < ours[0] < 1

@@ -231,6 +231,17 @@ def test_ci_intervals_and_the_paired_test(ci_runs):
     assert {r.recipe: r.cells["macro"].interval for r in other.rows} != interval
 
 
+def test_ci_of_the_threshold_free_psds(ci_runs):
+    metrics = ("psds1", "psds2", "psds1_filtered", "psds2_filtered")
+    table = build_table(ci_runs, metrics=metrics, ci=95, resamples=100)
+    rows = {r.recipe: r for r in table.rows}
+    assert all(r.note == "" for r in table.rows), [r.note for r in table.rows]  # equal to results.json's
+    for m in metrics:
+        base, same = rows["baseline"].cells[m], rows["none"].cells[m]
+        assert base.interval.low <= base.mean <= base.interval.high and same.difference.p == 1.0
+        assert rows["vat_latent"].cells[m].difference.value > 0
+
+
 def test_ci_in_the_text_formats(ci_runs):
     table = build_table(ci_runs, metrics=("macro",), ci=90, resamples=200, compare="none")
     import csv
@@ -249,7 +260,6 @@ def test_ci_in_the_text_formats(ci_runs):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"ci": 95, "metrics": ("macro", "psds1")}, "no interval for psds1"),
     ({"ci": 120}, "--ci 120: expected a confidence level"),
     ({"ci": 95, "resamples": 10}, "--resamples 10"),
     ({"ci": 95, "compare": "mixup"}, "--compare mixup: no evaluated row of that name"),

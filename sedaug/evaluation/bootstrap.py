@@ -17,7 +17,7 @@ The counts are computed once per run, with the evaluation's own definitions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,7 @@ class ClipCounts:
     f1: np.ndarray | None = None  # (N, 3, C): reference events, system events, true positives (sed_eval)
     psds: dict[str, np.ndarray] | None = None  # psds_eval: duration (N,), n_gt, gt_duration (N, C),
     # tp, fp (N, K, C), ct (N, K, C, C) [detection class, ground-truth class]
+    sed_scores: dict[str, dict] = field(default_factory=dict)  # metric -> bootstrap_psds.sed_scores_counts
 
 
 # ---------------------------------------------------------------------------------------------- F1 (sed_eval)
@@ -229,25 +230,42 @@ def _psds_values(sums: dict[str, np.ndarray], alpha_ct: float, alpha_st: float,
     with np.errstate(invalid="ignore"):
         mean_ctr = np.where(others[:, None], ctr, 0.0).sum(-1) / others.sum(-1)[:, None]
     efpr = fpr + alpha_ct * mean_ctr if alpha_ct else fpr
-    # Each class's operating points plus psds_eval's zero point, flattened over classes: (R, C * (K + 1)).
+    # Each class's operating points plus the zero point (psds_eval's and sed_scores_eval's alike): (R, C, K + 1).
     x = np.concatenate([efpr, np.zeros((r, 1, c))], 1).transpose(0, 2, 1)
     y = np.concatenate([tpr, np.zeros((r, 1, c))], 1).transpose(0, 2, 1)
-    x = np.where(present[:, :, None], x, 0.0).reshape(r, -1)
-    y = np.where(present[:, :, None], y, 0.0).reshape(r, -1)
-    label = np.repeat(np.arange(c), k + 1)
-    order = np.argsort(x, axis=1, kind="stable")
-    xs = np.take_along_axis(x, order, 1)
-    # The step curve of class j at each point: the best TPR of its points at or below that eFPR. Tied points are
-    # all included by the last of them, the one whose interval to the next point carries the area.
-    curves = np.maximum.accumulate(
-        np.where(label[order][:, None, :] == np.arange(c)[None, :, None], np.take_along_axis(y, order, 1)[:, None], 0.0),
-        axis=2)
-    weight = present[:, :, None].astype(float)
-    count = weight.sum(1)
-    mean = (curves * weight).sum(1) / count
-    etpr = mean
-    if alpha_st:
-        etpr = mean - alpha_st * np.sqrt((((curves - mean[:, None]) ** 2) * weight).sum(1) / count)
+    return psd_area(x, y, present, alpha_st, max_efpr)
+
+
+def psd_area(x: np.ndarray, y: np.ndarray, present: np.ndarray, alpha_st: float, max_efpr: float,
+             chunk_elements: int = 2**23) -> np.ndarray:
+    """PSDS of each resample from its classes' operating points: x (R, C, P) eFPR, y (R, C, P) TPR, `present`
+    (R, C) the classes with ground truth. Each class's step curve is its best TPR at or below each eFPR (both
+    libraries' curve); mean - alpha_st * std over the present classes, floored at 0, integrated up to max_efpr
+    as a staircase, divided by max_efpr. Resamples go in chunks of about `chunk_elements` points."""
+    r, c, p = x.shape
+    step = max(1, chunk_elements // (c * p))
+    if r > step:
+        return np.concatenate([psd_area(x[i:i + step], y[i:i + step], present[i:i + step], alpha_st, max_efpr,
+                                        chunk_elements) for i in range(0, r, step)])
+    x = np.where(present[:, :, None], x, 0.0)
+    y = np.where(present[:, :, None], y, 0.0)
+    # Each class's step curve at its own points, in eFPR order: the running best TPR.
+    order = np.argsort(x, axis=2, kind="stable")
+    x = np.take_along_axis(x, order, 2)
+    best = np.maximum.accumulate(np.take_along_axis(y, order, 2), axis=2)
+    before = np.concatenate([np.zeros((r, c, 1)), best[:, :, :-1]], 2)
+    # Swept over all classes' points in eFPR order, one class's curve steps at each point: the sum and the sum of
+    # squares over classes change by that step alone (ties: the last of them carries the interval to the next).
+    union = np.argsort(x.reshape(r, -1), axis=1, kind="stable")  # stable: each class's own order is kept
+    xs = np.take_along_axis(x.reshape(r, -1), union, 1)
+    total = np.cumsum(np.take_along_axis((best - before).reshape(r, -1), union, 1), axis=1)
+    count = present.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+        etpr = mean
+        if alpha_st:
+            squares = np.cumsum(np.take_along_axis((best ** 2 - before ** 2).reshape(r, -1), union, 1), axis=1)
+            etpr = mean - alpha_st * np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
     etpr = np.clip(np.nan_to_num(etpr, nan=0.0), 0.0, None)
     xc = np.minimum(xs, max_efpr)
     dx = np.diff(np.concatenate([xc, np.full((r, 1), max_efpr)], 1), axis=1)
