@@ -1,8 +1,8 @@
 """Peak memory of one sweep trial per recipe family: `python -m benchmarks.trial_memory [--model full|half|tiny]`.
 
-Each family's recipe trains a few steps of one epoch (`sedaug.train.train`, as a sweep trial does) in a fresh process
-over a feature store of DESED's training sizes (the tiny synthetic store tiled: 2.78 GiB of features), on this
-machine's device. Sampled every 0.1 s from /proc: peak RSS, peak anonymous RSS (the process's own memory) and peak
+Each family's recipe trains a few steps of one epoch (`sedaug.train.train`, as a sweep trial does), then is evaluated
+on a DESED-sized eval split (692 clips, as a final trial ends), in a fresh process over a feature store of DESED's
+training sizes (the tiny synthetic store tiled: 2.71 GiB of features), on this machine's device. Sampled every 0.1 s from /proc: peak RSS, peak anonymous RSS (the process's own memory) and peak
 file-backed RSS (the mapped store: page cache that every trial on a node shares); on CUDA also
 `torch.cuda.max_memory_allocated`. Printed beside sedaug's default `resources.memory` for that recipe
 (sedaug.sweep.plan.default_memory), which must stay above the measured anonymous peak. Figures: docs/sweeps.md.
@@ -31,10 +31,12 @@ MODELS = {
 }
 _CHILD = """
 import json, sys, torch
+from sedaug.evaluate import evaluate_run
 from sedaug.recipe import load_recipe
 from sedaug.train import train
 recipe = load_recipe(sys.argv[1], sys.argv[4:])
 train(recipe, sys.argv[2], device=sys.argv[3], progress=False)
+evaluate_run(sys.argv[2], split="eval", device=sys.argv[3], progress=False)  # a final trial's last work
 print(json.dumps({"cuda_peak": torch.cuda.max_memory_allocated() if sys.argv[3] == "cuda" else None}))
 """
 
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         _, source = tiny_store(workdir)
         store = tiled_store(source, workdir / "desed_sized", {**DESED_SIZES, "synthetic_valid": 12, "validation": 12,
-                                                              "eval": 12})
+                                                              "eval": 692})
         feature_bytes = sum((store / s / "mels.npy").stat().st_size for s in DESED_SIZES)
         for family in args.families.split(","):
             overrides = [f"data.features={store}", "optim.epochs=1", f"optim.max_steps_per_epoch={args.steps}",

@@ -194,7 +194,11 @@ def sweep(
 
         loaded = load_sweep(spec, list(set_))
         parse_address(address)
-        for line in plan_sweep(loaded).lines():
+        plan = plan_sweep(loaded, timed=False)
+        print(plan.header(), flush=True)
+        for row in plan.timed():  # a few steps of each recipe family, printed as they are timed
+            print(plan.row_line(row), flush=True)
+        for line in plan.footer():
             print(line)
         return
     from sedaug.sweep.run import run_sweep

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,23 +251,45 @@ class DryRun:
     device: str
     seeds: list[int]
     notes: list[str]
+    recipes: dict[str, Recipe] = field(default_factory=dict)  # row -> the recipe its steps are timed with
+    cpus: int = 1
 
-    def lines(self) -> list[str]:
+    def header(self) -> str:
         trials, finals = sum(r.trials for r in self.rows), sum(r.finals for r in self.rows)
-        out = [f"sweep {self.name}: {trials} search trials and {finals} final runs (seeds "
-               f"{', '.join(map(str, self.seeds))}) -- nothing is started"]
-        width = max(len(r.recipe) for r in self.rows)
-        for r in self.rows:
-            time_s = "" if r.step_s is None else f", {r.step_s:.3g} s/step -> {r.trial_hours:.3g} h"
-            copied = f" ({r.copied} the search run)" if r.copied else ""
-            out.append(f"  {r.recipe:<{width}}  {r.trials:>4} trials + {r.finals} final{copied} x {r.epochs} epochs x "
-                       f"{r.steps} steps{time_s}, memory {r.memory / GIB:.3g} GiB")
+        return (f"sweep {self.name}: {trials} search trials and {finals} final runs (seeds "
+                f"{', '.join(map(str, self.seeds))}) -- nothing is started")
+
+    def row_line(self, r: RowCost) -> str:
+        width = max(len(row.recipe) for row in self.rows)
+        time_s = "" if r.step_s is None else f", {r.step_s:.3g} s/step -> {r.trial_hours:.3g} h"
+        copied = f" ({r.copied} the search run)" if r.copied else ""
+        return (f"  {r.recipe:<{width}}  {r.trials:>4} trials + {r.finals} final{copied} x {r.epochs} epochs x "
+                f"{r.steps} steps{time_s}, memory {r.memory / GIB:.3g} GiB")
+
+    def footer(self) -> list[str]:
         total = [r.trial_hours for r in self.rows]
+        out = []
         if all(h is not None for h in total):
             out.append(f"  total: {sum(total):.3g} trial-hours of training steps on {self.device} (one trial at a "
                        "time, steps timed alone; validation and evaluation come on top; trials sharing a device each "
                        "run slower)")
         return out + self.notes
+
+    def lines(self) -> list[str]:
+        return [self.header(), *map(self.row_line, self.rows), *self.footer()]
+
+    def timed(self) -> Iterator[RowCost]:
+        """Time a few training steps of each recipe family on the device, row by row (rows of one family share)."""
+        import torch
+
+        torch.set_num_threads(self.cpus)
+        timings: dict[str, float] = {}
+        for row in self.rows:
+            key = _family(self.recipes[row.recipe])
+            if key not in timings:
+                timings[key] = step_seconds(self.recipes[row.recipe], self.device)
+            row.step_s = timings[key]
+            yield row
 
 
 def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
@@ -324,8 +347,9 @@ def step_seconds(recipe: Recipe, device: str, steps: int = 2) -> float:
 
 
 def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) -> DryRun:
-    """The plan of a sweep with its cost: trials and final runs per row, epochs, steps, and a few training steps of
-    each recipe family timed on `device` (default: cuda when available and asked for, else cpu)."""
+    """The plan of a sweep with its cost: trials and final runs per row, epochs, steps and memory, and (`timed`) a
+    few training steps of each recipe family timed on `device` (default: cuda when the sweep asks for GPUs and this
+    machine has one, else cpu); `DryRun.timed()` times them row by row instead."""
     import torch
 
     sweep = loaded.sweep
@@ -335,23 +359,20 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
     if sweep.resources.gpus > 0 and device == "cpu":
         notes.append("timed on this machine's CPU: the trials will run on GPUs, much faster")
     resources = trial_resources(loaded)
-    timings: dict[str, float] = {}
-    rows = []
+    rows, recipes = [], {}
     for name, base in loaded.bases.items():
         first = (settings(loaded, name) or [{}])[0]
-        recipe = validate_recipe(apply_params(base, first, sweep.trial_seed))
+        recipes[name] = recipe = validate_recipe(apply_params(base, first, sweep.trial_seed))
         n = sweep.algorithm.trials if sweep.algorithm.type == "optuna" else len(settings(loaded, name))
         steps, note = _steps_per_epoch(recipe)
         if note and note not in notes:
             notes.append(note)
-        step_s = None
-        if timed:
-            torch.set_num_threads(max(1, int(sweep.resources.cpus)))
-            key = _family(recipe)
-            if key not in timings:
-                timings[key] = step_seconds(recipe, device)
-            step_s = timings[key]
         copied = int(sweep.trial_seed in sweep.seeds)  # that seed's final run is the winner's search run
-        rows.append(RowCost(name, n, len(sweep.seeds), copied, recipe.optim.epochs, steps, step_s,
+        rows.append(RowCost(name, n, len(sweep.seeds), copied, recipe.optim.epochs, steps, None,
                             resources[name]["memory"]))
-    return DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), notes)
+    plan = DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), notes, recipes,
+                  max(1, int(sweep.resources.cpus)))
+    if timed:
+        for _ in plan.timed():
+            pass
+    return plan
