@@ -211,6 +211,21 @@ def test_a_change_that_makes_trials_incomparable_is_refused_each_named(edited_st
     assert sum("optim.epochs" in line and line.startswith("--resume: recipe ") for line in lines) == 2
 
 
+def test_a_row_whose_every_setting_diverged_is_one_line_naming_it_and_its_settings(tmp_path):
+    from sedaug.sweep.select import TrialRecord, all_diverged, winners
+
+    def record(recipe, lr, status, diverged=None):
+        return TrialRecord(recipe, f"s{lr}", 0, {"optim.lr": lr}, tmp_path, 1, 2, 0.1, 1, status, diverged)
+
+    records = [record("none", 1e30, "diverged", {"epoch": 1, "step": 0}),
+               record("none", 1e31, "diverged", {"epoch": 2, "step": 3}),
+               record("baseline", 1e-3, "done"), record("baseline", 1e30, "diverged", {"epoch": 1, "step": 0})]
+    assert all_diverged(records) == {
+        "none": "none: every setting diverged (optim.lr=1e+30 in epoch 1; optim.lr=1e+31 in epoch 2): no final runs "
+                "for this row"}
+    assert {n: w.params for n, w in winners(records).items()} == {"baseline": {"optim.lr": 1e-3}}
+
+
 # ---------------------------------------------------------------------------------------------- early stopping
 
 

@@ -27,6 +27,7 @@ from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, 
 from sedaug.sweep.outdir import check_out, write_out
 from sedaug.sweep.plan import SearchPlan, domain, final_trials, plan_search, same_recipe, trial_resources
 from sedaug.sweep.select import (
+    all_diverged,
     journal_errors,
     journal_statuses,
     run_state,
@@ -136,13 +137,9 @@ def run_sweep(
         ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled)}
         final_runs = _final(loaded, out, plan, view, ready, per_trial, notes)
     problems = []
-    diverged_rows = {n: [r for r in records if r.recipe == n] for n in loaded.bases if n not in chosen}
-    for name, rows in diverged_rows.items():
-        if rows and all(r.status == "diverged" for r in rows):
-            settings = "; ".join(f"{_short(r.params) or 'defaults'} (epoch {r.diverged.get('epoch')})" for r in rows)
-            problems.append(f"{name}: every setting diverged ({settings}): no final runs for this row")
-    unfinished = sorted({r.recipe for r in unsettled} | {n for n, rows in diverged_rows.items()
-                                                         if not rows or any(r.status != "diverged" for r in rows)})
+    lost = all_diverged(records)
+    problems += lost.values()
+    unfinished = sorted({r.recipe for r in unsettled} | {n for n in loaded.bases if n not in chosen and n not in lost})
     if unfinished:
         problems.append(f"the search of {', '.join(unfinished)} is not finished ({len(unsettled)} trials failed or "
                         f"unfinished, see {out / 'selection.tsv'})")

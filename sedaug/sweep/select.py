@@ -137,6 +137,22 @@ def winners(records: list[TrialRecord]) -> dict[str, TrialRecord]:
     return best
 
 
+def all_diverged(records: list[TrialRecord]) -> dict[str, str]:
+    """{recipe: one line naming it and its settings} for each row whose every trial diverged (no winner, no final
+    runs; the other rows go on)."""
+    rows: dict[str, list[TrialRecord]] = {}
+    for r in records:
+        rows.setdefault(r.recipe, []).append(r)
+    out = {}
+    for name, mine in rows.items():
+        if all(r.status == "diverged" for r in mine):
+            settings = "; ".join(
+                f"{', '.join(f'{k}={short_value(v)}' for k, v in r.params.items()) or 'defaults'} in epoch "
+                f"{(r.diverged or {}).get('epoch', '?')}" for r in mine)
+            out[name] = f"{name}: every setting diverged ({settings}): no final runs for this row"
+    return out
+
+
 def _cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
