@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sedaug import transforms
-from sedaug.model import Perturb, Scaler
+from sedaug.model import BatchNorm2d, Perturb, Scaler
 from sedaug.recipe import (
     AdversarialAugmentation,
     FilterAugmentation,
@@ -112,50 +112,70 @@ def _set_rng_states(device: torch.device, states: tuple) -> None:
         torch.cuda.set_rng_state(states[1], device)
 
 
+def _tf32(device: torch.device) -> bool:
+    """Whether float32 convolutions or matmuls may round to TF32 (cuDNN's default on Ampere and later GPUs)."""
+    return device.type == "cuda" and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+
+
+@contextmanager
+def _full_float32(device: torch.device) -> Iterator[None]:
+    """float32 without autocast and without TF32, whatever the training passes use."""
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 class SameDraws:
     """Replays one reference pass's randomness in later passes of the same model: its dropout masks (the RNG is
     rewound to its state before the reference pass; the probe passes draw in the same order and shapes) and its
-    BatchNorm batch statistics (recorded by forward pre-hooks, then used as fixed statistics). The replayed
-    network is a deterministic function of the perturbation, as VAT's power iteration needs."""
+    BatchNorm batch statistics (recorded by sedaug.model.BatchNorm2d, then used as fixed statistics). The replayed
+    network is a deterministic function of the perturbation, as VAT's power iteration needs.
+
+    A replayed pass runs in float32 without TF32: a finite difference of a bf16 or TF32 network measures its
+    rounding (bf16's residual is as large as the ξ-step's effect), not its curvature. `reduced` says whether the
+    reference pass ran in lower precision (autocast, TF32), in which case its output is not the replayed network's
+    output at the same input, and the reference prediction must be replayed too (`vat_directions`)."""
 
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device
-        self.batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self.stats: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+        self.batchnorms = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+        others = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if len(others) != len(self.batchnorms):
+            raise ValueError("SameDraws replays sedaug.model.BatchNorm2d only: another BatchNorm cannot record")
         self.rng: tuple | None = None
+        self.reduced = False
 
     @contextmanager
     def recording(self) -> Iterator[None]:
         """Wrap the reference pass."""
         self.rng = _rng_states(self.device)
-
-        def record(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach().float()
-            dims = [0, *range(2, x.dim())]
-            self.stats[module] = (x.mean(dims), x.var(dims, unbiased=False))
-
-        hooks = [bn.register_forward_pre_hook(record) for bn in self.batchnorms]
+        self.reduced = torch.is_autocast_enabled(self.device.type) or _tf32(self.device)
+        for bn in self.batchnorms:
+            bn.record = True
         try:
             yield
         finally:
-            for hook in hooks:
-                hook.remove()
+            for bn in self.batchnorms:
+                bn.record = False
 
     @contextmanager
     def replaying(self) -> Iterator[None]:
-        """Wrap one probe pass: same masks, same batch statistics; buffers and the RNG's later draws untouched."""
+        """Wrap one probe pass: same masks, same batch statistics, float32; buffers and the RNG's later draws
+        untouched."""
         after = _rng_states(self.device)
-        modes = [bn.training for bn in self.batchnorms]
-        with frozen_buffers(self.model):
+        with frozen_buffers(self.model), _full_float32(self.device):
             for bn in self.batchnorms:
-                bn.running_mean, bn.running_var = (s.clone() for s in self.stats[bn])
-                bn.training = False  # normalize with the buffers, i.e. the reference pass's batch statistics
+                bn.replay = True
             _set_rng_states(self.device, self.rng)
             try:
                 yield
             finally:
-                for bn, mode in zip(self.batchnorms, modes, strict=True):
-                    bn.training = mode
+                for bn in self.batchnorms:
+                    bn.replay = False
                 _set_rng_states(self.device, after)
 
 
@@ -233,6 +253,10 @@ def vat_directions(
             d[point] = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
         return aug.xi * _size(h, aug.epsilon_mode) * unit(d[point])
 
+    if same_draws is not None and same_draws.reduced:
+        # The reference pass ran in bf16 or TF32: the replayed float32 network's own output at d = 0 is the reference.
+        with torch.no_grad(), same_draws.replaying():
+            ref = tuple(y.float() for y in model(mel))
     for _ in range(aug.iterations):
         d.update(_gradient(model, mel, ref, aug.locations, probe, same_draws))
     return {point: unit(g) for point, g in d.items()}

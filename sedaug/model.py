@@ -26,6 +26,29 @@ POINTS = ("mel", "input", *(f"cnn{i}" for i in range(1, 8)), "cnn", "rnn")
 Perturb = Callable[[str, Tensor], Tensor]
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d that can record a training pass's batch statistics (`record = True`) and normalize later
+    passes with them (`replay = True`): VAT's probe passes run the clean pass's network (sedaug.augment.SameDraws).
+    Done in the forward, not in hooks added later, so that a compiled CNN records and replays too."""
+
+    def __init__(self, num_features: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.record = self.replay = False
+        # Not in state_dict: they describe one pass, not the model.
+        self.register_buffer("batch_mean", torch.zeros(num_features), persistent=False)
+        self.register_buffer("batch_var", torch.ones(num_features), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.replay:
+            return F.batch_norm(x, self.batch_mean, self.batch_var, self.weight, self.bias, False, 0.0, self.eps)
+        if self.record and self.training:
+            with torch.no_grad():
+                var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+                self.batch_mean.copy_(mean)
+                self.batch_var.copy_(var)
+        return super().forward(x)
+
+
 class GatedBlock(nn.Module):
     """Conv 3×3 → BatchNorm → GLU `Linear_c(x) * sigmoid(x)` → Dropout → AvgPool (dcase20)."""
 
@@ -33,7 +56,7 @@ class GatedBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride=1, padding=kernel // 2)
         # dcase20 quirk (default 0.99): Keras' momentum passed to PyTorch, so running stats ≈ the last batch's.
-        self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=cfg.batchnorm_momentum)
+        self.bn = BatchNorm2d(c_out, eps=1e-3, momentum=cfg.batchnorm_momentum)
         self.linear = nn.Linear(c_out, c_out)
         self.dropout = nn.Dropout(cfg.dropout)
         self.pool = nn.AvgPool2d(tuple(pool))
