@@ -1,0 +1,382 @@
+"""`pytest -m cuda`: what a GPU must show before sedaug's GPU path is trusted (docs/speed.md).
+
+The tests marked `cuda` run only where CUDA is present and are skipped, and counted as skipped, elsewhere. The
+unmarked tests run the harness the CUDA tests stand on (the float64 fixed-mask reference, the resume script) on the
+CPU in `make test`, so that the CUDA tests run the first time a GPU is at hand.
+
+On CUDA, in each step configuration of `CONFIGS` (the ones benchmarks/gpu_speed.py times: the fastest that passes
+here is the one to make CUDA's default):
+- VAT's direction with `SameDraws` is H·d0 of the network with the clean pass's dropout masks written in and its
+  batch statistics held fixed, computed in float64 on the CPU: cosine >= 0.99 per clip, the fidelity issue's bound;
+  and a replayed pass is that network's output.
+- `--resume` continues bitwise with torch.use_deterministic_algorithms(True); with PyTorch's defaults (cuDNN may
+  pick algorithms that sum in a varying order) within a stated tolerance.
+- A bf16 step of every recipe is finite and its losses are within a stated tolerance of the float32 step's.
+- `detect --device cuda` equals `--device cpu` within 1e-4 on frame scores; `extract-mels --device cuda` equals the
+  CPU's store within float16 rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_CRNN
+from torch import nn
+from typer.testing import CliRunner
+
+from sedaug.augment import SameDraws, vat_directions
+from sedaug.cli import app
+from sedaug.data.batches import ThreeStreams
+from sedaug.data.store import FeatureStore
+from sedaug.model import CRNN
+from sedaug.recipe import ModelConfig, VATAugmentation, load_recipe
+from sedaug.train import build_training, training_step
+
+REPO = Path(__file__).parents[1]
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+HAS_CUDA = torch.cuda.is_available()
+CUDA_DEVICE = torch.device("cuda")
+
+
+def cuda_only(test):
+    """Selected by `pytest -m cuda`; skipped, with the reason, where there is no GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not HAS_CUDA, reason="CUDA is not available on this machine")(test))
+
+
+
+class StepConfig(NamedTuple):
+    tf32: bool  # float32 convolutions and matmuls may round their inputs to TF32 (cuDNN's default for convolutions)
+    bf16: bool  # the training passes under bf16 autocast
+    compile: str | None  # torch.compile mode of the CNN (as sedaug.train.build_training compiles it), or eager
+
+
+# The configurations a CUDA default may be chosen from; benchmarks/gpu_speed.py times the same names.
+CONFIGS = {
+    "eager": StepConfig(tf32=False, bf16=False, compile=None),
+    "tf32": StepConfig(tf32=True, bf16=False, compile=None),
+    "bf16": StepConfig(tf32=True, bf16=True, compile=None),
+    "compile": StepConfig(tf32=True, bf16=False, compile="default"),
+    "compile-bf16": StepConfig(tf32=True, bf16=True, compile="default"),
+    "compile-reduce-overhead": StepConfig(tf32=True, bf16=False, compile="reduce-overhead"),
+}
+
+
+@contextmanager
+def tf32(enabled: bool):
+    # The legacy flags, as sedaug.augment reads them: PyTorch refuses to read one API's flag after the other set it.
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextmanager
+def configured(name: str, nets: list[CRNN], device: torch.device):
+    """Run in configuration `name`: TF32 flags set, each net's CNN compiled in place, bf16 autocast if asked."""
+    config = CONFIGS[name]
+    for net in nets if config.compile else ():
+        net.cnn.compile(mode=config.compile)
+    with tf32(config.tf32), torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext():
+        yield
+
+
+# ------------------------------------------------------------------------- VAT: the fixed-mask reference
+
+
+class DropoutMasks:
+    """The kept elements of each nn.Dropout in one pass, by module name, read by forward hooks. Registered before
+    any compile, so that a compiled CNN runs them too (a compiled graph ignores hooks added after it was traced)."""
+
+    def __init__(self, model: nn.Module):
+        self.masks: dict[str, torch.Tensor] = {}
+        self.active = False
+        self.names = [name for name, m in model.named_modules() if isinstance(m, nn.Dropout)]
+        for name in self.names:
+            model.get_submodule(name).register_forward_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def hook(module, args, out):
+            if self.active:
+                self.masks[name] = out != 0
+        return hook
+
+    @contextmanager
+    def recording(self):
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+        # Copied at once: under CUDA graphs the next replay of the graph overwrites its outputs.
+        self.masks = {name: mask.clone() for name, mask in self.masks.items()}
+        missing = set(self.names) - set(self.masks)
+        assert not missing, f"no dropout mask recorded for {sorted(missing)}: the compiled graph skipped the hooks"
+
+
+class Spy(nn.Module):
+    """Wraps a model; records, per point, the perturbation of its last perturbed pass (VAT's probe ξ·‖h‖·unit(d0))."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.probes = model, {}
+
+    def forward(self, mel, perturb=None):
+        def spy(point, h):
+            out = perturb(point, h)
+            self.probes[point] = (out - h).detach()
+            return out
+
+        return self.model(mel, spy if perturb is not None else None)
+
+
+def fixed_mask_curvature(model: CRNN, cfg: ModelConfig, mel: torch.Tensor, masks: dict, probes: dict):
+    """H·r of MSE[f(x), f(x + r)] at r = 0, with r = `probes` (point -> tensor), and f(x): f is `model` in float64 on
+    the CPU with the clean pass's dropout `masks` written in and BatchNorm normalizing with f's own batch statistics
+    at r = 0, held fixed. There the MSE's residual is 0, so its Hessian is (2/N)·JᵀJ, the curvature VAT measures."""
+    ref = CRNN(cfg, n_mels=mel.shape[-1]).double()
+    ref.load_state_dict({k: v.detach().cpu().double() if v.is_floating_point() else v.cpu()
+                         for k, v in model.state_dict().items()})
+    ref.train()
+    for name, mask in masks.items():
+        dropout = ref.get_submodule(name)
+        scale = mask.cpu().double() / (1 - dropout.p)
+        dropout.forward = lambda x, scale=scale: x * scale
+    stats = {}
+    batchnorms = [m for m in ref.modules() if isinstance(m, nn.BatchNorm2d)]
+    hooks = [bn.register_forward_pre_hook(
+        lambda m, args: stats.__setitem__(m, torch.var_mean(args[0], dim=(0, 2, 3), correction=0)))
+        for bn in batchnorms]
+    mel = mel.detach().cpu().double()
+    with torch.no_grad():
+        ref(mel)
+    for hook in hooks:
+        hook.remove()
+    for bn in batchnorms:
+        bn.eval()
+        bn.running_var, bn.running_mean = stats[bn]
+    with torch.no_grad():
+        clean = ref(mel)
+    leaves = {point: torch.zeros(p.shape, dtype=torch.float64, requires_grad=True) for point, p in probes.items()}
+    out = ref(mel, lambda point, h: h + leaves[point] if point in leaves else h)
+    loss = sum(nn.functional.mse_loss(o, c) for o, c in zip(out, clean, strict=True))
+    grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+    along = sum((g * probes[point].cpu().double()).sum() for g, point in zip(grads, leaves, strict=True))
+    return dict(zip(leaves, torch.autograd.grad(along, list(leaves.values())), strict=True)), clean
+
+
+def per_clip_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.detach().cpu().double().flatten(1), b.detach().cpu().double().flatten(1)
+    # Normalized first: H·d of a small network can be ~1e-9, below cosine_similarity's eps.
+    a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    return (a * b).sum(dim=1)
+
+
+def vat_against_reference(config: str, locations: list[str], device: torch.device, cfg: ModelConfig, mel_shape,
+                          dropout: str = "shared"):
+    """VAT's directions in configuration `config`, the fixed-mask reference's H·d0 at the same probe, the replayed
+    pass at d = 0 and the reference's clean output."""
+    torch.manual_seed(0)
+    model = CRNN(cfg, n_mels=mel_shape[-1]).to(device).train()
+    masks = DropoutMasks(model)
+    mel = (torch.rand(mel_shape, generator=torch.Generator().manual_seed(0)) ** 4 * 10).to(device)
+    aug = VATAugmentation(type="vat", locations=locations, dropout=dropout)
+    with configured(config, [model], device):
+        same = SameDraws(model, device)
+        with same.recording(), masks.recording():
+            clean = model(mel)
+        spy = Spy(model)
+        directions = vat_directions(aug, spy, tuple(y.detach() for y in clean), mel,
+                                    same if dropout == "shared" else None)
+        with torch.no_grad(), same.replaying():
+            replayed = tuple(y.float() for y in model(mel))
+    exact, reference = fixed_mask_curvature(model, cfg, mel, masks.masks, {p: spy.probes[p] for p in locations})
+    return directions, exact, replayed, reference
+
+
+# The full-size CRNN in PyTorch's init: dcase20's init leaves every output near the base rate, where a wrong mask
+# moves the outputs too little to be seen.
+FULL = ModelConfig(init="pytorch")
+SMALL = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(2, 4), (2, 4)], rnn_hidden=8, rnn_layers=1, init="pytorch")
+
+
+def check_vat(config, locations, device, cfg, mel_shape) -> None:
+    directions, exact, replayed, reference = vat_against_reference(config, locations, device, cfg, mel_shape)
+    # The replayed pass is the fixed-mask network (float32, or rounding of a reduced-precision clean pass's statistics).
+    gap = max(float((r.double().cpu() - c).abs().max()) for r, c in zip(replayed, reference, strict=True))
+    assert gap < (1e-4 if config == "eager" else 1e-2), f"{config}: the replayed pass is {gap:.2e} from the network " \
+        "with the clean pass's masks and batch statistics"
+    for point in locations:
+        cos = per_clip_cosine(directions[point], exact[point])
+        assert cos.min() >= 0.99, f"{config}, {point}: cos(VAT, H·d0) per clip {cos.tolist()}"
+
+
+@pytest.mark.parametrize("locations", [["input"], ["cnn", "rnn"]], ids=["input", "latent"])
+def test_the_fixed_mask_reference_on_cpu(locations):
+    """The harness of the CUDA test, on the CPU: VAT agrees with the reference, and the check can fail (independent
+    masks in each probe give the first-order direction instead)."""
+    check_vat("eager", locations, torch.device("cpu"), SMALL, (2, 16, 16))
+    directions, exact, _, _ = vat_against_reference("eager", locations, torch.device("cpu"), SMALL, (2, 16, 16),
+                                                    dropout="independent")
+    assert min(float(per_clip_cosine(directions[p], exact[p]).min()) for p in locations) < 0.9
+
+
+@pytest.mark.parametrize("locations", [["input"], ["cnn", "rnn"]], ids=["input", "latent"])
+@pytest.mark.parametrize("config", list(CONFIGS))
+@cuda_only
+def test_vat_direction_on_cuda_is_the_fixed_mask_curvature(config, locations):
+    check_vat(config, locations, CUDA_DEVICE, FULL, (2, 628, 128))
+
+
+# ------------------------------------------------------------------------------------------------- resume
+
+# Run in a fresh process: CUBLAS_WORKSPACE_CONFIG must be set before cuBLAS starts, and deterministic algorithms
+# are a process-wide switch. Prints the deterministic-algorithm warnings seen (ops without a deterministic kernel).
+RESUME_SCRIPT = """
+import json, sys, warnings
+from pathlib import Path
+import torch
+from sedaug.recipe import load_recipe
+from sedaug.train import train
+
+recipe, device, deterministic, out, overrides = sys.argv[1], sys.argv[2], sys.argv[3] == "1", Path(sys.argv[4]), json.loads(sys.argv[5])
+if deterministic:
+    torch.use_deterministic_algorithms(True, warn_only=True)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    load = lambda epochs: load_recipe(Path(recipe), [*overrides, f"optim.epochs={epochs}"])
+    train(load(2), out / "straight", device=device, progress=False)
+    train(load(1), out / "resumed", device=device, progress=False)
+    train(load(2), out / "resumed", resume=True, device=device, progress=False)
+print(json.dumps(sorted({str(w.message) for w in caught if "determinis" in str(w.message)})))
+"""
+
+
+def resume_twice(recipe: str, device: str, deterministic: bool, out: Path, features: Path) -> tuple[dict, dict, list]:
+    overrides = [*(f"model.{k}={v}" for k, v in TINY_CRNN.items()), f"data.features={features}", "data.batch_size=4",
+                 "optim.max_steps_per_epoch=2"]
+    env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    done = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(REPO / "recipes" / f"{recipe}.yaml"), device,
+                           "1" if deterministic else "0", str(out), json.dumps(overrides)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warned = json.loads(done.stdout.strip().splitlines()[-1])
+
+    def weights(run: str) -> dict:
+        return torch.load(out / run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+
+    return weights("straight"), weights("resumed"), warned
+
+
+def metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_resume_script_on_cpu(tmp_path, tiny_features):
+    straight, resumed, _ = resume_twice("vat_latent", "cpu", True, tmp_path, tiny_features)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert metrics(tmp_path / "straight") == metrics(tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("recipe", ["baseline", "vat_latent"])
+@cuda_only
+def test_resume_on_cuda_is_bitwise_with_deterministic_algorithms(recipe, tmp_path, tiny_features):
+    straight, resumed, warned = resume_twice(recipe, "cuda", True, tmp_path, tiny_features)
+    differ = [k for k in straight if not torch.equal(straight[k], resumed[k])]
+    assert not differ, f"resumed weights differ at {differ}; ops without a deterministic CUDA kernel: {warned}"
+    assert metrics(tmp_path / "straight") == metrics(tmp_path / "resumed")
+
+
+@cuda_only
+def test_resume_on_cuda_with_pytorch_defaults_is_within_tolerance(tmp_path, tiny_features):
+    """Without deterministic algorithms cuDNN may sum a gradient in another order (~1e-7 relative). Adam's first
+    steps are ±lr whatever a gradient's size, so an entry whose gradient is at that noise level can move by up to
+    lr per step the other way: all weights within 2·lr·steps, and all but 1 % within 1e-5."""
+    straight, resumed, _ = resume_twice("vat_latent", "cuda", False, tmp_path, tiny_features)
+    diff = torch.cat([(straight[k].double() - resumed[k].double()).abs().flatten() for k in straight
+                      if straight[k].is_floating_point()])
+    assert float(diff.max()) <= 2 * 1e-3 * 4
+    assert float((diff > 1e-5).double().mean()) <= 0.01
+    for a, b in zip(metrics(tmp_path / "straight"), metrics(tmp_path / "resumed"), strict=True):
+        assert a["loss_total"] == pytest.approx(b["loss_total"], rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------- bf16
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+@cuda_only
+def test_a_bf16_step_is_finite_and_close_to_the_float32_step(recipe, tiny_features):
+    """One step of the full-size CRNN (PyTorch's init, where the consistency loss is ~1e-3 rather than dcase20's
+    base-rate plateau) from the same weights on the same batch. Measured on the CPU (bf16 autocast): bf16 moved
+    L_class by <= 9e-4 and L_const by <= 5.2 % relative; the bounds leave room for CUDA's dropout kernel drawing
+    its masks per dtype: L_class within 1 %, L_const within 20 % + 2e-5 (the rounding of bf16 outputs near 0.5)."""
+    store = FeatureStore(tiny_features)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        r = load_recipe(recipe, [f"data.features={tiny_features}", f"optim.precision={precision}", "model.init=pytorch"])
+        with tf32(False):
+            torch.manual_seed(0)
+            model, teacher, optimizer = build_training(r, store.scaler(), CUDA_DEVICE)
+            batch = next(ThreeStreams(store, r.data.batch_size, r.seed, CUDA_DEVICE, resident=True).epoch(0))
+            torch.manual_seed(1)
+            losses[precision] = [float(x) for x in training_step(r, model, teacher, optimizer, batch, 0, 1e-3, 2.0)]
+        assert all(torch.isfinite(p).all() for p in model.parameters()), f"{precision}: non-finite weights"
+    (cls32, const32, _), (cls16, const16, _) = losses["fp32"], losses["bf16"]
+    assert all(np.isfinite(losses["bf16"])), losses
+    assert cls16 == pytest.approx(cls32, rel=1e-2), losses
+    assert abs(const16 - const32) <= 0.2 * const32 + 2e-5, losses
+
+
+# ------------------------------------------------------------------------------------------ detect, extract
+
+
+@cuda_only
+def test_detect_on_cuda_equals_the_cpu(tiny_desed, tiny_features, tmp_path):
+    recipe = load_recipe(REPO / "recipes" / "none.yaml", [
+        f"data.features={tiny_features}", "data.batch_size=4", "optim.max_steps_per_epoch=1", "optim.epochs=1",
+        "model.init=pytorch"])
+    from sedaug.train import train
+
+    train(recipe, tmp_path / "run", device="cpu", progress=False)
+    audio = tiny_desed / "audio" / "eval" / "public"
+    for device in ("cpu", "cuda"):
+        result = CliRunner().invoke(app, ["detect", str(tmp_path / "run"), str(audio), "--out",
+                                          str(tmp_path / device / "detections.tsv"), "--scores",
+                                          str(tmp_path / device / "scores"), "--device", device])
+        assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "cpu" / "scores").iterdir())
+    assert names and names == sorted(p.name for p in (tmp_path / "cuda" / "scores").iterdir())
+    for name in names:
+        cpu, cuda = (pd.read_csv(tmp_path / d / "scores" / name, sep="\t") for d in ("cpu", "cuda"))
+        gap = np.abs(cpu.to_numpy(float) - cuda.to_numpy(float)).max()
+        assert gap <= 1e-4, f"{name}: frame scores differ by {gap:.2e}"
+
+
+@cuda_only
+def test_extract_mels_on_cuda_equals_the_cpu(tiny_desed, tiny_features, tmp_path):
+    result = CliRunner().invoke(app, ["extract-mels", "--data", str(tiny_desed), "--out", str(tmp_path / "features"),
+                                      "--device", "cuda"])
+    assert result.exit_code == 0, result.output
+    for mels in sorted(tiny_features.glob("*/mels.npy")):
+        cpu = np.load(mels).astype(np.float32)
+        cuda = np.load(tmp_path / "features" / mels.parent.name / "mels.npy").astype(np.float32)
+        # Within float16 rounding: one float16 step at the larger of the two values.
+        step = np.spacing(np.maximum(np.abs(cpu), np.abs(cuda)).astype(np.float16)).astype(np.float32)
+        excess = np.abs(cpu - cuda) - step
+        assert excess.max() <= 0, f"{mels.parent.name}: {int((excess > 0).sum())} values beyond float16 rounding"
+    cpu, cuda = np.load(tiny_features / "scaler.npz"), np.load(tmp_path / "features" / "scaler.npz")
+    for key in cpu.files:
+        np.testing.assert_allclose(cuda[key], cpu[key], rtol=1e-4, err_msg=key)
