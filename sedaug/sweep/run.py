@@ -124,6 +124,10 @@ def run_sweep(
 
         notes += stack.enter_context(ray_session(out, address, connect_timeout, before_start))
         stack.enter_context(view.shown(progress))
+        if sweep.trial_seed in sweep.seeds:
+            notes.append(f"the search seed {sweep.trial_seed} is also a final seed: that final run is the winner's "
+                         "search run, whose luck on synthetic_valid enters the mean (set search_seed to another seed; "
+                         "docs/sweeps.md)")
         searched = plan_search(loaded, out)
         if searched.note(out):
             notes.append(searched.note(out))
