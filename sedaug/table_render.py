@@ -31,11 +31,12 @@ def _number(cell: Cell, pm: str) -> str:
     return text
 
 
-def _difference(cell: Cell) -> str:
+def _difference(cell: Cell, resamples: int) -> str:
     d = cell.difference
     if d is None:
         return ""
-    p = "< 0.001" if d.p < 0.001 else f"{d.p:.3f}"
+    # No resample on one side of 0: the p-value is below the test's resolution, 2 / resamples.
+    p = f"< {2 / resamples:.2g}" if d.p == 0 else f"{d.p:.3f}"
     return f"{_f(d.value, True)} [{_f(d.low, True)}, {_f(d.high, True)}] p {p}"
 
 
@@ -52,7 +53,7 @@ def _columns(table: Table) -> list[tuple[str, str, object]]:
     for m in table.metrics:
         columns.append((m, m, None))
         if reference is not None:
-            columns.append((f"{m} − {reference}", m, _difference))
+            columns.append((f"{m} − {reference}", m, lambda c: _difference(c, table.bootstrap.resamples)))
         if table.paper and m in ("macro", "psds_ct"):
             columns.append((f"{m} paper", m, _paper))
     return columns

@@ -253,7 +253,7 @@ def test_ci_in_the_text_formats(ci_runs):
     assert all(float(r["macro_low"]) <= float(r["macro_mean"]) <= float(r["macro_high"]) for r in rows)
     compared = build_table(ci_runs, metrics=("macro",), ci=95, resamples=200, compare="vat_latent")
     markdown = render(compared, "markdown")
-    assert "| macro − vat_latent |" in markdown and "95% bootstrap interval" in markdown and "p < 0.001" in markdown
+    assert "| macro − vat_latent |" in markdown and "95% bootstrap interval" in markdown and "p < 0.01" in markdown
     latex = render(compared, "latex")
     assert r"macro $-$ vat\_latent" in latex and r"\underline{" in latex
     assert "macro − vat_latent" in render(compared, "rich")
