@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS, read_events
+from sedaug.data.grid import N_OUTPUT_FRAMES
 from sedaug.errors import UserError
 from sedaug.evaluation.bootstrap import (
     BOOTSTRAP_METRICS,
@@ -35,7 +36,7 @@ from sedaug.evaluation.bootstrap import (
     resample_weights,
 )
 from sedaug.evaluation.bootstrap_psds import SED_SCORES_METRICS, sed_scores_counts, sed_scores_values
-from sedaug.evaluation.postprocess import decode
+from sedaug.evaluation.postprocess import decode, frame_counts
 from sedaug.evaluation.scores import clip_id
 from sedaug.files import read_tsv
 from sedaug.progress import progress_bar
@@ -122,24 +123,31 @@ def read_ground_truth(features: Path, split: str) -> GroundTruth:
 
 def read_scores(directory: Path, truth: GroundTruth) -> np.ndarray:
     """(N, T, C) frame scores from a run's score files (one sed_scores_eval TSV per clip, as `evaluate` writes
-    them), in the ground truth's clip order; frames past a clip's end are 0."""
+    them), in the ground truth's clip order; frames past a clip's end are 0. A file must hold the clip's frames
+    (its duration on the output grid): another number means scores of other clips or of another sedaug."""
     header = ["onset", "offset", *CLASSES]
-    tables = []
-    for name in truth.clips:
+    expected = frame_counts(truth.durations, N_OUTPUT_FRAMES)
+    strong = np.zeros((len(truth.clips), N_OUTPUT_FRAMES, len(CLASSES)))
+    again = f"run `sedaug evaluate` on {directory.parent.parent} again"
+    for i, name in enumerate(truth.clips):
         path = directory / f"{clip_id(name)}.tsv"
         try:
             text = path.read_text()
         except FileNotFoundError:
-            raise UserError(f"{path}: missing: run `sedaug evaluate` on {directory.parent.parent} again") from None
+            raise UserError(f"{path}: missing: {again}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: unreadable ({e}): {again}") from None
         values = text.split()  # whitespace-separated numbers: 5x faster than pandas for 692 small files
         if values[:len(header)] != header or (len(values) - len(header)) % len(header):
             raise UserError(f"{path}: not a score file of `sedaug evaluate` (columns {' '.join(header)})")
         try:
-            tables.append(np.array(values[len(header):], dtype=np.float64).reshape(-1, len(header))[:, 2:])
+            table = np.array(values[len(header):], dtype=np.float64).reshape(-1, len(header))[:, 2:]
         except ValueError:
-            raise UserError(f"{path}: a score is not a number: run `sedaug evaluate` again") from None
-    strong = np.zeros((len(tables), max((len(t) for t in tables), default=0), len(CLASSES)))
-    for i, table in enumerate(tables):
+            raise UserError(f"{path}: a score is not a number: {again}") from None
+        if len(table) != expected[i] or not np.isfinite(table).all():
+            what = f"{len(table)} frames where its clip has {expected[i]}" if len(table) != expected[i] else \
+                "a score that is not finite"
+            raise UserError(f"{path}: {what}: {again}")
         strong[i, :len(table)] = table
     return strong
 

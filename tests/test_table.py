@@ -277,8 +277,16 @@ def test_ci_needs_the_score_files_and_the_same_clips(ci_runs, tmp_path):
     stale.write_text(json.dumps({**json.loads(stale.read_text()), "macro": 0.123}))
     table = build_table(runs, metrics=("macro",), ci=95, resamples=100)
     assert "seed1: scores differ from results.json (macro)" in {r.recipe: r for r in table.rows}["none"].note
-    next((runs / "baseline" / "seed0" / "eval" / "scores").glob("*.tsv")).unlink()
-    with pytest.raises(UserError, match=r"clip\d+\.tsv: missing: run `sedaug evaluate`"):
+    scores = sorted((runs / "baseline" / "seed0" / "eval" / "scores").glob("*.tsv"))
+    lines = scores[1].read_text().splitlines()
+    scores[1].write_text("\n".join(lines[:-1]) + "\n")  # a frame short
+    with pytest.raises(UserError, match=r"clip01\.tsv: 62 frames where its clip has 63: run `sedaug evaluate`"):
+        build_table(runs, metrics=("macro",), ci=95, resamples=100)
+    scores[1].write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(UserError, match=r"clip01\.tsv: unreadable"):
+        build_table(runs, metrics=("macro",), ci=95, resamples=100)
+    scores[0].unlink()
+    with pytest.raises(UserError, match=r"clip00\.tsv: missing: run `sedaug evaluate`"):
         build_table(runs, metrics=("macro",), ci=95, resamples=100)
     shutil.rmtree(runs / "baseline")
     clips = Path(json.loads(stale.read_text())["features"]) / "eval" / "clips.tsv"
