@@ -115,7 +115,10 @@ def read_ground_truth(features: Path, split: str) -> GroundTruth:
                         "evaluated on (results.json's `features`)") from None
     except (OSError, ValueError) as e:
         raise UserError(f"{directory}: unreadable ground truth ({' '.join(str(e).split())})") from None
-    durations = pd.to_numeric(clips.get("duration"), errors="coerce")
+    missing = [c for c in EVENT_COLUMNS if c not in events]
+    if missing:
+        raise UserError(f"{directory / 'events.tsv'}: missing column(s) {', '.join(missing)}")
+    durations = pd.to_numeric(clips["duration"], errors="coerce") if "duration" in clips else None
     if "filename" not in clips or durations is None or not np.isfinite(durations).all():
         raise UserError(f"{directory / 'clips.tsv'}: expected the columns filename and duration (numbers)")
     return GroundTruth(tuple(clips["filename"]), durations.to_numpy(float), events[EVENT_COLUMNS].dropna())
