@@ -17,6 +17,7 @@ import pytest
 from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
 from sedaug.table import build_table
+from sedaug.table_ci import Interval
 from sedaug.table_render import render, rich_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "table"
@@ -72,6 +73,13 @@ def test_rows_means_and_flags(runs):
     assert (vat_row.augmentation, vat_row.location, vat_row.regularization, vat_row.consistency) == (
         "vat", "cnn, rnn", "l2", "all")
     assert (rows["none"].location, rows["none"].consistency) == ("—", "—")
+
+
+def test_plot_of_a_table_without_intervals(runs, tmp_path):
+    from sedaug.evaluation.plots import plot_table
+
+    plot_table(build_table(runs, paper=True), tmp_path / "t.png")  # seeds' std, a row not evaluated, one seed
+    assert (tmp_path / "t.png").stat().st_size > 10_000
 
 
 def test_rich_styles(runs):
@@ -223,7 +231,9 @@ def test_ci_intervals_and_the_paired_test(ci_runs):
         assert not same.marked and same.interval == base.interval
         # The ground truth itself as scores: better than the baseline in every resample.
         assert best.difference.low > 0 and best.difference.p == 0 and best.marked
+    # F1 of the ground truth itself is 1 on any clips: an interval of one point.
     assert rows["vat_latent"].cells["macro"].mean == 1.0
+    assert rows["vat_latent"].cells["macro"].interval == Interval(1.0, 1.0)
     again = build_table(ci_runs, metrics=("macro",), ci=95, resamples=300, bootstrap_seed=1)
     other = build_table(ci_runs, metrics=("macro",), ci=95, resamples=300, bootstrap_seed=2)
     interval = {r.recipe: r.cells["macro"].interval for r in again.rows}
