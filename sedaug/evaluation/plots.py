@@ -97,7 +97,7 @@ def plot_table(table, path: Path) -> None:
         handles += [Patch(color="tab:blue", alpha=0.12, label=f"{reference}'s interval"),
                     Line2D([], [], color="tab:green", marker="o", lw=2, label=f"above {reference} (paired interval > 0)"),
                     Line2D([], [], color="tab:red", marker="o", lw=2, label=f"below {reference} (paired interval < 0)")]
-    if table.paper:
+    if any(r.cells[m].paper is not None for r in rows for m in table.metrics):
         handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="tab:orange", mew=1.5, label="the paper"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
     fig.suptitle(f"{table.runs_dir} on {table.split}")
