@@ -100,7 +100,7 @@ def _markdown(table: Table) -> str:
 
 def _tex(text: str) -> str:
     return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%") \
-        .replace("#", r"\#").replace(DASH, "---").replace("−", "$-$").replace("±", r"$\pm$")
+        .replace("#", r"\#").replace(DASH, "---").replace("−", "$-$").replace("±", r"$\pm$").replace("<", "$<$")
 
 
 def _latex(table: Table) -> str:

@@ -265,7 +265,7 @@ def test_ci_in_the_text_formats(ci_runs):
     markdown = render(compared, "markdown")
     assert "| macro − vat_latent |" in markdown and "95% bootstrap interval" in markdown and "p < 0.01" in markdown
     latex = render(compared, "latex")
-    assert r"macro $-$ vat\_latent" in latex and r"\underline{" in latex
+    assert r"macro $-$ vat\_latent" in latex and r"\underline{" in latex and "p $<$ 0.01" in latex
     assert "macro − vat_latent" in render(compared, "rich")
 
 
