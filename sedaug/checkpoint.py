@@ -10,6 +10,7 @@ the model its recipe builds is one line naming the file and the first offending 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,12 @@ def save_checkpoint(
         "recipe": recipe.model_dump(mode="json"),
     }
     with atomic_path(path) as tmp:
-        torch.save(content, tmp)
+        # Serialized in memory, then written: torch.save onto a full disk fails with a RuntimeError of its zip
+        # writer ("iostream error"), where a plain write says what went wrong (ENOSPC, EFBIG) as an OSError.
+        buffer = io.BytesIO()
+        torch.save(content, buffer)
+        with tmp.open("wb") as f:
+            f.write(buffer.getbuffer())
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:

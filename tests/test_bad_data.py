@@ -416,4 +416,19 @@ def test_full_disk_in_evaluate_keeps_the_previous_evaluation(tiny_features, tiny
     before = checksums(small_disk.root)
     proc = small_disk.sedaug("evaluate", seed, "--device", "cpu", room=20_000)
     assert_process_refuses(proc, f"cannot write {seed / 'eval'}")
+    assert "pkg_resources" not in proc.stdout + proc.stderr  # rich's progress bar routes it to stdout
     assert checksums(small_disk.root) == before
+
+
+def test_full_disk_while_training_is_the_checkpoints_one_line(tiny_features, tiny_model_overrides, small_disk):
+    """torch.save onto a full disk raised a RuntimeError (a traceback); the pkg_resources warning of sed_eval's
+    dcase_util (imported by the first validation) came before it; and the curves' own failure could hide it."""
+    runs = small_disk.root / "runs"
+    overrides = [*tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4", "optim.epochs=1",
+                 "optim.max_steps_per_epoch=2"]
+    proc = small_disk.sedaug("train", RECIPES / "none.yaml", "--runs", runs, "--device", "cpu",
+                             *[x for o in overrides for x in ("--set", o)], room=60_000)
+    checkpoints = runs / "none" / "seed0" / "checkpoints"
+    assert_process_refuses(proc, f"cannot write {checkpoints}/", ".pt: ")
+    assert "pkg_resources" not in proc.stdout + proc.stderr  # rich's progress bar routes it to stdout
+    assert not any(checkpoints.iterdir())  # no temporary file left
