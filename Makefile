@@ -90,5 +90,11 @@ demo-sweep: data
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
+# On a GPU machine: the CUDA tests, trials per GPU and the fastest correct step in one report under 9 minutes
+# (docs/speed.md); benchmarks/gpu_check.sh --dry-run runs it on a CPU with tiny sizes.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	PYTHON=$(PY) benchmarks/gpu_check.sh
+
 clean:
 	rm -rf $(RUNS)/demo

@@ -360,8 +360,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per step (default 3 CPU, 20 GPU)")
     parser.add_argument("--memory-steps", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--packing", default=None, metavar="N,N,...",
+                        help="instead: N trials per device at once (benchmarks/packing.py), e.g. 1,2,4,8")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "latest.json")
     args = parser.parse_args(argv)
+    if args.packing:
+        from benchmarks.packing import main as packing
+
+        packing(["--device", args.device, "--packing", args.packing])
+        return
     sections = set(args.only.split(","))
     device = torch.device(args.device)
     repeats = args.repeats or (20 if device.type == "cuda" else 3)

@@ -86,6 +86,8 @@ def tf32(enabled: bool):
 def configured(name: str, nets: list[CRNN], device: torch.device):
     """Run in configuration `name`: TF32 flags set, each net's CNN compiled in place, bf16 autocast if asked."""
     config = CONFIGS[name]
+    if config.compile:
+        torch._dynamo.reset()  # a fresh compile per test: no cache limit reached across tests, no eager fallback
     for net in nets if config.compile else ():
         net.cnn.compile(mode=config.compile)
     with tf32(config.tf32), torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext():

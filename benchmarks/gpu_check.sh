@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU path proven in one call (docs/speed.md): (1) the CUDA tests (pytest -m cuda), (2) trials packed per GPU
+# (benchmarks/packing.py), (3) each step configuration's speed (benchmarks/gpu_speed.py); then one JSON and one
+# markdown report under benchmarks/results/ (benchmarks/gpu_report.py) with what they decide. Under 9 minutes on one
+# H100 or H200: each stage has a time limit, and a stage cut short keeps what it measured.
+#
+#   benchmarks/gpu_check.sh [--out DIR] [--dry-run] [--features DIR]
+#     --out       where the report goes (default benchmarks/results)
+#     --dry-run   every stage on the CPU with tiny sizes (make test runs it, so that this script does not rot)
+#     --features  a tiny feature store to start from (default: one generated here)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=benchmarks/results
+DRY=0
+FEATURES=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUT=$2; shift 2 ;;
+    --dry-run) DRY=1; shift ;;
+    --features) FEATURES=$2; shift 2 ;;
+    *) echo "error: unknown argument $1 (usage: benchmarks/gpu_check.sh [--out DIR] [--dry-run] [--features DIR])" >&2
+       exit 1 ;;
+  esac
+done
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+if [ "$DRY" = 1 ]; then
+  export CUDA_VISIBLE_DEVICES=  # the CPU even where a GPU is: the CUDA tests skip, every stage stays small
+  DEVICE=(--dry-run)
+  PACKING=(--packing 1,2 --recipes vat_latent)
+  SPEED=(--families vat_latent)
+  TEST_LIMIT=180 PACK_LIMIT=300 SPEED_LIMIT=300
+else
+  "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" || {
+    echo "error: no CUDA GPU here (benchmarks/gpu_check.sh --dry-run runs every stage on the CPU)" >&2; exit 1; }
+  DEVICE=(--device cuda)
+  PACKING=(--packing 1,2,4,8 --budget-s 150)
+  SPEED=(--budget-s 55)
+  # Seconds: the three limits and the set-up add up to under 9 minutes.
+  TEST_LIMIT=240 PACK_LIMIT=190 SPEED_LIMIT=80
+fi
+if [ -z "$FEATURES" ]; then
+  "$PY" -c "import sys; from pathlib import Path; from benchmarks.__main__ import tiny_store; tiny_store(Path(sys.argv[1]))" "$WORK"
+  FEATURES=$WORK/features16000_tiny
+fi
+
+stage() {  # stage NAME COMMAND...: a failing stage is recorded in the report, and the next one runs
+  local name=$1 start status=0
+  shift
+  start=$(date +%s)
+  echo "[gpu-check] $name ..."
+  "$@" || status=$?
+  echo "[gpu-check] $name: exit $status, $(( $(date +%s) - start )) s"
+}
+stage "cuda tests" timeout -k 10 "$TEST_LIMIT" "$PY" -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider \
+  --junitxml "$WORK/tests.xml"
+stage "packing" timeout -k 10 "$PACK_LIMIT" "$PY" -m benchmarks.packing "${DEVICE[@]}" "${PACKING[@]}" \
+  --source "$FEATURES" --json "$WORK/packing.json"
+stage "step speed" timeout -k 10 "$SPEED_LIMIT" "$PY" -m benchmarks.gpu_speed "${DEVICE[@]}" "${SPEED[@]}" \
+  --features "$FEATURES" --json "$WORK/speed.json"
+"$PY" -m benchmarks.gpu_report --tests "$WORK/tests.xml" --packing "$WORK/packing.json" --speed "$WORK/speed.json" \
+  --date "$STAMP" --json "$OUT/gpu_check-$STAMP.json" --markdown "$OUT/gpu_check-$STAMP.md"
+echo "wrote $OUT/gpu_check-$STAMP.json and $OUT/gpu_check-$STAMP.md"

@@ -1,0 +1,160 @@
+"""benchmarks/gpu_check.sh's report: the CUDA tests' outcomes (pytest's JUnit XML), the step configurations' speed
+(gpu_speed.py) and the packing benchmark (packing.py) in one JSON and one markdown file, with what they decide:
+CUDA's default step configuration (the fastest whose CUDA tests passed) and sweeps/table1.yaml's `resources.gpus`
+(1 / the best number of trials per GPU).
+
+    python -m benchmarks.gpu_report --tests T.xml --speed S.json --packing P.json --json R.json --markdown R.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+VAT_TEST = "test_vat_direction_on_cuda_is_the_fixed_mask_curvature"
+BF16_TEST = "test_a_bf16_step_is_finite_and_close_to_the_float32_step"
+
+
+def read_tests(path: Path) -> dict:
+    """Counts and each test's outcome ("passed", "failed", "error", "skipped") with its message."""
+    if not path.exists():
+        return {"error": f"{path.name} missing: pytest did not finish (timed out?)", "cases": {}}
+    cases = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = {"failure": "failed"}.get(child.tag, child.tag)
+                message = (child.get("message") or "")[:400]
+        cases[case.get("name")] = {"outcome": outcome, "message": message}
+    counts = {key: sum(c["outcome"] == outcome for c in cases.values())
+              for key, outcome in (("passed", "passed"), ("failed", "failed"), ("errors", "error"), ("skipped", "skipped"))}
+    return {**counts, "cases": cases}
+
+
+def config_verdicts(tests: dict, configs: dict) -> dict[str, str]:
+    """Per step configuration: "passed" when all its VAT tests (and, for bf16, every recipe's bf16 step) passed."""
+    verdicts = {}
+    for name, setting in configs.items():
+        mine = {k: c for k, c in tests["cases"].items()
+                if k.startswith(VAT_TEST + "[") and k[len(VAT_TEST) + 1 : -1].rsplit("-", 1)[0] == name}
+        if setting["bf16"]:
+            mine.update({k: c for k, c in tests["cases"].items() if k.startswith(BF16_TEST + "[")})
+        outcomes = {c["outcome"] for c in mine.values()}
+        verdicts[name] = ("not run" if not mine or outcomes == {"skipped"} else
+                          "passed" if outcomes == {"passed"} else "failed")
+    return verdicts
+
+
+def speed_summary(speed: dict) -> dict[str, dict]:
+    """Per configuration: the geometric mean of its step time over the families measured in every configuration
+    that ran without error, relative to `eager`."""
+    rows = [r for r in speed.get("rows", []) if "step_s" in r]
+    configs = sorted({r["config"] for r in rows})
+    families = [f for f in {r["family"] for r in rows} if all(
+        any(r["family"] == f and r["config"] == c for r in rows) for c in configs)]
+    out = {}
+    for config in configs:
+        times = [r["step_s"] for r in rows if r["config"] == config and r["family"] in families]
+        if times:
+            out[config] = {"geomean_step_s": math.exp(sum(map(math.log, times)) / len(times)), "families": len(times)}
+    if "eager" in out:
+        for v in out.values():
+            v["speedup_vs_eager"] = out["eager"]["geomean_step_s"] / v["geomean_step_s"]
+    return out
+
+
+def decide(verdicts: dict, summary: dict, speed: dict, packing: dict) -> dict:
+    failed = {r["config"] for r in speed.get("rows", []) if "error" in r or not r.get("finite", True)}
+    eligible = [c for c in summary if verdicts.get(c) == "passed" and c not in failed]
+    best = min(eligible, key=lambda c: summary[c]["geomean_step_s"]) if eligible else None
+    n = packing.get("best_n")
+    return {"cuda_default_config": best,
+            "why": "the fastest configuration whose CUDA tests passed and that ran every family" if best else
+                   "no configuration passed its CUDA tests and ran every family: keep the conservative default",
+            "best_trials_per_gpu": n, "resources_gpus": round(1 / n, 4) if n else None,
+            "best_trials_per_gpu_mps": packing.get("best_n_mps")}
+
+
+def _gib(x) -> str:
+    return "" if x is None else f"{x / 2**30:.2f}"
+
+
+def markdown(report: dict) -> str:
+    m, d, t = report["machine"], report["decisions"], report["tests"]
+    lines = [f"# GPU check: {m.get('gpu') or m.get('device')} ({report['date']})", "",
+             f"torch {m.get('torch')}, CUDA {m.get('cuda')}; dry run: {report['dry_run']}", "",
+             "## Decisions", "",
+             f"- CUDA default step configuration: **{d['cuda_default_config']}** ({d['why']})",
+             f"- trials per GPU: **{d['best_trials_per_gpu']}** -> sweeps/table1.yaml `resources.gpus: "
+             f"{d['resources_gpus']}`; with MPS: {d['best_trials_per_gpu_mps']}", "",
+             "## CUDA tests (pytest -m cuda)", ""]
+    if "error" in t:
+        lines.append(f"- {t['error']}")
+    lines.append(f"- passed {t.get('passed', 0)}, failed {t.get('failed', 0)}, errors {t.get('errors', 0)}, "
+                 f"skipped {t.get('skipped', 0)}")
+    lines += [f"- {name}: {c['outcome']}: {c['message']}" for name, c in t["cases"].items()
+              if c["outcome"] in ("failed", "error")]
+    lines += ["", "| configuration | VAT/bf16 tests | step time vs eager (geometric mean) |", "|---|---|---|"]
+    for name, verdict in report["config_verdicts"].items():
+        speedup = report["speed_summary"].get(name, {}).get("speedup_vs_eager")
+        lines.append(f"| {name} | {verdict} | {'' if speedup is None else f'{speedup:.2f}x'} |")
+    lines += ["", "## Training step per family (ms; batch 24, store resident on the device)", "",
+              "| family | configuration | ms/step | clips/s | first steps (s) | peak GiB | note |", "|---|---|---|---|---|---|---|"]
+    for r in report["speed"].get("rows", []):
+        if "error" in r:
+            lines.append(f"| {r['family']} | {r['config']} | | | | | {r['error'][:120]} |")
+        else:
+            lines.append(f"| {r['family']} | {r['config']} | {1000 * r['step_s']:.1f} | {r['clips_per_s']:.0f} | "
+                         f"{r['first_steps_s']:.1f} | {_gib(r['peak_memory_bytes'])} | {'' if r['finite'] else 'NOT FINITE'} |")
+    lines += [f"- not measured (time budget): {r['family']} {r['config']}" for r in report["speed"].get("not_measured", [])]
+    p = report["packing"]
+    lines += ["", f"## Trials per GPU (MPS: {p.get('mps')})", "",
+              "| recipe | N | MPS | steps/s | trials/hour | gain vs N=1 | GPU util % | peak GPU GiB/trial | peak RSS GiB/trial | note |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = p.get("rows", [])
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['recipe']} | {r['n']} | {r['mps']} | | | | | | | {r['error'][-120:]!r} |")
+            continue
+        one = next((o for o in rows if o["recipe"] == r["recipe"] and o["n"] == 1 and not o["mps"] and "steps_per_s" in o), None)
+        gain = f"{r['steps_per_s'] / one['steps_per_s']:.2f}x" if one else ""
+        util = "" if r["gpu_utilisation"] is None else f"{r['gpu_utilisation']:.0f}"
+        lines.append(f"| {r['recipe']} | {r['n']} | {r['mps']} | {r['steps_per_s']:.1f} | {r['trials_per_hour']:.2f} | {gain} | "
+                     f"{util} | {_gib(r['peak_gpu_memory_bytes'])} | {_gib(r['peak_rss_bytes'])} | |")
+    lines += [f"- not measured (time budget): {r['recipe']} N={r['n']} MPS={r['mps']}" for r in p.get("not_measured", [])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=__doc__.splitlines()[0])
+    parser.add_argument("--tests", type=Path, required=True)
+    parser.add_argument("--speed", type=Path, required=True)
+    parser.add_argument("--packing", type=Path, required=True)
+    parser.add_argument("--date", default="")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--markdown", type=Path, required=True)
+    args = parser.parse_args(argv)
+    from benchmarks.gpu_speed import CONFIGS
+
+    def load(path: Path) -> dict:
+        return json.loads(path.read_text()) if path.exists() else {"error": f"{path.name} missing"}
+
+    tests, speed, packing = read_tests(args.tests), load(args.speed), load(args.packing)
+    configs = {name: setting._asdict() for name, setting in CONFIGS.items()}
+    verdicts = config_verdicts(tests, configs)
+    summary = speed_summary(speed)
+    report = {"date": args.date, "machine": speed.get("machine", {}), "dry_run": speed.get("dry_run"),
+              "configs": configs, "tests": tests, "config_verdicts": verdicts, "speed_summary": summary,
+              "speed": speed, "packing": packing, "decisions": decide(verdicts, summary, speed, packing)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    args.markdown.write_text(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

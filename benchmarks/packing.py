@@ -1,0 +1,259 @@
+"""How many trials share one GPU, and at what gain (docs/speed.md): N real `sedaug train` processes at once on one
+device (the full-size CRNN over a DESED-sized synthetic store: 18,057 training clips, resident on the device), for
+`baseline` and `vat_latent`, with N = 1, 2, 4, 8; without, then with CUDA MPS when `nvidia-cuda-mps-control` can
+start a daemon. The result decides sweeps/table1.yaml's `resources.gpus` (1 / the best N).
+
+    python -m benchmarks --device cuda --packing 1,2,4,8        (or python -m benchmarks.packing ...)
+    python -m benchmarks.packing --dry-run                       # CPU, tiny CRNN and store: does every part run?
+
+Each trial trains two epochs of --steps steps: epoch 1 warms up (cuDNN, the allocator, the store's copy), epoch 2
+is measured. The aggregate rate is N·steps over the span from the first trial's end of epoch 1 to the last one's
+end of epoch 2 (start-up skew counts against it). Per trial: peak GPU memory (torch.cuda.max_memory_allocated, read
+in the trial's own process at exit) and peak host RSS; GPU utilisation is nvidia-smi's, sampled over that span.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# DESED 2020's training splits (benchmarks/__main__.py's DESED_SIZES): 263 steps an epoch at batch 24 (weak 1578 / 6).
+TRAIN_SIZES = {"unlabeled": 14412, "weak": 1578, "synthetic_train": 2067}
+STEPS_PER_TRIAL = 200 * 263  # a Table 1 trial: 200 epochs of DESED
+DRY_SIZES = {"unlabeled": 24, "weak": 12, "synthetic_train": 12}
+TINY = ["model.cnn_filters=[4,8]", "model.cnn_pooling=[[4,4],[1,32]]", "model.rnn_hidden=8", "data.batch_size=4"]
+
+
+# ------------------------------------------------------------------------------------ one trial process
+
+
+def trial(report: Path, argv: list[str]) -> None:
+    """`sedaug train ...` (its CLI, in this process); at exit, its peak GPU memory and peak RSS go to `report`."""
+
+    def write() -> None:
+        import torch
+
+        record = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        if torch.cuda.is_initialized():
+            record["max_memory_allocated"] = torch.cuda.max_memory_allocated()
+            record["max_memory_reserved"] = torch.cuda.max_memory_reserved()
+        report.write_text(json.dumps(record))
+
+    atexit.register(write)
+    sys.argv = ["sedaug", *argv]
+    from sedaug.cli import main
+
+    main()
+
+
+# --------------------------------------------------------------------------------------------- the store
+
+
+def desed_sized_store(workdir: Path, dry_run: bool, source: Path | None = None) -> Path:
+    """A feature store (`source`, or a tiny synthetic one) tiled to DESED 2020's training sizes, with a small
+    synthetic_valid: validation time is not what is measured."""
+    from benchmarks.__main__ import tiled_store, tiny_store
+
+    source = source or tiny_store(workdir)[1]
+    sizes = {**(DRY_SIZES if dry_run else TRAIN_SIZES), "synthetic_valid": 4 if dry_run else 48,
+             "validation": 12, "eval": 12}
+    return tiled_store(source, workdir / "desed_sized", sizes)
+
+
+# ------------------------------------------------------------------------------------------------- MPS
+
+
+@contextmanager
+def mps_daemon(workdir: Path):
+    """Yields (environment for MPS clients, None), or (None, why not) when no daemon could be started. The daemon
+    is this user's, with its pipe and log folders under `workdir`, and is told to quit afterwards."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        yield None, "nvidia-cuda-mps-control not found"
+        return
+    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(workdir / "mps-pipe"),
+           "CUDA_MPS_LOG_DIRECTORY": str(workdir / "mps-log")}
+    for folder in ("mps-pipe", "mps-log"):
+        (workdir / folder).mkdir(exist_ok=True)
+    started = subprocess.run([control, "-d"], env=env, capture_output=True, text=True, timeout=30)
+    if started.returncode != 0:
+        yield None, f"nvidia-cuda-mps-control -d: exit {started.returncode} {started.stderr.strip()[:300]}"
+        return
+    try:
+        yield env, None
+    finally:
+        subprocess.run([control], input="quit\n", env=env, capture_output=True, text=True, timeout=30)
+
+
+# ----------------------------------------------------------------------------------------- measurement
+
+
+def gpu_sample() -> tuple[float, float] | None:
+    """(utilisation %, memory used MiB) of the first GPU, from nvidia-smi; None without it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    util, used = out.stdout.strip().splitlines()[0].split(",")
+    return float(util), float(used)
+
+
+def _epochs_done(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+def run_packed(recipe: str, n: int, store: Path, workdir: Path, device: str, steps: int, dry_run: bool,
+               env: dict | None, timeout_s: float) -> dict:
+    """N trials of `recipe` at once; their epoch-end times watched from metrics.jsonl (every 0.1 s)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{recipe}-n{n}-", dir=workdir))
+    procs, runs, reports = [], [], []
+    for i in range(n):
+        runs.append(folder / f"trial{i}" / recipe / f"seed{i}")
+        reports.append(folder / f"trial{i}.json")
+        argv = ["train", str(REPO / "recipes" / f"{recipe}.yaml"), "--runs", str(folder / f"trial{i}"),
+                "--device", device, "--set", f"data.features={store}", "--set", "optim.epochs=2",
+                "--set", f"optim.max_steps_per_epoch={steps}", "--set", f"seed={i}",
+                *(arg for override in (TINY if dry_run else []) for arg in ("--set", override))]
+        with open(folder / f"trial{i}.err", "w") as err:  # a file, not a pipe: a chatty trial never blocks on it
+            procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.packing", "trial", str(reports[-1]),
+                                           "--", *argv], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err))
+    ends: list[dict[int, float]] = [{} for _ in range(n)]
+    samples: list[tuple[float, tuple[float, float]]] = []
+    start, next_sample = time.monotonic(), 0.0
+    try:
+        while any(p.poll() is None for p in procs) and time.monotonic() - start < timeout_s:
+            now = time.monotonic()
+            for i, run in enumerate(runs):
+                for epoch in range(1, _epochs_done(run) + 1):
+                    ends[i].setdefault(epoch, now)
+            if device == "cuda" and now >= next_sample:
+                sample = gpu_sample()
+                if sample is not None:
+                    samples.append((now, sample))
+                next_sample = now + 0.5
+            time.sleep(0.1)
+    finally:  # timed out, or this process is being stopped: no trial outlives it
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    now = time.monotonic()
+    for i, run in enumerate(runs):
+        for epoch in range(1, _epochs_done(run) + 1):
+            ends[i].setdefault(epoch, now)
+    failures = [(folder / f"trial{i}.err").read_text()[-600:] or f"exit {p.returncode}"
+                for i, p in enumerate(procs) if p.wait() != 0]
+    row = {"recipe": recipe, "n": n, "steps": steps}
+    if failures or any(2 not in e for e in ends):
+        row["error"] = (failures[0] if failures else "timed out").strip()
+        return row
+    first, last = min(e[1] for e in ends), max(e[2] for e in ends)
+    steps_per_s = n * steps / (last - first)
+    trials = [json.loads(r.read_text()) for r in reports if r.exists()]
+    window = [s for t, s in samples if first <= t <= last]
+    row.update({
+        "steps_per_s": steps_per_s, "trials_per_hour": steps_per_s * 3600 / STEPS_PER_TRIAL,
+        "span_s": last - first, "start_skew_s": max(e[1] for e in ends) - first,
+        "peak_gpu_memory_bytes": max((t["max_memory_allocated"] for t in trials if "max_memory_allocated" in t),
+                                     default=None),
+        "peak_rss_bytes": max((t["peak_rss_bytes"] for t in trials), default=None),
+        "gpu_utilisation": sum(u for u, _ in window) / len(window) if window else None,
+        "gpu_memory_used_mib": max((m for _, m in window), default=None),
+    })
+    return row
+
+
+def best_n(rows: list[dict]) -> int | None:
+    """The N with the most trials per hour over the recipes, counting each recipe's rate relative to its own N=1
+    (their geometric mean gain); None when nothing was measured."""
+    gains: dict[int, list[float]] = {}
+    for recipe in {r["recipe"] for r in rows}:
+        measured = {r["n"]: r["steps_per_s"] for r in rows if r["recipe"] == recipe and "steps_per_s" in r}
+        if 1 in measured:
+            for n, rate in measured.items():
+                gains.setdefault(n, []).append(rate / measured[1])
+    if not gains:
+        return None
+    mean = {n: math.prod(g) ** (1 / len(g)) for n, g in gains.items() if len(g) == len(gains[1])}
+    return max(mean, key=mean.get)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["trial"]:
+        trial(Path(argv[1]), argv[3:])
+        return {}
+    # `timeout` (benchmarks/gpu_check.sh) sends SIGTERM: exit through the finally blocks (trials killed, MPS quit).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.packing", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None, help="cuda (default) or cpu; --dry-run: cpu")
+    parser.add_argument("--packing", default=None, help="trials per device, comma-separated (default 1,2,4,8)")
+    parser.add_argument("--recipes", default="baseline,vat_latent")
+    parser.add_argument("--steps", type=int, default=None, help="steps per epoch (default 30; dry run 1)")
+    parser.add_argument("--mps", choices=["auto", "off"], default="auto", help="auto: also with MPS when it starts")
+    parser.add_argument("--budget-s", type=float, default=180.0, help="start no measurement after this many seconds")
+    parser.add_argument("--source", type=Path, default=None, help="the store to tile (default: a tiny synthetic one)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny CRNN and store: that every part runs")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "packing.json")
+    args = parser.parse_args(argv)
+    device = args.device or ("cpu" if args.dry_run else "cuda")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("error: no CUDA device here; --dry-run runs every part on the CPU")
+    packing = [int(n) for n in (args.packing or ("1,2" if args.dry_run else "1,2,4,8")).split(",")]
+    steps = args.steps or (1 if args.dry_run else 30)
+    started = time.monotonic()
+    results: dict = {"device": device, "dry_run": args.dry_run, "steps_per_trial": STEPS_PER_TRIAL, "rows": [],
+                     "not_measured": []}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+
+    def measure_all(workdir: Path, store: Path, mps: bool, env: dict | None) -> None:
+        for recipe in args.recipes.split(","):
+            for n in packing:
+                if time.monotonic() - started > args.budget_s:
+                    results["not_measured"].append({"recipe": recipe, "n": n, "mps": mps, "why": "time budget"})
+                    continue
+                row = run_packed(recipe, n, store, workdir, device, steps, args.dry_run, env, timeout_s=300)
+                results["rows"].append({**row, "mps": mps})
+                args.json.write_text(json.dumps(results, indent=2))
+                print(json.dumps(results["rows"][-1]), flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        store = desed_sized_store(workdir, args.dry_run, args.source)
+        measure_all(workdir, store, False, None)
+        if args.mps == "auto" and device == "cuda":
+            with mps_daemon(workdir) as (env, why):
+                results["mps"] = why or "started"
+                if env is not None:
+                    measure_all(workdir, store, True, env)
+        else:
+            results["mps"] = "not tried" if args.mps == "off" else "not on a CPU"
+    plain = [r for r in results["rows"] if not r["mps"]]
+    results["best_n"] = best_n(plain)
+    results["best_n_mps"] = best_n([r for r in results["rows"] if r["mps"]])
+    args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

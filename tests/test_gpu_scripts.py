@@ -1,0 +1,103 @@
+"""benchmarks/gpu_check.sh and its parts (docs/speed.md) run on the CPU with tiny sizes (`--dry-run`), so that the
+GPU check does not rot before a GPU is at hand; the report's decisions from hand-made results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parents[1]
+
+
+def load(path: Path):
+    """A module by file (benchmarks/ is not an installed package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_report = load(REPO / "benchmarks" / "gpu_report.py")
+packing = load(REPO / "benchmarks" / "packing.py")
+
+
+def test_the_timed_configurations_are_the_tested_ones():
+    tested, timed = load(REPO / "tests" / "test_cuda.py").CONFIGS, load(REPO / "benchmarks" / "gpu_speed.py").CONFIGS
+    assert {k: tuple(v) for k, v in tested.items()} == {k: tuple(v) for k, v in timed.items()}
+
+
+def test_gpu_check_dry_run_runs_every_stage_and_writes_one_json_and_one_markdown(tmp_path, tiny_features):
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path),
+                           "--features", str(tiny_features)], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "exit 0" in done.stdout and "exit 1" not in done.stdout, done.stdout  # every stage succeeded
+    [report], [table] = tmp_path.glob("gpu_check-*.json"), tmp_path.glob("gpu_check-*.md")
+    report = json.loads(report.read_text())
+    tests = report["tests"]
+    assert tests["skipped"] >= 12 and tests["passed"] == tests["failed"] == tests["errors"] == 0  # no GPU: all skip
+    rows = report["packing"]["rows"]
+    assert [(r["recipe"], r["n"]) for r in rows] == [("vat_latent", 1), ("vat_latent", 2)]
+    assert all(r["steps_per_s"] > 0 and r["peak_rss_bytes"] > 0 for r in rows), rows
+    speed = report["speed"]["rows"]
+    assert [r["config"] for r in speed] == list(report["configs"])
+    assert all(r.get("finite") and r["step_s"] > 0 for r in speed), speed
+    assert report["decisions"]["cuda_default_config"] is None  # nothing passed a CUDA test
+    assert report["decisions"]["best_trials_per_gpu"] in (1, 2)
+    text = table.read_text()
+    assert "| vat_latent | 2 | False |" in text and "| vat_latent | compile-reduce-overhead |" in text
+
+
+CONFIGS = {"eager": {"bf16": False}, "bf16": {"bf16": True}, "compile": {"bf16": False}}
+VAT = gpu_report.VAT_TEST
+
+
+def case(outcome: str) -> dict:
+    return {"outcome": outcome, "message": ""}
+
+
+def test_a_configuration_passes_only_when_all_its_tests_did():
+    tests = {"cases": {
+        f"{VAT}[eager-input]": case("passed"), f"{VAT}[eager-latent]": case("passed"),
+        f"{VAT}[bf16-input]": case("passed"), f"{VAT}[bf16-latent]": case("passed"),
+        f"{gpu_report.BF16_TEST}[vat_latent]": case("failed"),  # a bf16 configuration needs every recipe's bf16 step
+        f"{VAT}[compile-input]": case("passed"), f"{VAT}[compile-latent]": case("skipped"),
+    }}
+    assert gpu_report.config_verdicts(tests, CONFIGS) == {"eager": "passed", "bf16": "failed", "compile": "failed"}
+    assert gpu_report.config_verdicts({"cases": {}}, CONFIGS) == dict.fromkeys(CONFIGS, "not run")
+
+
+def test_the_default_is_the_fastest_configuration_that_passed():
+    speed = {"rows": [
+        {"family": "baseline", "config": "eager", "step_s": 0.04, "finite": True},
+        {"family": "vat_latent", "config": "eager", "step_s": 0.09, "finite": True},
+        {"family": "baseline", "config": "bf16", "step_s": 0.01, "finite": True},  # fastest, but its tests failed
+        {"family": "vat_latent", "config": "bf16", "step_s": 0.02, "finite": True},
+        {"family": "baseline", "config": "compile", "step_s": 0.02, "finite": True},
+        {"family": "vat_latent", "config": "compile", "step_s": 0.045, "finite": True},
+    ]}
+    summary = gpu_report.speed_summary(speed)
+    assert summary["compile"]["speedup_vs_eager"] == pytest.approx(2.0)  # sqrt(0.04 * 0.09) / sqrt(0.02 * 0.045)
+    verdicts = {"eager": "passed", "bf16": "failed", "compile": "passed"}
+    decided = gpu_report.decide(verdicts, summary, speed, {"best_n": 4})
+    assert decided["cuda_default_config"] == "compile" and decided["resources_gpus"] == 0.25
+    speed["rows"].append({"family": "none", "config": "compile", "error": "RuntimeError: ..."})
+    assert gpu_report.decide(verdicts, summary, speed, {})["cuda_default_config"] == "eager"
+    assert gpu_report.decide({}, summary, speed, {})["cuda_default_config"] is None
+
+
+def test_the_best_packing_is_the_largest_mean_gain_over_the_recipes():
+    rows = [{"recipe": r, "n": n, "steps_per_s": rate} for r, rates in
+            {"baseline": {1: 10, 2: 18, 4: 30, 8: 29}, "vat_latent": {1: 5, 2: 9, 4: 13, 8: 14}}.items()
+            for n, rate in rates.items()]
+    # Gains 1.8/1.8, 3.0/2.6, 2.9/2.8: geometric means 1.8, 2.79, 2.85.
+    assert packing.best_n(rows) == 8
+    rows[-1]["steps_per_s"] = 12  # vat_latent at 8: gain 2.4, mean sqrt(2.9 * 2.4) = 2.64 < 2.79
+    assert packing.best_n(rows) == 4
+    assert packing.best_n([{"recipe": "baseline", "n": 2, "steps_per_s": 3}]) is None  # no N=1 to compare with
