@@ -2,8 +2,9 @@
 
 Each family's recipe trains a few steps of one epoch (`sedaug.train.train`, as a sweep trial does), then is evaluated
 on a DESED-sized eval split (692 clips, as a final trial ends), in a fresh process over a feature store of DESED's
-training sizes (the tiny synthetic store tiled: 2.71 GiB of features), on this machine's device. Sampled every 0.1 s from /proc: peak RSS, peak anonymous RSS (the process's own memory) and peak
-file-backed RSS (the mapped store: page cache that every trial on a node shares); on CUDA also
+training sizes (the tiny synthetic store tiled: 2.71 GiB of features), on this machine's device. Sampled every 0.1 s
+from /proc: peak RSS, peak anonymous RSS (the process's own memory) and peak file-backed RSS (libraries, and the
+pages of the mapped store read so far: page cache that every trial on a node shares); on CUDA also
 `torch.cuda.max_memory_allocated`. Printed beside sedaug's default `resources.memory` for that recipe
 (sedaug.sweep.plan.default_memory), which must stay above the measured anonymous peak. Figures: docs/sweeps.md.
 """
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     gib = 2**30
-    table = Table("family", "peak RSS", "anonymous", "file (the store)", "CUDA allocated", "default memory",
+    table = Table("family", "peak RSS", "anonymous", "file-backed", "CUDA allocated", "default memory",
                   title=f"one trial, {args.model} CRNN, {args.device}, {feature_bytes / gib:.2f} GiB store")
     for r in rows:
         cuda = "" if r["cuda_peak"] is None else f"{r['cuda_peak'] / gib:.2f}"
