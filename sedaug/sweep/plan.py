@@ -263,7 +263,8 @@ class DryRun:
         width = max(len(row.recipe) for row in self.rows)
         time_s = "" if r.step_s is None else f", {r.step_s:.3g} s/step -> {r.trial_hours:.3g} h"
         copied = f" ({r.copied} the search run)" if r.copied else ""
-        return (f"  {r.recipe:<{width}}  {r.trials:>4} trials + {r.finals} final{copied} x {r.epochs} epochs x "
+        trials = f"{r.trials:>4} trial{'s' if r.trials != 1 else ' '}"
+        return (f"  {r.recipe:<{width}}  {trials} + {r.finals} final{copied} x {r.epochs} epochs x "
                 f"{r.steps} steps{time_s}, memory {r.memory / GIB:.3g} GiB")
 
     def footer(self) -> list[str]:
