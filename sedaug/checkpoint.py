@@ -178,6 +178,12 @@ def load_model(run_dir: Path, which: str = "best", device: torch.device | str = 
         raise UserError(f"{run.root} is a file, not a run directory (runs/<name>/seed<k>)")
     if not run.root.exists():
         raise UserError(f"{run.root}: run directory not found (runs/<name>/seed<k>): train one with `sedaug train`")
+    if not run.checkpoints.exists() and not run.recipe.exists():
+        raise UserError(f"{run.root} is not a run directory (no recipe.yaml, no checkpoints/): give "
+                        "runs/<name>/seed<k>")
+    other = "last" if which == "best" else "best"
+    if not run.checkpoint(which).exists() and run.checkpoint(other).exists():
+        raise UserError(f"{run.checkpoint(which)} not found, {other}.pt is there: use --checkpoint {other}")
     ckpt = load_checkpoint(run.checkpoint(which), device)
     model = CRNN(ckpt.recipe.model)
     restore_weights(model, ckpt.model, ckpt.path)

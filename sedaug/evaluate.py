@@ -64,8 +64,8 @@ def evaluate_ensemble(
     seen: dict[Path, Path] = {}
     for path in run_dirs:
         if path.resolve() in seen:
-            raise UserError(f"--ensemble: {path} is given twice (as {seen[path.resolve()]} too): it is one member; "
-                            "list each run once")
+            also = f" (as {seen[path.resolve()]} too)" if str(seen[path.resolve()]) != str(path) else ""
+            raise UserError(f"--ensemble: {path} is given twice{also}: it is one member; list each run once")
         seen[path.resolve()] = path
     if len(run_dirs) < 2:
         raise UserError("--ensemble needs at least two run directories")

@@ -392,9 +392,14 @@ def test_a_store_folder_without_its_record_says_so(train, tiny_features, tmp_pat
               "no features.json")
 
 
-def test_a_file_given_as_a_run_directory_says_so(tmp_path):
+def test_what_is_wrong_with_a_run_directory_is_said(runs, tmp_path):
+    """It was "RUN/checkpoints/best.pt not found: train the run first" for each of these."""
     (tmp_path / "run").write_text("not a run")
     one_error(run("evaluate", tmp_path / "run"), f"{tmp_path / 'run'} is a file, not a run directory")
+    one_error(run("evaluate", runs), f"{runs} is not a run directory")
+    seed = runs / "none" / "seed0"
+    (seed / "checkpoints" / "best.pt").unlink()
+    one_error(run("evaluate", seed), "best.pt not found, last.pt is there: use --checkpoint last")
 
 
 @pytest.mark.parametrize(("results", "expected"), [
