@@ -436,3 +436,17 @@ def test_outputs_where_a_file_or_folder_is_the_other_kind_are_refused_before_any
     one_error(run("detect", seed, tone(tmp_path / "a.wav"), "--out", tmp_path), f"--out {tmp_path} is a folder")
     one_error(run("detect", seed, tmp_path / "a.wav", "--scores", tmp_path / "a.wav"), "--scores", "is a file")
     assert checksums(runs) == before and not (tmp_path / "detections.tsv").exists()
+
+
+def test_a_mean_teacher_checkpoint_without_a_fitting_teacher_is_one_line(tiny_features, tiny_model_overrides, tmp_path):
+    runs = tmp_path / "runs"
+    first, resume = (train_args(runs, tiny_features, tiny_model_overrides, epochs=n) for n in (1, 2))
+    first[1] = resume[1] = str(REPO / "recipes" / "baseline.yaml")
+    assert run(*first).exit_code == 0
+    last = runs / "baseline" / "seed0" / "checkpoints" / "last.pt"
+    for edit, expected in ((lambda c: c["teacher"].pop("strong.bias"), "teacher weight strong.bias is missing"),
+                           (lambda c: c.__setitem__("teacher", None), "no teacher weights")):
+        _edit(last, edit)
+        before = checksums(runs)
+        one_error(run(*resume, "--resume"), str(last), expected)
+        assert checksums(runs) == before
