@@ -146,7 +146,7 @@ def restore_weights(net: torch.nn.Module, weights: Any, path: Path, what: str = 
     expected = net.state_dict()
     problem = _weights_problem(weights, expected, what)
     if problem is not None:
-        raise UserError(f"{path}: {problem} (its recipe builds another model, or the file was altered): {ADVICE}")
+        raise UserError(f"{path}: {problem}: {ADVICE}")
     net.load_state_dict(weights)
 
 
@@ -191,6 +191,17 @@ def load_model(run_dir: Path, which: str = "best", device: torch.device | str = 
 
 
 def _weights_problem(weights: Any, expected: dict[str, torch.Tensor], what: str) -> str | None:
+    """Why `weights` do not fit a network whose state_dict is `expected` (the first offending key), or None."""
+    problem = _weights_mismatch(weights, expected, what)
+    if problem is not None:
+        return f"{problem} (the checkpoint's recipe builds another model, or the file was altered)"
+    for key, value in weights.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            return f"{what} weight {key} holds NaN or infinite values (a diverged or damaged model)"
+    return None
+
+
+def _weights_mismatch(weights: Any, expected: dict[str, torch.Tensor], what: str) -> str | None:
     if not isinstance(weights, dict):
         return f"{what} is {_describe(weights)}, not a mapping of tensors"
     for key, reference in expected.items():
@@ -201,8 +212,6 @@ def _weights_problem(weights: Any, expected: dict[str, torch.Tensor], what: str)
             return f"{what} weight {key} is {_describe(value)}, not a tensor"
         if value.shape != reference.shape:
             return f"{what} weight {key} has shape {tuple(value.shape)}, where the model takes {tuple(reference.shape)}"
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            return f"{what} weight {key} holds NaN or infinite values (a diverged model)"
     extra = [key for key in weights if key not in expected]
     if extra:
         return f"{what} weight {extra[0]} is not one of the model's"
