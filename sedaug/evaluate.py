@@ -13,7 +13,7 @@ from sedaug.data.store import FeatureStore, Split
 from sedaug.errors import UserError
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
-from sedaug.files import write_text
+from sedaug.files import remove_stale_temporaries, write_text
 from sedaug.recipe import Recipe, dump_recipe, load_recipe
 from sedaug.rundir import RunDir
 from sedaug.watch import log_evaluation
@@ -146,6 +146,7 @@ def _strong_split(features: Path, split: str) -> Split:
 
 
 def _score(strong, data: Split, recipe: Recipe, about: dict[str, Any], out: Path, timing: dict, progress: bool) -> dict[str, Any]:
+    remove_stale_temporaries(out.parent)  # the folder an evaluation killed while writing left beside `out`
     evaluation = evaluate_scores(
         strong, data.filenames, data.durations, data.events, threshold=recipe.eval.threshold,
         median_window=recipe.eval.median_window, progress=progress, timing=timing,

@@ -450,3 +450,13 @@ def test_a_mean_teacher_checkpoint_without_a_fitting_teacher_is_one_line(tiny_fe
         before = checksums(runs)
         one_error(run(*resume, "--resume"), str(last), expected)
         assert checksums(runs) == before
+
+
+def test_evaluate_clears_what_a_killed_evaluation_left(runs):
+    """An evaluation is written aside (`.eval.tmp<pid>`) and swapped in whole; one killed meanwhile leaves that."""
+    seed = runs / "none" / "seed0"
+    dead = 2**22 + 1  # above Linux's largest pid: no process has it
+    (seed / f".eval.tmp{dead}" / "scores").mkdir(parents=True)
+    result = run("evaluate", seed, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (seed / "eval" / "results.json").is_file() and not list(seed.glob(".eval.*"))
