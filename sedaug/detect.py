@@ -195,8 +195,9 @@ def find_recordings(paths: Iterable[Path], fail: Callable[[Path, str], None]) ->
 
 def file_stems(names: Sequence[str]) -> dict[str, str]:
     """Recording name -> the stem of its score file and plot: its clip_id (the name without .wav, as `sedaug
-    evaluate` names an eval clip's files) where that is unique, even ignoring case; else its whole name (a.wav and
-    a.WAV -> a.wav, a.WAV); a "~2", "~3"... is added where names still clash ignoring case."""
+    evaluate` names an eval clip's files) where that is unique, even ignoring case; else its whole name (a.flac and
+    a.flac.wav, both a.flac otherwise). Names that still clash ignoring case (a.wav and a.WAV, one file on a
+    case-insensitive disk) get "~2", "~3"... in the order given."""
     base = {name: clip_id(name) for name in names}
     clashes = Counter(stem.casefold() for stem in base.values())
     used: set[str] = set()
