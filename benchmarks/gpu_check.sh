@@ -29,6 +29,9 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 if [ "$DRY" = 1 ]; then
   export CUDA_VISIBLE_DEVICES=  # the CPU even where a GPU is: the CUDA tests skip, every stage stays small
+  # One thread per process: two trials' OpenMP threads on a loaded 2-core CPU wait on each other (measured: a tiny
+  # step 1 s with one thread, 15 s with two).
+  export OMP_NUM_THREADS=1
   DEVICE=(--dry-run)
   PACKING=(--packing 1,2 --recipes vat_latent)
   SPEED=(--families vat_latent)

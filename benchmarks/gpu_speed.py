@@ -75,7 +75,8 @@ def measure(family: str, config: str, features: Path, device: torch.device, warm
     from sedaug.train import build_training, training_step
 
     setting = CONFIGS[config]
-    overrides = [f"data.features={features}", f"optim.precision={'bf16' if setting.bf16 else 'fp32'}",
+    # Compiled here, below, in the configuration's mode; the recipe's own resolution must not compile first.
+    overrides = [f"data.features={features}", f"optim.precision={'bf16' if setting.bf16 else 'fp32'}", "optim.compile=false",
                  *(TINY if dry_run else [])]
     recipe = load_recipe(REPO / "recipes" / f"{family}.yaml", overrides)
     store = FeatureStore(features)

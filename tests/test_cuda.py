@@ -269,6 +269,8 @@ def resume_twice(recipe: str, device: str, deterministic: bool, out: Path, featu
     overrides = [*(f"model.{k}={v}" for k, v in TINY_CRNN.items()), f"data.features={features}", "data.batch_size=4",
                  "optim.max_steps_per_epoch=2"]
     env = {**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    if device == "cpu":  # one thread: beside pytest's, two OpenMP threads on a loaded 2-core CPU wait on each other
+        env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(REPO / "recipes" / f"{recipe}.yaml"), device,
                            "1" if deterministic else "0", str(out), json.dumps(overrides)],
                           capture_output=True, text=True, env=env, timeout=600)
