@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sedaug import transforms
-from sedaug.model import BatchNorm2d, Perturb, Scaler
+from sedaug.model import BatchNorm2d, Perturb, Perturbation, Scaler
 from sedaug.recipe import (
     AdversarialAugmentation,
     FilterAugmentation,
@@ -184,7 +184,8 @@ class SameDraws:
 
 def noise(aug: NoiseAugmentation, frames: Tensor | None = None) -> Perturb:
     """Gaussian noise at each location; its std is a constant (detached), not something to differentiate.
-    `frames` (B,): each clip's real input frames; the mel power is averaged over those only (padding excluded)."""
+    `frames` (B,): each clip's real input frames; at `mel`, the power is averaged over those only and only they get
+    noise (dcase20 adds it before padding: a short clip's pad frames stay at exactly 0 dB)."""
 
     def perturb(point: str, h: Tensor) -> Tensor:
         if point not in aug.locations:
@@ -194,10 +195,11 @@ def noise(aug: NoiseAugmentation, frames: Tensor | None = None) -> Perturb:
             power = h.detach().square()
             if frames is None:
                 power = power.mean(dim=1, keepdim=True)
+                std = (power * 10 ** (-aug.snr_db / 10)).sqrt()
             else:
                 real = (torch.arange(h.shape[1], device=h.device) < frames[:, None]).unsqueeze(-1)
                 power = (power * real).sum(dim=1, keepdim=True) / frames.view(-1, 1, 1).clamp_min(1)
-            std = (power * 10 ** (-aug.snr_db / 10)).sqrt()
+                std = (power * 10 ** (-aug.snr_db / 10)).sqrt() * real
         else:
             std = aug.sigma * rms(h)
         return h + std * torch.randn_like(h)
@@ -220,11 +222,11 @@ def _gradient(
     with `same_draws`, the pass replays the reference pass's dropout masks and batch statistics."""
     leaves: dict[str, Tensor] = {}
 
-    def perturb(point: str, h: Tensor) -> Tensor:
-        if point not in locations:
-            return h
+    def add_leaf(point: str, h: Tensor) -> Tensor:
         leaves[point] = offset(point, h).detach().requires_grad_()
         return h + leaves[point]
+
+    perturb = Perturbation(frozenset(locations), add_leaf)
 
     # enable_grad: the caller may run an EMA teacher under no_grad, with parameters that need no gradient.
     with torch.enable_grad(), frozen_buffers(model), same_draws.replaying() if same_draws else nullcontext():
@@ -265,12 +267,10 @@ def vat_directions(
 def shift(directions: dict[str, Tensor], epsilon: float, mode: str) -> Perturb:
     """h + ε·size(h)·direction at each location that has a direction."""
 
-    def perturb(point: str, h: Tensor) -> Tensor:
-        if point not in directions:
-            return h
+    def add(point: str, h: Tensor) -> Tensor:
         return h + epsilon * _size(h, mode) * directions[point]
 
-    return perturb
+    return Perturbation(frozenset(directions), add)
 
 
 # ------------------------------------------------------------------------------------------- mixup

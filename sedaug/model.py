@@ -11,6 +11,7 @@ baseline's weights can be loaded and compared output for output.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +25,26 @@ from sedaug.recipe import ModelConfig
 # blocks skips the missing ones (and a deeper one calls `cnn8`… too, which recipes cannot name).
 POINTS = ("mel", "input", *(f"cnn{i}" for i in range(1, 8)), "cnn", "rnn")
 Perturb = Callable[[str, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A perturb(point, h) that names the points it acts at. The CNN visits its block points (`cnn1`…, breaking a
+    compiled CNN into one graph per block) only for a perturb that may act there: a plain callable, or one of these
+    naming a block. VAT's probe passes replay the clean pass's dropout masks, which holds only if they run the same
+    compiled graph: block by block, dynamo recompiles per block shape and falls back to eager past its limit."""
+
+    points: frozenset[str]
+    fn: Perturb
+
+    def __call__(self, point: str, h: Tensor) -> Tensor:
+        return self.fn(point, h) if point in self.points else h
+
+
+def _visits_blocks(perturb: Perturb | None) -> bool:
+    if perturb is None:
+        return False
+    return not isinstance(perturb, Perturbation) or any(p.startswith("cnn") and p != "cnn" for p in perturb.points)
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -149,7 +170,8 @@ class CRNN(nn.Module):
         if perturb is not None:
             x = perturb("input", x)
         # Channels-last: oneDNN's convolutions run ~15 % faster on CPU without layout reorders.
-        x = self.cnn(x.unsqueeze(1).contiguous(memory_format=torch.channels_last), perturb)  # (B, C, T', F')
+        x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+        x = self.cnn(x, perturb if _visits_blocks(perturb) else None)  # (B, C, T', F')
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, T', C·F')
         if perturb is not None:
             x = perturb("cnn", x)

@@ -361,6 +361,9 @@ def test_noise_at_mel_takes_the_power_of_the_real_frames_only():
     out = noise(NoiseAugmentation(type="noise", locations=["mel"], snr_db=0), frames)("mel", x)
     # snr 0 dB: std = sqrt(mean_t(X²)) over the real frames; estimate it from the noise itself, per bin
     expected = torch.stack([x[0, :300].square().mean(dim=0).sqrt(), x[1].square().mean(dim=0).sqrt()])
-    torch.testing.assert_close((out - x).std(dim=1), expected, rtol=0.08, atol=0)
+    noise_std = torch.stack([(out - x)[0, :300].std(dim=0), (out - x)[1].std(dim=0)])
+    # 300 draws a bin: a std estimate within 15 % (the padding's share would move it by ~30 %)
+    torch.testing.assert_close(noise_std, expected, rtol=0.15, atol=0)
     padded_power = x[0].square().mean(dim=0).sqrt()
-    assert ((out - x)[0].std(dim=0) - padded_power).abs().min() > 0.1 * padded_power.min()
+    assert (noise_std[0] - padded_power).abs().min() > 0.1 * padded_power.min()
+    assert torch.equal(out[0, 300:], x[0, 300:])  # and the padding gets none (dcase20 noises before padding)

@@ -1,0 +1,149 @@
+"""VAT measures curvature whatever the training passes run in (issue #21): eager or compiled, float32, bf16
+autocast, or TF32 convolutions (emulated on CPU by rounding convolution inputs and weights to 10 mantissa bits).
+
+The reference is exact: H·d₀ with H = 2/N_s J_sᵀJ_s + 2/N_w J_wᵀJ_w, the Hessian at r = 0 of MSE[f(x), f(x + r)]
+for the network the clean pass ran (its dropout masks and batch statistics), J formed row by row in float32.
+Before the fix, the same checks gave cosines of −0.5…0.3 under bf16 and 0.1…0.4 under emulated TF32, and the
+compiled step raised KeyError: BatchNorm2d.
+"""
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sedaug import augment
+from sedaug.augment import SameDraws, vat_directions
+from sedaug.data.batches import Batch
+from sedaug.model import CRNN, Perturbation
+from sedaug.recipe import ModelConfig, Recipe, VATAugmentation
+from sedaug.train import training_step
+
+# Small enough to form J row by row: 16 mel bins, 16 frames (4 output frames), time pooled 4x as the real grid.
+SMALL = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(2, 4), (2, 4)], rnn_hidden=8, rnn_layers=1, init="pytorch")
+VAT = VATAugmentation(type="vat", locations=["input"])  # the defaults: ξ = 1e-3 relative, one iteration
+
+
+def small_batch(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 16, 16, generator=g) ** 4 * 10
+
+
+def tf32_round(t: torch.Tensor) -> torch.Tensor:
+    """t rounded to TF32 (10 mantissa bits, to nearest), the gradient passed straight through."""
+    bits = t.detach().contiguous().view(torch.int32)
+    rounded = ((bits + 0x1000) & ~0x1FFF).view(torch.float32).view_as(t)
+    return t + (rounded - t).detach()
+
+
+@pytest.fixture
+def emulated_tf32(monkeypatch):
+    """Convolutions round their float32 inputs and weights to TF32 while cuDNN's allow_tf32 is on (its default),
+    as cuDNN does on a GPU; sedaug is told that TF32 is in use."""
+    conv2d = F.conv2d
+
+    def rounding_conv2d(x, weight, *args, **kwargs):
+        if torch.backends.cudnn.allow_tf32 and x.dtype == torch.float32:
+            x, weight = tf32_round(x), tf32_round(weight)
+        return conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(F, "conv2d", rounding_conv2d)
+    monkeypatch.setattr(augment, "_tf32", lambda device: torch.backends.cudnn.allow_tf32)
+
+
+class Spy(torch.nn.Module):
+    """Records the perturbation the last pass added at `input` (VAT's probe ξ·‖h‖·unit(d₀))."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.added = model, None
+
+    def forward(self, mel, perturb=None):
+        def spy(point, h):
+            out = perturb(point, h)
+            if point == "input":
+                self.added = (out - h).detach()
+            return out
+
+        return self.model(mel, Perturbation(perturb.points, spy) if perturb is not None else None)
+
+
+def exact_curvature(model: CRNN, mel: torch.Tensor, same: SameDraws, d: torch.Tensor) -> torch.Tensor:
+    """H·d for the replayed network, J row by row (one pass each: a compiled backward is not called twice)."""
+
+    def outputs(r):
+        with same.replaying():
+            strong, weak = model(mel, Perturbation(frozenset({"input"}), lambda point, h: h + r))
+        return strong.flatten(), weak.flatten()
+
+    strong, weak = outputs(torch.zeros_like(mel))
+    rows = []
+    for i in range(len(strong) + len(weak)):
+        r = torch.zeros_like(mel, requires_grad=True)
+        rows.append(torch.autograd.grad(torch.cat(outputs(r))[i], r)[0].flatten().double())
+    j_strong, j_weak = torch.stack(rows[: len(strong)]), torch.stack(rows[len(strong) :])
+    hessian = 2 / len(strong) * j_strong.T @ j_strong + 2 / len(weak) * j_weak.T @ j_weak
+    return (hessian @ d.flatten().double()).view(d.shape)
+
+
+def cosines_per_clip(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """One cosine per clip: unit() scales each clip's direction apart, and H is block-diagonal over clips."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).tolist()
+
+
+def vat_against_exact(model: CRNN, mel: torch.Tensor, bf16: bool) -> list[float]:
+    same = SameDraws(model, mel.device)
+    spy = Spy(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+        with same.recording():
+            clean = model(mel)
+        d = vat_directions(VAT, spy, tuple(y.detach() for y in clean), mel, same)["input"]
+    return cosines_per_clip(d, exact_curvature(model, mel, same, spy.added))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "tf32"])
+def test_vat_direction_is_the_exact_curvature_in_every_precision(precision, request):
+    if precision == "tf32":
+        request.getfixturevalue("emulated_tf32")
+    torch.manual_seed(0)
+    model = CRNN(SMALL, n_mels=16).train()
+    cosines = vat_against_exact(model, small_batch(), bf16=precision == "bf16")
+    assert min(cosines) >= 0.99, cosines
+
+
+def test_a_replay_after_a_bf16_pass_runs_in_float32_and_leaves_the_precision_settings_alone(emulated_tf32):
+    torch.manual_seed(0)
+    model = CRNN(SMALL, n_mels=16).train()
+    same = SameDraws(model, torch.device("cpu"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with same.recording():
+            clean = model(small_batch())
+        assert clean[0].dtype == torch.bfloat16 and same.reduced
+        with same.replaying():
+            again = model(small_batch())
+            assert not torch.is_autocast_enabled("cpu") and not torch.backends.cudnn.allow_tf32
+        assert torch.is_autocast_enabled("cpu") and torch.backends.cudnn.allow_tf32
+    assert again[0].dtype == torch.float32
+    torch.testing.assert_close(again[0], clean[0].float(), rtol=0, atol=0.02)  # the same network, in bf16 rounding
+
+
+def test_compiled_vat_steps_run_and_find_the_exact_curvature():
+    """The one compiled test (compile time is what it is): a few compiled VAT training steps, then the direction on
+    the compiled network's own masks against the exact H·d₀, in float32 and under bf16 autocast."""
+    torch.manual_seed(0)
+    recipe = Recipe(name="vat", model=SMALL, augmentation=VAT, regularization={"type": "l2"})
+    model = CRNN(SMALL, n_mels=16).train()
+    model.cnn.compile()
+    optimizer = torch.optim.Adam(model.parameters())
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(small_batch(4), (torch.rand(1, 10, generator=g) < 0.5).float(),
+                  (torch.rand(1, 4, 10, generator=g) < 0.5).float(), n_unlabeled=2, n_weak=1)
+    for step in range(2):  # raised KeyError: BatchNorm2d at the first step before the fix
+        losses = training_step(recipe, model, None, optimizer, batch, step, 1e-3, 2.0)
+        assert all(torch.isfinite(loss) for loss in losses)
+    for bf16 in (False, True):
+        cosines = vat_against_exact(model, small_batch(seed=2), bf16)
+        assert min(cosines) >= 0.99, (bf16, cosines)
