@@ -6,7 +6,6 @@ Per epoch: predict synthetic_valid, keep best.pt by event-based macro F1, write 
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import signal
@@ -27,6 +26,7 @@ from sedaug.augment import SameDraws, consistency_views, mse
 from sedaug.checkpoint import Checkpoint, TrainState, load_checkpoint, restore_training, save_checkpoint
 from sedaug.data.batches import Batch, ThreeStreams
 from sedaug.data.store import FeatureStore, Split
+from sedaug.device import resolve_step_config
 from sedaug.errors import UserError
 from sedaug.evaluation.f1 import event_based_f1
 from sedaug.evaluation.postprocess import decode
@@ -63,7 +63,8 @@ def rampup(step: int, length: float) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, step: int, decay: float) -> None:
-    """Mean Teacher: teacher <- a teacher + (1 - a) student over parameters only, a = min(1 - 1/(step+1), decay)."""
+    """Mean Teacher: teacher <- a teacher + (1 - a) student over parameters only, a = min(1 - 1/(step+1), decay),
+    `step` counting the optimizer steps done, this one included (dcase20's global_step: a = 0.5 after the first)."""
     alpha = min(1.0 - 1.0 / (step + 1), decay)
     torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1.0 - alpha)
 
@@ -102,18 +103,22 @@ def consistency_loss(clean: tuple, perturbed: tuple, mean_teacher: bool, rows: s
 
 
 def build_training(
-    recipe: Recipe, scaler: tuple[np.ndarray, np.ndarray], device: torch.device
+    recipe: Recipe, scaler: tuple[np.ndarray, np.ndarray], device: torch.device, steps: int | None = None
 ) -> tuple[CRNN, CRNN | None, torch.optim.Optimizer]:
-    """The student (with the feature store's scaler), its EMA teacher under Mean Teacher, and Adam."""
+    """The student (with the feature store's scaler), its EMA teacher under Mean Teacher, and Adam; the CNNs compiled
+    as `resolve_step_config` decides for a run of `steps` steps on `device`."""
     model = CRNN(recipe.model)
     model.set_scaler(*scaler)
     model.to(device)
     teacher = None
     if recipe.regularization.type == "mean_teacher":
-        teacher = copy.deepcopy(model).requires_grad_(False)
+        # dcase20 builds its teacher as a second, independently initialised CRNN (not a copy of the student).
+        teacher = CRNN(recipe.model).requires_grad_(False)
+        teacher.set_scaler(*scaler)
+        teacher.to(device)
     weight_decay = recipe.regularization.weight_decay if recipe.regularization.type == "l2" else 0.0
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=weight_decay)
-    if recipe.optim.compile:
+    if resolve_step_config(recipe, device, steps).compile:
         for net in filter(None, (model, teacher)):
             net.cnn.compile()  # the CNN holds the time; the perturbation points stay outside the compiled graph
     return model, teacher, optimizer
@@ -133,7 +138,7 @@ def training_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     u, w = batch.n_unlabeled, batch.n_weak
-    bf16 = recipe.optim.precision == "bf16"
+    bf16 = resolve_step_config(recipe, batch.mels.device, None).precision == "bf16"
     aug = recipe.augmentation
     same_draws = SameDraws(model, batch.mels.device) if aug.type == "vat" and aug.dropout == "shared" else None
     with torch.autocast(batch.mels.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
@@ -163,7 +168,7 @@ def training_step(
     loss.backward()
     optimizer.step()
     if teacher is not None:
-        ema_update(teacher, model, step, recipe.regularization.ema_decay)
+        ema_update(teacher, model, step + 1, recipe.regularization.ema_decay)  # dcase20 counts this step first
     return Losses(loss_class.detach(), loss_const.detach(), loss.detach())
 
 
