@@ -1,7 +1,8 @@
 """sedaug benchmarks: every figure measured in one run on this machine (`make bench` / `python -m benchmarks`).
 
 Sections: matmul peak; training-step throughput per augmentation family with model FLOP utilization (MFU) and the
-ratio to a naive eager reference; extract-mels against a librosa per-clip reference; evaluate on a 700-clip split;
+ratio to a naive eager reference; sedaug's default step (as `sedaug train` resolves it) against dcase20's eager
+step, taking turns (`default_step`); extract-mels against a librosa per-clip reference; evaluate on a 700-clip split;
 peak resident memory of training on a DESED-sized feature store. Prints a table and writes JSON.
 """
 
@@ -243,6 +244,88 @@ def bench_training(features: Path, device: torch.device, peak: float, repeats: i
     return rows
 
 
+# ------------------------------------------- step comparison: sedaug's default step vs dcase20's eager step
+
+# A dcase20 run: 200 epochs of 263 steps (the weak stream, 1578 clips, 6 a batch, is the shortest).
+DCASE20_RUN_STEPS = 200 * 263
+
+
+def _dcase20_stepper(family: str, device: torch.device, batch_size: int):
+    """dcase20's training step as its main.py writes it, in plain eager PyTorch (the naive CRNN: NCHW, nn.Dropout,
+    nn.GRU): the student on the batch, BCE on the labeled slices; for `baseline` the EMA teacher on the 30 dB-noised
+    batch and w·MSE on both outputs; Adam; the EMA update."""
+    student = _NaiveCRNN().to(device).train()
+    teacher = _NaiveCRNN().to(device).train().requires_grad_(False) if family == "baseline" else None
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch_size, 628, 128, generator=g) ** 4 * 10).to(device)
+    u, w = batch_size // 2, batch_size // 4
+    strong_target = (torch.rand(batch_size - u - w, 157, 10, generator=g) < 0.2).float().to(device)
+    weak_target = (torch.rand(w, 10, generator=g) < 0.3).float().to(device)
+    done = {"steps": 0}
+
+    def step():
+        strong, weak = student(x)
+        loss = F.binary_cross_entropy(strong[u + w :], strong_target) + F.binary_cross_entropy(weak[u:w + u], weak_target)
+        if teacher is not None:
+            noisy = x + (x.square().mean(dim=1, keepdim=True) * 1e-3).sqrt() * torch.randn_like(x)
+            with torch.no_grad():
+                teacher_strong, teacher_weak = teacher(noisy)
+            loss = loss + 2.0 * (F.mse_loss(strong, teacher_strong) + F.mse_loss(weak, teacher_weak))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        done["steps"] += 1
+        if teacher is not None:
+            alpha = min(1 - 1 / (done["steps"] + 1), 0.999)
+            with torch.no_grad():
+                for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+                    t.mul_(alpha).add_(s, alpha=1 - alpha)
+
+    return step
+
+
+def _default_stepper(family: str, features: Path, device: torch.device, batch_size: int):
+    """sedaug's step of `family` as `sedaug train` runs a full-length run by default (resolve_step_config)."""
+    from sedaug.data.batches import ThreeStreams
+    from sedaug.data.store import FeatureStore
+    from sedaug.device import resolve_step_config
+    from sedaug.recipe import load_recipe
+    from sedaug.train import build_training, training_step
+
+    recipe = load_recipe(REPO / "recipes" / f"{family}.yaml", [f"data.features={features}"])
+    store = FeatureStore(features)
+    model, teacher, optimizer = build_training(recipe, store.scaler(), device, steps=DCASE20_RUN_STEPS)
+    streams = ThreeStreams(store, batch_size, recipe.seed, device, resident=device.type == "cuda")
+    state = {"step": 0, "batches": iter(())}
+
+    def step():
+        batch = next(state["batches"], None)
+        if batch is None:
+            state["batches"] = streams.epoch(state["step"])
+            batch = next(state["batches"])
+        training_step(recipe, model, teacher, optimizer, batch, state["step"], 1e-3, 2.0)
+        state["step"] += 1
+
+    return step, resolve_step_config(recipe, device, DCASE20_RUN_STEPS)
+
+
+def bench_default_step(features: Path, device: torch.device, repeats: int, families=("none", "baseline")) -> list[dict]:
+    """Each family's default sedaug step against the dcase20-style eager step, the four steps taking turns in one
+    process (timed_interleaved); the first call of a compiled step compiles, untimed."""
+    batch_size = 24
+    steps, configs = {}, {}
+    for family in families:
+        steps[f"{family} dcase20"] = _dcase20_stepper(family, device, batch_size)
+        steps[f"{family} sedaug"], configs[family] = _default_stepper(family, features, device, batch_size)
+    start = time.perf_counter()
+    seconds = timed_interleaved(steps, repeats, _sync(device))
+    return [{"family": family, "dcase20_s": seconds[f"{family} dcase20"], "sedaug_s": seconds[f"{family} sedaug"],
+             "speedup": seconds[f"{family} dcase20"] / seconds[f"{family} sedaug"],
+             "compile": configs[family].compile, "precision": configs[family].precision,
+             "wall_s": time.perf_counter() - start} for family in families]
+
+
 # ------------------------------------------------------------------------------------------ extract-mels
 
 
@@ -355,7 +438,7 @@ def bench_memory(source: Path, workdir: Path, steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="peak,train,extract,evaluate,memory", help="comma-separated sections")
+    parser.add_argument("--only", default="peak,train,default_step,extract,evaluate,memory", help="comma-separated sections")
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per step (default 3 CPU, 20 GPU)")
     parser.add_argument("--memory-steps", type=int, default=10)
@@ -384,6 +467,8 @@ def main(argv: list[str] | None = None) -> None:
             results["peak"]["bf16_flops"] = matmul_peak(device, torch.bfloat16)
         if "train" in sections:
             results["train"] = bench_training(features, device, peak, repeats, args.families.split(","))
+        if "default_step" in sections:
+            results["default_step"] = bench_default_step(features, device, repeats)
         if "extract" in sections:
             desed44, _ = tiny_store(workdir, sample_rate=44100)
             results["extract"] = bench_extract(desed44, workdir)
@@ -408,6 +493,13 @@ def report(results: dict) -> None:
             table.add_row(row["name"], f"{row['seconds']:.3f}", f"{row['clips_per_s']:.1f}", f"{row['flops'] / 1e9:.1f}",
                           f"{row['mfu']:.1%}", f"{row['vs_reference']:.2f}x" if "vs_reference" in row else "",
                           f"{row['vs_bare_student']:.2f}x" if "vs_bare_student" in row else "")
+        console.print(table)
+    if "default_step" in results:
+        table = Table("recipe", "dcase20 eager s/step", "sedaug default s/step", "sedaug config", "speedup",
+                      title="sedaug's default step vs dcase20's (full-size CRNN, batch 24, turns taken)")
+        for row in results["default_step"]:
+            config = f"{'compiled CNN' if row['compile'] else 'eager'}, {row['precision']}"
+            table.add_row(row["family"], f"{row['dcase20_s']:.3f}", f"{row['sedaug_s']:.3f}", config, f"{row['speedup']:.2f}x")
         console.print(table)
     if "extract" in results:
         e = results["extract"]

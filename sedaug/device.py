@@ -1,10 +1,21 @@
-"""`--device`: the one reading of a device name, for every command and for the Python API."""
+"""`--device`: the one reading of a device name, for every command and for the Python API; and the training step's
+configuration on that device (`resolve_step_config`)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from sedaug.errors import UserError
+
+if TYPE_CHECKING:
+    from sedaug.recipe import Recipe
+
+# On CPU, compiling the CNN costs about a minute per graph and saves about a second per step of the full-size CRNN
+# (README, "Speed"; `make bench`): `compile: auto` compiles runs of at least this many steps.
+COMPILE_AFTER_STEPS = 300
 
 
 def parse_device(name: str | torch.device | None) -> torch.device:
@@ -17,3 +28,19 @@ def parse_device(name: str | torch.device | None) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    compile: bool
+    precision: str  # fp32 or bf16
+
+
+def resolve_step_config(recipe: Recipe, device: torch.device, steps: int | None) -> StepConfig:
+    """`optim.compile` and `optim.precision` as a run of `steps` training steps (None: unknown, taken as short)
+    uses them on `device`. `auto` compiles the CNN when the run is long enough for the compile time to pay back,
+    and keeps float32 (bf16 autocast is slower than float32 on CPUs without bf16 matrix units, measured)."""
+    optim = recipe.optim
+    compile_ = optim.compile if optim.compile != "auto" else (steps or 0) >= COMPILE_AFTER_STEPS
+    precision = optim.precision if optim.precision != "auto" else "fp32"
+    return StepConfig(compile=bool(compile_), precision=precision)

@@ -270,8 +270,9 @@ class OptimConfig(Section):
     rampup_epochs: float = Field(50, ge=0)
     # Cap on steps per epoch (None: until the shortest stream is exhausted, as dcase20); for quick runs.
     max_steps_per_epoch: Count | None = None
-    precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False
+    # auto: what sedaug.device.resolve_step_config picks for the device and the run's length (README, "Speed").
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool | Literal["auto"] = "auto"  # true: the CNN runs under torch.compile
 
 
 class EvalConfig(Section):
