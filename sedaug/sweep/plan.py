@@ -261,7 +261,7 @@ class DryRun:
 
     def row_line(self, r: RowCost) -> str:
         width = max(len(row.recipe) for row in self.rows)
-        time_s = "" if r.step_s is None else f", {r.step_s:.3g} s/step -> {r.trial_hours:.3g} h"
+        time_s = "" if r.step_s is None else f", {r.step_s:.3g} s/step -> {_hours(r.trial_hours)} h"
         copied = f" ({r.copied} the search run)" if r.copied else ""
         trials = f"{r.trials:>4} trial{'s' if r.trials != 1 else ' '}"
         return (f"  {r.recipe:<{width}}  {trials} + {r.finals} final{copied} x {r.epochs} epochs x "
@@ -271,9 +271,8 @@ class DryRun:
         total = [r.trial_hours for r in self.rows]
         out = []
         if all(h is not None for h in total):
-            out.append(f"  total: {sum(total):.3g} trial-hours of training steps on {self.device} (one trial at a "
-                       "time, steps timed alone; validation and evaluation come on top; trials sharing a device each "
-                       "run slower)")
+            out.append(f"  total: {_hours(sum(total))} trial-hours of training steps on {self.device} (timed alone; "
+                       "validation, evaluation and trials sharing a device add to it)")
         return out + self.notes
 
     def lines(self) -> list[str]:
@@ -291,6 +290,10 @@ class DryRun:
                 timings[key] = step_seconds(self.recipes[row.recipe], self.device)
             row.step_s = timings[key]
             yield row
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
 
 
 def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
