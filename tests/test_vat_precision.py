@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from sedaug import augment
 from sedaug.augment import SameDraws, vat_directions
 from sedaug.data.batches import Batch
+from sedaug.device import COMPILE_AFTER_STEPS, StepConfig, resolve_step_config
+from sedaug.errors import UserError
 from sedaug.model import CRNN, Perturbation
-from sedaug.recipe import ModelConfig, Recipe, VATAugmentation
+from sedaug.recipe import ModelConfig, Recipe, VATAugmentation, validate_recipe
 from sedaug.train import training_step
 
 # Small enough to form J row by row: 16 mel bins, 16 frames (4 output frames), time pooled 4x as the real grid.
@@ -147,3 +149,26 @@ def test_compiled_vat_steps_run_and_find_the_exact_curvature():
     for bf16 in (False, True):
         cosines = vat_against_exact(model, small_batch(seed=2), bf16)
         assert min(cosines) >= 0.99, (bf16, cosines)
+
+
+# ------------------------------------------------------------------------------ the step configuration
+
+
+def test_auto_compiles_long_runs_only_and_never_vat_at_a_block():
+    cpu = torch.device("cpu")
+    latent = Recipe(name="r", augmentation={"type": "vat", "locations": ["cnn", "rnn"]})
+    assert resolve_step_config(latent, cpu, COMPILE_AFTER_STEPS) == StepConfig(compile=True, precision="fp32")
+    assert not resolve_step_config(latent, cpu, COMPILE_AFTER_STEPS - 1).compile
+    assert not resolve_step_config(latent, cpu, None).compile  # a run of unknown length is taken as short
+    at_block = Recipe(name="r", augmentation={"type": "vat", "locations": ["cnn1"]})
+    assert not resolve_step_config(at_block, cpu, 10**6).compile
+    explicit = Recipe(name="r", optim={"compile": False, "precision": "bf16"})
+    assert resolve_step_config(explicit, cpu, 10**6) == StepConfig(compile=False, precision="bf16")
+
+
+def test_the_schema_refuses_compiled_vat_at_a_block_in_one_line():
+    with pytest.raises(UserError) as error:
+        validate_recipe({"name": "r", "augmentation": {"type": "vat", "locations": ["cnn2"]}, "optim": {"compile": True}})
+    assert "\n" not in str(error.value) and "optim.compile" in str(error.value)
+    validate_recipe({"name": "r", "augmentation": {"type": "vat", "locations": ["cnn2"], "dropout": "independent"},
+                     "optim": {"compile": True}})  # fresh masks per probe: nothing to replay
