@@ -44,8 +44,9 @@ from sedaug.train import build_training, training_step
 
 REPO = Path(__file__).parents[1]
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
-HAS_CUDA = torch.cuda.is_available()
-CUDA_DEVICE = torch.device("cuda")
+# SEDAUG_CUDA_TESTS_ON=cpu runs the CUDA tests' code on the CPU (slowly): a check of the tests themselves.
+CUDA_DEVICE = torch.device(os.environ.get("SEDAUG_CUDA_TESTS_ON", "cuda"))
+HAS_CUDA = CUDA_DEVICE.type == "cpu" or torch.cuda.is_available()
 
 
 def cuda_only(test):
@@ -297,7 +298,7 @@ def test_the_resume_script_on_cpu(tmp_path, tiny_features):
 @pytest.mark.parametrize("recipe", ["baseline", "vat_latent"])
 @cuda_only
 def test_resume_on_cuda_is_bitwise_with_deterministic_algorithms(recipe, tmp_path, tiny_features):
-    straight, resumed, warned = resume_twice(recipe, "cuda", True, tmp_path, tiny_features)
+    straight, resumed, warned = resume_twice(recipe, CUDA_DEVICE.type, True, tmp_path, tiny_features)
     differ = [k for k in straight if not torch.equal(straight[k], resumed[k])]
     assert not differ, f"resumed weights differ at {differ}; ops without a deterministic CUDA kernel: {warned}"
     assert metrics(tmp_path / "straight") == metrics(tmp_path / "resumed")
@@ -308,7 +309,7 @@ def test_resume_on_cuda_with_pytorch_defaults_is_within_tolerance(tmp_path, tiny
     """Without deterministic algorithms cuDNN may sum a gradient in another order (~1e-7 relative). Adam's first
     steps are ±lr whatever a gradient's size, so an entry whose gradient is at that noise level can move by up to
     lr per step the other way: all weights within 2·lr·steps, and all but 1 % within 1e-5."""
-    straight, resumed, _ = resume_twice("vat_latent", "cuda", False, tmp_path, tiny_features)
+    straight, resumed, _ = resume_twice("vat_latent", CUDA_DEVICE.type, False, tmp_path, tiny_features)
     diff = torch.cat([(straight[k].double() - resumed[k].double()).abs().flatten() for k in straight
                       if straight[k].is_floating_point()])
     assert float(diff.max()) <= 2 * 1e-3 * 4
@@ -356,10 +357,10 @@ def test_detect_on_cuda_equals_the_cpu(tiny_desed, tiny_features, tmp_path):
 
     train(recipe, tmp_path / "run", device="cpu", progress=False)
     audio = tiny_desed / "audio" / "eval" / "public"
-    for device in ("cpu", "cuda"):
+    for folder, device in (("cpu", "cpu"), ("cuda", CUDA_DEVICE.type)):
         result = CliRunner().invoke(app, ["detect", str(tmp_path / "run"), str(audio), "--out",
-                                          str(tmp_path / device / "detections.tsv"), "--scores",
-                                          str(tmp_path / device / "scores"), "--device", device])
+                                          str(tmp_path / folder / "detections.tsv"), "--scores",
+                                          str(tmp_path / folder / "scores"), "--device", device])
         assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "cpu" / "scores").iterdir())
     assert names and names == sorted(p.name for p in (tmp_path / "cuda" / "scores").iterdir())
@@ -369,18 +370,31 @@ def test_detect_on_cuda_equals_the_cpu(tiny_desed, tiny_features, tmp_path):
         assert gap <= 1e-4, f"{name}: frame scores differ by {gap:.2e}"
 
 
+@pytest.mark.parametrize("source", ["synthetic16k", "stereo44k"])
 @cuda_only
-def test_extract_mels_on_cuda_equals_the_cpu(tiny_desed, tiny_features, tmp_path):
-    result = CliRunner().invoke(app, ["extract-mels", "--data", str(tiny_desed), "--out", str(tmp_path / "features"),
-                                      "--device", "cuda"])
+def test_extract_mels_on_cuda_equals_the_cpu(source, request, tmp_path):
+    """Also through the resampler (a convolution, which cuDNN may run in TF32) on 44.1 kHz stereo clips."""
+    if source == "synthetic16k":
+        data, cpu_store = request.getfixturevalue("tiny_desed"), request.getfixturevalue("tiny_features")
+    else:
+        from sedaug.data.desed import prepare_desed
+
+        data, cpu_store = tmp_path / "prepared", tmp_path / "cpu"
+        prepare_desed(request.getfixturevalue("real_layout").root, data, progress=False)
+        result = CliRunner().invoke(app, ["extract-mels", "--data", str(data), "--out", str(cpu_store), "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["extract-mels", "--data", str(data), "--out", str(tmp_path / "cuda"),
+                                      "--device", CUDA_DEVICE.type])
     assert result.exit_code == 0, result.output
-    for mels in sorted(tiny_features.glob("*/mels.npy")):
+    stores = sorted(cpu_store.glob("*/mels.npy"))
+    assert stores
+    for mels in stores:
         cpu = np.load(mels).astype(np.float32)
-        cuda = np.load(tmp_path / "features" / mels.parent.name / "mels.npy").astype(np.float32)
+        cuda = np.load(tmp_path / "cuda" / mels.parent.name / "mels.npy").astype(np.float32)
         # Within float16 rounding: one float16 step at the larger of the two values.
         step = np.spacing(np.maximum(np.abs(cpu), np.abs(cuda)).astype(np.float16)).astype(np.float32)
         excess = np.abs(cpu - cuda) - step
         assert excess.max() <= 0, f"{mels.parent.name}: {int((excess > 0).sum())} values beyond float16 rounding"
-    cpu, cuda = np.load(tiny_features / "scaler.npz"), np.load(tmp_path / "features" / "scaler.npz")
+    cpu, cuda = np.load(cpu_store / "scaler.npz"), np.load(tmp_path / "cuda" / "scaler.npz")
     for key in cpu.files:
         np.testing.assert_allclose(cuda[key], cpu[key], rtol=1e-4, err_msg=key)
