@@ -117,6 +117,16 @@ def test_copying_best_pt_to_last_pt_resumes_as_the_refusal_says(train, runs):
     assert [json.loads(line)["epoch"] for line in (seed / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.parametrize("line", ["garbage", "[1, 2]", '{"epoch": "1"}'], ids=["not-json", "list", "epoch-text"])
+def test_resume_refuses_a_damaged_metrics_jsonl(train, runs, line):
+    """It was a JSONDecodeError (or KeyError, TypeError) traceback."""
+    metrics = runs / "none" / "seed0" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + line + "\n")
+    before = checksums(runs)
+    one_error(train("--resume", epochs=2), f"{metrics} line 2", "not a metrics row")
+    assert checksums(runs) == before
+
+
 # ----------------------------------------------------------------------- 2. an ensemble never overwrites a run
 
 
