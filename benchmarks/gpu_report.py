@@ -18,21 +18,24 @@ VAT_TEST = "test_vat_direction_on_cuda_is_the_fixed_mask_curvature"
 BF16_TEST = "test_a_bf16_step_is_finite_and_close_to_the_float32_step"
 
 
-def read_tests(path: Path) -> dict:
-    """Counts and each test's outcome ("passed", "failed", "error", "skipped") with its message."""
-    if not path.exists():
-        return {"error": f"{path.name} missing: pytest did not finish (timed out?)", "cases": {}}
-    cases = {}
-    for case in ET.parse(path).getroot().iter("testcase"):
-        outcome, message = "passed", ""
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                outcome = {"failure": "failed"}.get(child.tag, child.tag)
-                message = (child.get("message") or "")[:400]
-        cases[case.get("name")] = {"outcome": outcome, "message": message}
+def read_tests(paths: list[Path]) -> dict:
+    """Counts and each test's outcome ("passed", "failed", "error", "skipped") with its message, over pytest's
+    JUnit XML files; a missing file (pytest cut short by its time limit) is named under "missing"."""
+    cases, missing = {}, []
+    for path in paths:
+        if not path.exists():
+            missing.append(path.name)
+            continue
+        for case in ET.parse(path).getroot().iter("testcase"):
+            outcome, message = "passed", ""
+            for child in case:
+                if child.tag in ("failure", "error", "skipped"):
+                    outcome = {"failure": "failed"}.get(child.tag, child.tag)
+                    message = (child.get("message") or "")[:400]
+            cases[case.get("name")] = {"outcome": outcome, "message": message}
     counts = {key: sum(c["outcome"] == outcome for c in cases.values())
               for key, outcome in (("passed", "passed"), ("failed", "failed"), ("errors", "error"), ("skipped", "skipped"))}
-    return {**counts, "cases": cases}
+    return {**counts, "missing": missing, "cases": cases}
 
 
 def config_verdicts(tests: dict, configs: dict) -> dict[str, str]:
@@ -79,6 +82,26 @@ def decide(verdicts: dict, summary: dict, speed: dict, packing: dict) -> dict:
             "best_trials_per_gpu_mps": packing.get("best_n_mps")}
 
 
+def machine() -> dict:
+    """This machine: torch, CUDA, the GPU's name and driver (nvidia-smi), or the CPU's platform."""
+    import platform
+    import subprocess
+
+    import torch
+
+    info = {"platform": platform.platform(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "device": "cpu"}
+    if info["gpu"]:
+        info["device"] = "cuda"
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            info["driver_and_memory"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else None
+        except (FileNotFoundError, subprocess.TimeoutExpired, IndexError):
+            info["driver_and_memory"] = None
+    return info
+
+
 def _gib(x) -> str:
     return "" if x is None else f"{x / 2**30:.2f}"
 
@@ -92,8 +115,8 @@ def markdown(report: dict) -> str:
              f"- trials per GPU: **{d['best_trials_per_gpu']}** -> sweeps/table1.yaml `resources.gpus: "
              f"{d['resources_gpus']}`; with MPS: {d['best_trials_per_gpu_mps']}", "",
              "## CUDA tests (pytest -m cuda)", ""]
-    if "error" in t:
-        lines.append(f"- {t['error']}")
+    if t["missing"]:
+        lines.append(f"- no results in {', '.join(t['missing'])}: pytest did not finish (its time limit?)")
     lines.append(f"- passed {t.get('passed', 0)}, failed {t.get('failed', 0)}, errors {t.get('errors', 0)}, "
                  f"skipped {t.get('skipped', 0)}")
     lines += [f"- {name}: {c['outcome']}: {c['message']}" for name, c in t["cases"].items()
@@ -131,7 +154,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=__doc__.splitlines()[0])
-    parser.add_argument("--tests", type=Path, required=True)
+    parser.add_argument("--tests", type=Path, nargs="+", required=True, help="pytest's JUnit XML files")
     parser.add_argument("--speed", type=Path, required=True)
     parser.add_argument("--packing", type=Path, required=True)
     parser.add_argument("--date", default="")
@@ -147,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     configs = {name: setting._asdict() for name, setting in CONFIGS.items()}
     verdicts = config_verdicts(tests, configs)
     summary = speed_summary(speed)
-    report = {"date": args.date, "machine": speed.get("machine", {}), "dry_run": speed.get("dry_run"),
+    report = {"date": args.date, "machine": machine(), "dry_run": speed.get("dry_run"),
               "configs": configs, "tests": tests, "config_verdicts": verdicts, "speed_summary": summary,
               "speed": speed, "packing": packing, "decisions": decide(verdicts, summary, speed, packing)}
     args.json.parent.mkdir(parents=True, exist_ok=True)

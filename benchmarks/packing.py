@@ -179,19 +179,19 @@ def run_packed(recipe: str, n: int, store: Path, workdir: Path, device: str, ste
     return row
 
 
-def best_n(rows: list[dict]) -> int | None:
-    """The N with the most trials per hour over the recipes, counting each recipe's rate relative to its own N=1
-    (their geometric mean gain); None when nothing was measured."""
+def best_n(rows: list[dict], mps: bool = False) -> int | None:
+    """The N with the largest gain in steps/s over N = 1 without MPS, as a geometric mean over the recipes (each
+    counted against its own N = 1), among the rows with or without MPS; None when there is nothing to compare."""
     gains: dict[int, list[float]] = {}
-    for recipe in {r["recipe"] for r in rows}:
-        measured = {r["n"]: r["steps_per_s"] for r in rows if r["recipe"] == recipe and "steps_per_s" in r}
-        if 1 in measured:
-            for n, rate in measured.items():
-                gains.setdefault(n, []).append(rate / measured[1])
-    if not gains:
-        return None
-    mean = {n: math.prod(g) ** (1 / len(g)) for n, g in gains.items() if len(g) == len(gains[1])}
-    return max(mean, key=mean.get)
+    recipes = sorted({r["recipe"] for r in rows})
+    for recipe in recipes:
+        rate = {(r["n"], r["mps"]): r["steps_per_s"] for r in rows if r["recipe"] == recipe and "steps_per_s" in r}
+        if (1, False) in rate:
+            for (n, with_mps), steps_per_s in rate.items():
+                if with_mps == mps:
+                    gains.setdefault(n, []).append(steps_per_s / rate[1, False])
+    mean = {n: math.prod(g) ** (1 / len(g)) for n, g in gains.items() if len(g) == len(recipes)}
+    return max(mean, key=mean.get) if mean else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -226,34 +226,32 @@ def main(argv: list[str] | None = None) -> dict:
                      "not_measured": []}
     args.json.parent.mkdir(parents=True, exist_ok=True)
 
-    def measure_all(workdir: Path, store: Path, mps: bool, env: dict | None) -> None:
-        for recipe in args.recipes.split(","):
-            for n in packing:
-                if time.monotonic() - started > args.budget_s:
-                    results["not_measured"].append({"recipe": recipe, "n": n, "mps": mps, "why": "time budget"})
-                    continue
-                row = run_packed(recipe, n, store, workdir, device, steps, args.dry_run, env, timeout_s=300)
-                results["rows"].append({**row, "mps": mps})
-                args.json.write_text(json.dumps(results, indent=2))
-                print(json.dumps(results["rows"][-1]), flush=True)
+    def measure(recipe: str, ns: list[int], workdir: Path, store: Path, mps: bool, env: dict | None) -> None:
+        for n in ns:
+            if time.monotonic() - started > args.budget_s:
+                results["not_measured"].append({"recipe": recipe, "n": n, "mps": mps, "why": "time budget"})
+                continue
+            row = run_packed(recipe, n, store, workdir, device, steps, args.dry_run, env, timeout_s=300)
+            results["rows"].append({**row, "mps": mps})
+            args.json.write_text(json.dumps(results, indent=2))
+            print(json.dumps(results["rows"][-1]), flush=True)
 
+    results["mps"] = "not tried" if args.mps == "off" else "not on a CPU" if device != "cuda" else None
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         store = desed_sized_store(workdir, args.dry_run, args.source)
-        measure_all(workdir, store, False, None)
-        if args.mps == "auto" and device == "cuda":
-            with mps_daemon(workdir) as (env, why):
-                results["mps"] = why or "started"
-                if env is not None:
-                    measure_all(workdir, store, True, env)
-        else:
-            results["mps"] = "not tried" if args.mps == "off" else "not on a CPU"
-    plain = [r for r in results["rows"] if not r["mps"]]
-    results["best_n"] = best_n(plain)
-    results["best_n_mps"] = best_n([r for r in results["rows"] if r["mps"]])
+        # Recipe by recipe, with MPS right after without: a budget cut leaves whole recipes, not half of each.
+        for recipe in args.recipes.split(","):
+            measure(recipe, packing, workdir, store, False, None)
+            if results["mps"] is None or results["mps"] == "started":
+                with mps_daemon(workdir) as (env, why):
+                    results["mps"] = why or "started"
+                    if env is not None:  # N = 1 under MPS is N = 1 without it: the gains count against the latter
+                        measure(recipe, [n for n in packing if n > 1], workdir, store, True, env)
+    results["best_n"] = best_n(results["rows"])
+    results["best_n_mps"] = best_n(results["rows"], mps=True)
     args.json.write_text(json.dumps(results, indent=2))
     return results
-
 
 if __name__ == "__main__":
     main()

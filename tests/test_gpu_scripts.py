@@ -93,11 +93,17 @@ def test_the_default_is_the_fastest_configuration_that_passed():
 
 
 def test_the_best_packing_is_the_largest_mean_gain_over_the_recipes():
-    rows = [{"recipe": r, "n": n, "steps_per_s": rate} for r, rates in
+    rows = [{"recipe": r, "n": n, "mps": False, "steps_per_s": rate} for r, rates in
             {"baseline": {1: 10, 2: 18, 4: 30, 8: 29}, "vat_latent": {1: 5, 2: 9, 4: 13, 8: 14}}.items()
             for n, rate in rates.items()]
     # Gains 1.8/1.8, 3.0/2.6, 2.9/2.8: geometric means 1.8, 2.79, 2.85.
     assert packing.best_n(rows) == 8
     rows[-1]["steps_per_s"] = 12  # vat_latent at 8: gain 2.4, mean sqrt(2.9 * 2.4) = 2.64 < 2.79
     assert packing.best_n(rows) == 4
-    assert packing.best_n([{"recipe": "baseline", "n": 2, "steps_per_s": 3}]) is None  # no N=1 to compare with
+    assert packing.best_n(rows, mps=True) is None  # no MPS row
+    # Under MPS, counted against N = 1 without it; an N measured for one recipe only does not count.
+    rows += [{"recipe": "baseline", "n": 2, "mps": True, "steps_per_s": 19},
+             {"recipe": "vat_latent", "n": 2, "mps": True, "steps_per_s": 10},
+             {"recipe": "baseline", "n": 4, "mps": True, "steps_per_s": 40}]
+    assert packing.best_n(rows, mps=True) == 2
+    assert packing.best_n([{"recipe": "baseline", "n": 2, "mps": False, "steps_per_s": 3}]) is None  # no N = 1
