@@ -145,23 +145,25 @@ class Spy(nn.Module):
 
 
 def fixed_mask_curvature(model: CRNN, cfg: ModelConfig, mel: torch.Tensor, masks: dict, probes: dict):
-    """H·r of MSE[f(x), f(x + r)] at r = 0, with r = `probes` (point -> tensor), and f(x): f is `model` in float64 on
-    the CPU with the clean pass's dropout `masks` written in and BatchNorm normalizing with f's own batch statistics
-    at r = 0, held fixed. There the MSE's residual is 0, so its Hessian is (2/N)·JᵀJ, the curvature VAT measures."""
-    ref = CRNN(cfg, n_mels=mel.shape[-1]).double()
-    ref.load_state_dict({k: v.detach().cpu().double() if v.is_floating_point() else v.cpu()
-                         for k, v in model.state_dict().items()})
+    """H·r of MSE[f(x), f(x + r)] at r = 0, with r = `probes` (point -> tensor), and f(x): f is `model` in float64 (on
+    its device) with the clean pass's dropout `masks` written in and BatchNorm normalizing with f's own batch
+    statistics at r = 0, held fixed. There the MSE's residual is 0, so its Hessian is (2/N)·JᵀJ, the curvature VAT
+    measures: J·r by a central difference (float64, steps of 1e-6 relative: exact to ~1e-10), then Jᵀ by one
+    backward pass (no double backward, which cuDNN's GRU does not have)."""
+    device = mel.device
+    ref = CRNN(cfg, n_mels=mel.shape[-1]).to(device, torch.float64)
+    ref.load_state_dict({k: v.detach().double() if v.is_floating_point() else v for k, v in model.state_dict().items()})
     ref.train()
     for name, mask in masks.items():
         dropout = ref.get_submodule(name)
-        scale = mask.cpu().double() / (1 - dropout.p)
+        scale = mask.double() / (1 - dropout.p)
         dropout.forward = lambda x, scale=scale: x * scale
     stats = {}
     batchnorms = [m for m in ref.modules() if isinstance(m, nn.BatchNorm2d)]
     hooks = [bn.register_forward_pre_hook(
         lambda m, args: stats.__setitem__(m, torch.var_mean(args[0], dim=(0, 2, 3), correction=0)))
         for bn in batchnorms]
-    mel = mel.detach().cpu().double()
+    mel = mel.detach().double()
     with torch.no_grad():
         ref(mel)
     for hook in hooks:
@@ -169,14 +171,20 @@ def fixed_mask_curvature(model: CRNN, cfg: ModelConfig, mel: torch.Tensor, masks
     for bn in batchnorms:
         bn.eval()
         bn.running_var, bn.running_mean = stats[bn]
+    probes = {point: p.detach().double() for point, p in probes.items()}
+
+    def f(r: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return ref(mel, lambda point, h: h + r[point] if point in r else h)
+
+    t = 1e-3  # the probes are 1e-3 of their tensors' norms (VAT's relative ξ): steps of 1e-6
     with torch.no_grad():
-        clean = ref(mel)
-    leaves = {point: torch.zeros(p.shape, dtype=torch.float64, requires_grad=True) for point, p in probes.items()}
-    out = ref(mel, lambda point, h: h + leaves[point] if point in leaves else h)
-    loss = sum(nn.functional.mse_loss(o, c) for o, c in zip(out, clean, strict=True))
-    grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
-    along = sum((g * probes[point].cpu().double()).sum() for g, point in zip(grads, leaves, strict=True))
-    return dict(zip(leaves, torch.autograd.grad(along, list(leaves.values())), strict=True)), clean
+        clean = f({})
+        ahead, behind = f({p: t * v for p, v in probes.items()}), f({p: -t * v for p, v in probes.items()})
+    jr = [(a - b) / (2 * t) for a, b in zip(ahead, behind, strict=True)]
+    leaves = {point: torch.zeros_like(v, requires_grad=True) for point, v in probes.items()}
+    # (2/N)·Jᵀ(J·r): the gradient at 0 of Σ (2/N)·⟨J·r, f(r)⟩ over the strong and weak outputs (MSE's mean over N).
+    pull = sum((2 / o.numel()) * (j * o).sum() for j, o in zip(jr, f(leaves), strict=True))
+    return dict(zip(leaves, torch.autograd.grad(pull, list(leaves.values())), strict=True)), clean
 
 
 def per_clip_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -217,7 +225,7 @@ SMALL = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(2, 4), (2, 4)], rnn_hidden
 def check_vat(config, locations, device, cfg, mel_shape) -> None:
     directions, exact, replayed, reference = vat_against_reference(config, locations, device, cfg, mel_shape)
     # The replayed pass is the fixed-mask network (float32, or rounding of a reduced-precision clean pass's statistics).
-    gap = max(float((r.double().cpu() - c).abs().max()) for r, c in zip(replayed, reference, strict=True))
+    gap = max(float((r.double() - c).abs().max()) for r, c in zip(replayed, reference, strict=True))
     assert gap < (1e-4 if config == "eager" else 1e-2), f"{config}: the replayed pass is {gap:.2e} from the network " \
         "with the clean pass's masks and batch statistics"
     for point in locations:
