@@ -12,14 +12,13 @@ values of the paper (`paper.py`) for the rows whose recipe says `paper_row`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
-from sedaug.evaluation.results import METRICS
+from sedaug.evaluation.results import METRICS, read_results
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
 from sedaug.sweep import in_search, selected_settings
@@ -99,23 +98,19 @@ class _Run:
     results: dict | None
 
 
-def _find_runs(runs_dir: Path, split: str) -> list[_Run]:
-    if not runs_dir.is_dir():
+def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> list[_Run]:
+    """Every run below `runs_dir` with its checked results.json on `split` (None: not evaluated), which must hold
+    `metrics`."""
+    if not runs_dir.exists():
         raise UserError(f"{runs_dir}: no such folder")
+    if not runs_dir.is_dir():
+        raise UserError(f"{runs_dir} is a file: give the folder of the runs (e.g. runs/)")
     runs = []
     for recipe_path in sorted(runs_dir.glob("**/recipe.yaml")):
         if in_search(recipe_path.parent):  # a sweep's search trials: its final/ runs are the table
             continue
         results_path = recipe_path.parent / split / "results.json"
-        results = None
-        if results_path.is_file():
-            try:
-                results = json.loads(results_path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise UserError(f"{results_path}: unreadable results ({e}): run `sedaug evaluate` again") from None
-            if not isinstance(results, dict):
-                raise UserError(f"{results_path}: not the results of `sedaug evaluate` (a JSON "
-                                f"{type(results).__name__}): run `sedaug evaluate` again")
+        results = read_results(results_path, metrics) if results_path.is_file() else None
         runs.append(_Run(recipe_path.parent, load_recipe(recipe_path), results))
     if not runs:
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
@@ -233,7 +228,7 @@ def build_table(
         check_metrics(metrics)
     runs_dir = Path(runs_dir)
     groups: dict[str, list[_Run]] = {}
-    for run in _find_runs(runs_dir, split):
+    for run in _find_runs(runs_dir, split, metrics):
         groups.setdefault(run.recipe.name, []).append(run)
     rows = [_row(name, groups[name], metrics) for name in sorted(groups, key=_order)]
     selected = selected_settings(runs_dir)  # a sweep directory or its final/: each row's selected values

@@ -144,8 +144,8 @@ def write_run(runs: Path, recipe_file: Path, seed: int, results: dict | None, na
 def test_paper_lists_exactly_the_papers_values_for_the_table1_recipes(tmp_path):
     runs = tmp_path / "runs"
     for name in PAPER:
-        write_run(runs, RECIPES / f"{name}.yaml", 0, {"macro": 0.35, "psds_ct": 0.5})
-    write_run(runs, RECIPES / "none.yaml", 0, {"macro": 0.3, "psds_ct": 0.4}, name="mine")  # not a row of the paper
+        write_run(runs, RECIPES / f"{name}.yaml", 0, {"macro": 0.35, "psds": 0.45, "psds_ct": 0.5})
+    write_run(runs, RECIPES / "none.yaml", 0, {"macro": 0.3, "psds": 0.35, "psds_ct": 0.4}, name="mine")  # not a row of the paper
     table = build_table(runs, metrics=("macro", "psds_ct", "psds"), paper=True)
     got = {r.recipe: (r.cells["macro"].paper, r.cells["psds_ct"].paper) for r in table.rows if r.paper_row}
     assert got == PAPER
@@ -335,3 +335,19 @@ def test_ci_in_worker_processes_equals_in_process(ci_runs):
     one = build_table(ci_runs, metrics=("macro", "psds_ct"), ci=95, resamples=100, workers=1)
     two = build_table(ci_runs, metrics=("macro", "psds_ct"), ci=95, resamples=100, workers=2)
     assert one == two
+
+
+@pytest.mark.parametrize("results, why", [
+    ({}, "no macro"), ({"macro": "0.3", "psds_ct": 0.5}, 'macro is "0.3"'), ({"macro": True, "psds_ct": 0.5}, "macro is true"),
+    ({"macro": 0.3, "psds_ct": 1e308}, "psds_ct is 1e+308"), ([0.3], "a JSON list"),
+])
+def test_table_refuses_results_that_are_not_scores(tmp_path, results, why):
+    from typer.testing import CliRunner
+
+    from sedaug.cli import app
+
+    write_run(tmp_path / "runs", RECIPES / "none.yaml", 0, {"macro": 0.3, "psds_ct": 0.5})
+    bad = write_run(tmp_path / "runs", RECIPES / "baseline.yaml", 0, results) / "eval" / "results.json"
+    result = CliRunner().invoke(app, ["table", str(tmp_path / "runs"), "--out", str(tmp_path / "t.md")])
+    assert result.exit_code == 1 and not (tmp_path / "t.md").exists()
+    assert result.output.count("\n") == 1 and result.output.startswith(f"error: {bad}: ") and why in result.output
