@@ -204,7 +204,7 @@ def noise(aug: NoiseAugmentation, frames: Tensor | None = None) -> Perturb:
             std = aug.sigma * rms(h)
         return h + std * torch.randn_like(h)
 
-    return perturb
+    return Perturbation(frozenset(aug.locations), perturb)  # named points: a compiled CNN stays one graph
 
 
 # ------------------------------------------------------------------------------ adversarial and VAT
@@ -323,9 +323,9 @@ def time_shift(aug: TimeShiftAugmentation, pooling: list[tuple[int, int]]) -> tu
     grid = transforms.point_grid(where, pooling)
 
     def perturb(point: str, h: Tensor) -> Tensor:
-        return torch.roll(h, k * grid.time_after, dims=grid.time_axis) if point == where else h
+        return torch.roll(h, k * grid.time_after, dims=grid.time_axis)
 
-    return perturb, k
+    return Perturbation(frozenset({where}), perturb), k
 
 
 # ------------------------------------------------------------------------------------- entry point
@@ -379,7 +379,7 @@ def consistency_views(
         # Manifold mixup: with several locations, one is drawn uniformly per step.
         where = aug.locations[int(torch.randint(len(aug.locations), ()))]
         target = (mix(clean[0], lam, perm), mix(clean[1], lam, perm))
-        return target, perturbed(lambda point, h: mix(h, lam, perm) if point == where else h)
+        return target, perturbed(Perturbation(frozenset({where}), lambda point, h: mix(h, lam, perm)))
     if aug.type == "time_shift":
         # An equivariance: the strong target moves with the input; the frames rolled in are out of the loss.
         perturb, k = time_shift(aug, transforms.model_pooling(model))

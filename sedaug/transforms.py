@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from sedaug.data.grid import PARAMS
-from sedaug.model import GatedBlock, Perturb
+from sedaug.model import GatedBlock, Perturb, Perturbation
 from sedaug.recipe import FilterAugmentation, FrequencyShiftAugmentation, MaskAugmentation, ReverbAugmentation
 
 INPUT_FRAME_SECONDS = PARAMS.hop / PARAMS.sample_rate  # 0.0159375 s
@@ -293,4 +293,4 @@ def fixed(
             params[point] = transform.draw(point, h, grid)
         return transform.apply(point, h, grid, params[point])
 
-    return perturb
+    return Perturbation(frozenset(locations), perturb)  # named points: a compiled CNN stays whole when it can
