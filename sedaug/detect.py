@@ -25,8 +25,8 @@ import torch
 
 from sedaug.checkpoint import load_model
 from sedaug.data.desed import EVENT_COLUMNS
-from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, FeatureParams
-from sedaug.data.mel import FLOAT16_MAX, check_sample_rate, clip_mels, mel_problems, resample
+from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, FeatureParams, check_sample_rate
+from sedaug.data.mel import FLOAT16_MAX, clip_mels, mel_problems, resample
 from sedaug.device import parse_device
 from sedaug.errors import UserError
 from sedaug.evaluation.detection_plot import plot_detections
@@ -238,7 +238,7 @@ def decoded_groups(
 def load_recording(path: Path, params: FeatureParams = PARAMS) -> np.ndarray:
     """The whole recording as `extract-mels` decodes a clip (data/extract.py): channels averaged, resampled to
     16 kHz (float32). Audio holding NaN or infinity, too short for one STFT frame, or at an absurd sample rate
-    (data/mel.py's check_sample_rate) is a ValueError."""
+    (data/grid.py's check_sample_rate) is a ValueError."""
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     check_sample_rate(rate)
     finite = np.isfinite(audio).all(axis=1)

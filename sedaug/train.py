@@ -202,7 +202,8 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> C
         return None  # nothing was trained yet: --resume restarts the run from scratch
     ckpt = load_checkpoint(last, device)  # its recipe is the run's, whatever became of recipe.yaml
     ours, theirs = recipe.model_dump(mode="json"), ckpt.recipe.model_dump(mode="json")
-    ours["optim"].pop("epochs"), theirs["optim"].pop("epochs")
+    for dump in (ours, theirs):  # more epochs may be asked for; paper_row only labels the table's row
+        dump["optim"].pop("epochs"), dump.pop("paper_row", None)
     if ours != theirs:
         diff = sorted(_diff_keys(theirs, ours))
         raise UserError(f"--resume: the recipe differs from {last}'s at {', '.join(diff)} (only optim.epochs may change)")

@@ -97,6 +97,23 @@ def test_non_finite_audio(prepared, bad):
     assert checksums(out) == before
 
 
+def test_absurd_sample_rate_is_refused_at_prepare(prepared):
+    layout, out = prepared
+    before = checksums(out)
+    victim = audio(layout, "weak", WEAK_CLIP)
+    sf.write(victim, np.zeros((10, 1), np.float32), 1)  # ten samples at 1 Hz: "10 s" of nothing
+    assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "1 Hz")
+    assert checksums(out) == before
+
+
+def test_a_file_where_a_folder_is_due_is_said_to_be_a_file(tmp_path):
+    a_file = tmp_path / "desed.txt"
+    a_file.write_text("not a folder")
+    assert_cli_refuses(run("prepare-desed", "--root", a_file, "--out", tmp_path / "out"), str(a_file), "is a file")
+    assert_cli_refuses(run("extract-mels", "--data", a_file, "--out", tmp_path / "f"), str(a_file), "is a file")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "f").exists()
+
+
 def truncate(path: Path, seconds: float) -> None:
     """Cut a 16-bit stereo WAV's data after `seconds`, leaving its header as it was (a broken download)."""
     data = path.read_bytes()

@@ -28,6 +28,7 @@ import pandas as pd
 import soundfile as sf
 
 from sedaug import __version__
+from sedaug.data.grid import check_sample_rate
 from sedaug.data.metadata import (  # noqa: F401 (re-exported: the layout's classes and columns)
     CLASSES,
     EVENT_COLUMNS,
@@ -211,6 +212,8 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
 
 def check_layout(root: Path) -> None:
     """Raise a one-line UserError naming the first expected folder or TSV that `root` lacks."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"DESED root {root} is a file, not a folder (pass --root DIR, the folder holding audio/ and metadata/)")
     if not root.is_dir():
         raise UserError(f"DESED root {root} does not exist (pass --root DIR, or --synthetic to generate one)")
     for split in SPLITS.values():
@@ -260,6 +263,10 @@ def _read_header(path: Path) -> _Clip:
         raise UserError(f"cannot decode {path}: {_one_line(err)}") from err
     if info.frames <= 0 or info.samplerate <= 0:
         raise UserError(f"cannot decode {path}: it holds no audio samples")
+    try:
+        check_sample_rate(info.samplerate)
+    except ValueError as err:
+        raise UserError(f"{path}: {err}: resample it, or remove it from the TSV") from None
     duration = info.frames / info.samplerate
     if duration < MIN_SECONDS:
         raise UserError(
@@ -366,6 +373,8 @@ def manifest_hash(prepared: Path) -> str:
 
 def _manifest_dir(prepared: Path) -> Path:
     manifest_dir = Path(prepared) / MANIFEST_DIR
+    if Path(prepared).exists() and not Path(prepared).is_dir():
+        raise UserError(f"{prepared} is a file, not a prepared DESED folder (the --out of `sedaug prepare-desed`)")
     if not (manifest_dir / PREPARE_JSON).is_file():
         raise UserError(f"no DESED manifest in {manifest_dir}: run `sedaug prepare-desed` first")
     return manifest_dir

@@ -30,8 +30,8 @@ import torch
 
 from sedaug import __version__
 from sedaug.data.desed import load_events, load_manifest, manifest_hash
-from sedaug.data.grid import PARAMS, FeatureParams
-from sedaug.data.mel import check_sample_rate, clip_mels, log_mel, mel_problems, resample
+from sedaug.data.grid import PARAMS, FeatureParams, check_sample_rate
+from sedaug.data.mel import clip_mels, log_mel, mel_problems, resample
 from sedaug.data.store import (
     FEATURE_SPLITS,
     FEATURES_JSON,

@@ -87,3 +87,16 @@ def time_pooling(model: ModelConfig) -> int:
 TIME_POOLING = time_pooling(ModelConfig())
 N_OUTPUT_FRAMES = PARAMS.n_frames // TIME_POOLING
 FRAME_SECONDS = PARAMS.hop * TIME_POOLING / PARAMS.sample_rate  # 0.06375 s
+
+
+# The sample rates a recording may have: 8 kHz (telephone audio) up to 768 kHz. Below, the file cannot hold most of
+# the 0-8 kHz mel bands (a 1 Hz file's ten samples would pass for ten seconds of silence); above, resampling alone
+# would need a filter of millions of taps.
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 768000
+
+
+def check_sample_rate(rate: int) -> None:
+    """A ValueError for a sample rate outside [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"a sample rate of {rate} Hz (sedaug reads {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz audio)")

@@ -27,19 +27,8 @@ PAD = 1.0
 KAISER_BEST = {"num_zeros": 64, "precision": 9, "rolloff": 0.9475937167399596, "beta": 14.769656459379492}
 
 
-# The sample rates a recording may have: 8 kHz (telephone audio) up to 768 kHz. Below, the file cannot hold most of
-# the 0-8 kHz mel bands (a 1 Hz file's ten samples would pass for ten seconds of silence); above, resampling alone
-# would need a filter of millions of taps.
-MIN_SAMPLE_RATE = 8000
-MAX_SAMPLE_RATE = 768000
 # The largest value the feature store's float16 holds.
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
-
-
-def check_sample_rate(rate: int) -> None:
-    """A ValueError for a sample rate outside [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]."""
-    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-        raise ValueError(f"a sample rate of {rate} Hz (sedaug reads {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz audio)")
 
 
 def mel_problems(mels: Tensor) -> dict[int, str]:

@@ -74,9 +74,10 @@ def _fits(params: dict[str, Any], space: dict[str, Space]) -> bool:
 
 
 def _canonical(raw: dict) -> str:
-    """A resolved recipe as a comparable string; optim.epochs aside (a trial's recipe.yaml may hold fewer)."""
+    """A resolved recipe as a comparable string; optim.epochs aside (a trial's recipe.yaml may hold fewer), and
+    paper_row (a label of the table's row, added to the recipes after sedaug 0.2's trials)."""
     dump = validate_recipe(raw).model_dump(mode="json")
-    dump["optim"].pop("epochs")
+    dump["optim"].pop("epochs"), dump.pop("paper_row", None)
     return json.dumps(dump, sort_keys=True)
 
 
