@@ -128,6 +128,9 @@ def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny, tmp_p
     with pytest.raises(UserError, match=r"recipe differs .* at optim\.lr"):
         train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1", "optim.lr=0.01"), run, resume=True, progress=False)
     assert all(torch.equal(before[k], v) for k, v in _weights(run).items())
+    # paper_row only labels the table's row: a run trained before the recipes had one resumes with them.
+    assert train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1", "paper_row=null"), run, resume=True,
+                 progress=False).epochs == 1
     # --resume where nothing was saved yet starts from scratch: the same weights as a plain start.
     train(recipe, tmp_path / "fresh", resume=True, progress=False)
     assert all(torch.equal(before[k], v) for k, v in _weights(tmp_path / "fresh").items())
