@@ -6,7 +6,7 @@ from conftest import TINY_MODEL as TINY
 from conftest import mels
 
 from sedaug.data.mel import amplitude_to_db
-from sedaug.model import CRNN, POINTS, count_parameters
+from sedaug.model import CRNN, POINTS, Perturbation, count_parameters
 from sedaug.recipe import ModelConfig
 
 
@@ -246,3 +246,16 @@ def test_a_compiled_cnn_runs_perturbations_at_its_blocks_without_recompiling():
         if step == 1:
             compiled = dict(counters["frames"])
     assert dict(counters["frames"]) == compiled
+
+
+def test_the_cnn_visits_its_block_points_only_for_a_perturbation_that_may_act_there():
+    """A compiled CNN stays one graph unless a perturbation acts inside it (block by block, dynamo recompiles per
+    block shape and falls back to eager past its limit: VAT's replayed masks would then be another graph's)."""
+    model = CRNN(TINY).train()
+    visits = []
+    model.cnn.register_forward_pre_hook(lambda module, args: visits.append(args[1] is not None))
+    x = mels(1)
+    for perturb in (None, Perturbation(frozenset({"mel", "cnn", "rnn"}), lambda p, h: h + 1),
+                    Perturbation(frozenset({"cnn2"}), lambda p, h: h + 1), lambda p, h: h):
+        model(x, perturb)
+    assert visits == [False, False, True, True]
