@@ -10,8 +10,9 @@ import torch
 from sedaug.errors import UserError
 from sedaug.recipe import Recipe, vat_at_a_block
 
-# On CPU, compiling the CNN costs about a minute per graph and saves about a second per step of the full-size CRNN
-# (README, "Speed"; `make bench`): `compile: auto` compiles runs of at least this many steps.
+# On an idle 2-core CPU, compiling the CNN costs about a minute per graph (two or three per run) and saved 0.4 s
+# (`none`) to 1.4 s (`baseline`) a step of the half-width CRNN, more of the full-size one (README, "Speed";
+# `make bench`): `compile: auto` compiles runs of at least this many steps, where it pays back.
 COMPILE_AFTER_STEPS = 300
 
 
