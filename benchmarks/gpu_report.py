@@ -128,7 +128,8 @@ def markdown(report: dict) -> str:
     for name, verdict in report["config_verdicts"].items():
         speedup = report["speed_summary"].get(name, {}).get("speedup_vs_eager")
         lines.append(f"| {name} | {verdict} | {'' if speedup is None else f'{speedup:.2f}x'} |")
-    lines += ["", "## Training step per family (ms; batch 24, store resident on the device)", "",
+    batch = next((r["batch_size"] for r in report["speed"].get("rows", []) if "batch_size" in r), None)
+    lines += ["", f"## Whole training step per family (batch {batch}, store resident on the device)", "",
               "| family | configuration | ms/step | clips/s | first steps (s) | peak GiB | note |", "|---|---|---|---|---|---|---|"]
     for r in report["speed"].get("rows", []):
         if "error" in r:
