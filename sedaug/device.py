@@ -36,11 +36,13 @@ class StepConfig:
 
 def resolve_step_config(recipe: Recipe, device: torch.device, steps: int | None) -> StepConfig:
     """`optim.compile` and `optim.precision` as a run of `steps` training steps (None: unknown, taken as short)
-    uses them on `device`. `auto` compiles the CNN when the run is long enough for the compile time to pay back,
-    and keeps float32: bf16 autocast is faster on CPUs with bf16 units (1.6x for a full-size forward+backward on
+    uses them on `device`. `auto` compiles the CNN on a CPU when the run is long enough for the compile time to pay
+    back (on CUDA it stays eager until measured), and keeps float32: bf16 autocast is faster on CPUs with bf16 units (1.6x for a full-size forward+backward on
     this project's AVX512-BF16 EPYC) but changes the numbers training sees, which no test bounds yet."""
     optim = recipe.optim
-    compile_ = optim.compile if optim.compile != "auto" else (steps or 0) >= COMPILE_AFTER_STEPS
+    # On CUDA nothing has been measured yet (docs/speed.md, benchmarks/gpu_check.sh decides): auto stays eager there.
+    long_run = (steps or 0) >= COMPILE_AFTER_STEPS and device.type == "cpu"
+    compile_ = optim.compile if optim.compile != "auto" else long_run
     if optim.compile == "auto" and recipe.augmentation.type == "vat" and vat_at_a_block(recipe.augmentation):
         compile_ = False  # VAT's probes at a block replay the clean pass's masks only in eager mode (recipe.py)
     precision = optim.precision if optim.precision != "auto" else "fp32"

@@ -286,7 +286,7 @@ def _train(
     const_rampup = recipe.consistency.rampup_epochs * steps_per_epoch
 
     torch.manual_seed(recipe.seed)
-    model, teacher, optimizer = build_training(recipe, store.scaler(), device)
+    model, teacher, optimizer = build_training(recipe, store.scaler(), device, steps=recipe.optim.epochs * steps_per_epoch)
 
     state = TrainState()
     metrics: list[dict] = []

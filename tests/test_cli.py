@@ -94,7 +94,10 @@ def test_non_empty_run_dir(tmp_path, tiny_features):
 
 
 def test_evaluate_without_checkpoint_and_table_of_nothing(tmp_path):
+    assert_one_line_error(run("evaluate", tmp_path), "is not a run directory")
+    (tmp_path / "recipe.yaml").write_text("name: x\n")  # a run whose training never checkpointed
     assert_one_line_error(run("evaluate", tmp_path), "best.pt")
+    (tmp_path / "recipe.yaml").unlink()
     assert_one_line_error(run("table", tmp_path))
 
 

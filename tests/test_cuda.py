@@ -38,7 +38,7 @@ from sedaug.augment import SameDraws, vat_directions
 from sedaug.cli import app
 from sedaug.data.batches import ThreeStreams
 from sedaug.data.store import FeatureStore
-from sedaug.model import CRNN
+from sedaug.model import CRNN, Perturbation
 from sedaug.recipe import ModelConfig, VATAugmentation, load_recipe
 from sedaug.train import build_training, training_step
 
@@ -141,7 +141,8 @@ class Spy(nn.Module):
             self.probes[point] = (out - h).detach()
             return out
 
-        return self.model(mel, spy if perturb is not None else None)
+        # Named points, as VAT passes them: a plain callable would run a compiled CNN block by block (model.py).
+        return self.model(mel, Perturbation(perturb.points, spy) if perturb is not None else None)
 
 
 def fixed_mask_curvature(model: CRNN, cfg: ModelConfig, mel: torch.Tensor, masks: dict, probes: dict):

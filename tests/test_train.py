@@ -207,3 +207,13 @@ def test_numerics_options_train_and_stay_close_to_fp32_eager(option, tiny, tmp_p
     assert math.isfinite(b["loss_total"])
     assert b["loss_class"] == pytest.approx(a["loss_class"], rel=0.05)  # same seed, same batches
     assert load_recipe(tmp_path / "opt" / "recipe.yaml").optim.model_dump() != reference.optim.model_dump()
+
+
+def test_train_tells_the_step_configuration_how_long_the_run_is(tiny, tmp_path, monkeypatch):
+    """`optim.compile: auto` compiles a long run only: train must pass its length (epochs x steps per epoch)."""
+    import sedaug.train
+
+    seen, real = [], sedaug.train.build_training
+    monkeypatch.setattr(sedaug.train, "build_training", lambda *a, steps: seen.append(steps) or real(*a, steps=steps))
+    train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=3"), tmp_path / "run", progress=False)
+    assert seen == [_metrics(tmp_path / "run")[-1]["step"]]  # 3 epochs' steps

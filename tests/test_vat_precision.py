@@ -166,6 +166,7 @@ def test_auto_compiles_long_runs_only_and_never_vat_at_a_block():
     assert not resolve_step_config(at_block, cpu, 10**6).compile
     explicit = Recipe(name="r", optim={"compile": False, "precision": "bf16"})
     assert resolve_step_config(explicit, cpu, 10**6) == StepConfig(compile=False, precision="bf16")
+    assert not resolve_step_config(latent, torch.device("cuda"), 10**6).compile  # unmeasured on CUDA: eager
 
 
 def test_the_schema_refuses_compiled_vat_at_a_block_in_one_line():
