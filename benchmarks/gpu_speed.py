@@ -38,7 +38,7 @@ class StepConfig(NamedTuple):
     compile: str | None  # torch.compile mode of the CNN (as sedaug.train.build_training compiles it), or eager
 
 
-# The same names and settings as tests/test_cuda.py's CONFIGS (tests/test_gpu_scripts.py checks that they agree).
+# The step configurations a CUDA default may be chosen from; tests/test_cuda.py checks each one (importing them).
 CONFIGS = {
     "eager": StepConfig(tf32=False, bf16=False, compile=None),
     "tf32": StepConfig(tf32=True, bf16=False, compile=None),

@@ -18,13 +18,13 @@ here is the one to make CUDA's default):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -55,32 +55,17 @@ def cuda_only(test):
 
 
 
-class StepConfig(NamedTuple):
-    tf32: bool  # float32 convolutions and matmuls may round their inputs to TF32 (cuDNN's default for convolutions)
-    bf16: bool  # the training passes under bf16 autocast
-    compile: str | None  # torch.compile mode of the CNN (as sedaug.train.build_training compiles it), or eager
+def _load(path: Path):
+    """A module by file (benchmarks/ is not an installed package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-# The configurations a CUDA default may be chosen from; benchmarks/gpu_speed.py times the same names.
-CONFIGS = {
-    "eager": StepConfig(tf32=False, bf16=False, compile=None),
-    "tf32": StepConfig(tf32=True, bf16=False, compile=None),
-    "bf16": StepConfig(tf32=True, bf16=True, compile=None),
-    "compile": StepConfig(tf32=True, bf16=False, compile="default"),
-    "compile-bf16": StepConfig(tf32=True, bf16=True, compile="default"),
-    "compile-reduce-overhead": StepConfig(tf32=True, bf16=False, compile="reduce-overhead"),
-}
-
-
-@contextmanager
-def tf32(enabled: bool):
-    # The legacy flags, as sedaug.augment reads them: PyTorch refuses to read one API's flag after the other set it.
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+# The configurations a CUDA default may be chosen from: the ones benchmarks/gpu_speed.py times, from there.
+_gpu_speed = _load(Path(__file__).parents[1] / "benchmarks" / "gpu_speed.py")
+StepConfig, CONFIGS, tf32 = _gpu_speed.StepConfig, _gpu_speed.CONFIGS, _gpu_speed.tf32
 
 
 @contextmanager

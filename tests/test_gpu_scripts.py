@@ -27,11 +27,6 @@ gpu_report = load(REPO / "benchmarks" / "gpu_report.py")
 packing = load(REPO / "benchmarks" / "packing.py")
 
 
-def test_the_timed_configurations_are_the_tested_ones():
-    tested, timed = load(REPO / "tests" / "test_cuda.py").CONFIGS, load(REPO / "benchmarks" / "gpu_speed.py").CONFIGS
-    assert {k: tuple(v) for k, v in tested.items()} == {k: tuple(v) for k, v in timed.items()}
-
-
 def test_gpu_check_dry_run_runs_every_stage_and_writes_one_json_and_one_markdown(tmp_path, tiny_features):
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path),
                            "--features", str(tiny_features)], cwd=REPO, capture_output=True, text=True, timeout=900,
