@@ -62,7 +62,7 @@ demo:
 	    --set data.features=$(DATA)/features; \
 	  stage "evaluate $$r" $(SEDAUG) evaluate $(RUNS)/demo/$$r/seed0 --split eval; \
 	done; \
-	$(SEDAUG) table $(RUNS)/demo --metrics macro,psds,psds_ct; \
+	$(SEDAUG) table $(RUNS)/demo --metrics macro,psds,psds_ct --ci 95; \
 	echo "[demo] total: $$(( $$(date +%s) - t0 )) s"
 
 # The paper's protocol on the real DESED (sweeps/table1.yaml, docs/sweeps.md): DESED=/path/to/DESED (the DCASE 2020
