@@ -48,6 +48,18 @@ def mels(batch: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
 
 
+def one_line_error(result, *fragments: str) -> str:
+    """The single `error:` line of a refused CLI command (a CliRunner result), alone on stderr, with exit status 1
+    and no traceback; each of `fragments` is in it."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> ModelConfig:
     return TINY_MODEL

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from sedaug.cli import app
@@ -17,15 +18,6 @@ RECIPES = Path(__file__).parents[1] / "recipes"
 
 def run(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])
@@ -45,32 +37,32 @@ def test_python_dash_m_is_the_same_program():
 def test_recipe_with_unknown_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\noptim:\n  learning_rate: 0.1\n")
-    assert_one_line_error(run("train", recipe, "--runs", tmp_path), "optim.learning_rate", "Extra inputs")
+    one_line_error(run("train", recipe, "--runs", tmp_path), "optim.learning_rate", "Extra inputs")
 
 
 def test_recipe_with_wrong_type_and_duplicate_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\nseed: one\n")
-    assert_one_line_error(run("train", recipe), "seed: Input should be a valid integer")
+    one_line_error(run("train", recipe), "seed: Input should be a valid integer")
     recipe.write_text("name: x\nseed: 1\nseed: 2\n")
-    assert_one_line_error(run("train", recipe), "duplicate key 'seed'")
-    assert_one_line_error(run("train", RECIPES / "none.yaml", "--set", "optim.epochs=ten"), "optim.epochs")
+    one_line_error(run("train", recipe), "duplicate key 'seed'")
+    one_line_error(run("train", RECIPES / "none.yaml", "--set", "optim.epochs=ten"), "optim.epochs")
 
 
 def test_missing_feature_store(tmp_path):
     result = run("train", RECIPES / "none.yaml", "--runs", tmp_path, "--set", f"data.features={tmp_path / 'nowhere'}")
-    assert_one_line_error(result, "nowhere")
+    one_line_error(result, "nowhere")
 
 
 def test_wrong_desed_root(tmp_path):
     (tmp_path / "audio").mkdir()
-    assert_one_line_error(run("prepare-desed", "--root", tmp_path, "--out", tmp_path / "out"), "has no audio/train/weak")
+    one_line_error(run("prepare-desed", "--root", tmp_path, "--out", tmp_path / "out"), "has no audio/train/weak")
 
 
 def test_corrupt_audio_is_named(real_layout, tmp_path):
     victim = next((real_layout.root / "audio" / "validation").glob("*.wav"))
     victim.write_bytes(b"RIFF not really a wave file")
-    assert_one_line_error(run("prepare-desed", "--root", real_layout.root, "--out", tmp_path / "out"), victim.name)
+    one_line_error(run("prepare-desed", "--root", real_layout.root, "--out", tmp_path / "out"), victim.name)
 
 
 def test_incompatible_feature_store(tiny_desed, tiny_features, tmp_path):
@@ -80,7 +72,7 @@ def test_incompatible_feature_store(tiny_desed, tiny_features, tmp_path):
     meta["params"]["hop_length" if "hop_length" in meta["params"] else "hop"] = 256
     (store / "features.json").write_text(json.dumps(meta))
     result = run("train", RECIPES / "none.yaml", "--runs", tmp_path / "runs", "--set", f"data.features={store}")
-    assert_one_line_error(result, "256")
+    one_line_error(result, "256")
     assert not (tmp_path / "runs").exists()
 
 
@@ -89,24 +81,24 @@ def test_non_empty_run_dir(tmp_path, tiny_features):
     run_dir.mkdir(parents=True)
     (run_dir / "notes.txt").write_text("mine")
     result = run("train", RECIPES / "none.yaml", "--runs", tmp_path, "--set", f"data.features={tiny_features}")
-    assert_one_line_error(result, str(run_dir), "--resume")
+    one_line_error(result, str(run_dir), "--resume")
     assert (run_dir / "notes.txt").read_text() == "mine" and len(list(run_dir.iterdir())) == 1
 
 
 def test_evaluate_without_checkpoint_and_table_of_nothing(tmp_path):
-    assert_one_line_error(run("evaluate", tmp_path), "is not a run directory")
+    one_line_error(run("evaluate", tmp_path), "is not a run directory")
     (tmp_path / "recipe.yaml").write_text("name: x\n")  # a run whose training never checkpointed
-    assert_one_line_error(run("evaluate", tmp_path), "best.pt")
+    one_line_error(run("evaluate", tmp_path), "best.pt")
     (tmp_path / "recipe.yaml").unlink()
-    assert_one_line_error(run("table", tmp_path))
+    one_line_error(run("table", tmp_path))
 
 
 def test_bad_flags(tmp_path):
-    assert_one_line_error(run("prepare-desed", "--root", tmp_path, "--synthetic"), "exclusive")
-    assert_one_line_error(run("train", RECIPES / "none.yaml", "--device", "tpu"), "--device tpu")
+    one_line_error(run("prepare-desed", "--root", tmp_path, "--synthetic"), "exclusive")
+    one_line_error(run("train", RECIPES / "none.yaml", "--device", "tpu"), "--device tpu")
 
 
 def test_batch_larger_than_the_store(tiny_features, tmp_path):
     result = run("train", RECIPES / "none.yaml", "--runs", tmp_path, "--set", f"data.features={tiny_features}",
                  "--set", "data.batch_size=200")
-    assert_one_line_error(result, "too few clips", "data.batch_size 200")
+    one_line_error(result, "too few clips", "data.batch_size 200")

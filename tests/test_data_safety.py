@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from sedaug.cli import app
@@ -34,17 +35,6 @@ def checksums(*folders: Path) -> dict[str, str]:
     TensorBoard's event files aside (a refused command may open a writer)."""
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders
             for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.name.startswith("events.out")}
-
-
-def one_error(result, *needles: str) -> str:
-    """The single `error:` line of a refused command, alone on stderr (progress bars go to stdout)."""
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def train_args(runs: Path, features: Path, overrides: list[str], *extra: str, epochs: int = 1) -> list[str]:
@@ -103,7 +93,7 @@ def test_a_run_without_last_pt_is_never_restarted_from_scratch(train, runs, left
         (seed / "eval" / "results.json").write_text('{"macro": 0.5}')
     before = checksums(runs)
     expected = {"best.pt": "checkpoints/best.pt", "metrics": "1 epoch in metrics.jsonl", "eval": "eval/"}[left]
-    one_error(train(*["--resume"] * resume, epochs=2), str(seed), "no checkpoints/last.pt", expected,
+    one_line_error(train(*["--resume"] * resume, epochs=2), str(seed), "no checkpoints/last.pt", expected,
               "nothing was changed", "copy best.pt to last.pt")
     assert checksums(runs) == before
 
@@ -123,7 +113,7 @@ def test_resume_refuses_a_damaged_metrics_jsonl(train, runs, line):
     metrics = runs / "none" / "seed0" / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + line + "\n")
     before = checksums(runs)
-    one_error(train("--resume", epochs=2), f"{metrics} line 2", "not a metrics row")
+    one_line_error(train("--resume", epochs=2), f"{metrics} line 2", "not a metrics row")
     assert checksums(runs) == before
 
 
@@ -160,14 +150,14 @@ def test_an_ensemble_out_that_holds_something_else_is_refused(runs, target):
     expected = {"member": "one of the ensemble's runs", "other-run": "holds a trained run",
                 "other-recipe": "holds recipe baseline", "not-a-recipe": "not sedaug's",
                 "other-files": "holds other files", "file": "is a file"}[target]
-    one_error(run("evaluate", *seeds, "--ensemble", "--out", out, "--device", "cpu"), f"--out {out}", expected)
+    one_line_error(run("evaluate", *seeds, "--ensemble", "--out", out, "--device", "cpu"), f"--out {out}", expected)
     assert checksums(runs) == before
 
 
 def test_the_same_run_twice_is_one_member(runs):
     seed = runs / "none" / "seed0"
     before = checksums(runs)
-    one_error(run("evaluate", seed, f"{seed}/", "--ensemble", "--device", "cpu"), "given twice", "one member")
+    one_line_error(run("evaluate", seed, f"{seed}/", "--ensemble", "--device", "cpu"), "given twice", "one member")
     assert checksums(runs) == before and not (runs / "none" / "ensemble").exists()
 
 
@@ -249,7 +239,7 @@ def test_weights_that_do_not_fit_are_one_line(train, runs, tmp_path, edit, comma
         result = train("--resume", epochs=2)
         if edit == "other-model":  # resume compares the recipes first
             expected = "the recipe differs from"
-    one_error(result, str(target), expected)
+    one_line_error(result, str(target), expected)
     assert checksums(runs, out) == before
 
 
@@ -278,7 +268,7 @@ def test_a_training_state_that_does_not_fit_is_one_line(train, runs, edit):
     change, expected = TRAINING_EDITS[edit]
     _edit(target, change)
     before = checksums(runs)
-    one_error(train("--resume", epochs=2), str(target), expected)
+    one_line_error(train("--resume", epochs=2), str(target), expected)
     assert checksums(runs) == before
 
 
@@ -295,7 +285,7 @@ def test_samples_that_overflow_the_stft_are_refused_by_extract_mels(real_layout,
     features.mkdir()
     (features / "notes.txt").write_text("mine")
     before = checksums(features)
-    one_error(run("extract-mels", "--data", tmp_path / "desed", "--out", features, "--workers", "1"),
+    one_line_error(run("extract-mels", "--data", tmp_path / "desed", "--out", features, "--workers", "1"),
               str(clip), "NaN or infinite")
     assert checksums(features) == before
 
@@ -331,7 +321,7 @@ def test_a_model_whose_outputs_are_not_finite_is_refused(runs, tmp_path, command
         result = run("evaluate", seed, "--device", "cpu")
     else:
         result = run("detect", seed, tone(tmp_path / "a.wav"), "--out", out, "--device", "cpu")
-    one_error(result, str(seed / "checkpoints" / "best.pt"), "outputs are not finite")
+    one_line_error(result, str(seed / "checkpoints" / "best.pt"), "outputs are not finite")
     assert checksums(runs, out) == before
 
 
@@ -346,7 +336,7 @@ def test_evaluate_blames_features_that_hold_nan(runs, tiny_features, tmp_path):
     recipe.write_text(recipe.read_text().replace(str(tiny_features), str(features)))
     _edit(seed / "checkpoints" / "best.pt", lambda c: c["recipe"]["data"].__setitem__("features", str(features)))
     before = checksums(runs)
-    one_error(run("evaluate", seed, "--device", "cpu"), str(features / "eval" / "mels.npy"), "NaN or infinite",
+    one_line_error(run("evaluate", seed, "--device", "cpu"), str(features / "eval" / "mels.npy"), "NaN or infinite",
               "re-run `sedaug extract-mels`")
     assert checksums(runs) == before
 
@@ -364,7 +354,7 @@ def test_a_failed_checkpoint_write_is_reported_as_the_checkpoints(train, runs, m
     monkeypatch.setattr("matplotlib.figure.Figure.savefig", full)
     seed = runs / "none" / "seed0"
     before = checksums(seed / "checkpoints")
-    message = one_error(train("--resume", epochs=2), "No space left on device")
+    message = one_line_error(train("--resume", epochs=2), "No space left on device")
     assert "checkpoints/" in message and ".pt" in message and "train_curves" not in message
     assert checksums(seed / "checkpoints") == before
 
@@ -380,7 +370,7 @@ def test_a_features_json_that_is_not_sedaugs_is_one_line(train, runs, tiny_featu
     features = shutil.copytree(tiny_features, tmp_path / "features")
     (features / "features.json").write_text(content)
     before = checksums(features, runs)
-    one_error(train("--set", f"data.features={features}", "--set", "seed=7"), str(features / "features.json"),
+    one_line_error(train("--set", f"data.features={features}", "--set", "seed=7"), str(features / "features.json"),
               expected)
     assert checksums(features, runs) == before
 
@@ -388,18 +378,18 @@ def test_a_features_json_that_is_not_sedaugs_is_one_line(train, runs, tiny_featu
 def test_a_store_folder_without_its_record_says_so(train, tiny_features, tmp_path):
     features = shutil.copytree(tiny_features, tmp_path / "features")
     (features / "features.json").unlink()
-    one_error(train("--set", f"data.features={features}", "--set", "seed=7"), f"no feature store at {features}",
+    one_line_error(train("--set", f"data.features={features}", "--set", "seed=7"), f"no feature store at {features}",
               "no features.json")
 
 
 def test_what_is_wrong_with_a_run_directory_is_said(runs, tmp_path):
     """It was "RUN/checkpoints/best.pt not found: train the run first" for each of these."""
     (tmp_path / "run").write_text("not a run")
-    one_error(run("evaluate", tmp_path / "run"), f"{tmp_path / 'run'} is a file, not a run directory")
-    one_error(run("evaluate", runs), f"{runs} is not a run directory")
+    one_line_error(run("evaluate", tmp_path / "run"), f"{tmp_path / 'run'} is a file, not a run directory")
+    one_line_error(run("evaluate", runs), f"{runs} is not a run directory")
     seed = runs / "none" / "seed0"
     (seed / "checkpoints" / "best.pt").unlink()
-    one_error(run("evaluate", seed), "best.pt not found, last.pt is there: use --checkpoint last")
+    one_line_error(run("evaluate", seed), "best.pt not found, last.pt is there: use --checkpoint last")
 
 
 @pytest.mark.parametrize(("results", "expected"), [
@@ -431,10 +421,10 @@ def test_outputs_where_a_file_or_folder_is_the_other_kind_are_refused_before_any
     seed = runs / "none" / "seed0"
     (seed / "eval").write_text("my notes")
     before = checksums(runs)
-    one_error(run("evaluate", seed, "--device", "cpu"), f"{seed / 'eval'} is a file")
+    one_line_error(run("evaluate", seed, "--device", "cpu"), f"{seed / 'eval'} is a file")
     assert checksums(runs) == before
-    one_error(run("detect", seed, tone(tmp_path / "a.wav"), "--out", tmp_path), f"--out {tmp_path} is a folder")
-    one_error(run("detect", seed, tmp_path / "a.wav", "--scores", tmp_path / "a.wav"), "--scores", "is a file")
+    one_line_error(run("detect", seed, tone(tmp_path / "a.wav"), "--out", tmp_path), f"--out {tmp_path} is a folder")
+    one_line_error(run("detect", seed, tmp_path / "a.wav", "--scores", tmp_path / "a.wav"), "--scores", "is a file")
     assert checksums(runs) == before and not (tmp_path / "detections.tsv").exists()
 
 
@@ -448,7 +438,7 @@ def test_a_mean_teacher_checkpoint_without_a_fitting_teacher_is_one_line(tiny_fe
                            (lambda c: c.__setitem__("teacher", None), "no teacher weights")):
         _edit(last, edit)
         before = checksums(runs)
-        one_error(run(*resume, "--resume"), str(last), expected)
+        one_line_error(run(*resume, "--resume"), str(last), expected)
         assert checksums(runs) == before
 
 

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from sedaug.cli import app
@@ -28,16 +29,6 @@ REPO = Path(__file__).parents[1]
 TINY = {"model.cnn_filters": [4, 8], "model.cnn_pooling": [[4, 4], [1, 32]], "model.rnn_hidden": 8,
         "model.init": "pytorch"}
 EPOCHS = 2
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def sweep_cli(*args) -> object:
