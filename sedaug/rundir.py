@@ -114,6 +114,7 @@ class RunDir:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 raise UserError(f"{self.root} is in use by another sedaug process (pid {holder}): wait for it, "
                                 "or stop it first") from None
+            previous = os.pread(fd, 64, 0)  # the last holder's pid, put back if this process is refused
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             try:
@@ -121,6 +122,9 @@ class RunDir:
             except BaseException:
                 if lock_created:  # a refusal (or failure) leaves no lock file, nor a folder it made and left empty
                     (self.root / LOCK).unlink(missing_ok=True)
+                else:  # nor a byte changed in one that was there
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, previous, 0)
                 if created and self.is_empty():
                     self.root.rmdir()
                 raise

@@ -91,6 +91,7 @@ def test_a_run_without_last_pt_is_never_restarted_from_scratch(train, runs, left
     if left == "eval":
         (seed / "eval").mkdir()
         (seed / "eval" / "results.json").write_text('{"macro": 0.5}')
+    (seed / ".lock").write_text("12345\n")  # the lock file the run's own training left (another process's pid)
     before = checksums(runs)
     expected = {"best.pt": "checkpoints/best.pt", "metrics": "1 epoch in metrics.jsonl", "eval": "eval/"}[left]
     one_line_error(train(*["--resume"] * resume, epochs=2), str(seed), "no checkpoints/last.pt", expected,
