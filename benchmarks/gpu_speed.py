@@ -86,7 +86,7 @@ def measure(family: str, config: str, features: Path, device: torch.device, warm
     if setting.compile:
         for net in filter(None, (model, teacher)):
             # As build_training compiles (the CNN only); --dry-run traces without generating code.
-            net.cnn.compile(**({"backend": "eager"} if dry_run else {"mode": setting.compile}))
+            net.compile_cnn(setting.compile, backend="eager" if dry_run else "inductor")
     streams = ThreeStreams(store, recipe.data.batch_size, recipe.seed, device, resident=device.type == "cuda")
     batches = iter(())
     if device.type == "cuda":

@@ -124,7 +124,7 @@ def build_training(
         # probes would replay eager masks against a compiled clean pass.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         for net in filter(None, (model, teacher)):
-            net.cnn.compile()  # the CNN holds the time; the perturbation points stay outside the compiled graph
+            net.compile_cnn()
     return model, teacher, optimizer
 
 

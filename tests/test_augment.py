@@ -252,7 +252,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_vat_power_iteration_on_the_crnn_finds_the_top_curvature_direction():
-    model, mel, ref, same, hessian = _small_crnn_and_hessian()
+    model, mel, ref, same, hessian = _small_crnn_and_hessian(seed=2)  # seed 1's masks leave a gap of 0.63 only
     eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
     assert eigenvalues[-2] < 0.5 * eigenvalues[-1]  # this network's gap: a few iterations converge
     top = eigenvectors[:, -1]

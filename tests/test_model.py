@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ from conftest import TINY_MODEL as TINY
 from conftest import mels
 
 from sedaug.data.mel import amplitude_to_db
-from sedaug.model import CRNN, POINTS, Perturbation, count_parameters
+from sedaug.model import CRNN, POINTS, Dropout, Perturbation, count_parameters
 from sedaug.recipe import ModelConfig
 
 
@@ -207,18 +209,51 @@ def test_teacher_path_equals_the_training_path_with_the_same_draws(dropout):
     assert all(torch.allclose(a.detach(), b) for a, b in zip(with_graph, no_graph, strict=True))
 
 
-def test_compiled_cnn_is_one_graph():
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_dropout_keeps_each_element_independently_with_probability_1_minus_p(p):
+    """At p = 1/2 the mask is random bits, eight elements per byte: each element, whatever its place in its byte, is
+    kept with probability 1 − p independently of its neighbour (a wrong shift would copy one bit to all eight), kept
+    ones are scaled by 1/(1 − p), and so is their gradient. 105,000 elements: not a multiple of 8."""
+    torch.manual_seed(0)
+    x = (torch.rand(3, 5, 1000, 7) + 0.5).requires_grad_()
+    out = Dropout(p).train()(x)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] / (1 - p))
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept / (1 - p))
+    flat = kept.flatten().double()
+    q = 1 - p
+    for place in range(8):  # five standard deviations of a binomial proportion
+        assert abs(flat[place::8].mean() - q) < 5 * (q * p / (flat.numel() / 8)) ** 0.5
+    both = flat[:-1] * flat[1:]
+    assert abs(both.mean() - q**2) < 5 * (q**2 * (1 - q**2) / both.numel()) ** 0.5
+    assert Dropout(p).eval()(x) is x
+
+
+@pytest.mark.parametrize("dropout", [0.5, 0.3])
+def test_compiled_cnn_is_one_graph_and_drops_what_eager_drops(dropout):
     """`optim.compile` compiles the CNN as one frame. Compiled block by block, dynamo recompiles per block shape and
-    falls back to eager past its limit of 8 (the full CRNN has 7 blocks, times student/teacher/eval variants)."""
+    falls back to eager past its limit of 8 (the full CRNN has 7 blocks, times student/teacher/eval variants).
+    From one RNG state the compiled and the eager CNN drop the same elements: with inductor's own RNG they did not,
+    nor with a draw per block (inductor ran this model's second block's draw first)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    model = CRNN(TINY).train()
-    model.cnn.compile()
-    strong, weak = model(mels(2))
+    cfg = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(2, 4), (2, 4)], rnn_hidden=8, rnn_layers=1, dropout=dropout)
+    model = CRNN(cfg, n_mels=16).train()
+    eager = copy.deepcopy(model)
+    model.compile_cnn()
+    x = torch.rand(2, 16, 16) ** 4 * 10
+    torch.manual_seed(3)
+    strong, weak = model(x)
     (strong.mean() + weak.mean()).backward()
     assert counters["frames"]["ok"] == 1, dict(counters["frames"])
+    torch.manual_seed(3)
+    with torch.no_grad():
+        eager_strong, eager_weak = eager(x)
+    torch.testing.assert_close(strong.detach(), eager_strong)
+    torch.testing.assert_close(weak.detach(), eager_weak)
 
 
 def test_a_compiled_cnn_runs_perturbations_at_its_blocks_without_recompiling():
@@ -231,7 +266,7 @@ def test_a_compiled_cnn_runs_perturbations_at_its_blocks_without_recompiling():
     model = CRNN(TINY).eval()
     eager = CRNN(TINY).eval()
     eager.load_state_dict(model.state_dict())
-    model.cnn.compile()
+    model.compile_cnn()
     x = mels(2)
     with torch.no_grad():
         model(x)

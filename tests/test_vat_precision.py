@@ -140,7 +140,7 @@ def test_compiled_vat_steps_run_and_find_the_exact_curvature(monkeypatch):
     torch.manual_seed(0)
     recipe = Recipe(name="vat", model=SMALL, augmentation=VAT, regularization={"type": "l2"})
     model = CRNN(SMALL, n_mels=16).train()
-    model.cnn.compile()
+    model.compile_cnn()
     optimizer = torch.optim.Adam(model.parameters())
     g = torch.Generator().manual_seed(1)
     batch = Batch(small_batch(4), (torch.rand(1, 10, generator=g) < 0.5).float(),
