@@ -10,9 +10,9 @@ import torch
 from sedaug.errors import UserError
 from sedaug.recipe import Recipe, vat_at_a_block
 
-# On an idle 2-core CPU, compiling the CNN costs about a minute per graph (two or three per run) and saved 0.4 s
-# (`none`) to 1.4 s (`baseline`) a step of the half-width CRNN, more of the full-size one (README, "Speed";
-# `make bench`): `compile: auto` compiles runs of at least this many steps, where it pays back.
+# On an idle 2-core CPU, compiling the CNN costs 31 s for a run's first graph (empty inductor cache), a few seconds
+# for each further one, and saves 0.23 s (`none`) to 0.73 s (`baseline`) a step of the full-size CRNN (README,
+# "Speed"; `make bench`): `compile: auto` compiles runs of at least this many steps, where it pays back.
 COMPILE_AFTER_STEPS = 300
 
 
