@@ -6,13 +6,12 @@ STAMP  := $(VENV)/.installed-stamp
 DATA   ?= data
 RUNS   ?= runs
 # Demo: six short epochs (150 steps) of the small synthetic DESED for `none` and `baseline`, with a half-width CRNN in
-# PyTorch's default init (the full-size one needs ~3 s a step on a 2-core CPU, and dcase20's init sits on the
-# base-rate plateau for ~700 steps) and its CNN compiled (on CPU, nn.Dropout's mask draws cost a third of an eager
-# step; the compiled graph draws them ~2x faster overall, after ~60 s of compiling). Overridable, e.g.
+# PyTorch's default init (the full-size one needs ~1 s a step on a 2-core CPU, and dcase20's init sits on the
+# base-rate plateau for ~700 steps), eager (`optim.compile: auto`: 150 steps do not pay back a compile; measured:
+# `none` trained in 85 s eager, 133 s compiled). Overridable, e.g.
 #   make demo DEMO_EPOCHS=30 DEMO_RECIPES="none vat_latent"
 DEMO_EPOCHS  ?= 6
-DEMO_MODEL   ?= --set model.cnn_filters=[8,16,32,64,64,64,64] --set model.rnn_hidden=64 --set model.init=pytorch \
-                --set optim.compile=true
+DEMO_MODEL   ?= --set model.cnn_filters=[8,16,32,64,64,64,64] --set model.rnn_hidden=64 --set model.init=pytorch
 DEMO_RECIPES ?= none baseline
 FULL_EPOCHS  ?= 200
 
