@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from sedaug.errors import UserError
-from sedaug.recipe import Recipe, vat_at_a_block
+from sedaug.recipe import Recipe
 
 # On an idle 2-core CPU, compiling the CNN costs 31 s for a run's first graph (empty inductor cache), a few seconds
 # for each further one, and saves 0.23 s (`none`) to 0.73 s (`baseline`) a step of the full-size CRNN (README,
@@ -43,7 +43,5 @@ def resolve_step_config(recipe: Recipe, device: torch.device, steps: int | None)
     # On CUDA nothing has been measured yet (docs/speed.md, benchmarks/gpu_check.sh decides): auto stays eager there.
     long_run = (steps or 0) >= COMPILE_AFTER_STEPS and device.type == "cpu"
     compile_ = optim.compile if optim.compile != "auto" else long_run
-    if optim.compile == "auto" and recipe.augmentation.type == "vat" and vat_at_a_block(recipe.augmentation):
-        compile_ = False  # VAT's probes at a block replay the clean pass's masks only in eager mode (recipe.py)
     precision = optim.precision if optim.precision != "auto" else "fp32"
     return StepConfig(compile=bool(compile_), precision=precision)

@@ -30,9 +30,8 @@ Perturb = Callable[[str, Tensor], Tensor]
 @dataclass(frozen=True)
 class Perturbation:
     """A perturb(point, h) that names the points it acts at. The CNN visits its block points (`cnn1`…, breaking a
-    compiled CNN into one graph per block) only for a perturb that may act there: a plain callable, or one of these
-    naming a block. VAT's probe passes replay the clean pass's dropout masks, which holds only if they run the same
-    compiled graph: block by block, dynamo recompiles per block shape and falls back to eager past its limit."""
+    compiled CNN into one graph per block, which runs slower) only for a perturb that may act there: a plain
+    callable, or one of these naming a block."""
 
     points: frozenset[str]
     fn: Perturb

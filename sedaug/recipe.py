@@ -308,11 +308,6 @@ class Recipe(Section):
             if aug.type in ("adversarial", "vat", "mixup") and "mel" in aug.locations:
                 raise ValueError(f"augmentation.locations: {aug.type} acts on input, cnn or rnn, not mel")
             self._points_exist(aug)
-            if aug.type == "vat" and self.optim.compile is True and vat_at_a_block(aug):
-                # A probe acting at a block runs the compiled CNN block by block, whose masks are not the clean
-                # pass's once dynamo falls back to eager (sedaug.model.Perturbation).
-                raise ValueError("optim.compile: VAT at a CNN block (cnn1…cnn7) replays the clean pass's dropout "
-                                 "masks only in eager mode: set optim.compile to false or auto")
         return self
 
     def _points_exist(self, aug: Any) -> None:
@@ -342,11 +337,6 @@ class Recipe(Section):
                     f"augmentation.locations: {what} acts along frequency, and model.cnn_pooling leaves "
                     f"{point} {rows} frequency row"
                 )
-
-
-def vat_at_a_block(aug: Any) -> bool:
-    """Whether a VAT augmentation (with replayed masks) probes a gated block's output, `cnn1`…`cnn7`."""
-    return aug.dropout == "shared" and any(p.startswith("cnn") and p != "cnn" for p in aug.locations)
 
 
 def _format_errors(error: ValidationError, where: str) -> str:

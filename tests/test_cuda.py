@@ -236,6 +236,14 @@ def test_vat_direction_on_cuda_is_the_fixed_mask_curvature(config, locations):
     check_vat(config, locations, CUDA_DEVICE, FULL, (2, 628, 128))
 
 
+@pytest.mark.parametrize("config", ["compile", "compile-bf16"])
+@cuda_only
+def test_compiled_vat_at_cnn_blocks_on_cuda_is_the_fixed_mask_curvature(config):
+    """VAT probing blocks: the probes run the compiled CNN broken at each block point, the clean pass runs it whole.
+    A small CRNN keeps the compile short (in gpu_check's second test stage, which this name falls in, run first)."""
+    check_vat(config, ["cnn1", "cnn2"], CUDA_DEVICE, SMALL, (2, 16, 16))
+
+
 # ------------------------------------------------------------------------------------------------- resume
 
 # Run in a fresh process: CUBLAS_WORKSPACE_CONFIG must be set before cuBLAS starts, and deterministic algorithms
