@@ -120,8 +120,8 @@ def build_training(
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=weight_decay)
     if resolve_step_config(recipe, device, steps).compile:
         # One graph per pass kind (train/eval, VAT's record/replay, precision, batch shape), for every model this
-        # process compiles (a sweep's trials): past dynamo's default of 8, a frame silently runs eager, and VAT's
-        # probes would replay eager masks against a compiled clean pass.
+        # process compiles (a sweep's trials): past dynamo's default of 8, a frame silently runs eager (slower; the
+        # masks are the same, sedaug.model.CRNN.compile_cnn).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         for net in filter(None, (model, teacher)):
             net.compile_cnn()
