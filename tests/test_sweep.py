@@ -329,6 +329,8 @@ def test_the_sweep_finishes_and_picks_the_best_setting(killed_and_resumed):
         assert float(winner["score"]) == pytest.approx(max(r["valid_f1"] for r in _rows(result.winners[name].run_dir)), abs=1e-6)
     assert result.trials == 4 and result.statuses == {"done": 4}
     assert "sweep tiny: 4 trials (4 done, 0 stopped early, 0 diverged, 0 failed" in result.summary()
+    search = int(result.search_s)
+    assert f"(search {search // 60}m{search % 60:02d}s)" in result.summary() and 0 < result.search_s < result.elapsed_s
     assert selected_settings(out).keys() == {"none", "noise_latent"}
 
 

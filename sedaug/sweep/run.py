@@ -69,14 +69,14 @@ class SweepResult:
         return sum(self.statuses.values())
 
     def summary(self) -> str:
-        elapsed = int(self.elapsed_s)
+        elapsed, search = int(self.elapsed_s), int(self.search_s)
         counts = ", ".join(f"{self.statuses.get(s, 0)} {w}" for s, w in
                            (("done", "done"), ("stopped", "stopped early"), ("diverged", "diverged"),
                             ("failed", "failed")))
         chosen = "; ".join(f"{w.recipe} {_short(w.params) or 'defaults'} ({w.score:.3f})" for w in self.winners.values())
         seeds = ", ".join(map(str, self.seeds))
         return (f"sweep {self.name}: {self.trials} trials ({counts}, {self.retries} retried) in "
-                f"{elapsed // 60}m{elapsed % 60:02d}s; selected {chosen}; trained on seeds {seeds} and evaluated on "
+                f"{elapsed // 60}m{elapsed % 60:02d}s (search {search // 60}m{search % 60:02d}s); selected {chosen}; trained on seeds {seeds} and evaluated on "
                 f"eval -> {self.out} (selection.tsv; sedaug table {self.out / 'final'})")
 
 
