@@ -91,10 +91,11 @@ class Dropout(nn.Dropout):
         if draws is None:
             draws = self.draw(self.count(n), x.device)
         if self.p == 0.5:
-            keep = ((draws[:, None] >> torch.arange(8, dtype=torch.uint8, device=x.device)) & 1).flatten()[:n]
+            keep = (draws[:, None] >> torch.arange(8, dtype=torch.uint8, device=x.device)).bitwise_and_(1).flatten()[:n]
         else:
             keep = draws >= self.p
-        return x * keep.view(x.shape) / (1 - self.p)
+        # Scaled in place: one activation-sized temporary fewer (the product is not kept for the backward pass).
+        return (x * keep.view(x.shape)).mul_(1 / (1 - self.p))
 
 
 class GatedBlock(nn.Module):
