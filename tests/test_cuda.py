@@ -240,7 +240,7 @@ def test_vat_direction_on_cuda_is_the_fixed_mask_curvature(config, locations):
 @cuda_only
 def test_compiled_vat_at_cnn_blocks_on_cuda_is_the_fixed_mask_curvature(config):
     """VAT probing blocks: the probes run the compiled CNN broken at each block point, the clean pass runs it whole.
-    A small CRNN keeps the compile short (in gpu_check's second test stage, which this name falls in, run first)."""
+    A small CRNN keeps the compile short. gpu_check runs it first in its second test stage (`not vat_direction`)."""
     check_vat(config, ["cnn1", "cnn2"], CUDA_DEVICE, SMALL, (2, 16, 16))
 
 
