@@ -164,10 +164,10 @@ class SameDraws:
 
     @contextmanager
     def replaying(self) -> Iterator[None]:
-        """Wrap one probe pass: same masks, same batch statistics, float32; buffers and the RNG's later draws
-        untouched."""
+        """Wrap one probe pass: same masks, same batch statistics, float32; buffers (a replaying BatchNorm2d writes
+        none) and the RNG's later draws untouched."""
         after = _rng_states(self.device)
-        with frozen_buffers(self.model), _full_float32(self.device):
+        with _full_float32(self.device):
             for bn in self.batchnorms:
                 bn.replay = True
             _set_rng_states(self.device, self.rng)

@@ -36,7 +36,7 @@ def _difference(cell: Cell, resamples: int) -> str:
     if d is None:
         return ""
     # No resample on one side of 0: the p-value is below the test's resolution, 2 / resamples.
-    p = f"< {2 / resamples:.2g}" if d.p == 0 else f"{d.p:.3f}"
+    p = f"< {2 / resamples:.2g}" if d.p == 0 else f"{d.p:.3f}" if d.p >= 1e-3 else f"{d.p:.2g}"
     return f"{_f(d.value, True)} [{_f(d.low, True)}, {_f(d.high, True)}] p {p}"
 
 

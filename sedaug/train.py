@@ -210,7 +210,7 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> C
         dump["optim"].pop("epochs"), dump.pop("paper_row", None)
     if ours != theirs:
         diff = sorted(_diff_keys(theirs, ours))
-        raise UserError(f"--resume: the recipe differs from {last}'s at {', '.join(diff)} (only optim.epochs may change)")
+        raise UserError(f"--resume: the recipe differs from {last}'s at {', '.join(diff)} (only optim.epochs and paper_row may change)")
     if recipe.optim.epochs < ckpt.state.epoch:
         raise UserError(f"--resume: optim.epochs {recipe.optim.epochs} is below the {ckpt.state.epoch} epochs "
                         f"{run.root} has trained: resume with optim.epochs >= {ckpt.state.epoch}")

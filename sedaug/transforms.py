@@ -259,14 +259,14 @@ def search(
     params: dict[str, dict[str, Tensor]] = {}
     leaves: dict[str, Tensor] = {}
 
-    def perturb(point: str, h: Tensor) -> Tensor:
-        if point not in locations:
-            return h
+    def search_at(point: str, h: Tensor) -> Tensor:
         grid = point_grid(point, pooling)
         if point not in params:
             params[point] = transform.draw(point, h, grid)
         leaves[point] = params[point]["search"].detach().requires_grad_()
         return transform.apply(point, h, grid, {**params[point], "search": leaves[point]})
+
+    perturb = Perturbation(frozenset(locations), search_at)  # named points: a compiled CNN stays whole at `input`
 
     lo, hi = transform.bounds
     for _ in range(steps):
@@ -285,12 +285,10 @@ def fixed(
     """The transform at each location with `params` (searched) or fresh random draws (drawn at the first call)."""
     params = {} if params is None else params
 
-    def perturb(point: str, h: Tensor) -> Tensor:
-        if point not in locations:
-            return h
+    def transform_at(point: str, h: Tensor) -> Tensor:
         grid = point_grid(point, pooling)
         if point not in params:
             params[point] = transform.draw(point, h, grid)
         return transform.apply(point, h, grid, params[point])
 
-    return Perturbation(frozenset(locations), perturb)  # named points: a compiled CNN stays whole when it can
+    return Perturbation(frozenset(locations), transform_at)  # named points: a compiled CNN stays whole when it can
