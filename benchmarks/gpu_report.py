@@ -16,6 +16,7 @@ from pathlib import Path
 
 VAT_TEST = "test_vat_direction_on_cuda_is_the_fixed_mask_curvature"
 BF16_TEST = "test_a_bf16_step_is_finite_and_close_to_the_float32_step"
+VAT_BLOCKS_TEST = "test_compiled_vat_at_cnn_blocks_on_cuda_is_the_fixed_mask_curvature"  # [config], compiled only
 
 
 def read_tests(paths: list[Path]) -> dict:
@@ -39,12 +40,16 @@ def read_tests(paths: list[Path]) -> dict:
 
 
 def config_verdicts(tests: dict, configs: dict) -> dict[str, str]:
-    """Per step configuration: "passed" when all its VAT tests (and, for bf16, every recipe's bf16 step) passed;
+    """Per step configuration: "passed" when all its VAT tests (at input and latent, and for a compiled one at CNN
+    blocks where that test ran; for bf16 also every recipe's bf16 step) passed;
     "failed" when one failed; "not run" when some were skipped or did not run (none may then become the default)."""
     verdicts = {}
     for name, setting in configs.items():
         mine = {k: c for k, c in tests["cases"].items()
                 if k.startswith(VAT_TEST + "[") and k[len(VAT_TEST) + 1 : -1].rsplit("-", 1)[0] == name}
+        blocks = f"{VAT_BLOCKS_TEST}[{name}]"
+        if mine and blocks in tests["cases"]:
+            mine[blocks] = tests["cases"][blocks]
         bf16 = {k: c for k, c in tests["cases"].items() if k.startswith(BF16_TEST + "[")}
         if setting["bf16"] and not bf16:  # the bf16 step tests did not run (their pytest run cut short)
             mine = {}

@@ -67,9 +67,16 @@ def test_a_configuration_passes_only_when_all_its_tests_did():
     assert gpu_report.config_verdicts(tests, CONFIGS) == {"eager": "passed", "bf16": "failed", "compile": "not run"}
     del tests["cases"][f"{gpu_report.BF16_TEST}[vat_latent]"]  # the bf16 steps' pytest run cut short
     assert gpu_report.config_verdicts(tests, CONFIGS)["bf16"] == "not run"
+    tests["cases"][f"{VAT}[compile-latent]"] = case("passed")
+    assert gpu_report.config_verdicts(tests, CONFIGS)["compile"] == "passed"
+    tests["cases"][f"{gpu_report.VAT_BLOCKS_TEST}[compile]"] = case("failed")  # VAT at CNN blocks, compiled
+    assert gpu_report.config_verdicts(tests, CONFIGS)["compile"] == "failed"
+    tests["cases"][f"{gpu_report.VAT_BLOCKS_TEST}[compile]"] = case("passed")
     tests["cases"][f"{VAT}[compile-latent]"] = case("failed")
     assert gpu_report.config_verdicts(tests, CONFIGS)["compile"] == "failed"
     assert gpu_report.config_verdicts({"cases": {}}, CONFIGS) == dict.fromkeys(CONFIGS, "not run")
+    blocks_only = {"cases": {f"{gpu_report.VAT_BLOCKS_TEST}[compile]": case("passed")}}
+    assert gpu_report.config_verdicts(blocks_only, CONFIGS)["compile"] == "not run"  # its VAT tests did not run
 
 
 def test_the_default_is_the_fastest_configuration_that_passed():
