@@ -160,8 +160,9 @@ def step_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def _stepper(family: str, features: Path, device: torch.device, batch_size: int):
-    """One whole training step of `family`'s recipe per call: batch gathering, passes, optimizer, EMA."""
+def _stepper(family: str, features: Path, device: torch.device, batch_size: int, run_steps: int | None = None):
+    """One whole training step of `family`'s recipe per call (batch gathering, passes, optimizer, EMA) in the step
+    configuration `sedaug train` gives a run of `run_steps` steps (None: a short run's); and that configuration."""
     from sedaug.data.batches import ThreeStreams
     from sedaug.data.store import FeatureStore
     from sedaug.recipe import load_recipe
@@ -169,7 +170,7 @@ def _stepper(family: str, features: Path, device: torch.device, batch_size: int)
 
     recipe = load_recipe(REPO / "recipes" / f"{family}.yaml", [f"data.features={features}"])
     store = FeatureStore(features)
-    model, teacher, optimizer = build_training(recipe, store.scaler(), device)
+    training = build_training(recipe, store.scaler(), device, steps=run_steps)
     streams = ThreeStreams(store, batch_size, recipe.seed, device, resident=device.type == "cuda")
     state = {"step": 0, "batches": iter(())}
 
@@ -178,10 +179,10 @@ def _stepper(family: str, features: Path, device: torch.device, batch_size: int)
         if batch is None:  # the tiny store's streams last one step; a new epoch reshuffles them
             state["batches"] = streams.epoch(state["step"])
             batch = next(state["batches"])
-        training_step(recipe, model, teacher, optimizer, batch, state["step"], 1e-3, 2.0)
+        training_step(recipe, training, batch, state["step"], 1e-3, 2.0)
         state["step"] += 1
 
-    return step
+    return step, training.config
 
 
 def _fwd_bwd(model, device: torch.device, batch_size: int):
@@ -232,7 +233,7 @@ def bench_training(features: Path, device: torch.device, peak: float, repeats: i
     steps = {
         reference: _fwd_bwd(_NaiveCRNN().to(device).train(), device, batch_size),
         bare: _fwd_bwd(CRNN(ModelConfig()).to(device).train(), device, batch_size),
-        **{family: _stepper(family, features, device, batch_size) for family in families},
+        **{family: _stepper(family, features, device, batch_size)[0] for family in families},
     }
     seconds = timed_interleaved(steps, repeats, _sync(device))
     for name, step in steps.items():
@@ -285,31 +286,6 @@ def _dcase20_stepper(family: str, device: torch.device, batch_size: int):
     return step
 
 
-def _default_stepper(family: str, features: Path, device: torch.device, batch_size: int):
-    """sedaug's step of `family` as `sedaug train` runs a full-length run by default (resolve_step_config)."""
-    from sedaug.data.batches import ThreeStreams
-    from sedaug.data.store import FeatureStore
-    from sedaug.device import resolve_step_config
-    from sedaug.recipe import load_recipe
-    from sedaug.train import build_training, training_step
-
-    recipe = load_recipe(REPO / "recipes" / f"{family}.yaml", [f"data.features={features}"])
-    store = FeatureStore(features)
-    model, teacher, optimizer = build_training(recipe, store.scaler(), device, steps=DCASE20_RUN_STEPS)
-    streams = ThreeStreams(store, batch_size, recipe.seed, device, resident=device.type == "cuda")
-    state = {"step": 0, "batches": iter(())}
-
-    def step():
-        batch = next(state["batches"], None)
-        if batch is None:
-            state["batches"] = streams.epoch(state["step"])
-            batch = next(state["batches"])
-        training_step(recipe, model, teacher, optimizer, batch, state["step"], 1e-3, 2.0)
-        state["step"] += 1
-
-    return step, resolve_step_config(recipe, device, DCASE20_RUN_STEPS)
-
-
 def bench_default_step(features: Path, device: torch.device, repeats: int, families=("none", "baseline")) -> list[dict]:
     """Each family's default sedaug step against the dcase20-style eager step, the four steps taking turns in one
     process (timed_interleaved); the first call of a compiled step compiles, untimed."""
@@ -317,13 +293,31 @@ def bench_default_step(features: Path, device: torch.device, repeats: int, famil
     steps, configs = {}, {}
     for family in families:
         steps[f"{family} dcase20"] = _dcase20_stepper(family, device, batch_size)
-        steps[f"{family} sedaug"], configs[family] = _default_stepper(family, features, device, batch_size)
+        steps[f"{family} sedaug"], configs[family] = _stepper(family, features, device, batch_size, DCASE20_RUN_STEPS)
     start = time.perf_counter()
     seconds = timed_interleaved(steps, repeats, _sync(device))
     return [{"family": family, "dcase20_s": seconds[f"{family} dcase20"], "sedaug_s": seconds[f"{family} sedaug"],
              "speedup": seconds[f"{family} dcase20"] / seconds[f"{family} sedaug"],
              "compile": configs[family].compile, "precision": configs[family].precision,
              "wall_s": time.perf_counter() - start} for family in families]
+
+
+def bench_long_run(features: Path, device: torch.device, repeats: int, families: list[str]) -> list[dict]:
+    """Each family's step as a short run takes it (eager) and as a dcase20-length run does (`auto`: on a CPU the
+    compiled CNN), turns taken; the long run's first step (its compile) timed apart."""
+    batch_size = 24
+    steps, configs, first = {}, {}, {}
+    for family in families:
+        steps[f"{family} short"] = _stepper(family, features, device, batch_size)[0]
+        steps[f"{family} long"], configs[family] = _stepper(family, features, device, batch_size, DCASE20_RUN_STEPS)
+        start = time.perf_counter()
+        steps[f"{family} long"]()
+        _sync(device)()
+        first[family] = time.perf_counter() - start
+    seconds = timed_interleaved(steps, repeats, _sync(device))
+    return [{"family": family, "short_s": seconds[f"{family} short"], "long_s": seconds[f"{family} long"],
+             "speedup": seconds[f"{family} short"] / seconds[f"{family} long"], "first_long_step_s": first[family],
+             "compile": configs[family].compile, "precision": configs[family].precision} for family in families]
 
 
 # ------------------------------------------------------------------------------------------ extract-mels
@@ -438,7 +432,8 @@ def bench_memory(source: Path, workdir: Path, steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="peak,train,default_step,extract,evaluate,memory", help="comma-separated sections")
+    parser.add_argument("--only", default="peak,train,default_step,long_run,extract,evaluate,memory",
+                        help="comma-separated sections")
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per step (default 3 CPU, 20 GPU)")
     parser.add_argument("--memory-steps", type=int, default=10)
@@ -469,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
             results["train"] = bench_training(features, device, peak, repeats, args.families.split(","))
         if "default_step" in sections:
             results["default_step"] = bench_default_step(features, device, repeats)
+        if "long_run" in sections:
+            results["long_run"] = bench_long_run(features, device, repeats, args.families.split(","))
         if "extract" in sections:
             desed44, _ = tiny_store(workdir, sample_rate=44100)
             results["extract"] = bench_extract(desed44, workdir)
@@ -500,6 +497,14 @@ def report(results: dict) -> None:
         for row in results["default_step"]:
             config = f"{'compiled CNN' if row['compile'] else 'eager'}, {row['precision']}"
             table.add_row(row["family"], f"{row['dcase20_s']:.3f}", f"{row['sedaug_s']:.3f}", config, f"{row['speedup']:.2f}x")
+        console.print(table)
+    if "long_run" in results:
+        table = Table("recipe", "short run (eager) s/step", "long run s/step", "long run config", "speedup",
+                      "long run's first step s", title="A short run's step vs a dcase20-length run's (auto; turns taken)")
+        for row in results["long_run"]:
+            config = f"{'eager' if not row['compile'] else 'compiled CNN'}, {row['precision']}"
+            table.add_row(row["family"], f"{row['short_s']:.3f}", f"{row['long_s']:.3f}", config,
+                          f"{row['speedup']:.2f}x", f"{row['first_long_step_s']:.1f}")
         console.print(table)
     if "extract" in results:
         e = results["extract"]

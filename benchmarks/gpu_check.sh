@@ -50,13 +50,14 @@ if [ -z "$FEATURES" ]; then
   FEATURES=$WORK/features16000_tiny
 fi
 
-stage() {  # stage NAME COMMAND...: a failing stage is recorded in the report, and the next one runs
+stage() {  # stage NAME COMMAND...: a failing stage is recorded in the report (124: its time limit), the next one runs
   local name=$1 start status=0
   shift
   start=$(date +%s)
   echo "[gpu-check] $name ..."
   "$@" || status=$?
   echo "[gpu-check] $name: exit $status, $(( $(date +%s) - start )) s"
+  printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - start ))" >> "$WORK/stages.tsv"
 }
 # The VAT tests first and apart: the CUDA default is chosen from them, whatever becomes of the others' time limit.
 stage "cuda tests: VAT" timeout -k 10 "$VAT_LIMIT" "$PY" -m pytest -m cuda tests/test_cuda.py -k vat_direction -q \
@@ -68,5 +69,5 @@ stage "packing" timeout -k 10 "$PACK_LIMIT" "$PY" -m benchmarks.packing "${DEVIC
 stage "step speed" timeout -k 10 "$SPEED_LIMIT" "$PY" -m benchmarks.gpu_speed "${DEVICE[@]}" "${SPEED[@]}" \
   --features "$FEATURES" --json "$WORK/speed.json"
 "$PY" -m benchmarks.gpu_report --tests "$WORK/tests-vat.xml" "$WORK/tests-others.xml" --packing "$WORK/packing.json" --speed "$WORK/speed.json" \
-  --date "$STAMP" --json "$OUT/gpu_check-$STAMP.json" --markdown "$OUT/gpu_check-$STAMP.md"
+  --stages "$WORK/stages.tsv" --date "$STAMP" --json "$OUT/gpu_check-$STAMP.json" --markdown "$OUT/gpu_check-$STAMP.md"
 echo "wrote $OUT/gpu_check-$STAMP.json and $OUT/gpu_check-$STAMP.md"

@@ -3,7 +3,8 @@
 CUDA's default step configuration (the fastest whose CUDA tests passed) and sweeps/table1.yaml's `resources.gpus`
 (1 / the best number of trials per GPU).
 
-    python -m benchmarks.gpu_report --tests T.xml --speed S.json --packing P.json --json R.json --markdown R.md
+    python -m benchmarks.gpu_report --tests T.xml --speed S.json --packing P.json [--stages stages.tsv] \
+        --json R.json --markdown R.md
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import math
 import xml.etree.ElementTree as ET
+from dataclasses import asdict
 from pathlib import Path
 
 VAT_TEST = "test_vat_direction_on_cuda_is_the_fixed_mask_curvature"
@@ -37,6 +39,14 @@ def read_tests(paths: list[Path]) -> dict:
     counts = {key: sum(c["outcome"] == outcome for c in cases.values())
               for key, outcome in (("passed", "passed"), ("failed", "failed"), ("errors", "error"), ("skipped", "skipped"))}
     return {**counts, "missing": missing, "cases": cases}
+
+
+def read_stages(path: Path | None) -> list[dict]:
+    """gpu_check.sh's stages: name, exit status (124: cut at its time limit) and seconds, one tab-separated line each."""
+    if path is None or not path.exists():
+        return []
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    return [{"stage": name, "exit": int(status), "seconds": int(seconds)} for name, status, seconds in rows]
 
 
 def config_verdicts(tests: dict, configs: dict) -> dict[str, str]:
@@ -84,6 +94,7 @@ def decide(verdicts: dict, summary: dict, speed: dict, packing: dict) -> dict:
     best = min(eligible, key=lambda c: summary[c]["geomean_step_s"]) if eligible else None
     n = packing.get("best_n")
     return {"cuda_default_config": best,
+            "change": f'sedaug/device.py: CUDA_AUTO = CONFIGS["{best}"]' if best else None,
             "why": "the fastest configuration whose CUDA tests passed and that ran every family" if best else
                    "no configuration passed its CUDA tests and ran every family: keep the conservative default",
             "best_trials_per_gpu": n, "resources_gpus": round(1 / n, 4) if n else None,
@@ -119,9 +130,13 @@ def markdown(report: dict) -> str:
     lines = [f"# GPU check: {m.get('gpu') or m.get('device')} ({report['date']})", "",
              f"torch {m.get('torch')}, CUDA {m.get('cuda')}; dry run: {report['dry_run']}", "",
              "## Decisions", "",
-             f"- CUDA default step configuration: **{d['cuda_default_config']}** ({d['why']})",
+             f"- CUDA default step configuration: **{d['cuda_default_config']}** ({d['why']})"
+             + (f": `{d['change']}`" if d.get("change") else ""),
              f"- trials per GPU: **{d['best_trials_per_gpu']}** -> sweeps/table1.yaml `resources.gpus: "
              f"{d['resources_gpus']}`; with MPS: {d['best_trials_per_gpu_mps']}", "",
+             "## Stages", "",
+             *(f"- {s['stage']}: exit {s['exit']}{' (its time limit)' if s['exit'] in (124, 137) else ''}, "
+               f"{s['seconds']} s" for s in report.get("stages", [])), "",
              "## CUDA tests (pytest -m cuda)", ""]
     if t["missing"]:
         lines.append(f"- no results in {', '.join(t['missing'])}: pytest did not finish (its time limit?)")
@@ -166,20 +181,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tests", type=Path, nargs="+", required=True, help="pytest's JUnit XML files")
     parser.add_argument("--speed", type=Path, required=True)
     parser.add_argument("--packing", type=Path, required=True)
+    parser.add_argument("--stages", type=Path, default=None, help="gpu_check.sh's stage exit statuses")
     parser.add_argument("--date", default="")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--markdown", type=Path, required=True)
     args = parser.parse_args(argv)
-    from benchmarks.gpu_speed import CONFIGS
+    from sedaug.device import CONFIGS
 
     def load(path: Path) -> dict:
         return json.loads(path.read_text()) if path.exists() else {"error": f"{path.name} missing"}
 
     tests, speed, packing = read_tests(args.tests), load(args.speed), load(args.packing)
-    configs = {name: setting._asdict() for name, setting in CONFIGS.items()}
+    configs = {name: {**asdict(setting), "tf32": setting.tf32, "bf16": setting.bf16} for name, setting in CONFIGS.items()}
     verdicts = config_verdicts(tests, configs)
     summary = speed_summary(speed)
-    report = {"date": args.date, "machine": machine(), "dry_run": speed.get("dry_run"),
+    report = {"date": args.date, "machine": machine(), "dry_run": speed.get("dry_run"), "stages": read_stages(args.stages),
               "configs": configs, "tests": tests, "config_verdicts": verdicts, "speed_summary": summary,
               "speed": speed, "packing": packing, "decisions": decide(verdicts, summary, speed, packing)}
     args.json.parent.mkdir(parents=True, exist_ok=True)

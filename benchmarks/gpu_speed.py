@@ -20,44 +20,17 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
+
+from sedaug.device import CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ["baseline", "vat_latent", "none", "mixup_latent", "noise_latent", "adversarial_latent"]
 # --dry-run: the tests' tiny CRNN (tests/conftest.py) on 4-clip batches.
 TINY = ["model.cnn_filters=[4,8]", "model.cnn_pooling=[[4,4],[1,32]]", "model.rnn_hidden=8", "data.batch_size=4"]
-
-
-class StepConfig(NamedTuple):
-    tf32: bool  # float32 convolutions and matmuls may round their inputs to TF32 (cuDNN's default for convolutions)
-    bf16: bool  # the training passes under bf16 autocast
-    compile: str | None  # torch.compile mode of the CNN (as sedaug.train.build_training compiles it), or eager
-
-
-# The step configurations a CUDA default may be chosen from; tests/test_cuda.py checks each one (importing them).
-CONFIGS = {
-    "eager": StepConfig(tf32=False, bf16=False, compile=None),
-    "tf32": StepConfig(tf32=True, bf16=False, compile=None),
-    "bf16": StepConfig(tf32=True, bf16=True, compile=None),
-    "compile": StepConfig(tf32=True, bf16=False, compile="default"),
-    "compile-bf16": StepConfig(tf32=True, bf16=True, compile="default"),
-    "compile-reduce-overhead": StepConfig(tf32=True, bf16=False, compile="reduce-overhead"),
-}
-
-
-@contextmanager
-def tf32(enabled: bool):
-    # The legacy flags, as sedaug.augment reads them: PyTorch refuses to read one API's flag after the other set it.
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _sync(device: torch.device) -> None:
@@ -75,18 +48,15 @@ def measure(family: str, config: str, features: Path, device: torch.device, warm
     from sedaug.train import build_training, training_step
 
     setting = CONFIGS[config]
-    # Compiled here, below, in the configuration's mode; the recipe's own resolution must not compile first.
-    overrides = [f"data.features={features}", f"optim.precision={'bf16' if setting.bf16 else 'fp32'}", "optim.compile=false",
-                 *(TINY if dry_run else [])]
-    recipe = load_recipe(REPO / "recipes" / f"{family}.yaml", overrides)
+    recipe = load_recipe(REPO / "recipes" / f"{family}.yaml", [f"data.features={features}", *(TINY if dry_run else [])])
     store = FeatureStore(features)
     torch._dynamo.reset()  # each measurement compiles afresh (inductor's on-disk cache makes repeats quick)
     torch.manual_seed(recipe.seed)
-    model, teacher, optimizer = build_training(recipe, store.scaler(), device)
-    if setting.compile:
-        for net in filter(None, (model, teacher)):
-            # As build_training compiles (the CNN only); --dry-run traces without generating code.
-            net.compile_cnn(setting.compile, backend="eager" if dry_run else "inductor")
+    # The configuration as `sedaug train` runs it; --dry-run traces a compiled CNN without generating code.
+    training = build_training(recipe, store.scaler(), device, config=replace(setting, compile=None) if dry_run else setting)
+    if dry_run and setting.compile:
+        for net in filter(None, (training.model, training.teacher)):
+            net.compile_cnn(setting.compile, backend="eager")
     streams = ThreeStreams(store, recipe.data.batch_size, recipe.seed, device, resident=device.type == "cuda")
     batches = iter(())
     if device.type == "cuda":
@@ -98,20 +68,19 @@ def measure(family: str, config: str, features: Path, device: torch.device, warm
         if batch is None:  # a small store's streams last a few steps; a new epoch reshuffles them
             batches = streams.epoch(k)
             batch = next(batches)
-        return training_step(recipe, model, teacher, optimizer, batch, k, 1e-3, 2.0)
+        return training_step(recipe, training, batch, k, 1e-3, 2.0)
 
     times = []
-    with tf32(setting.tf32):
+    start = time.perf_counter()
+    for k in range(warmup):
+        step(k)
+    _sync(device)
+    first = time.perf_counter() - start
+    for k in range(warmup, warmup + steps):
         start = time.perf_counter()
-        for k in range(warmup):
-            step(k)
+        losses = step(k)
         _sync(device)
-        first = time.perf_counter() - start
-        for k in range(warmup, warmup + steps):
-            start = time.perf_counter()
-            losses = step(k)
-            _sync(device)
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     finite = all(torch.isfinite(x).item() for x in losses)
     median = statistics.median(times)
     return {"family": family, "config": config, "batch_size": recipe.data.batch_size, "first_steps": warmup,

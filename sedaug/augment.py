@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sedaug import transforms
+from sedaug.device import full_float32, tf32_allowed
 from sedaug.model import BatchNorm2d, Perturb, Perturbation, Scaler
 from sedaug.recipe import (
     AdversarialAugmentation,
@@ -112,23 +113,6 @@ def _set_rng_states(device: torch.device, states: tuple) -> None:
         torch.cuda.set_rng_state(states[1], device)
 
 
-def _tf32(device: torch.device) -> bool:
-    """Whether float32 convolutions or matmuls may round to TF32 (cuDNN's default on Ampere and later GPUs)."""
-    return device.type == "cuda" and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
-
-
-@contextmanager
-def _full_float32(device: torch.device) -> Iterator[None]:
-    """float32 without autocast and without TF32, whatever the training passes use."""
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.autocast(device.type, enabled=False):
-            yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
 class SameDraws:
     """Replays one reference pass's randomness in later passes of the same model: its dropout masks (the RNG is
     rewound to its state before the reference pass; the probe passes draw in the same order and shapes) and its
@@ -153,7 +137,7 @@ class SameDraws:
     def recording(self) -> Iterator[None]:
         """Wrap the reference pass."""
         self.rng = _rng_states(self.device)
-        self.reduced = torch.is_autocast_enabled(self.device.type) or _tf32(self.device)
+        self.reduced = torch.is_autocast_enabled(self.device.type) or tf32_allowed(self.device)
         for bn in self.batchnorms:
             bn.record = True
         try:
@@ -167,7 +151,7 @@ class SameDraws:
         """Wrap one probe pass: same masks, same batch statistics, float32; buffers (a replaying BatchNorm2d writes
         none) and the RNG's later draws untouched."""
         after = _rng_states(self.device)
-        with _full_float32(self.device):
+        with full_float32(self.device):
             for bn in self.batchnorms:
                 bn.replay = True
             _set_rng_states(self.device, self.rng)

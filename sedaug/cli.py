@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import warnings
 from enum import Enum
@@ -302,6 +303,8 @@ def table(
 def main() -> None:
     # sed_eval's dcase_util imports pkg_resources, whose deprecation warning would come before sedaug's own lines.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    # Inductor compiling for a CPU warns, on a machine without CUDA, that it found no CUDA runtime: nothing to act on.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     problem = binary_mismatch()
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

@@ -27,7 +27,7 @@ from sedaug.checkpoint import load_model
 from sedaug.data.desed import EVENT_COLUMNS
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, FeatureParams, check_sample_rate
 from sedaug.data.mel import FLOAT16_MAX, clip_mels, mel_problems, resample
-from sedaug.device import parse_device
+from sedaug.device import full_float32, parse_device
 from sedaug.errors import UserError
 from sedaug.evaluation.detection_plot import plot_detections
 from sedaug.evaluation.postprocess import decode
@@ -311,7 +311,7 @@ def score_recordings(
     outputs: list[list[np.ndarray]] = [[] for _ in waves]
     mels: list[list[np.ndarray]] = [[] for _ in waves]
     failed: set[int] = set()
-    with torch.inference_mode():
+    with torch.inference_mode(), full_float32(device):  # as evaluate predicts
         for first in range(0, len(windows), batch_size):
             batch = [(i, s) for i, s in windows[first : first + batch_size] if i not in failed]
             if not batch:

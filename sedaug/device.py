@@ -1,9 +1,12 @@
-"""`--device`: the one reading of a device name, for every command and for the Python API; and the training step's
-configuration on that device (`resolve_step_config`)."""
+"""`--device`: the one reading of a device name, for every command and for the Python API; the training step's
+configuration on that device (`StepConfig`, `resolve_step_config`) and the precision each pass runs in."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -30,18 +33,90 @@ def parse_device(name: str | torch.device | None) -> torch.device:
 
 @dataclass(frozen=True)
 class StepConfig:
-    compile: bool
-    precision: str  # fp32 or bf16
+    """How a training step runs. `precision`: fp32 (strict: no TF32), tf32 (float32 convolutions and matmuls may
+    round their inputs to TF32 on a GPU) or bf16 (the passes under bf16 autocast, TF32 for what stays float32).
+    `compile`: the CNN's torch.compile mode (`reduce-overhead`: CUDA graphs), None for eager."""
+
+    compile: Literal["default", "reduce-overhead"] | None
+    precision: Literal["fp32", "tf32", "bf16"]
+
+    @property
+    def tf32(self) -> bool:
+        return self.precision != "fp32"
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+
+# The configurations a CUDA default may be chosen from: tests/test_cuda.py checks each one and
+# benchmarks/gpu_speed.py times each one; the fastest that passes its tests becomes CUDA_AUTO (docs/speed.md).
+CONFIGS = {
+    "eager": StepConfig(compile=None, precision="fp32"),
+    "tf32": StepConfig(compile=None, precision="tf32"),
+    "bf16": StepConfig(compile=None, precision="bf16"),
+    "compile": StepConfig(compile="default", precision="tf32"),
+    "compile-bf16": StepConfig(compile="default", precision="bf16"),
+    "compile-reduce-overhead": StepConfig(compile="reduce-overhead", precision="tf32"),
+}
+# What `auto` runs on CUDA: strict float32, eager, until benchmarks/gpu_check.sh has measured a faster configuration
+# that passes its CUDA tests (its report's decisions.cuda_default_config names the CONFIGS entry to put here).
+CUDA_AUTO = CONFIGS["eager"]
 
 
 def resolve_step_config(recipe: Recipe, device: torch.device, steps: int | None) -> StepConfig:
     """`optim.compile` and `optim.precision` as a run of `steps` training steps (None: unknown, taken as short)
-    uses them on `device`. `auto` compiles the CNN on a CPU when the run is long enough for the compile time to pay
-    back (on CUDA it stays eager until measured), and keeps float32: bf16 autocast is faster on CPUs with bf16 units (1.6x for a full-size forward+backward on
-    this project's AVX512-BF16 EPYC) but changes the numbers training sees, which no test bounds yet."""
+    uses them on `device`; a UserError for a CUDA-only setting on a CPU.
+
+    `auto` on CUDA is CUDA_AUTO. On a CPU it compiles the CNN when the run is long enough for the compile time to
+    pay back, and keeps float32: bf16 autocast is faster on CPUs with bf16 units (1.6x for a full-size
+    forward+backward on this project's AVX512-BF16 EPYC) but changes the numbers training sees, which no test bounds
+    on a CPU yet."""
+    check_runs_on(recipe, device)
     optim = recipe.optim
-    # On CUDA nothing has been measured yet (docs/speed.md, benchmarks/gpu_check.sh decides): auto stays eager there.
-    long_run = (steps or 0) >= COMPILE_AFTER_STEPS and device.type == "cpu"
-    compile_ = optim.compile if optim.compile != "auto" else long_run
-    precision = optim.precision if optim.precision != "auto" else "fp32"
-    return StepConfig(compile=bool(compile_), precision=precision)
+    if device.type == "cuda":
+        auto = CUDA_AUTO
+    else:
+        auto = StepConfig(compile="default" if (steps or 0) >= COMPILE_AFTER_STEPS else None, precision="fp32")
+    compile_ = {"auto": auto.compile, True: "default", False: None}.get(optim.compile, optim.compile)
+    precision = auto.precision if optim.precision == "auto" else optim.precision
+    return StepConfig(compile=compile_, precision=precision)
+
+
+def check_runs_on(recipe: Recipe, device: torch.device) -> None:
+    """A UserError for a CUDA-only step setting on another device."""
+    if device.type == "cuda":
+        return
+    if recipe.optim.precision == "tf32":
+        raise UserError(f"{recipe.name}: optim.precision tf32 (a GPU's number format) runs on CUDA only; on {device} "
+                        "use fp32 or bf16")
+    if recipe.optim.compile == "reduce-overhead":
+        raise UserError(f"{recipe.name}: optim.compile reduce-overhead (CUDA graphs) runs on CUDA only; on {device} "
+                        "use true, false or auto")
+
+
+@contextmanager
+def allow_tf32(enabled: bool) -> Iterator[None]:
+    """Whether float32 convolutions and matmuls on a GPU may round to TF32 inside (PyTorch's own default allows it for
+    cuDNN's convolutions only). Read when a kernel runs: a training step's backward must run inside too."""
+    # The legacy flags: PyTorch refuses to read one API's flag after the other API set it.
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@contextmanager
+def full_float32(device: torch.device) -> Iterator[None]:
+    """float32 without autocast and without TF32, whatever the surrounding code chose: VAT's probe passes, and every
+    prediction and feature (evaluate, detect and extract-mels give a GPU's numbers within float32 rounding of a
+    CPU's)."""
+    with allow_tf32(False), torch.autocast(device.type, enabled=False):
+        yield
+
+
+def tf32_allowed(device: torch.device) -> bool:
+    """Whether float32 convolutions or matmuls on `device` may round to TF32 now."""
+    return device.type == "cuda" and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)

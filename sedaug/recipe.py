@@ -271,8 +271,10 @@ class OptimConfig(Section):
     # Cap on steps per epoch (None: until the shortest stream is exhausted, as dcase20); for quick runs.
     max_steps_per_epoch: Count | None = None
     # auto: what sedaug.device.resolve_step_config picks for the device and the run's length (README, "Speed").
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool | Literal["auto"] = "auto"  # true: the CNN runs under torch.compile
+    # fp32 is strict float32; tf32 (CUDA only) lets convolutions and matmuls round to TF32; bf16: autocast.
+    precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
+    # true: the CNN runs under torch.compile; reduce-overhead (CUDA only): compiled, with CUDA graphs.
+    compile: bool | Literal["auto", "reduce-overhead"] = "auto"
 
 
 class EvalConfig(Section):

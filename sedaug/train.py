@@ -26,7 +26,7 @@ from sedaug.augment import SameDraws, consistency_views, mse
 from sedaug.checkpoint import Checkpoint, TrainState, load_checkpoint, restore_training, save_checkpoint
 from sedaug.data.batches import Batch, ThreeStreams
 from sedaug.data.store import FeatureStore, Split
-from sedaug.device import resolve_step_config
+from sedaug.device import StepConfig, allow_tf32, check_runs_on, resolve_step_config
 from sedaug.errors import UserError
 from sedaug.evaluation.f1 import event_based_f1
 from sedaug.evaluation.postprocess import decode
@@ -102,11 +102,23 @@ def consistency_loss(clean: tuple, perturbed: tuple, mean_teacher: bool, rows: s
     return mse(tuple(c.detach() for c in clean), perturbed)
 
 
+class Training(NamedTuple):
+    """What a training step updates, and the step configuration it runs in."""
+
+    model: CRNN
+    teacher: CRNN | None
+    optimizer: torch.optim.Optimizer
+    config: StepConfig
+
+
 def build_training(
-    recipe: Recipe, scaler: tuple[np.ndarray, np.ndarray], device: torch.device, steps: int | None = None
-) -> tuple[CRNN, CRNN | None, torch.optim.Optimizer]:
-    """The student (with the feature store's scaler), its EMA teacher under Mean Teacher, and Adam; the CNNs compiled
-    as `resolve_step_config` decides for a run of `steps` steps on `device`."""
+    recipe: Recipe, scaler: tuple[np.ndarray, np.ndarray], device: torch.device, steps: int | None = None,
+    config: StepConfig | None = None,
+) -> Training:
+    """The student (with the feature store's scaler), its EMA teacher under Mean Teacher, Adam, and the step
+    configuration `resolve_step_config` gives a run of `steps` steps on `device`, or `config` instead of the recipe's
+    (benchmarks, tests); the CNNs compiled as it says."""
+    config = config or resolve_step_config(recipe, device, steps)
     model = CRNN(recipe.model)
     model.set_scaler(*scaler)
     model.to(device)
@@ -118,62 +130,55 @@ def build_training(
         teacher.to(device)
     weight_decay = recipe.regularization.weight_decay if recipe.regularization.type == "l2" else 0.0
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=weight_decay)
-    if resolve_step_config(recipe, device, steps).compile:
+    if config.compile:
         # One graph per pass kind (train/eval, VAT's record/replay, precision, batch shape), for every model this
         # process compiles (a sweep's trials): past dynamo's default of 8, a frame silently runs eager (slower; the
         # masks are the same, sedaug.model.CRNN.compile_cnn).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         for net in filter(None, (model, teacher)):
-            net.compile_cnn()
-    return model, teacher, optimizer
+            net.compile_cnn(config.compile)
+    return Training(model, teacher, optimizer, config)
 
 
-def training_step(
-    recipe: Recipe,
-    model: CRNN,
-    teacher: CRNN | None,
-    optimizer: torch.optim.Optimizer,
-    batch: Batch,
-    step: int,
-    lr: float,
-    weight: float,
-) -> Losses:
-    """One optimizer step (and EMA update) on one batch; returns the detached losses."""
+def training_step(recipe: Recipe, training: Training, batch: Batch, step: int, lr: float, weight: float) -> Losses:
+    """One optimizer step (and EMA update) on one batch, in `training.config`; returns the detached losses."""
+    model, teacher, optimizer, config = training
     for group in optimizer.param_groups:
         group["lr"] = lr
     u, w = batch.n_unlabeled, batch.n_weak
-    bf16 = resolve_step_config(recipe, batch.mels.device, None).precision == "bf16"
     aug = recipe.augmentation
     same_draws = SameDraws(model, batch.mels.device) if aug.type == "vat" and aug.dropout == "shared" else None
-    with torch.autocast(batch.mels.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
-        with same_draws.recording() if same_draws else nullcontext():
-            clean = model(batch.mels)
-        if aug.type != "none":
-            views = consistency_views(aug, model, teacher, clean, batch.mels, same_draws,
-                                      update_batchnorm=recipe.consistency.update_batchnorm, frames=batch.frames)
-    # Losses in float32 outside autocast (binary_cross_entropy is not autocast-safe).
-    strong, weak = clean[0].float(), clean[1].float()
-    # A non-finite output would crash binary_cross_entropy (an assert on CUDA): it sees 0.5 instead, and the
-    # losses become NaN, which the loop reads back every 10 steps and stops on as "diverged". No host sync here.
-    finite = torch.isfinite(strong).all() & torch.isfinite(weak).all()
-    strong, weak = torch.where(finite, strong, 0.5), torch.where(finite, weak, 0.5)
-    nan_if_not_finite = torch.where(finite, 0.0, float("nan"))
-    loss_class = F.binary_cross_entropy(strong[u + w :], batch.strong_labels) + F.binary_cross_entropy(
-        weak[u : u + w], batch.weak_labels
-    ) + nan_if_not_finite
-    if recipe.augmentation.type != "none":
-        rows = slice(0, u) if recipe.consistency.data == "unlabeled" else slice(None)
-        loss_const = consistency_loss(*views, mean_teacher=teacher is not None, rows=rows)
-    else:
-        loss_const = torch.zeros((), device=strong.device)
-    loss = loss_class + weight * loss_const
+    # TF32 is read as each kernel runs: the backward pass runs in the step's precision too.
+    with allow_tf32(config.tf32):
+        with torch.autocast(batch.mels.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            with same_draws.recording() if same_draws else nullcontext():
+                clean = model(batch.mels)
+            if aug.type != "none":
+                views = consistency_views(aug, model, teacher, clean, batch.mels, same_draws,
+                                          update_batchnorm=recipe.consistency.update_batchnorm, frames=batch.frames)
+        # Losses in float32 outside autocast (binary_cross_entropy is not autocast-safe).
+        strong, weak = clean[0].float(), clean[1].float()
+        # A non-finite output would crash binary_cross_entropy (an assert on CUDA): it sees 0.5 instead, and the
+        # losses become NaN, which the loop reads back every 10 steps and stops on as "diverged". No host sync here.
+        finite = torch.isfinite(strong).all() & torch.isfinite(weak).all()
+        strong, weak = torch.where(finite, strong, 0.5), torch.where(finite, weak, 0.5)
+        nan_if_not_finite = torch.where(finite, 0.0, float("nan"))
+        loss_class = F.binary_cross_entropy(strong[u + w :], batch.strong_labels) + F.binary_cross_entropy(
+            weak[u : u + w], batch.weak_labels
+        ) + nan_if_not_finite
+        if recipe.augmentation.type != "none":
+            rows = slice(0, u) if recipe.consistency.data == "unlabeled" else slice(None)
+            loss_const = consistency_loss(*views, mean_teacher=teacher is not None, rows=rows)
+        else:
+            loss_const = torch.zeros((), device=strong.device)
+        loss = loss_class + weight * loss_const
 
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    if teacher is not None:
-        ema_update(teacher, model, step + 1, recipe.regularization.ema_decay)  # dcase20 counts this step first
-    return Losses(loss_class.detach(), loss_const.detach(), loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if teacher is not None:
+            ema_update(teacher, model, step + 1, recipe.regularization.ema_decay)  # dcase20 counts this step first
+        return Losses(loss_class.detach(), loss_const.detach(), loss.detach())
 
 
 def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device, on_batch=None) -> float:
@@ -263,6 +268,7 @@ def train(
     trial reports to Ray Tune there); whatever it raises ends training and propagates, last.pt holding that epoch.
     """
     run, device = RunDir(Path(run_dir)), torch.device(device)
+    check_runs_on(recipe, device)
     store = FeatureStore(recipe.data.features)
     with run.lock():  # a refusal under it leaves no folder or lock file behind
         return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress, on_epoch)
@@ -286,7 +292,8 @@ def _train(
     const_rampup = recipe.consistency.rampup_epochs * steps_per_epoch
 
     torch.manual_seed(recipe.seed)
-    model, teacher, optimizer = build_training(recipe, store.scaler(), device, steps=recipe.optim.epochs * steps_per_epoch)
+    training = build_training(recipe, store.scaler(), device, steps=recipe.optim.epochs * steps_per_epoch)
+    model, teacher, optimizer = training.model, training.teacher, training.optimizer
 
     state = TrainState()
     metrics: list[dict] = []
@@ -332,7 +339,7 @@ def _train(
                     step = state.global_step
                     lr = recipe.optim.lr * rampup(step, lr_rampup)
                     weight = recipe.consistency.weight * rampup(step, const_rampup)
-                    sums += torch.stack(training_step(recipe, model, teacher, optimizer, batch, step, lr, weight))
+                    sums += torch.stack(training_step(recipe, training, batch, step, lr, weight))
                     state.global_step += 1
                     state.step_in_epoch += 1
                     done = state.step_in_epoch

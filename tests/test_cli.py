@@ -76,6 +76,14 @@ def test_incompatible_feature_store(tiny_desed, tiny_features, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_cuda_only_step_setting_on_a_cpu_is_refused_before_anything_is_written(tmp_path, tiny_features):
+    for setting in ("optim.precision=tf32", "optim.compile=reduce-overhead"):
+        result = run("train", RECIPES / "none.yaml", "--runs", tmp_path / "runs", "--device", "cpu",
+                     "--set", f"data.features={tiny_features}", "--set", setting)
+        one_line_error(result, setting.replace("=", " "), "runs on CUDA only")
+        assert not (tmp_path / "runs").exists()
+
+
 def test_non_empty_run_dir(tmp_path, tiny_features):
     run_dir = tmp_path / "none" / "seed0"
     run_dir.mkdir(parents=True)

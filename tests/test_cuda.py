@@ -4,8 +4,8 @@ The tests marked `cuda` run only where CUDA is present and are skipped, and coun
 unmarked tests run the harness the CUDA tests stand on (the float64 fixed-mask reference, the resume script) on the
 CPU in `make test`, so that the CUDA tests run the first time a GPU is at hand.
 
-On CUDA, in each step configuration of `CONFIGS` (the ones benchmarks/gpu_speed.py times: the fastest that passes
-here is the one to make CUDA's default):
+On CUDA, in each step configuration of sedaug.device's `CONFIGS` (the ones benchmarks/gpu_speed.py times: the fastest
+that passes here is the one to make CUDA's default):
 - VAT's direction with `SameDraws` is H·d0 of the network with the clean pass's dropout masks written in and its
   batch statistics held fixed, computed in float64 on the CPU: cosine >= 0.99 per clip, the fidelity issue's bound;
   and a replayed pass is that network's output.
@@ -18,12 +18,11 @@ here is the one to make CUDA's default):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from sedaug.augment import SameDraws, vat_directions
 from sedaug.cli import app
 from sedaug.data.batches import ThreeStreams
 from sedaug.data.store import FeatureStore
+from sedaug.device import CONFIGS, allow_tf32
 from sedaug.model import CRNN, Perturbation
 from sedaug.recipe import ModelConfig, VATAugmentation, load_recipe
 from sedaug.train import build_training, training_step
@@ -55,28 +55,15 @@ def cuda_only(test):
 
 
 
-def _load(path: Path):
-    """A module by file (benchmarks/ is not an installed package)."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# The configurations a CUDA default may be chosen from: the ones benchmarks/gpu_speed.py times, from there.
-_gpu_speed = _load(Path(__file__).parents[1] / "benchmarks" / "gpu_speed.py")
-StepConfig, CONFIGS, tf32 = _gpu_speed.StepConfig, _gpu_speed.CONFIGS, _gpu_speed.tf32
-
-
 @contextmanager
 def configured(name: str, nets: list[CRNN], device: torch.device):
-    """Run in configuration `name`: TF32 flags set, each net's CNN compiled in place, bf16 autocast if asked."""
+    """Run in configuration `name` as a training step does: each net's CNN compiled in place, its precision."""
     config = CONFIGS[name]
     if config.compile:
         torch._dynamo.reset()  # a fresh compile per test: no cache limit reached across tests, no eager fallback
     for net in nets if config.compile else ():
         net.compile_cnn(config.compile)
-    with tf32(config.tf32), torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext():
+    with allow_tf32(config.tf32), torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
         yield
 
 
@@ -328,19 +315,20 @@ def test_resume_on_cuda_with_pytorch_defaults_is_within_tolerance(tmp_path, tiny
 def test_a_bf16_step_is_finite_and_close_to_the_float32_step(recipe, tiny_features):
     """One step of the full-size CRNN (PyTorch's init, where the consistency loss is ~1e-3 rather than dcase20's
     base-rate plateau) from the same weights on the same batch. Measured on the CPU (bf16 autocast): bf16 moved
-    L_class by <= 9e-4 and L_const by <= 5.2 % relative; the bounds leave room for CUDA's dropout kernel drawing
-    its masks per dtype: L_class within 1 %, L_const within 20 % + 2e-5 (the rounding of bf16 outputs near 0.5)."""
+    L_class by <= 9e-4 and L_const by <= 5.2 % relative; the bounds leave room for CUDA's bf16 kernels and TF32
+    beside them (the dropout masks are the same bits in either precision): L_class within 1 %, L_const within
+    20 % + 2e-5 (the rounding of bf16 outputs near 0.5)."""
     store = FeatureStore(tiny_features)
     losses = {}
     for precision in ("fp32", "bf16"):
         r = load_recipe(recipe, [f"data.features={tiny_features}", f"optim.precision={precision}", "model.init=pytorch"])
-        with tf32(False):
-            torch.manual_seed(0)
-            model, teacher, optimizer = build_training(r, store.scaler(), CUDA_DEVICE)
-            batch = next(ThreeStreams(store, r.data.batch_size, r.seed, CUDA_DEVICE, resident=True).epoch(0))
-            torch.manual_seed(1)
-            losses[precision] = [float(x) for x in training_step(r, model, teacher, optimizer, batch, 0, 1e-3, 2.0)]
-        assert all(torch.isfinite(p).all() for p in model.parameters()), f"{precision}: non-finite weights"
+        torch.manual_seed(0)
+        training = build_training(r, store.scaler(), CUDA_DEVICE)  # fp32: strict float32; bf16: TF32 beside it
+        batch = next(ThreeStreams(store, r.data.batch_size, r.seed, CUDA_DEVICE, resident=True).epoch(0))
+        torch.manual_seed(1)
+        losses[precision] = [float(x) for x in training_step(r, training, batch, 0, 1e-3, 2.0)]
+        assert training.config.precision == precision
+        assert all(torch.isfinite(p).all() for p in training.model.parameters()), f"{precision}: non-finite weights"
     (cls32, const32, _), (cls16, const16, _) = losses["fp32"], losses["bf16"]
     assert all(np.isfinite(losses["bf16"])), losses
     assert cls16 == pytest.approx(cls32, rel=1e-2), losses

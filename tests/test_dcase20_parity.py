@@ -31,13 +31,14 @@ def test_the_teacher_starts_from_its_own_init_and_takes_half_the_student_at_the_
     update_ema_variables: α = min(1 − 1/(global_step + 1), 0.999) is 1/2 after step 1, 2/3 after step 2."""
     recipe = load_recipe(REPO / "recipes" / "baseline.yaml", tiny_model_overrides)
     torch.manual_seed(0)
-    student, teacher, optimizer = build_training(recipe, SCALER, torch.device("cpu"))
+    training = build_training(recipe, SCALER, torch.device("cpu"))
+    student, teacher = training.model, training.teacher
     assert all(not torch.equal(t, s) for t, s in zip(teacher.parameters(), student.parameters(), strict=True)
                if t.dim() > 1)  # every weight matrix drawn apart (biases start at zero in both)
     batch = tiny_batch()
     expected = [p.clone() for p in teacher.parameters()]
     for step, alpha in enumerate([1 / 2, 2 / 3]):
-        training_step(recipe, student, teacher, optimizer, batch, step, 1e-3, 2.0)
+        training_step(recipe, training, batch, step, 1e-3, 2.0)
         expected = [alpha * t + (1 - alpha) * s for t, s in zip(expected, student.parameters(), strict=True)]
         for got, want in zip(teacher.parameters(), expected, strict=True):
             torch.testing.assert_close(got, want)

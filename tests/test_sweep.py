@@ -19,6 +19,7 @@ import pytest
 
 from sedaug.errors import UserError
 from sedaug.sweep import in_search, selected_settings
+from sedaug.sweep.plan import dry_run
 from sedaug.sweep.select import TrialRecord, winners, write_selection
 from sedaug.sweep.spec import grid_settings, load_sweep
 from sedaug.sweep.trial import search_dir, setting_id
@@ -125,6 +126,22 @@ def test_set_overrides_reach_recipes_and_the_sweep(tmp_path, monkeypatch):
     assert loaded.bases["none"]["data"]["features"] == str(REPO / "elsewhere")  # absolute: trials run elsewhere
     assert [s["optim.lr"] for s in grid_settings(loaded.spaces["none"])] == [1e-3, 3e-3]
 
+
+
+def test_a_cuda_only_step_setting_in_a_cpu_sweep_is_refused_before_it_starts(monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(UserError) as e:
+        load_sweep(REPO / "sweeps" / "demo.yaml", ["optim.precision=tf32"])
+    lines = str(e.value).splitlines()
+    assert lines == [f"{REPO / 'sweeps' / 'demo.yaml'}: recipes[{i}]: {name}: optim.precision tf32 (a GPU's number "
+                     "format) runs on CUDA only; on cpu use fp32 or bf16 (resources.gpus is 0: the trials run on CPUs)"
+                     for i, name in enumerate(["none", "noise_latent"])]
+    gpu_sweep = load_sweep(REPO / "sweeps" / "demo.yaml", ["optim.precision=tf32", "resources.gpus=0.5"])
+    planned = dry_run(gpu_sweep, device="cpu")  # planned here, timed where it can be: not on this CPU
+    assert [r.step_s for r in planned.rows] == [None, None]
+    assert [n for n in planned.notes if n.startswith("not timed")] == [
+        f"not timed: {name}: optim.precision tf32 (a GPU's number format) runs on CUDA only; on cpu use fp32 or bf16"
+        for name in ("none", "noise_latent")]
 
 # ---------------------------------------------------------------------------------------------- selection
 

@@ -190,7 +190,8 @@ def test_dry_run_prints_the_plan_and_its_cost_without_starting_ray(tmp_path, tin
     import sedaug.sweep.plan
 
     timed = []
-    monkeypatch.setattr(sedaug.sweep.plan, "step_seconds", lambda recipe, device: timed.append(recipe.name) or 0.5)
+    monkeypatch.setattr(sedaug.sweep.plan, "step_seconds",
+                        lambda recipe, device, run_steps: timed.append((recipe.name, run_steps)) or 0.5)
     spec = write_sweep(tmp_path / "s.yaml", study(tiny_features, [0.05, 0.2, 0.4]))
     result = sweep_cli(spec, "--dry-run", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
@@ -202,7 +203,7 @@ def test_dry_run_prints_the_plan_and_its_cost_without_starting_ray(tmp_path, tin
                                 "0.5", "s/step", "->", "0.000833", "h,", "memory", "1", "GiB"]
     assert "noise_latent" in lines[2] and "-> 0.00111 h" in lines[2]  # (3 + 1) x 2 x 1 x 0.5 s
     assert lines[3].startswith("  total: 0.00194 trial-hours of training steps on cpu")
-    assert timed == ["none", "noise_latent"]  # one timing per recipe family
+    assert timed == [("none", 2), ("noise_latent", 2)]  # one timing per recipe family, told the trials' length
     assert not ray.is_initialized() and not (tmp_path / "out").exists()
 
 

@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from sedaug import augment
 from sedaug.augment import SameDraws, vat_directions
 from sedaug.data.batches import Batch
-from sedaug.device import COMPILE_AFTER_STEPS, StepConfig, resolve_step_config
+from sedaug.device import COMPILE_AFTER_STEPS, CONFIGS, CUDA_AUTO, StepConfig, resolve_step_config
+from sedaug.errors import UserError
 from sedaug.model import CRNN, Perturbation
 from sedaug.recipe import ModelConfig, Recipe, VATAugmentation
-from sedaug.train import training_step
+from sedaug.train import Training, training_step
 
 # Small enough to form J row by row: 16 mel bins, 16 frames (4 output frames), time pooled 4x as the real grid.
 SMALL = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(2, 4), (2, 4)], rnn_hidden=8, rnn_layers=1, init="pytorch")
@@ -52,7 +53,7 @@ def emulated_tf32(monkeypatch):
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     monkeypatch.setattr(F, "conv2d", rounding_conv2d)
-    monkeypatch.setattr(augment, "_tf32", lambda device: torch.backends.cudnn.allow_tf32)
+    monkeypatch.setattr(augment, "tf32_allowed", lambda device: torch.backends.cudnn.allow_tf32)
 
 
 class Spy(torch.nn.Module):
@@ -151,7 +152,8 @@ def test_compiled_vat_steps_run_and_find_the_exact_curvature(aug):
     batch = Batch(small_batch(4), (torch.rand(1, 10, generator=g) < 0.5).float(),
                   (torch.rand(1, 4, 10, generator=g) < 0.5).float(), n_unlabeled=2, n_weak=1)
     for step in range(2):  # raised KeyError: BatchNorm2d at the first step before the fix
-        losses = training_step(recipe, model, None, optimizer, batch, step, 1e-3, 2.0)
+        training = Training(model, None, optimizer, StepConfig(compile="default", precision="fp32"))
+        losses = training_step(recipe, training, batch, step, 1e-3, 2.0)
         assert all(torch.isfinite(loss) for loss in losses)
     for bf16 in (False, True):
         cosines = vat_against_exact(model, small_batch(seed=2), bf16, aug)
@@ -164,11 +166,55 @@ def test_compiled_vat_steps_run_and_find_the_exact_curvature(aug):
 def test_auto_compiles_long_cpu_runs_only():
     cpu = torch.device("cpu")
     latent = Recipe(name="r", augmentation={"type": "vat", "locations": ["cnn", "rnn"]})
-    assert resolve_step_config(latent, cpu, COMPILE_AFTER_STEPS) == StepConfig(compile=True, precision="fp32")
+    assert resolve_step_config(latent, cpu, COMPILE_AFTER_STEPS) == StepConfig(compile="default", precision="fp32")
     assert not resolve_step_config(latent, cpu, COMPILE_AFTER_STEPS - 1).compile
     assert not resolve_step_config(latent, cpu, None).compile  # a run of unknown length is taken as short
     at_block = Recipe(name="r", augmentation={"type": "vat", "locations": ["cnn1"]})
     assert resolve_step_config(at_block, cpu, 10**6).compile  # its probes replay the masks compiled too (above)
     explicit = Recipe(name="r", optim={"compile": False, "precision": "bf16"})
-    assert resolve_step_config(explicit, cpu, 10**6) == StepConfig(compile=False, precision="bf16")
-    assert not resolve_step_config(latent, torch.device("cuda"), 10**6).compile  # unmeasured on CUDA: eager
+    assert resolve_step_config(explicit, cpu, 10**6) == StepConfig(compile=None, precision="bf16")
+
+
+def test_auto_on_cuda_is_cuda_auto_and_every_cuda_configuration_is_a_recipe_setting():
+    """What gpu_check measures is what `sedaug train` runs: each of CONFIGS is reachable from optim.compile and
+    optim.precision, and `auto` is CUDA_AUTO whatever the run's length (resolving needs no GPU)."""
+    cuda = torch.device("cuda")
+    assert resolve_step_config(Recipe(name="r"), cuda, 10**6) == CUDA_AUTO
+    assert resolve_step_config(Recipe(name="r"), cuda, None) == CUDA_AUTO
+    compile_value = {None: False, "default": True, "reduce-overhead": "reduce-overhead"}
+    for name, config in CONFIGS.items():
+        recipe = Recipe(name="r", optim={"compile": compile_value[config.compile], "precision": config.precision})
+        assert resolve_step_config(recipe, cuda, None) == config, name
+    assert CONFIGS["eager"].tf32 is False and CONFIGS["bf16"].tf32 and CONFIGS["compile"].tf32
+
+
+@pytest.mark.parametrize("optim", [{"precision": "tf32"}, {"compile": "reduce-overhead"}])
+def test_cuda_only_settings_are_refused_on_a_cpu_in_one_line(optim):
+    with pytest.raises(UserError, match=r"^r: optim\.\w+ [\w-]+ .*runs on CUDA only; on cpu use") as refused:
+        resolve_step_config(Recipe(name="r", optim=optim), torch.device("cpu"), 10**6)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["eager", "tf32", "bf16"])
+def test_a_training_step_runs_forward_and_backward_in_its_configuration_and_restores_the_flags(name):
+    """TF32 is read as each kernel runs, so the backward pass must see the configuration's flags too (flags set on a
+    CPU are only read; what a GPU does with them is test_cuda's)."""
+    config = CONFIGS[name]
+    torch.manual_seed(0)
+    model = CRNN(SMALL, n_mels=16).train()
+    seen = {}
+
+    def flags(when: str, autocast: bool = False) -> None:  # the first pass's or gradient's
+        now = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        seen.setdefault(when, (*now, torch.is_autocast_enabled("cpu")) if autocast else now)
+
+    model.cnn.register_forward_hook(lambda *_: flags("forward", autocast=True))
+    next(model.parameters()).register_hook(lambda grad: flags("backward"))
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(small_batch(4), (torch.rand(1, 10, generator=g) < 0.5).float(),
+                  (torch.rand(1, 4, 10, generator=g) < 0.5).float(), n_unlabeled=2, n_weak=1)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    recipe = Recipe(name="r", model=SMALL, regularization={"type": "l2"})
+    training_step(recipe, Training(model, None, torch.optim.Adam(model.parameters()), config), batch, 0, 1e-3, 2.0)
+    assert seen == {"forward": (config.tf32, config.tf32, config.bf16), "backward": (config.tf32, config.tf32)}
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sedaug.data.grid import PARAMS, FeatureParams
+from sedaug.device import full_float32
 
 # The linear value of a padding frame: 0 dB after the log (20·log10(1)), the log-mel dcase20 pads short clips with.
 # The model's top_db floor (each clip's maximum − 80 dB) stays below it: a magnitude mel of audio within ±1 is at
@@ -108,7 +109,8 @@ def clip_mels(
 def mel_spectrogram(wave: Tensor, params: FeatureParams = PARAMS) -> Tensor:
     """Linear (magnitude) mel spectrogram, time-major: (..., samples) -> (..., frames, n_mels), float32."""
     transform = _mel_transform(params, wave.device)
-    return transform(wave.float()).transpose(-1, -2)
+    with full_float32(wave.device):  # the mel matmul: a GPU's mels are a CPU's within float32 rounding
+        return transform(wave.float()).transpose(-1, -2)
 
 
 @functools.lru_cache(maxsize=8)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from sedaug.data.desed import CLASSES
+from sedaug.device import full_float32
 from sedaug.progress import progress_bar
 
 
@@ -15,13 +16,14 @@ def predict(
     model, mels: np.ndarray, batch_size: int, device, progress: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """The model's strong output (N, T, C), float32, in eval mode and batches; the model's mode is restored.
+    """The model's strong output (N, T, C), in eval mode, batches and strict float32 (no TF32 on a GPU: a GPU's
+    scores are a CPU's within float32 rounding, whatever training ran in); the model's mode is restored.
     `on_batch(n)` is called after each batch of n clips (a progress bar of the caller's)."""
     was_training = model.training
     model.eval()
     out = []
     try:
-        with torch.inference_mode(), progress_bar("predict", len(mels), progress) as advance:
+        with torch.inference_mode(), full_float32(torch.device(device)), progress_bar("predict", len(mels), progress) as advance:
             for start in range(0, len(mels), batch_size):
                 batch = torch.from_numpy(np.asarray(mels[start : start + batch_size], dtype=np.float32))
                 strong, _ = model(batch.to(device))

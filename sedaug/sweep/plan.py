@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sedaug.errors import UserError
 from sedaug.recipe import Recipe, validate_recipe
 from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings
 from sedaug.sweep.trial import search_dir, setting_id
@@ -280,15 +281,24 @@ class DryRun:
         return [self.header(), *map(self.row_line, self.rows), *self.footer()]
 
     def timed(self) -> Iterator[RowCost]:
-        """Time a few training steps of each recipe family on the device, row by row (rows of one family share)."""
+        """Time a few training steps of each recipe family on the device, in the step configuration its trials run
+        (a long CPU run's compiled CNN: compiled here first, untimed), row by row (rows of one family share)."""
         import torch
+
+        from sedaug.device import resolve_step_config
 
         torch.set_num_threads(self.cpus)
         timings: dict[str, float] = {}
         for row in self.rows:
-            key = _family(self.recipes[row.recipe])
+            recipe, run_steps = self.recipes[row.recipe], row.epochs * row.steps
+            try:
+                key = _family(recipe) + repr(resolve_step_config(recipe, torch.device(self.device), run_steps))
+            except UserError as e:  # a GPU sweep's CUDA-only setting, timed on a CPU
+                self.notes.append(f"not timed: {e}")
+                yield row
+                continue
             if key not in timings:
-                timings[key] = step_seconds(self.recipes[row.recipe], self.device)
+                timings[key] = step_seconds(recipe, self.device, run_steps)
             row.step_s = timings[key]
             yield row
 
@@ -313,15 +323,16 @@ def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
 
 
 def _family(recipe: Recipe) -> str:
-    """What sets a step's time: the model, the augmentation and where, the regularization, batch and precision."""
+    """What sets a step's time besides its step configuration: the model, the augmentation and where, the
+    regularization and the batch."""
     dump = recipe.model_dump(mode="json")
     return json.dumps([dump["model"], dump["augmentation"].get("type"), dump["augmentation"].get("locations"),
-                       dump["regularization"]["type"], dump["data"]["batch_size"], dump["optim"]["precision"],
-                       dump["optim"]["compile"]], sort_keys=True)
+                       dump["regularization"]["type"], dump["data"]["batch_size"]], sort_keys=True)
 
 
-def step_seconds(recipe: Recipe, device: str, steps: int = 2) -> float:
-    """Best of `steps` timed training steps (after one warm-up) on random mels of the recipe's batch."""
+def step_seconds(recipe: Recipe, device: str, run_steps: int | None = None, steps: int = 2) -> float:
+    """Best of `steps` timed training steps on random mels of the recipe's batch, in the step configuration a run of
+    `run_steps` steps gets (sedaug.device.resolve_step_config), after one untimed warm-up step (which compiles)."""
     import numpy as np
     import torch
 
@@ -332,11 +343,11 @@ def step_seconds(recipe: Recipe, device: str, steps: int = 2) -> float:
     dev = torch.device(device)
     n_mels = 128
     scaler = (np.zeros(n_mels, np.float32), np.ones(n_mels, np.float32))
-    model, teacher, optimizer = build_training(recipe, scaler, dev)
+    training = build_training(recipe, scaler, dev, steps=run_steps)
     b = recipe.data.batch_size
     mels = (torch.rand(b, 628, n_mels) ** 4 * 10).to(dev)
     with torch.no_grad():
-        out_frames = model(mels[:1])[0].shape[1]
+        out_frames = training.model(mels[:1])[0].shape[1]
     batch = Batch(mels=mels, weak_labels=(torch.rand(b // 4, 10) < 0.3).float().to(dev),
                   strong_labels=(torch.rand(b // 4, out_frames, 10) < 0.2).float().to(dev),
                   n_unlabeled=b // 2, n_weak=b // 4, frames=torch.full((b,), 628, device=dev))
@@ -344,7 +355,7 @@ def step_seconds(recipe: Recipe, device: str, steps: int = 2) -> float:
     best = float("inf")
     for i in range(steps + 1):
         start = time.perf_counter()
-        training_step(recipe, model, teacher, optimizer, batch, i, recipe.optim.lr, recipe.consistency.weight)
+        training_step(recipe, training, batch, i, recipe.optim.lr, recipe.consistency.weight)
         sync()
         if i:
             best = min(best, time.perf_counter() - start)

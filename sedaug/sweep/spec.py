@@ -309,12 +309,27 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         problems += _check_space(sweep, base, name, space, fixed, f"{here}.search", kinds)
         bases[name], spaces[name] = base, space
         epochs[name] = validate_recipe(base).optim.epochs
+        if sweep.resources.gpus == 0:
+            problems += [f"{here}: {p} (resources.gpus is 0: the trials run on CPUs)"
+                         for p in _device_problems(validate_recipe(base), "cpu")]
         grace = sweep.early_stopping.grace_epochs if sweep.early_stopping else None
         if grace is not None and grace > epochs[name]:
             problems.append(f"{where}: early_stopping.grace_epochs: {grace} is more than {name}'s {epochs[name]} epochs")
     if problems:
         raise UserError("\n".join(problems))
     return LoadedSweep(path, sweep, bases, spaces, epochs)
+
+
+def _device_problems(recipe: Recipe, device: str) -> list[str]:
+    import torch
+
+    from sedaug.device import check_runs_on
+
+    try:
+        check_runs_on(recipe, torch.device(device))
+    except UserError as e:
+        return [str(e)]
+    return []
 
 
 def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int], bool]:
