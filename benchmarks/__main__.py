@@ -298,8 +298,7 @@ def bench_default_step(features: Path, device: torch.device, repeats: int, famil
     seconds = timed_interleaved(steps, repeats, _sync(device))
     return [{"family": family, "dcase20_s": seconds[f"{family} dcase20"], "sedaug_s": seconds[f"{family} sedaug"],
              "speedup": seconds[f"{family} dcase20"] / seconds[f"{family} sedaug"],
-             "compile": configs[family].compile, "precision": configs[family].precision,
-             "wall_s": time.perf_counter() - start} for family in families]
+             "config": str(configs[family]), "wall_s": time.perf_counter() - start} for family in families]
 
 
 def bench_long_run(features: Path, device: torch.device, repeats: int, families: list[str]) -> list[dict]:
@@ -317,7 +316,7 @@ def bench_long_run(features: Path, device: torch.device, repeats: int, families:
     seconds = timed_interleaved(steps, repeats, _sync(device))
     return [{"family": family, "short_s": seconds[f"{family} short"], "long_s": seconds[f"{family} long"],
              "speedup": seconds[f"{family} short"] / seconds[f"{family} long"], "first_long_step_s": first[family],
-             "compile": configs[family].compile, "precision": configs[family].precision} for family in families]
+             "config": str(configs[family])} for family in families]
 
 
 # ------------------------------------------------------------------------------------------ extract-mels
@@ -495,14 +494,14 @@ def report(results: dict) -> None:
         table = Table("recipe", "dcase20 eager s/step", "sedaug default s/step", "sedaug config", "speedup",
                       title="sedaug's default step vs dcase20's (full-size CRNN, batch 24, turns taken)")
         for row in results["default_step"]:
-            config = f"{'compiled CNN' if row['compile'] else 'eager'}, {row['precision']}"
+            config = row["config"]
             table.add_row(row["family"], f"{row['dcase20_s']:.3f}", f"{row['sedaug_s']:.3f}", config, f"{row['speedup']:.2f}x")
         console.print(table)
     if "long_run" in results:
         table = Table("recipe", "short run (eager) s/step", "long run s/step", "long run config", "speedup",
                       "long run's first step s", title="A short run's step vs a dcase20-length run's (auto; turns taken)")
         for row in results["long_run"]:
-            config = f"{'eager' if not row['compile'] else 'compiled CNN'}, {row['precision']}"
+            config = row["config"]
             table.add_row(row["family"], f"{row['short_s']:.3f}", f"{row['long_s']:.3f}", config,
                           f"{row['speedup']:.2f}x", f"{row['first_long_step_s']:.1f}")
         console.print(table)

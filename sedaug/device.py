@@ -48,6 +48,10 @@ class StepConfig:
     def bf16(self) -> bool:
         return self.precision == "bf16"
 
+    def __str__(self) -> str:  # "eager, fp32", "compiled CNN, bf16", "compiled CNN (reduce-overhead), tf32"
+        cnn = {None: "eager", "default": "compiled CNN"}.get(self.compile, f"compiled CNN ({self.compile})")
+        return f"{cnn}, {self.precision}"
+
 
 # The configurations a CUDA default may be chosen from: tests/test_cuda.py checks each one and
 # benchmarks/gpu_speed.py times each one; the fastest that passes its tests becomes CUDA_AUTO (docs/speed.md).

@@ -307,10 +307,11 @@ def _train(
     # first step.
     write_text(run.recipe, dump_recipe(recipe))
     write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in metrics))
-    write_json(run.env, environment(device))
+    config = training.config  # what optim.compile/precision (auto) resolved to: on record beside the environment
+    write_json(run.env, {**environment(device), "step": {"compile": config.compile, "precision": config.precision}})
     log = run.log.open("a")
     log.write(f"{'resume' if ckpt is not None else 'start'} {recipe.name} seed {recipe.seed} on {device}: "
-              f"{steps_per_epoch} steps/epoch, {recipe.optim.epochs} epochs\n")
+              f"{steps_per_epoch} steps/epoch, {recipe.optim.epochs} epochs; {config}\n")
     log.flush()
     board = watch.Board(run, purge_from=state.epoch + 1)
 

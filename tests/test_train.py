@@ -195,6 +195,8 @@ def test_every_recipe_trains_one_epoch_through_the_cli(recipe, tiny_features, ti
     assert (row["loss_const"] > 0) == (saved.augmentation.type != "none")
     env = json.loads((run / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert env["step"] == {"compile": None, "precision": "fp32"}  # two steps: eager
+    assert (run / "train.log").read_text().splitlines()[0].endswith("1 epochs; eager, fp32")
 
 
 @pytest.mark.parametrize("option", ["optim.precision=bf16", "optim.compile=true"])

@@ -186,6 +186,9 @@ def test_auto_on_cuda_is_cuda_auto_and_every_cuda_configuration_is_a_recipe_sett
         recipe = Recipe(name="r", optim={"compile": compile_value[config.compile], "precision": config.precision})
         assert resolve_step_config(recipe, cuda, None) == config, name
     assert CONFIGS["eager"].tf32 is False and CONFIGS["bf16"].tf32 and CONFIGS["compile"].tf32
+    assert [str(c) for c in CONFIGS.values()] == [
+        "eager, fp32", "eager, tf32", "eager, bf16", "compiled CNN, tf32", "compiled CNN, bf16",
+        "compiled CNN (reduce-overhead), tf32"]
 
 
 @pytest.mark.parametrize("optim", [{"precision": "tf32"}, {"compile": "reduce-overhead"}])
