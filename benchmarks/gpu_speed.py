@@ -25,12 +25,11 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.packing import TINY
 from sedaug.device import CONFIGS
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ["baseline", "vat_latent", "none", "mixup_latent", "noise_latent", "adversarial_latent"]
-# --dry-run: the tests' tiny CRNN (tests/conftest.py) on 4-clip batches.
-TINY = ["model.cnn_filters=[4,8]", "model.cnn_pooling=[[4,4],[1,32]]", "model.rnn_hidden=8", "data.batch_size=4"]
 
 
 def _sync(device: torch.device) -> None:

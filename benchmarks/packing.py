@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_SIZES = {"unlabeled": 14412, "weak": 1578, "synthetic_train": 2067}
 STEPS_PER_TRIAL = 200 * 263  # a Table 1 trial: 200 epochs of DESED
 DRY_SIZES = {"unlabeled": 24, "weak": 12, "synthetic_train": 12}
+# --dry-run: the tests' tiny CRNN (tests/conftest.py) on 4-clip batches.
 TINY = ["model.cnn_filters=[4,8]", "model.cnn_pooling=[[4,4],[1,32]]", "model.rnn_hidden=8", "data.batch_size=4"]
 
 

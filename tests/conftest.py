@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +50,16 @@ def mels(batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def one_line_error(result, *fragments: str) -> str:
-    """The single `error:` line of a refused CLI command (a CliRunner result), alone on stderr, with exit status 1
-    and no traceback; each of `fragments` is in it."""
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
+    """The single `error:` line of a refused CLI command (a CliRunner result, or a subprocess.CompletedProcess),
+    alone on stderr, with exit status 1 and no traceback; each of `fragments` is in it."""
+    if isinstance(result, subprocess.CompletedProcess):
+        code, output = result.returncode, result.stdout + result.stderr
+    else:
+        code, output = result.exit_code, result.output
+    assert code == 1, output
+    assert "Traceback" not in output + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from sedaug.cli import app
@@ -47,20 +48,6 @@ def checksums(*folders: Path) -> dict[str, str]:
         for p in sorted(Path(folder).rglob("*"))
         if p.is_file()
     }
-
-
-def assert_refused(exit_code: int, stderr: str, output: str, *fragments: str) -> str:
-    assert exit_code == 1, output
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert "Traceback" not in output + stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def assert_cli_refuses(result, *fragments: str) -> str:
-    return assert_refused(result.exit_code, result.stderr, result.output, *fragments)
 
 
 # ------------------------------------------------------------------------------------------------ prepare-desed
@@ -92,7 +79,7 @@ def test_non_finite_audio(prepared, bad):
     before = checksums(out)
     victim = audio(layout, "weak", WEAK_CLIP)
     float_wav(victim, bad)
-    line = assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "non-finite")
+    line = one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "non-finite")
     assert "1.500 s" in line
     assert checksums(out) == before
 
@@ -102,15 +89,15 @@ def test_absurd_sample_rate_is_refused_at_prepare(prepared):
     before = checksums(out)
     victim = audio(layout, "weak", WEAK_CLIP)
     sf.write(victim, np.zeros((10, 1), np.float32), 1)  # ten samples at 1 Hz: "10 s" of nothing
-    assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "1 Hz")
+    one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "1 Hz")
     assert checksums(out) == before
 
 
 def test_a_file_where_a_folder_is_due_is_said_to_be_a_file(tmp_path):
     a_file = tmp_path / "desed.txt"
     a_file.write_text("not a folder")
-    assert_cli_refuses(run("prepare-desed", "--root", a_file, "--out", tmp_path / "out"), str(a_file), "is a file")
-    assert_cli_refuses(run("extract-mels", "--data", a_file, "--out", tmp_path / "f"), str(a_file), "is a file")
+    one_line_error(run("prepare-desed", "--root", a_file, "--out", tmp_path / "out"), str(a_file), "is a file")
+    one_line_error(run("extract-mels", "--data", a_file, "--out", tmp_path / "f"), str(a_file), "is a file")
     assert not (tmp_path / "out").exists() and not (tmp_path / "f").exists()
 
 
@@ -126,7 +113,7 @@ def test_truncated_wav_shorter_than_its_labels(prepared):
     victim = audio(layout, "validation", layout.overlap_clip)  # labelled up to 8 s
     truncate(victim, 0.5)
     tsv = layout.root / SPLITS["validation"].metadata
-    line = assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:4:", str(victim))
+    line = one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:4:", str(victim))
     assert "0.500 s of audio" in line and "truncated" in line
     assert checksums(out) == before
 
@@ -136,7 +123,7 @@ def test_truncated_wav_too_short_to_analyse(prepared):
     before = checksums(out)
     victim = audio(layout, "unlabeled", "Ycccccccccc0_10.000_20.000.wav")  # no labels to contradict it
     truncate(victim, 0.03)
-    line = assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "too short")
+    line = one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "too short")
     assert "0.030 s" in line
     assert checksums(out) == before
 
@@ -166,7 +153,7 @@ def test_bad_event_rows_name_file_and_line(prepared, old, new, expected):
     layout, out = prepared
     before = checksums(out)
     tsv = edit_eval_tsv(layout, old, new)
-    assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:2:", expected)
+    one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:2:", expected)
     assert checksums(out) == before
 
 
@@ -185,7 +172,7 @@ def test_unreadable_tsv_names_the_file(prepared, content, expected):
     before = checksums(out)
     tsv = layout.root / SPLITS["eval"].metadata
     tsv.write_bytes(content)
-    assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), str(tsv), expected)
+    one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), str(tsv), expected)
     assert checksums(out) == before
 
 
@@ -194,7 +181,7 @@ def test_extra_field_in_a_weak_tsv(prepared):
     before = checksums(out)
     tsv = layout.root / SPLITS["weak"].metadata
     tsv.write_text(tsv.read_text().replace("\tCat\n", "\tCat\tDog\n"))
-    assert_cli_refuses(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:3:", "3 tab-separated fields")
+    one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:3:", "3 tab-separated fields")
     assert checksums(out) == before
 
 
@@ -215,7 +202,7 @@ def test_events_slightly_past_the_clip_are_clipped_with_a_counted_warning(prepar
 
 
 def test_negative_seed(tmp_path):
-    assert_cli_refuses(run("prepare-desed", "--synthetic", "--seed", "-1", "--out", tmp_path / "desed"), "--seed -1")
+    one_line_error(run("prepare-desed", "--synthetic", "--seed", "-1", "--out", tmp_path / "desed"), "--seed -1")
     assert not (tmp_path / "desed").exists()
 
 
@@ -251,7 +238,7 @@ def test_workers_must_be_positive(extracted, workers):
     _, out, features = extracted
     before = checksums(out, features)
     result = run("extract-mels", "--data", out, "--out", features, "--workers", workers)
-    assert_cli_refuses(result, f"--workers {workers}")
+    one_line_error(result, f"--workers {workers}")
     assert checksums(out, features) == before
 
 
@@ -264,7 +251,7 @@ def test_nan_audio_after_prepare_stops_extraction(extracted):
     victim = audio(layout, "weak", WEAK_CLIP)  # ...and a training clip (the scaler) goes bad
     float_wav(victim, np.nan)
     result = run("extract-mels", "--data", out, "--out", features, "--workers", "2")
-    assert_cli_refuses(result, str(victim), "non-finite")
+    one_line_error(result, str(victim), "non-finite")
     assert checksums(out, features) == before
 
 
@@ -276,7 +263,7 @@ def test_audio_changed_since_prepare(extracted):
     victim = audio(layout, "eval", EVAL_CLIP)
     truncate(victim, 3.0)
     result = run("extract-mels", "--data", out, "--out", features, "--workers", "2")
-    assert_cli_refuses(result, str(victim), "changed since `sedaug prepare-desed`")
+    one_line_error(result, str(victim), "changed since `sedaug prepare-desed`")
     assert checksums(out, features) == before
 
 
@@ -309,7 +296,7 @@ def test_damaged_store(tiny_features, tmp_path, tiny_model_overrides, damage, ex
     else:
         target.write_bytes(b"")
     before = checksums(store)
-    assert_cli_refuses(train_on(store, tmp_path, tiny_model_overrides), str(store), expected)
+    one_line_error(train_on(store, tmp_path, tiny_model_overrides), str(store), expected)
     assert checksums(store) == before
 
 
@@ -372,10 +359,6 @@ def small_disk(tmp_path):
             subprocess.run(["umount", str(root)], check=True)
 
 
-def assert_process_refuses(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    return assert_refused(proc.returncode, proc.stderr, proc.stdout + proc.stderr, *fragments)
-
-
 def test_full_disk_in_synthetic_generation(small_disk):
     """It was `LibsndfileError: System error.` and a traceback."""
     keep = small_disk.root / "notes.txt"
@@ -383,7 +366,7 @@ def test_full_disk_in_synthetic_generation(small_disk):
     before = checksums(small_disk.root)
     out = small_disk.root / "desed"
     proc = small_disk.sedaug("prepare-desed", "--synthetic", "--size", "tiny", "--out", out, room=100_000)
-    assert_process_refuses(proc, f"cannot write {out}/audio/", ".wav")
+    one_line_error(proc, f"cannot write {out}/audio/", ".wav")
     assert checksums(small_disk.root) == before  # no half-written tree, no scratch folder
 
 
@@ -393,7 +376,7 @@ def test_full_disk_in_prepare(real_layout, small_disk):
     before = checksums(small_disk.root)
     edit_eval_tsv(real_layout, "Running_water", "Speech")  # the manifest must be written again
     proc = small_disk.sedaug("prepare-desed", "--root", real_layout.root, "--out", out, room=0)
-    assert_process_refuses(proc, f"cannot write {out}/")
+    one_line_error(proc, f"cannot write {out}/")
     assert checksums(small_disk.root) == before  # the previous manifest as it was, no temporary files
 
 
@@ -402,7 +385,7 @@ def test_full_disk_in_extraction(real_layout, small_disk, tmp_path):
     data, features = tmp_path / "desed", small_disk.root / "features"
     assert run("prepare-desed", "--root", real_layout.root, "--out", data).exit_code == 0
     proc = small_disk.sedaug("extract-mels", "--data", data, "--out", features, "--workers", "2", room=100_000)
-    assert_process_refuses(proc, f"cannot write {features}/", "mels.npy")
+    one_line_error(proc, f"cannot write {features}/", "mels.npy")
     assert checksums(small_disk.root) == {}
 
 
@@ -414,7 +397,7 @@ def test_full_disk_when_replacing_a_store(real_layout, small_disk, tmp_path):
     edit_eval_tsv(real_layout, "Running_water", "Speech")
     assert run("prepare-desed", "--root", real_layout.root, "--out", data).exit_code == 0
     proc = small_disk.sedaug("extract-mels", "--data", data, "--out", features, "--workers", "2", room=100_000)
-    assert_process_refuses(proc, f"cannot write {features}/")
+    one_line_error(proc, f"cannot write {features}/")
     assert checksums(small_disk.root) == before  # the previous store, whole and usable
     again = small_disk.sedaug("extract-mels", "--data", data, "--out", features, "--workers", "2")
     assert again.returncode == 0, again.stderr  # with room again, the retry succeeds
@@ -432,7 +415,7 @@ def test_full_disk_in_evaluate_keeps_the_previous_evaluation(tiny_features, tiny
     assert run("evaluate", seed, "--device", "cpu").exit_code == 0
     before = checksums(small_disk.root)
     proc = small_disk.sedaug("evaluate", seed, "--device", "cpu", room=20_000)
-    assert_process_refuses(proc, f"cannot write {seed / 'eval'}")
+    one_line_error(proc, f"cannot write {seed / 'eval'}")
     assert "pkg_resources" not in proc.stdout + proc.stderr  # rich's progress bar routes it to stdout
     assert checksums(small_disk.root) == before
 
@@ -446,6 +429,6 @@ def test_full_disk_while_training_is_the_checkpoints_one_line(tiny_features, tin
     proc = small_disk.sedaug("train", RECIPES / "none.yaml", "--runs", runs, "--device", "cpu",
                              *[x for o in overrides for x in ("--set", o)], room=60_000)
     checkpoints = runs / "none" / "seed0" / "checkpoints"
-    assert_process_refuses(proc, f"cannot write {checkpoints}/", ".pt: ")
+    one_line_error(proc, f"cannot write {checkpoints}/", ".pt: ")
     assert "pkg_resources" not in proc.stdout + proc.stderr  # rich's progress bar routes it to stdout
     assert not any(checkpoints.iterdir())  # no temporary file left
