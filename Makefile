@@ -91,9 +91,14 @@ bench: $(STAMP)
 
 # On a GPU machine: the CUDA tests, trials per GPU and the fastest correct step in one report under 9 minutes
 # (docs/speed.md); benchmarks/gpu_check.sh --dry-run runs it on a CPU with tiny sizes.
-.PHONY: gpu-check
+.PHONY: gpu-check gpu-wheels
 gpu-check: $(STAMP)
 	PYTHON=$(PY) benchmarks/gpu_check.sh
+
+# The wheels a lent GPU machine (no registry there) needs for benchmarks/gpu_device.sh (docs/speed.md).
+PYTHON312 ?= python3.12
+gpu-wheels: $(STAMP)
+	$(PY) -m benchmarks.gpu_wheels --python $(PYTHON312)
 
 clean:
 	rm -rf $(RUNS)/demo

@@ -126,3 +126,33 @@ def test_the_best_packing_is_the_largest_mean_gain_over_the_recipes():
              {"recipe": "baseline", "n": 4, "mps": True, "steps_per_s": 40}]
     assert packing.best_n(rows, mps=True) == 2
     assert packing.best_n([{"recipe": "baseline", "n": 2, "mps": False, "steps_per_s": 3}]) is None  # no N = 1
+
+
+gpu_wheels = load(REPO / "benchmarks" / "gpu_wheels.py")
+
+
+def test_the_gpu_machine_gets_every_carried_package_at_a_locked_version_sedaug_accepts():
+    """The wheels carried to a lent GPU machine: each of CARRY at requirements.lock's version for CPython 3.12, and
+    where pyproject.toml bounds a package (numpy < 2.4, pandas < 3: the image's own break psds_eval), within it."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = gpu_wheels.pins()
+    assert sorted(pins) == sorted(gpu_wheels.CARRY)
+    declared = {canonicalize_name(Requirement(r).name): Requirement(r) for r in
+                tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    for name in ("numpy", "pandas", "pydantic", "psds-eval", "sed-eval", "sed-scores-eval", "soundfile", "typer"):
+        assert declared[name].specifier.contains(pins[name]), (name, pins[name], str(declared[name]))
+    assert pins["numpy"] == "2.3.5"  # the lock's line for Python >= 3.11, not 3.10's 2.2.6
+
+
+def test_the_device_script_without_wheels_stops_at_once_in_one_line(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    (repo / "benchmarks" / "gpu_device.sh").write_bytes((REPO / "benchmarks" / "gpu_device.sh").read_bytes())
+    done = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_device.sh")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("error: no wheels in .whl/: run python -m benchmarks.gpu_wheels here first, "
+                                   "and carry .whl")

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# benchmarks/gpu_check.sh on a lent GPU machine (docs/speed.md, "On a lent GPU machine"): no registry there, so
+# sedaug runs from this source tree on the image's Python (torch 2.11.0 in it), with the wheels that
+# `python -m benchmarks.gpu_wheels` put in .whl/ (carried along) installed in front of the image's packages.
+#
+#   benchmarks/gpu_device.sh [--dry-run]      # the report and a log go to $OUT (default benchmarks/results)
+#
+# It checks every import first and stops within seconds, naming what is missing, rather than minutes later.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+PY=${PYTHON:-python3}
+SITE=${SITE:-/tmp/sedaug-site}
+[ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null || {
+  echo "error: no wheels in .whl/: run python -m benchmarks.gpu_wheels here first, and carry .whl" >&2; exit 1; }
+"$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" - <<'EOF'
+import importlib, sys
+names = ["numpy", "pandas", "torch", "torchaudio", "pydantic", "typer", "click", "rich", "yaml", "soundfile", "scipy",
+         "matplotlib", "sed_eval", "psds_eval", "sed_scores_eval.intersection_based", "pytest", "typer.testing",
+         "torch.utils.tensorboard", "sedaug.cli", "sedaug.train", "sedaug.detect", "sedaug.evaluate"]
+failed = []
+for name in names:
+    try:
+        importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001 - every failure named, then one exit
+        failed.append(f"{name}: {type(e).__name__}: {e}")
+if failed:
+    sys.exit("error: imports failed on this machine:\n  " + "\n  ".join(failed))
+import numpy, pandas, torch
+print(f"[gpu-device] python {sys.version.split()[0]}, torch {torch.__version__}, numpy {numpy.__version__}, "
+      f"pandas {pandas.__version__}, CUDA available: {torch.cuda.is_available()}", flush=True)
+EOF
+mkdir -p "$OUT"
+PYTHON=$PY PYTHONUNBUFFERED=1 benchmarks/gpu_check.sh --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
