@@ -102,7 +102,9 @@ def check_runs_on(recipe: Recipe, device: torch.device) -> None:
 @contextmanager
 def allow_tf32(enabled: bool) -> Iterator[None]:
     """Whether float32 convolutions and matmuls on a GPU may round to TF32 inside (PyTorch's own default allows it for
-    cuDNN's convolutions only). Read when a kernel runs: a training step's backward must run inside too."""
+    cuDNN's convolutions only). Read when a kernel runs: a training step's backward must run inside too. Both flags
+    move together: dynamo guards on the matmul flag only, so a compiled CNN gets one graph per setting (VAT's strict
+    probes apart from a TF32 step). Process-wide, like PyTorch's own flags: not for threads that run models."""
     # The legacy flags: PyTorch refuses to read one API's flag after the other API set it.
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled

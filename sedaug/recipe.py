@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from sedaug.errors import UserError
 from sedaug.paper import PAPER_TABLE1
@@ -275,6 +275,13 @@ class OptimConfig(Section):
     precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     # true: the CNN runs under torch.compile; reduce-overhead (CUDA only): compiled, with CUDA graphs.
     compile: bool | Literal["auto", "reduce-overhead"] = "auto"
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _one_of(cls, value: Any) -> Any:  # one message, and no 1 or "yes" read as true
+        if isinstance(value, bool) or value in ("auto", "reduce-overhead"):
+            return value
+        raise ValueError(f"{value!r}: expected true, false, auto or reduce-overhead")
 
 
 class EvalConfig(Section):

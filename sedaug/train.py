@@ -143,6 +143,8 @@ def build_training(
 def training_step(recipe: Recipe, training: Training, batch: Batch, step: int, lr: float, weight: float) -> Losses:
     """One optimizer step (and EMA update) on one batch, in `training.config`; returns the detached losses."""
     model, teacher, optimizer, config = training
+    if config.compile == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # a new iteration: CUDA graphs may reuse the last step's outputs
     for group in optimizer.param_groups:
         group["lr"] = lr
     u, w = batch.n_unlabeled, batch.n_weak

@@ -57,7 +57,7 @@ def one_line_error(result, *fragments: str) -> str:
     else:
         code, output = result.exit_code, result.output
     assert code == 1, output
-    assert "Traceback" not in output + result.stderr
+    assert "Traceback" not in output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), output
     for fragment in fragments:

@@ -50,7 +50,8 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_one_json_and_one_markdown
     assert "| vat_latent | 2 | False |" in text and "| vat_latent | compile-reduce-overhead |" in text
 
 
-CONFIGS = {"eager": {"bf16": False}, "bf16": {"bf16": True}, "compile": {"bf16": False}}
+CONFIGS = {"eager": {"bf16": False, "compile": None}, "bf16": {"bf16": True, "compile": None},
+           "compile": {"bf16": False, "compile": "default"}}
 VAT = gpu_report.VAT_TEST
 
 
@@ -89,6 +90,16 @@ def test_a_configuration_passes_only_when_all_its_tests_did():
     assert gpu_report.config_verdicts({"cases": {}}, CONFIGS) == dict.fromkeys(CONFIGS, "not run")
     blocks_only = {"cases": {f"{gpu_report.VAT_BLOCKS_TEST}[compile]": case("passed")}}
     assert gpu_report.config_verdicts(blocks_only, CONFIGS)["compile"] == "not run"  # its VAT tests did not run
+
+
+def test_cuda_graphs_pass_only_with_a_short_run_through_train():
+    graphs = {"graphs": {"bf16": False, "compile": "reduce-overhead"}}
+    tests = {"cases": {f"{VAT}[graphs-input]": case("passed"), f"{VAT}[graphs-latent]": case("passed")}}
+    assert gpu_report.config_verdicts(tests, graphs) == {"graphs": "not run"}  # the run did not run
+    tests["cases"][gpu_report.GRAPHS_TEST] = case("failed")
+    assert gpu_report.config_verdicts(tests, graphs) == {"graphs": "failed"}
+    tests["cases"][gpu_report.GRAPHS_TEST] = case("passed")
+    assert gpu_report.config_verdicts(tests, graphs) == {"graphs": "passed"}
 
 
 def test_the_default_is_the_fastest_configuration_that_passed():

@@ -232,3 +232,14 @@ def test_not_a_mapping_and_missing_file(tmp_path):
         load_recipe(binary)
     with pytest.raises(UserError, match="cannot read recipe"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_optim_compile_takes_true_false_auto_or_reduce_overhead_and_nothing_read_as_them():
+    none = Path(__file__).parents[1] / "recipes" / "none.yaml"
+    for value, parsed in (("true", True), ("false", False), ("auto", "auto"), ("reduce-overhead", "reduce-overhead")):
+        assert load_recipe(none, [f"optim.compile={value}"]).optim.compile == parsed
+    for value in ("1", "0", "default", "max-autotune"):
+        with pytest.raises(UserError) as e:
+            load_recipe(none, [f"optim.compile={value}"])
+        assert str(e.value).splitlines() == [f"{none}: optim.compile: {parse_yaml(value, 'x')!r}: expected true, "
+                                             "false, auto or reduce-overhead"]

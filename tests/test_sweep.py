@@ -128,7 +128,7 @@ def test_set_overrides_reach_recipes_and_the_sweep(tmp_path, monkeypatch):
 
 
 
-def test_a_cuda_only_step_setting_in_a_cpu_sweep_is_refused_before_it_starts(monkeypatch):
+def test_a_cuda_only_step_setting_in_a_cpu_sweep_is_refused_before_it_starts(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(UserError) as e:
         load_sweep(REPO / "sweeps" / "demo.yaml", ["optim.precision=tf32"])
@@ -136,6 +136,17 @@ def test_a_cuda_only_step_setting_in_a_cpu_sweep_is_refused_before_it_starts(mon
     assert lines == [f"{REPO / 'sweeps' / 'demo.yaml'}: recipes[{i}]: {name}: optim.precision tf32 (a GPU's number "
                      "format) runs on CUDA only; on cpu use fp32 or bf16 (resources.gpus is 0: the trials run on CPUs)"
                      for i, name in enumerate(["none", "noise_latent"])]
+    searched = write(tmp_path / "searched.yaml", """\
+        recipes:
+          - recipe: recipes/none.yaml
+            search:
+              optim.compile: {grid: [auto, reduce-overhead]}
+        """)
+    with pytest.raises(UserError) as e:
+        load_sweep(searched)
+    assert str(e.value).splitlines() == [
+        f"{searched}: recipes[0].search.optim.compile: 'reduce-overhead' for none: none: optim.compile reduce-overhead "
+        "(CUDA graphs) runs on CUDA only; on cpu use true, false or auto (resources.gpus is 0: the trials run on CPUs)"]
     gpu_sweep = load_sweep(REPO / "sweeps" / "demo.yaml", ["optim.precision=tf32", "resources.gpus=0.5"])
     planned = dry_run(gpu_sweep, device="cpu")  # planned here, timed where it can be: not on this CPU
     assert [r.step_s for r in planned.rows] == [None, None]

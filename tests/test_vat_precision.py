@@ -221,3 +221,35 @@ def test_a_training_step_runs_forward_and_backward_in_its_configuration_and_rest
     training_step(recipe, Training(model, None, torch.optim.Adam(model.parameters()), config), batch, 0, 1e-3, 2.0)
     assert seen == {"forward": (config.tf32, config.tf32, config.bf16), "backward": (config.tf32, config.tf32)}
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+def test_prediction_detection_and_features_run_in_strict_float32_whatever_the_caller_allows(monkeypatch):
+    """Evaluation, detect and extract-mels give a GPU's numbers within float32 rounding of a CPU's: TF32 and autocast
+    are off inside, whatever is on around them (a training step's flags, a user's)."""
+    import numpy as np
+    from conftest import TINY_MODEL
+
+    import sedaug.data.mel
+    from sedaug.detect import score_recordings
+    from sedaug.device import allow_tf32
+    from sedaug.evaluation.predict import predict
+
+    def flags() -> tuple:
+        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.is_autocast_enabled("cpu")
+
+    seen = []
+    model = CRNN(TINY_MODEL)
+    model.cnn.register_forward_hook(lambda *_: seen.append(("model", *flags())))
+    real_transform = sedaug.data.mel._mel_transform
+
+    def transform(params, device):
+        mel = real_transform(params, device)
+        return lambda wave: seen.append(("mel", *flags())) or mel(wave)
+
+    monkeypatch.setattr(sedaug.data.mel, "_mel_transform", transform)
+    with allow_tf32(True), torch.autocast("cpu", dtype=torch.bfloat16):
+        predict(model, np.random.default_rng(0).random((3, 628, 128), dtype=np.float32), 2, "cpu")
+        score_recordings(model, [np.random.default_rng(1).standard_normal(16000 * 3).astype(np.float32)], 4,
+                         torch.device("cpu"))
+        assert flags() == (True, True, True)  # restored
+    assert seen == [("model", False, False, False)] * 2 + [("mel", False, False, False), ("model", False, False, False)]

@@ -288,11 +288,11 @@ class DryRun:
         from sedaug.device import resolve_step_config
 
         torch.set_num_threads(self.cpus)
-        timings: dict[str, float] = {}
+        timings: dict[tuple, float] = {}
         for row in self.rows:
             recipe, run_steps = self.recipes[row.recipe], row.epochs * row.steps
             try:
-                key = _family(recipe) + repr(resolve_step_config(recipe, torch.device(self.device), run_steps))
+                key = _family(recipe), resolve_step_config(recipe, torch.device(self.device), run_steps)
             except UserError as e:  # a GPU sweep's CUDA-only setting, timed on a CPU
                 self.notes.append(f"not timed: {e}")
                 yield row

@@ -374,8 +374,12 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
             except ValueError as e:
                 problems.append(f"{at}: {e}")
                 break
-            for p in _recipe_problems(candidate, name, key):
-                problems.append(f"{at}: {value!r} for {name}: {p}")
+            bad = _recipe_problems(candidate, name, key)
+            if not bad and sweep.resources.gpus == 0:  # the base recipe's own are reported once, by load_sweep
+                bad = [f"{p} (resources.gpus is 0: the trials run on CPUs)"
+                       for p in _device_problems(validate_recipe(candidate), "cpu")
+                       if p not in _device_problems(validate_recipe(base), "cpu")]
+            problems += [f"{at}: {value!r} for {name}: {p}" for p in bad]
     if problems or algorithm != "grid" or any(d.kind != "grid" for d in space.values()):
         return problems
     settings = grid_settings(space)
