@@ -330,7 +330,7 @@ def _family(recipe: Recipe) -> str:
                        dump["regularization"]["type"], dump["data"]["batch_size"]], sort_keys=True)
 
 
-def step_seconds(recipe: Recipe, device: str, run_steps: int | None = None, steps: int = 2) -> float:
+def step_seconds(recipe: Recipe, device: str, run_steps: int | None = None, steps: int = 4) -> float:
     """Best of `steps` timed training steps on random mels of the recipe's batch, in the step configuration a run of
     `run_steps` steps gets (sedaug.device.resolve_step_config), after one untimed warm-up step (which compiles)."""
     import numpy as np
