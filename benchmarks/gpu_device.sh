@@ -3,7 +3,8 @@
 # sedaug runs from this source tree on the image's Python (torch 2.11.0 in it), with the wheels that
 # `python -m benchmarks.gpu_wheels` put in .whl/ (carried along) installed in front of the image's packages.
 #
-#   benchmarks/gpu_device.sh [--dry-run]      # the report and a log go to $OUT (default benchmarks/results)
+#   benchmarks/gpu_device.sh                  # the report, its stages' results and a log go to $OUT
+#   benchmarks/gpu_device.sh --dry-run        # on a CPU only: its limits add up to more than a device call's
 #
 # It checks every import first and stops within seconds, naming what is missing, rather than minutes later.
 set -euo pipefail
@@ -15,11 +16,13 @@ SITE=${SITE:-/tmp/sedaug-site}
   echo "error: no wheels in .whl/: run python -m benchmarks.gpu_wheels here first, and carry .whl" >&2; exit 1; }
 "$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The image's pytest plugins (cov, xdist, hypothesis, ...) load with every pytest; sedaug's tests use none of them.
+export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 "$PY" - <<'EOF'
 import importlib, sys
 names = ["numpy", "pandas", "torch", "torchaudio", "pydantic", "typer", "click", "rich", "yaml", "soundfile", "scipy",
-         "matplotlib", "sed_eval", "psds_eval", "sed_scores_eval.intersection_based", "pytest", "typer.testing",
-         "torch.utils.tensorboard", "sedaug.cli", "sedaug.train", "sedaug.detect", "sedaug.evaluate"]
+         "matplotlib", "pkg_resources", "sed_eval", "psds_eval", "sed_scores_eval.intersection_based", "pytest",
+         "typer.testing", "torch.utils.tensorboard", "sedaug.cli", "sedaug.train", "sedaug.detect", "sedaug.evaluate"]
 failed = []
 for name in names:
     try:
@@ -32,5 +35,7 @@ import numpy, pandas, torch
 print(f"[gpu-device] python {sys.version.split()[0]}, torch {torch.__version__}, numpy {numpy.__version__}, "
       f"pandas {pandas.__version__}, CUDA available: {torch.cuda.is_available()}", flush=True)
 EOF
+"$PY" -m pytest --collect-only -q -m cuda tests/test_cuda.py -p no:cacheprovider >/dev/null || {
+  echo "error: pytest cannot collect tests/test_cuda.py here (run it without -q to see why)" >&2; exit 1; }
 mkdir -p "$OUT"
-PYTHON=$PY PYTHONUNBUFFERED=1 benchmarks/gpu_check.sh --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+PYTHON=$PY PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"

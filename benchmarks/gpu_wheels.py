@@ -23,9 +23,10 @@ from packaging.markers import Marker
 REPO = Path(__file__).resolve().parents[1]
 # What sedaug, its tests and its evaluation libraries import that the image lacks (or holds at an unusable version:
 # numpy >= 2.4, pandas 3; click and typer where CliRunner's result.stderr needs click >= 8.2).
+# setuptools for pkg_resources (dcase_util imports it; setuptools 82 has none), typing-extensions for pydantic.
 CARRY = ["numpy", "pandas", "pytz", "tzdata", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
-         "soundfile", "cffi", "pycparser", "psds-eval", "sed-eval", "sed-scores-eval", "dcase-util", "future",
-         "validators", "lazy-dataset", "librosa", "click", "typer"]
+         "typing-extensions", "soundfile", "cffi", "pycparser", "psds-eval", "sed-eval", "sed-scores-eval", "dcase-util",
+         "future", "validators", "lazy-dataset", "librosa", "click", "typer", "setuptools"]
 # The device's Python, as its image reports it (docs/speed.md).
 TARGET = {"python_version": "3.12", "python_full_version": "3.12.3", "implementation_name": "cpython",
           "platform_python_implementation": "CPython", "sys_platform": "linux", "platform_system": "Linux",

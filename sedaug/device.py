@@ -87,16 +87,25 @@ def resolve_step_config(recipe: Recipe, device: torch.device, steps: int | None)
     return StepConfig(compile=compile_, precision=precision)
 
 
-def check_runs_on(recipe: Recipe, device: torch.device) -> None:
-    """A UserError for a CUDA-only step setting on another device."""
+def device_problems(recipe: Recipe, device: torch.device) -> list[str]:
+    """One message for each CUDA-only step setting of `recipe`, where `device` is not CUDA."""
     if device.type == "cuda":
-        return
+        return []
+    problems = []
     if recipe.optim.precision == "tf32":
-        raise UserError(f"{recipe.name}: optim.precision tf32 (a GPU's number format) runs on CUDA only; on {device} "
+        problems.append(f"{recipe.name}: optim.precision tf32 (a GPU's number format) runs on CUDA only; on {device} "
                         "use fp32 or bf16")
     if recipe.optim.compile == "reduce-overhead":
-        raise UserError(f"{recipe.name}: optim.compile reduce-overhead (CUDA graphs) runs on CUDA only; on {device} "
+        problems.append(f"{recipe.name}: optim.compile reduce-overhead (CUDA graphs) runs on CUDA only; on {device} "
                         "use true, false or auto")
+    return problems
+
+
+def check_runs_on(recipe: Recipe, device: torch.device) -> None:
+    """A UserError, one line, for the CUDA-only step settings of `recipe` on another device."""
+    problems = device_problems(recipe, device)
+    if problems:
+        raise UserError("; ".join(problems))
 
 
 @contextmanager

@@ -33,6 +33,8 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_one_json_and_one_markdown
                           env={**os.environ, "PYTHON": sys.executable})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [report], [table] = tmp_path.glob("gpu_check-*.json"), tmp_path.glob("gpu_check-*.md")
+    raw = sorted(p.name for p in (tmp_path / report.stem).iterdir())  # each stage's results, kept beside the report
+    assert raw == ["packing.json", "speed.json", "stages.tsv", "tests-others.xml", "tests-vat.xml"]
     report = json.loads(report.read_text())
     assert [(s["stage"], s["exit"]) for s in report["stages"]] == [
         ("cuda tests: VAT", 0), ("cuda tests: the others", 0), ("packing", 0), ("step speed", 0)], done.stdout

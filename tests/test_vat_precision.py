@@ -198,6 +198,16 @@ def test_cuda_only_settings_are_refused_on_a_cpu_in_one_line(optim):
     assert "\n" not in str(refused.value)
 
 
+def test_both_cuda_only_settings_are_named_at_once():
+    recipe = Recipe(name="r", optim={"precision": "tf32", "compile": "reduce-overhead"})
+    with pytest.raises(UserError) as refused:
+        resolve_step_config(recipe, torch.device("cpu"), None)
+    assert str(refused.value) == ("r: optim.precision tf32 (a GPU's number format) runs on CUDA only; on cpu use fp32 "
+                                  "or bf16; r: optim.compile reduce-overhead (CUDA graphs) runs on CUDA only; on cpu "
+                                  "use true, false or auto")
+    assert resolve_step_config(recipe, torch.device("cuda"), None) == StepConfig("reduce-overhead", "tf32")
+
+
 @pytest.mark.parametrize("name", ["eager", "tf32", "bf16"])
 def test_a_training_step_runs_forward_and_backward_in_its_configuration_and_restores_the_flags(name):
     """TF32 is read as each kernel runs, so the backward pass must see the configuration's flags too (flags set on a

@@ -310,8 +310,7 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         bases[name], spaces[name] = base, space
         epochs[name] = validate_recipe(base).optim.epochs
         if sweep.resources.gpus == 0:
-            problems += [f"{here}: {p} (resources.gpus is 0: the trials run on CPUs)"
-                         for p in _device_problems(validate_recipe(base), "cpu")]
+            problems += [f"{here}: {p}" for p in _cpu_problems(validate_recipe(base))]
         grace = sweep.early_stopping.grace_epochs if sweep.early_stopping else None
         if grace is not None and grace > epochs[name]:
             problems.append(f"{where}: early_stopping.grace_epochs: {grace} is more than {name}'s {epochs[name]} epochs")
@@ -320,16 +319,12 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
     return LoadedSweep(path, sweep, bases, spaces, epochs)
 
 
-def _device_problems(recipe: Recipe, device: str) -> list[str]:
+def _cpu_problems(recipe: Recipe) -> list[str]:
     import torch
 
-    from sedaug.device import check_runs_on
+    from sedaug.device import device_problems
 
-    try:
-        check_runs_on(recipe, torch.device(device))
-    except UserError as e:
-        return [str(e)]
-    return []
+    return [f"{p} (resources.gpus is 0: the trials run on CPUs)" for p in device_problems(recipe, torch.device("cpu"))]
 
 
 def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int], bool]:
@@ -376,9 +371,7 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
                 break
             bad = _recipe_problems(candidate, name, key)
             if not bad and sweep.resources.gpus == 0:  # the base recipe's own are reported once, by load_sweep
-                bad = [f"{p} (resources.gpus is 0: the trials run on CPUs)"
-                       for p in _device_problems(validate_recipe(candidate), "cpu")
-                       if p not in _device_problems(validate_recipe(base), "cpu")]
+                bad = [p for p in _cpu_problems(validate_recipe(candidate)) if p not in _cpu_problems(validate_recipe(base))]
             problems += [f"{at}: {value!r} for {name}: {p}" for p in bad]
     if problems or algorithm != "grid" or any(d.kind != "grid" for d in space.values()):
         return problems
