@@ -143,7 +143,7 @@ def train(
     r = load_recipe(recipe, set_)
     result = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=parse_device(device))
     console.print(
-        f"trained {result.recipe} seed {result.seed}: {result.epochs} epochs, best synthetic_valid macro F1 "
+        f"trained {result.recipe} seed {result.seed} ({result.step}): {result.epochs} epochs, best synthetic_valid macro F1 "
         f"{result.best_f1:.3f} (epoch {result.best_epoch}) -> {result.run_dir}"
     )
 

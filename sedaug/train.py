@@ -87,6 +87,7 @@ class TrainResult:
     epochs: int
     best_f1: float
     best_epoch: int | None
+    step: str  # the step configuration optim.compile/precision resolved to, e.g. "compiled CNN, fp32"
 
 
 def consistency_loss(clean: tuple, perturbed: tuple, mean_teacher: bool, rows: slice) -> torch.Tensor:
@@ -393,4 +394,4 @@ def _train(
         board.close()
         if metrics:
             watch.plot_train_curves(metrics, run.curves)
-    return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch)
+    return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch, str(config))

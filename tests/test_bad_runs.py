@@ -162,7 +162,7 @@ def test_summaries_stay_one_line_when_not_a_terminal(cli):
     result = cli()
     assert result.exit_code == 0
     (line,) = [line for line in result.output.splitlines() if line.strip()]
-    assert len(line) > 80 and line.startswith("trained none seed 0")
+    assert len(line) > 80 and line.startswith("trained none seed 0 (eager, fp32): ")
 
 
 def test_results_json_holds_json_and_tensorboard_sees_the_run(cli, tmp_path):
