@@ -499,15 +499,14 @@ def report(results: dict) -> None:
         table = Table("recipe", "dcase20 eager s/step", "sedaug default s/step", "sedaug config", "speedup",
                       title="sedaug's default step vs dcase20's (full-size CRNN, batch 24, turns taken)")
         for row in results["default_step"]:
-            config = row["config"]
-            table.add_row(row["family"], f"{row['dcase20_s']:.3f}", f"{row['sedaug_s']:.3f}", config, f"{row['speedup']:.2f}x")
+            table.add_row(row["family"], f"{row['dcase20_s']:.3f}", f"{row['sedaug_s']:.3f}", row["config"],
+                          f"{row['speedup']:.2f}x")
         console.print(table)
     if "long_run" in results:
         table = Table("recipe", "short run (eager) s/step", "long run s/step", "long run config", "speedup",
                       "long run's first step s", title="A short run's step vs a dcase20-length run's (auto; turns taken)")
         for row in results["long_run"]:
-            config = row["config"]
-            table.add_row(row["family"], f"{row['short_s']:.3f}", f"{row['long_s']:.3f}", config,
+            table.add_row(row["family"], f"{row['short_s']:.3f}", f"{row['long_s']:.3f}", row["config"],
                           f"{row['speedup']:.2f}x", f"{row['first_long_step_s']:.1f}")
         console.print(table)
     if "extract" in results:

@@ -347,6 +347,8 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
                  kinds: bool = True) -> list[str]:
     problems = []
     algorithm = sweep.algorithm.type if kinds else None
+    # The base recipe's own are reported once, by load_sweep; a searched value reports only what it adds.
+    base_cpu_problems = _cpu_problems(validate_recipe(base)) if sweep.resources.gpus == 0 else []
     for key, dom in space.items():
         at = f"{here}.{key}"
         if key.split(".")[0] in RESERVED:
@@ -370,8 +372,8 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
                 problems.append(f"{at}: {e}")
                 break
             bad = _recipe_problems(candidate, name, key)
-            if not bad and sweep.resources.gpus == 0:  # the base recipe's own are reported once, by load_sweep
-                bad = [p for p in _cpu_problems(validate_recipe(candidate)) if p not in _cpu_problems(validate_recipe(base))]
+            if not bad and sweep.resources.gpus == 0:
+                bad = [p for p in _cpu_problems(validate_recipe(candidate)) if p not in base_cpu_problems]
             problems += [f"{at}: {value!r} for {name}: {p}" for p in bad]
     if problems or algorithm != "grid" or any(d.kind != "grid" for d in space.values()):
         return problems
