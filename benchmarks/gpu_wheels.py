@@ -58,11 +58,23 @@ def fetch(versions: dict[str, str], out: Path, python: str) -> None:
                     "--python-version", TARGET["python_version"], "--implementation", "cp", *platforms,
                     "-d", str(out), f"{name}=={version}"]
         if subprocess.run(download, capture_output=True).returncode != 0:
-            subprocess.run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), f"{name}=={version}"],
-                           check=True)
-    built = [w.name for w in out.glob("*.whl") if "-linux_x86_64" in w.name and "-cp312-" not in w.name]
-    if built:
-        raise SystemExit(f"error: {', '.join(built)} built for another Python than 3.12: pass --python python3.12")
+            build = [python, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), f"{name}=={version}"]
+            if subprocess.run(build, capture_output=True).returncode != 0:
+                raise SystemExit(f"error: {name}=={version}: no wheel for CPython 3.12 on PyPI, and `{' '.join(build)}` "
+                                 "failed (run it to see why); .whl/ is unchanged")
+
+
+def check_python(python: str) -> None:
+    """`python` is a CPython 3.12 that runs: the one that builds what PyPI has no wheel of."""
+    try:
+        found = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        found = ""
+    if found != TARGET["python_version"]:
+        raise SystemExit(f"error: --python {python}: {'Python ' + found if found else 'does not run'}; a CPython "
+                         f"{TARGET['python_version']} is needed to build the wheels PyPI lacks (make gpu-wheels "
+                         "PYTHON312=/path/to/python3.12)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         print("\n".join(f"{name}=={version}" for name, version in versions.items()))
         return
+    check_python(args.python)
     with tempfile.TemporaryDirectory() as tmp:  # .whl/ is replaced whole: one version of each package
         fetch(versions, Path(tmp), args.python)
         shutil.rmtree(args.out, ignore_errors=True)
