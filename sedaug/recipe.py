@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from sedaug.errors import UserError
 from sedaug.paper import PAPER_TABLE1
-from sedaug.strict_yaml import apply_overrides, parse_yaml
+from sedaug.strict_yaml import apply_overrides, read_yaml
 
 # The model's perturbation points (sedaug.model.POINTS): `cnn1`…`cnn7` are the gated blocks' outputs (B, C, T, F).
 Location = Literal["mel", "input", "cnn1", "cnn2", "cnn3", "cnn4", "cnn5", "cnn6", "cnn7", "cnn", "rnn"]
@@ -374,13 +374,7 @@ def validate_recipe(raw: Any, where: str = "recipe") -> Recipe:
 
 def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read recipe ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a YAML recipe (byte {e.start} is not UTF-8 text)") from None
-    raw = parse_yaml(text, str(path)) or {}
+    raw = read_yaml(path, "recipe") or {}
     if isinstance(raw, dict):
         raw = apply_overrides(raw, list(overrides))
     return validate_recipe(raw, str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -39,6 +40,17 @@ def parse_yaml(text: str, where: str) -> Any:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise UserError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file (`what`: "recipe", "sweep file"...), parsed as above; unreadable or not text, one line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a YAML {what} (byte {e.start} is not UTF-8 text)") from None
+    return parse_yaml(text, str(path))
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -86,7 +86,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"{at}.augmentation.sigma: 0.1 for vat_input: not a key of recipe vat_input",
         f"{at}.optim.epochs: 2.5 for vat_input: Input should be a valid integer",
         f"{at}.seed: the sweep's `seeds` and `search_seed` set it",
-        f"{path}: recipes[1].recipe: cannot read recipes/missing.yaml (No such file or directory)",
+        f"{path}: recipes[1].recipe: recipes/missing.yaml: cannot read recipe (No such file or directory)",
     ]
 
 

@@ -318,7 +318,7 @@ def test_binary_sweep_files_and_recipes_are_one_line(tmp_path):
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
     one_line_error(sweep_cli(binary, "--out", tmp_path / "out"), "not a YAML sweep file (byte")
     spec = write_sweep(tmp_path / "s.yaml", {"recipes": [{"recipe": str(binary)}]})
-    one_line_error(sweep_cli(spec, "--out", tmp_path / "out"), f"{binary} is not a YAML recipe (byte")
+    one_line_error(sweep_cli(spec, "--out", tmp_path / "out"), f"{binary}: not a YAML recipe (byte")
     assert not (tmp_path / "out").exists()
 
 

@@ -106,10 +106,10 @@ def plan_search(loaded: LoadedSweep, out: Path) -> SearchPlan:
         existing = sorted(p for p in (Path(out) / "search" / name).glob(f"*/seed{seed}") if (p / "recipe.yaml").is_file())
         used: set[Path] = set()
         if sweep.algorithm.type == "optuna":
-            from sedaug.strict_yaml import parse_yaml
+            from sedaug.strict_yaml import read_yaml
 
             for run_dir in existing:
-                raw = parse_yaml((run_dir / "recipe.yaml").read_text(), str(run_dir / "recipe.yaml"))
+                raw = read_yaml(run_dir / "recipe.yaml", "trial recipe")
                 params = {k: get_key(raw, k) for k in loaded.spaces[name] if _has(raw, k)}
                 if _fits(params, loaded.spaces[name]):
                     used.add(run_dir)
@@ -142,13 +142,13 @@ def _has(raw: dict, key: str) -> bool:
 
 def _index(run_dirs: list[Path]) -> dict[str, Path]:
     from sedaug.errors import UserError
-    from sedaug.strict_yaml import parse_yaml
+    from sedaug.strict_yaml import read_yaml
 
     index = {}
     for run_dir in run_dirs:
         try:
-            index.setdefault(_canonical(parse_yaml((run_dir / "recipe.yaml").read_text(), "")), run_dir)
-        except (UserError, ValueError, OSError):
+            index.setdefault(_canonical(read_yaml(run_dir / "recipe.yaml", "trial recipe")), run_dir)
+        except UserError:
             continue  # not a recipe this sedaug reads: not a match
     return index
 
@@ -156,11 +156,11 @@ def _index(run_dirs: list[Path]) -> dict[str, Path]:
 def same_recipe(run_dir: Path, base: dict, params: dict[str, Any], seed: int) -> bool:
     """Whether a run directory holds the resolved recipe of `params` on `seed` (epochs aside)."""
     from sedaug.errors import UserError
-    from sedaug.strict_yaml import parse_yaml
+    from sedaug.strict_yaml import read_yaml
 
     try:
-        held = _canonical(parse_yaml((Path(run_dir) / "recipe.yaml").read_text(), ""))
-    except (UserError, ValueError, OSError):
+        held = _canonical(read_yaml(Path(run_dir) / "recipe.yaml", "trial recipe"))
+    except UserError:
         return False
     return held == _canonical(apply_params(base, params, seed))
 

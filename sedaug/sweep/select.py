@@ -95,7 +95,7 @@ def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tup
 def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = None) -> list[TrialRecord]:
     """The search trials of the sweep found on disk, per recipe in the sweep's order, settings in the grid's order;
     folders of settings no longer in the sweep (`plan.ignored`) are not read."""
-    from sedaug.strict_yaml import parse_yaml
+    from sedaug.strict_yaml import read_yaml
 
     sweep = loaded.sweep
     plan = plan or plan_search(loaded, out)
@@ -106,8 +106,7 @@ def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = Non
         order = {t["setting"]: i for i, t in enumerate(t for t in plan.trials if t["recipe"] == recipe)}
         found = []
         for run_dir in plan.on_disk.get(recipe, []):
-            recipe_file = run_dir / "recipe.yaml"
-            raw = parse_yaml(recipe_file.read_text(), str(recipe_file))
+            raw = read_yaml(run_dir / "recipe.yaml", "trial recipe")
             params = {key: get_key(raw, key) for key in space}
             done, score, best_epoch, complete = run_state(run_dir, loaded.epochs[recipe], split, sweep.select.metric)
             setting = run_dir.parent.name

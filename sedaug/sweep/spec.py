@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from sedaug.errors import UserError
 from sedaug.recipe import Recipe, validate_recipe
-from sedaug.strict_yaml import apply_overrides, parse_yaml
+from sedaug.strict_yaml import apply_overrides, parse_yaml, read_yaml
 
 # Recipe keys a sweep may not search: `name` is the row, `seed` is the sweep's own `seeds`.
 RESERVED = {"name": "the row's name: set it in the recipe", "seed": "the sweep's `seeds` and `search_seed` set it"}
@@ -243,13 +243,7 @@ def _split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, Any]]:
 def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
     path = Path(path)
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read sweep file ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a YAML sweep file (byte {e.start} is not UTF-8 text)") from None
-    raw = parse_yaml(text, where)
+    raw = read_yaml(path, "sweep file")
     if not isinstance(raw, dict):
         raise UserError(f"{where}: a sweep file is a YAML mapping, got {type(raw).__name__}")
     sweep_items, recipe_items = _split_overrides(list(overrides))
@@ -273,13 +267,7 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
     for i, entry in zip(indices, sweep.recipes, strict=True):
         here = f"{where}: recipes[{i}]"
         try:
-            base = parse_yaml(entry.recipe.read_text(encoding="utf-8"), str(entry.recipe))
-        except OSError as e:
-            problems.append(f"{here}.recipe: cannot read {entry.recipe} ({e.strerror or e})")
-            continue
-        except UnicodeDecodeError as e:
-            problems.append(f"{here}.recipe: {entry.recipe} is not a YAML recipe (byte {e.start} is not UTF-8 text)")
-            continue
+            base = read_yaml(entry.recipe, "recipe")
         except UserError as e:
             problems.append(f"{here}.recipe: {e}")
             continue
