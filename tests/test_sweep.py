@@ -19,7 +19,7 @@ import pytest
 
 from sedaug.errors import UserError
 from sedaug.sweep import in_search, selected_settings
-from sedaug.sweep.plan import dry_run
+from sedaug.sweep.plan import dry_run, settings
 from sedaug.sweep.select import TrialRecord, winners, write_selection
 from sedaug.sweep.spec import grid_settings, load_sweep
 from sedaug.sweep.trial import search_dir, setting_id
@@ -126,6 +126,33 @@ def test_set_overrides_reach_recipes_and_the_sweep(tmp_path, monkeypatch):
     assert loaded.bases["none"]["data"]["features"] == str(REPO / "elsewhere")  # absolute: trials run elsewhere
     assert [s["optim.lr"] for s in grid_settings(loaded.spaces["none"])] == [1e-3, 3e-3]
 
+
+
+def test_random_search_draws_each_rows_own_settings_whatever_rows_surround_it(tmp_path, monkeypatch):
+    pytest.importorskip("ray.tune")
+    monkeypatch.chdir(REPO)
+
+    def draws(rows: list[str], seed: int = 0) -> dict[str, list[dict]]:
+        listed = "".join(f"\n  - recipe: recipes/{row}.yaml" for row in rows)
+        path = write(tmp_path / "r.yaml", f"""\
+recipes:{listed}
+search:
+  consistency.weight: {{uniform: [0.5, 4.0]}}
+  optim.lr: {{choice: [1.0e-3, 3.0e-3]}}
+algorithm: {{type: random, trials: 5, seed: {seed}}}
+""")
+        loaded = load_sweep(path)
+        return {row: settings(loaded, row) for row in rows}
+
+    three = draws(["baseline", "noise_latent", "vat_latent"])
+    assert three == draws(["baseline", "noise_latent", "vat_latent"])  # --resume finds the same trials
+    assert draws(["vat_latent", "noise_latent"]) == {row: three[row] for row in ("vat_latent", "noise_latent")}
+    assert three["noise_latent"] != three["vat_latent"]  # each row draws its own
+    assert draws(["noise_latent"], seed=1)["noise_latent"] != three["noise_latent"]
+    for row in three.values():
+        assert len(row) == 5
+        assert all(0.5 <= s["consistency.weight"] <= 4.0 and s["optim.lr"] in (1e-3, 3e-3) for s in row)
+        assert all(type(s["consistency.weight"]) is float for s in row)  # plain numbers for YAML and JSON
 
 
 def test_a_cuda_only_step_setting_in_a_cpu_sweep_is_refused_before_it_starts(tmp_path, monkeypatch):

@@ -26,17 +26,19 @@ GIB = 2**30
 
 
 def settings(loaded: LoadedSweep, name: str) -> list[dict[str, Any]]:
-    """The grid's settings, or `trials` random ones drawn by Ray Tune's samplers from the algorithm's seed (the
-    same list every time, so that --resume finds the same trials); duplicates drawn twice are run once. Optuna's
-    are not known in advance: []."""
+    """The grid's settings, or `trials` random ones drawn by Ray Tune's samplers from the algorithm's seed and the
+    row's name (the same list every time, whatever rows the sweep has around it, so that --resume finds the same
+    trials); duplicates drawn twice are run once. Optuna's are not known in advance: []."""
     sweep, space = loaded.sweep, loaded.spaces[name]
     if sweep.algorithm.type == "grid":
         return grid_settings(space)
     if sweep.algorithm.type == "optuna":
         return []
+    import zlib
+
     import numpy as np
 
-    rng = np.random.default_rng([sweep.algorithm.seed, list(loaded.bases).index(name)])
+    rng = np.random.default_rng([sweep.algorithm.seed, zlib.crc32(name.encode())])
     found: dict[str, dict] = {}
     for _ in range(sweep.algorithm.trials):
         params = {key: sample(dom, rng) for key, dom in space.items()}
