@@ -53,15 +53,16 @@ class Cell:
     mean: float | None  # None: no evaluated seed has this metric
     std: float | None  # None when fewer than 2 values
     best: bool = False
-    above_baseline: bool = False  # without --ci: a mean above the baseline row's
+    above_baseline: bool = False  # a mean above the baseline row's (as printed)
     interval: Interval | None = None  # with --ci
     difference: Difference | None = None  # with --ci and a reference row: this row minus the reference
     paper: float | None = None  # with --paper: the paper's value of this row, where it has one
 
     @property
     def marked(self) -> bool:
-        """Underlined: a difference to the reference whose interval excludes 0 (--ci), else above the baseline."""
-        return self.difference.excludes_zero if self.difference is not None else self.above_baseline
+        """Underlined: above the baseline row, or with --ci and a reference row, above that row by a difference whose
+        interval lies above 0 (the reference row itself and rows below it are not)."""
+        return self.difference.low > 0 if self.difference is not None else self.above_baseline
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def build_table(
         evaluated = {r.recipe: [EvaluatedRun(run.path, run.results, _features(run))
                                 for run in groups[r.recipe] if run.results] for r in rows if r.n}
         boot, notes = bootstrap_rows(evaluated, split, metrics, settings, progress=progress, workers=workers)
-        rows = [_with_bootstrap(r, boot.get(r.recipe), notes.get(r.recipe, [])) for r in rows]
+        rows = [_with_bootstrap(r, boot.get(r.recipe), notes.get(r.recipe, []), settings.reference) for r in rows]
     if paper:
         rows = [dataclasses.replace(r, cells={m: dataclasses.replace(c, paper=paper_value(r.paper_row, m))
                                               for m, c in r.cells.items()}) for r in rows]
@@ -263,10 +264,12 @@ def _reference(compare: str | None, rows: list[Row]) -> str | None:
     return compare
 
 
-def _with_bootstrap(row: Row, boot, notes: list[str]) -> Row:
-    if boot is None:
-        return row
-    cells = {m: dataclasses.replace(c, interval=boot.intervals.get(m), difference=boot.differences.get(m))
+def _with_bootstrap(row: Row, boot, notes: list[str], reference: str | None) -> Row:
+    """`boot`'s intervals and differences into the row's cells; with a reference row, a cell is marked by its
+    difference alone (`Cell.marked`), not by being above the baseline row."""
+    intervals, differences = (boot.intervals, boot.differences) if boot is not None else ({}, {})
+    cells = {m: dataclasses.replace(c, interval=intervals.get(m), difference=differences.get(m),
+                                    above_baseline=c.above_baseline and reference is None)
              for m, c in row.cells.items()}
     return _add_note(dataclasses.replace(row, cells=cells), *notes)
 

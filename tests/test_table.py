@@ -265,8 +265,26 @@ def test_ci_in_the_text_formats(ci_runs):
     markdown = render(compared, "markdown")
     assert "| macro − vat_latent |" in markdown and "95% bootstrap interval" in markdown and "p < 0.01" in markdown
     latex = render(compared, "latex")
-    assert r"macro $-$ vat\_latent" in latex and r"\underline{" in latex and "p $<$ 0.01" in latex
+    assert r"macro $-$ vat\_latent" in latex and "p $<$ 0.01" in latex
     assert "macro − vat_latent" in render(compared, "rich")
+    assert r"\underline{" in render(build_table(ci_runs, metrics=("macro",), ci=95, resamples=200), "latex")
+
+
+def test_with_a_reference_row_only_the_rows_above_it_by_their_interval_are_underlined(ci_runs):
+    def marks(table) -> dict[str, bool]:
+        return {r.recipe: r.cells["macro"].marked for r in table.rows}
+
+    # Without --ci: above the baseline row's mean; with it: above the reference row, the interval above 0.
+    assert marks(build_table(ci_runs, metrics=("macro",))) == {"baseline": False, "none": False, "vat_latent": True}
+    assert marks(build_table(ci_runs, metrics=("macro",), ci=95, resamples=200)) == {
+        "baseline": False, "none": False, "vat_latent": True}
+    # Against the best row, the others are significantly below it: no mark, nor for the reference row itself, which
+    # is above the baseline row.
+    below = build_table(ci_runs, metrics=("macro",), ci=95, resamples=200, compare="vat_latent")
+    assert all(r.cells["macro"].difference.high < 0 for r in below.rows if r.recipe != "vat_latent")
+    assert marks(below) == {"baseline": False, "none": False, "vat_latent": False}
+    assert "<u>" not in render(below, "markdown") and r"\underline{" not in render(below, "latex")
+    assert "underlined: above the vat_latent row, the difference's interval above 0" in render(below, "markdown")
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
