@@ -15,7 +15,7 @@ from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.files import remove_stale_temporaries, write_text
 from sedaug.recipe import Recipe, dump_recipe, load_recipe
-from sedaug.rundir import RunDir
+from sedaug.rundir import DIVERGED, RunDir, read_diverged
 from sedaug.watch import log_evaluation
 
 
@@ -34,6 +34,7 @@ def evaluate_run(
     """
     run = RunDir(Path(run_dir))
     timing: dict[str, float] = {}
+    _check_not_diverged(run.root)
     model, recipe, state = load_model(run.root, checkpoint, device)  # UserError when the checkpoint is missing
     _check_folder(run.split(split))
     features = Path(features if features is not None else recipe.data.features)
@@ -70,6 +71,8 @@ def evaluate_ensemble(
     if len(run_dirs) < 2:
         raise UserError("--ensemble needs at least two run directories")
     timing: dict[str, float] = {}
+    for path in run_dirs:
+        _check_not_diverged(path)
     members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
     recipe = members[0][2]
     for path, _, other, _ in members[1:]:
@@ -115,6 +118,18 @@ def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:
             raise UserError(f"--out {out} holds {what}, not the ensemble {name}: {advice}")
     elif out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out} holds other files (no ensemble recipe.yaml): {advice}")
+
+
+class DivergedRun(UserError):
+    """A sweep's run that diverged is a result (no score, `sedaug table` says so), not a run to score by the
+    checkpoints it saved before diverging."""
+
+
+def _check_not_diverged(run_dir: Path) -> None:
+    diverged = read_diverged(run_dir)
+    if diverged is not None:
+        raise DivergedRun(f"{run_dir}: diverged in epoch {diverged.get('epoch', '?')} ({DIVERGED}): its checkpoints "
+                        f"predate that, and the table counts it as diverged; to score them anyway, remove {DIVERGED}")
 
 
 def _check_folder(out: Path) -> None:

@@ -19,6 +19,7 @@ from sedaug.deps import import_torchaudio
 from sedaug.errors import UserError
 
 LOCK = ".lock"
+DIVERGED = "diverged.json"  # a sweep's trial whose loss became non-finite: {epoch, step, message} (sedaug.sweep.trial)
 # The splits `sedaug evaluate` scores into RUN/<split>/.
 EVALUATED_SPLITS = ("eval", "validation", "synthetic_valid")
 
@@ -130,6 +131,15 @@ class RunDir:
                 raise
         finally:
             os.close(fd)  # releases the lock
+
+
+def read_diverged(run_dir: Path) -> dict | None:
+    """`{epoch, step, message}` of a sweep's run whose loss became non-finite, or None."""
+    try:
+        record = json.loads((Path(run_dir) / DIVERGED).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _git_commit() -> str | None:

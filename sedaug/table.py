@@ -21,6 +21,7 @@ from sedaug.errors import UserError
 from sedaug.evaluation.results import METRICS, read_results
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
+from sedaug.rundir import read_diverged
 from sedaug.sweep import in_search, selected_settings
 from sedaug.table_ci import (
     BootstrapSettings,
@@ -73,7 +74,7 @@ class Row:
     regularization: str
     consistency: str
     n: int  # evaluated runs (seeds)
-    not_evaluated: int  # runs without <split>/results.json
+    not_evaluated: int  # runs without <split>/results.json (diverged ones included)
     cells: dict[str, Cell]
     note: str
     paper_row: int | None = None
@@ -97,6 +98,7 @@ class _Run:
     path: Path
     recipe: Recipe
     results: dict | None
+    diverged: bool  # a sweep's run whose loss became non-finite (diverged.json): no score, counted as such
 
 
 def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> list[_Run]:
@@ -108,11 +110,14 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
         raise UserError(f"{runs_dir} is a file: give the folder of the runs (e.g. runs/)")
     runs = []
     for recipe_path in sorted(runs_dir.glob("**/recipe.yaml")):
-        if in_search(recipe_path.parent):  # a sweep's search trials: its final/ runs are the table
+        run_dir = recipe_path.parent
+        if in_search(run_dir):  # a sweep's search trials: its final/ runs are the table
             continue
-        results_path = recipe_path.parent / split / "results.json"
+        if any(part.startswith(".") for part in run_dir.relative_to(runs_dir).parts):
+            continue  # a copy being made (a sweep's `.seed<k>.copy`), or a folder hidden on purpose
+        results_path = run_dir / split / "results.json"
         results = read_results(results_path, metrics) if results_path.is_file() else None
-        runs.append(_Run(recipe_path.parent, load_recipe(recipe_path), results))
+        runs.append(_Run(run_dir, load_recipe(recipe_path), results, read_diverged(run_dir) is not None))
     if not runs:
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
     return runs
@@ -146,11 +151,14 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
     aug = recipe.augmentation.type
     evaluated = [r.results for r in runs if r.results is not None]
     pending = len(runs) - len(evaluated)
+    diverged = sum(r.results is None and r.diverged for r in runs)
     notes = []
-    if not evaluated:
+    if diverged:
+        notes.append(f"{diverged} of {len(runs)} runs diverged")
+    if pending - diverged == len(runs):
         notes.append("not evaluated")
-    elif pending:
-        notes.append(f"{pending} of {len(runs)} runs not evaluated")
+    elif pending - diverged:
+        notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated")
     if any(_settings(r.recipe) != _settings(recipe) for r in runs[1:]):
         notes.append("settings differ between seeds")
     cells = {}

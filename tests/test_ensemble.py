@@ -15,17 +15,19 @@ from sedaug.data.desed import CLASSES
 REPO = Path(__file__).parents[1]
 
 
+def train(runner: CliRunner, runs: Path, recipe: str, seed: int, steps: int, overrides: list[str], features) -> Path:
+    cmd = ["train", str(REPO / "recipes" / f"{recipe}.yaml"), "--runs", str(runs), "--device", "cpu",
+           "--set", "optim.epochs=1", "--set", f"seed={seed}"]
+    for item in [*overrides, f"data.features={features}", "data.batch_size=4", f"optim.max_steps_per_epoch={steps}"]:
+        cmd += ["--set", item]
+    assert runner.invoke(app, cmd).exit_code == 0
+    return runs / recipe / f"seed{seed}"
+
+
 def test_an_ensemble_scores_the_hand_averaged_frame_scores(tiny_features, tiny_model_overrides, tmp_path):
     runner = CliRunner()
     runs = tmp_path / "runs"
-    for seed in (0, 1):
-        cmd = ["train", str(REPO / "recipes" / "none.yaml"), "--runs", str(runs), "--device", "cpu",
-               "--set", "optim.epochs=1", "--set", f"seed={seed}"]
-        for item in [*tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4",
-                     "optim.max_steps_per_epoch=2"]:
-            cmd += ["--set", item]
-        assert runner.invoke(app, cmd).exit_code == 0
-    seeds = [runs / "none" / "seed0", runs / "none" / "seed1"]
+    seeds = [train(runner, runs, "none", seed, 2, tiny_model_overrides, tiny_features) for seed in (0, 1)]
     result = runner.invoke(app, ["evaluate", *map(str, seeds), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["evaluate", *map(str, seeds), "--ensemble", "--device", "cpu"])
@@ -52,13 +54,25 @@ def test_an_ensemble_of_different_recipes_is_refused(tiny_features, tiny_model_o
     runner = CliRunner()
     runs = tmp_path / "runs"
     for recipe in ("none", "noise_latent"):
-        cmd = ["train", str(REPO / "recipes" / f"{recipe}.yaml"), "--runs", str(runs), "--device", "cpu",
-               "--set", "optim.epochs=1"]
-        for item in [*tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4",
-                     "optim.max_steps_per_epoch=1"]:
-            cmd += ["--set", item]
-        assert runner.invoke(app, cmd).exit_code == 0
+        train(runner, runs, recipe, 0, 1, tiny_model_overrides, tiny_features)
     result = runner.invoke(app, ["evaluate", str(runs / "none" / "seed0"), str(runs / "noise_latent" / "seed0"),
                                  "--ensemble", "--device", "cpu"])
     assert result.exit_code == 1
     assert result.output.strip().startswith("error: ") and "another recipe" in result.output
+
+
+def test_a_diverged_run_of_a_sweep_is_not_scored_and_the_other_seeds_are(tiny_features, tiny_model_overrides, tmp_path):
+    runner = CliRunner()
+    seed0, seed1 = (train(runner, tmp_path / "runs", "none", seed, 1, tiny_model_overrides, tiny_features)
+                    for seed in (0, 1))
+    (seed1 / "diverged.json").write_text(json.dumps({"epoch": 2, "step": 9, "message": "loss became nan"}))
+    alone = runner.invoke(app, ["evaluate", str(seed1), "--device", "cpu"])
+    assert alone.exit_code == 1 and len(alone.output.strip().splitlines()) == 1
+    assert f"{seed1}: diverged in epoch 2 (diverged.json)" in alone.output and "remove diverged.json" in alone.output
+    both = runner.invoke(app, ["evaluate", str(seed1), str(seed0), "--device", "cpu"])
+    assert both.exit_code == 0, both.output
+    assert both.output.startswith(f"skipped {seed1}: diverged") and f"evaluated {seed0}" in both.output
+    assert (seed0 / "eval" / "results.json").is_file() and not (seed1 / "eval").exists()
+    ensemble = runner.invoke(app, ["evaluate", str(seed0), str(seed1), "--ensemble", "--device", "cpu"])
+    assert ensemble.exit_code == 1 and "diverged in epoch 2" in ensemble.output
+    assert not (tmp_path / "runs" / "none" / "ensemble").exists()

@@ -39,6 +39,18 @@ def runs(tmp_path, monkeypatch) -> Path:
     return Path("runs")
 
 
+def test_a_diverged_run_is_named_as_such_and_a_copy_in_progress_is_not_a_run(runs):
+    vat = runs / "vat_latent"  # seeds 0 and 1 evaluated, seed 2 not
+    (vat / "seed2" / "diverged.json").write_text(json.dumps({"epoch": 3, "step": 70, "message": "loss became nan"}))
+    shutil.copytree(vat / "seed0", vat / ".seed3.copy")  # a sweep's copy of a search run, killed half-way
+    shutil.copytree(runs / "mixup_latent" / "seed0", runs / "mixup_latent" / "seed1")
+    (runs / "mixup_latent" / "seed1" / "diverged.json").write_text(json.dumps({"epoch": 1, "step": 5}))
+    rows = {r.recipe: r for r in build_table(runs).rows}
+    assert (rows["vat_latent"].n, rows["vat_latent"].not_evaluated) == (2, 1)
+    assert rows["vat_latent"].note == "1 of 3 runs diverged"
+    assert rows["mixup_latent"].note == "1 of 2 runs diverged; 1 of 2 runs not evaluated"
+
+
 def test_markdown_golden(runs):
     check_golden(render(build_table(runs), "markdown"), "table.md")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.errors import UserError
+from sedaug.rundir import read_diverged
 from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, parse_address, ray_session
 from sedaug.sweep.outdir import check_out, write_out
 from sedaug.sweep.plan import SearchPlan, domain, final_trials, plan_search, same_recipe, trial_resources
@@ -37,7 +38,7 @@ from sedaug.sweep.select import (
     write_selection,
 )
 from sedaug.sweep.spec import LoadedSweep, load_sweep
-from sedaug.sweep.trial import Plan, read_diverged, setting_id, trial_dir, trial_spec
+from sedaug.sweep.trial import Plan, setting_id, trial_dir, trial_spec
 
 INSTALL_HINT = "sedaug sweep needs Ray Tune and Optuna: pip install 'sedaug[sweep]'"
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sedaug.rundir import read_diverged
 from sedaug.sweep.plan import SearchPlan, plan_search
 from sedaug.sweep.spec import LoadedSweep, get_key
-from sedaug.sweep.trial import best_valid_f1, checkpointed_metrics, read_diverged, read_results
+from sedaug.sweep.trial import best_valid_f1, checkpointed_metrics, read_results
 
 SELECTION = "selection.tsv"
 JOURNAL = "trials.jsonl"

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sedaug.rundir import DIVERGED, read_diverged
+
 DEFAULT_SETTING = "default"  # the setting id of a recipe searched over nothing
-DIVERGED = "diverged.json"  # in a run directory: the trial's loss became non-finite (epoch, step, message)
 
 
 def setting_id(params: dict[str, Any]) -> str:
@@ -87,15 +88,6 @@ def read_results(run_dir: Path, split: str) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def read_diverged(run_dir: Path) -> dict | None:
-    """`{epoch, step, message}` of a run whose loss became non-finite, or None."""
-    try:
-        record = json.loads((Path(run_dir) / DIVERGED).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def best_valid_f1(rows: list[dict]) -> float | None:
