@@ -227,18 +227,26 @@ def test_a_change_that_makes_trials_incomparable_is_refused_each_named(edited_st
 
 
 def test_a_row_whose_every_setting_diverged_is_one_line_naming_it_and_its_settings(tmp_path):
-    from sedaug.sweep.select import TrialRecord, all_diverged, winners
+    from sedaug.sweep.select import TrialRecord, winners, without_winner
 
-    def record(recipe, lr, status, diverged=None):
-        return TrialRecord(recipe, f"s{lr}", 0, {"optim.lr": lr}, tmp_path, 1, 2, 0.1, 1, status, diverged)
+    def record(recipe, lr, status, diverged=None, score=0.1):
+        return TrialRecord(recipe, f"s{lr}", 0, {"optim.lr": lr}, tmp_path, 1, 2, score, 1, status, diverged)
 
     records = [record("none", 1e30, "diverged", {"epoch": 1, "step": 0}),
                record("none", 1e31, "diverged", {"epoch": 2, "step": 3}),
-               record("baseline", 1e-3, "done"), record("baseline", 1e30, "diverged", {"epoch": 1, "step": 0})]
-    assert all_diverged(records) == {
+               record("baseline", 1e-3, "done"), record("baseline", 1e30, "diverged", {"epoch": 1, "step": 0}),
+               # early-stopped trials: with the default selection they have a score (the running best F1) and may
+               # win; with another select.split they have none (scored at the last epoch only)
+               record("noise_latent", 1e30, "diverged", {"epoch": 2, "step": 3}), record("noise_latent", 1e-3, "stopped"),
+               record("vat_latent", 1e30, "diverged", {"epoch": 2, "step": 3}),
+               record("vat_latent", 1e-3, "stopped", score=None)]
+    chosen = winners(records)
+    assert {n: w.params for n, w in chosen.items()} == {"baseline": {"optim.lr": 1e-3}, "noise_latent": {"optim.lr": 1e-3}}
+    assert without_winner(records, chosen) == {
         "none": "none: every setting diverged (optim.lr=1e+30 in epoch 1; optim.lr=1e+31 in epoch 2): no final runs "
-                "for this row"}
-    assert {n: w.params for n, w in winners(records).items()} == {"baseline": {"optim.lr": 1e-3}}
+                "for this row",
+        "vat_latent": "vat_latent: no setting to select: 1 diverged, 1 stopped early, before the last epoch, where the "
+                      "selection split is scored: no final runs for this row"}
 
 
 # ---------------------------------------------------------------------------------------------- early stopping

@@ -28,13 +28,13 @@ from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, 
 from sedaug.sweep.outdir import check_out, write_out
 from sedaug.sweep.plan import SearchPlan, domain, final_trials, plan_search, same_recipe, trial_resources
 from sedaug.sweep.select import (
-    all_diverged,
     journal_errors,
     journal_statuses,
     run_state,
     search_records,
     short_value,
     winners,
+    without_winner,
     write_selection,
 )
 from sedaug.sweep.spec import LoadedSweep, load_sweep
@@ -142,7 +142,7 @@ def run_sweep(
         ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled)}
         final_runs = _final(loaded, out, plan, view, ready, per_trial, notes)
     problems = []
-    lost = all_diverged(records)
+    lost = without_winner(records, chosen)
     problems += lost.values()
     unfinished = sorted({r.recipe for r in unsettled} | {n for n in loaded.bases if n not in chosen and n not in lost})
     if unfinished:

@@ -137,19 +137,27 @@ def winners(records: list[TrialRecord]) -> dict[str, TrialRecord]:
     return best
 
 
-def all_diverged(records: list[TrialRecord]) -> dict[str, str]:
-    """{recipe: one line naming it and its settings} for each row whose every trial diverged (no winner, no final
-    runs; the other rows go on)."""
+def without_winner(records: list[TrialRecord], chosen: dict[str, TrialRecord]) -> dict[str, str]:
+    """{recipe: one line naming it} for each row whose trials all ended without one to select: every one diverged
+    (its settings named), or the rest were stopped early by ASHA before the last epoch, where a selection split other
+    than synthetic_valid is scored. No final runs for such a row; the other rows go on."""
     rows: dict[str, list[TrialRecord]] = {}
     for r in records:
         rows.setdefault(r.recipe, []).append(r)
     out = {}
     for name, mine in rows.items():
-        if all(r.status == "diverged" for r in mine):
+        if name in chosen or not all(r.status in ("diverged", "stopped") for r in mine):
+            continue
+        diverged = [r for r in mine if r.status == "diverged"]
+        if len(diverged) == len(mine):
             settings = "; ".join(
                 f"{', '.join(f'{k}={short_value(v)}' for k, v in r.params.items()) or 'defaults'} in epoch "
                 f"{(r.diverged or {}).get('epoch', '?')}" for r in mine)
             out[name] = f"{name}: every setting diverged ({settings}): no final runs for this row"
+        else:
+            out[name] = (f"{name}: no setting to select: {len(diverged)} diverged, {len(mine) - len(diverged)} stopped "
+                         "early, before the last epoch, where the selection split is scored: no final runs for this "
+                         "row")
     return out
 
 
