@@ -33,7 +33,7 @@ from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.predict import predict
 from sedaug.files import write_json, write_text
 from sedaug.model import CRNN
-from sedaug.recipe import Recipe, dump_recipe
+from sedaug.recipe import Recipe, dump_recipe, load_recipe
 from sedaug.rundir import RunDir, environment
 
 
@@ -210,19 +210,30 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> C
             raise UserError(f"{run.root} holds a run: pass --resume to continue it, or change seed/--runs")
         raise UserError(f"{run.root} holds a run that stopped before its first epoch ended (no {last}): "
                         "pass --resume to restart it from scratch")
-    if not last.exists():
-        return None  # nothing was trained yet: --resume restarts the run from scratch
+    if not last.exists():  # nothing was trained yet: --resume restarts the run from scratch, of the same recipe
+        diff = _recipe_diff(recipe, load_recipe(run.recipe)) if run.recipe.exists() else []
+        if diff:
+            raise UserError(f"--resume: the recipe differs from {run.recipe}'s at {', '.join(diff)} (only optim.epochs "
+                            f"and paper_row may change); no epoch was trained there: remove {run.root} to start it "
+                            "with this recipe")
+        return None
     ckpt = load_checkpoint(last, device)  # its recipe is the run's, whatever became of recipe.yaml
-    ours, theirs = recipe.model_dump(mode="json"), ckpt.recipe.model_dump(mode="json")
-    for dump in (ours, theirs):  # more epochs may be asked for; paper_row only labels the table's row
-        dump["optim"].pop("epochs"), dump.pop("paper_row", None)
-    if ours != theirs:
-        diff = sorted(_diff_keys(theirs, ours))
+    diff = _recipe_diff(recipe, ckpt.recipe)
+    if diff:
         raise UserError(f"--resume: the recipe differs from {last}'s at {', '.join(diff)} (only optim.epochs and paper_row may change)")
     if recipe.optim.epochs < ckpt.state.epoch:
         raise UserError(f"--resume: optim.epochs {recipe.optim.epochs} is below the {ckpt.state.epoch} epochs "
                         f"{run.root} has trained: resume with optim.epochs >= {ckpt.state.epoch}")
     return ckpt
+
+
+def _recipe_diff(ours: Recipe, theirs: Recipe) -> list[str]:
+    """The keys at which a resumed run's recipe differs from the run's: more epochs may be asked for, and paper_row
+    only labels the table's row."""
+    dumps = ours.model_dump(mode="json"), theirs.model_dump(mode="json")
+    for dump in dumps:
+        dump["optim"].pop("epochs"), dump.pop("paper_row", None)
+    return sorted(_diff_keys(dumps[1], dumps[0]))
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -294,6 +305,10 @@ def _train(
     lr_rampup = recipe.optim.rampup_epochs * steps_per_epoch
     const_rampup = recipe.consistency.rampup_epochs * steps_per_epoch
 
+    def schedule(step: int) -> tuple[float, float]:
+        """The learning rate and the consistency weight at a global step."""
+        return recipe.optim.lr * rampup(step, lr_rampup), recipe.consistency.weight * rampup(step, const_rampup)
+
     torch.manual_seed(recipe.seed)
     training = build_training(recipe, store.scaler(), device, steps=recipe.optim.epochs * steps_per_epoch)
     model, teacher, optimizer = training.model, training.teacher, training.optimizer
@@ -341,8 +356,7 @@ def _train(
                 model.train()
                 for batch in streams.epoch(epoch, start=state.step_in_epoch, stop=steps_per_epoch):
                     step = state.global_step
-                    lr = recipe.optim.lr * rampup(step, lr_rampup)
-                    weight = recipe.consistency.weight * rampup(step, const_rampup)
+                    lr, weight = schedule(step)
                     sums += torch.stack(training_step(recipe, training, batch, step, lr, weight))
                     state.global_step += 1
                     state.step_in_epoch += 1
@@ -367,6 +381,7 @@ def _train(
                 bar.remove_task(task)
 
                 mean = Losses(*(sums / steps_per_epoch).tolist())
+                lr, weight = schedule(state.global_step - 1)  # the epoch's last step (resumed after it: no step ran)
                 task = bar.add_task(f"epoch {epoch + 1}: synthetic_valid", total=len(valid), losses="")
                 valid_f1 = validate(model, valid, recipe, device, on_batch=lambda n, task=task: bar.advance(task, n))
                 bar.remove_task(task)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from sedaug.checkpoint import load_checkpoint
 from sedaug.cli import app
 from sedaug.errors import UserError
-from sedaug.recipe import Recipe, load_recipe
+from sedaug.recipe import Recipe, dump_recipe, load_recipe
 from sedaug.train import Diverged, Interrupted, consistency_loss, ema_update, rampup, train
 
 REPO = Path(__file__).parents[1]
@@ -93,24 +93,27 @@ def test_resume_continues_exactly(tiny, tmp_path):
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
 
 
-def test_ctrl_c_saves_last_and_resume_is_exact(tiny, tmp_path, monkeypatch):
-    recipe = tiny(REPO / "recipes" / "baseline.yaml", "optim.epochs=2")
+# A Ctrl-C during the third step (mid-epoch 2 of 2-step epochs), or the fourth, its last: resumed, it validates and
+# ends the epoch without a step.
+@pytest.mark.parametrize("step", [3, 4])
+def test_ctrl_c_saves_last_and_resume_is_exact(step, tiny, tmp_path, monkeypatch):
+    recipe = tiny(REPO / "recipes" / "baseline.yaml", "optim.epochs=3")
     train(recipe, tmp_path / "straight", progress=False)
 
     real_update = __import__("sedaug.train", fromlist=["ema_update"]).ema_update
     calls = {"n": 0}
 
-    def update_then_interrupt(*args, **kwargs):  # a Ctrl-C during the third step: epoch 2 of 2-step epochs
+    def update_then_interrupt(*args, **kwargs):
         real_update(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == step:
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr("sedaug.train.ema_update", update_then_interrupt)
     with pytest.raises(Interrupted, match="continue with --resume"):
         train(recipe, tmp_path / "resumed", progress=False)
-    assert len(_metrics(tmp_path / "resumed")) == 1  # stopped mid-epoch 2
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt").state.step_in_epoch == 1
+    assert len(_metrics(tmp_path / "resumed")) == 1  # stopped in epoch 2
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt").state.step_in_epoch == step - 2
     monkeypatch.setattr("sedaug.train.ema_update", real_update)
     train(recipe, tmp_path / "resumed", resume=True, progress=False)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
@@ -134,6 +137,16 @@ def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny, tmp_p
     # --resume where nothing was saved yet starts from scratch: the same weights as a plain start.
     train(recipe, tmp_path / "fresh", resume=True, progress=False)
     assert all(torch.equal(before[k], v) for k, v in _weights(tmp_path / "fresh").items())
+    # ... of the recipe it was started with (a run killed inside its first epoch, resumed with another --set).
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "recipe.yaml").write_text(dump_recipe(recipe))
+    with pytest.raises(UserError, match=r"recipe differs from .*recipe\.yaml's at optim\.lr .* remove "):
+        train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1", "optim.lr=0.01"), unfinished, resume=True,
+              progress=False)
+    assert [p.name for p in unfinished.iterdir()] == ["recipe.yaml"]
+    assert train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=2"), unfinished, resume=True,
+                 progress=False).epochs == 2
 
 
 def test_nan_loss_stops_cleanly_keeping_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
