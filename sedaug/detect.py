@@ -34,7 +34,7 @@ from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import clip_id, score_frames
 from sedaug.files import write_text, write_tsv
 from sedaug.progress import progress_bar
-from sedaug.rundir import RunDir
+from sedaug.rundir import RunDir, run_holding
 
 # What a folder is searched for (recursively); a file named on the command line is read whatever its suffix.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64")
@@ -105,11 +105,7 @@ def detect(
     the run's (recipe `eval.threshold`); the median filter is the run's.
     """
     start = time.perf_counter()
-    if Path(out).is_dir():
-        raise UserError(f"--out {out} is a folder: give a file name")
-    for option, folder in (("--scores", scores_dir), ("--plot", plot_dir)):
-        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
-            raise UserError(f"{option} {folder} is a file: give a folder")
+    _check_outputs(Path(out), scores_dir, plot_dir)
     torch_device = parse_device(device)
     model, recipe, state = load_model(Path(run_dir), checkpoint, torch_device)
     threshold = recipe.eval.threshold if threshold is None else float(threshold)
@@ -166,6 +162,27 @@ def detect(
         return report
     write_tsv(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS])
     return report
+
+
+def _check_outputs(out: Path, scores_dir: Path | None, plot_dir: Path | None) -> None:
+    """Refuse outputs that would overwrite what detect did not write: a run's own files, or an --out that is not a
+    detections TSV (a recording, a recipe)."""
+    for option, path in (("--out", out), ("--scores", scores_dir), ("--plot", plot_dir)):
+        if path is not None and (run := run_holding(path)) is not None:
+            raise UserError(f"{option} {path} is in run {run}'s own files, which detect would overwrite: give a path "
+                            "outside them")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: give a file name")
+    header = "\t".join(EVENT_COLUMNS)
+    if out.exists():
+        with out.open("rb") as f:
+            first = f.read(len(header) + 2).decode("utf-8", errors="replace").splitlines()[:1]
+        if first != [header]:
+            raise UserError(f"--out {out} exists and is not a detections TSV (its first line is not "
+                            f"{' '.join(EVENT_COLUMNS)}), which detect would overwrite: give a new file name")
+    for option, folder in (("--scores", scores_dir), ("--plot", plot_dir)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise UserError(f"{option} {folder} is a file: give a folder")
 
 
 def find_recordings(paths: Iterable[Path], fail: Callable[[Path, str], None]) -> list[Recording]:

@@ -22,6 +22,9 @@ LOCK = ".lock"
 DIVERGED = "diverged.json"  # a sweep's trial whose loss became non-finite: {epoch, step, message} (sedaug.sweep.trial)
 # The splits `sedaug evaluate` scores into RUN/<split>/.
 EVALUATED_SPLITS = ("eval", "validation", "synthetic_valid")
+# What train, evaluate and a sweep write in a run directory (TensorBoard's event files too: events.out.tfevents.*).
+RUN_ENTRIES = ("recipe.yaml", "env.json", "train.log", "metrics.jsonl", "train_curves.png", "checkpoints",
+               *EVALUATED_SPLITS, LOCK, DIVERGED)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,18 @@ class RunDir:
                 raise
         finally:
             os.close(fd)  # releases the lock
+
+
+def run_holding(path: Path) -> Path | None:
+    """The run directory whose own file or folder `path` is or lies in (the run directory itself included), else
+    None: where another command's output would overwrite a run's."""
+    path = Path(path).resolve()
+    for root in (path, *path.parents):
+        if (root / "recipe.yaml").is_file() and (root / "checkpoints").is_dir():
+            parts = path.relative_to(root).parts
+            own = not parts or parts[0] in RUN_ENTRIES or parts[0].startswith("events.out.tfevents")
+            return root if own else None
+    return None
 
 
 def read_diverged(run_dir: Path) -> dict | None:

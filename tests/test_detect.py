@@ -260,6 +260,27 @@ def test_user_errors(run, tmp_path):
         detect(run, [tmp_path / "empty"], tmp_path / "d.tsv", progress=False)
 
 
+
+def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run, tmp_path):
+    write_tone(tmp_path / "a.wav", 2.0, 16000, 1, seed=5)
+    (tmp_path / "notes.tsv").write_text("my\tnotes\n")
+    kept = {path: path.read_bytes() for path in (tmp_path / "a.wav", tmp_path / "notes.tsv", run / "recipe.yaml",
+                                                 run / "checkpoints" / "best.pt")}
+    for out in (tmp_path / "a.wav", tmp_path / "notes.tsv"):  # its own input, a file of the user's
+        with pytest.raises(UserError, match=f"--out {out} exists and is not a detections TSV"):
+            detect(run, [tmp_path / "a.wav"], out, progress=False)
+    for option, path in (("out", run / "recipe.yaml"), ("out", run / "checkpoints" / "best.pt"),
+                         ("scores_dir", run / "eval" / "scores"), ("plot_dir", run)):
+        out = path if option == "out" else tmp_path / "d.tsv"
+        extra = {} if option == "out" else {option: path}
+        with pytest.raises(UserError, match=f"is in run {run}'s own files"):
+            detect(run, [tmp_path / "a.wav"], out, progress=False, **extra)
+    assert {path: path.read_bytes() for path in kept} == kept
+    # Its own output is overwritten by the next detect.
+    for _ in range(2):
+        assert detect(run, [tmp_path / "a.wav"], tmp_path / "d.tsv", progress=False).n_recordings == 1
+
+
 COMMANDS = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
 
 
