@@ -280,6 +280,35 @@ def test_extract_is_idempotent_until_the_manifest_changes(real_layout, tmp_path)
     assert "Speech" in set(FeatureStore(features).split("eval").events["event_label"])
 
 
+
+def test_extract_refuses_an_out_that_is_not_this_desed_store(real_layout, tmp_path):
+    prepare_desed(real_layout.root, tmp_path / "desed", progress=False)
+    run = tmp_path / "run"  # a run directory
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: none\n")
+    for out in (run, tmp_path / "desed"):  # the DESED folder with its manifest/
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(UserError, match=f"--out {out} holds {re.escape(', '.join(before[:3]))}.*, which no "
+                                            "feature store holds"):
+            extract_mels(tmp_path / "desed", out, workers=1, progress=False)
+        assert sorted(p.name for p in out.iterdir()) == before
+    features = tmp_path / "features"
+    extract_mels(tmp_path / "desed", features, workers=1, progress=False)
+    # A store whose replacement was cut short (split folders, no features.json) is this store: made again.
+    (features / "features.json").unlink()
+    assert not extract_mels(tmp_path / "desed", features, workers=1, progress=False).skipped
+    record = (features / "features.json").read_bytes()
+    # Another DESED's features are not replaced under the runs trained on them; the same DESED moved is the same.
+    tsv = real_layout.root / SPLITS["eval"].metadata
+    tsv.write_text(tsv.read_text().replace("Running_water", "Speech"))
+    prepare_desed(real_layout.root, tmp_path / "other", progress=False)
+    with pytest.raises(UserError, match=f"holds the features of {tmp_path / 'desed'}, not of {tmp_path / 'other'}"):
+        extract_mels(tmp_path / "other", features, workers=1, progress=False)
+    assert (features / "features.json").read_bytes() == record
+    shutil.copytree(tmp_path / "desed", tmp_path / "moved")
+    assert extract_mels(tmp_path / "moved", features, workers=1, progress=False).skipped
+
+
 def test_extract_needs_a_manifest(tmp_path):
     with pytest.raises(UserError, match="run `sedaug prepare-desed` first"):
         extract_mels(tmp_path, tmp_path / "features", progress=False)

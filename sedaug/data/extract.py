@@ -97,6 +97,7 @@ def extract_mels(
         "split_seed": split_seed,
     }
     recorded = read_record(out)
+    _check_out(out, data, recorded, settings["manifest_hash"])
     current = recorded is not None and all(recorded.get(key) == value for key, value in settings.items())
     if current and is_complete(out, params):
         sizes = {name: recorded["splits"][name] for name in FEATURE_SPLITS}
@@ -171,6 +172,25 @@ def _synthetic_split_hash(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame | N
         f"{name}\t{f}" for name in ("synthetic_train", "synthetic_valid") for f in tables[name][0]["filename"]
     )
     return hashlib.sha256(files.encode()).hexdigest()
+
+
+def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str) -> None:
+    """Refuse an --out that is not this DESED's feature store (or a new or empty folder): a folder of anything else
+    (a run, the DESED tree itself) would get the store's files among its own, and another DESED's store would be
+    replaced under the runs trained on it (the same DESED moved elsewhere is the same store)."""
+    advice = "give --out a new folder (e.g. data/features)"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: {advice}")
+    store_entries = {*FEATURE_SPLITS, SCALER, FEATURES_JSON}
+    others = sorted(p.name for p in out.iterdir() if p.name not in store_entries and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if others:
+        raise UserError(f"--out {out} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which no feature "
+                        f"store holds: {advice}")
+    if recorded is not None and recorded.get("manifest") not in (None, str(data)) and \
+            recorded.get("manifest_hash") != manifest_hash:
+        raise UserError(f"--out {out} holds the features of {recorded['manifest']}, not of {data}: {advice}, or remove "
+                        "that store first")
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
