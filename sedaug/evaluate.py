@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,13 @@ def evaluate_run(
     directory, as for `sedaug train`), unless `features` is given.
     """
     run = RunDir(Path(run_dir))
-    timing: dict[str, float] = {}
     _check_not_diverged(run.root)
+    with _held([run.root]):
+        return _evaluate_run(run, split, checkpoint, device, progress, features)
+
+
+def _evaluate_run(run: RunDir, split: str, checkpoint: str, device, progress: bool, features: Path | None) -> dict:
+    timing: dict[str, float] = {}
     model, recipe, state = load_model(run.root, checkpoint, device)  # UserError when the checkpoint is missing
     _check_folder(run.split(split))
     features = Path(features if features is not None else recipe.data.features)
@@ -70,9 +77,15 @@ def evaluate_ensemble(
         seen[path.resolve()] = path
     if len(run_dirs) < 2:
         raise UserError("--ensemble needs at least two run directories")
-    timing: dict[str, float] = {}
     for path in run_dirs:
         _check_not_diverged(path)
+    with _held(run_dirs):
+        return _evaluate_ensemble(run_dirs, split, checkpoint, device, progress, out)
+
+
+def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device, progress: bool,
+                       out: Path | None) -> tuple[Path, dict[str, Any]]:
+    timing: dict[str, float] = {}
     members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
     recipe = members[0][2]
     for path, _, other, _ in members[1:]:
@@ -118,6 +131,17 @@ def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:
             raise UserError(f"--out {out} holds {what}, not the ensemble {name}: {advice}")
     elif out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out} holds other files (no ensemble recipe.yaml): {advice}")
+
+
+@contextmanager
+def _held(run_dirs: list[Path]) -> Iterator[None]:
+    """The runs locked while they are read: one still training (or resumed meanwhile) is refused, not scored from a
+    checkpoint that is about to change. A path that is no run directory is left to load_model to explain."""
+    with ExitStack() as stack:
+        for path in run_dirs:
+            if Path(path).is_dir():
+                stack.enter_context(RunDir(Path(path)).lock(reentrant=True))
+        yield
 
 
 class DivergedRun(UserError):

@@ -19,6 +19,7 @@ from sedaug.deps import import_torchaudio
 from sedaug.errors import UserError
 
 LOCK = ".lock"
+_HELD: set[Path] = set()  # the run directories this process holds locked
 DIVERGED = "diverged.json"  # a sweep's trial whose loss became non-finite: {epoch, step, message} (sedaug.sweep.trial)
 # The splits `sedaug evaluate` scores into RUN/<split>/.
 EVALUATED_SPLITS = ("eval", "validation", "synthetic_valid")
@@ -102,9 +103,15 @@ class RunDir:
         return rows
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, reentrant: bool = False) -> Iterator[None]:
         """Hold the run directory for this process (an flock the OS drops when the process dies, kill -9 too): a
-        second writer is refused with the holder's pid instead of interleaving its files."""
+        second writer, or an evaluation of a run still training, is refused with the holder's pid instead of
+        interleaving its files or reading a stale checkpoint. `reentrant`: held already by this process is fine (a
+        sweep's trial evaluates inside its train call)."""
+        key = self.root.resolve()
+        if reentrant and key in _HELD:
+            yield
+            return
         created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         lock_created = not (self.root / LOCK).exists()
@@ -121,6 +128,7 @@ class RunDir:
             previous = os.pread(fd, 64, 0)  # the last holder's pid, put back if this process is refused
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _HELD.add(key)
             try:
                 yield
             except BaseException:
@@ -133,6 +141,7 @@ class RunDir:
                     self.root.rmdir()
                 raise
         finally:
+            _HELD.discard(key)
             os.close(fd)  # releases the lock
 
 

@@ -8,6 +8,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -112,6 +115,26 @@ def test_two_processes_never_write_one_run_directory(cli, tmp_path):
     assert not (run / "checkpoints").exists()
     assert cli().exit_code == 0  # released: the run goes ahead
 
+
+
+def test_a_run_is_not_evaluated_while_another_process_trains_it(trained):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import sys
+        from pathlib import Path
+        from sedaug.rundir import RunDir
+        with RunDir(Path({str(trained)!r})).lock():
+            print("held", flush=True)
+            sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = checksums(trained)
+        result = CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"])
+        one_error(result, str(trained), "in use by another sedaug process", f"pid {holder.pid}")
+        assert checksums(trained) == before
+    finally:
+        holder.communicate("")
+    assert CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"]).exit_code == 0  # released
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", None], ids=["empty", "truncated", "other-pickle"])
 @pytest.mark.parametrize("command", ["evaluate", "resume"])
