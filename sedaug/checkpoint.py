@@ -74,6 +74,7 @@ class Checkpoint:
     rng: dict[str, torch.Tensor | None]
     recipe: Recipe
     path: Path | None = None  # the file it was read from: what errors name
+    features: dict | None = None  # the feature store's identity (FeatureStore.identity); None in older checkpoints
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
@@ -95,6 +96,7 @@ def save_checkpoint(
     state: TrainState,
     recipe: Recipe,
     device: torch.device,
+    features: dict | None = None,
 ) -> None:
     content = {
         "model": model.state_dict(),
@@ -103,6 +105,7 @@ def save_checkpoint(
         "state": state.state_dict(),
         "rng": rng_state(device),
         "recipe": recipe.model_dump(mode="json"),
+        "features": features,
     }
     with atomic_path(path) as tmp:
         # Serialized in memory, then written: torch.save onto a full disk fails with a RuntimeError of its zip
@@ -137,7 +140,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     except ValueError as err:
         raise UserError(f"{path}: {err}: {ADVICE}") from None
     recipe = validate_recipe(raw["recipe"], str(path))
-    return Checkpoint(raw["model"], raw.get("teacher"), raw["optimizer"], state, raw["rng"], recipe, path)
+    features = raw.get("features") if isinstance(raw.get("features"), dict) else None
+    return Checkpoint(raw["model"], raw.get("teacher"), raw["optimizer"], state, raw["rng"], recipe, path, features)
 
 
 def restore_weights(net: torch.nn.Module, weights: Any, path: Path, what: str = "model") -> None:

@@ -298,6 +298,11 @@ def _train(
     on_epoch: Callable[[dict], None] | None,
 ) -> TrainResult:
 
+    if ckpt is not None and ckpt.features is not None and ckpt.features != store.identity:
+        changed = [key for key, value in ckpt.features.items() if store.identity.get(key) != value]
+        raise UserError(f"--resume: {store.path} is not the feature store {ckpt.path} was trained on ({', '.join(changed)} "
+                        "changed since): resume on that store, or train anew into another --runs")
+
     # Data: three training streams and synthetic_valid for model selection.
     streams = ThreeStreams(store, recipe.data.batch_size, recipe.seed, device, resident=device.type == "cuda")
     valid = store.split("synthetic_valid")
@@ -339,7 +344,7 @@ def _train(
 
     def checkpoint(which: str) -> None:
         save_checkpoint(run.checkpoint(which), model=model, teacher=teacher, optimizer=optimizer, state=state,
-                        recipe=recipe, device=device)
+                        recipe=recipe, device=device, features=store.identity)
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[losses]}")]

@@ -2,6 +2,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 from pathlib import Path
 
@@ -91,6 +92,23 @@ def test_resume_continues_exactly(tiny, tmp_path):
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
+
+
+def test_resume_refuses_a_feature_store_that_changed_since(tiny, tiny_features, tmp_path):
+    features = tmp_path / "features"
+    shutil.copytree(tiny_features, features)
+    recipe = tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1", f"data.features={features}")
+    train(recipe, tmp_path / "run", progress=False)
+    before = _weights(tmp_path / "run")
+    record = json.loads((features / "features.json").read_text())
+    record["manifest_hash"] = "0" * 64  # re-extracted from another manifest
+    (features / "features.json").write_text(json.dumps(record))
+    more = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"epochs": 2})})
+    with pytest.raises(UserError, match=rf"--resume: {features} is not the feature store .*last\.pt was trained on "
+                                        r"\(manifest_hash changed since\)"):
+        train(more, tmp_path / "run", resume=True, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in _weights(tmp_path / "run").items())
+    assert len(_metrics(tmp_path / "run")) == 1
 
 
 # A Ctrl-C during the third step (mid-epoch 2 of 2-step epochs), or the fourth, its last: resumed, it validates and

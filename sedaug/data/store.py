@@ -89,6 +89,12 @@ class FeatureStore:
         self.record = record
         self.params = params
 
+    @property
+    def identity(self) -> dict:
+        """What the training data of a run is: the manifest's tables and the synthetic split (a checkpoint records
+        it; --resume refuses a store that changed since)."""
+        return {key: self.record.get(key) for key in ("manifest_hash", "synthetic_split_hash", "splits")}
+
     def split(self, name: str) -> Split:
         if name not in FEATURE_SPLITS:
             raise UserError(f"unknown feature split {name!r} (one of {', '.join(FEATURE_SPLITS)})")
