@@ -18,6 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from sedaug.cli import app
+from sedaug.recipe import dump_recipe, load_recipe
 from sedaug.rundir import RunDir
 
 REPO = Path(__file__).parents[1]
@@ -76,10 +77,14 @@ def trained(_trained_template, tmp_path) -> Path:
     return tmp_path / "runs" / "none" / "seed0"
 
 
-def test_a_run_that_stopped_before_its_first_checkpoint_restarts_with_resume(cli, tmp_path):
+def test_a_run_that_stopped_before_its_first_checkpoint_restarts_with_resume(cli, tiny_features, tiny_model_overrides,
+                                                                             tmp_path):
     run = tmp_path / "runs" / "none" / "seed0"
     run.mkdir(parents=True)
-    (run / "recipe.yaml").write_text("name: none\n")  # what a kill -9 in the first epoch leaves
+    command = _train_command(tmp_path / "runs", tiny_features, tiny_model_overrides, "none", 1)
+    sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
+    # What a kill -9 in the first epoch leaves: the resolved recipe, the log's first line.
+    (run / "recipe.yaml").write_text(dump_recipe(load_recipe(REPO / "recipes" / "none.yaml", sets)))
     (run / "train.log").write_text("start none seed 0\n")
     message = one_error(cli(), str(run), "stopped before its first epoch ended", "--resume")
     assert "checkpoints/last.pt" in message
