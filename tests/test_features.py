@@ -361,6 +361,22 @@ def test_batches_carry_each_clips_real_frames(tiny_features, tmp_path):
     assert {251, 628} <= set(unlabeled.tolist())
 
 
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda e: e.assign(event_label=e.event_label.where(e.index != 1, "Alarm")), ":3: unknown class 'Alarm'"),
+    (lambda e: e.assign(filename=e.filename.where(e.index != 0, "nowhere.wav")), ":2: clip nowhere.wav is not in"),
+    (lambda e: e.assign(onset=e.onset.where(e.index != 2, -1.0)), ":4: onset -1 is not a time >= 0"),
+    (lambda e: e.assign(offset=e.onset.where(e.index != 0, e.offset)), ":3: offset .* is not after onset"),
+    (lambda e: e.assign(offset=e.offset.where(e.index != 1, 500.0)), ":3: offset 500 is past the clip's end"),
+], ids=["label", "clip", "onset", "offset", "past-end"])
+def test_a_damaged_events_table_is_one_line_naming_its_row(tiny_features, tmp_path, edit, message):
+    features = shutil.copytree(tiny_features, tmp_path / "features")
+    path = features / "eval" / "events.tsv"
+    edit(pd.read_csv(path, sep="\t")).to_csv(path, sep="\t", index=False)
+    with pytest.raises(UserError, match=f"{re.escape(str(path))}{message}.*re-run `sedaug extract-mels`"):
+        FeatureStore(features).split("eval")
+
+
 def test_truncated_mels_are_extracted_again(real_layout, tmp_path):
     prepare_desed(real_layout.root, tmp_path / "desed", progress=False)
     features = tmp_path / "features"

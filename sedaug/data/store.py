@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sedaug.data.desed import read_events
+from sedaug.data.desed import CLASSES, read_events
 from sedaug.data.grid import PARAMS, FeatureParams, real_frames
 from sedaug.data.labels import weak_labels_from
 from sedaug.errors import UserError
@@ -110,6 +110,7 @@ class FeatureStore:
         events = weak = None
         if name in STRONG_SPLITS:
             events = _read_table(directory / "events.tsv", read_events, ("filename", "onset", "offset", "event_label"))
+            _check_events(directory / "events.tsv", events, dict(zip(filenames, durations, strict=True)))
         if name == "weak":
             table = _read_table(directory / "weak.tsv", read_tsv, ("filename", "event_labels"))
             try:
@@ -165,6 +166,24 @@ def _read_table(path: Path, read, columns: tuple[str, ...]) -> pd.DataFrame:
     if absent:
         raise UserError(f"{path}: missing column(s) {', '.join(absent)}: re-run `sedaug extract-mels`")
     return table
+
+
+def _check_events(path: Path, events: pd.DataFrame, durations: dict[str, float]) -> None:
+    """What prepare-desed guarantees of a split's events, checked again where evaluation reads them: a store edited
+    or damaged since is one line naming the first bad row, not a traceback or a silently wrong score."""
+    duration = events["filename"].map(durations)
+    problems = [
+        (~events["event_label"].isin(CLASSES), lambda r: f"unknown class {r.event_label!r}"),
+        (duration.isna(), lambda r: f"clip {r.filename} is not in clips.tsv"),
+        (~(events["onset"] >= 0), lambda r: f"onset {r.onset:g} is not a time >= 0"),
+        (~(events["offset"] > events["onset"]), lambda r: f"offset {r.offset:g} is not after onset {r.onset:g}"),
+        (events["offset"] > duration + 1e-3, lambda r: f"offset {r.offset:g} is past the clip's end "
+                                                       f"({durations[r.filename]:g} s)"),
+    ]
+    for bad, say in problems:
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise UserError(f"{path}:{i + 2}: {say(events.iloc[i])}: re-run `sedaug extract-mels`")
 
 
 def _one_line(err: BaseException) -> str:
