@@ -262,7 +262,8 @@ def table(
     resamples: Annotated[int, typer.Option(help="With --ci: bootstrap resamples.")] = 1000,
     bootstrap_seed: Annotated[int, typer.Option(help="With --ci: the resamples' seed (the same for every row).")] = 0,
     compare: Annotated[str | None, typer.Option(help="With --ci: the reference row of the paired test "
-                                                "(default: baseline, if present; none: no test).")] = None,
+                                                "(default: baseline, if present).")] = None,
+    no_compare: Annotated[bool, typer.Option("--no-compare", help="With --ci: intervals only, no paired test.")] = False,
     paper: Annotated[bool, typer.Option("--paper", help="Add the paper's Table 1 values beside the rows that "
                                         "reproduce them (recipe paper_row).")] = False,
     per_class: Annotated[bool, typer.Option("--per-class", help="Print each row's per-class F1 and PSDS1 instead.")] = False,
@@ -270,7 +271,7 @@ def table(
                                               "intervals, the reference row's shaded, the paper's values.")] = None,
 ) -> None:
     """Collect evaluated runs into the paper's Table 1."""
-    from sedaug.table import build_table, per_class_rows
+    from sedaug.table import NO_COMPARISON, build_table, per_class_rows
     from sedaug.table_render import print_per_class, print_table, render, render_per_class
 
     names = tuple(m.strip() for m in metrics.split(",") if m.strip())
@@ -278,7 +279,7 @@ def table(
         if path is not None and path.is_dir():
             raise UserError(f"{what} {path} is a folder: give a file name")
     if per_class:
-        if ci is not None or paper or plot is not None or compare is not None:
+        if ci is not None or paper or plot is not None or compare is not None or no_compare:
             raise UserError("--per-class prints the per-class view alone: leave out --ci, --compare, --paper and --plot")
         rows = per_class_rows(runs_dir, split=split.value)
         if out is None and format is Format.rich:
@@ -288,8 +289,11 @@ def table(
             return
         text, count = render_per_class(rows, format.value, split.value), len(rows)
     else:
+        if no_compare and compare is not None:
+            raise UserError(f"--no-compare and --compare {compare} exclude each other")
         data = build_table(runs_dir, split=split.value, metrics=names, ci=ci, resamples=resamples,
-                           bootstrap_seed=bootstrap_seed, compare=compare, paper=paper, progress=ci is not None)
+                           bootstrap_seed=bootstrap_seed, compare=NO_COMPARISON if no_compare else compare,
+                           paper=paper, progress=ci is not None)
         if plot is not None:
             from sedaug.evaluation.plots import plot_table
 

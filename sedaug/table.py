@@ -46,6 +46,7 @@ TABLE1_ORDER = (
     "vat_input_unlabeled",
 )
 DASH = "—"
+NO_COMPARISON = ""  # build_table's compare: no paired test (`--no-compare`; `none` is a row, Table 1's first)
 DECIMALS = 3
 
 
@@ -220,7 +221,7 @@ def build_table(
 
     `ci` (a level in percent, e.g. 95) adds each cell's bootstrap interval over the split's clips (`resamples`
     draws from `bootstrap_seed`) and each row's paired difference to the row `compare` (default: `baseline`, if
-    there is one; "none": no comparison), scoring the runs in `workers` processes (default: one per CPU for a large
+    there is one; NO_COMPARISON: none), scoring the runs in `workers` processes (default: one per CPU for a large
     table). `paper` adds the paper's values.
     """
     metrics = tuple(metrics)
@@ -228,7 +229,7 @@ def build_table(
     if unknown or not metrics:
         what = f"unknown metric {', '.join(map(repr, unknown))}" if unknown else "no metric given"
         raise UserError(f"{what}: choose from {', '.join(METRICS)}")
-    if ci is None and compare not in (None, "none"):
+    if ci is None and compare not in (None, NO_COMPARISON):
         raise UserError("--compare needs --ci LEVEL (the paired test is a bootstrap)")
     settings = None
     if ci is not None:
@@ -265,7 +266,7 @@ def _reference(compare: str | None, rows: list[Row]) -> str | None:
     names = [r.recipe for r in rows if r.n]
     if compare is None:
         return "baseline" if "baseline" in names else None
-    if compare == "none":
+    if compare == NO_COMPARISON:
         return None
     if compare not in names:
         raise UserError(f"--compare {compare}: no evaluated row of that name (rows: {', '.join(names) or 'none'})")

@@ -5,6 +5,7 @@ never evaluated), none (1 seed) and vat_input_eps3 (a recipe that is not in the 
 To accept a deliberate change of format: SEDAUG_UPDATE_GOLDEN=1 pytest tests/test_table.py, then read the diff.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import pytest
 
 from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
-from sedaug.table import build_table
+from sedaug.table import NO_COMPARISON, build_table
 from sedaug.table_ci import Interval
 from sedaug.table_render import render, rich_table
 
@@ -265,7 +266,7 @@ def test_ci_of_the_threshold_free_psds(ci_runs):
 
 
 def test_ci_in_the_text_formats(ci_runs):
-    table = build_table(ci_runs, metrics=("macro",), ci=90, resamples=200, compare="none")
+    table = build_table(ci_runs, metrics=("macro",), ci=90, resamples=200, compare=NO_COMPARISON)
     import csv
 
     rows = list(csv.DictReader(render(table, "csv").splitlines()))
@@ -359,6 +360,26 @@ def test_cli_ci_plot_and_per_class(ci_runs, tmp_path):
     assert dog[2] == "2" and (dog[3] == "" if None in f1 else float(dog[3]) == pytest.approx(sum(f1) / 2))
     result = CliRunner().invoke(app, ["table", str(ci_runs), "--per-class", "--ci", "95"])
     assert result.exit_code == 1 and result.output.startswith("error: --per-class")
+
+
+def test_compare_names_any_row_none_included_and_no_compare_turns_the_test_off(ci_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from sedaug.cli import app
+
+    def table(*args: str) -> list[dict]:
+        result = CliRunner().invoke(app, ["table", str(ci_runs), "--ci", "95", "--resamples", "100", "--format", "csv",
+                                          "--out", str(tmp_path / "t.csv"), *args])
+        assert result.exit_code == 0, result.output
+        return list(csv.DictReader((tmp_path / "t.csv").read_text().splitlines()))
+
+    assert {r["reference"] for r in table()} == {"baseline"}
+    rows = table("--compare", "none")  # the `none` row: Table 1's first
+    assert {r["reference"] for r in rows} == {"none"} and "macro_diff" in rows[0]
+    rows = table("--no-compare")
+    assert {r["reference"] for r in rows} == {""} and "macro_diff" not in rows[0]
+    result = CliRunner().invoke(app, ["table", str(ci_runs), "--ci", "95", "--no-compare", "--compare", "none"])
+    assert result.exit_code == 1 and result.output == "error: --no-compare and --compare none exclude each other\n"
 
 
 def test_ci_in_worker_processes_equals_in_process(ci_runs):
