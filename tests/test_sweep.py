@@ -58,7 +58,8 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
             search:
               augmentation.epsilon: {grid: [0.1, -0.5]}
               augmentation.sigma: {grid: [0.1]}
-              optim.epochs: {grid: [2, 2.5]}
+              optim.epochs: {grid: [2, 3]}
+              optim.max_steps_per_epoch: {grid: [2, 2.5]}
               seed: {grid: [1, 2]}
           - recipe: recipes/missing.yaml
           - recipe: recipes/none.yaml
@@ -84,7 +85,9 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"{at}.optim.lr: uniform is sampled: the grid algorithm takes {{grid: [...]}} (or use random/optuna)",
         f"{at}.augmentation.epsilon: -0.5 for vat_input: Input should be greater than 0",
         f"{at}.augmentation.sigma: 0.1 for vat_input: not a key of recipe vat_input",
-        f"{at}.optim.epochs: 2.5 for vat_input: Input should be a valid integer",
+        f"{at}.optim.epochs: a row's trials all run its one optim.epochs (early stopping and selection count to it): "
+        "set it, and let early_stopping cut the poor settings short",
+        f"{at}.optim.max_steps_per_epoch: 2.5 for vat_input: Input should be a valid integer",
         f"{at}.seed: the sweep's `seeds` and `search_seed` set it",
         f"{path}: recipes[1].recipe: recipes/missing.yaml: cannot read recipe (No such file or directory)",
     ]

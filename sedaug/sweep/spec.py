@@ -342,6 +342,10 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
         if key.split(".")[0] in RESERVED:
             problems.append(f"{at}: {RESERVED[key.split('.')[0]]}")
             continue
+        if key == "optim.epochs":
+            problems.append(f"{at}: a row's trials all run its one optim.epochs (early stopping and selection count "
+                            "to it): set it, and let early_stopping cut the poor settings short")
+            continue
         if key in fixed:
             problems.append(f"{at}: the key is also in set: fix it or search it, not both")
             continue
