@@ -184,6 +184,26 @@ def test_a_cuda_only_step_setting_in_a_cpu_sweep_is_refused_before_it_starts(tmp
         f"not timed: {name}: optim.precision tf32 (a GPU's number format) runs on CUDA only; on cpu use fp32 or bf16"
         for name in ("none", "noise_latent")]
 
+
+def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path / "steps.yaml", """\
+        recipes:
+          - recipe: recipes/none.yaml
+            search:
+              optim.max_steps_per_epoch: {grid: [10, 30]}
+        seeds: [0, 1]
+        search_seed: 2
+        set: {optim.epochs: 4}
+        """)
+    planned = dry_run(load_sweep(path), timed=False)
+    [row] = planned.rows
+    assert (row.trials, row.finals, row.steps, row.each_steps) == (2, 2, 10, (10, 30))
+    row.step_s = 1.8  # s/step: (10 + 30 search steps + 2 finals x 30, the most) x 4 epochs
+    assert row.trial_hours == pytest.approx((10 + 30 + 2 * 30) * 4 * 1.8 / 3600)
+    assert "x 4 epochs x 10-30 steps, 1.8 s/step" in planned.row_line(row)
+    assert "none: steps per epoch differ between settings (10-30), each timed at the first setting's step" in planned.notes
+
 # ---------------------------------------------------------------------------------------------- selection
 
 

@@ -237,15 +237,21 @@ class RowCost:
     finals: int
     copied: int  # final runs that are the winner's search run (the search seed is a final seed)
     epochs: int
-    steps: int  # per epoch
+    steps: int  # per epoch (of the first setting)
     step_s: float | None  # measured on this machine's device
     memory: int
+    # Steps per epoch of each search trial where they differ between settings (a searched data.batch_size or
+    # optim.max_steps_per_epoch); a final run counts the most. Empty: every trial has `steps`.
+    each_steps: tuple[int, ...] = ()
 
     @property
     def trial_hours(self) -> float | None:
         if self.step_s is None:
             return None
-        return (self.trials + self.finals - self.copied) * self.epochs * self.steps * self.step_s / 3600
+        if not self.each_steps:
+            return (self.trials + self.finals - self.copied) * self.epochs * self.steps * self.step_s / 3600
+        steps = sum(self.each_steps) + (self.finals - self.copied) * max(self.each_steps)
+        return steps * self.epochs * self.step_s / 3600
 
 
 @dataclass
@@ -268,8 +274,9 @@ class DryRun:
         time_s = "" if r.step_s is None else f", {r.step_s:.3g} s/step -> {_hours(r.trial_hours)} h"
         copied = f" ({r.copied} the search run)" if r.copied else ""
         trials = f"{r.trials:>4} trial{'s' if r.trials != 1 else ' '}"
+        steps = f"{min(r.each_steps)}-{max(r.each_steps)}" if r.each_steps else r.steps
         return (f"  {r.recipe:<{width}}  {trials} + {r.finals} final{copied} x {r.epochs} epochs x "
-                f"{r.steps} steps{time_s}, memory {r.memory / GIB:.3g} GiB")
+                f"{steps} steps{time_s}, memory {r.memory / GIB:.3g} GiB")
 
     def footer(self) -> list[str]:
         total = [r.trial_hours for r in self.rows]
@@ -379,15 +386,20 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
     resources = trial_resources(loaded)
     rows, recipes = [], {}
     for name, base in loaded.bases.items():
-        first = (settings(loaded, name) or [{}])[0]
-        recipes[name] = recipe = validate_recipe(apply_params(base, first, sweep.trial_seed))
-        n = sweep.algorithm.trials if sweep.algorithm.type == "optuna" else len(settings(loaded, name))
+        listed = settings(loaded, name) or [{}]  # Optuna's: the base recipe stands for each
+        recipes[name] = recipe = validate_recipe(apply_params(base, listed[0], sweep.trial_seed))
+        n = sweep.algorithm.trials if sweep.algorithm.type == "optuna" else len(listed)
         steps, note = _steps_per_epoch(recipe)
         if note and note not in notes:
             notes.append(note)
+        each = tuple(_steps_per_epoch(validate_recipe(apply_params(base, params, sweep.trial_seed)))[0]
+                     for params in listed)
+        if len(set(each)) > 1:
+            notes.append(f"{name}: steps per epoch differ between settings ({min(each)}-{max(each)}), each timed at "
+                         "the first setting's step")
         copied = int(sweep.trial_seed in sweep.seeds)  # that seed's final run is the winner's search run
         rows.append(RowCost(name, n, len(sweep.seeds), copied, recipe.optim.epochs, steps, None,
-                            resources[name]["memory"]))
+                            resources[name]["memory"], each if len(set(each)) > 1 else ()))
     plan = DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), notes, recipes,
                   max(1, int(sweep.resources.cpus)))
     if timed:
