@@ -44,6 +44,10 @@ def user_errors(command):
             where = e.filename or "sedaug"
             print(f"error: {where}: {e.strerror or e} (earlier outputs are left as they were)", file=sys.stderr)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves last.pt and says so itself)
+            print("error: interrupted (sedaug writes each file whole, then renames it: nothing is half-written)",
+                  file=sys.stderr)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -323,7 +327,17 @@ def main() -> None:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(1)
-    app(prog_name="sedaug")
+    if len(sys.argv) == 1:  # `sedaug` alone: the help, as click prints it
+        app(prog_name="sedaug")
+    try:
+        code = app(prog_name="sedaug", standalone_mode=False)
+    except typer.TyperException as e:  # click's usage errors (an unknown option, a missing argument): one line
+        ctx = getattr(e, "ctx", None)
+        command = ctx.command_path if ctx is not None else "sedaug"
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        print(f"error: {command}: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
+        raise SystemExit(getattr(e, "exit_code", 2)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,29 @@ def test_python_dash_m_is_the_same_program():
     assert all(c in out.stdout for c in COMMANDS)
 
 
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train"], "error: sedaug train: Missing argument 'recipe'. (see sedaug train --help)"),
+    (["frob"], "error: sedaug: No such command 'frob'. (see sedaug --help)"),
+    (["table", "--split", "foo"], "error: sedaug table: Invalid value for '--split': "),
+    (["evaluate", "runs/x", "--bogus"], "error: sedaug evaluate: No such option: --bogus"),
+])
+def test_usage_errors_are_one_line_too(args, message):
+    out = subprocess.run([sys.executable, "-m", "sedaug", *args], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(message), out.stderr
+
+
+def test_ctrl_c_outside_training_is_one_line_with_status_130(monkeypatch, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sedaug.evaluate.evaluate_run", interrupted)
+    result = run("evaluate", tmp_path, "--device", "cpu")
+    assert result.exit_code == 130
+    assert result.output == "error: interrupted (sedaug writes each file whole, then renames it: nothing is half-written)\n"
+
+
 def test_recipe_with_unknown_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\noptim:\n  learning_rate: 0.1\n")
