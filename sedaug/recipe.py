@@ -348,7 +348,8 @@ class Recipe(Section):
                 )
 
 
-def _format_errors(error: ValidationError, where: str) -> str:
+def _format_errors(error: ValidationError, where: str, overridden: frozenset[str] = frozenset()) -> str:
+    """One line per problem, naming the recipe file and the key, or `--set KEY` where an override put the value."""
     tags = {"none", "noise", "adversarial", "vat", "mixup", "mean_teacher", "l2", "filter", "adversarial_filter",
             "reverb", "adversarial_reverb", "frequency_shift", "time_shift", "mask"}
     lines = []
@@ -356,20 +357,24 @@ def _format_errors(error: ValidationError, where: str) -> str:
         # Drop the discriminator tag pydantic inserts into the path of a tagged union.
         loc = [str(p) for i, p in enumerate(e["loc"]) if not (i == 1 and p in tags)]
         msg = e["msg"].removeprefix("Value error, ")
-        if msg.startswith(("augmentation.", "regularization.", "model.")) or not loc:
-            lines.append(f"{where}: {msg}")
+        key = ".".join(loc)
+        if msg.startswith(("augmentation.", "regularization.", "model.")) and ": " in msg:  # a model validator's
+            key, msg = msg.split(": ", 1)
+        if any(key == o or key.startswith(f"{o}.") for o in overridden):
+            lines.append(f"--set {key}: {msg}")
         else:
-            lines.append(f"{where}: {'.'.join(loc)}: {msg}")
+            lines.append(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")
     return "\n".join(lines)
 
 
-def validate_recipe(raw: Any, where: str = "recipe") -> Recipe:
+def validate_recipe(raw: Any, where: str = "recipe", overridden: frozenset[str] = frozenset()) -> Recipe:
+    """`raw` as a Recipe; a UserError, one line per problem, naming `where` or the `--set` key (`overridden`)."""
     if not isinstance(raw, dict):
         raise UserError(f"{where}: a recipe is a YAML mapping, got {type(raw).__name__}")
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise UserError(_format_errors(e, where)) from None
+        raise UserError(_format_errors(e, where, overridden)) from None
 
 
 def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
@@ -377,7 +382,7 @@ def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
     raw = read_yaml(path, "recipe") or {}
     if isinstance(raw, dict):
         raw = apply_overrides(raw, list(overrides))
-    return validate_recipe(raw, str(path))
+    return validate_recipe(raw, str(path), frozenset(item.partition("=")[0] for item in overrides))
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -21,7 +21,7 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+                None, None, f"duplicate key {key!r}", key_node.start_mark
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
@@ -38,6 +38,11 @@ _StrictLoader.add_implicit_resolver(
 def parse_yaml(text: str, where: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:  # where the parser stopped, not its "<unicode string>" and a caret
+        mark = e.problem_mark or e.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = "; ".join(filter(None, [e.context, e.problem]))
+        raise UserError(f"{where}: invalid YAML{at}: {' '.join(what.split())}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
 
