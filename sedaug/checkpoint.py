@@ -125,9 +125,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     try:
         raw = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # empty, truncated or foreign files fail in many types (EOFError, RuntimeError, ...)
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{path}: not a readable sedaug checkpoint (empty, cut short or another file: {reason[:120]}); "
-                        f"{ADVICE}") from None
+        raise UserError(f"{path}: not a readable sedaug checkpoint ({_unreadable(path, e)}); {ADVICE}") from None
     if not isinstance(raw, dict) or not {"model", "optimizer", "recipe", "rng"} <= raw.keys():
         raise UserError(f"{path}: not a sedaug checkpoint (a {type(raw).__name__} without model, optimizer, rng and "
                         f"recipe): {ADVICE}")
@@ -142,6 +140,21 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     recipe = validate_recipe(raw["recipe"], str(path))
     features = raw.get("features") if isinstance(raw.get("features"), dict) else None
     return Checkpoint(raw["model"], raw.get("teacher"), raw["optimizer"], state, raw["rng"], recipe, path, features)
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load failed, in words (its own messages are long and about its internals)."""
+    if path.is_dir():
+        return "a folder"
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        return "an empty file"
+    if head == b"PK\x03\x04":  # torch.save's zip container
+        if "Weights only load failed" in str(error):
+            return "it holds objects other than tensors: not a file sedaug wrote"
+        return "damaged or cut short"
+    return "not a PyTorch file"
 
 
 def restore_weights(net: torch.nn.Module, weights: Any, path: Path, what: str = "model") -> None:

@@ -141,13 +141,19 @@ def test_a_run_is_not_evaluated_while_another_process_trains_it(trained):
         holder.communicate("")
     assert CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"]).exit_code == 0  # released
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short", None], ids=["empty", "truncated", "other-pickle"])
+@pytest.mark.parametrize(("content", "why"), [
+    (b"", "(an empty file)"), (b"PK\x03\x04 cut short", "(damaged or cut short)"), (b"epoch 3\n", "(not a PyTorch file)"),
+    ("objects", "(it holds objects other than tensors: not a file sedaug wrote)"),
+    (None, "not a sedaug checkpoint (a dict without model"),
+], ids=["empty", "truncated", "text", "objects", "other-tensors"])
 @pytest.mark.parametrize("command", ["evaluate", "resume"])
-def test_unreadable_checkpoints_are_one_line(cli, trained, tmp_path, content, command):
+def test_unreadable_checkpoints_are_one_line(cli, trained, tmp_path, content, why, command):
     run = tmp_path / "runs" / "none" / "seed0"
     target = run / "checkpoints" / ("best.pt" if command == "evaluate" else "last.pt")
     if content is None:
         torch.save({"weights": torch.zeros(2)}, target)  # a checkpoint of something else
+    elif content == "objects":
+        torch.save({"model": {}, "where": Path("runs")}, target)  # a pickle torch's weights_only load refuses
     else:
         target.write_bytes(content)
     before = checksums(run)
@@ -155,7 +161,7 @@ def test_unreadable_checkpoints_are_one_line(cli, trained, tmp_path, content, co
         result = CliRunner().invoke(app, ["evaluate", str(run), "--device", "cpu"])
     else:
         result = cli("--resume", epochs=2)
-    one_error(result, str(target), "sedaug checkpoint")
+    one_error(result, str(target), "sedaug checkpoint", why)
     assert checksums(run) == before
 
 
