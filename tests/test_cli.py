@@ -82,6 +82,13 @@ def test_wrong_desed_root(tmp_path):
     one_line_error(run("prepare-desed", "--root", tmp_path, "--out", tmp_path / "out"), "has no audio/train/weak")
 
 
+def test_prepare_desed_out_a_file_is_refused_before_reading_anything(real_layout, tmp_path):
+    junk = tmp_path / "junk.yaml"
+    junk.write_text("mine\n")
+    one_line_error(run("prepare-desed", "--root", real_layout.root, "--out", junk), f"--out {junk} is a file")
+    assert junk.read_text() == "mine\n"
+
+
 def test_corrupt_audio_is_named(real_layout, tmp_path):
     victim = next((real_layout.root / "audio" / "validation").glob("*.wav"))
     victim.write_bytes(b"RIFF not really a wave file")

@@ -132,6 +132,8 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
     refused input or a full disk leaves the previous manifest as it was."""
     start = time.perf_counter()
     root, out = Path(root).resolve(), Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give the folder for the manifest (e.g. data/desed)")
     check_layout(root)
     tables = {name: read_metadata(root / split.metadata, split.kind) for name, split in SPLITS.items()}
     on_disk = {name: _scan_audio_dir(root / split.audio_dir) for name, split in SPLITS.items()}
