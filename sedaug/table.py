@@ -164,8 +164,10 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         notes.append("settings differ between seeds")
     cells = {}
     for m in metrics:
-        mean, std = _mean_std([v for res in evaluated if (v := _value(res, m)) is not None])
-        cells[m] = Cell(mean, std)
+        values = [v for res in evaluated if (v := _value(res, m)) is not None]
+        if evaluated and len(values) < len(evaluated):  # results.json holds null there (the metric was undefined)
+            notes.append(f"{m} of {len(values)} of {len(evaluated)} runs")
+        cells[m] = Cell(*_mean_std(values))
     return Row(
         recipe=name,
         augmentation=aug,

@@ -154,6 +154,15 @@ def write_run(runs: Path, recipe_file: Path, seed: int, results: dict | None, na
     return run
 
 
+
+def test_a_metric_missing_in_some_runs_says_how_many_its_cell_averages(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, psds in ((0, 0.4), (1, None), (2, 0.5)):  # null: not computable for that run
+        write_run(runs, RECIPES / "baseline.yaml", seed, {"macro": 0.3 + seed / 100, "psds_ct": psds})
+    [row] = build_table(runs).rows
+    assert row.n == 3 and row.cells["psds_ct"].mean == pytest.approx(0.45) and row.note == "psds_ct of 2 of 3 runs"
+
+
 def test_paper_lists_exactly_the_papers_values_for_the_table1_recipes(tmp_path):
     runs = tmp_path / "runs"
     for name in PAPER:
