@@ -5,3 +5,9 @@ class UserError(Exception):
     """Bad input from the user (a file, a recipe, a flag): the message says what and where."""
 
     exit_code = 1
+
+
+class Interrupted(UserError):
+    """Ctrl-C: what was saved, and how to continue, is in the message."""
+
+    exit_code = 130  # the shell's convention for SIGINT

@@ -27,7 +27,7 @@ from sedaug.checkpoint import Checkpoint, TrainState, load_checkpoint, restore_t
 from sedaug.data.batches import Batch, ThreeStreams
 from sedaug.data.store import FeatureStore, Split
 from sedaug.device import StepConfig, allow_tf32, check_runs_on, resolve_step_config
-from sedaug.errors import UserError
+from sedaug.errors import Interrupted, UserError
 from sedaug.evaluation.f1 import event_based_f1
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.predict import predict
@@ -46,12 +46,6 @@ class Diverged(UserError):
 
     def __reduce__(self):  # picklable with its epoch and step (Ray ships a trial's exception to the driver)
         return type(self), (str(self), self.epoch, self.step)
-
-
-class Interrupted(UserError):
-    """Ctrl-C: what was saved is in the message; `--resume` continues exactly."""
-
-    exit_code = 130  # the shell's convention for SIGINT
 
 
 def rampup(step: int, length: float) -> float:

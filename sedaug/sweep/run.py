@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sedaug.errors import UserError
+from sedaug.errors import Interrupted, UserError
 from sedaug.rundir import read_diverged
 from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, parse_address, ray_session
 from sedaug.sweep.outdir import check_out, write_out
@@ -212,7 +212,7 @@ def _fit(name: str, out: Path, plan: Plan, view, loaded: LoadedSweep, param_spac
     try:
         tuner.fit()
     except KeyboardInterrupt:
-        raise UserError(f"interrupted: the finished trials are in {out}; continue with `sedaug sweep --resume`") from None
+        raise Interrupted(f"interrupted: the finished trials are in {out}; continue with `sedaug sweep --resume`") from None
 
 
 def _settled(out: Path, loaded: LoadedSweep, spec: dict, statuses: dict) -> bool:

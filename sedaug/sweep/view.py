@@ -36,7 +36,7 @@ def _error_line(error_file: str | None) -> str:
     except (OSError, TypeError):
         return ""
     last = lines[-1] if lines else ""
-    for prefix in ("sedaug.errors.UserError: ", "sedaug.train.Diverged: ", "sedaug.train.Interrupted: "):
+    for prefix in ("sedaug.errors.UserError: ", "sedaug.train.Diverged: ", "sedaug.errors.Interrupted: "):
         last = last.removeprefix(prefix)
     return f"{last} ({error_file})" if last else str(error_file)
 
