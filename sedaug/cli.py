@@ -44,6 +44,9 @@ def user_errors(command):
             where = e.filename or "sedaug"
             print(f"error: {where}: {e.strerror or e} (earlier outputs are left as they were)", file=sys.stderr)
             raise typer.Exit(1) from None
+        except EOFError:  # an input that ended (typer would print an empty line, then abort)
+            print("error: aborted: the input ended", file=sys.stderr)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves last.pt and says so itself)
             print("error: interrupted (sedaug writes each file whole, then renames it: nothing is half-written)",
                   file=sys.stderr)
@@ -295,6 +298,8 @@ def table(
     else:
         if no_compare and compare is not None:
             raise UserError(f"--no-compare and --compare {compare} exclude each other")
+        if no_compare and ci is None:
+            raise UserError("--no-compare goes with --ci LEVEL (without it there is no paired test to turn off)")
         data = build_table(runs_dir, split=split.value, metrics=names, ci=ci, resamples=resamples,
                            bootstrap_seed=bootstrap_seed, compare=NO_COMPARISON if no_compare else compare,
                            paper=paper, progress=ci is not None)

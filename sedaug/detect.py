@@ -174,7 +174,7 @@ def _check_outputs(out: Path, scores_dir: Path | None, plot_dir: Path | None) ->
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give a file name")
     header = "\t".join(EVENT_COLUMNS)
-    if out.exists():
+    if out.exists() and out.stat().st_size:  # an empty file holds nothing to lose
         with out.open("rb") as f:
             first = f.read(len(header) + 2).decode("utf-8", errors="replace").splitlines()[:1]
         if first != [header]:

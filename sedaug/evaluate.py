@@ -135,12 +135,12 @@ def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:
 
 @contextmanager
 def _held(run_dirs: list[Path]) -> Iterator[None]:
-    """The runs locked while they are read: one still training (or resumed meanwhile) is refused, not scored from a
-    checkpoint that is about to change. A path that is no run directory is left to load_model to explain."""
+    """The runs held while they are read (`RunDir.reading`): one still training is refused. A path that is no run
+    directory is left to load_model to explain."""
     with ExitStack() as stack:
         for path in run_dirs:
             if Path(path).is_dir():
-                stack.enter_context(RunDir(Path(path)).lock(reentrant=True))
+                stack.enter_context(RunDir(Path(path)).reading())
         yield
 
 

@@ -93,7 +93,7 @@ def remove_stale_temporaries(directory: Path) -> None:
         return
     for entry in directory.iterdir():
         match = _TEMPORARY.match(entry.name)
-        if match is None or _is_running(int(match.group(1))):
+        if match is None or is_running(int(match.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -101,7 +101,8 @@ def remove_stale_temporaries(directory: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _is_running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """Whether process `pid` exists (this one included)."""
     if pid == os.getpid():
         return True
     try:

@@ -360,7 +360,7 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
         key = ".".join(loc)
         if msg.startswith(("augmentation.", "regularization.", "model.")) and ": " in msg:  # a model validator's
             key, msg = msg.split(": ", 1)
-        if any(key == o or key.startswith(f"{o}.") for o in overridden):
+        if any(key == o or key.startswith(f"{o}.") or o.startswith(f"{key}.") for o in overridden):
             lines.append(f"--set {key}: {msg}")
         else:
             lines.append(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")

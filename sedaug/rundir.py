@@ -17,6 +17,7 @@ from pathlib import Path
 import sedaug
 from sedaug.deps import import_torchaudio
 from sedaug.errors import UserError
+from sedaug.files import is_running
 
 LOCK = ".lock"
 _HELD: set[Path] = set()  # the run directories this process holds locked
@@ -103,15 +104,38 @@ class RunDir:
         return rows
 
     @contextmanager
-    def lock(self, reentrant: bool = False) -> Iterator[None]:
-        """Hold the run directory for this process (an flock the OS drops when the process dies, kill -9 too): a
-        second writer, or an evaluation of a run still training, is refused with the holder's pid instead of
-        interleaving its files or reading a stale checkpoint. `reentrant`: held already by this process is fine (a
-        sweep's trial evaluates inside its train call)."""
-        key = self.root.resolve()
-        if reentrant and key in _HELD:
+    def reading(self) -> Iterator[None]:
+        """Read the run while no other process trains it (a shared flock against train's exclusive one: an
+        evaluation never scores a checkpoint about to change). Readers do not exclude each other, a read-only run
+        can be read, nothing is written; a run without a lock file has never had a writer. Within the process that
+        holds the run (a sweep trial evaluating inside its train call), reading is free."""
+        if self.root.resolve() in _HELD:
             yield
             return
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise UserError(f"{self.root} is being trained by another sedaug process (pid {holder}): wait for "
+                                "it, or stop it first") from None
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process (an flock the OS drops when the process dies, kill -9 too): a
+        second writer is refused with the holder's pid instead of interleaving its files, and so is a reader
+        (`reading`)."""
+        key = self.root.resolve()
         created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         lock_created = not (self.root / LOCK).exists()
@@ -122,9 +146,11 @@ class RunDir:
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise UserError(f"{self.root} is in use by another sedaug process (pid {holder}): wait for it, "
-                                "or stop it first") from None
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                # The file holds the last writer's pid; a reader (`reading`) writes none.
+                who = f"pid {holder}" if holder.isdigit() and is_running(int(holder)) else "an evaluation reading it"
+                raise UserError(f"{self.root} is in use by another sedaug process ({who}): wait for it, or stop it "
+                                "first") from None
             previous = os.pread(fd, 64, 0)  # the last holder's pid, put back if this process is refused
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -122,23 +122,36 @@ def test_two_processes_never_write_one_run_directory(cli, tmp_path):
 
 
 
-def test_a_run_is_not_evaluated_while_another_process_trains_it(trained):
+def hold(run: Path, how: str) -> subprocess.Popen:
+    """Another process holding `run` as train (`lock`) or an evaluation (`reading`) does, until its stdin closes."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
         import sys
         from pathlib import Path
         from sedaug.rundir import RunDir
-        with RunDir(Path({str(trained)!r})).lock():
+        with RunDir(Path({str(run)!r})).{how}():
             print("held", flush=True)
             sys.stdin.read()
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_run_is_not_evaluated_while_another_process_trains_it(trained, cli):
+    holder = hold(trained, "lock")
     try:
-        assert holder.stdout.readline() == "held\n"
         before = checksums(trained)
         result = CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"])
-        one_error(result, str(trained), "in use by another sedaug process", f"pid {holder.pid}")
+        one_error(result, str(trained), "being trained by another sedaug process", f"pid {holder.pid}")
         assert checksums(trained) == before
     finally:
         holder.communicate("")
+    reader = hold(trained, "reading")  # evaluations do not exclude each other; training waits for them
+    try:
+        result = CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        one_error(cli("--resume", epochs=2), "in use by another sedaug process (an evaluation reading it)")
+    finally:
+        reader.communicate("")
     assert CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"]).exit_code == 0  # released
 
 @pytest.mark.parametrize(("content", "why"), [

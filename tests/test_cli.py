@@ -47,6 +47,19 @@ def test_usage_errors_are_one_line_too(args, message):
     assert out.stderr.startswith(message), out.stderr
 
 
+def test_an_input_that_ends_is_one_line_too(monkeypatch, capsys, tmp_path):
+    from sedaug.cli import main
+
+    def ended(*args, **kwargs):
+        raise EOFError
+
+    monkeypatch.setattr("sedaug.table.build_table", ended)
+    monkeypatch.setattr(sys, "argv", ["sedaug", "table", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 1 and capsys.readouterr().err == "error: aborted: the input ended\n"
+
+
 def test_ctrl_c_outside_training_is_one_line_with_status_130(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

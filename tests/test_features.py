@@ -298,7 +298,8 @@ def test_extract_refuses_an_out_that_is_not_this_desed_store(real_layout, tmp_pa
     (features / "features.json").unlink()
     assert not extract_mels(tmp_path / "desed", features, workers=1, progress=False).skipped
     record = (features / "features.json").read_bytes()
-    # Another DESED's features are not replaced under the runs trained on them; the same DESED moved is the same.
+    # Another DESED's features are not replaced under the runs trained on them; a prepared folder copied elsewhere
+    # is the same DESED (prepared again elsewhere, its manifest holds other paths: another DESED).
     tsv = real_layout.root / SPLITS["eval"].metadata
     tsv.write_text(tsv.read_text().replace("Running_water", "Speech"))
     prepare_desed(real_layout.root, tmp_path / "other", progress=False)
@@ -367,8 +368,7 @@ def test_batches_carry_each_clips_real_frames(tiny_features, tmp_path):
     (lambda e: e.assign(filename=e.filename.where(e.index != 0, "nowhere.wav")), ":2: clip nowhere.wav is not in"),
     (lambda e: e.assign(onset=e.onset.where(e.index != 2, -1.0)), ":4: onset -1 is not a time >= 0"),
     (lambda e: e.assign(offset=e.onset.where(e.index != 0, e.offset)), ":3: offset .* is not after onset"),
-    (lambda e: e.assign(offset=e.offset.where(e.index != 1, 500.0)), ":3: offset 500 is past the clip's end"),
-], ids=["label", "clip", "onset", "offset", "past-end"])
+], ids=["label", "clip", "onset", "offset"])
 def test_a_damaged_events_table_is_one_line_naming_its_row(tiny_features, tmp_path, edit, message):
     features = shutil.copytree(tiny_features, tmp_path / "features")
     path = features / "eval" / "events.tsv"

@@ -223,6 +223,13 @@ def test_values_that_would_break_the_model_or_the_seeding_are_refused(tmp_path, 
     assert any(line.startswith(f"--set {message}") for line in str(e.value).splitlines()), str(e.value)
 
 
+def test_a_bad_set_value_is_blamed_on_the_set_even_where_pydantic_reports_its_parent():
+    vat = Path(__file__).parents[1] / "recipes" / "vat_input.yaml"
+    with pytest.raises(UserError) as e:
+        load_recipe(vat, ["augmentation.type=bogus"])  # a tagged union: reported at `augmentation`
+    assert str(e.value).startswith("--set augmentation: Input tag 'bogus' found using 'type' does not match")
+
+
 def test_not_a_mapping_and_missing_file(tmp_path):
     with pytest.raises(UserError, match="a recipe is a YAML mapping"):
         load_recipe(write(tmp_path, "- a\n- b\n"))

@@ -389,6 +389,8 @@ def test_compare_names_any_row_none_included_and_no_compare_turns_the_test_off(c
     assert {r["reference"] for r in rows} == {""} and "macro_diff" not in rows[0]
     result = CliRunner().invoke(app, ["table", str(ci_runs), "--ci", "95", "--no-compare", "--compare", "none"])
     assert result.exit_code == 1 and result.output == "error: --no-compare and --compare none exclude each other\n"
+    result = CliRunner().invoke(app, ["table", str(ci_runs), "--no-compare"])
+    assert result.exit_code == 1 and result.output.startswith("error: --no-compare goes with --ci LEVEL")
 
 
 def test_ci_in_worker_processes_equals_in_process(ci_runs):

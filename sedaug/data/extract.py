@@ -177,7 +177,7 @@ def _synthetic_split_hash(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame | N
 def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str) -> None:
     """Refuse an --out that is not this DESED's feature store (or a new or empty folder): a folder of anything else
     (a run, the DESED tree itself) would get the store's files among its own, and another DESED's store would be
-    replaced under the runs trained on it (the same DESED moved elsewhere is the same store)."""
+    replaced under the runs trained on it (a prepared folder copied elsewhere as it is, is the same store)."""
     advice = "give --out a new folder (e.g. data/features)"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: {advice}")
