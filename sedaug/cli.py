@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import warnings
 from enum import Enum
@@ -40,6 +41,12 @@ def user_errors(command):
             for line in str(e).splitlines():
                 print(f"error: {line}", file=sys.stderr)
             raise typer.Exit(e.exit_code) from None
+        except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing to tell it
+            try:  # Python's advice: point stdout at devnull, or the flush at exit fails again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports a reader gone
         except OSError as e:  # atomic writes leave the previous file in place: say what failed, nothing is lost
             where = e.filename or "sedaug"
             print(f"error: {where}: {e.strerror or e} (earlier outputs are left as they were)", file=sys.stderr)

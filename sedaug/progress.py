@@ -1,10 +1,12 @@
-"""The progress bar of long work (header reads, synthesis, extraction, PSDS, prediction)."""
+"""The progress bar of long work (header reads, synthesis, extraction, PSDS, prediction), on stderr: stdout is a
+command's output (a table piped into a file)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -13,6 +15,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+STDERR = Console(stderr=True)
 
 
 @contextmanager
@@ -25,7 +29,7 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not enabled) as bar:
+    with Progress(*columns, disable=not enabled, console=STDERR) as bar:
         task = bar.add_task(description, total=total)
 
         def advance(n: int = 1) -> None:

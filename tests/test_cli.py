@@ -60,6 +60,15 @@ def test_an_input_that_ends_is_one_line_too(monkeypatch, capsys, tmp_path):
     assert e.value.code == 1 and capsys.readouterr().err == "error: aborted: the input ended\n"
 
 
+def test_a_reader_gone_from_the_pipe_ends_quietly(monkeypatch, tmp_path):
+    def gone(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")  # `sedaug table ... | head -1`
+
+    monkeypatch.setattr("sedaug.table.build_table", gone)
+    result = run("table", tmp_path)
+    assert result.exit_code == 141 and result.output == ""
+
+
 def test_ctrl_c_outside_training_is_one_line_with_status_130(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
