@@ -1,5 +1,6 @@
-"""The progress bar of long work (header reads, synthesis, extraction, PSDS, prediction), on stderr: stdout is a
-command's output (a table piped into a file)."""
+"""The progress bar of long work (header reads, synthesis, extraction, PSDS, prediction), on stderr (stdout is a
+command's output: a table piped into a file) and only where stderr is a terminal (a log gets the commands' summary
+lines, not a bar's last frame before each error line)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from rich.progress import (
 STDERR = Console(stderr=True)
 
 
+def shown(enabled: bool) -> bool:
+    return enabled and STDERR.is_terminal
+
+
 @contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields `advance(n=1)`."""
@@ -29,7 +34,7 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not enabled, console=STDERR) as bar:
+    with Progress(*columns, disable=not shown(enabled), console=STDERR) as bar:
         task = bar.add_task(description, total=total)
 
         def advance(n: int = 1) -> None:

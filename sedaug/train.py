@@ -34,6 +34,7 @@ from sedaug.evaluation.predict import predict
 from sedaug.files import write_json, write_text
 from sedaug.model import CRNN
 from sedaug.progress import STDERR
+from sedaug.progress import shown as progress_shown
 from sedaug.recipe import Recipe, dump_recipe, load_recipe
 from sedaug.rundir import RunDir, environment
 
@@ -343,7 +344,7 @@ def _train(
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[losses]}")]
-    bar = Progress(*columns, disable=not progress, transient=True, console=STDERR)
+    bar = Progress(*columns, disable=not progress_shown(progress), transient=True, console=STDERR)
     try:
         with _stop_on_sigint() as sigint, bar:
             while state.epoch < recipe.optim.epochs:
