@@ -174,6 +174,23 @@ def test_an_edited_sweep_resumes_running_only_the_new_setting(edited_study):
     assert [(j["stage"], j["recipe"]) for j in resumed if j["stage"] == "search"] == [("search", "noise_latent")]
 
 
+def test_the_final_runs_of_a_row_the_edited_sweep_drops_move_to_replaced(edited_study, tiny_features, tmp_path):
+    from sedaug.sweep.run import run_sweep
+    from sedaug.table import build_table
+
+    out = shutil.copytree(edited_study.out, tmp_path / "out", ignore=shutil.ignore_patterns("ray"))  # sockets
+    sweep = study(tiny_features, [0.05, 0.1])
+    sweep["recipes"] = sweep["recipes"][1:]  # `none` removed
+    result = run_sweep(write_sweep(tmp_path / "study.yaml", sweep), out=out, resume=True, progress=False)
+    assert not (out / "final" / "none").exists()
+    [moved] = (out / "replaced" / "none").iterdir()
+    assert moved.name.startswith("seed1-") and (moved / "eval" / "results.json").is_file()
+    assert f"final/none/seed1 is of a seed or row the sweep no longer has: moved to replaced/none/{moved.name}" in \
+        result.notes
+    assert [r.recipe for r in build_table(out / "final").rows] == ["noise_latent"]
+    assert [r.recipe for r in build_table(out).rows] == ["noise_latent"]  # replaced/ is not read either
+
+
 def test_dry_run_plans_what_ran(edited_study):
     k = edited_study
     planned = {r.recipe: (r.trials, r.finals, r.epochs) for r in k.planned.rows}

@@ -300,20 +300,30 @@ def optuna_searcher(sweep, space: dict, records: list) -> tuple[Any, int]:
     return searcher, remaining
 
 
+def _set_aside(out: Path, run_dir: Path, why: str, notes: list[str]) -> None:
+    dest = out / "replaced" / run_dir.parent.name / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.rename(dest)
+    run_dir.with_name(f"{run_dir.name}.lock").unlink(missing_ok=True)  # its trials' lock (trial.locked)
+    if not any(run_dir.parent.iterdir()):
+        run_dir.parent.rmdir()  # a row with no final run left
+    notes.append(f"{run_dir.relative_to(out)} {why}: moved to {dest.relative_to(out)}")
+
+
 def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict, per_trial: dict,
            notes: list[str]) -> list[Path]:
     """Each recipe's winner on every seed, evaluated on eval (plan.final_trials). A final run of an earlier winner
-    (the search values were edited and another setting won) moves to <out>/replaced/, where table does not look."""
+    (the search values were edited and another setting won), or of a seed or row the edited sweep no longer has,
+    moves to <out>/replaced/, where table does not look."""
     trials = final_trials(loaded, chosen)
     for t in trials:
         run_dir = trial_dir(out, t)
         if (run_dir / "recipe.yaml").is_file() and not same_recipe(run_dir, loaded.bases[t["recipe"]], t["params"],
                                                                    t["seed"]):
-            dest = out / "replaced" / t["recipe"] / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            run_dir.rename(dest)
-            notes.append(f"{run_dir.relative_to(out)} was the final run of an earlier winner: moved to "
-                         f"{dest.relative_to(out)}")
+            _set_aside(out, run_dir, "was the final run of an earlier winner", notes)
+    for run_dir in sorted(p for p in (out / "final").glob("*/seed*") if p.is_dir() and p.name[4:].isdigit()):
+        if run_dir.parent.name not in loaded.bases or int(run_dir.name[4:]) not in loaded.sweep.seeds:
+            _set_aside(out, run_dir, "is of a seed or row the sweep no longer has", notes)
     pending = [t for t in trials if not _settled(out, loaded, t, {})]
     view.begin_stage("final (seeds, eval)", _per_recipe(trials), _per_recipe(trials, pending))
     if pending:
