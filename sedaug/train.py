@@ -40,7 +40,8 @@ from sedaug.rundir import RunDir, environment
 
 
 class Diverged(UserError):
-    """A loss became NaN or infinite in `epoch` (1-based) at global `step`; the last good checkpoint is kept."""
+    """A loss, or the model's validation outputs, became NaN or infinite in `epoch` (1-based) after `step` steps in
+    all (metrics.jsonl's count); the last good checkpoint is kept."""
 
     def __init__(self, message: str, epoch: int, step: int):
         super().__init__(message)
@@ -180,9 +181,12 @@ def training_step(recipe: Recipe, training: Training, batch: Batch, step: int, l
         return Losses(loss_class.detach(), loss_const.detach(), loss.detach())
 
 
-def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device, on_batch=None) -> float:
-    """Event-based macro F1 on `split` (synthetic_valid): the model selection of dcase20."""
+def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device, on_batch=None) -> float | None:
+    """Event-based macro F1 on `split` (synthetic_valid): the model selection of dcase20. None when the model's
+    outputs are not finite (an update blew the weights up after the epoch's last loss was read)."""
     strong = predict(model, split.mels, recipe.eval.batch_size, device, on_batch=on_batch)
+    if not np.isfinite(strong).all():
+        return None
     detections = decode(strong, split.filenames, recipe.eval.threshold, recipe.eval.median_window, split.durations)
     f1 = event_based_f1(detections, split.events, split.filenames)["macro"]
     return f1 if math.isfinite(f1) else 0.0  # no class has a reference event: nothing to select on
@@ -366,7 +370,7 @@ def _train(
                         mean = Losses(*(sums / done).tolist())
                         if not all(map(math.isfinite, mean)):
                             raise Diverged(f"{recipe.name}: loss became {mean.total} in epoch {epoch + 1} (step "
-                                           f"{step}): stopped; {saved()}", epoch + 1, step)
+                                           f"{state.global_step}): stopped; {saved()}", epoch + 1, state.global_step)
                         bar.update(task, completed=done, losses=f"class {mean.classification:.4f} "
                                    f"const {mean.consistency:.4f} w {weight:.3f}")
                     if sigint["stop"]:
@@ -386,6 +390,10 @@ def _train(
                 task = bar.add_task(f"epoch {epoch + 1}: synthetic_valid", total=len(valid), losses="")
                 valid_f1 = validate(model, valid, recipe, device, on_batch=lambda n, task=task: bar.advance(task, n))
                 bar.remove_task(task)
+                if valid_f1 is None:
+                    raise Diverged(f"{recipe.name}: the model's outputs on synthetic_valid became NaN or infinite in "
+                                   f"epoch {epoch + 1} (step {state.global_step}): stopped; {saved()}", epoch + 1,
+                                   state.global_step)
                 state.epoch, state.step_in_epoch, state.loss_sums = epoch + 1, 0, None
                 record = {
                     "epoch": epoch + 1, "step": state.global_step,

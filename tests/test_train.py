@@ -176,10 +176,24 @@ def test_nan_loss_stops_cleanly_keeping_the_last_good_checkpoint(tiny, tmp_path,
     with pytest.raises(Diverged, match="loss became nan") as diverged:
         train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=2"), run, resume=True, progress=False)
     assert all(torch.equal(good[k], v) for k, v in _weights(run).items())
-    steps = _metrics(run)[0]["step"]  # steps per epoch: epoch 2's first step has the global index `steps`
-    assert (diverged.value.epoch, diverged.value.step) == (2, steps + min(10, steps) - 1)
+    steps = _metrics(run)[0]["step"]  # steps per epoch; losses are read back every 10 steps, counted as metrics.jsonl
+    assert (diverged.value.epoch, diverged.value.step) == (2, steps + min(10, steps))
     copy = pickle.loads(pickle.dumps(diverged.value))  # as Ray ships it from a trial to the driver
     assert (str(copy), copy.epoch, copy.step) == (str(diverged.value), 2, diverged.value.step)
+
+
+def test_outputs_that_blow_up_after_the_last_loss_read_are_a_divergence_too(tiny, tmp_path, monkeypatch):
+    """An update can blow the weights up after the epoch's last loss was read: validation then sees NaN outputs,
+    which it used to score as F1 0 (a 'trained' run whose best.pt cannot be evaluated)."""
+    import numpy as np
+
+    real = __import__("sedaug.train", fromlist=["predict"]).predict
+    monkeypatch.setattr("sedaug.train.predict", lambda *a, **k: np.full_like(real(*a, **k), np.nan))
+    with pytest.raises(Diverged, match=r"outputs on synthetic_valid became NaN or infinite in epoch 1 \(step 2\): "
+                                       "stopped; no epoch had ended") as diverged:
+        train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=2"), tmp_path / "run", progress=False)
+    assert (diverged.value.epoch, diverged.value.step) == (1, 2)
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists() and _metrics(tmp_path / "run") == []
 
 
 def test_on_epoch_sees_each_written_epoch_and_what_it_raises_ends_training(tiny, tmp_path):
