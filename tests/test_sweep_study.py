@@ -191,6 +191,23 @@ def test_the_final_runs_of_a_row_the_edited_sweep_drops_move_to_replaced(edited_
     assert [r.recipe for r in build_table(out).rows] == ["noise_latent"]  # replaced/ is not read either
 
 
+def test_a_row_left_with_only_its_diverged_setting_is_a_note_and_the_sweep_ends_normally(edited_study, tiny_features,
+                                                                                          tmp_path):
+    from sedaug.sweep.run import run_sweep
+    from sedaug.table import build_table
+
+    out = shutil.copytree(edited_study.out, tmp_path / "out", ignore=shutil.ignore_patterns("ray"))
+    sweep = study(tiny_features, [0.05, 0.1])
+    sweep["recipes"][0]["search"] = {"optim.lr": {"grid": [1e30]}}  # the winner 1e-3 removed
+    result = run_sweep(write_sweep(tmp_path / "study.yaml", sweep), out=out, resume=True, progress=False)
+    [lost] = [n for n in result.notes if n.startswith("none: ")]
+    assert lost.startswith("none: every setting diverged (optim.lr=1e+30 in epoch ") and \
+        lost.endswith("): no final runs for this row"), lost
+    assert set(result.winners) == {"noise_latent"} and "selected noise_latent " in result.summary()
+    assert any(n.startswith("final/none/seed1 was the final run of an earlier winner, and no setting") for n in result.notes)
+    assert [r.recipe for r in build_table(out / "final").rows] == ["noise_latent"]
+
+
 def test_dry_run_plans_what_ran(edited_study):
     k = edited_study
     planned = {r.recipe: (r.trials, r.finals, r.epochs) for r in k.planned.rows}

@@ -74,7 +74,8 @@ class SweepResult:
         counts = ", ".join(f"{self.statuses.get(s, 0)} {w}" for s, w in
                            (("done", "done"), ("stopped", "stopped early"), ("diverged", "diverged"),
                             ("failed", "failed")))
-        chosen = "; ".join(f"{w.recipe} {_short(w.params) or 'defaults'} ({w.score:.3f})" for w in self.winners.values())
+        chosen = "; ".join(f"{w.recipe} {_short(w.params) or 'defaults'} ({w.score:.3f})"
+                           for w in self.winners.values()) or "no setting"
         seeds = ", ".join(map(str, self.seeds))
         return (f"sweep {self.name}: {self.trials} trials ({counts}, {self.retries} retried) in "
                 f"{elapsed // 60}m{elapsed % 60:02d}s (search {search // 60}m{search % 60:02d}s); selected {chosen}; trained on seeds {seeds} and evaluated on "
@@ -140,10 +141,10 @@ def run_sweep(
         write_selection(out, records, chosen)
         unsettled = [r for r in records if r.status not in ("done", "stopped", "diverged")]
         ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled)}
-        final_runs = _final(loaded, out, plan, view, ready, per_trial, notes)
+        lost = without_winner(records, chosen)
+        final_runs = _final(loaded, out, plan, view, ready, per_trial, notes, set(lost))
     problems = []
-    lost = without_winner(records, chosen)
-    problems += lost.values()
+    notes += lost.values()  # a result, as a diverged setting is: --resume would not change it
     unfinished = sorted({r.recipe for r in unsettled} | {n for n in loaded.bases if n not in chosen and n not in lost})
     if unfinished:
         problems.append(f"the search of {', '.join(unfinished)} is not finished ({len(unsettled)} trials failed or "
@@ -158,7 +159,8 @@ def run_sweep(
         errors = journal_errors(out) if unsettled or unfinal else []
         last = f"; the last error: {errors[-1]}" if errors else ""
         retry = "; `sedaug sweep --resume` retries" if unsettled or unfinal else ""
-        raise UserError("\n".join([*problems[:-1], f"{out}: {problems[-1]}{last}; Ray's logs in {out / 'ray'}{retry}"]))
+        raise UserError("\n".join([*lost.values(), *problems[:-1],
+                                   f"{out}: {problems[-1]}{last}; Ray's logs in {out / 'ray'}{retry}"]))
     statuses: dict[str, int] = {}
     for r in records:
         statuses[r.status] = statuses.get(r.status, 0) + 1
@@ -311,10 +313,10 @@ def _set_aside(out: Path, run_dir: Path, why: str, notes: list[str]) -> None:
 
 
 def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict, per_trial: dict,
-           notes: list[str]) -> list[Path]:
+           notes: list[str], lost: set[str]) -> list[Path]:
     """Each recipe's winner on every seed, evaluated on eval (plan.final_trials). A final run of an earlier winner
-    (the search values were edited and another setting won), or of a seed or row the edited sweep no longer has,
-    moves to <out>/replaced/, where table does not look."""
+    (the search values were edited and another setting won, or none is left to win: the rows `lost`), or of a seed
+    or row the edited sweep no longer has, moves to <out>/replaced/, where table does not look."""
     trials = final_trials(loaded, chosen)
     for t in trials:
         run_dir = trial_dir(out, t)
@@ -324,6 +326,9 @@ def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict, per_t
     for run_dir in sorted(p for p in (out / "final").glob("*/seed*") if p.is_dir() and p.name[4:].isdigit()):
         if run_dir.parent.name not in loaded.bases or int(run_dir.name[4:]) not in loaded.sweep.seeds:
             _set_aside(out, run_dir, "is of a seed or row the sweep no longer has", notes)
+        elif run_dir.parent.name in lost:
+            _set_aside(out, run_dir, "was the final run of an earlier winner, and no setting of its row is left to "
+                       "select", notes)
     pending = [t for t in trials if not _settled(out, loaded, t, {})]
     view.begin_stage("final (seeds, eval)", _per_recipe(trials), _per_recipe(trials, pending))
     if pending:
