@@ -76,28 +76,43 @@ def _plot_train_curves(metrics: list[dict[str, Any]], path: Path) -> None:
 
     epochs = [row["epoch"] for row in metrics]
     fig = Figure(figsize=(12, 3.6), layout="constrained")
-    losses, weight, valid = fig.subplots(1, 3)
-    for key, label in (("loss_class", "classification"), ("loss_const", "consistency"), ("loss_total", "total")):
-        losses.plot(epochs, [row[key] for row in metrics], marker=".", label=label)
+    losses, ramps, valid = fig.subplots(1, 3)
+    consistency = any(row["loss_const"] for row in metrics)  # `none` has no consistency term: no line, no w(t)
+    # The total under a wide pale line: where it equals the classification loss (no consistency), both show.
+    losses.plot(epochs, [row["loss_total"] for row in metrics], color="tab:green", linewidth=5, alpha=0.35,
+                label="total")
+    losses.plot(epochs, [row["loss_class"] for row in metrics], marker=".", color="tab:blue", label="classification")
+    if consistency:
+        losses.plot(epochs, [row["loss_const"] for row in metrics], marker=".", color="tab:orange",
+                    label="consistency (unweighted)")
     losses.set(title="training losses (epoch means)", xlabel="epoch", yscale="log")
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
+
+    # Plain numbers ("1.45×10⁰" otherwise); the minor ticks labelled only within one decade, where they are all.
+    plotted = [v for line in losses.get_lines() for v in line.get_ydata() if v > 0]
+    losses.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    narrow = plotted and max(plotted) < 10 * min(plotted)
+    losses.yaxis.set_minor_formatter(FormatStrFormatter("%.3g") if narrow else NullFormatter())
     losses.legend()
-    weight.plot(epochs, [row["weight"] for row in metrics], marker=".", color="tab:purple", label="w(t)")
-    lr_axis = weight.twinx()
-    lr_axis.plot(epochs, [row["lr"] for row in metrics], marker="x", linestyle="--", color="tab:gray", label="lr")
-    # From 0: both ramps end at their recipe values; a zoomed axis would make a flat line look like a ramp.
-    weight.set_ylim(0, 1.1 * max(max(row["weight"] for row in metrics), 1e-12))
-    lr_axis.set_ylim(0, 1.1 * max(max(row["lr"] for row in metrics), 1e-12))
-    weight.set(title="consistency weight w(t) and learning rate", xlabel="epoch", ylabel="w(t)")
-    lr_axis.set_ylabel("lr")
-    weight.legend(handles=[*weight.get_lines(), *lr_axis.get_lines()], loc="lower right")
+    # Both ramp up over the same kind of schedule and often coincide: lr as a wide pale line under a thin w(t).
+    ramps.plot(epochs, [row["lr"] for row in metrics], color="tab:gray", linewidth=5, alpha=0.45, label="lr")
+    ramps.set_ylim(0, 1.1 * max(max(row["lr"] for row in metrics), 1e-12))  # from 0: a flat line stays flat
+    ramps.set(title="learning rate" + (" and consistency weight w(t)" if consistency else ""), xlabel="epoch",
+              ylabel="lr")
+    handles = list(ramps.get_lines())
+    if consistency:
+        weight = ramps.twinx()
+        weight.plot(epochs, [row["weight"] for row in metrics], marker=".", color="tab:purple", label="w(t)")
+        weight.set_ylim(0, 1.1 * max(max(row["weight"] for row in metrics), 1e-12))
+        weight.set_ylabel("w(t)")
+        handles += weight.get_lines()
+    ramps.legend(handles=handles, loc="lower right")
     best = max(metrics, key=lambda row: row["valid_f1"])
     valid.plot(epochs, [row["valid_f1"] for row in metrics], marker=".", color="tab:green")
     valid.axvline(best["epoch"], linestyle="--", color="gray", label=f"best.pt: epoch {best['epoch']}")
     valid.set(title="synthetic_valid event-based macro F1", xlabel="epoch", ylim=(0, max(0.05, 1.1 * best["valid_f1"])))
     valid.legend()
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (losses, weight, valid):
+    for ax in (losses, ramps, valid):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     with atomic_path(path) as tmp:

@@ -78,8 +78,8 @@ def _score_curves(ax, scores: np.ndarray, duration: float, detected: list[str], 
     near = 0.5 * threshold if threshold is not None else 0.5
     shown = [c for i, c in enumerate(CLASSES) if c in detected or scores[:frames, i].max() >= near]
     for label in shown:
-        ax.stairs(scores[:frames, CLASSES.index(label)], edges, color=colours[label], lw=1.2,
-                  label=label.replace("_", " "))
+        ax.stairs(scores[:frames, CLASSES.index(label)], edges, color=colours[label], lw=1.2, baseline=None,
+                  label=label.replace("_", " "))  # baseline None: no drop to 0 at either end
     if threshold is not None:
         ax.axhline(threshold, color="0.2", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.set(ylim=(0, 1.02), ylabel="frame score", xlim=(0, duration))
