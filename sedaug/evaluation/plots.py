@@ -8,7 +8,7 @@ from typing import Any
 from sedaug.files import atomic_path
 
 
-def plot_psd_rocs(psd_rocs: dict[str, Any], path: Path) -> None:
+def plot_psd_rocs(psd_rocs: dict[str, Any], path: Path, title: str = "") -> None:
     """PSD-ROC curves (psds_eval), one panel per variant, written as a PNG (no pyplot state, any backend)."""
     from matplotlib.figure import Figure
 
@@ -23,6 +23,7 @@ def plot_psd_rocs(psd_rocs: dict[str, Any], path: Path) -> None:
         ax.set(xlim=(0, psd.max_efpr), ylim=(0, 1), xlabel=f"eFPR per {psd.duration_unit}", ylabel="eTPR",
                title=f"{name} = {psd.value:.3f}  (alpha_ct {psd.alpha_ct:g}, alpha_st {psd.alpha_st:g})")
         ax.grid(alpha=0.3)
+    fig.suptitle(title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
@@ -49,9 +50,14 @@ def plot_per_class(results: dict[str, Any], path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(list(rows), CLASSES)
     axes[0].invert_yaxis()
-    fig.suptitle(f"{results.get('recipe', '')} seed {results.get('seed', '')} on {results.get('split', '')}")
+    fig.suptitle(run_title(results))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+def run_title(results: dict[str, Any]) -> str:
+    """What a run's evaluation figures are of: "baseline seed 0 on eval"."""
+    return f"{results.get('recipe', '')} seed {results.get('seed', '')} on {results.get('split', '')}"
 
 
 def _fmt(x: float | None) -> str:
@@ -65,6 +71,7 @@ def plot_table(table, path: Path) -> None:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     rows = table.rows
     boot = table.bootstrap
@@ -87,6 +94,10 @@ def plot_table(table, path: Path) -> None:
             if cell.paper is not None:
                 ax.plot(cell.paper, y, "D", mfc="none", mec="tab:orange", ms=6, mew=1.5)
         ax.set(title=metric, xlabel=metric)
+        lo, hi = ax.get_xlim()  # scores lie in [0, 1]: no axis far past either end (all zeros gave -0.04..0.04)
+        ax.set_xlim(max(lo, -0.03 * (hi - lo)), min(hi, 1 + 0.03 * (hi - lo)))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # tiny scores' long tick labels ran together
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         ax.grid(axis="x", alpha=0.3)
         ax.set_yticks(list(ys), [f"{r.recipe} (n={r.n})" for r in rows])
     axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
@@ -94,7 +105,8 @@ def plot_table(table, path: Path) -> None:
             if boot is not None else "± std over seeds")
     handles = [Line2D([], [], color="0.3", marker="o", lw=2, label=f"mean, {what}")]
     if reference is not None:
-        handles += [Patch(color="tab:blue", alpha=0.12, label=f"{reference}'s interval"),
+        handles += [Line2D([], [], color="tab:blue", marker="o", lw=2, label=f"{reference}, the reference row"),
+                    Patch(color="tab:blue", alpha=0.12, label=f"{reference}'s interval"),
                     Line2D([], [], color="tab:green", marker="o", lw=2, label=f"above {reference} (paired interval > 0)"),
                     Line2D([], [], color="tab:red", marker="o", lw=2, label=f"below {reference} (paired interval < 0)")]
     if any(r.cells[m].paper is not None for r in rows for m in table.metrics):

@@ -19,7 +19,7 @@ from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS
 from sedaug.errors import UserError
 from sedaug.evaluation.f1 import EVENT_BASED, event_based_f1, nan_to_none
-from sedaug.evaluation.plots import plot_per_class, plot_psd_rocs
+from sedaug.evaluation.plots import plot_per_class, plot_psd_rocs, run_title
 from sedaug.evaluation.postprocess import (
     as_scores,
     decode,
@@ -149,7 +149,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path, timing: dict[str, fl
         with timed(timing, "write"):
             write_scores(evaluation.scores, tmp / "scores")
             write_tsv(tmp / "detections.tsv", evaluation.detections)
-            plot_psd_rocs(evaluation.psd_rocs, tmp / "psd_roc.png")
+            plot_psd_rocs(evaluation.psd_rocs, tmp / "psd_roc.png", run_title(evaluation.results))
             plot_per_class(evaluation.results, tmp / "per_class.png")
         results = _json_safe({**evaluation.results, "timing": timing})
         write_json(tmp / "results.json", results)
