@@ -214,12 +214,10 @@ def sweep(
     """Select each recipe's hyper-parameters on synthetic_valid with Ray Tune, then train the winners on the seeds."""
     if dry_run:
         from sedaug.sweep.cluster import parse_address
-        from sedaug.sweep.plan import dry_run as plan_sweep
-        from sedaug.sweep.spec import load_sweep
+        from sedaug.sweep.run import plan_sweep
 
-        loaded = load_sweep(spec, list(set_))
         parse_address(address)
-        plan = plan_sweep(loaded, timed=False)
+        plan = plan_sweep(spec, out=out, resume=resume, overrides=list(set_))
         print(plan.header(), flush=True)
         for row in plan.timed():  # a few steps of each recipe family, printed as they are timed
             print(plan.row_line(row), flush=True)

@@ -208,6 +208,19 @@ def test_a_row_left_with_only_its_diverged_setting_is_a_note_and_the_sweep_ends_
     assert [r.recipe for r in build_table(out / "final").rows] == ["noise_latent"]
 
 
+def test_a_dry_run_of_a_resume_refuses_what_the_resume_would_and_says_what_is_done(edited_study):
+    from sedaug.sweep.run import plan_sweep
+
+    k = edited_study
+    with pytest.raises(UserError, match="is not empty: pass --resume"):
+        plan_sweep(k.spec, out=k.out)
+    with pytest.raises(UserError, match="--resume: recipe .* optim.epochs"):
+        plan_sweep(k.spec, out=k.out, resume=True, overrides=["optim.epochs=4"])
+    planned = plan_sweep(k.spec, out=k.out, resume=True)
+    assert f"--resume: 4 of the search trials and 2 of the final runs are done in {k.out} already (the estimate " \
+           "counts them all)" in planned.notes
+
+
 def test_dry_run_plans_what_ran(edited_study):
     k = edited_study
     planned = {r.recipe: (r.trials, r.finals, r.epochs) for r in k.planned.rows}

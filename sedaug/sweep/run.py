@@ -38,7 +38,7 @@ from sedaug.sweep.select import (
     write_selection,
 )
 from sedaug.sweep.spec import LoadedSweep, load_sweep
-from sedaug.sweep.trial import Plan, setting_id, trial_dir, trial_spec
+from sedaug.sweep.trial import Plan, final_dir, setting_id, trial_dir, trial_spec
 
 INSTALL_HINT = "sedaug sweep needs Ray Tune and Optuna: pip install 'sedaug[sweep]'"
 
@@ -107,7 +107,7 @@ def run_sweep(
     _import_ray(loaded.sweep.algorithm.type == "optuna")
     from sedaug.sweep.view import SweepView
 
-    out = Path(out if out is not None else Path("runs") / "sweeps" / Path(spec_path).stem).absolute()
+    out = _out_dir(spec_path, out)
     check_out(out, loaded, resume)  # before anything is written, as the resources are
     sweep = loaded.sweep
     per_trial = trial_resources(loaded)
@@ -167,6 +167,30 @@ def run_sweep(
     chosen_w = {n: Winner(n, w.setting, w.params, w.score, w.run_dir) for n, w in chosen.items()}
     return SweepResult(out, Path(spec_path).stem, statuses, view.retries, chosen_w, list(sweep.seeds), final_runs,
                        search_s, time.monotonic() - started, notes)
+
+
+def _out_dir(spec_path: Path, out: Path | None) -> Path:
+    return Path(out if out is not None else Path("runs") / "sweeps" / Path(spec_path).stem).absolute()
+
+
+def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, overrides: list[str] = ()):
+    """`sedaug sweep --dry-run`: the plan (untimed: `DryRun.timed()` times it) of the sweep these arguments would
+    run, refused where `run_sweep` would refuse it (a non-empty --out without --resume, an incomparable edit); with
+    --resume, a note says how much of it is done already. Starts nothing, writes nothing."""
+    from sedaug.sweep.plan import dry_run
+
+    loaded = load_sweep(Path(spec_path), list(overrides))
+    out = _out_dir(spec_path, out)
+    check_out(out, loaded, resume)
+    plan = dry_run(loaded, timed=False)
+    if resume and out.is_dir():
+        records = search_records(loaded, out)
+        done = sum(r.status in ("done", "stopped", "diverged") for r in records)
+        finals = [final_dir(out, name, seed) for name in loaded.bases for seed in loaded.sweep.seeds]
+        finals_done = sum((r / "eval" / "results.json").is_file() for r in finals)
+        plan.notes.append(f"--resume: {done} of the search trials and {finals_done} of the final runs are done in "
+                          f"{out} already (the estimate counts them all)")
+    return plan
 
 
 def _import_ray(optuna: bool) -> None:
