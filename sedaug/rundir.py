@@ -118,14 +118,10 @@ class RunDir:
             yield
             return
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise UserError(f"{self.root} is being trained by another sedaug process (pid {holder}): wait for "
-                                "it, or stop it first") from None
+            holder = _flock(fd, fcntl.LOCK_SH)
+            if holder is not None:
+                raise UserError(f"{self.root} is being trained by another sedaug process (pid {holder or '?'}): wait "
+                                "for it, or stop it first")
             yield
         finally:
             os.close(fd)
@@ -141,16 +137,11 @@ class RunDir:
         lock_created = not (self.root / LOCK).exists()
         fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                # The file holds the last writer's pid; a reader (`reading`) writes none.
+            holder = _flock(fd, fcntl.LOCK_EX)
+            if holder is not None:  # the file holds the last writer's pid; a reader (`reading`) writes none
                 who = f"pid {holder}" if holder.isdigit() and is_running(int(holder)) else "an evaluation reading it"
                 raise UserError(f"{self.root} is in use by another sedaug process ({who}): wait for it, or stop it "
-                                "first") from None
+                                "first")
             previous = os.pread(fd, 64, 0)  # the last holder's pid, put back if this process is refused
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -169,6 +160,18 @@ class RunDir:
         finally:
             _HELD.discard(key)
             os.close(fd)  # releases the lock
+
+
+def _flock(fd: int, mode: int) -> str | None:
+    """Take the flock `mode` without waiting: None, or, where another process holds the file, what it holds (the
+    last writer's pid)."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return None
 
 
 def run_holding(path: Path) -> Path | None:
