@@ -141,7 +141,9 @@ def run_sweep(
         write_selection(out, records, chosen)
         unsettled = [r for r in records if r.status not in ("done", "stopped", "diverged")]
         ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled)}
-        lost = without_winner(records, chosen)
+        planned = {name: sweep.algorithm.trials if sweep.algorithm.type == "optuna" else
+                   sum(t["recipe"] == name for t in searched.trials) for name in loaded.bases}
+        lost = without_winner(records, chosen, planned)
         final_runs = _final(loaded, out, plan, view, ready, per_trial, notes, set(lost))
     problems = []
     notes += lost.values()  # a result, as a diverged setting is: --resume would not change it

@@ -137,16 +137,18 @@ def winners(records: list[TrialRecord]) -> dict[str, TrialRecord]:
     return best
 
 
-def without_winner(records: list[TrialRecord], chosen: dict[str, TrialRecord]) -> dict[str, str]:
-    """{recipe: one line naming it} for each row whose trials all ended without one to select: every one diverged
-    (its settings named), or the rest were stopped early by ASHA before the last epoch, where a selection split other
-    than synthetic_valid is scored. No final runs for such a row; the other rows go on."""
+def without_winner(records: list[TrialRecord], chosen: dict[str, TrialRecord], planned: dict[str, int]) -> dict[str, str]:
+    """{recipe: one line naming it} for each row whose `planned` trials all ended without one to select: every one
+    diverged (its settings named), or the rest were stopped early by ASHA before the last epoch, where a selection
+    split other than synthetic_valid is scored. No final runs for such a row; the other rows go on. (A trial that
+    failed before it had a folder has no record: its row is not counted here, but as unfinished.)"""
     rows: dict[str, list[TrialRecord]] = {}
     for r in records:
         rows.setdefault(r.recipe, []).append(r)
     out = {}
     for name, mine in rows.items():
-        if name in chosen or not all(r.status in ("diverged", "stopped") for r in mine):
+        if name in chosen or len(mine) < planned.get(name, 0) or not all(r.status in ("diverged", "stopped")
+                                                                          for r in mine):
             continue
         diverged = [r for r in mine if r.status == "diverged"]
         if len(diverged) == len(mine):
