@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import select
 import sys
 import warnings
 from enum import Enum
@@ -29,6 +30,25 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader went away (`| head`): a BrokenPipeError may be a socket's too."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # not a file descriptor (a test's capture), no poll (Windows)
+        return False
+
+
+def _reader_gone() -> None:
+    """End quietly: nobody reads stdout any more. Python's advice: point it at devnull, or the flush at exit fails."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    raise typer.Exit(141)  # 128 + SIGPIPE, as a shell reports a reader gone
+
+
 def user_errors(command):
     """Report a UserError, or an OSError of the environment (a full disk, a folder where a file should be, a
     permission), as one line per problem on stderr and exit non-zero, with no traceback."""
@@ -41,13 +61,9 @@ def user_errors(command):
             for line in str(e).splitlines():
                 print(f"error: {line}", file=sys.stderr)
             raise typer.Exit(e.exit_code) from None
-        except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing to tell it
-            try:  # Python's advice: point stdout at devnull, or the flush at exit fails again
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            except (OSError, ValueError):
-                pass
-            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports a reader gone
         except OSError as e:  # atomic writes leave the previous file in place: say what failed, nothing is lost
+            if isinstance(e, BrokenPipeError) and _stdout_gone():
+                _reader_gone()
             where = e.filename or "sedaug"
             print(f"error: {where}: {e.strerror or e} (earlier outputs are left as they were)", file=sys.stderr)
             raise typer.Exit(1) from None
@@ -347,6 +363,13 @@ def main() -> None:
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"error: {command}: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
         raise SystemExit(getattr(e, "exit_code", 2)) from None
+    try:
+        sys.stdout.flush()  # buffered output meets a closed pipe here, after the command
+    except BrokenPipeError:
+        try:
+            _reader_gone()
+        except typer.Exit as e:
+            raise SystemExit(e.exit_code) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

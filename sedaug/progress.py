@@ -4,6 +4,7 @@ lines, not a bar's last frame before each error line)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -21,7 +22,9 @@ STDERR = Console(stderr=True)
 
 
 def shown(enabled: bool) -> bool:
-    return enabled and STDERR.is_terminal
+    # The file itself, not rich's is_terminal, which FORCE_COLOR (often set in CI) turns on for a log file too.
+    isatty = getattr(sys.stderr, "isatty", None)
+    return enabled and isatty is not None and isatty()
 
 
 @contextmanager

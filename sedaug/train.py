@@ -417,5 +417,5 @@ def _train(
         log.close()
         board.close()
         if metrics:
-            watch.plot_train_curves(metrics, run.curves)
+            watch.plot_train_curves(metrics, run.curves, consistency=recipe.augmentation.type != "none")
     return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch, str(config))

@@ -58,44 +58,46 @@ def log_evaluation(run: RunDir, results: dict[str, Any]) -> None:
             writer.add_scalar(f"{split}/psds1/{cls}", value, epoch)
 
 
-def plot_train_curves(metrics: list[dict[str, Any]], path: Path) -> None:
+def plot_train_curves(metrics: list[dict[str, Any]], path: Path, consistency: bool = True) -> None:
     """Losses, the consistency weight w(t) and synthetic_valid F1 over epochs, as one PNG (written atomically).
 
     Called while an error is on its way out (training's clean-up after a failed checkpoint write, say), a failure
     here is dropped: the figure is a by-product, and the same full disk must be reported as the checkpoint's."""
     failing = sys.exc_info()[1] is not None
     try:
-        _plot_train_curves(metrics, path)
+        _plot_train_curves(metrics, path, consistency)
     except Exception:
         if not failing:
             raise
 
 
-def _plot_train_curves(metrics: list[dict[str, Any]], path: Path) -> None:
+def _plot_train_curves(metrics: list[dict[str, Any]], path: Path, consistency: bool) -> None:
+    """`consistency`: the recipe has a consistency term (`none` has none: no consistency loss, no w(t))."""
     from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in metrics]
     fig = Figure(figsize=(12, 3.6), layout="constrained")
     losses, ramps, valid = fig.subplots(1, 3)
-    consistency = any(row["loss_const"] for row in metrics)  # `none` has no consistency term: no line, no w(t)
     # The total under a wide pale line: where it equals the classification loss (no consistency), both show.
     losses.plot(epochs, [row["loss_total"] for row in metrics], color="tab:green", linewidth=5, alpha=0.35,
-                label="total")
+                marker="o", label="total")
     losses.plot(epochs, [row["loss_class"] for row in metrics], marker=".", color="tab:blue", label="classification")
     if consistency:
         losses.plot(epochs, [row["loss_const"] for row in metrics], marker=".", color="tab:orange",
                     label="consistency (unweighted)")
-    losses.set(title="training losses (epoch means)", xlabel="epoch", yscale="log")
     from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 
-    # Plain numbers ("1.45×10⁰" otherwise); the minor ticks labelled only within one decade, where they are all.
+    # Log where the losses span more than a decade (classification against consistency), else linear: a log axis
+    # within one decade has one labelled tick, or crowded minor ones.
     plotted = [v for line in losses.get_lines() for v in line.get_ydata() if v > 0]
-    losses.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-    narrow = plotted and max(plotted) < 10 * min(plotted)
-    losses.yaxis.set_minor_formatter(FormatStrFormatter("%.3g") if narrow else NullFormatter())
+    wide = bool(plotted) and max(plotted) > 10 * min(plotted)
+    losses.set(title="training losses (epoch means)", xlabel="epoch", yscale="log" if wide else "linear")
+    losses.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # plain numbers, not "1.45×10⁰"
+    losses.yaxis.set_minor_formatter(NullFormatter())
     losses.legend()
     # Both ramp up over the same kind of schedule and often coincide: lr as a wide pale line under a thin w(t).
-    ramps.plot(epochs, [row["lr"] for row in metrics], color="tab:gray", linewidth=5, alpha=0.45, label="lr")
+    ramps.plot(epochs, [row["lr"] for row in metrics], color="tab:gray", linewidth=5, alpha=0.45, marker="o",
+               label="lr")
     ramps.set_ylim(0, 1.1 * max(max(row["lr"] for row in metrics), 1e-12))  # from 0: a flat line stays flat
     ramps.set(title="learning rate" + (" and consistency weight w(t)" if consistency else ""), xlabel="epoch",
               ylabel="lr")
@@ -114,6 +116,7 @@ def _plot_train_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     valid.legend()
     for ax in (losses, ramps, valid):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, len(epochs) + 0.5)  # one epoch is one point, not an axis of 0.945…1.05
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

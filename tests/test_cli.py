@@ -60,13 +60,17 @@ def test_an_input_that_ends_is_one_line_too(monkeypatch, capsys, tmp_path):
     assert e.value.code == 1 and capsys.readouterr().err == "error: aborted: the input ended\n"
 
 
-def test_a_reader_gone_from_the_pipe_ends_quietly(monkeypatch, tmp_path):
+def test_a_reader_gone_from_the_pipe_ends_quietly_and_another_broken_pipe_is_an_error(monkeypatch, tmp_path):
+    runs = Path(__file__).parent / "fixtures" / "table" / "runs"
+    piped = subprocess.run(["bash", "-c", f'"{sys.executable}" -m sedaug table "{runs}" --format csv | head -c 0; '
+                            'echo "${PIPESTATUS[0]}"'], capture_output=True, text=True)
+    assert (piped.stdout, piped.stderr) == ("141\n", "")  # `| head`: nothing to tell a reader that left
+
     def gone(*args, **kwargs):
-        raise BrokenPipeError(32, "Broken pipe")  # `sedaug table ... | head -1`
+        raise BrokenPipeError(32, "Broken pipe")  # a socket's, say: stdout is fine
 
     monkeypatch.setattr("sedaug.table.build_table", gone)
-    result = run("table", tmp_path)
-    assert result.exit_code == 141 and result.output == ""
+    one_line_error(run("table", tmp_path), "error: sedaug: Broken pipe")
 
 
 def test_ctrl_c_outside_training_is_one_line_with_status_130(monkeypatch, tmp_path):
