@@ -217,8 +217,8 @@ def test_a_dry_run_of_a_resume_refuses_what_the_resume_would_and_says_what_is_do
     with pytest.raises(UserError, match="--resume: recipe .* optim.epochs"):
         plan_sweep(k.spec, out=k.out, resume=True, overrides=["optim.epochs=4"])
     planned = plan_sweep(k.spec, out=k.out, resume=True)
-    assert f"--resume: 4 of the search trials and 2 of the final runs are done in {k.out} already (the estimate " \
-           "counts them all)" in planned.notes
+    assert any(n.startswith(f"--resume: 4 of the search trials and 2 of the final runs are done in {k.out} already")
+               for n in planned.notes)
 
 
 def test_dry_run_plans_what_ran(edited_study):

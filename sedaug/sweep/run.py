@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.errors import Interrupted, UserError
-from sedaug.rundir import read_diverged
+from sedaug.rundir import RunDir, read_diverged
 from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, parse_address, ray_session
 from sedaug.sweep.outdir import check_out, write_out
 from sedaug.sweep.plan import SearchPlan, domain, final_trials, plan_search, same_recipe, trial_resources
@@ -191,7 +191,8 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
         finals = [final_dir(out, name, seed) for name in loaded.bases for seed in loaded.sweep.seeds]
         finals_done = sum((r / "eval" / "results.json").is_file() for r in finals)
         plan.notes.append(f"--resume: {done} of the search trials and {finals_done} of the final runs are done in "
-                          f"{out} already (the estimate counts them all)")
+                          f"{out} already (the estimate counts them all; a final run of a winner the edit dethrones is "
+                          "set aside and trained again)")
     return plan
 
 
@@ -331,7 +332,8 @@ def optuna_searcher(sweep, space: dict, records: list) -> tuple[Any, int]:
 def _set_aside(out: Path, run_dir: Path, why: str, notes: list[str]) -> None:
     dest = out / "replaced" / run_dir.parent.name / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.rename(dest)
+    with RunDir(run_dir).lock():  # not from under an evaluation reading it (refused, one line)
+        run_dir.rename(dest)
     run_dir.with_name(f"{run_dir.name}.lock").unlink(missing_ok=True)  # its trials' lock (trial.locked)
     if not any(run_dir.parent.iterdir()):
         run_dir.parent.rmdir()  # a row with no final run left
