@@ -40,13 +40,15 @@ def _stdout_gone() -> bool:
         return False
 
 
-def _reader_gone() -> None:
-    """End quietly: nobody reads stdout any more. Python's advice: point it at devnull, or the flush at exit fails."""
+READER_GONE = 141  # 128 + SIGPIPE: the status a shell reports for a command whose stdout reader went away
+
+
+def _silence_stdout() -> None:
+    """Nobody reads stdout any more: point it at devnull (Python's advice), or the flush at exit fails again."""
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, ValueError):
         pass
-    raise typer.Exit(141)  # 128 + SIGPIPE, as a shell reports a reader gone
 
 
 def user_errors(command):
@@ -62,8 +64,9 @@ def user_errors(command):
                 print(f"error: {line}", file=sys.stderr)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # atomic writes leave the previous file in place: say what failed, nothing is lost
-            if isinstance(e, BrokenPipeError) and _stdout_gone():
-                _reader_gone()
+            if isinstance(e, BrokenPipeError) and _stdout_gone():  # `| head`: nothing to tell a reader that left
+                _silence_stdout()
+                raise typer.Exit(READER_GONE) from None
             where = e.filename or "sedaug"
             print(f"error: {where}: {e.strerror or e} (earlier outputs are left as they were)", file=sys.stderr)
             raise typer.Exit(1) from None
@@ -353,7 +356,7 @@ def main() -> None:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(1)
-    if len(sys.argv) == 1:  # `sedaug` alone: the help, as click prints it
+    if len(sys.argv) == 1:  # `sedaug` alone: the help, as click prints it (and exits)
         app(prog_name="sedaug")
     try:
         code = app(prog_name="sedaug", standalone_mode=False)
@@ -366,10 +369,8 @@ def main() -> None:
     try:
         sys.stdout.flush()  # buffered output meets a closed pipe here, after the command
     except BrokenPipeError:
-        try:
-            _reader_gone()
-        except typer.Exit as e:
-            raise SystemExit(e.exit_code) from None
+        _silence_stdout()
+        raise SystemExit(READER_GONE) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 
 
