@@ -65,6 +65,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
           - recipe: recipes/none.yaml
             search:
               optim.lr: {grid: []}
+              consistency.weigth: {grid: [1.0, 2.0]}
         search:
           optim.lr: {uniform: [1.0e-4, 1.0e-2]}
         seeds: [0, 0]
@@ -84,12 +85,14 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         # each searched key and value against the base recipe (the top-level search applies to every recipe)
         f"{at}.optim.lr: uniform is sampled: the grid algorithm takes {{grid: [...]}} (or use random/optuna)",
         f"{at}.augmentation.epsilon: -0.5 for vat_input: Input should be greater than 0",
-        f"{at}.augmentation.sigma: 0.1 for vat_input: not a key of recipe vat_input",
+        f"{at}.augmentation.sigma: not a key of recipe vat_input",
         f"{at}.optim.epochs: a row's trials all run its one optim.epochs (early stopping and selection count to it): "
         "set it, and let early_stopping cut the poor settings short",
         f"{at}.optim.max_steps_per_epoch: 2.5 for vat_input: Input should be a valid integer",
         f"{at}.seed: the sweep's `seeds` and `search_seed` set it",
         f"{path}: recipes[1].recipe: recipes/missing.yaml: cannot read recipe (No such file or directory)",
+        # an entry with a bad searched key still has its other keys checked
+        f"{path}: recipes[2].search.consistency.weigth: not a key of recipe none",
     ]
 
 

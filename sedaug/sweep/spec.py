@@ -8,6 +8,7 @@ resources. Strict like recipes: every problem, including a searched value a base
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,11 +256,11 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
     problems: list[str] = []
     try:
         sweep = Sweep.model_validate(raw)
-        indices, kinds = list(range(len(sweep.recipes))), True
+        indices, kinds, unchecked = list(range(len(sweep.recipes))), True, set()
     except ValidationError as e:
         # Report every problem at once: check the recipes of the entries that are valid on their own too.
         problems = _schema_errors(e, where)
-        sweep, indices, kinds = _salvage(raw, e)
+        sweep, indices, kinds, unchecked = _salvage(raw, e)
         if sweep is None:
             raise UserError("\n".join(problems)) from None
 
@@ -294,7 +295,8 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         features = Path(get_key(validate_recipe(base).model_dump(mode="json"), "data.features"))
         set_key(base, "data.features", str(features if features.is_absolute() else Path.cwd() / features))
         space = {**sweep.search, **entry.search}
-        problems += _check_space(sweep, base, name, space, fixed, f"{here}.search", kinds)
+        checked = {k: v for k, v in space.items() if (None, k) not in unchecked and (i, k) not in unchecked}
+        problems += _check_space(sweep, base, name, checked, fixed, f"{here}.search", kinds)
         bases[name], spaces[name] = base, space
         epochs[name] = validate_recipe(base).optim.epochs
         if sweep.resources.gpus == 0:
@@ -315,20 +317,37 @@ def _cpu_problems(recipe: Recipe) -> list[str]:
     return [f"{p} (resources.gpus is 0: the trials run on CPUs)" for p in device_problems(recipe, torch.device("cpu"))]
 
 
-def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int], bool]:
-    """The sweep without its invalid parts (top-level keys, recipe entries), the kept entries' indices, and whether
-    the algorithm survived; (None, [], False) when nothing sensible is left."""
-    bad_top = {e["loc"][0] for e in error.errors() if e["loc"]}
-    bad_entries = {e["loc"][1] for e in error.errors() if len(e["loc"]) > 1 and e["loc"][0] == "recipes"}
+def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int], bool, set]:
+    """The sweep without its invalid parts, the kept entries' indices, whether the algorithm survived, and the
+    searched keys left unchecked ((entry index or None for the top-level search, key)); None for the sweep when
+    nothing sensible is left. A bad searched key leaves its search only, so that the entry's other keys are still
+    checked; any other problem leaves its top-level key or its whole recipe entry."""
+    raw = copy.deepcopy(raw)
+    bad_top, bad_entries, unchecked = set(), set(), set()
+    for loc in (tuple(e["loc"]) for e in error.errors()):
+        if not loc:
+            continue
+        if loc[0] == "recipes" and len(loc) > 1:
+            entry, searched = raw["recipes"][loc[1]], loc[2:4]
+            if len(searched) == 2 and searched[0] == "search" and isinstance(entry.get("search"), dict):
+                entry["search"].pop(searched[1], None)
+                unchecked.add((loc[1], searched[1]))
+            else:
+                bad_entries.add(loc[1])
+        elif loc[0] == "search" and len(loc) > 1 and isinstance(raw.get("search"), dict):
+            raw["search"].pop(loc[1], None)
+            unchecked.add((None, loc[1]))
+        else:
+            bad_top.add(loc[0])
     kept = {k: v for k, v in raw.items() if k not in bad_top}
     indices: list[int] = []
     if isinstance(raw.get("recipes"), list):
         indices = [i for i in range(len(raw["recipes"])) if i not in bad_entries]
         kept["recipes"] = [raw["recipes"][i] for i in indices]
     try:
-        return Sweep.model_validate(kept), indices, "algorithm" not in bad_top
+        return Sweep.model_validate(kept), indices, "algorithm" not in bad_top, unchecked
     except ValidationError:
-        return None, [], False
+        return None, [], False, unchecked
 
 
 def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], fixed: dict, here: str,
@@ -364,6 +383,10 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
                 problems.append(f"{at}: {e}")
                 break
             bad = _recipe_problems(candidate, name, key)
+            unknown = f"not a key of recipe {name}"
+            if unknown in bad:  # whatever the value: said once
+                problems.append(f"{at}: {unknown}")
+                break
             if not bad and sweep.resources.gpus == 0:
                 bad = [p for p in _cpu_problems(validate_recipe(candidate)) if p not in base_cpu_problems]
             problems += [f"{at}: {value!r} for {name}: {p}" for p in bad]
