@@ -302,10 +302,14 @@ def table(
                                               "intervals, the reference row's shaded, the paper's values.")] = None,
 ) -> None:
     """Collect evaluated runs into the paper's Table 1."""
-    from sedaug.table import NO_COMPARISON, build_table, per_class_rows
+    from sedaug.table import NO_COMPARISON, build_table, left_out, per_class_rows
     from sedaug.table_render import print_per_class, print_table, render, render_per_class
 
     names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    if runs_dir.is_dir() and (orphans := left_out(runs_dir, split.value)):
+        shown = ", ".join(map(str, orphans[:3])) + (f" and {len(orphans) - 3} more" if len(orphans) > 3 else "")
+        console.print(f"note: left out {len(orphans)} evaluated folder(s) without a recipe.yaml to name their row: "
+                      f"{shown}", markup=False, highlight=False)
     for path, what in ((out, "--out"), (plot, "--plot")):
         if path is not None and path.is_dir():
             raise UserError(f"{what} {path} is a folder: give a file name")

@@ -124,6 +124,18 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
     return runs
 
 
+def left_out(runs_dir: Path, split: str) -> list[Path]:
+    """Folders below `runs_dir` with `<split>/results.json` but no recipe.yaml (which names their row): the table
+    cannot place them, and says so."""
+    found = []
+    for results in sorted(Path(runs_dir).glob(f"**/{split}/results.json")):
+        run_dir = results.parent.parent
+        hidden = any(part.startswith(".") for part in run_dir.relative_to(runs_dir).parts)
+        if not (run_dir / "recipe.yaml").is_file() and not hidden and not in_search(run_dir):
+            found.append(run_dir)
+    return found
+
+
 def _order(name: str) -> tuple[int, str]:
     return (TABLE1_ORDER.index(name), "") if name in TABLE1_ORDER else (len(TABLE1_ORDER), name)
 

@@ -52,6 +52,22 @@ def test_a_diverged_run_is_named_as_such_and_a_copy_in_progress_is_not_a_run(run
     assert rows["mixup_latent"].note == "1 of 2 runs diverged; 1 of 2 runs not evaluated"
 
 
+def test_an_evaluated_folder_without_recipe_yaml_is_named_not_silently_dropped(runs):
+    from typer.testing import CliRunner
+
+    from sedaug.cli import app
+
+    orphan = runs / "baseline" / "seed1"
+    (orphan / "recipe.yaml").unlink()
+    result = CliRunner().invoke(app, ["table", str(runs), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ("note: left out 1 evaluated folder(s) without a recipe.yaml to name their row: "
+                             f"{orphan}\n")
+    assert result.stdout.startswith("recipe,") and "note:" not in result.stdout
+    (runs / "vat_latent" / "seed2" / "recipe.yaml").unlink()  # not evaluated: not a table's concern
+    assert CliRunner().invoke(app, ["table", str(runs), "--format", "csv"]).stderr == result.stderr
+
+
 def test_markdown_golden(runs):
     check_golden(render(build_table(runs), "markdown"), "table.md")
 
