@@ -25,21 +25,25 @@ EPOCH_TAGS = {
 
 class Board:
     """The run's TensorBoard writer, one scalar per metric per epoch (step = epoch). On resume, events of epochs
-    from `purge_from` on (trained again) are dropped by TensorBoard."""
+    from `purge_from` on (trained again) are dropped by TensorBoard. The event file is opened at the first epoch: a
+    resume with nothing left to train adds none."""
 
     def __init__(self, run: RunDir, purge_from: int = 1):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(run.root), purge_step=purge_from if purge_from > 1 else None)
+        self.root, self.purge_from, self.writer = run.root, purge_from, None
 
     def epoch(self, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.root), purge_step=self.purge_from if self.purge_from > 1 else None)
         for key, tag in EPOCH_TAGS.items():
             if record.get(key) is not None:
                 self.writer.add_scalar(tag, record[key], record["epoch"])
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def log_evaluation(run: RunDir, results: dict[str, Any]) -> None:

@@ -92,6 +92,10 @@ def test_resume_continues_exactly(tiny, tmp_path):
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
+    events = sorted((tmp_path / "resumed").glob("events.out.tfevents.*"))
+    assert len(events) == 2  # one per training process
+    train(straight, tmp_path / "resumed", resume=True, progress=False)  # nothing left to train: no new event file
+    assert sorted((tmp_path / "resumed").glob("events.out.tfevents.*")) == events
 
 
 def test_resume_refuses_a_feature_store_that_changed_since(tiny, tiny_features, tmp_path):
