@@ -1,3 +1,3 @@
 """sedaug: latent and adversarial data augmentations for semi-supervised sound event detection."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

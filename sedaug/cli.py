@@ -110,9 +110,10 @@ class Format(str, Enum):
 def prepare_desed(
     root: Annotated[Path | None, typer.Option(help="A real DESED tree (DCASE 2020 layout) to import.")] = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Generate the embedded synthetic DESED (default).")] = False,
-    size: Annotated[Size, typer.Option(help="Synthetic set size.")] = Size.small,
-    seed: Annotated[int, typer.Option(help="Synthetic generator seed.")] = 0,
-    sample_rate: Annotated[int, typer.Option(help="Synthetic audio rate: 16000 mono or 44100 stereo like DESED.")] = 16000,
+    size: Annotated[Size | None, typer.Option(help="Synthetic set size (default: small).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Synthetic generator seed (default: 0).")] = None,
+    sample_rate: Annotated[int | None, typer.Option(help="Synthetic audio rate: 16000 mono or 44100 stereo like "
+                                                    "DESED (default: 16000).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download DESED into --root first (needs sedaug\\[download]).")] = False,
     out: Annotated[Path, typer.Option(help="Prepared directory (manifest; the synthetic audio too).")] = Path("data/desed"),
 ) -> None:
@@ -124,9 +125,15 @@ def prepare_desed(
         raise UserError("--root and --synthetic are exclusive: import a real DESED or generate a synthetic one")
     if download and root is None:
         raise UserError("--download needs --root DIR to download into")
-    if seed < 0:
-        raise UserError(f"--seed {seed}: expected an integer >= 0")
+    if root is not None:
+        given = [name for name, value in (("--size", size), ("--seed", seed), ("--sample-rate", sample_rate))
+                 if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)}: only for the synthetic DESED; --root imports a real one as it is")
     if root is None:
+        size, seed, sample_rate = size or Size.small, 0 if seed is None else seed, sample_rate or 16000
+        if seed < 0:
+            raise UserError(f"--seed {seed}: expected an integer >= 0")
         if sample_rate not in (16000, 44100):
             raise UserError(f"--sample-rate {sample_rate}: expected 16000 or 44100")
         synth.generate_synthetic(out, size=size.value, seed=seed, sample_rate=sample_rate)
@@ -146,7 +153,7 @@ def prepare_desed(
 def extract_mels(
     data: Annotated[Path, typer.Option(help="Prepared DESED directory (from prepare-desed).")] = Path("data/desed"),
     out: Annotated[Path, typer.Option(help="Feature store directory.")] = Path("data/features"),
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     workers: Annotated[int | None, typer.Option(help="Decoding workers (default: all CPUs).")] = None,
 ) -> None:
     """Compute the linear mel features of every split into one array per split, plus the scaler."""
@@ -286,7 +293,9 @@ def table(
     runs_dir: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs"),
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
     out: Annotated[Path | None, typer.Option(help="Write to a file instead of the terminal.")] = None,
-    metrics: Annotated[str, typer.Option(help="Comma-separated metric columns.")] = "macro,psds_ct",
+    metrics: Annotated[str, typer.Option(help="Comma-separated metric columns, of: macro, micro (event-based F1), "
+                                         "psds_ct (Table 1's PSDS), psds, psds_macro, psds1, psds2, psds1_filtered, "
+                                         "psds2_filtered.")] = "macro,psds_ct",
     split: Annotated[Split, typer.Option(help="Evaluated split to tabulate.")] = Split.eval,
     ci: Annotated[float | None, typer.Option("--ci", help="Add each cell's bootstrap interval at this level in percent "
                                              "(e.g. 95), resampling the split's clips in the runs' score files.")] = None,

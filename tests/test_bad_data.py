@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from sedaug.cli import app
 from sedaug.data.desed import SPLITS, load_events
+from sedaug.data.store import FeatureStore
 from sedaug.files import atomic_dir
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -190,19 +191,30 @@ def test_events_slightly_past_the_clip_are_clipped_with_a_counted_warning(prepar
     layout, out = prepared
     tsv = layout.root / SPLITS["eval"].metadata
     text = tsv.read_text().replace("4.0\t9.0\tRunning_water", "4.0\t10.3\tRunning_water")
-    tsv.write_text(text + "Yevalevalev2_0.000_10.000.wav\t10.1\t10.4\tDog\n")
+    tsv.write_text(text + "Yevalevalev2_0.000_10.000.wav\t10.1\t10.4\tDog\n"
+                          "Yevalevalev2_0.000_10.000.wav\t2.5\t2.5\tCat\n")  # zero length: no scorer takes it
     result = run("prepare-desed", "--root", layout.root, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "2 events ending past their clip's audio clipped or dropped" in " ".join(result.output.split())
+    assert "3 events of zero length or past their clip's audio dropped or clipped" in " ".join(result.output.split())
     warnings = pd.read_csv(out / "label_warnings.tsv", sep="\t")
-    assert list(warnings["line"]) == [3, 4] and set(warnings["metadata"]) == {"metadata/eval/public.tsv"}
-    assert list(warnings["action"]) == ["offset clipped to 10", "dropped: starts at or after the clip's end"]
+    assert list(warnings["line"]) == [3, 4, 5] and set(warnings["metadata"]) == {"metadata/eval/public.tsv"}
+    assert list(warnings["action"]) == ["offset clipped to 10", "dropped: starts at or after the clip's end",
+                                        "dropped: zero length (offset = onset)"]
     events = load_events(out, "eval")
-    assert list(events["offset"]) == [3.0, 10.0] and "Dog" not in set(events["event_label"])
+    assert list(events["offset"]) == [3.0, 10.0] and not {"Dog", "Cat"} & set(events["event_label"])
+    # The store built from it passes the store's own check (offset > onset), so evaluation can read it.
+    assert run("extract-mels", "--data", out, "--out", out.parent / "features", "--device", "cpu").exit_code == 0
+    assert len(FeatureStore(out.parent / "features").split("eval").events) == 2
 
 
 def test_negative_seed(tmp_path):
     one_line_error(run("prepare-desed", "--synthetic", "--seed", "-1", "--out", tmp_path / "desed"), "--seed -1")
+    assert not (tmp_path / "desed").exists()
+
+
+def test_synthetic_options_with_root_are_refused_not_ignored(tmp_path):
+    result = run("prepare-desed", "--root", tmp_path, "--size", "tiny", "--seed", "3", "--out", tmp_path / "desed")
+    one_line_error(result, "--size, --seed: only for the synthetic DESED")
     assert not (tmp_path / "desed").exists()
 
 

@@ -459,3 +459,10 @@ def test_a_killed_driver_resumes_without_redoing_finished_trials(killed_and_resu
     assert not any(p.is_symlink() and os.readlink(p) == str(k["out"] / "ray" / "tmp")
                    for p in Path("/tmp").glob("sedaug-ray-*"))
     assert any("reached through" in n for n in k["result"].notes)
+
+
+def test_selection_takes_every_metric_of_results_json():
+    from sedaug.evaluation.results import METRICS as RESULTS
+    from sedaug.sweep.spec import METRICS
+
+    assert METRICS == RESULTS

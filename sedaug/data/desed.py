@@ -10,7 +10,8 @@ empty, binary or has more fields than its header; an onset or offset that is not
 onset, an offset before its onset; an event that ends well past its clip's audio (a truncated file); audio that
 cannot be decoded, holds NaN or infinite samples, or is too short to analyse. One DESED quirk is accepted: an
 event ending at most `LABEL_TOLERANCE` seconds past its clip's audio (a 9.98 s clip labelled to 10 s) is clipped
-to the clip, or dropped if it starts there, and counted in `label_warnings.tsv`.
+to the clip, or dropped if it starts there, and counted in `label_warnings.tsv`; so is an event of zero length,
+dropped (no scorer takes one).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class PrepareReport:
         warnings = ""
         if self.n_label_warnings:
             warnings = (
-                f"; {self.n_label_warnings:,} events ending past their clip's audio clipped or dropped "
+                f"; {self.n_label_warnings:,} events of zero length or past their clip's audio dropped or clipped "
                 f"(see {self.label_warnings})"
             )
         return f"DESED manifest {state} in {self.manifest_dir}: {clips}; {missing}{warnings}"

@@ -156,8 +156,8 @@ def fit_events(
     root: Path, table: MetadataTables, clips: dict[str, tuple[float, Path]]
 ) -> tuple[pd.DataFrame, list[tuple]]:
     """The events of the clips present on disk, fitted to their clip's audio: an event ending at most
-    LABEL_TOLERANCE seconds past the end is clipped to it (dropped if it starts there), with a warning row;
-    further is a UserError naming the TSV line and the audio file."""
+    LABEL_TOLERANCE seconds past the end is clipped to it (dropped if it starts there), and one of zero length is
+    dropped, each with a warning row; ending further past is a UserError naming the TSV line and the audio file."""
     assert table.events is not None
     events = table.events[table.events["filename"].isin(clips.keys())].reset_index(drop=True).copy()
     duration = events["filename"].map(lambda f: clips[f][0]).to_numpy(float)
@@ -168,18 +168,23 @@ def fit_events(
             f"{table.path}:{row['line']}: {row['event_label']} ends at {row['offset']:g} s but "
             f"{clips[row['filename']][1]} holds {seconds:.3f} s of audio (a truncated file? replace or delete it)"
         )
-    past = events["offset"].to_numpy() > duration
+    onset, offset = events["onset"].to_numpy(), events["offset"].to_numpy()
+    past, empty = offset > duration, offset == onset  # a zero-length event: no scorer takes it
     metadata = str(table.path.relative_to(root)) if table.path.is_relative_to(root) else str(table.path)
     warnings = []
-    for i in np.flatnonzero(past):
+    for i in np.flatnonzero(past | empty):
         row = events.iloc[i]
-        starts_after = row["onset"] >= duration[i]
-        action = "dropped: starts at or after the clip's end" if starts_after else f"offset clipped to {duration[i]:g}"
+        if empty[i]:
+            action = "dropped: zero length (offset = onset)"
+        elif row["onset"] >= duration[i]:
+            action = "dropped: starts at or after the clip's end"
+        else:
+            action = f"offset clipped to {duration[i]:g}"
         warnings.append(
             (metadata, int(row["line"]), row["filename"], row["event_label"], row["onset"], row["offset"],
              duration[i], action)
         )
-    keep = ~(past & (events["onset"].to_numpy() >= duration))
+    keep = ~(past & (onset >= duration)) & ~empty
     events["offset"] = np.minimum(events["offset"].to_numpy(), duration)
     return events.loc[keep, EVENT_COLUMNS].reset_index(drop=True), warnings
 

@@ -22,7 +22,8 @@ from sedaug.strict_yaml import apply_overrides, parse_yaml, read_yaml
 
 # Recipe keys a sweep may not search: `name` is the row, `seed` is the sweep's own `seeds`.
 RESERVED = {"name": "the row's name: set it in the recipe", "seed": "the sweep's `seeds` and `search_seed` set it"}
-METRICS = ("macro", "micro", "psds", "psds_ct", "psds_macro", "psds1", "psds2")
+# results.json's metrics: evaluation.results.METRICS, restated so that reading a sweep file imports no metric code
+METRICS = ("macro", "micro", "psds", "psds_ct", "psds_macro", "psds1", "psds2", "psds1_filtered", "psds2_filtered")
 MAX_GRID = 10_000  # settings per recipe: beyond that a typo, not a study
 
 
