@@ -10,7 +10,6 @@ resample, is a paired difference: the clips that are hard for both cancel out.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -212,7 +211,9 @@ def bootstrap_rows(
     weights = resample_weights(len(clips), settings.resamples, settings.seed)
     tasks = [(run, split, tuple(metrics), truth, weights) for _, run, truth in jobs]
     if workers is None:  # processes take seconds to start: worth it from about ten DESED-sized runs
-        workers = len(os.sched_getaffinity(0)) if len(tasks) * len(clips) >= PARALLEL_FROM else 1
+        from sedaug.sweep.cluster import usable_cpus
+
+        workers = usable_cpus() if len(tasks) * len(clips) >= PARALLEL_FROM else 1
     workers = min(len(tasks), workers)
     with progress_bar("Bootstrap", len(tasks), progress) as advance, _pool(workers) as pool:
         scored = []

@@ -233,12 +233,16 @@ def _short_link(target: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- resources
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS has one: not macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def local_resources() -> dict[str, float]:
     """What a local Ray will have: this process's CPUs, the visible GPUs, the physical memory (bytes)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     gpus = 0
     with contextlib.suppress(Exception):
         import torch

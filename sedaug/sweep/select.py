@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sedaug.files import write_text
 from sedaug.rundir import read_diverged
 from sedaug.sweep.plan import SearchPlan, plan_search
 from sedaug.sweep.spec import LoadedSweep, get_key
@@ -194,9 +194,7 @@ def write_selection(out: Path, records: list[TrialRecord], chosen: dict[str, Tri
             WINNER if chosen.get(r.recipe) is r else "",
         ])
     path = Path(out) / SELECTION
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    write_text(path, buf.getvalue())
     return path
 
 
