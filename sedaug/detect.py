@@ -26,7 +26,7 @@ import torch
 from sedaug.checkpoint import load_model
 from sedaug.data.desed import EVENT_COLUMNS
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, FeatureParams, check_sample_rate
-from sedaug.data.mel import FLOAT16_MAX, clip_mels, mel_problems, resample
+from sedaug.data.mel import clip_mels, mel_problems, resample
 from sedaug.device import full_float32, parse_device
 from sedaug.errors import UserError
 from sedaug.evaluation.detection_plot import plot_detections
@@ -275,19 +275,12 @@ def window_starts(n_samples: int, params: FeatureParams = PARAMS) -> np.ndarray:
     return np.arange(n_windows) * hop
 
 
-def window_mels(
-    windows: Sequence[tuple[np.ndarray, int]], device: torch.device, params: FeatureParams = PARAMS
-) -> torch.Tensor:
-    """Linear mels (W, n_frames, n_mels), float16 as the feature store holds them, of the windows (wave, first
-    sample): each window is the recording from there on, a clip of `extract-mels`, through the same code (cut where
-    no kept frame sees it, padded with 0 dB frames when it ends before 10 s)."""
-    return linear_window_mels(windows, device, params).clamp(max=FLOAT16_MAX).half()  # as the store holds them
-
-
 def linear_window_mels(
     windows: Sequence[tuple[np.ndarray, int]], device: torch.device, params: FeatureParams = PARAMS
 ) -> torch.Tensor:
-    """`window_mels` before the float16 rounding (float32), for checking them."""
+    """Linear mels (W, n_frames, n_mels), float32, of the windows (wave, first sample): each window is the recording
+    from there on, a clip of `extract-mels`, through the same code (cut where no kept frame sees it, padded with 0 dB
+    frames when it ends before 10 s); rounded to float16 afterwards, as the store holds them."""
     keep = (params.n_frames - 1) * params.hop + params.n_fft // 2  # as data/extract.py's load_clip cuts a clip
     return clip_mels([wave[start : start + keep] for wave, start in windows], params, device)
 

@@ -24,10 +24,10 @@ from sedaug.detect import (
     HOP_FRAMES,
     HOP_OUTPUT_FRAMES,
     detect,
+    linear_window_mels,
     load_recording,
     score_recordings,
     stitch,
-    window_mels,
     window_starts,
 )
 from sedaug.errors import UserError
@@ -66,12 +66,12 @@ def test_a_window_past_the_end_is_padded_like_a_short_clip():
     padding, as `extract-mels` pads a short clip); the others are 10 s of the recording."""
     wave = np.random.default_rng(0).uniform(-0.5, 0.5, 25 * PARAMS.sample_rate).astype(np.float32)
     starts = window_starts(len(wave))
-    mels = window_mels([(wave, s) for s in starts], CPU).float().numpy()
+    mels = linear_window_mels([(wave, s) for s in starts], CPU).half().float().numpy()
     assert mels.shape == (len(starts), PARAMS.n_frames, PARAMS.n_mels)
     real = int(real_frames((len(wave) - starts[-1]) / PARAMS.sample_rate))
     assert real == (len(wave) - starts[-1]) // PARAMS.hop + 1 < PARAMS.n_frames
     assert (mels[-1, real:] == PAD).all() and (mels[-1, :real] != PAD).all()
-    alone = window_mels([(wave[starts[-1] :], 0)], CPU)[0].float().numpy()  # the tail as a clip of its own
+    alone = linear_window_mels([(wave[starts[-1] :], 0)], CPU).half()[0].float().numpy()  # the tail as a clip of its own
     np.testing.assert_array_equal(mels[-1], alone)
     assert (mels[:-1] != PAD).all()
 
@@ -145,7 +145,7 @@ def test_features_are_the_stores(tiny_desed, tiny_features):
     products may round a value or two the other way: float16's last bit at most)."""
     split = FeatureStore(tiny_features).split("eval")
     waves = [load_recording(tiny_desed / EVAL_AUDIO / f) for f in split.filenames]
-    mels = window_mels([(wave, 0) for wave in waves], CPU).numpy()
+    mels = linear_window_mels([(wave, 0) for wave in waves], CPU).half().numpy()
     stored = np.asarray(split.mels)
     assert mels.dtype == stored.dtype == np.float16 and mels.shape == stored.shape
     differ = mels != stored
@@ -214,12 +214,12 @@ def test_long_recordings_are_windows_stitched(run, tmp_path):
     [(scores, mel)] = score_recordings(model, [wave], batch_size=2, device=CPU, keep_mels=True)
     starts = window_starts(len(wave))
     with torch.inference_mode():
-        windows = [model(window_mels([(wave, s)], CPU))[0][0].numpy() for s in starts]
+        windows = [model(linear_window_mels([(wave, s)], CPU).half())[0][0].numpy() for s in starts]
     assert scores.shape == ((len(starts) - 1) * HOP_OUTPUT_FRAMES + N_OUTPUT_FRAMES, len(CLASSES))
     np.testing.assert_allclose(scores, stitch(np.stack(windows)), atol=1e-6)
     np.testing.assert_allclose(scores[:HOP_OUTPUT_FRAMES], windows[0][:HOP_OUTPUT_FRAMES], atol=1e-6)
     assert mel.shape == (len(wave) // PARAMS.hop + 1, PARAMS.n_mels)  # the plot's: the recording's frames
-    first = window_mels([(wave, 0)], CPU)[0].float().numpy()
+    first = linear_window_mels([(wave, 0)], CPU).half()[0].float().numpy()
     np.testing.assert_array_equal(mel[:HOP_FRAMES], first[:HOP_FRAMES])
 
 

@@ -7,6 +7,7 @@ directory (docs/sweeps.md, "Ray"; docs/cluster.md).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
@@ -33,11 +34,6 @@ LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 @contextlib.contextmanager
 def driver_lock(out: Path) -> Iterator[None]:
     """One driver per sweep directory (the kernel drops the lock when the driver dies, even by kill -9)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
     with open(out / ".sweep.lock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -73,11 +73,6 @@ def journal_errors(out: Path) -> list[str]:
     return list(errors)
 
 
-def append_journal(out: Path, row: dict) -> None:
-    with (Path(out) / JOURNAL).open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tuple[int, float | None, int | None, bool]:
     """(epochs done, score, best epoch, complete) of one run directory. `split` None: the paper's selection, the
     best synthetic_valid macro F1 over epochs (what best.pt keeps); else `metric` of `<split>/results.json`."""

@@ -16,6 +16,7 @@ Layout (docs/sweeps.md): `<out>/search/<recipe>/<setting>/seed<k>/` and `<out>/f
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sedaug.files import read_jsonl
 from sedaug.rundir import DIVERGED, read_diverged
 
 DEFAULT_SETTING = "default"  # the setting id of a recipe searched over nothing
@@ -62,18 +64,11 @@ class Plan:
     argv: list[str]  # the driver's command line, recorded in each run's env.json
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def checkpointed_metrics(run_dir: Path) -> list[dict]:
     """metrics.jsonl's epochs that last.pt holds. An epoch's row is written before its checkpoint, so a worker killed
     between the two leaves a row too many: metrics.jsonl newer than last.pt drops its last row (train's resume
     rewrites metrics.jsonl too, which then costs at most one idle call of train, never a wrong skip)."""
-    rows = read_metrics(run_dir)
+    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
     last = Path(run_dir) / "checkpoints" / "last.pt"
     if not rows or not last.exists():
         return [] if not last.exists() else rows
@@ -99,11 +94,6 @@ def best_valid_f1(rows: list[dict]) -> float | None:
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock beside a run directory, held while a trial works on it (two trials of one setting, as
     Optuna may suggest, then run one after the other). Released by the kernel when the worker dies."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        yield
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

@@ -18,7 +18,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sedaug.sweep.select import append_journal, short_value
+from sedaug.files import append_jsonl
+from sedaug.sweep.select import JOURNAL, short_value
 from sedaug.sweep.trial import setting_id, trial_spec
 
 _ACTIVE: SweepView | None = None
@@ -129,7 +130,7 @@ class SweepView(Callback):
                "seed": spec["seed"], "status": status, **{k: v for k, v in where.items() if v is not None}}
         if error:
             row["error"] = error
-        append_journal(self.out, row)
+        append_jsonl(Path(self.out) / JOURNAL, row)
 
     # ------------------------------------------------------------------------------------------ drawing
 
