@@ -11,3 +11,8 @@ class Interrupted(UserError):
     """Ctrl-C: what was saved, and how to continue, is in the message."""
 
     exit_code = 130  # the shell's convention for SIGINT
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (a library's may span several), or its type's name when it has none."""
+    return " ".join(str(err).split()) or type(err).__name__

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from sedaug.errors import UserError
+from sedaug.errors import UserError, one_line
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -44,7 +44,7 @@ def parse_yaml(text: str, where: str) -> Any:
         what = "; ".join(filter(None, [e.context, e.problem]))
         raise UserError(f"{where}: invalid YAML{at}: {' '.join(what.split())}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
+        raise UserError(f"{where}: invalid YAML: {one_line(e)}") from None
 
 
 def read_yaml(path: Path, what: str) -> Any:

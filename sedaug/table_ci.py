@@ -21,7 +21,7 @@ import pandas as pd
 
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS, read_events
 from sedaug.data.grid import N_OUTPUT_FRAMES
-from sedaug.errors import UserError
+from sedaug.errors import UserError, one_line
 from sedaug.evaluation.bootstrap import (
     BOOTSTRAP_METRICS,
     F1_METRICS,
@@ -113,7 +113,7 @@ def read_ground_truth(features: Path, split: str) -> GroundTruth:
         raise UserError(f"{e.filename}: missing: --ci reads the ground truth of the feature store each run was "
                         "evaluated on (results.json's `features`)") from None
     except (OSError, ValueError) as e:
-        raise UserError(f"{directory}: unreadable ground truth ({' '.join(str(e).split())})") from None
+        raise UserError(f"{directory}: unreadable ground truth ({one_line(e)})") from None
     missing = [c for c in EVENT_COLUMNS if c not in events]
     if missing:
         raise UserError(f"{directory / 'events.tsv'}: missing column(s) {', '.join(missing)}")

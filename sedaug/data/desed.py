@@ -40,7 +40,7 @@ from sedaug.data.metadata import (  # noqa: F401 (re-exported: the layout's clas
     fit_events,
     read_metadata,
 )
-from sedaug.errors import UserError
+from sedaug.errors import UserError, one_line
 from sedaug.files import atomic_dir, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
@@ -263,7 +263,7 @@ def _read_header(path: Path) -> _Clip:
     try:
         info = sf.info(str(path))
     except (RuntimeError, OSError) as err:
-        raise UserError(f"cannot decode {path}: {_one_line(err)}") from err
+        raise UserError(f"cannot decode {path}: {one_line(err)}") from err
     if info.frames <= 0 or info.samplerate <= 0:
         raise UserError(f"cannot decode {path}: it holds no audio samples")
     try:
@@ -295,11 +295,9 @@ def _check_finite(path: Path) -> None:
                     )
                 start += len(block)
     except (RuntimeError, OSError) as err:
-        raise UserError(f"cannot decode {path}: {_one_line(err)}") from err
+        raise UserError(f"cannot decode {path}: {one_line(err)}") from err
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
 
 
 def _manifest_table(clips: list[_Clip], table: MetadataTables, kind: LabelKind) -> pd.DataFrame:

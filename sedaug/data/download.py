@@ -6,7 +6,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from sedaug.errors import UserError
+from sedaug.errors import UserError, one_line
 
 
 def download_desed(root: Path, jobs: int = 3) -> Path:
@@ -25,7 +25,7 @@ def download_desed(root: Path, jobs: int = 3) -> Path:
         socket.create_connection(("zenodo.org", 443), timeout=10).close()
     except OSError as err:
         raise UserError(
-            f"cannot reach zenodo.org ({' '.join(str(err).split())}): download DESED on a machine with network access, "
+            f"cannot reach zenodo.org ({one_line(err)}): download DESED on a machine with network access, "
             "then run `sedaug prepare-desed --root DIR`"
         ) from err
     root = Path(root)

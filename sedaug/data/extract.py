@@ -44,7 +44,7 @@ from sedaug.data.store import (
     read_record,
 )
 from sedaug.device import parse_device
-from sedaug.errors import UserError
+from sedaug.errors import UserError, one_line
 from sedaug.files import named_as, remove_stale_temporaries, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
@@ -317,7 +317,7 @@ def load_clip(
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as err:
-        raise UserError(f"cannot decode {path}: {' '.join(str(err).split())}") from err
+        raise UserError(f"cannot decode {path}: {one_line(err)}") from err
     try:
         check_sample_rate(rate)
     except ValueError as err:

@@ -23,7 +23,7 @@ import pandas as pd
 from sedaug.data.desed import CLASSES, read_events
 from sedaug.data.grid import PARAMS, FeatureParams, real_frames
 from sedaug.data.labels import weak_labels_from
-from sedaug.errors import UserError
+from sedaug.errors import UserError, one_line
 from sedaug.files import read_tsv
 
 FEATURES_JSON = "features.json"
@@ -129,7 +129,7 @@ class FeatureStore:
             with np.load(path) as scaler:
                 mean, std = scaler["mean"].astype(np.float32), scaler["std"].astype(np.float32)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise UserError(f"{path}: damaged ({_one_line(err)}): {advice}") from err
+            raise UserError(f"{path}: damaged ({one_line(err)}): {advice}") from err
         shape = (self.params.n_mels,)
         if mean.shape != shape or std.shape != shape:
             raise UserError(f"{path}: mean {mean.shape} and std {std.shape} where {shape} is expected: {advice}")
@@ -147,7 +147,7 @@ def open_mels(path: Path, n_clips: int, params: FeatureParams = PARAMS) -> np.nd
     except FileNotFoundError:
         raise UserError(f"{path} is missing: {advice}") from None
     except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{path}: truncated or damaged ({_one_line(err)}): {advice}") from err
+        raise UserError(f"{path}: truncated or damaged ({one_line(err)}): {advice}") from err
     expected = (n_clips, params.n_frames, params.n_mels)
     if mels.shape != expected or mels.dtype != np.float16:
         raise UserError(f"{path}: holds {mels.dtype} {mels.shape} where float16 {expected} is expected: {advice}")
@@ -161,7 +161,7 @@ def _read_table(path: Path, read, columns: tuple[str, ...]) -> pd.DataFrame:
     except FileNotFoundError:
         raise UserError(f"{path} is missing: re-run `sedaug extract-mels`") from None
     except (OSError, ValueError) as err:  # pandas' parser and decoding errors are ValueErrors
-        raise UserError(f"{path}: damaged ({_one_line(err)}): re-run `sedaug extract-mels`") from err
+        raise UserError(f"{path}: damaged ({one_line(err)}): re-run `sedaug extract-mels`") from err
     absent = [c for c in columns if c not in table.columns]
     if absent:
         raise UserError(f"{path}: missing column(s) {', '.join(absent)}: re-run `sedaug extract-mels`")
@@ -185,8 +185,6 @@ def _check_events(path: Path, events: pd.DataFrame, durations: dict[str, float])
             raise UserError(f"{path}:{i + 2}: {say(events.iloc[i])}: re-run `sedaug extract-mels`")
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def read_record(path: Path) -> dict | None:
@@ -212,7 +210,7 @@ def _open_record(path: Path) -> dict:
     try:
         record = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise UserError(f"{file}: damaged ({_one_line(err)}): {advice}") from None
+        raise UserError(f"{file}: damaged ({one_line(err)}): {advice}") from None
     if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
         what = f"a JSON {type(record).__name__}" + (" without params" if isinstance(record, dict) else "")
         raise UserError(f"{file}: not a sedaug feature store record ({what}): {advice}")

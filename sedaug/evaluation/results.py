@@ -17,7 +17,7 @@ import pandas as pd
 
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS
-from sedaug.errors import UserError
+from sedaug.errors import UserError, one_line
 from sedaug.evaluation.f1 import EVENT_BASED, event_based_f1, nan_to_none
 from sedaug.evaluation.plots import plot_per_class, plot_psd_rocs, run_title
 from sedaug.evaluation.postprocess import (
@@ -163,8 +163,7 @@ def read_results(path: Path, metrics: Sequence[str] = METRICS) -> dict[str, Any]
     try:
         results = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise UserError(f"{path}: unreadable results ({reason}): {advice}") from None
+        raise UserError(f"{path}: unreadable results ({one_line(err)}): {advice}") from None
     if not isinstance(results, dict):
         raise UserError(f"{path}: not the results of `sedaug evaluate` (a JSON {type(results).__name__}): {advice}")
     for name in dict.fromkeys([*metrics, *METRICS]):
