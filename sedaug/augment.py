@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sedaug import transforms
-from sedaug.device import full_float32, tf32_allowed
+from sedaug.device import full_float32, restore_rng, rng_state, tf32_allowed
 from sedaug.model import BatchNorm2d, Perturb, Perturbation, Scaler
 from sedaug.recipe import (
     AdversarialAugmentation,
@@ -103,16 +103,6 @@ def frozen_buffers(model: nn.Module) -> Iterator[None]:
             setattr(module, name, buf)
 
 
-def _rng_states(device: torch.device) -> tuple:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_states(device: torch.device, states: tuple) -> None:
-    torch.set_rng_state(states[0])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(states[1], device)
-
-
 class SameDraws:
     """Replays one reference pass's randomness in later passes of the same model: its dropout masks (the RNG is
     rewound to its state before the reference pass; the probe passes draw in the same order and shapes) and its
@@ -136,7 +126,7 @@ class SameDraws:
     @contextmanager
     def recording(self) -> Iterator[None]:
         """Wrap the reference pass."""
-        self.rng = _rng_states(self.device)
+        self.rng = rng_state(self.device)
         self.reduced = torch.is_autocast_enabled(self.device.type) or tf32_allowed(self.device)
         for bn in self.batchnorms:
             bn.record = True
@@ -150,17 +140,17 @@ class SameDraws:
     def replaying(self) -> Iterator[None]:
         """Wrap one probe pass: same masks, same batch statistics, float32; buffers (a replaying BatchNorm2d writes
         none) and the RNG's later draws untouched."""
-        after = _rng_states(self.device)
+        after = rng_state(self.device)
         with full_float32(self.device):
             for bn in self.batchnorms:
                 bn.replay = True
-            _set_rng_states(self.device, self.rng)
+            restore_rng(self.rng, self.device)
             try:
                 yield
             finally:
                 for bn in self.batchnorms:
                     bn.replay = False
-                _set_rng_states(self.device, after)
+                restore_rng(after, self.device)
 
 
 # ----------------------------------------------------------------------------------------------- noise

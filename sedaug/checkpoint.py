@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sedaug.device import restore_rng, rng_state
 from sedaug.errors import UserError
 from sedaug.files import atomic_path
 from sedaug.model import CRNN
@@ -75,16 +76,6 @@ class Checkpoint:
     recipe: Recipe
     path: Path | None = None  # the file it was read from: what errors name
     features: dict | None = None  # the feature store's identity (FeatureStore.identity); None in older checkpoints
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def restore_rng(rng: dict[str, torch.Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(rng["torch"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
-    if device.type == "cuda" and rng.get("cuda") is not None:
-        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
 
 
 def save_checkpoint(

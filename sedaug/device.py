@@ -31,6 +31,17 @@ def parse_device(name: str | torch.device | None) -> torch.device:
     return torch.device(name)
 
 
+def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    """The RNG states a run's draws come from: the CPU generator's and, on CUDA, the device's."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_rng(rng: dict[str, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
+
+
 @dataclass(frozen=True)
 class StepConfig:
     """How a training step runs. `precision`: fp32 (strict: no TF32), tf32 (float32 convolutions and matmuls may
