@@ -387,3 +387,11 @@ def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def what_a_run_trains(recipe: Recipe) -> dict:
+    """The recipe as a run's weights depend on it, to compare runs: `optim.epochs` aside (a resume may ask for more,
+    a sweep trial's recipe.yaml may hold fewer) and `paper_row` (a label of the table's row)."""
+    dump = recipe.model_dump(mode="json")
+    dump["optim"].pop("epochs"), dump.pop("paper_row", None)
+    return dump

@@ -64,12 +64,47 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected key.path=value")
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"--set {item!r}: {part} is not a section")
-            node = child
-        node[leaf] = parse_yaml(value, f"--set {key}")
+        try:
+            set_key(raw, key, parse_yaml(value, f"--set {key}"))
+        except ValueError as e:
+            raise UserError(f"--set {item!r}: {e}") from None
     return raw
+
+
+# ---------------------------------------------------------------------------------------------- dotted keys
+
+
+def set_key(raw: dict, key: str, value: Any) -> None:
+    """raw[a][b][c] = value for key "a.b.c", creating sections; ValueError when a parent is not a section."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{'.'.join(parents[: i + 1])} is not a section")
+        node = child
+    node[leaf] = value
+
+
+_REQUIRED = object()
+
+
+def get_key(raw: dict, key: str, default: Any = _REQUIRED) -> Any:
+    """raw[a][b][c] for key "a.b.c"; when it is not there, `default`, or without one KeyError (TypeError past a
+    leaf)."""
+    node: Any = raw
+    try:
+        for part in key.split("."):
+            node = node[part]
+    except (KeyError, TypeError):
+        if default is _REQUIRED:
+            raise
+        return default
+    return node
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The dotted keys at which two nested dicts differ, in order of appearance ("(top)": not both dicts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in dict.fromkeys([*a, *b]) for d in diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".") or "(top)"]

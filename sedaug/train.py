@@ -35,8 +35,9 @@ from sedaug.files import write_json, write_text
 from sedaug.model import CRNN
 from sedaug.progress import STDERR
 from sedaug.progress import shown as progress_shown
-from sedaug.recipe import Recipe, dump_recipe, load_recipe
+from sedaug.recipe import Recipe, dump_recipe, load_recipe, what_a_run_trains
 from sedaug.rundir import RunDir, environment
+from sedaug.strict_yaml import diff_keys
 
 
 class Diverged(UserError):
@@ -228,23 +229,8 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> C
 
 
 def _recipe_diff(ours: Recipe, theirs: Recipe) -> list[str]:
-    """The keys at which a resumed run's recipe differs from the run's: more epochs may be asked for, and paper_row
-    only labels the table's row."""
-    dumps = ours.model_dump(mode="json"), theirs.model_dump(mode="json")
-    for dump in dumps:
-        dump["optim"].pop("epochs"), dump.pop("paper_row", None)
-    return sorted(_diff_keys(dumps[1], dumps[0]))
-
-
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _diff_keys(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key}")
-    return out
+    """The keys at which a resumed run's recipe differs from the run's."""
+    return sorted(diff_keys(what_a_run_trains(theirs), what_a_run_trains(ours)))
 
 
 @contextmanager

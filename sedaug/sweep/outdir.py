@@ -13,6 +13,7 @@ import yaml
 
 from sedaug.errors import UserError
 from sedaug.files import write_text
+from sedaug.strict_yaml import diff_keys, get_key
 from sedaug.sweep.spec import LoadedSweep
 
 # Changes to a sweep that --resume refuses: the finished trials would no longer be comparable with new ones.
@@ -42,13 +43,13 @@ def check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
     resolved.setdefault("search_seed", loaded.sweep.trial_seed)
     problems = []
     for key, what in FROZEN.items():
-        before, now = _get(saved, key), _get(resolved, key)
+        before, now = get_key(saved, key, None), get_key(resolved, key, None)
         if before != now:
             problems.append(f"{key} ({what}): {_show(before)} in {sweep_file}, {_show(now)} now")
     for name, base in loaded.bases.items():
         path = recipes_dir / f"{name}.yaml"
         if path.exists():
-            keys = _diff(_read_yaml(path), base)
+            keys = diff_keys(_read_yaml(path), base)
             if keys:
                 problems.append(f"recipe {name} (the base recipe, set included): {', '.join(keys)}")
     if problems:
@@ -66,13 +67,6 @@ def _read_yaml(path: Path) -> Any:
         raise UserError(f"{path}: cannot be read back ({e}): run the sweep with another --out") from None
 
 
-def _get(raw: dict, key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def _show(value: Any) -> str:
     return "none" if value is None else json.dumps(value, sort_keys=True)
 
@@ -85,9 +79,3 @@ def write_out(out: Path, loaded: LoadedSweep) -> None:
     write_text(out / "sweep.yaml", header + yaml.safe_dump(loaded.resolved(), sort_keys=False))
     for name, base in loaded.bases.items():
         write_text(recipes_dir / f"{name}.yaml", yaml.safe_dump(base, sort_keys=False))
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in dict.fromkeys([*a, *b]) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".") or "(top)"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.errors import UserError
-from sedaug.recipe import Recipe, validate_recipe
+from sedaug.recipe import Recipe, validate_recipe, what_a_run_trains
 from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings
 from sedaug.sweep.trial import search_dir, setting_id
 
@@ -77,11 +77,8 @@ def _fits(params: dict[str, Any], space: dict[str, Space]) -> bool:
 
 
 def _canonical(raw: dict) -> str:
-    """A resolved recipe as a comparable string; optim.epochs aside (a trial's recipe.yaml may hold fewer), and
-    paper_row (a label of the table's row, added to the recipes after sedaug 0.2's trials)."""
-    dump = validate_recipe(raw).model_dump(mode="json")
-    dump["optim"].pop("epochs"), dump.pop("paper_row", None)
-    return json.dumps(dump, sort_keys=True)
+    """A resolved recipe as a comparable string (a trial's recipe.yaml may hold fewer epochs)."""
+    return json.dumps(what_a_run_trains(validate_recipe(raw)), sort_keys=True)
 
 
 @dataclass
@@ -134,12 +131,11 @@ def plan_search(loaded: LoadedSweep, out: Path) -> SearchPlan:
     return plan
 
 
+_ABSENT = object()
+
+
 def _has(raw: dict, key: str) -> bool:
-    try:
-        get_key(raw, key)
-    except (KeyError, TypeError):
-        return False
-    return True
+    return get_key(raw, key, _ABSENT) is not _ABSENT
 
 
 def _index(run_dirs: list[Path]) -> dict[str, Path]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from sedaug.errors import UserError
 from sedaug.recipe import Recipe, validate_recipe
-from sedaug.strict_yaml import apply_overrides, parse_yaml, read_yaml
+from sedaug.strict_yaml import apply_overrides, get_key, parse_yaml, read_yaml, set_key
 
 # Recipe keys a sweep may not search: `name` is the row, `seed` is the sweep's own `seeds`.
 RESERVED = {"name": "the row's name: set it in the recipe", "seed": "the sweep's `seeds` and `search_seed` set it"}
@@ -153,25 +153,6 @@ class LoadedSweep:
 
 
 # ---------------------------------------------------------------------------------------------- keys
-
-
-def set_key(raw: dict, key: str, value: Any) -> None:
-    """raw[a][b][c] = value for key "a.b.c", creating sections; ValueError when a parent is not a section."""
-    *parents, leaf = key.split(".")
-    node = raw
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"{'.'.join(parents[: i + 1])} is not a section")
-        node = child
-    node[leaf] = value
-
-
-def get_key(raw: dict, key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def apply_params(base: dict, params: dict[str, Any], seed: int | None = None) -> dict:
