@@ -31,7 +31,7 @@ from sedaug.device import full_float32, parse_device
 from sedaug.errors import UserError
 from sedaug.evaluation.detection_plot import plot_detections
 from sedaug.evaluation.postprocess import decode
-from sedaug.evaluation.scores import clip_id, score_frames
+from sedaug.evaluation.scores import clip_id, score_frames, score_text
 from sedaug.files import write_text, write_tsv
 from sedaug.progress import progress_bar
 from sedaug.rundir import RunDir, run_holding
@@ -364,9 +364,7 @@ def write_score_files(scores: dict[str, pd.DataFrame], directory: Path) -> None:
     writes (sed_scores_eval's format; numbers in their shortest exact form), one atomic write per file. Files
     already in `directory` stay."""
     for key, frame in scores.items():
-        rows = frame.to_numpy().tolist()
-        write_text(directory / f"{key}.tsv",
-                   "\n".join(["\t".join(frame.columns), *("\t".join(map(str, row)) for row in rows)]) + "\n")
+        write_text(directory / f"{key}.tsv", score_text(frame))
 
 
 def _reason(err: Exception) -> str:

@@ -25,7 +25,13 @@ import pandas as pd
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS
 from sedaug.evaluation.f1 import EVENT_BASED
-from sedaug.evaluation.postprocess import TIME_DECIMALS, as_scores, frame_counts, merge_overlaps
+from sedaug.evaluation.postprocess import (
+    TIME_DECIMALS,
+    as_scores,
+    frame_counts,
+    merge_overlaps,
+    reflected_windows,
+)
 from sedaug.evaluation.psds import PSDS_CRITERIA, PSDS_MAX_EFPR, PSDS_THRESHOLDS, PSDS_VARIANTS
 
 F1_METRICS = ("macro", "micro")
@@ -164,12 +170,7 @@ def window_medians(strong: np.ndarray, window: int, lengths: np.ndarray) -> np.n
     n, t, c = strong.shape
     lengths = np.asarray(lengths, dtype=np.int64)
     if window > 1 and t > 0:
-        before = window // 2
-        pos = np.arange(-before, t + window - before - 1)
-        period = 2 * lengths[:, None]
-        m = np.mod(pos[None, :], period)
-        idx = np.where(m < lengths[:, None], m, period - 1 - m)
-        padded = np.take_along_axis(strong, idx[:, :, None], axis=1)
+        padded = np.take_along_axis(strong, reflected_windows(t, window, lengths)[:, :, None], axis=1)
         windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=1)  # (N, T, C, window)
         strong = np.partition(windows, window // 2, axis=-1)[..., window // 2]
     return np.where(np.arange(t)[None, :, None] < lengths[:, None, None], strong, -np.inf)

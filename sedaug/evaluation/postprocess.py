@@ -57,17 +57,23 @@ def median_filter(binary: np.ndarray, window: int, lengths: np.ndarray | None = 
     n, t, c = x.shape
     lengths = np.full(n, t) if lengths is None else np.asarray(lengths, dtype=np.int64).reshape(n)
     if window > 1 and t > 0:
-        before = window // 2  # scipy centres a window of size w at offset w // 2
-        pos = np.arange(-before, t + window - before - 1)
-        period = 2 * lengths[:, None]
-        m = np.mod(pos[None, :], period)  # symmetric reflection, repeated if the window is longer than the clip
-        idx = np.where(m < lengths[:, None], m, period - 1 - m)
-        padded = np.take_along_axis(x, idx[:, :, None], axis=1)
+        padded = np.take_along_axis(x, reflected_windows(t, window, lengths)[:, :, None], axis=1)
         csum = np.zeros((n, padded.shape[1] + 1, c), dtype=np.int32)
         np.cumsum(padded, axis=1, out=csum[:, 1:])
         x = (csum[:, window:] - csum[:, :-window]) >= window - window // 2
     x = x & (np.arange(t)[None, :, None] < lengths[:, None, None])
     return x[0] if single else x
+
+
+def reflected_windows(t: int, window: int, lengths: np.ndarray) -> np.ndarray:
+    """(N, t + window - 1) frame indices of each clip padded for a centred window of `window` frames, each clip
+    reflected at its own end as scipy's 'reflect' mode does (d c b a | a b c d | d c b a): the padded clip's frames
+    k .. k + window - 1 are output frame k's window."""
+    before = window // 2  # scipy centres a window of size w at offset w // 2
+    pos = np.arange(-before, t + window - before - 1)
+    period = 2 * lengths[:, None]
+    m = np.mod(pos[None, :], period)  # symmetric reflection, repeated if the window is longer than the clip
+    return np.where(m < lengths[:, None], m, period - 1 - m)
 
 
 def median_filter_scores(strong: np.ndarray, window: int, lengths: np.ndarray) -> np.ndarray:

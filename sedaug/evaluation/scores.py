@@ -34,11 +34,15 @@ def score_frames(
     return frames
 
 
+def score_text(frame: pd.DataFrame) -> str:
+    """One clip's frame scores as the TSV text sed_scores_eval reads (what `write_sed_scores` writes), each number in
+    its shortest exact form (str(float): it reads back exactly; 4x faster than pandas' writer)."""
+    rows = frame.to_numpy().tolist()
+    return "\n".join(["\t".join(frame.columns), *("\t".join(map(str, row)) for row in rows)]) + "\n"
+
+
 def write_scores(scores: dict[str, pd.DataFrame], directory: Path) -> None:
-    """One sed_scores_eval TSV per clip (what `write_sed_scores` writes, numbers in their shortest exact form);
-    the folder is filled aside and swapped in whole."""
+    """One sed_scores_eval TSV per clip; the folder is filled aside and swapped in whole."""
     with atomic_dir(directory) as tmp:
         for key, frame in scores.items():
-            rows = frame.to_numpy().tolist()  # str(float): the shortest text that reads back exactly; 4x faster
-            text = "\n".join(["\t".join(frame.columns), *("\t".join(map(str, row)) for row in rows)]) + "\n"
-            (tmp / f"{key}.tsv").write_text(text)
+            (tmp / f"{key}.tsv").write_text(score_text(frame))
