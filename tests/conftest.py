@@ -15,6 +15,7 @@ Data fixtures (sedaug.data):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -49,14 +50,30 @@ def mels(batch: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
 
 
-def one_line_error(result, *fragments: str) -> str:
+def run(*args):
+    """`sedaug ARGS` in this process (a CliRunner result: stdout and stderr apart)."""
+    from typer.testing import CliRunner
+
+    from sedaug.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def checksums(*folders: Path) -> dict[str, str]:
+    """sha256 of every file below the folders, hidden ones included (a leftover temporary file shows up);
+    TensorBoard's event files aside (a refused command may open a writer)."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.name.startswith("events.out")}
+
+
+def one_line_error(result, *fragments: str, code: int = 1) -> str:
     """The single `error:` line of a refused CLI command (a CliRunner result, or a subprocess.CompletedProcess),
-    alone on stderr, with exit status 1 and no traceback; each of `fragments` is in it."""
+    alone on stderr, with exit status `code` and no traceback; each of `fragments` is in it."""
     if isinstance(result, subprocess.CompletedProcess):
-        code, output = result.returncode, result.stdout + result.stderr
+        status, output = result.returncode, result.stdout + result.stderr
     else:
-        code, output = result.exit_code, result.output
-    assert code == 1, output
+        status, output = result.exit_code, result.output
+    assert status == code, output
     assert "Traceback" not in output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), output

@@ -10,7 +10,6 @@ map onto a full disk used to kill the process with SIGBUS (exit status 135).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import resource
 import shutil
@@ -23,10 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import one_line_error
-from typer.testing import CliRunner
+from conftest import checksums, one_line_error, run
 
-from sedaug.cli import app
 from sedaug.data.desed import SPLITS, load_events
 from sedaug.data.store import FeatureStore
 from sedaug.files import atomic_dir
@@ -36,19 +33,6 @@ REAL_RATE = 44100
 WEAK_CLIP = "Yaaaaaaaaaaa_0.000_10.000.wav"
 EVAL_CLIP = "Yevalevaleva_0.000_10.000.wav"  # public.tsv line 2: Alarm_bell_ringing 2.0 - 3.0
 
-
-def run(*args) -> object:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def checksums(*folders: Path) -> dict[str, str]:
-    """sha256 of every file below the folders, hidden ones included (a leftover temporary file shows up)."""
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-        for folder in folders
-        for p in sorted(Path(folder).rglob("*"))
-        if p.is_file()
-    }
 
 
 # ------------------------------------------------------------------------------------------------ prepare-desed

@@ -3,7 +3,6 @@ that names the file or key, no traceback, and what was written before is unchang
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import checksums, one_line_error
 from typer.testing import CliRunner
 
 from sedaug.cli import app
@@ -22,23 +22,6 @@ from sedaug.recipe import dump_recipe, load_recipe
 from sedaug.rundir import RunDir
 
 REPO = Path(__file__).parents[1]
-
-
-def checksums(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith("events.out")}
-
-
-def one_error(result, *needles: str, code: int = 1) -> str:
-    """The single `error:` line of a failed command (stderr and stdout mixed, as CliRunner gives them)."""
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and len(lines) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def _train_command(runs: Path, features: Path, overrides: list[str], recipe: str, epochs: int) -> list[str]:
@@ -86,7 +69,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_restarts_with_resume(cli
     # What a kill -9 in the first epoch leaves: the resolved recipe, the log's first line.
     (run / "recipe.yaml").write_text(dump_recipe(load_recipe(REPO / "recipes" / "none.yaml", sets)))
     (run / "train.log").write_text("start none seed 0\n")
-    message = one_error(cli(), str(run), "stopped before its first epoch ended", "--resume")
+    message = one_line_error(cli(), str(run), "stopped before its first epoch ended", "--resume")
     assert "checkpoints/last.pt" in message
     result = cli("--resume")
     assert result.exit_code == 0, result.output
@@ -94,7 +77,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_restarts_with_resume(cli
 
 
 def test_divergence_before_any_checkpoint_says_nothing_was_saved(cli, tmp_path):
-    one_error(cli("--set", "optim.lr=1e30"), "loss became nan", "nothing was saved")
+    one_line_error(cli("--set", "optim.lr=1e30"), "loss became nan", "nothing was saved")
     assert not (tmp_path / "runs" / "none" / "seed0" / "checkpoints" / "last.pt").exists()
 
 
@@ -102,7 +85,7 @@ def test_resume_cannot_shrink_a_finished_run_and_keeps_its_files_true(cli, tmp_p
     assert cli(epochs=2).exit_code == 0
     run = tmp_path / "runs" / "none" / "seed0"
     before = checksums(run)
-    one_error(cli("--resume", epochs=1), "optim.epochs 1 is below the 2 epochs")
+    one_line_error(cli("--resume", epochs=1), "optim.epochs 1 is below the 2 epochs")
     assert checksums(run) == before
 
 
@@ -116,7 +99,7 @@ def test_resume_without_recipe_yaml_uses_the_checkpoints_recipe(cli, trained, tm
 def test_two_processes_never_write_one_run_directory(cli, tmp_path):
     run = tmp_path / "runs" / "none" / "seed0"
     with RunDir(run).lock():  # another process holds it (flock conflicts between open files, even in one process)
-        one_error(cli(), str(run), "in use by another sedaug process", f"pid {os.getpid()}")
+        one_line_error(cli(), str(run), "in use by another sedaug process", f"pid {os.getpid()}")
     assert not (run / "checkpoints").exists()
     assert cli().exit_code == 0  # released: the run goes ahead
 
@@ -141,7 +124,7 @@ def test_a_run_is_not_evaluated_while_another_process_trains_it(trained, cli):
     try:
         before = checksums(trained)
         result = CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"])
-        one_error(result, str(trained), "being trained by another sedaug process", f"pid {holder.pid}")
+        one_line_error(result, str(trained), "being trained by another sedaug process", f"pid {holder.pid}")
         assert checksums(trained) == before
     finally:
         holder.communicate("")
@@ -149,7 +132,7 @@ def test_a_run_is_not_evaluated_while_another_process_trains_it(trained, cli):
     try:
         result = CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"])
         assert result.exit_code == 0, result.output
-        one_error(cli("--resume", epochs=2), "in use by another sedaug process (an evaluation reading it)")
+        one_line_error(cli("--resume", epochs=2), "in use by another sedaug process (an evaluation reading it)")
     finally:
         reader.communicate("")
     assert CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"]).exit_code == 0  # released
@@ -174,7 +157,7 @@ def test_unreadable_checkpoints_are_one_line(cli, trained, tmp_path, content, wh
         result = CliRunner().invoke(app, ["evaluate", str(run), "--device", "cpu"])
     else:
         result = cli("--resume", epochs=2)
-    one_error(result, str(target), "sedaug checkpoint", why)
+    one_line_error(result, str(target), "sedaug checkpoint", why)
     assert checksums(run) == before
 
 
@@ -188,7 +171,7 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_was_saved(cli, tmp_path, mo
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr("sedaug.train.ema_update", interrupt_twice)
-    one_error(cli("--resume", recipe="baseline", epochs=2), "interrupted again", "holds epoch 1", code=130)
+    one_line_error(cli("--resume", recipe="baseline", epochs=2), "interrupted again", "holds epoch 1", code=130)
     assert checksums(run / "checkpoints") == before
 
 
@@ -197,11 +180,11 @@ def test_table_refuses_results_that_are_not_results(trained, tmp_path, content):
     results = tmp_path / "runs" / "none" / "seed0" / "eval" / "results.json"
     results.parent.mkdir()
     results.write_text(content)
-    one_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs")]), str(results), "sedaug evaluate")
+    one_line_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs")]), str(results), "sedaug evaluate")
 
 
 def test_table_out_a_folder_is_refused(trained, tmp_path):
-    one_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs"), "--format", "csv", "--out", str(tmp_path)]),
+    one_line_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs"), "--format", "csv", "--out", str(tmp_path)]),
               f"--out {tmp_path} is a folder")
 
 

@@ -7,17 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error
-from typer.testing import CliRunner
-
-from sedaug.cli import app
+from conftest import one_line_error, run
 
 COMMANDS = ["prepare-desed", "extract-mels", "train", "evaluate", "table"]
 RECIPES = Path(__file__).parents[1] / "recipes"
-
-
-def run(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])

@@ -6,7 +6,6 @@ was there before is byte-identical, with no temporary file left."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,26 +14,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import one_line_error
-from typer.testing import CliRunner
+from conftest import checksums, one_line_error, run
 
-from sedaug.cli import app
 from sedaug.detect import file_stems
 from sedaug.errors import UserError
 from sedaug.evaluation.results import read_results
 
 REPO = Path(__file__).parents[1]
-
-
-def run(*args) -> object:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def checksums(*folders: Path) -> dict[str, str]:
-    """sha256 of every file below the folders, hidden ones included (a leftover temporary file shows up);
-    TensorBoard's event files aside (a refused command may open a writer)."""
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders
-            for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.name.startswith("events.out")}
 
 
 def train_args(runs: Path, features: Path, overrides: list[str], *extra: str, epochs: int = 1) -> list[str]:
