@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sedaug.data.desed import CLASSES
 from sedaug.evaluation.bootstrap import SECONDS_PER_HOUR, psd_area
-from sedaug.evaluation.postprocess import as_scores, frame_counts, median_filter_scores, merge_overlaps
-from sedaug.evaluation.psds import PSDS1, PSDS2
+from sedaug.evaluation.postprocess import as_scores, frame_counts, median_filter_scores
+from sedaug.evaluation.psds import PSDS1, PSDS2, sed_scores_reference
 from sedaug.evaluation.scores import clip_id, score_frames
 
 # metric -> (sed_scores_eval parameters, whether the scores are median-filtered first), as evaluation/results.py
@@ -48,13 +47,9 @@ def sed_scores_counts(
     strong = as_scores(strong)
     if filtered:
         strong = median_filter_scores(strong, median_window, frame_counts(durations, strong.shape[1]))
-    gt = merge_overlaps(ground_truth)
-    classes = [c for c in CLASSES if c in set(gt.event_label)]  # as sed_scores_psds: classes with ground truth
     keys = [clip_id(f) for f in clips]
+    gt, classes, events = sed_scores_reference(ground_truth, keys)  # as sed_scores_psds
     scores = {k: v[["onset", "offset", *classes]] for k, v in score_frames(strong, clips, durations).items()}
-    events: dict[str, list] = {k: [] for k in keys}
-    for f, on, off, label in gt.itertuples(index=False):
-        events[clip_id(f)].append((float(on), float(off), label))
     deltas = intermediate_statistics_deltas(
         scores, events, dtc_threshold=params["dtc_threshold"], gtc_threshold=params["gtc_threshold"],
         cttc_threshold=params["cttc_threshold"])

@@ -106,14 +106,20 @@ def sed_scores_psds(
     """
     from sed_scores_eval.intersection_based import psds
 
-    gt = merge_overlaps(ground_truth)
-    classes = [c for c in CLASSES if c in set(gt.event_label)]
+    _, classes, events = sed_scores_reference(ground_truth, list(scores))
     if not classes:
         return None, {}
-    events = {key: [] for key in scores}
-    for f, on, off, label in gt.itertuples(index=False):
-        events[clip_id(f)].append((float(on), float(off), label))
     if len(classes) < len(CLASSES):
         scores = {k: v[["onset", "offset", *classes]] for k, v in scores.items()}
     value, per_class, *_ = psds(scores, events, durations, unit_of_time="hour", **params)
     return float(value), {c: float(per_class[c]) for c in classes}
+
+
+def sed_scores_reference(ground_truth: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, list[str], dict]:
+    """The ground truth as sed_scores_eval takes it: merged (`merge_overlaps`), its classes (those with an event:
+    sed_scores_eval refuses a class without one) and each clip's events by clip_id, for the clips `keys`."""
+    gt = merge_overlaps(ground_truth)
+    events: dict[str, list] = {key: [] for key in keys}
+    for f, on, off, label in gt.itertuples(index=False):
+        events[clip_id(f)].append((float(on), float(off), label))
+    return gt, [c for c in CLASSES if c in set(gt.event_label)], events
