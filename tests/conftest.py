@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from sedaug.data.extract import extract_mels  # noqa: E402
 from sedaug.data.synthetic import generate_synthetic  # noqa: E402
+from sedaug.model import Perturbation  # noqa: E402
 from sedaug.recipe import ModelConfig  # noqa: E402
 
 # The tiny CRNN: two gated blocks that pool time 4x (the output frame grid of the full model) and frequency to 1.
@@ -42,12 +43,48 @@ TINY_CRNN = {"cnn_filters": [4, 8], "cnn_pooling": [[4, 4], [1, 32]], "rnn_hidde
 
 
 TINY_MODEL = ModelConfig(**TINY_CRNN, rnn_layers=1)
+# Small enough to form VAT's Jacobian row by row: for 16 mel bins and 16 frames (4 output frames, time pooled 4x as
+# the real grid), in PyTorch's init (dcase20's leaves every output near the base rate, where curvature is tiny).
+SMALL = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(2, 4), (2, 4)], rnn_hidden=8, rnn_layers=1, init="pytorch")
 
 
 def mels(batch: int, seed: int = 0) -> torch.Tensor:
     """A batch of positive, skewed linear mels (B, 628, 128), like real ones after |STFT| and the mel bank."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 628, 128, generator=g) ** 4 * 10
+
+
+class Spy(torch.nn.Module):
+    """Wraps a model; counts its passes and records, per point, h and the perturbation added there in its last
+    perturbed pass (VAT's probe ξ·‖h‖·unit(d₀), an adversarial d). A perturbation that names its points stays one
+    (model.Perturbation): a plain callable would run a compiled CNN block by block."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.calls, self.seen = model, 0, {}
+
+    def forward(self, mel, perturb=None):
+        self.calls += 1
+
+        def spy(point, h):
+            out = perturb(point, h)
+            self.seen[point] = (h.detach(), (out - h).detach())
+            return out
+
+        if isinstance(perturb, Perturbation):
+            return self.model(mel, Perturbation(perturb.points, spy))
+        return self.model(mel, spy if perturb is not None else None)
+
+    def added(self, point: str) -> torch.Tensor:
+        return self.seen[point][1]
+
+
+def per_clip_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One cosine per clip (unit() scales each clip's direction apart, and H is block-diagonal over clips), in
+    float64 on the CPU; normalized first: H·d of a small network can be ~1e-9, below cosine_similarity's eps."""
+    a, b = a.detach().cpu().double().flatten(1), b.detach().cpu().double().flatten(1)
+    a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    return (a * b).sum(dim=1)
 
 
 def run(*args):

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_CRNN
+from conftest import SMALL, TINY_CRNN, Spy, per_clip_cosine
 from torch import nn
 from typer.testing import CliRunner
 
@@ -38,7 +38,7 @@ from sedaug.cli import app
 from sedaug.data.batches import ThreeStreams
 from sedaug.data.store import FeatureStore
 from sedaug.device import CONFIGS, StepConfig, allow_tf32
-from sedaug.model import CRNN, Perturbation
+from sedaug.model import CRNN
 from sedaug.recipe import ModelConfig, VATAugmentation, load_recipe
 from sedaug.train import build_training, training_step
 
@@ -107,23 +107,6 @@ class DropoutMasks:
         assert not missing, f"no dropout mask recorded for {sorted(missing)}: the compiled graph skipped the hooks"
 
 
-class Spy(nn.Module):
-    """Wraps a model; records, per point, the perturbation of its last perturbed pass (VAT's probe ξ·‖h‖·unit(d0))."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.probes = model, {}
-
-    def forward(self, mel, perturb=None):
-        def spy(point, h):
-            out = perturb(point, h)
-            self.probes[point] = (out - h).detach()
-            return out
-
-        # Named points, as VAT passes them: a plain callable would run a compiled CNN block by block (model.py).
-        return self.model(mel, Perturbation(perturb.points, spy) if perturb is not None else None)
-
-
 def fixed_mask_curvature(model: CRNN, cfg: ModelConfig, mel: torch.Tensor, masks: dict, probes: dict):
     """H·r of MSE[f(x), f(x + r)] at r = 0, with r = `probes` (point -> tensor), and f(x): f is `model` in float64 (on
     its device) with the clean pass's dropout `masks` written in and BatchNorm normalizing with f's own batch
@@ -167,13 +150,6 @@ def fixed_mask_curvature(model: CRNN, cfg: ModelConfig, mel: torch.Tensor, masks
     return dict(zip(leaves, torch.autograd.grad(pull, list(leaves.values())), strict=True)), clean
 
 
-def per_clip_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a.detach().cpu().double().flatten(1), b.detach().cpu().double().flatten(1)
-    # Normalized first: H·d of a small network can be ~1e-9, below cosine_similarity's eps.
-    a, b = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
-    return (a * b).sum(dim=1)
-
-
 def vat_against_reference(config: str, locations: list[str], device: torch.device, cfg: ModelConfig, mel_shape,
                           dropout: str = "shared"):
     """VAT's directions in configuration `config`, the fixed-mask reference's H·d0 at the same probe, the replayed
@@ -192,14 +168,13 @@ def vat_against_reference(config: str, locations: list[str], device: torch.devic
                                     same if dropout == "shared" else None)
         with torch.no_grad(), same.replaying():
             replayed = tuple(y.float() for y in model(mel))
-    exact, reference = fixed_mask_curvature(model, cfg, mel, masks.masks, {p: spy.probes[p] for p in locations})
+    exact, reference = fixed_mask_curvature(model, cfg, mel, masks.masks, {p: spy.added(p) for p in locations})
     return directions, exact, replayed, reference
 
 
 # The full-size CRNN in PyTorch's init: dcase20's init leaves every output near the base rate, where a wrong mask
 # moves the outputs too little to be seen.
 FULL = ModelConfig(init="pytorch")
-SMALL = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(2, 4), (2, 4)], rnn_hidden=8, rnn_layers=1, init="pytorch")
 
 
 def check_vat(config, locations, device, cfg, mel_shape) -> None:

@@ -12,6 +12,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SMALL, Spy, per_clip_cosine
 
 from sedaug import augment
 from sedaug.augment import SameDraws, vat_directions
@@ -19,11 +20,9 @@ from sedaug.data.batches import Batch
 from sedaug.device import COMPILE_AFTER_STEPS, CONFIGS, CUDA_AUTO, StepConfig, resolve_step_config
 from sedaug.errors import UserError
 from sedaug.model import CRNN, Perturbation
-from sedaug.recipe import ModelConfig, Recipe, VATAugmentation
+from sedaug.recipe import Recipe, VATAugmentation
 from sedaug.train import Training, training_step
 
-# Small enough to form J row by row: 16 mel bins, 16 frames (4 output frames), time pooled 4x as the real grid.
-SMALL = ModelConfig(cnn_filters=[4, 8], cnn_pooling=[(2, 4), (2, 4)], rnn_hidden=8, rnn_layers=1, init="pytorch")
 VAT = VATAugmentation(type="vat", locations=["input"])  # the defaults: ξ = 1e-3 relative, one iteration
 VAT_AT_A_BLOCK = VATAugmentation(type="vat", locations=["cnn1"])
 
@@ -56,23 +55,6 @@ def emulated_tf32(monkeypatch):
     monkeypatch.setattr(augment, "tf32_allowed", lambda device: torch.backends.cudnn.allow_tf32)
 
 
-class Spy(torch.nn.Module):
-    """Records the perturbation the last pass added at `point` (VAT's probe ξ·‖h‖·unit(d₀))."""
-
-    def __init__(self, model, point: str = "input"):
-        super().__init__()
-        self.model, self.point, self.added = model, point, None
-
-    def forward(self, mel, perturb=None):
-        def spy(point, h):
-            out = perturb(point, h)
-            if point == self.point:
-                self.added = (out - h).detach()
-            return out
-
-        return self.model(mel, Perturbation(perturb.points, spy) if perturb is not None else None)
-
-
 def exact_curvature(model: CRNN, mel: torch.Tensor, same: SameDraws, d: torch.Tensor, point: str = "input"):
     """H·d for the replayed network, d at `point`, J row by row (one pass each: a compiled backward is not called
     twice)."""
@@ -92,21 +74,15 @@ def exact_curvature(model: CRNN, mel: torch.Tensor, same: SameDraws, d: torch.Te
     return (hessian @ d.flatten().double()).view(d.shape)
 
 
-def cosines_per_clip(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    """One cosine per clip: unit() scales each clip's direction apart, and H is block-diagonal over clips."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()
-    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).tolist()
-
-
 def vat_against_exact(model: CRNN, mel: torch.Tensor, bf16: bool, aug: VATAugmentation = VAT) -> list[float]:
     (point,) = aug.locations
     same = SameDraws(model, mel.device)
-    spy = Spy(model, point)
+    spy = Spy(model)
     with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
         with same.recording():
             clean = model(mel)
         d = vat_directions(aug, spy, tuple(y.detach() for y in clean), mel, same)[point]
-    return cosines_per_clip(d, exact_curvature(model, mel, same, spy.added, point))
+    return per_clip_cosine(d, exact_curvature(model, mel, same, spy.added(point), point)).tolist()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "tf32"])
