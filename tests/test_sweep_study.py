@@ -219,6 +219,10 @@ def test_a_dry_run_of_a_resume_refuses_what_the_resume_would_and_says_what_is_do
     planned = plan_sweep(k.spec, out=k.out, resume=True)
     assert any(n.startswith(f"--resume: 4 of the search trials and 2 of the final runs are done in {k.out} already")
                for n in planned.notes)
+    for row in planned.rows:  # all of it done: nothing left of the estimate
+        row.step_s = 1.0
+        assert row.done_steps == pytest.approx(row.trial_hours * 3600) and row.left_hours == pytest.approx(0.0), row
+    assert planned.footer()[1] == "  left: 0 trial-hours (what --resume finds done taken off)"
 
 
 def test_dry_run_plans_what_ran(edited_study):

@@ -239,6 +239,13 @@ class RowCost:
     # Steps per epoch of each search trial where they differ between settings (a searched data.batch_size or
     # optim.max_steps_per_epoch); a final run counts the most. Empty: every trial has `steps`.
     each_steps: tuple[int, ...] = ()
+    done_steps: int = 0  # on --resume: the training steps on disk already, or no longer needed (a stopped trial's)
+
+    @property
+    def left_hours(self) -> float | None:
+        if self.trial_hours is None:
+            return None
+        return max(0.0, self.trial_hours - self.done_steps * self.step_s / 3600)
 
     @property
     def trial_hours(self) -> float | None:
@@ -280,6 +287,9 @@ class DryRun:
         if all(h is not None for h in total):
             out.append(f"  total: {_hours(sum(total))} trial-hours of training steps on {self.device} (timed alone; "
                        "validation, evaluation and trials sharing a device add to it)")
+            if any(r.done_steps for r in self.rows):
+                out.append(f"  left: {_hours(sum(r.left_hours for r in self.rows))} trial-hours (what --resume finds "
+                           "done taken off)")
         return out + self.notes
 
     def lines(self) -> list[str]:
@@ -325,6 +335,18 @@ def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
     steps = min(int(sizes.get("unlabeled", 0)) // (b // 2), int(sizes.get("weak", 0)) // (b // 4),
                 int(sizes.get("synthetic_train", 0)) // (b // 4))
     return min(steps, recipe.optim.max_steps_per_epoch or steps), note
+
+
+def steps_done(run_dir: Path, epochs: int, settled: bool) -> int:
+    """Training steps of a sweep's run that are behind it: all of them for a settled one (done, stopped early or
+    diverged: nothing of it is trained again), else its checkpointed epochs'."""
+    from sedaug.recipe import load_recipe
+    from sedaug.sweep.trial import checkpointed_metrics
+
+    if not (run_dir / "recipe.yaml").is_file():
+        return 0
+    per_epoch, _ = _steps_per_epoch(load_recipe(run_dir / "recipe.yaml"))
+    return per_epoch * (epochs if settled else min(epochs, len(checkpointed_metrics(run_dir))))
 
 
 def _family(recipe: Recipe) -> str:

@@ -186,13 +186,23 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
     check_out(out, loaded, resume)
     plan = dry_run(loaded, timed=False)
     if resume and out.is_dir():
+        from sedaug.sweep.plan import steps_done
+
         records = search_records(loaded, out)
-        done = sum(r.status in ("done", "stopped", "diverged") for r in records)
-        finals = [final_dir(out, name, seed) for name in loaded.bases for seed in loaded.sweep.seeds]
-        finals_done = sum((r / "eval" / "results.json").is_file() for r in finals)
+        rows = {row.recipe: row for row in plan.rows}
+        for r in records:
+            rows[r.recipe].done_steps += steps_done(r.run_dir, r.epochs, r.status in SETTLED)
+        finals_done = 0
+        for name in loaded.bases:
+            for seed in loaded.sweep.seeds:
+                final = final_dir(out, name, seed)
+                evaluated = (final / "eval" / "results.json").is_file()
+                finals_done += evaluated
+                if seed != loaded.sweep.trial_seed:  # else the search run's copy, never counted as training
+                    rows[name].done_steps += steps_done(final, loaded.epochs[name], evaluated)
+        done = sum(r.status in SETTLED for r in records)
         plan.notes.append(f"--resume: {done} of the search trials and {finals_done} of the final runs are done in "
-                          f"{out} already (the estimate counts them all; a final run of a winner the edit dethrones is "
-                          "set aside and trained again)")
+                          f"{out} already (a final run of a winner the edit dethrones is set aside and trained again)")
     return plan
 
 
