@@ -327,8 +327,6 @@ def table(
             raise UserError("--per-class prints the per-class view alone: leave out --ci, --compare, --paper and --plot")
         rows = per_class_rows(runs_dir, split=split.value)
         if out is None and format is Format.rich:
-            from rich.console import Console
-
             print_per_class(rows, split.value, Console(width=None if sys.stdout.isatty() else 10_000))
             return
         text, count = render_per_class(rows, format.value, split.value), len(rows)
@@ -346,8 +344,6 @@ def table(
             plot_table(data, plot)
             console.print(f"wrote {plot} ({len(data.rows)} recipes)")
         if out is None and format is Format.rich:
-            from rich.console import Console
-
             print_table(data, Console(width=None if sys.stdout.isatty() else 10_000))  # whole rows in logs
             return
         text, count = render(data, format.value), len(data.rows)
