@@ -311,6 +311,7 @@ def table(
                                               "intervals, the reference row's shaded, the paper's values.")] = None,
 ) -> None:
     """Collect evaluated runs into the paper's Table 1."""
+    from sedaug.rundir import sedaug_data_holding
     from sedaug.table import NO_COMPARISON, build_table, left_out, per_class_rows
     from sedaug.table_render import print_per_class, print_table, render, render_per_class
 
@@ -322,6 +323,8 @@ def table(
     for path, what in ((out, "--out"), (plot, "--plot")):
         if path is not None and path.is_dir():
             raise UserError(f"{what} {path} is a folder: give a file name")
+        if path is not None and (held := sedaug_data_holding(path)) is not None:
+            raise UserError(f"{what} {path} is in {held}, which the table would overwrite: give a path outside it")
     if per_class:
         if ci is not None or paper or plot is not None or compare is not None or no_compare:
             raise UserError("--per-class prints the per-class view alone: leave out --ci, --compare, --paper and --plot")

@@ -34,7 +34,7 @@ from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import clip_id, score_frames, score_text
 from sedaug.files import write_text, write_tsv
 from sedaug.progress import progress_bar
-from sedaug.rundir import RunDir, run_holding
+from sedaug.rundir import RunDir, sedaug_data_holding
 
 # What a folder is searched for (recursively); a file named on the command line is read whatever its suffix.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64")
@@ -165,12 +165,12 @@ def detect(
 
 
 def _check_outputs(out: Path, scores_dir: Path | None, plot_dir: Path | None) -> None:
-    """Refuse outputs that would overwrite what detect did not write: a run's own files, or an --out that is not a
-    detections TSV (a recording, a recipe)."""
+    """Refuse outputs that would overwrite what detect did not write: a run's own files, a feature store or a
+    prepared DESED (whose label TSVs have a detections TSV's header), or an --out that is not a detections TSV (a
+    recording, a recipe)."""
     for option, path in (("--out", out), ("--scores", scores_dir), ("--plot", plot_dir)):
-        if path is not None and (run := run_holding(path)) is not None:
-            raise UserError(f"{option} {path} is in run {run}'s own files, which detect would overwrite: give a path "
-                            "outside them")
+        if path is not None and (held := sedaug_data_holding(path)) is not None:
+            raise UserError(f"{option} {path} is in {held}, which detect would overwrite: give a path outside it")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give a file name")
     header = "\t".join(EVENT_COLUMNS)

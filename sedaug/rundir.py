@@ -186,6 +186,23 @@ def run_holding(path: Path) -> Path | None:
     return None
 
 
+def sedaug_data_holding(path: Path) -> str | None:
+    """What sedaug wrote that `path` is or lies in, which another command's output must not overwrite: a run's own
+    files, a feature store, a prepared DESED (its manifest, and a synthetic one's audio and labels); None else."""
+    from sedaug.data.desed import MANIFEST_DIR, PREPARE_JSON
+    from sedaug.data.store import FEATURES_JSON
+
+    if (run := run_holding(path)) is not None:
+        return f"run {run}'s own files"
+    resolved = Path(path).resolve()
+    for root in (resolved, *resolved.parents):
+        if (root / FEATURES_JSON).is_file():
+            return f"the feature store {root}"
+        if (root / MANIFEST_DIR / PREPARE_JSON).is_file():
+            return f"the prepared DESED {root}"
+    return None
+
+
 def read_diverged(run_dir: Path) -> dict | None:
     """`{epoch, step, message}` of a sweep's run whose loss became non-finite, or None."""
     try:

@@ -261,11 +261,17 @@ def test_user_errors(run, tmp_path):
 
 
 
-def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run, tmp_path):
+def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run, tmp_path, tiny_features,
+                                                                           tiny_desed):
     write_tone(tmp_path / "a.wav", 2.0, 16000, 1, seed=5)
     (tmp_path / "notes.tsv").write_text("my\tnotes\n")
+    truth, labels = tiny_features / "eval" / "events.tsv", next((tiny_desed / "metadata").rglob("*.tsv"))
     kept = {path: path.read_bytes() for path in (tmp_path / "a.wav", tmp_path / "notes.tsv", run / "recipe.yaml",
-                                                 run / "checkpoints" / "best.pt")}
+                                                 run / "checkpoints" / "best.pt", truth, labels)}
+    # Ground truth and DESED labels have a detections TSV's header: refused as a store's and a DESED's files.
+    for out, held in ((truth, f"the feature store {tiny_features}"), (labels, f"the prepared DESED {tiny_desed}")):
+        with pytest.raises(UserError, match=f"--out {out} is in {held}, which detect would overwrite"):
+            detect(run, [tmp_path / "a.wav"], out, progress=False)
     for out in (tmp_path / "a.wav", tmp_path / "notes.tsv"):  # its own input, a file of the user's
         with pytest.raises(UserError, match=f"--out {out} exists and is not a detections TSV"):
             detect(run, [tmp_path / "a.wav"], out, progress=False)

@@ -68,6 +68,20 @@ def test_an_evaluated_folder_without_recipe_yaml_is_named_not_silently_dropped(r
     assert CliRunner().invoke(app, ["table", str(runs), "--format", "csv"]).stderr == result.stderr
 
 
+def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
+    from conftest import checksums, one_line_error, run
+
+    seed = runs / "baseline" / "seed0"
+    (seed / "checkpoints").mkdir()  # a trained run's
+    before = checksums(runs)
+    for option, path in (("--out", seed / "recipe.yaml"), ("--out", seed / "eval" / "results.json"),
+                         ("--plot", seed / "train_curves.png")):
+        one_line_error(run("table", runs, option, path, "--format", "csv"),
+                       f"{option} {path} is in run {seed.resolve()}'s own files, which the table would overwrite")
+    assert checksums(runs) == before
+    assert run("table", runs, "--out", runs / "table.csv", "--format", "csv").exit_code == 0  # beside the runs: fine
+
+
 def test_markdown_golden(runs):
     check_golden(render(build_table(runs), "markdown"), "table.md")
 
