@@ -16,8 +16,9 @@ from sedaug.errors import UserError
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.files import remove_stale_temporaries, write_text
-from sedaug.recipe import Recipe, dump_recipe, load_recipe
+from sedaug.recipe import Recipe, dump_recipe, load_recipe, what_a_run_trains
 from sedaug.rundir import DIVERGED, RunDir, read_diverged
+from sedaug.strict_yaml import diff_keys
 from sedaug.watch import log_evaluation
 
 
@@ -89,8 +90,12 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
     members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
     recipe = members[0][2]
     for path, _, other, _ in members[1:]:
-        if other.model_copy(update={"seed": recipe.seed}) != recipe:
-            raise UserError(f"{path}: another recipe than {members[0][0]}'s: an ensemble averages seeds of one recipe")
+        # Its epochs may differ: a resumed run's best.pt keeps the recipe of the start it comes from.
+        differ = [k for k in diff_keys(what_a_run_trains(recipe), what_a_run_trains(other)) if k != "seed"]
+        if differ:
+            shown = ", ".join(differ[:3]) + (", ..." if len(differ) > 3 else "")
+            raise UserError(f"{path}: another recipe than {members[0][0]}'s ({shown} differ): an ensemble averages "
+                            "seeds of one recipe")
     out = Path(out) if out is not None else members[0][0].parent / "ensemble"
     ensemble = recipe.model_copy(update={"name": f"{recipe.name}_ensemble", "seed": 0})
     _check_ensemble_out(out, ensemble.name, run_dirs)

@@ -15,9 +15,10 @@ from sedaug.data.desed import CLASSES
 REPO = Path(__file__).parents[1]
 
 
-def train(runner: CliRunner, runs: Path, recipe: str, seed: int, steps: int, overrides: list[str], features) -> Path:
+def train(runner: CliRunner, runs: Path, recipe: str, seed: int, steps: int, overrides: list[str], features,
+          epochs: int = 1) -> Path:
     cmd = ["train", str(REPO / "recipes" / f"{recipe}.yaml"), "--runs", str(runs), "--device", "cpu",
-           "--set", "optim.epochs=1", "--set", f"seed={seed}"]
+           "--set", f"optim.epochs={epochs}", "--set", f"seed={seed}"]
     for item in [*overrides, f"data.features={features}", "data.batch_size=4", f"optim.max_steps_per_epoch={steps}"]:
         cmd += ["--set", item]
     assert runner.invoke(app, cmd).exit_code == 0
@@ -59,6 +60,17 @@ def test_an_ensemble_of_different_recipes_is_refused(tiny_features, tiny_model_o
                                  "--ensemble", "--device", "cpu"])
     assert result.exit_code == 1
     assert result.output.strip().startswith("error: ") and "another recipe" in result.output
+    assert "(name, augmentation.type, augmentation.locations, ... differ)" in result.output
+
+
+def test_an_ensemble_takes_seeds_trained_for_other_epochs(tiny_features, tiny_model_overrides, tmp_path):
+    """A resumed seed's best.pt may come from before the resume, its recipe with fewer epochs: still one recipe."""
+    runner = CliRunner()
+    runs = tmp_path / "runs"
+    seeds = [train(runner, runs, "none", seed, 1, tiny_model_overrides, tiny_features, epochs=seed + 1)
+             for seed in (0, 1)]
+    result = runner.invoke(app, ["evaluate", *map(str, seeds), "--ensemble", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
 
 
 def test_a_diverged_run_of_a_sweep_is_not_scored_and_the_other_seeds_are(tiny_features, tiny_model_overrides, tmp_path):
