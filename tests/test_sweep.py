@@ -22,7 +22,7 @@ from sedaug.sweep import in_search, selected_settings
 from sedaug.sweep.plan import dry_run, settings
 from sedaug.sweep.select import TrialRecord, winners, write_selection
 from sedaug.sweep.spec import grid_settings, load_sweep
-from sedaug.sweep.trial import search_dir, setting_id
+from sedaug.sweep.trial import search_dir, setting_id, trial_lock
 
 REPO = Path(__file__).parents[1]
 TINY = {"model.cnn_filters": [4, 8], "model.cnn_pooling": [[4, 4], [1, 32]], "model.rnn_hidden": 8,
@@ -357,9 +357,9 @@ def killed_and_resumed(tiny_features, tmp_path_factory):
         # A trial's worker, killed after its first epoch (checkpointed: metrics.jsonl is written before last.pt)
         # while it trains the second.
         victim = _wait(lambda: next((r for r in runs.values() if len(_rows(r)) == 1 and (
-            r / "checkpoints" / "last.pt").exists() and _lock_holder(r.with_name(r.name + ".lock"))), None),
+            r / "checkpoints" / "last.pt").exists() and _lock_holder(trial_lock(r))), None),
             "a trial's first epoch")
-        lock = victim.with_name(victim.name + ".lock")
+        lock = trial_lock(victim)
         first_epoch = _rows(victim)[0]
         worker = _lock_holder(lock)
         os.kill(worker, signal.SIGKILL)
@@ -369,7 +369,7 @@ def killed_and_resumed(tiny_features, tmp_path_factory):
 
         # The driver, killed once a trial has finished and while another still runs.
         finished = _wait(lambda: [r for r in runs.values() if len(_rows(r)) == EPOCHS and _lock_holder(
-            r.with_name(r.name + ".lock")) is None], "a finished trial")  # all written, the trial returned
+            trial_lock(r)) is None], "a finished trial")  # all written, the trial returned
         snapshot = {r: ((r / "metrics.jsonl").read_text(), (r / "train.log").read_text(),
                         (r / "checkpoints" / "last.pt").stat().st_mtime_ns) for r in finished}
         os.kill(driver.pid, signal.SIGKILL)

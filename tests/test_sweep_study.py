@@ -167,6 +167,8 @@ def test_an_edited_sweep_resumes_running_only_the_new_setting(edited_study):
     sigmas = sorted(float(r["augmentation.sigma"]) for r in rows if r["recipe"] == "noise_latent")
     assert sigmas == [0.05, 0.1]  # 0.2 is left on disk, ignored by selection
     assert len(list((k.out / "search" / "noise_latent").glob("*/seed0"))) == 3
+    # `seed*` matches run directories only (the trials' locks are hidden): `sedaug evaluate final/none/seed*` works.
+    assert {p.name for p in k.out.rglob("seed*")} == {"seed0", "seed1"} and all(p.is_dir() for p in k.out.rglob("seed*"))
     assert any("no longer in the sweep" in n and "1 search trials" in n for n in k.second.notes)
     assert k.second.trials == 4
     # The diverged setting stays a result: never run again.

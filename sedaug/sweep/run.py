@@ -38,7 +38,7 @@ from sedaug.sweep.select import (
     write_selection,
 )
 from sedaug.sweep.spec import LoadedSweep, load_sweep
-from sedaug.sweep.trial import Plan, final_dir, setting_id, trial_dir, trial_spec
+from sedaug.sweep.trial import Plan, final_dir, setting_id, trial_dir, trial_lock, trial_spec
 
 INSTALL_HINT = "sedaug sweep needs Ray Tune and Optuna: pip install 'sedaug[sweep]'"
 
@@ -344,7 +344,7 @@ def _set_aside(out: Path, run_dir: Path, why: str, notes: list[str]) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with RunDir(run_dir).lock():  # not from under an evaluation reading it (refused, one line)
         run_dir.rename(dest)
-    run_dir.with_name(f"{run_dir.name}.lock").unlink(missing_ok=True)  # its trials' lock (trial.locked)
+    trial_lock(run_dir).unlink(missing_ok=True)
     if not any(run_dir.parent.iterdir()):
         run_dir.parent.rmdir()  # a row with no final run left
     notes.append(f"{run_dir.relative_to(out)} {why}: moved to {dest.relative_to(out)}")

@@ -90,6 +90,11 @@ def best_valid_f1(rows: list[dict]) -> float | None:
     return max(scores) if scores else None
 
 
+def trial_lock(run_dir: Path) -> Path:
+    """The lock file of a trial's run directory: beside it (the run may not exist yet), hidden (not a run to `seed*`)."""
+    return run_dir.with_name(f".{run_dir.name}.lock")
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive lock beside a run directory, held while a trial works on it (two trials of one setting, as
@@ -147,7 +152,8 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
     epochs = recipe.optim.epochs
     selection = _selection_split(plan) if stage == "search" else None
 
-    with locked(run_dir.with_name(run_dir.name + ".lock")):
+    run_dir.with_name(run_dir.name + ".lock").unlink(missing_ok=True)  # sedaug 0.1's name, matched by seed*
+    with locked(trial_lock(run_dir)):
         last = run_dir / "checkpoints" / "last.pt"
         diverged = read_diverged(run_dir)
         if diverged is not None:  # a result already: report it again, never train it again
