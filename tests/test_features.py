@@ -390,6 +390,20 @@ def test_truncated_mels_are_extracted_again(real_layout, tmp_path):
     assert mels.read_bytes() == data
 
 
+@pytest.mark.parametrize("damage", ["events.tsv gone", "clips.tsv garbage", "weak.tsv gone", "scaler garbage"])
+def test_a_store_that_evaluation_would_refuse_is_extracted_again(real_layout, tmp_path, damage):
+    """Each damage's error says "re-run `sedaug extract-mels`": that run must rebuild, not say "up to date"."""
+    prepare_desed(real_layout.root, tmp_path / "desed", progress=False)
+    features = tmp_path / "features"
+    extract_mels(tmp_path / "desed", features, workers=1, progress=False)
+    before = {p: p.read_bytes() for p in sorted(features.rglob("*")) if p.is_file()}
+    path = {"events.tsv gone": features / "eval" / "events.tsv", "clips.tsv garbage": features / "eval" / "clips.tsv",
+            "weak.tsv gone": features / "weak" / "weak.tsv", "scaler garbage": features / "scaler.npz"}[damage]
+    path.unlink() if damage.endswith("gone") else path.write_text("garbage\n")
+    assert not extract_mels(tmp_path / "desed", features, workers=1, progress=False).skipped
+    assert {p: p.read_bytes() for p in sorted(features.rglob("*")) if p.is_file()} == before
+
+
 def test_incompatible_store(tiny_features, tmp_path):
     FeatureStore(tiny_features)
     record = json.loads((tiny_features / "features.json").read_text())

@@ -218,15 +218,14 @@ def _open_record(path: Path) -> dict:
 
 
 def is_complete(path: Path, params: FeatureParams = PARAMS) -> bool:
-    """Whether every file of a store is present (the scaler and each split's clips), and each split's mels hold the
-    number of clips its record says (a truncated mels.npy is not complete)."""
-    record = read_record(path) or {}
-    needed = [path / SCALER] + [path / s / "clips.tsv" for s in FEATURE_SPLITS]
-    if not all(p.is_file() for p in needed):
-        return False
+    """Whether the store opens whole, as training and evaluation read it: its record, the scaler, each split's clips
+    (as many as the record says), mels and labels. Any damage they would refuse makes extract-mels rebuild it."""
     try:
+        store = FeatureStore(path, params)
+        store.scaler()
         for name in FEATURE_SPLITS:
-            open_mels(path / name / "mels.npy", int(record["splits"][name]), params)
+            if len(store.split(name)) != int(store.record["splits"][name]):
+                return False
     except (UserError, KeyError, TypeError, ValueError):
         return False
     return True
