@@ -23,6 +23,7 @@ from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
 from sedaug.rundir import read_diverged
 from sedaug.sweep import in_search, selected_settings
+from sedaug.sweep.trial import checkpointed_metrics
 from sedaug.table_ci import (
     BootstrapSettings,
     Difference,
@@ -100,6 +101,7 @@ class _Run:
     recipe: Recipe
     results: dict | None
     diverged: bool  # a sweep's run whose loss became non-finite (diverged.json): no score, counted as such
+    stale: bool = False  # evaluated at a checkpoint that training has replaced since (a --resume)
 
 
 def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> list[_Run]:
@@ -118,10 +120,45 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
             continue  # a copy being made (a sweep's `.seed<k>.copy`), or a folder hidden on purpose
         results_path = run_dir / split / "results.json"
         results = read_results(results_path, metrics) if results_path.is_file() else None
-        runs.append(_Run(run_dir, load_recipe(recipe_path), results, read_diverged(run_dir) is not None))
+        runs.append(_Run(run_dir, load_recipe(recipe_path), results, read_diverged(run_dir) is not None,
+                         results is not None and _stale(run_dir, results)))
     if not runs:
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
+    _check_one_set(runs, split)
     return runs
+
+
+def _stale(run_dir: Path, results: dict) -> bool:
+    """Whether the checkpoint an evaluation scored is no longer the run's: `last` is older than the last epoch
+    trained, `best` is not the epoch of the best synthetic_valid F1 (the first, as train keeps it)."""
+    checkpoint = results.get("checkpoint") if isinstance(results.get("checkpoint"), dict) else {}
+    epoch, name = checkpoint.get("epoch"), checkpoint.get("name")
+    rows = [r for r in checkpointed_metrics(run_dir) if isinstance(r.get("epoch"), int)]
+    if not isinstance(epoch, int) or not rows:  # an ensemble (no epoch of its own), or no training record
+        return False
+    if name == "last":
+        return epoch < rows[-1]["epoch"]
+    scored = [r for r in rows if isinstance(r.get("valid_f1"), int | float)]
+    if name != "best" or not scored:
+        return False
+    return epoch != max(scored, key=lambda r: (r["valid_f1"], -r["epoch"]))["epoch"]
+
+
+def _check_one_set(runs: list[_Run], split: str) -> None:
+    """Every evaluated run scored on the same clips (their count, events and hours in results.json): a table of
+    scores on different sets compares nothing."""
+    evaluated = [r for r in runs if r.results is not None]
+
+    def clips(r: _Run) -> tuple:
+        hours = r.results.get("duration_hours")
+        return r.results.get("n_clips"), r.results.get("n_events"), round(hours, 6) if isinstance(hours, float) else hours
+
+    for run in evaluated[1:]:
+        if None not in clips(run) + clips(evaluated[0]) and clips(run) != clips(evaluated[0]):
+            (n, e, _), (n0, e0, _) = clips(run), clips(evaluated[0])
+            raise UserError(f"{run.path}: scored on another {split} set than {evaluated[0].path} ({n} clips, {e} events "
+                            f"against {n0} clips, {e0} events): a table compares scores on one set; evaluate both on "
+                            "one feature store, or table them apart")
 
 
 def left_out(runs_dir: Path, split: str) -> list[Path]:
@@ -174,6 +211,10 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated")
     if any(_settings(r.recipe) != _settings(recipe) for r in runs[1:]):
         notes.append("settings differ between seeds")
+    if stale := sum(r.stale for r in runs):
+        notes.append(f"{stale} of {len(evaluated)} evaluations predate the run's last training (evaluate again)")
+    if len({(r.results.get("checkpoint") or {}).get("name") for r in runs if r.results is not None}) > 1:
+        notes.append("seeds evaluated at different checkpoints (best, last)")
     cells = {}
     for m in metrics:
         values = [v for res in evaluated if (v := _value(res, m)) is not None]

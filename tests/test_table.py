@@ -82,6 +82,39 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
     assert run("table", runs, "--out", runs / "table.csv", "--format", "csv").exit_code == 0  # beside the runs: fine
 
 
+def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
+    seed = runs / "vat_latent" / "seed0"
+    rows = [{"epoch": e, "valid_f1": f} for e, f in ((1, 0.2), (2, 0.5), (3, 0.5), (4, 0.1))]
+    (seed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (seed / "checkpoints").mkdir()
+    (seed / "checkpoints" / "last.pt").touch()  # written after metrics.jsonl, as train does
+
+    def note(name: str, epoch: int) -> str:
+        results = json.loads((seed / "eval" / "results.json").read_text())
+        results["checkpoint"] = {"name": name, "epoch": epoch}
+        (seed / "eval" / "results.json").write_text(json.dumps(results))
+        return {r.recipe: r for r in build_table(runs).rows}["vat_latent"].note
+
+    stale = "1 of 2 evaluations predate the run's last training (evaluate again)"
+    assert stale not in note("last", 4) and stale in note("last", 3)  # --resume trained epoch 4 since
+    assert stale not in note("best", 2) and stale in note("best", 3)  # train keeps the first best epoch
+    assert "seeds evaluated at different checkpoints (best, last)" in note("last", 4)
+
+
+def test_runs_scored_on_different_sets_are_refused(runs):
+    def scored_on(path: Path, n_clips: int) -> None:
+        results = json.loads(path.read_text())
+        path.write_text(json.dumps({**results, "n_clips": n_clips, "n_events": 30, "duration_hours": 1 / 30}))
+
+    for path in runs.rglob("results.json"):
+        scored_on(path, 12)
+    assert build_table(runs).rows
+    scored_on(runs / "none" / "seed0" / "eval" / "results.json", 100)  # evaluated on another store
+    with pytest.raises(UserError, match="none/seed0: scored on another eval set than .* \\(100 clips, 30 events "
+                                        "against 12 clips, 30 events\\)"):
+        build_table(runs)
+
+
 def test_markdown_golden(runs):
     check_golden(render(build_table(runs), "markdown"), "table.md")
 
