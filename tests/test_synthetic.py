@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,17 @@ def test_second_generation_is_a_no_op(tiny_desed):
 def test_refuses_to_overwrite_a_foreign_tree(real_layout):
     with pytest.raises(UserError, match="did not generate"):
         generate_synthetic(real_layout.root, size="tiny", progress=False)
+
+
+def test_refuses_a_folder_holding_other_files_and_leaves_it_as_it_was(tiny_features, tmp_path):
+    from conftest import checksums
+
+    store = shutil.copytree(tiny_features, tmp_path / "features")
+    before = checksums(store)
+    with pytest.raises(UserError, match=f"{store} holds other files \\(eval, features.json, scaler.npz and 5 more\\): "
+                                        "give the synthetic DESED a folder of its own"):
+        generate_synthetic(store, size="tiny", progress=False)
+    assert checksums(store) == before and not (store / "audio").exists()
 
 
 def test_unknown_size():

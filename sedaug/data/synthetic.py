@@ -24,7 +24,15 @@ import pandas as pd
 import soundfile as sf
 
 from sedaug import __version__
-from sedaug.data.desed import CLASSES, EVENT_COLUMNS, SPLITS, prepare_desed
+from sedaug.data.desed import (
+    CLASSES,
+    EVENT_COLUMNS,
+    LABEL_WARNINGS,
+    MANIFEST_DIR,
+    MISSING_FILES,
+    SPLITS,
+    prepare_desed,
+)
 from sedaug.data.sounds import F32, GENERATORS, background, fades, rms
 from sedaug.errors import UserError
 from sedaug.files import named_as, write_json, write_tsv, writing
@@ -177,11 +185,18 @@ def _is_generated(out: Path, settings: dict, plans: dict[str, list[ClipPlan]]) -
 
 
 def _refuse_foreign_tree(out: Path) -> None:
-    """Regenerating deletes audio/ and metadata/: only do that to a tree this generator wrote."""
+    """Regenerating deletes audio/ and metadata/: only do that to a tree this generator wrote; and a synthetic DESED
+    goes into a folder of its own, not among other files (a feature store, runs, recordings)."""
     if (out / "audio").exists() and not (out / SYNTHETIC_JSON).exists():
         raise UserError(
             f"{out} already holds a DESED tree that sedaug did not generate: choose another --out"
         )
+    ours = {"audio", "metadata", MANIFEST_DIR, SYNTHETIC_JSON, LABEL_WARNINGS, MISSING_FILES}
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise UserError(f"{out} holds other files ({shown}): give the synthetic DESED a folder of its own (--out)")
 
 
 def _generate(
