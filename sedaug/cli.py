@@ -291,7 +291,8 @@ def detect(
 @user_errors
 def table(
     runs_dir: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs"),
-    format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
+    format: Annotated[Format | None, typer.Option("--format", help="Output format (default: rich on the terminal; "
+                                                  "with --out, the file's: .md, .tex, .csv, else markdown).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write to a file instead of the terminal.")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated metric columns, of: macro, micro (event-based F1), "
                                          "psds_ct (Table 1's PSDS), psds, psds_macro, psds1, psds2, psds1_filtered, "
@@ -316,6 +317,9 @@ def table(
     from sedaug.table_render import print_per_class, print_table, render, render_per_class
 
     names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    if format is None:  # a file gets text, not a terminal's escape codes
+        suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
+        format = Format.rich if out is None else suffixes.get(out.suffix.lower(), Format.markdown)
     if runs_dir.is_dir() and (orphans := left_out(runs_dir, split.value)):
         shown = ", ".join(map(str, orphans[:3])) + (f" and {len(orphans) - 3} more" if len(orphans) > 3 else "")
         console.print(f"note: left out {len(orphans)} evaluated folder(s) without a recipe.yaml to name their row: "

@@ -115,6 +115,16 @@ def test_runs_scored_on_different_sets_are_refused(runs):
         build_table(runs)
 
 
+def test_out_without_format_takes_the_files_suffix_and_never_writes_escape_codes(runs, tmp_path):
+    from conftest import run
+
+    for name, fmt in (("t.md", "markdown"), ("t.tex", "latex"), ("t.csv", "csv"), ("t.txt", "markdown")):
+        assert run("table", runs, "--out", tmp_path / name).exit_code == 0
+        assert (tmp_path / name).read_text() == render(build_table(runs), fmt), name
+    assert run("table", runs, "--out", tmp_path / "t.ansi", "--format", "rich").exit_code == 0  # asked for: kept
+    assert "\x1b[" in (tmp_path / "t.ansi").read_text()
+
+
 def test_markdown_golden(runs):
     check_golden(render(build_table(runs), "markdown"), "table.md")
 
