@@ -183,12 +183,18 @@ def _loc(parts: tuple) -> str:
     return out
 
 
-def _schema_errors(error: ValidationError, where: str) -> list[str]:
+def _schema_errors(error: ValidationError, where: str, overridden: set[str] = frozenset()) -> list[str]:
+    """One `where: path: message` line per problem; a value `--set KEY` gave is blamed on `--set KEY`."""
     lines = []
     for e in error.errors():
         msg = e["msg"].removeprefix("Value error, ")
         loc = _loc(tuple(e["loc"]))
-        lines.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
+        key = next((k for k in overridden if loc == k or loc.startswith(f"{k}.") or loc.startswith(f"{k}[")), None)
+        if key is not None:
+            msg = msg.replace("Extra inputs are not permitted", "not a key of a sweep file")
+            lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {loc}: {msg}")
+        else:
+            lines.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
     return lines
 
 
@@ -241,7 +247,7 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         indices, kinds, unchecked = list(range(len(sweep.recipes))), True, set()
     except ValidationError as e:
         # Report every problem at once: check the recipes of the entries that are valid on their own too.
-        problems = _schema_errors(e, where)
+        problems = _schema_errors(e, where, {item.partition("=")[0] for item in sweep_items})
         sweep, indices, kinds, unchecked = _salvage(raw, e)
         if sweep is None:
             raise UserError("\n".join(problems)) from None
@@ -268,7 +274,12 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
                 problems.append(f"{here}.set.{key}: {e}")
         set_problems = _recipe_problems(base, str(base.get("name", entry.recipe)), None)
         if set_problems:
-            problems += [f"{here}: {entry.recipe} with set: {p}" for p in set_problems]
+            for p in set_problems:
+                key = p.partition(": ")[0]
+                line = f"--set {key}: {p.partition(': ')[2]}" if key in recipe_items else \
+                    f"{here}: {entry.recipe} with set: {p}"
+                if line not in problems:  # a --set key is wrong in every recipe alike: said once
+                    problems.append(line)
             continue
         name = base["name"]
         if name in bases:
