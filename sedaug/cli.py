@@ -182,6 +182,10 @@ def train(
 
     r = load_recipe(recipe, set_)
     result = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=parse_device(device))
+    if result.nothing_left:
+        console.print(f"nothing to train: {result.run_dir} holds all {result.epochs} epochs of {result.recipe} seed "
+                      f"{result.seed} (--set optim.epochs=N --resume trains more)")
+        return
     console.print(
         f"trained {result.recipe} seed {result.seed} ({result.step}): {result.epochs} epochs, best synthetic_valid macro F1 "
         f"{result.best_f1:.3f} (epoch {result.best_epoch}) -> {result.run_dir}"

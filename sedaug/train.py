@@ -86,6 +86,7 @@ class TrainResult:
     best_f1: float
     best_epoch: int | None
     step: str  # the step configuration optim.compile/precision resolved to, e.g. "compiled CNN, fp32"
+    nothing_left: bool = False  # a --resume of a run that had trained all its epochs: nothing was done or written
 
 
 def consistency_loss(clean: tuple, perturbed: tuple, mean_teacher: bool, rows: slice) -> torch.Tensor:
@@ -308,6 +309,9 @@ def _train(
     metrics: list[dict] = []
     if ckpt is not None:
         state = restore_training(ckpt, model, teacher, optimizer, device)  # each part checked: one line if unfit
+        if state.epoch >= recipe.optim.epochs and not state.step_in_epoch:
+            return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch,
+                               str(training.config), nothing_left=True)
         # Epochs logged after last.pt was written (a crash between the two writes) are trained again.
         metrics = run.metric_rows(upto=state.epoch)
     else:

@@ -94,7 +94,10 @@ def test_resume_continues_exactly(tiny, tmp_path):
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
     events = sorted((tmp_path / "resumed").glob("events.out.tfevents.*"))
     assert len(events) == 2  # one per training process
-    train(straight, tmp_path / "resumed", resume=True, progress=False)  # nothing left to train: no new event file
+    files = {p: p.read_bytes() for p in (tmp_path / "resumed").rglob("*") if p.is_file()}
+    again = train(straight, tmp_path / "resumed", resume=True, progress=False)  # nothing left to train
+    assert again.nothing_left and again.epochs == 2
+    assert {p: p.read_bytes() for p in (tmp_path / "resumed").rglob("*") if p.is_file()} == files  # nothing written
     assert sorted((tmp_path / "resumed").glob("events.out.tfevents.*")) == events
 
 
