@@ -136,10 +136,12 @@ def prepare_desed(
             raise UserError(f"--seed {seed}: expected an integer >= 0")
         if sample_rate not in (16000, 44100):
             raise UserError(f"--sample-rate {sample_rate}: expected 16000 or 44100")
+        already = synth.is_generated(out, size.value, seed, sample_rate)
         synth.generate_synthetic(out, size=size.value, seed=seed, sample_rate=sample_rate)
         report = desed.prepare_desed(out, out)  # already done by the generator: this reads its report back
         clips = ", ".join(f"{name} {n:,}" for name, n in report.counts.items())
-        console.print(f"synthetic DESED ({size.value}, seed {seed}, {sample_rate} Hz) in {out}: {clips}")
+        state = "already up to date" if already else "generated"
+        console.print(f"synthetic DESED ({size.value}, seed {seed}, {sample_rate} Hz) {state} in {out}: {clips}")
         return
     if download:
         from sedaug.data.download import download_desed

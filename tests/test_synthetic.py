@@ -212,3 +212,13 @@ def test_events_are_learnable_from_held_out_clips(tiny_features):
     f1 = 2 * tp / (2 * tp + fp + fn)
     assert truth.float().mean() < 0.2  # events are sparse: predicting "all on" scores F1 < 0.33
     assert f1 > 0.5, f1
+
+
+def test_cli_says_whether_it_generated_or_found_the_set_up_to_date(tmp_path):
+    from conftest import run
+
+    first = run("prepare-desed", "--synthetic", "--size", "tiny", "--out", tmp_path / "desed")
+    assert first.exit_code == 0 and " generated in " in first.output, first.output
+    second = run("prepare-desed", "--synthetic", "--size", "tiny", "--out", tmp_path / "desed")
+    assert second.exit_code == 0 and " already up to date in " in second.output, second.output
+    assert second.output.split(": ", 1)[1] == first.output.split(": ", 1)[1]  # the same clips

@@ -105,13 +105,22 @@ def generate_synthetic(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"synthetic seed {seed!r}: expected an integer >= 0")
     out = Path(out).resolve()
-    settings = {"format": GENERATOR_FORMAT, "size": size, "seed": seed, "sample_rate": sample_rate}
-    plans = {split: plan_split(split, n, seed) for split, n in SIZES[size].items()}
+    settings, plans = _generation(size, seed, sample_rate)
     if not _is_generated(out, settings, plans):
         _refuse_foreign_tree(out)
         _generate(out, settings, plans, progress, workers or os.cpu_count() or 1)
     prepare_desed(out, out, progress=progress)
     return out
+
+
+def is_generated(out: Path, size: str, seed: int, sample_rate: int) -> bool:
+    """Whether `out` already holds this generation (generate_synthetic then only reads its manifest back)."""
+    return _is_generated(Path(out).resolve(), *_generation(size, seed, sample_rate))
+
+
+def _generation(size: str, seed: int, sample_rate: int) -> tuple[dict, dict[str, list[ClipPlan]]]:
+    settings = {"format": GENERATOR_FORMAT, "size": size, "seed": seed, "sample_rate": sample_rate}
+    return settings, {split: plan_split(split, n, seed) for split, n in SIZES[size].items()}
 
 
 def plan_split(split: str, n: int, seed: int) -> list[ClipPlan]:
