@@ -170,6 +170,16 @@ def test_extra_field_in_a_weak_tsv(prepared):
     assert checksums(out) == before
 
 
+def test_a_split_left_without_clips_is_refused_and_the_manifest_kept(prepared):
+    layout, out = prepared
+    before = checksums(out)
+    tsv = layout.root / SPLITS["eval"].metadata
+    tsv.write_text(tsv.read_text().splitlines()[0] + "\n")  # the header alone
+    one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), f"eval: no clip to import ({tsv} lists no "
+                   "clip)")
+    assert checksums(out) == before
+
+
 def test_events_slightly_past_the_clip_are_clipped_with_a_counted_warning(prepared):
     """DESED's quirk (a 9.98 s file labelled to 10 s): up to 0.5 s past the end, clipped or dropped, and reported."""
     layout, out = prepared

@@ -162,6 +162,13 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
     for name, table in tables.items():
         present[name] = [f for f in table.filenames if f in on_disk[name]]
         missing += [(name, f) for f in table.filenames if f not in on_disk[name]]
+    empty = [name for name, table in tables.items() if not present[name]]
+    if empty:  # nothing to train, select or score on: a header-only TSV, or every listed file missing
+        name = empty[0]
+        listed = len(tables[name].filenames)
+        why = f"all {listed} listed files are missing from {root / SPLITS[name].audio_dir}" if listed else \
+            f"{root / SPLITS[name].metadata} lists no clip"
+        raise UserError(f"{name}: no clip to import ({why})")
     clips = _read_headers(root, present, progress)
 
     manifests, events, warnings = {}, {}, []
