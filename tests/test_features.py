@@ -313,6 +313,8 @@ def test_extract_refuses_an_out_that_is_not_this_desed_store(real_layout, tmp_pa
 def test_extract_needs_a_manifest(tmp_path):
     with pytest.raises(UserError, match="run `sedaug prepare-desed` first"):
         extract_mels(tmp_path, tmp_path / "features", progress=False)
+    with pytest.raises(UserError, match=f"{tmp_path / 'nowhere'}: no such folder .*prepare-desed --out"):
+        extract_mels(tmp_path / "nowhere", tmp_path / "features", progress=False)
 
 
 def test_corrupt_clip_at_extraction_names_the_file(real_layout, tmp_path):

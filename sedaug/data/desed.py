@@ -383,6 +383,8 @@ def _manifest_dir(prepared: Path) -> Path:
     manifest_dir = Path(prepared) / MANIFEST_DIR
     if Path(prepared).exists() and not Path(prepared).is_dir():
         raise UserError(f"{prepared} is a file, not a prepared DESED folder (the --out of `sedaug prepare-desed`)")
+    if not Path(prepared).exists():
+        raise UserError(f"{prepared}: no such folder (a prepared DESED): run `sedaug prepare-desed --out {prepared}` first")
     if not (manifest_dir / PREPARE_JSON).is_file():
         raise UserError(f"no DESED manifest in {manifest_dir}: run `sedaug prepare-desed` first")
     return manifest_dir
