@@ -269,7 +269,8 @@ class DryRun:
 
     def header(self) -> str:
         trials, finals = sum(r.trials for r in self.rows), sum(r.finals for r in self.rows)
-        return (f"sweep {self.name}: {trials} search trials and {finals} final runs (seeds "
+        return (f"sweep {self.name}: {trials} search trial{'s' * (trials != 1)} and {finals} final "
+                f"run{'s' * (finals != 1)} (seeds "
                 f"{', '.join(map(str, self.seeds))}) -- nothing is started")
 
     def row_line(self, r: RowCost) -> str:
