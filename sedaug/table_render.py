@@ -68,8 +68,10 @@ def _legend(table: Table) -> str:
         if b.reference is not None:
             parts.append(f"{b.reference} row: paired difference [interval] and p-value on the same resamples")
     parts.append("bold: best per column")
-    parts.append(f"underlined: above the {b.reference} row, the difference's interval above 0"
-                 if b is not None and b.reference is not None else "underlined: above the baseline row")
+    if b is not None and b.reference is not None:
+        parts.append(f"underlined: above the {b.reference} row, the difference's interval above 0")
+    elif any(r.recipe == "baseline" for r in table.rows):
+        parts.append("underlined: above the baseline row")
     if table.paper:
         parts.append("paper: the paper's Table 1 value (ours − paper)")
     return "; ".join(parts)

@@ -125,6 +125,12 @@ def test_out_without_format_takes_the_files_suffix_and_never_writes_escape_codes
     assert "\x1b[" in (tmp_path / "t.ansi").read_text()
 
 
+def test_the_legend_speaks_of_underlines_only_where_a_row_is_compared_with(runs):
+    assert "underlined: above the baseline row" in render(build_table(runs), "markdown")
+    shutil.rmtree(runs / "baseline")
+    assert "underlined" not in render(build_table(runs), "markdown")
+
+
 def test_markdown_golden(runs):
     check_golden(render(build_table(runs), "markdown"), "table.md")
 
