@@ -19,6 +19,7 @@ from pathlib import Path
 from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
 from sedaug.evaluation.results import METRICS, read_results
+from sedaug.files import read_jsonl
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
 from sedaug.rundir import read_diverged
@@ -133,12 +134,14 @@ def _stale(run_dir: Path, results: dict) -> bool:
     trained, `best` is not the epoch of the best synthetic_valid F1 (the first, as train keeps it)."""
     checkpoint = results.get("checkpoint") if isinstance(results.get("checkpoint"), dict) else {}
     epoch, name = checkpoint.get("epoch"), checkpoint.get("name")
-    rows = [r for r in checkpointed_metrics(run_dir) if isinstance(r.get("epoch"), int)]
-    if not isinstance(epoch, int) or not rows:  # an ensemble (no epoch of its own), or no training record
+    if not isinstance(epoch, int):  # an ensemble: no epoch of its own
         return False
     if name == "last":
-        return epoch < rows[-1]["epoch"]
-    scored = [r for r in rows if isinstance(r.get("valid_f1"), int | float)]
+        rows = checkpointed_metrics(run_dir)  # what last.pt holds
+        return bool(rows) and isinstance(rows[-1].get("epoch"), int) and epoch < rows[-1]["epoch"]
+    # Every row counts: checkpointed_metrics' file-time rule would take one off a run copied without its file times.
+    scored = [r for r in read_jsonl(run_dir / "metrics.jsonl")
+              if isinstance(r.get("epoch"), int) and isinstance(r.get("valid_f1"), int | float)]
     if name != "best" or not scored:
         return False
     return epoch != max(scored, key=lambda r: (r["valid_f1"], -r["epoch"]))["epoch"]
@@ -155,10 +158,10 @@ def _check_one_set(runs: list[_Run], split: str) -> None:
 
     for run in evaluated[1:]:
         if None not in clips(run) + clips(evaluated[0]) and clips(run) != clips(evaluated[0]):
-            (n, e, _), (n0, e0, _) = clips(run), clips(evaluated[0])
-            raise UserError(f"{run.path}: scored on another {split} set than {evaluated[0].path} ({n} clips, {e} events "
-                            f"against {n0} clips, {e0} events): a table compares scores on one set; evaluate both on "
-                            "one feature store, or table them apart")
+            (n, e, h), (n0, e0, h0) = clips(run), clips(evaluated[0])
+            raise UserError(f"{run.path}: scored on another {split} set than {evaluated[0].path} ({n} clips, {e} events, "
+                            f"{h:.4f} h against {n0} clips, {e0} events, {h0:.4f} h): a table compares scores on one set; "
+                            "evaluate both on one feature store, or table them apart")
 
 
 def left_out(runs_dir: Path, split: str) -> list[Path]:
@@ -213,7 +216,8 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         notes.append("settings differ between seeds")
     if stale := sum(r.stale for r in runs):
         notes.append(f"{stale} of {len(evaluated)} evaluations predate the run's last training (evaluate again)")
-    if len({(r.results.get("checkpoint") or {}).get("name") for r in runs if r.results is not None}) > 1:
+    if len({r.results["checkpoint"].get("name") for r in runs
+            if r.results is not None and isinstance(r.results.get("checkpoint"), dict)}) > 1:
         notes.append("seeds evaluated at different checkpoints (best, last)")
     cells = {}
     for m in metrics:

@@ -290,6 +290,12 @@ def _train(
         raise UserError(f"--resume: {store.path} is not the feature store {ckpt.path} was trained on ({', '.join(changed)} "
                         "changed since): resume on that store, or train anew into another --runs")
 
+    if ckpt is not None and ckpt.state.epoch >= recipe.optim.epochs and not ckpt.state.step_in_epoch:
+        if not run.recipe.is_file() or run.recipe.read_text() != dump_recipe(recipe):  # a new paper_row, say
+            write_text(run.recipe, dump_recipe(recipe))
+        return TrainResult(run.root, recipe.name, recipe.seed, ckpt.state.epoch, ckpt.state.best_f1,
+                           ckpt.state.best_epoch, "", nothing_left=True)
+
     # Data: three training streams and synthetic_valid for model selection.
     streams = ThreeStreams(store, recipe.data.batch_size, recipe.seed, device, resident=device.type == "cuda")
     valid = store.split("synthetic_valid")
@@ -309,9 +315,6 @@ def _train(
     metrics: list[dict] = []
     if ckpt is not None:
         state = restore_training(ckpt, model, teacher, optimizer, device)  # each part checked: one line if unfit
-        if state.epoch >= recipe.optim.epochs and not state.step_in_epoch:
-            return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch,
-                               str(training.config), nothing_left=True)
         # Epochs logged after last.pt was written (a crash between the two writes) are trained again.
         metrics = run.metric_rows(upto=state.epoch)
     else:

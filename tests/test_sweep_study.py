@@ -210,6 +210,19 @@ def test_a_row_left_with_only_its_diverged_setting_is_a_note_and_the_sweep_ends_
     assert [r.recipe for r in build_table(out / "final").rows] == ["noise_latent"]
 
 
+def test_a_final_run_whose_files_lost_their_times_is_evaluated_on_resume(edited_study, tmp_path):
+    """A finished run copied without its file times looks one epoch short (metrics.jsonl newer than last.pt): the
+    trial's train call finds nothing left, and the trial still evaluates it."""
+    from sedaug.sweep.run import run_sweep
+
+    out = shutil.copytree(edited_study.out, tmp_path / "out", ignore=shutil.ignore_patterns("ray"))
+    final = out / "final" / "none" / "seed1"
+    shutil.rmtree(final / "eval")
+    os.utime(final / "metrics.jsonl", ns=(2**62, 2**62))  # newer than last.pt
+    result = run_sweep(edited_study.spec, out=out, resume=True, progress=False)
+    assert (final / "eval" / "results.json").is_file(), result.notes
+
+
 def test_a_dry_run_of_a_resume_refuses_what_the_resume_would_and_says_what_is_done(edited_study):
     from sedaug.sweep.run import plan_sweep
 

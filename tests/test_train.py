@@ -99,6 +99,9 @@ def test_resume_continues_exactly(tiny, tmp_path):
     assert again.nothing_left and again.epochs == 2
     assert {p: p.read_bytes() for p in (tmp_path / "resumed").rglob("*") if p.is_file()} == files  # nothing written
     assert sorted((tmp_path / "resumed").glob("events.out.tfevents.*")) == events
+    labelled = straight.model_copy(update={"paper_row": 8})  # the one other key a resume may change
+    assert train(labelled, tmp_path / "resumed", resume=True, progress=False).nothing_left
+    assert load_recipe(tmp_path / "resumed" / "recipe.yaml").paper_row == 8
 
 
 def test_resume_refuses_a_feature_store_that_changed_since(tiny, tiny_features, tmp_path):

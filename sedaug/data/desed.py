@@ -78,7 +78,7 @@ MISSING_FILES = "missing_files.tsv"
 LABEL_WARNINGS = "label_warnings.tsv"
 PREPARE_JSON = "prepare.json"
 # Bump when the manifest's content or format changes, so that old manifests are rebuilt.
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3  # 3: zero-length events dropped (a manifest of 2 may hold them)
 # The shortest clip the mel front end can analyse: more samples than half its 2048-point STFT, at 16 kHz.
 MIN_SECONDS = 1025 / 16000
 

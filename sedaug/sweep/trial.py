@@ -188,7 +188,10 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
             tune.report(_result(record, best, stage, finish() if record["epoch"] >= epochs else None))
 
         try:
-            train(recipe, run_dir, resume=last.exists(), device=device, progress=False, on_epoch=report)
+            result = train(recipe, run_dir, resume=last.exists(), device=device, progress=False, on_epoch=report)
+            if result.nothing_left:  # its last row looked uncheckpointed (file times), but last.pt holds every epoch
+                rows = read_jsonl(run_dir / "metrics.jsonl")
+                tune.report(_result(rows[-1], best_valid_f1(rows), stage, finish()))
         except Diverged as e:
             diverged = {"epoch": e.epoch, "step": e.step, "message": str(e)}
             write_json(run_dir / DIVERGED, diverged)
