@@ -187,19 +187,22 @@ def run_holding(path: Path) -> Path | None:
 
 
 def sedaug_data_holding(path: Path) -> str | None:
-    """What sedaug wrote that `path` is or lies in, which another command's output must not overwrite: a run's own
-    files, a feature store, a prepared DESED (its manifest, and a synthetic one's audio and labels); None else."""
+    """What `path` is or lies in that another command's output must not overwrite: a run's own files, a feature
+    store, a prepared DESED (its manifest, a synthetic one's audio and labels), or a DESED tree (audio/ beside
+    metadata/{train,validation,eval}: a real DESED's label TSVs have a detections TSV's header); None else."""
     from sedaug.data.desed import MANIFEST_DIR, PREPARE_JSON
-    from sedaug.data.store import FEATURES_JSON
+    from sedaug.data.store import read_record
 
     if (run := run_holding(path)) is not None:
         return f"run {run}'s own files"
     resolved = Path(path).resolve()
     for root in (resolved, *resolved.parents):
-        if (root / FEATURES_JSON).is_file():
+        if "splits" in (read_record(root) or {}):  # not any features.json: sedaug's record of a store
             return f"the feature store {root}"
         if (root / MANIFEST_DIR / PREPARE_JSON).is_file():
             return f"the prepared DESED {root}"
+        if (root / "audio").is_dir() and any((root / "metadata" / d).is_dir() for d in ("train", "validation", "eval")):
+            return f"the DESED tree {root}"
     return None
 
 

@@ -5,6 +5,7 @@ cannot be read."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -268,8 +269,14 @@ def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run
     truth, labels = tiny_features / "eval" / "events.tsv", next((tiny_desed / "metadata").rglob("*.tsv"))
     kept = {path: path.read_bytes() for path in (tmp_path / "a.wav", tmp_path / "notes.tsv", run / "recipe.yaml",
                                                  run / "checkpoints" / "best.pt", truth, labels)}
-    # Ground truth and DESED labels have a detections TSV's header: refused as a store's and a DESED's files.
-    for out, held in ((truth, f"the feature store {tiny_features}"), (labels, f"the prepared DESED {tiny_desed}")):
+    # Ground truth and DESED labels have a detections TSV's header: refused as a store's and a DESED's files, the
+    # user's own DESED tree's too.
+    real = tmp_path / "DESED"
+    (real / "audio" / "eval" / "public").mkdir(parents=True)
+    (real / "metadata" / "eval").mkdir(parents=True)
+    shutil.copy(labels, real / "metadata" / "eval" / "public.tsv")
+    for out, held in ((truth, f"the feature store {tiny_features}"), (labels, f"the prepared DESED {tiny_desed}"),
+                      (real / "metadata" / "eval" / "public.tsv", f"the DESED tree {real}")):
         with pytest.raises(UserError, match=f"--out {out} is in {held}, which detect would overwrite"):
             detect(run, [tmp_path / "a.wav"], out, progress=False)
     for out in (tmp_path / "a.wav", tmp_path / "notes.tsv"):  # its own input, a file of the user's

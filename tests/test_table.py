@@ -80,6 +80,8 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
                        f"{option} {path} is in run {seed.resolve()}'s own files, which the table would overwrite")
     assert checksums(runs) == before
     assert run("table", runs, "--out", runs / "table.csv", "--format", "csv").exit_code == 0  # beside the runs: fine
+    (runs / "features.json").write_text("{}")  # a project's own file of that name is no feature store
+    assert run("table", runs, "--out", runs / "table.csv", "--format", "csv").exit_code == 0
 
 
 def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
