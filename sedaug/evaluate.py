@@ -16,7 +16,7 @@ from sedaug.errors import UserError
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.files import remove_stale_temporaries, write_text
-from sedaug.recipe import Recipe, dump_recipe, load_recipe, what_a_run_trains
+from sedaug.recipe import Recipe, dump_recipe, load_recipe
 from sedaug.rundir import DIVERGED, RunDir, read_diverged
 from sedaug.strict_yaml import diff_keys
 from sedaug.watch import log_evaluation
@@ -88,10 +88,12 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
                        out: Path | None) -> tuple[Path, dict[str, Any]]:
     timing: dict[str, float] = {}
     members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
-    recipe = members[0][2]
-    for path, _, other, _ in members[1:]:
-        # Its epochs may differ: a resumed run's best.pt keeps the recipe of the start it comes from.
-        differ = [k for k in diff_keys(what_a_run_trains(recipe), what_a_run_trains(other)) if k != "seed"]
+    # Each run's recipe.yaml, which a resume rewrites (a resumed run's best.pt may keep the recipe of fewer epochs).
+    recipe = load_recipe(RunDir(run_dirs[0]).recipe)
+    first = recipe.model_dump(mode="json")
+    for path in run_dirs[1:]:
+        other = load_recipe(RunDir(path).recipe).model_dump(mode="json")
+        differ = [k for k in diff_keys(first, other) if k not in ("seed", "paper_row")]
         if differ:
             shown = ", ".join(differ[:3]) + (", ..." if len(differ) > 3 else "")
             raise UserError(f"{path}: another recipe than {members[0][0]}'s ({shown} differ): an ensemble averages "

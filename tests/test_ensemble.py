@@ -63,13 +63,21 @@ def test_an_ensemble_of_different_recipes_is_refused(tiny_features, tiny_model_o
     assert "(name, augmentation.type, augmentation.locations, ... differ)" in result.output
 
 
-def test_an_ensemble_takes_seeds_trained_for_other_epochs(tiny_features, tiny_model_overrides, tmp_path):
-    """A resumed seed's best.pt may come from before the resume, its recipe with fewer epochs: still one recipe."""
+def test_an_ensemble_takes_a_resumed_seed_and_refuses_seeds_of_other_lengths(tiny_features, tiny_model_overrides,
+                                                                              tmp_path):
+    """A resumed seed's best.pt may come from before the resume, its recipe with fewer epochs: its recipe.yaml, which
+    the resume rewrote, is what counts."""
     runner = CliRunner()
     runs = tmp_path / "runs"
-    seeds = [train(runner, runs, "none", seed, 1, tiny_model_overrides, tiny_features, epochs=seed + 1)
-             for seed in (0, 1)]
-    result = runner.invoke(app, ["evaluate", *map(str, seeds), "--ensemble", "--device", "cpu"])
+    seed0 = train(runner, runs, "none", 0, 1, tiny_model_overrides, tiny_features, epochs=2)
+    seed1 = train(runner, runs, "none", 1, 1, tiny_model_overrides, tiny_features, epochs=1)
+    result = runner.invoke(app, ["evaluate", str(seed0), str(seed1), "--ensemble", "--device", "cpu"])
+    assert result.exit_code == 1 and "(optim.epochs differ)" in result.output, result.output
+    cmd = ["train", str(REPO / "recipes" / "none.yaml"), "--runs", str(runs), "--device", "cpu", "--resume",
+           *(f"--set={o}" for o in [*tiny_model_overrides, f"data.features={tiny_features}", "data.batch_size=4",
+                                    "optim.max_steps_per_epoch=1", "optim.epochs=2", "seed=1"])]
+    assert runner.invoke(app, cmd).exit_code == 0
+    result = runner.invoke(app, ["evaluate", str(seed0), str(seed1), "--ensemble", "--device", "cpu"])
     assert result.exit_code == 0, result.output
 
 
