@@ -126,10 +126,12 @@ def test_sampled_spaces_need_a_sampling_algorithm_and_bounds_the_recipe_accepts(
 def test_a_bad_set_override_is_blamed_on_set_not_on_the_file(monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(UserError) as e:
-        load_sweep(REPO / "sweeps" / "demo.yaml", ["max_concurent_trials=1", "optim.epoch=1", "seeds=[0, 0]"])
+        load_sweep(REPO / "sweeps" / "demo.yaml", ["max_concurent_trials=1", "optim.epoch=1", "seeds=[0, 0]",
+                                                    "optimm.lr=1"])
     assert str(e.value).splitlines() == [
         "--set seeds: a seed is listed twice",
-        "--set max_concurent_trials: not a key of a sweep file",
+        "--set max_concurent_trials: not a key of a sweep file (nor a recipe section)",
+        "--set optimm.lr: optimm: not a key of a sweep file (nor a recipe section)",
         "--set optim.epoch: not a key of recipe none",
         "--set optim.epoch: not a key of recipe noise_latent",
     ]

@@ -189,9 +189,11 @@ def _schema_errors(error: ValidationError, where: str, overridden: set[str] = fr
     for e in error.errors():
         msg = e["msg"].removeprefix("Value error, ")
         loc = _loc(tuple(e["loc"]))
-        key = next((k for k in overridden if loc == k or loc.startswith(f"{k}.") or loc.startswith(f"{k}[")), None)
+        # The key itself, below it (a bad value's part), or above it (a typo in its section's name).
+        key = next((k for k in overridden if loc and (loc == k or loc.startswith((f"{k}.", f"{k}["))
+                                                      or k.startswith(f"{loc}."))), None)
         if key is not None:
-            msg = msg.replace("Extra inputs are not permitted", "not a key of a sweep file")
+            msg = msg.replace("Extra inputs are not permitted", "not a key of a sweep file (nor a recipe section)")
             lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {loc}: {msg}")
         else:
             lines.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
@@ -278,7 +280,7 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
                 key = p.partition(": ")[0]
                 line = f"--set {key}: {p.partition(': ')[2]}" if key in recipe_items else \
                     f"{here}: {entry.recipe} with set: {p}"
-                if line not in problems:  # a --set key is wrong in every recipe alike: said once
+                if line not in problems:  # said once per recipe it is wrong in
                     problems.append(line)
             continue
         name = base["name"]
@@ -288,7 +290,7 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         features = Path(get_key(validate_recipe(base).model_dump(mode="json"), "data.features"))
         set_key(base, "data.features", str(features if features.is_absolute() else Path.cwd() / features))
         space = {**sweep.search, **entry.search}
-        checked = {k: v for k, v in space.items() if (None, k) not in unchecked and (i, k) not in unchecked}
+        checked = {k: v for k, v in space.items() if (i, k) not in unchecked}  # not the sweep-wide value instead
         problems += _check_space(sweep, base, name, checked, fixed, f"{here}.search", kinds)
         bases[name], spaces[name] = base, space
         epochs[name] = validate_recipe(base).optim.epochs
