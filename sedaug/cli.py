@@ -319,10 +319,10 @@ def table(
                                               "intervals, the reference row's shaded, the paper's values.")] = None,
 ) -> None:
     """Collect evaluated runs into the paper's Table 1."""
-    from sedaug.rundir import sedaug_data_holding
     from sedaug.table import NO_COMPARISON, build_table, left_out, per_class_rows
     from sedaug.table_render import print_per_class, print_table, render, render_per_class
 
+    _check_table_outputs(out, plot)
     names = tuple(m.strip() for m in metrics.split(",") if m.strip())
     if format is None:  # a file gets text, not a terminal's escape codes
         suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
@@ -331,11 +331,6 @@ def table(
         shown = ", ".join(map(str, orphans[:3])) + (f" and {len(orphans) - 3} more" if len(orphans) > 3 else "")
         console.print(f"note: left out {len(orphans)} evaluated folder(s) without a recipe.yaml to name their row: "
                       f"{shown}", markup=False, highlight=False)
-    for path, what in ((out, "--out"), (plot, "--plot")):
-        if path is not None and path.is_dir():
-            raise UserError(f"{what} {path} is a folder: give a file name")
-        if path is not None and (held := sedaug_data_holding(path)) is not None:
-            raise UserError(f"{what} {path} is in {held}, which the table would overwrite: give a path outside it")
     if per_class:
         if ci is not None or paper or plot is not None or compare is not None or no_compare:
             raise UserError("--per-class prints the per-class view alone: leave out --ci, --compare, --paper and --plot")
@@ -368,6 +363,33 @@ def table(
 
         write_text(out, text)
         console.print(f"wrote {out} ({count} recipes)")
+
+
+TABLE_SUFFIXES = (".md", ".markdown", ".tex", ".csv", ".txt", "")  # an existing file of another kind is kept
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", "")  # the plot's format (none: PNG)
+
+
+def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
+    """Refuse outputs that would overwrite what is no table or plot: a folder, a run's, a store's or a DESED's
+    files, an existing file of another kind (a recipe, a recording, a label TSV), the one file for both."""
+    from sedaug.rundir import sedaug_data_holding
+
+    if out is not None and plot is not None and out.resolve() == plot.resolve():
+        raise UserError(f"--out and --plot are both {out}: give each its own file")
+    for path, what, suffixes in ((out, "--out", TABLE_SUFFIXES), (plot, "--plot", PLOT_SUFFIXES)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UserError(f"{what} {path} is a folder: give a file name")
+        if (held := sedaug_data_holding(path)) is not None:
+            raise UserError(f"{what} {path} is in {held}, which the table would overwrite: give a path outside it")
+        if path.suffix.lower() not in suffixes:
+            kinds = ", ".join(s for s in suffixes if s)
+            if what == "--plot":
+                raise UserError(f"--plot {path}: a figure is {kinds}")
+            if path.exists():
+                raise UserError(f"--out {path} exists and is no table ({kinds}), which the table would overwrite: give "
+                                "a new file name")
 
 
 def main() -> None:

@@ -82,6 +82,14 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
     assert run("table", runs, "--out", runs / "table.csv", "--format", "csv").exit_code == 0  # beside the runs: fine
     (runs / "features.json").write_text("{}")  # a project's own file of that name is no feature store
     assert run("table", runs, "--out", runs / "table.csv", "--format", "csv").exit_code == 0
+    # Files of another kind are kept: a recipe, a recording, a label TSV; a figure is PNG, PDF or SVG.
+    for name in ("none.yaml", "take.wav", "public.tsv"):
+        (runs / name).write_bytes(b"mine")
+        one_line_error(run("table", runs, "--out", runs / name), f"--out {runs / name} exists and is no table")
+        assert (runs / name).read_bytes() == b"mine"
+    one_line_error(run("table", runs, "--plot", runs / "take.wav"), "a figure is .png, .pdf, .svg")
+    one_line_error(run("table", runs, "--out", runs / "t.md", "--plot", runs / "t.md"), "give each its own file")
+    assert run("table", runs, "--plot", runs / "t.pdf").exit_code == 0 and (runs / "t.pdf").read_bytes()[:4] == b"%PDF"
 
 
 def test_an_evaluation_older_than_the_runs_training_is_noted(runs):

@@ -114,7 +114,7 @@ def plot_table(table, path: Path) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
     fig.suptitle(f"{table.runs_dir} on {table.split}")
     with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format=Path(path).suffix.lower().lstrip(".") or "png", dpi=100)  # PLOT_SUFFIXES (cli)
 
 
 def _extent(cell) -> tuple[float, float]:
