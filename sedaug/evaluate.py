@@ -112,7 +112,8 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
         strong = sum(outputs) / len(members)
     about = {"run": str(out), "recipe": ensemble.name, "seed": 0, "split": split, "features": str(recipe.data.features),
              "checkpoint": {"name": checkpoint, "epoch": None, "step": None},
-             "members": [{"run": str(path), "seed": r.seed, "epoch": state.epoch} for path, _, r, state in members]}
+             "members": [{"run": str(Path(path).resolve()), "seed": r.seed, "epoch": state.epoch}
+                         for path, _, r, state in members]}
     results = _score(strong, data, recipe, about, out / split, timing, progress)
     write_text(out / "recipe.yaml", dump_recipe(ensemble))  # after the scores: a failure leaves no row behind
     return out, results

@@ -134,7 +134,9 @@ def _stale(run_dir: Path, results: dict) -> bool:
     trained, `best` is not the epoch of the best synthetic_valid F1 (the first, as train keeps it)."""
     checkpoint = results.get("checkpoint") if isinstance(results.get("checkpoint"), dict) else {}
     epoch, name = checkpoint.get("epoch"), checkpoint.get("name")
-    if not isinstance(epoch, int):  # an ensemble: no epoch of its own
+    if isinstance(results.get("members"), list):  # an ensemble: stale when a member is, or is gone (set aside)
+        return any(_member_stale(m, name) for m in results["members"] if isinstance(m, dict))
+    if not isinstance(epoch, int):
         return False
     if name == "last":
         rows = checkpointed_metrics(run_dir)  # what last.pt holds
@@ -147,17 +149,30 @@ def _stale(run_dir: Path, results: dict) -> bool:
     return epoch != max(scored, key=lambda r: (r["valid_f1"], -r["epoch"]))["epoch"]
 
 
+def _member_stale(member: dict, checkpoint: str | None) -> bool:
+    path = Path(str(member.get("run")))
+    if not path.is_dir():
+        return path.is_absolute()  # gone; a relative path of an older ensemble is the cwd's of its evaluation
+    return _stale(path, {"checkpoint": {"name": checkpoint, "epoch": member.get("epoch")}})
+
+
 def _check_one_set(runs: list[_Run], split: str) -> None:
-    """Every evaluated run scored on the same clips (their count, events and hours in results.json): a table of
-    scores on different sets compares nothing."""
+    """Every evaluated run scored on the same clips (results.json's hash of their names; in older ones, their count,
+    events and hours): a table of scores on different sets compares nothing."""
     evaluated = [r for r in runs if r.results is not None]
 
     def clips(r: _Run) -> tuple:
         hours = r.results.get("duration_hours")
         return r.results.get("n_clips"), r.results.get("n_events"), round(hours, 6) if isinstance(hours, float) else hours
 
+    def other(a: _Run, b: _Run) -> bool:
+        ids = a.results.get("clips_sha256"), b.results.get("clips_sha256")
+        if None not in ids:  # the clips themselves (results.json of sedaug 0.2 on)
+            return ids[0] != ids[1]
+        return None not in clips(a) + clips(b) and clips(a) != clips(b)
+
     for run in evaluated[1:]:
-        if None not in clips(run) + clips(evaluated[0]) and clips(run) != clips(evaluated[0]):
+        if other(run, evaluated[0]):
             (n, e, h), (n0, e0, h0) = clips(run), clips(evaluated[0])
             raise UserError(f"{run.path}: scored on another {split} set than {evaluated[0].path} ({n} clips, {e} events, "
                             f"{h:.4f} h against {n0} clips, {e0} events, {h0:.4f} h): a table compares scores on one set; "

@@ -108,7 +108,26 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
     stale = "1 of 2 evaluations predate the run's last training (evaluate again)"
     assert stale not in note("last", 4) and stale in note("last", 3)  # --resume trained epoch 4 since
     assert stale not in note("best", 2) and stale in note("best", 3)  # train keeps the first best epoch
+    other = runs / "vat_latent" / "seed1" / "eval" / "results.json"
+    other.write_text(json.dumps({**json.loads(other.read_text()), "checkpoint": {"name": "best", "epoch": 2}}))
     assert "seeds evaluated at different checkpoints (best, last)" in note("last", 4)
+
+    # An ensemble of it: stale when a member's checkpoint is, or when a member is gone.
+    ensemble = runs / "vat_latent" / "ensemble"
+    (ensemble / "eval").mkdir(parents=True)
+    (ensemble / "recipe.yaml").write_text((seed / "recipe.yaml").read_text().replace("name: vat_latent",
+                                                                                     "name: vat_latent_ensemble"))
+
+    def ensemble_note(member: Path, epoch: int) -> str:
+        results = json.loads((seed / "eval" / "results.json").read_text())
+        results.update(checkpoint={"name": "last", "epoch": None},
+                       members=[{"run": str(member.resolve()), "seed": 0, "epoch": epoch}])
+        (ensemble / "eval" / "results.json").write_text(json.dumps(results))
+        return {r.recipe: r for r in build_table(runs).rows}["vat_latent_ensemble"].note
+
+    assert "predate" not in ensemble_note(seed, 4)
+    assert "1 of 1 evaluations predate" in ensemble_note(seed, 3)
+    assert "1 of 1 evaluations predate" in ensemble_note(runs / "vat_latent" / "seed9", 4)  # set aside since
 
 
 def test_runs_scored_on_different_sets_are_refused(runs):
@@ -120,8 +139,18 @@ def test_runs_scored_on_different_sets_are_refused(runs):
         scored_on(path, 12)
     assert build_table(runs).rows
     scored_on(runs / "none" / "seed0" / "eval" / "results.json", 100)  # evaluated on another store
-    with pytest.raises(UserError, match="none/seed0: scored on another eval set than .* \\(100 clips, 30 events "
-                                        "against 12 clips, 30 events\\)"):
+    with pytest.raises(UserError, match="none/seed0: scored on another eval set than .* \\(100 clips, 30 events, "
+                                        "0.0333 h against 12 clips, 30 events, 0.0333 h\\)"):
+        build_table(runs)
+    # Where results.json names its clips (a hash), the same counts of other clips are another set too.
+    for path in runs.rglob("results.json"):
+        scored_on(path, 12)
+        results = json.loads(path.read_text())
+        path.write_text(json.dumps({**results, "clips_sha256": "a" * 64}))
+    assert build_table(runs).rows
+    path = runs / "none" / "seed0" / "eval" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "clips_sha256": "b" * 64}))
+    with pytest.raises(UserError, match="none/seed0: scored on another eval set"):
         build_table(runs)
 
 

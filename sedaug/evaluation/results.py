@@ -3,6 +3,7 @@ what `sedaug table` can show), `detections.tsv`, `scores/` and `psd_roc.png`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -84,6 +85,7 @@ def evaluate_scores(
     gt_classes = set(merge_overlaps(ground_truth).event_label)
     results: dict[str, Any] = {
         "n_clips": len(filenames),
+        "clips_sha256": hashlib.sha256("\n".join(sorted(map(str, filenames))).encode()).hexdigest(),
         "n_events": len(ground_truth),
         "duration_hours": float(durations.sum() / 3600),
     }
