@@ -205,6 +205,8 @@ def evaluate(
                                            "(into RUNS/<name>/ensemble, or --out).")] = False,
     out: Annotated[Path | None, typer.Option(help="With --ensemble: the ensemble's directory.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    features: Annotated[Path | None, typer.Option(help="The feature store to score on (default: the run's "
+                                                  "data.features).")] = None,
 ) -> None:
     """Score trained runs with the DCASE 2020 protocol (macro F1, PSDS), one by one or as a seed ensemble."""
     from sedaug.device import parse_device
@@ -212,7 +214,8 @@ def evaluate(
 
     dev = parse_device(device)
     if ensemble:
-        where, results = evaluate_ensemble(run_dirs, split=split.value, checkpoint=checkpoint.value, device=dev, out=out)
+        where, results = evaluate_ensemble(run_dirs, split=split.value, checkpoint=checkpoint.value, device=dev, out=out,
+                                           features=features)
         console.print(summary(where, results))
         return
     if out is not None:
@@ -220,7 +223,8 @@ def evaluate(
     diverged = []
     for run_dir in run_dirs:
         try:
-            results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=dev)
+            results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=dev,
+                                   features=features)
         except DivergedRun as e:  # one of several (a sweep's seeds): the others are still scored
             if len(run_dirs) == 1:
                 raise

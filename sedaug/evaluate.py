@@ -32,8 +32,8 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score a run's checkpoint on a strong split; writes RUN/<split>/ and returns results.json's dict.
 
-    The feature store is the checkpoint recipe's `data.features` (a relative path is relative to the working
-    directory, as for `sedaug train`), unless `features` is given.
+    The feature store is the checkpoint recipe's `data.features` (absolute since sedaug 0.2; an older run's relative
+    path is the working directory's), unless `features` is given.
     """
     run = RunDir(Path(run_dir))
     _check_not_diverged(run.root)
@@ -46,7 +46,7 @@ def _evaluate_run(run: RunDir, split: str, checkpoint: str, device, progress: bo
     model, recipe, state = load_model(run.root, checkpoint, device)  # UserError when the checkpoint is missing
     _check_folder(run.split(split))
     features = Path(features if features is not None else recipe.data.features)
-    data = _strong_split(features, split)
+    data = _strong_split(features, split, run.root)
     with timed(timing, "predict"):
         strong = predict(model, data.mels, recipe.eval.batch_size, device, progress=progress)
     check_finite(strong, data, run.checkpoint(checkpoint), features)
@@ -65,6 +65,7 @@ def evaluate_ensemble(
     device="cpu",
     progress: bool = True,
     out: Path | None = None,
+    features: Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Average the frame scores of several runs of one recipe (seeds) and score the average like a single run,
     into `out` (default: RUNS/<name>/ensemble), a run directory of its own whose recipe is named `<name>_ensemble`,
@@ -81,11 +82,11 @@ def evaluate_ensemble(
     for path in run_dirs:
         _check_not_diverged(path)
     with _held(run_dirs):
-        return _evaluate_ensemble(run_dirs, split, checkpoint, device, progress, out)
+        return _evaluate_ensemble(run_dirs, split, checkpoint, device, progress, out, features)
 
 
 def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device, progress: bool,
-                       out: Path | None) -> tuple[Path, dict[str, Any]]:
+                       out: Path | None, features: Path | None) -> tuple[Path, dict[str, Any]]:
     timing: dict[str, float] = {}
     members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
     # Each run's recipe.yaml, which a resume rewrites (a resumed run's best.pt may keep the recipe of fewer epochs).
@@ -102,8 +103,8 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
     ensemble = recipe.model_copy(update={"name": f"{recipe.name}_ensemble", "seed": 0})
     _check_ensemble_out(out, ensemble.name, run_dirs)
     _check_folder(out / split)
-    features = Path(recipe.data.features)
-    data = _strong_split(features, split)
+    features = Path(features if features is not None else recipe.data.features)
+    data = _strong_split(features, split, run_dirs[0])
     with timed(timing, "predict"):
         outputs = []
         for path, model, _, _ in members:
@@ -183,8 +184,15 @@ def check_finite(strong: np.ndarray, data: Split, checkpoint: Path, features: Pa
                     "clips in all): the checkpoint is damaged or diverged; train the run again, or use the other checkpoint")
 
 
-def _strong_split(features: Path, split: str) -> Split:
-    data = FeatureStore(features).split(split)
+def _strong_split(features: Path, split: str, run: Path) -> Split:
+    try:
+        data = FeatureStore(features).split(split)
+    except UserError:
+        if features.exists():
+            raise
+        where = f" in {Path.cwd()}" if not features.is_absolute() else ""  # a run trained before sedaug 0.2
+        raise UserError(f"{run}: the feature store of its recipe, data.features {features}, does not exist{where}: "
+                        "run this where it was trained, or give --features") from None
     if data.events is None:
         raise UserError(f"split {split} has no strong labels: evaluate on eval, validation or synthetic_valid")
     if len(data) == 0:

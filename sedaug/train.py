@@ -269,6 +269,8 @@ def train(
     trial reports to Ray Tune there); whatever it raises ends training and propagates, last.pt holding that epoch.
     """
     run, device = RunDir(Path(run_dir)), torch.device(device)
+    # The run records its store absolute: evaluate, table --ci and detect may run from another directory.
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"features": recipe.data.features.absolute()})})
     check_runs_on(recipe, device)
     store = FeatureStore(recipe.data.features)
     with run.lock():  # a refusal under it leaves no folder or lock file behind
