@@ -210,7 +210,7 @@ def evaluate(
 ) -> None:
     """Score trained runs with the DCASE 2020 protocol (macro F1, PSDS), one by one or as a seed ensemble."""
     from sedaug.device import parse_device
-    from sedaug.evaluate import DivergedRun, evaluate_ensemble, evaluate_run, summary
+    from sedaug.evaluate import NotScored, evaluate_ensemble, evaluate_run, summary
 
     dev = parse_device(device)
     if ensemble:
@@ -220,20 +220,21 @@ def evaluate(
         return
     if out is not None:
         raise UserError("--out goes with --ensemble (a single run is scored into RUN/<split>/)")
-    diverged = []
+    skipped = []
     for run_dir in run_dirs:
         try:
             results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=dev,
                                    features=features)
-        except DivergedRun as e:  # one of several (a sweep's seeds): the others are still scored
+        except NotScored as e:  # one of several (a diverged seed, runs/<name>/* with its ensemble): others scored
             if len(run_dirs) == 1:
                 raise
             console.print(f"skipped {e}")
-            diverged.append(run_dir)
+            skipped.append(run_dir)
             continue
         console.print(summary(run_dir, results))
-    if len(diverged) == len(run_dirs):
-        raise UserError(f"every run given diverged ({', '.join(map(str, diverged))}): nothing to score")
+    if len(skipped) == len(run_dirs):
+        raise UserError(f"no run given is one to score ({', '.join(map(str, skipped))}): each diverged or is an "
+                        "ensemble")
 
 
 @app.command()

@@ -153,12 +153,22 @@ def _held(run_dirs: list[Path]) -> Iterator[None]:
         yield
 
 
-class DivergedRun(UserError):
-    """A sweep's run that diverged is a result (no score, `sedaug table` says so), not a run to score by the
-    checkpoints it saved before diverging."""
+class NotScored(UserError):
+    """A folder given among runs that is none to score; among several it is skipped, the others scored."""
+
+
+class DivergedRun(NotScored):
+    """A run that diverged is a result (no score, `sedaug table` says so), not a run to score by the checkpoints it
+    saved before diverging."""
 
 
 def _check_not_diverged(run_dir: Path) -> None:
+    """Refuse a diverged run, and an ensemble's folder (its members are scored, with --ensemble)."""
+    run = RunDir(Path(run_dir))
+    if not run.checkpoint("best").parent.is_dir() and run.recipe.is_file() and \
+            load_recipe(run.recipe).name.endswith("_ensemble"):
+        raise NotScored(f"{run_dir}: an ensemble (no checkpoints of its own): score it with `sedaug evaluate "
+                        "SEED_RUNS... --ensemble`")
     diverged = read_diverged(run_dir)
     if diverged is not None:
         raise DivergedRun(f"{run_dir}: diverged in epoch {diverged.get('epoch', '?')} ({DIVERGED}): its checkpoints "

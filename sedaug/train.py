@@ -36,7 +36,7 @@ from sedaug.model import CRNN
 from sedaug.progress import STDERR
 from sedaug.progress import shown as progress_shown
 from sedaug.recipe import Recipe, dump_recipe, load_recipe, what_a_run_trains
-from sedaug.rundir import RunDir, environment
+from sedaug.rundir import DIVERGED, RunDir, environment
 from sedaug.strict_yaml import diff_keys
 
 
@@ -321,6 +321,7 @@ def _train(
         metrics = run.metric_rows(upto=state.epoch)
     else:
         run.checkpoint("best").unlink(missing_ok=True)  # a restart from scratch: no model from an earlier start
+    (run.root / DIVERGED).unlink(missing_ok=True)  # trained again (a sweep never does: its divergence is a result)
     # The resolved recipe (epochs may have grown on resume), the metrics so far and the environment, before the
     # first step.
     write_text(run.recipe, dump_recipe(recipe))
@@ -408,6 +409,9 @@ def _train(
                     on_epoch(record)
     except KeyboardInterrupt:  # a second Ctrl-C: out at once, mid-step
         raise Interrupted(f"interrupted again: stopped at once; {saved()}") from None
+    except Diverged as e:  # a result: `table` counts the run as diverged, `evaluate` does not score its checkpoints
+        write_json(run.root / DIVERGED, {"epoch": e.epoch, "step": e.step, "message": str(e)})
+        raise
     finally:
         log.close()
         board.close()

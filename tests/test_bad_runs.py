@@ -81,6 +81,16 @@ def test_divergence_before_any_checkpoint_says_nothing_was_saved(cli, tmp_path):
     assert not (tmp_path / "runs" / "none" / "seed0" / "checkpoints" / "last.pt").exists()
 
 
+def test_a_diverged_run_is_a_result_the_table_and_evaluate_name(cli, tmp_path):
+    from sedaug.table import build_table
+
+    one_line_error(cli("--set", "optim.lr=1e30"), "loss became nan")
+    run = tmp_path / "runs" / "none" / "seed0"
+    assert json.loads((run / "diverged.json").read_text())["epoch"] == 1
+    assert build_table(tmp_path / "runs").rows[0].note == "1 of 1 runs diverged"
+    one_line_error(CliRunner().invoke(app, ["evaluate", str(run)]), f"{run}: diverged in epoch 1")
+
+
 def test_resume_cannot_shrink_a_finished_run_and_keeps_its_files_true(cli, tmp_path):
     assert cli(epochs=2).exit_code == 0
     run = tmp_path / "runs" / "none" / "seed0"

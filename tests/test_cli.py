@@ -159,3 +159,24 @@ def test_batch_larger_than_the_store(tiny_features, tmp_path):
     result = run("train", RECIPES / "none.yaml", "--runs", tmp_path, "--set", f"data.features={tiny_features}",
                  "--set", "data.batch_size=200")
     one_line_error(result, "too few clips", "data.batch_size 200")
+
+
+def test_a_run_trained_on_a_relative_store_is_evaluated_from_anywhere(tiny_features, tiny_model_overrides, tmp_path,
+                                                                      monkeypatch):
+    from sedaug.recipe import load_recipe
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_features, project / "data" / "features")
+    monkeypatch.chdir(project)
+    recipe = Path(__file__).parents[1] / "recipes" / "none.yaml"
+    sets = [*tiny_model_overrides, "data.features=data/features", "optim.epochs=1", "optim.max_steps_per_epoch=1"]
+    assert run("train", recipe, "--runs", "runs", "--device", "cpu", *(f"--set={s}" for s in sets)).exit_code == 0
+    seed0 = project / "runs" / "none" / "seed0"
+    assert load_recipe(seed0 / "recipe.yaml").data.features == project / "data" / "features"  # recorded absolute
+    monkeypatch.chdir(tmp_path)
+    assert run("evaluate", "project/runs/none/seed0", "--device", "cpu").exit_code == 0
+    # The store moved away: one line naming the run and the key; --features points at it.
+    (project / "data" / "features").rename(project / "store")
+    one_line_error(run("evaluate", "project/runs/none/seed0", "--device", "cpu"),
+                   "project/runs/none/seed0: the feature store of its recipe, data.features", "give --features")
+    assert run("evaluate", "project/runs/none/seed0", "--device", "cpu", "--features", "project/store").exit_code == 0

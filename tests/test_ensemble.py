@@ -45,6 +45,12 @@ def test_an_ensemble_scores_the_hand_averaged_frame_scores(tiny_features, tiny_m
     results = json.loads((ensemble / "eval" / "results.json").read_text())
     assert results["recipe"] == "none_ensemble" and [m["seed"] for m in results["members"]] == [0, 1]
 
+    # `evaluate runs/none/*` meets the ensemble's folder too: skipped, the seeds scored; alone, refused in one line.
+    result = runner.invoke(app, ["evaluate", *map(str, sorted((runs / "none").iterdir())), "--device", "cpu"])
+    assert result.exit_code == 0 and f"skipped {ensemble}: an ensemble" in result.output, result.output
+    result = runner.invoke(app, ["evaluate", str(ensemble), "--device", "cpu"])
+    assert result.exit_code == 1 and result.output.startswith(f"error: {ensemble}: an ensemble"), result.output
+
     table = runner.invoke(app, ["table", str(runs), "--format", "csv"])
     assert table.exit_code == 0, table.output
     rows = [line.split(",")[0] for line in table.output.splitlines()[1:]]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.files import read_jsonl
-from sedaug.rundir import DIVERGED, read_diverged
+from sedaug.rundir import read_diverged
 
 DEFAULT_SETTING = "default"  # the setting id of a recipe searched over nothing
 
@@ -137,7 +137,6 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
     from ray import tune
 
     from sedaug.evaluate import evaluate_run
-    from sedaug.files import write_json
     from sedaug.recipe import validate_recipe
     from sedaug.sweep.spec import apply_params
     from sedaug.train import Diverged, train
@@ -192,9 +191,8 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
             if result.nothing_left:  # its last row looked uncheckpointed (file times), but last.pt holds every epoch
                 rows = read_jsonl(run_dir / "metrics.jsonl")
                 tune.report(_result(rows[-1], best_valid_f1(rows), stage, finish()))
-        except Diverged as e:
+        except Diverged as e:  # train wrote diverged.json
             diverged = {"epoch": e.epoch, "step": e.step, "message": str(e)}
-            write_json(run_dir / DIVERGED, diverged)
             tune.report(_diverged_result(checkpointed_metrics(run_dir), best, stage, diverged))
 
 
