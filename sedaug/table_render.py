@@ -149,7 +149,8 @@ def _csv(table: Table) -> str:
         suffixes += ["paper", "paper_diff"]
     settings = ["ci_level", "resamples", "bootstrap_seed", "reference"] if b is not None else []
     writer.writerow(["recipe", "augmentation", "location", "regularization", "consistency_data", "n",
-                     "not_evaluated", *(f"{m}_{s}" for m in table.metrics for s in suffixes), *settings])
+                     "not_evaluated", *(f"{m}_{s}" for m in table.metrics for s in suffixes), *settings, "split",
+                     "note"])
 
     def numbers(c: Cell) -> list[float | None]:
         values = [c.mean, c.std]
@@ -157,17 +158,19 @@ def _csv(table: Table) -> str:
             values += [c.interval and c.interval.low, c.interval and c.interval.high]
             if b.reference:
                 d = c.difference
-                values += [None, None, None, None] if d is None else [d.value, d.low, d.high, d.p]
+                # p 0: no resample on the other side of 0, below the test's resolution (as the text formats say)
+                p = None if d is None else f"<{2 / b.resamples:.2g}" if d.p == 0 else d.p
+                values += [None, None, None, None] if d is None else [d.value, d.low, d.high, p]
         if table.paper:
             values += [c.paper, None if c.paper is None or c.mean is None else c.mean - c.paper]
         return values
 
     for r in table.rows:
         factors = ["" if f == DASH else f for f in (r.location, r.consistency)]
-        values = [_plain(v) for m in table.metrics for v in numbers(r.cells[m])]
+        values = [v if isinstance(v, str) else _plain(v) for m in table.metrics for v in numbers(r.cells[m])]
         extra = [f"{b.level * 100:g}", b.resamples, b.seed, b.reference or ""] if b is not None else []
         writer.writerow([r.recipe, r.augmentation, factors[0], r.regularization, factors[1], r.n, r.not_evaluated,
-                         *values, *extra])
+                         *values, *extra, table.split, r.note])
     return out.getvalue()
 
 

@@ -398,7 +398,8 @@ def test_ci_in_the_text_formats(ci_runs):
 
     rows = list(csv.DictReader(render(table, "csv").splitlines()))
     header = list(rows[0])
-    assert header[-4:] == ["ci_level", "resamples", "bootstrap_seed", "reference"] and "macro_diff" not in header
+    assert header[-6:] == ["ci_level", "resamples", "bootstrap_seed", "reference", "split", "note"]
+    assert "macro_diff" not in header
     assert {(r["ci_level"], r["resamples"], r["bootstrap_seed"], r["reference"]) for r in rows} == {("90", "200", "0", "")}
     assert all(float(r["macro_low"]) <= float(r["macro_mean"]) <= float(r["macro_high"]) for r in rows)
     compared = build_table(ci_runs, metrics=("macro",), ci=95, resamples=200, compare="vat_latent")
@@ -407,6 +408,9 @@ def test_ci_in_the_text_formats(ci_runs):
     latex = render(compared, "latex")
     assert r"macro $-$ vat\_latent" in latex and "p $<$ 0.01" in latex
     assert "macro − vat_latent" in render(compared, "rich")
+    # A p of 0 is below the test's resolution: the CSV says so as the text formats do, not 0.0.
+    p_values = {r["recipe"]: r["macro_p"] for r in csv.DictReader(render(compared, "csv").splitlines())}
+    assert "<0.01" in p_values.values() and "0.0" not in p_values.values()
     assert r"\underline{" in render(build_table(ci_runs, metrics=("macro",), ci=95, resamples=200), "latex")
 
 
