@@ -480,3 +480,17 @@ def test_selection_takes_every_metric_of_results_json():
     from sedaug.sweep.spec import METRICS
 
     assert METRICS == RESULTS
+
+
+def test_an_interrupted_sweep_says_the_command_that_resumes_it(monkeypatch, tmp_path):
+    from sedaug.errors import Interrupted
+    from sedaug.sweep import run as sweep_run
+
+    def interrupted(*args):
+        raise Interrupted("interrupted: the finished trials are in OUT")
+
+    monkeypatch.setattr(sweep_run, "_run_sweep", interrupted)
+    with pytest.raises(Interrupted) as e:
+        sweep_run.run_sweep(Path("s.yaml"), out=tmp_path / "my sweep", overrides=["optim.epochs=1"])
+    assert str(e.value) == ("interrupted: the finished trials are in OUT; continue with `sedaug sweep s.yaml --out "
+                            f"'{tmp_path / 'my sweep'}' --set optim.epochs=1 --resume`")

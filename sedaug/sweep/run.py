@@ -16,6 +16,7 @@ are checked. Ray's logs and state go under `<out>/ray/`.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -99,6 +100,22 @@ def run_sweep(
     connect_timeout: float = 30.0,
     wait_for_resources: bool = False,
 ) -> SweepResult:
+    try:
+        return _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources)
+    except Interrupted as e:
+        raise Interrupted(f"{e}; continue with `{resume_command(spec_path, out, overrides, address)}`") from None
+
+
+def resume_command(spec_path: Path, out: Path | None, overrides: list[str], address: str | None) -> str:
+    """The command line that resumes this sweep."""
+    args = ["sedaug", "sweep", str(spec_path), "--out", str(_out_dir(spec_path, out))]
+    for item in overrides:
+        args += ["--set", item]
+    args += ["--address", address] if address else []
+    return shlex.join([*args, "--resume"])
+
+
+def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources) -> SweepResult:
     started = time.monotonic()
     loaded = load_sweep(Path(spec_path), list(overrides))
     parse_address(address)
@@ -160,7 +177,7 @@ def run_sweep(
     if problems:
         errors = journal_errors(out) if unsettled or unfinal else []
         last = f"; the last error: {errors[-1]}" if errors else ""
-        retry = "; `sedaug sweep --resume` retries" if unsettled or unfinal else ""
+        retry = f"; `{resume_command(spec_path, out, overrides, address)}` retries" if unsettled or unfinal else ""
         raise UserError("\n".join([*lost.values(), *problems[:-1],
                                    f"{out}: {problems[-1]}{last}; Ray's logs in {out / 'ray'}{retry}"]))
     statuses: dict[str, int] = {}
@@ -251,7 +268,7 @@ def _fit(name: str, out: Path, plan: Plan, view, loaded: LoadedSweep, param_spac
     try:
         tuner.fit()
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: the finished trials are in {out}; continue with `sedaug sweep --resume`") from None
+        raise Interrupted(f"interrupted: the finished trials are in {out}") from None
 
 
 def _settled(out: Path, loaded: LoadedSweep, spec: dict, statuses: dict) -> bool:
