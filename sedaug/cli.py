@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from sedaug.deps import binary_mismatch
-from sedaug.errors import UserError
+from sedaug.errors import UserError, counted
 
 app = typer.Typer(
     name="sedaug",
@@ -189,8 +189,8 @@ def train(
                       f"{result.seed} (--set optim.epochs=N --resume trains more)")
         return
     console.print(
-        f"trained {result.recipe} seed {result.seed} ({result.step}): {result.epochs} epoch{'s' * (result.epochs != 1)}, "
-        "best synthetic_valid macro F1 "
+        f"trained {result.recipe} seed {result.seed} ({result.step}): {counted(result.epochs, 'epoch')}, best "
+        "synthetic_valid macro F1 "
         f"{result.best_f1:.3f} (epoch {result.best_epoch}) -> {result.run_dir}"
     )
 

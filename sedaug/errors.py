@@ -1,4 +1,5 @@
-"""The one exception type for bad user input: the CLI prints its message on one line and exits 1."""
+"""The one exception type for bad user input (the CLI prints its message on one line and exits 1), and the wording
+helpers of messages."""
 
 
 class UserError(Exception):
@@ -16,3 +17,8 @@ class Interrupted(UserError):
 def one_line(err: BaseException) -> str:
     """An exception's message on one line (a library's may span several), or its type's name when it has none."""
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 epoch", "3 epochs": a count and its noun (plural by an s)."""
+    return f"{n:,} {noun}{'s' * (n != 1)}"

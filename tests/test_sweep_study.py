@@ -262,10 +262,10 @@ def test_dry_run_prints_the_plan_and_its_cost_without_starting_ray(tmp_path, tin
     result = sweep_cli(spec, "--dry-run", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "sweep s: 5 search trials and 2 final runs (seeds 1) -- nothing is started"
+    assert lines[0] == "sweep s: 5 search trials and 2 final runs (seed 1) -- nothing is started"
     # tiny store: min(20 unlabeled // 12, 10 weak // 6, 16 synthetic_train // 6) = 1 step per epoch;
     # none: (2 trials + 1 final) x 2 epochs x 1 step x 0.5 s = 3 s = 0.000833 h
-    assert lines[1].split() == ["none", "2", "trials", "+", "1", "final", "x", "2", "epochs", "x", "1", "steps,",
+    assert lines[1].split() == ["none", "2", "trials", "+", "1", "final", "x", "2", "epochs", "x", "1", "step,",
                                 "0.5", "s/step", "->", "0.000833", "h,", "memory", "1", "GiB"]
     assert "noise_latent" in lines[2] and "-> 0.00111 h" in lines[2]  # (3 + 1) x 2 x 1 x 0.5 s
     assert lines[3].startswith("  total: 0.00194 trial-hours of training steps on cpu")

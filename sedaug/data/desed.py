@@ -40,7 +40,7 @@ from sedaug.data.metadata import (  # noqa: F401 (re-exported: the layout's clas
     fit_events,
     read_metadata,
 )
-from sedaug.errors import UserError, one_line
+from sedaug.errors import UserError, counted, one_line
 from sedaug.files import atomic_dir, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
@@ -103,7 +103,7 @@ class PrepareReport:
     def summary(self) -> str:
         clips = ", ".join(f"{name} {n:,}" for name, n in self.counts.items())
         state = "already up to date" if self.skipped else "written"
-        missing = f"{self.n_missing:,} listed files missing (see {self.missing_files})"
+        missing = f"{counted(self.n_missing, 'listed file')} missing (see {self.missing_files})"
         warnings = ""
         if self.n_label_warnings:
             warnings = (

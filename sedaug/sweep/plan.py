@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sedaug.errors import UserError
+from sedaug.errors import UserError, counted
 from sedaug.recipe import Recipe, validate_recipe, what_a_run_trains
 from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings
 from sedaug.sweep.trial import search_dir, setting_id
@@ -269,8 +269,8 @@ class DryRun:
 
     def header(self) -> str:
         trials, finals = sum(r.trials for r in self.rows), sum(r.finals for r in self.rows)
-        return (f"sweep {self.name}: {trials} search trial{'s' * (trials != 1)} and {finals} final "
-                f"run{'s' * (finals != 1)} (seeds "
+        return (f"sweep {self.name}: {counted(trials, 'search trial')} and {counted(finals, 'final run')} (seed"
+                f"{'s' * (len(self.seeds) != 1)} "
                 f"{', '.join(map(str, self.seeds))}) -- nothing is started")
 
     def row_line(self, r: RowCost) -> str:
@@ -279,8 +279,8 @@ class DryRun:
         copied = f" ({r.copied} the search run)" if r.copied else ""
         trials = f"{r.trials:>4} trial{'s' if r.trials != 1 else ' '}"
         steps = f"{min(r.each_steps)}-{max(r.each_steps)}" if r.each_steps else r.steps
-        return (f"  {r.recipe:<{width}}  {trials} + {r.finals} final{copied} x {r.epochs} epochs x "
-                f"{steps} steps{time_s}, memory {r.memory / GIB:.3g} GiB")
+        return (f"  {r.recipe:<{width}}  {trials} + {r.finals} final{copied} x {counted(r.epochs, 'epoch')} x "
+                f"{steps} step{'s' * (steps != 1)}{time_s}, memory {r.memory / GIB:.3g} GiB")
 
     def footer(self) -> list[str]:
         total = [r.trial_hours for r in self.rows]

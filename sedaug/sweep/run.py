@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sedaug.errors import Interrupted, UserError
+from sedaug.errors import Interrupted, UserError, counted
 from sedaug.rundir import RunDir, read_diverged
 from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, parse_address, ray_session
 from sedaug.sweep.outdir import check_out, write_out
@@ -78,8 +78,9 @@ class SweepResult:
         chosen = "; ".join(f"{w.recipe} {_short(w.params) or 'defaults'} ({w.score:.3f})"
                            for w in self.winners.values()) or "no setting"
         seeds = ", ".join(map(str, self.seeds))
-        return (f"sweep {self.name}: {self.trials} trials ({counts}, {self.retries} retried) in "
-                f"{elapsed // 60}m{elapsed % 60:02d}s (search {search // 60}m{search % 60:02d}s); selected {chosen}; trained on seeds {seeds} and evaluated on "
+        return (f"sweep {self.name}: {counted(self.trials, 'trial')} ({counts}, {self.retries} retried) in "
+                f"{elapsed // 60}m{elapsed % 60:02d}s (search {search // 60}m{search % 60:02d}s); selected {chosen}; "
+                f"trained on seed{'s' * (len(self.seeds) != 1)} {seeds} and evaluated on "
                 f"eval -> {self.out} (selection.tsv; sedaug table {self.out / 'final'})")
 
 
