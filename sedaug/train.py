@@ -36,7 +36,7 @@ from sedaug.model import CRNN
 from sedaug.progress import STDERR
 from sedaug.progress import shown as progress_shown
 from sedaug.recipe import Recipe, dump_recipe, load_recipe, what_a_run_trains
-from sedaug.rundir import DIVERGED, RunDir, environment
+from sedaug.rundir import DIVERGED, RunDir, environment, sedaug_data_holding
 from sedaug.strict_yaml import diff_keys
 
 
@@ -269,6 +269,8 @@ def train(
     trial reports to Ray Tune there); whatever it raises ends training and propagates, last.pt holding that epoch.
     """
     run, device = RunDir(Path(run_dir)), torch.device(device)
+    if (held := sedaug_data_holding(run.root.parent)) is not None:
+        raise UserError(f"--runs: {run.root} would be in {held}: give --runs a folder outside it")
     # The run records its store absolute: evaluate, table --ci and detect may run from another directory.
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"features": recipe.data.features.absolute()})})
     check_runs_on(recipe, device)

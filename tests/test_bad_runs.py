@@ -76,6 +76,14 @@ def test_a_run_that_stopped_before_its_first_checkpoint_restarts_with_resume(cli
     assert (run / "checkpoints" / "last.pt").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_runs_inside_a_feature_store_are_refused(tiny_features, tiny_model_overrides, tmp_path):
+    store = shutil.copytree(tiny_features, tmp_path / "features")
+    before = checksums(store)
+    result = CliRunner().invoke(app, _train_command(store, tiny_features, tiny_model_overrides, "none", 1))
+    one_line_error(result, f"--runs: {store / 'none' / 'seed0'} would be in the feature store {store}")
+    assert checksums(store) == before
+
+
 def test_divergence_before_any_checkpoint_says_nothing_was_saved(cli, tmp_path):
     one_line_error(cli("--set", "optim.lr=1e30"), "loss became nan", "nothing was saved")
     assert not (tmp_path / "runs" / "none" / "seed0" / "checkpoints" / "last.pt").exists()

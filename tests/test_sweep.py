@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -494,3 +495,12 @@ def test_an_interrupted_sweep_says_the_command_that_resumes_it(monkeypatch, tmp_
         sweep_run.run_sweep(Path("s.yaml"), out=tmp_path / "my sweep", overrides=["optim.epochs=1"])
     assert str(e.value) == ("interrupted: the finished trials are in OUT; continue with `sedaug sweep s.yaml --out "
                             f"'{tmp_path / 'my sweep'}' --set optim.epochs=1 --resume`")
+
+
+def test_a_sweep_inside_a_feature_store_is_refused(tiny_features, tmp_path, monkeypatch):
+    from sedaug.sweep.outdir import check_out
+
+    monkeypatch.chdir(REPO)
+    store = shutil.copytree(tiny_features, tmp_path / "features")
+    with pytest.raises(UserError, match=f"--out {store / 'sw'} is in the feature store {store}: give the sweep"):
+        check_out(store / "sw", load_sweep(REPO / "sweeps" / "demo.yaml"), resume=False)

@@ -13,6 +13,7 @@ import yaml
 
 from sedaug.errors import UserError
 from sedaug.files import write_text
+from sedaug.rundir import sedaug_data_holding
 from sedaug.strict_yaml import diff_keys, get_key
 from sedaug.sweep.spec import LoadedSweep
 
@@ -29,6 +30,8 @@ def check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
     sweep_file, recipes_dir = out / "sweep.yaml", out / "recipes"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a folder for the sweep")
+    if (held := sedaug_data_holding(out)) is not None:
+        raise UserError(f"--out {out} is in {held}: give the sweep a folder outside it")
     if not resume:
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} is not empty: pass --resume to continue that sweep, or choose another --out")
