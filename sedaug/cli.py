@@ -328,7 +328,7 @@ def table(
     from sedaug.table_render import print_per_class, print_table, render, render_per_class
 
     _check_table_outputs(out, plot)
-    names = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    names = tuple(dict.fromkeys(m.strip() for m in metrics.split(",") if m.strip()))  # each once
     if format is None:  # a file gets text, not a terminal's escape codes
         suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
         format = Format.rich if out is None else suffixes.get(out.suffix.lower(), Format.markdown)
