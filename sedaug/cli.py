@@ -210,10 +210,13 @@ def evaluate(
 ) -> None:
     """Score trained runs with the DCASE 2020 protocol (macro F1, PSDS), one by one or as a seed ensemble."""
     from sedaug.device import parse_device
-    from sedaug.evaluate import NotScored, evaluate_ensemble, evaluate_run, summary
+    from sedaug.evaluate import NotScored, evaluate_ensemble, evaluate_run, is_ensemble, summary
 
     dev = parse_device(device)
-    if ensemble:
+    if ensemble:  # `runs/<name>/*` holds an earlier ensemble's folder too: not a member
+        for run_dir in filter(is_ensemble, run_dirs):
+            console.print(f"skipped {run_dir}: an ensemble's folder, not a member")
+        run_dirs = [r for r in run_dirs if not is_ensemble(r)]
         where, results = evaluate_ensemble(run_dirs, split=split.value, checkpoint=checkpoint.value, device=dev, out=out,
                                            features=features)
         console.print(summary(where, results))
@@ -370,7 +373,9 @@ def table(
         console.print(f"wrote {out} ({count} recipes)")
 
 
-TABLE_SUFFIXES = (".md", ".markdown", ".tex", ".csv", ".txt", "")  # an existing file of another kind is kept
+# Files a table never replaces: recipes, data, labels, audio, models, code.
+KEPT_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".tsv", ".wav", ".flac", ".mp3", ".ogg", ".pt", ".npy", ".npz",
+                 ".py", ".png", ".pdf", ".svg")
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", "")  # the plot's format (none: PNG)
 
 
@@ -381,20 +386,18 @@ def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
 
     if out is not None and plot is not None and out.resolve() == plot.resolve():
         raise UserError(f"--out and --plot are both {out}: give each its own file")
-    for path, what, suffixes in ((out, "--out", TABLE_SUFFIXES), (plot, "--plot", PLOT_SUFFIXES)):
+    for path, what in ((out, "--out"), (plot, "--plot")):
         if path is None:
             continue
         if path.is_dir():
             raise UserError(f"{what} {path} is a folder: give a file name")
         if (held := sedaug_data_holding(path)) is not None:
             raise UserError(f"{what} {path} is in {held}, which the table would overwrite: give a path outside it")
-        if path.suffix.lower() not in suffixes:
-            kinds = ", ".join(s for s in suffixes if s)
-            if what == "--plot":
-                raise UserError(f"--plot {path}: a figure is {kinds}")
-            if path.exists():
-                raise UserError(f"--out {path} exists and is no table ({kinds}), which the table would overwrite: give "
-                                "a new file name")
+    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise UserError(f"--plot {plot}: a figure is {', '.join(s for s in PLOT_SUFFIXES if s)}")
+    if out is not None and out.exists() and out.suffix.lower() in KEPT_SUFFIXES:
+        raise UserError(f"--out {out} exists and is a {out.suffix} file, which a table never replaces: give a table's "
+                        "file name (.md, .tex, .csv, .txt)")
 
 
 def main() -> None:

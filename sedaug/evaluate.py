@@ -45,8 +45,7 @@ def _evaluate_run(run: RunDir, split: str, checkpoint: str, device, progress: bo
     timing: dict[str, float] = {}
     model, recipe, state = load_model(run.root, checkpoint, device)  # UserError when the checkpoint is missing
     _check_folder(run.split(split))
-    features = Path(features if features is not None else recipe.data.features)
-    data = _strong_split(features, split, run.root)
+    data, features = _strong_split(features, recipe, split, run.root)
     with timed(timing, "predict"):
         strong = predict(model, data.mels, recipe.eval.batch_size, device, progress=progress)
     check_finite(strong, data, run.checkpoint(checkpoint), features)
@@ -89,12 +88,13 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
                        out: Path | None, features: Path | None) -> tuple[Path, dict[str, Any]]:
     timing: dict[str, float] = {}
     members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
-    # Each run's recipe.yaml, which a resume rewrites (a resumed run's best.pt may keep the recipe of fewer epochs).
+    # Each run's recipe.yaml, which a resume rewrites (a resumed run's best.pt may keep the recipe of fewer epochs);
+    # where each found its store, and with what batch it is scored, do not matter: the ensemble is scored on one.
     recipe = load_recipe(RunDir(run_dirs[0]).recipe)
     first = recipe.model_dump(mode="json")
     for path in run_dirs[1:]:
         other = load_recipe(RunDir(path).recipe).model_dump(mode="json")
-        differ = [k for k in diff_keys(first, other) if k not in ("seed", "paper_row")]
+        differ = [k for k in diff_keys(first, other) if k not in ("seed", "paper_row", "data.features", "eval.batch_size")]
         if differ:
             shown = ", ".join(differ[:3]) + (", ..." if len(differ) > 3 else "")
             raise UserError(f"{path}: another recipe than {members[0][0]}'s ({shown} differ): an ensemble averages "
@@ -103,15 +103,14 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
     ensemble = recipe.model_copy(update={"name": f"{recipe.name}_ensemble", "seed": 0})
     _check_ensemble_out(out, ensemble.name, run_dirs)
     _check_folder(out / split)
-    features = Path(features if features is not None else recipe.data.features)
-    data = _strong_split(features, split, run_dirs[0])
+    data, features = _strong_split(features, recipe, split, run_dirs[0])
     with timed(timing, "predict"):
         outputs = []
         for path, model, _, _ in members:
             outputs.append(predict(model, data.mels, recipe.eval.batch_size, device, progress=progress))
             check_finite(outputs[-1], data, RunDir(path).checkpoint(checkpoint), features)
         strong = sum(outputs) / len(members)
-    about = {"run": str(out), "recipe": ensemble.name, "seed": 0, "split": split, "features": str(recipe.data.features),
+    about = {"run": str(out), "recipe": ensemble.name, "seed": 0, "split": split, "features": str(features),
              "checkpoint": {"name": checkpoint, "epoch": None, "step": None},
              "members": [{"run": str(Path(path).resolve()), "seed": r.seed, "epoch": state.epoch}
                          for path, _, r, state in members]}
@@ -162,11 +161,16 @@ class DivergedRun(NotScored):
     saved before diverging."""
 
 
+def is_ensemble(run_dir: Path) -> bool:
+    """Whether a folder is an ensemble's (`evaluate --ensemble` wrote it): a recipe `<name>_ensemble`, no checkpoints."""
+    run = RunDir(Path(run_dir))
+    return not run.checkpoint("best").parent.is_dir() and run.recipe.is_file() and \
+        load_recipe(run.recipe).name.endswith("_ensemble")
+
+
 def _check_not_diverged(run_dir: Path) -> None:
     """Refuse a diverged run, and an ensemble's folder (its members are scored, with --ensemble)."""
-    run = RunDir(Path(run_dir))
-    if not run.checkpoint("best").parent.is_dir() and run.recipe.is_file() and \
-            load_recipe(run.recipe).name.endswith("_ensemble"):
+    if is_ensemble(run_dir):
         raise NotScored(f"{run_dir}: an ensemble (no checkpoints of its own): score it with `sedaug evaluate "
                         "SEED_RUNS... --ensemble`")
     diverged = read_diverged(run_dir)
@@ -194,20 +198,23 @@ def check_finite(strong: np.ndarray, data: Split, checkpoint: Path, features: Pa
                     "clips in all): the checkpoint is damaged or diverged; train the run again, or use the other checkpoint")
 
 
-def _strong_split(features: Path, split: str, run: Path) -> Split:
+def _strong_split(features: Path | None, recipe: Recipe, split: str, run: Path) -> tuple[Split, Path]:
+    """The split to score, from `features` (--features) or else the recipe's data.features; and that store's path,
+    absolute (results.json records it: `table --ci` reads the ground truth there, from any directory)."""
+    given = features is not None
+    features = Path(features if given else recipe.data.features).absolute()
     try:
         data = FeatureStore(features).split(split)
     except UserError:
         if features.exists():
             raise
-        where = f" in {Path.cwd()}" if not features.is_absolute() else ""  # a run trained before sedaug 0.2
-        raise UserError(f"{run}: the feature store of its recipe, data.features {features}, does not exist{where}: "
-                        "run this where it was trained, or give --features") from None
+        what = f"--features {features}" if given else f"the feature store of its recipe, data.features {features},"
+        raise UserError(f"{run}: {what} does not exist (moved or deleted?): give --features where it is") from None
     if data.events is None:
         raise UserError(f"split {split} has no strong labels: evaluate on eval, validation or synthetic_valid")
     if len(data) == 0:
         raise UserError(f"split {split} of {features} holds no clip")
-    return data
+    return data, features
 
 
 def _score(strong, data: Split, recipe: Recipe, about: dict[str, Any], out: Path, timing: dict, progress: bool) -> dict[str, Any]:

@@ -391,9 +391,8 @@ def dump_recipe(recipe: Recipe) -> str:
 
 def what_a_run_trains(recipe: Recipe) -> dict:
     """The recipe as a run's weights depend on it, to compare runs: `optim.epochs` aside (a resume may ask for more,
-    a sweep trial's recipe.yaml may hold fewer) and `paper_row` (a label of the table's row); `data.features`
-    absolute (train records it so; a relative one is the working directory's)."""
+    a sweep trial's recipe.yaml may hold fewer), `paper_row` (a label of the table's row) and `data.features` (where
+    the store is found: a moved run resumes; the checkpoint's record of the store's identity guards its data)."""
     dump = recipe.model_dump(mode="json")
-    dump["optim"].pop("epochs"), dump.pop("paper_row", None)
-    dump["data"]["features"] = str(Path(dump["data"]["features"]).absolute())  # a run made before it was recorded so
+    dump["optim"].pop("epochs"), dump.pop("paper_row", None), dump["data"].pop("features")
     return dump

@@ -188,8 +188,8 @@ def run_holding(path: Path) -> Path | None:
 
 def sedaug_data_holding(path: Path) -> str | None:
     """What `path` is or lies in that another command's output must not overwrite: a run's own files, a feature
-    store, a prepared DESED (its manifest, a synthetic one's audio and labels), or a DESED tree (audio/ beside
-    metadata/{train,validation,eval}: a real DESED's label TSVs have a detections TSV's header); None else."""
+    store, a prepared DESED (its manifest, a synthetic one's audio and labels), or a DESED tree's audio/ and metadata/
+    (beside each other: a real DESED's label TSVs have a detections TSV's header); None else."""
     from sedaug.data.desed import MANIFEST_DIR, PREPARE_JSON
     from sedaug.data.store import read_record
 
@@ -201,7 +201,8 @@ def sedaug_data_holding(path: Path) -> str | None:
             return f"the feature store {root}"
         if (root / MANIFEST_DIR / PREPARE_JSON).is_file():
             return f"the prepared DESED {root}"
-        if (root / "audio").is_dir() and any((root / "metadata" / d).is_dir() for d in ("train", "validation", "eval")):
+        desed = (root / "audio").is_dir() and any((root / "metadata" / d).is_dir() for d in ("train", "validation", "eval"))
+        if desed and resolved.relative_to(root).parts[:1] in (("audio",), ("metadata",)):
             return f"the DESED tree {root}"
     return None
 

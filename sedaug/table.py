@@ -166,17 +166,20 @@ def _check_one_set(runs: list[_Run], split: str) -> None:
         return r.results.get("n_clips"), r.results.get("n_events"), round(hours, 6) if isinstance(hours, float) else hours
 
     def other(a: _Run, b: _Run) -> bool:
-        ids = a.results.get("clips_sha256"), b.results.get("clips_sha256")
-        if None not in ids:  # the clips themselves (results.json of sedaug 0.2 on)
-            return ids[0] != ids[1]
-        return None not in clips(a) + clips(b) and clips(a) != clips(b)
+        ids = a.results.get("clips_sha256"), b.results.get("clips_sha256")  # the clips' names (sedaug 0.2 on)
+        return (None not in ids and ids[0] != ids[1]) or (None not in clips(a) + clips(b) and clips(a) != clips(b))
+
+    def said(r: _Run) -> str:
+        n, e, h = clips(r)
+        return f"{n} clips, {e} events, " + (f"{h:.4f} h" if isinstance(h, float) else f"{h} h")
 
     for run in evaluated[1:]:
         if other(run, evaluated[0]):
-            (n, e, h), (n0, e0, h0) = clips(run), clips(evaluated[0])
-            raise UserError(f"{run.path}: scored on another {split} set than {evaluated[0].path} ({n} clips, {e} events, "
-                            f"{h:.4f} h against {n0} clips, {e0} events, {h0:.4f} h): a table compares scores on one set; "
-                            "evaluate both on one feature store, or table them apart")
+            same = said(run) == said(evaluated[0])
+            raise UserError(f"{run.path}: scored on another {split} set than {evaluated[0].path} ("
+                            + ("other clips of the same counts" if same else f"{said(run)} against {said(evaluated[0])}")
+                            + "): a table compares scores on one set; evaluate both on one feature store, or table "
+                            "them apart")
 
 
 def left_out(runs_dir: Path, split: str) -> list[Path]:

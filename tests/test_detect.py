@@ -279,6 +279,9 @@ def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run
                       (real / "metadata" / "eval" / "public.tsv", f"the DESED tree {real}")):
         with pytest.raises(UserError, match=f"--out {out} is in {held}, which detect would overwrite"):
             detect(run, [tmp_path / "a.wav"], out, progress=False)
+    from sedaug.rundir import sedaug_data_holding
+
+    assert sedaug_data_holding(real / "experiments" / "d.tsv") is None  # beside a DESED's audio/ and metadata/: fine
     for out in (tmp_path / "a.wav", tmp_path / "notes.tsv"):  # its own input, a file of the user's
         with pytest.raises(UserError, match=f"--out {out} exists and is not a detections TSV"):
             detect(run, [tmp_path / "a.wav"], out, progress=False)

@@ -50,6 +50,9 @@ def test_an_ensemble_scores_the_hand_averaged_frame_scores(tiny_features, tiny_m
     assert result.exit_code == 0 and f"skipped {ensemble}: an ensemble" in result.output, result.output
     result = runner.invoke(app, ["evaluate", str(ensemble), "--device", "cpu"])
     assert result.exit_code == 1 and result.output.startswith(f"error: {ensemble}: an ensemble"), result.output
+    result = runner.invoke(app, ["evaluate", *map(str, sorted((runs / "none").iterdir())), "--ensemble", "--device",
+                                 "cpu"])  # again, over runs/none/*: the ensemble's own folder is no member
+    assert result.exit_code == 0 and f"skipped {ensemble}: an ensemble's folder" in result.output, result.output
 
     table = runner.invoke(app, ["table", str(runs), "--format", "csv"])
     assert table.exit_code == 0, table.output

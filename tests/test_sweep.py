@@ -495,6 +495,11 @@ def test_an_interrupted_sweep_says_the_command_that_resumes_it(monkeypatch, tmp_
         sweep_run.run_sweep(Path("s.yaml"), out=tmp_path / "my sweep", overrides=["optim.epochs=1"])
     assert str(e.value) == ("interrupted: the finished trials are in OUT; continue with `sedaug sweep s.yaml --out "
                             f"'{tmp_path / 'my sweep'}' --set optim.epochs=1 --resume`")
+    with pytest.raises(Interrupted) as e:
+        sweep_run.run_sweep(Path("s.yaml"), out=tmp_path / "o", address="auto", connect_timeout=120,
+                            wait_for_resources=True)
+    assert str(e.value).endswith(f"`sedaug sweep s.yaml --out {tmp_path / 'o'} --address auto --connect-timeout 120 "
+                                 "--wait-for-resources --resume`")
 
 
 def test_a_sweep_inside_a_feature_store_is_refused(tiny_features, tmp_path, monkeypatch):

@@ -85,11 +85,13 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
     # Files of another kind are kept: a recipe, a recording, a label TSV; a figure is PNG, PDF or SVG.
     for name in ("none.yaml", "take.wav", "public.tsv"):
         (runs / name).write_bytes(b"mine")
-        one_line_error(run("table", runs, "--out", runs / name), f"--out {runs / name} exists and is no table")
+        one_line_error(run("table", runs, "--out", runs / name), f"--out {runs / name} exists and is a ")
         assert (runs / name).read_bytes() == b"mine"
     one_line_error(run("table", runs, "--plot", runs / "take.wav"), "a figure is .png, .pdf, .svg")
     one_line_error(run("table", runs, "--out", runs / "t.md", "--plot", runs / "t.md"), "give each its own file")
     assert run("table", runs, "--plot", runs / "t.pdf").exit_code == 0 and (runs / "t.pdf").read_bytes()[:4] == b"%PDF"
+    for _ in range(2):  # its own output, of any other name, is written again
+        assert run("table", runs, "--out", runs / "table1.html").exit_code == 0
 
 
 def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
@@ -150,7 +152,11 @@ def test_runs_scored_on_different_sets_are_refused(runs):
     assert build_table(runs).rows
     path = runs / "none" / "seed0" / "eval" / "results.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "clips_sha256": "b" * 64}))
-    with pytest.raises(UserError, match="none/seed0: scored on another eval set"):
+    with pytest.raises(UserError, match="none/seed0: scored on another eval set .*other clips of the same counts"):
+        build_table(runs)
+    # The same clips' names with other labels (a store rebuilt since): the counts tell.
+    path.write_text(json.dumps({**json.loads(path.read_text()), "clips_sha256": "a" * 64, "n_events": 31}))
+    with pytest.raises(UserError, match="none/seed0: scored on another eval set .*31 events"):
         build_table(runs)
 
 

@@ -104,15 +104,19 @@ def run_sweep(
     try:
         return _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources)
     except Interrupted as e:
-        raise Interrupted(f"{e}; continue with `{resume_command(spec_path, out, overrides, address)}`") from None
+        again = resume_command(spec_path, out, overrides, address, connect_timeout, wait_for_resources)
+        raise Interrupted(f"{e}; continue with `{again}`") from None
 
 
-def resume_command(spec_path: Path, out: Path | None, overrides: list[str], address: str | None) -> str:
-    """The command line that resumes this sweep."""
+def resume_command(spec_path: Path, out: Path | None, overrides: list[str], address: str | None,
+                   connect_timeout: float = 30.0, wait_for_resources: bool = False) -> str:
+    """The command line that resumes this sweep (its options as given; the defaults left out)."""
     args = ["sedaug", "sweep", str(spec_path), "--out", str(_out_dir(spec_path, out))]
     for item in overrides:
         args += ["--set", item]
     args += ["--address", address] if address else []
+    args += ["--connect-timeout", f"{connect_timeout:g}"] if connect_timeout != 30.0 else []
+    args += ["--wait-for-resources"] if wait_for_resources else []
     return shlex.join([*args, "--resume"])
 
 
@@ -178,7 +182,8 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
     if problems:
         errors = journal_errors(out) if unsettled or unfinal else []
         last = f"; the last error: {errors[-1]}" if errors else ""
-        retry = f"; `{resume_command(spec_path, out, overrides, address)}` retries" if unsettled or unfinal else ""
+        again = resume_command(spec_path, out, overrides, address, connect_timeout, wait_for_resources)
+        retry = f"; `{again}` retries" if unsettled or unfinal else ""
         raise UserError("\n".join([*lost.values(), *problems[:-1],
                                    f"{out}: {problems[-1]}{last}; Ray's logs in {out / 'ray'}{retry}"]))
     statuses: dict[str, int] = {}
