@@ -233,7 +233,8 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
     if any(_settings(r.recipe) != _settings(recipe) for r in runs[1:]):
         notes.append("settings differ between seeds")
     if stale := sum(r.stale for r in runs):
-        notes.append(f"{stale} of {len(evaluated)} evaluations predate the run's last training (evaluate again)")
+        notes.append(f"{stale} of {len(evaluated)} evaluations out of date (a run trained since, or an ensemble's "
+                     "member gone): evaluate again")
     if len({r.results["checkpoint"].get("name") for r in runs
             if r.results is not None and isinstance(r.results.get("checkpoint"), dict)}) > 1:
         notes.append("seeds evaluated at different checkpoints (best, last)")

@@ -163,6 +163,9 @@ def test_batch_larger_than_the_store(tiny_features, tmp_path):
 
 def test_a_run_trained_on_a_relative_store_is_evaluated_from_anywhere(tiny_features, tiny_model_overrides, tmp_path,
                                                                       monkeypatch):
+    import hashlib
+
+    from sedaug.data.store import FeatureStore
     from sedaug.recipe import load_recipe
 
     project = tmp_path / "project"
@@ -175,6 +178,10 @@ def test_a_run_trained_on_a_relative_store_is_evaluated_from_anywhere(tiny_featu
     assert load_recipe(seed0 / "recipe.yaml").data.features == project / "data" / "features"  # recorded absolute
     monkeypatch.chdir(tmp_path)
     assert run("evaluate", "project/runs/none/seed0", "--device", "cpu").exit_code == 0
+    results = json.loads((seed0 / "eval" / "results.json").read_text())
+    assert results["features"] == str(project / "data" / "features")  # absolute: table --ci reads it from anywhere
+    names = "\n".join(sorted(FeatureStore(project / "data" / "features").split("eval").filenames))
+    assert results["clips_sha256"] == hashlib.sha256(names.encode()).hexdigest()
     # The store moved away: one line naming the run and the key; --features points at it.
     (project / "data" / "features").rename(project / "store")
     one_line_error(run("evaluate", "project/runs/none/seed0", "--device", "cpu"),

@@ -107,7 +107,7 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
         (seed / "eval" / "results.json").write_text(json.dumps(results))
         return {r.recipe: r for r in build_table(runs).rows}["vat_latent"].note
 
-    stale = "1 of 2 evaluations predate the run's last training (evaluate again)"
+    stale = "1 of 2 evaluations out of date (a run trained since, or an ensemble's member gone): evaluate again"
     assert stale not in note("last", 4) and stale in note("last", 3)  # --resume trained epoch 4 since
     assert stale not in note("best", 2) and stale in note("best", 3)  # train keeps the first best epoch
     other = runs / "vat_latent" / "seed1" / "eval" / "results.json"
@@ -127,9 +127,9 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
         (ensemble / "eval" / "results.json").write_text(json.dumps(results))
         return {r.recipe: r for r in build_table(runs).rows}["vat_latent_ensemble"].note
 
-    assert "predate" not in ensemble_note(seed, 4)
-    assert "1 of 1 evaluations predate" in ensemble_note(seed, 3)
-    assert "1 of 1 evaluations predate" in ensemble_note(runs / "vat_latent" / "seed9", 4)  # set aside since
+    assert "out of date" not in ensemble_note(seed, 4)
+    assert "1 of 1 evaluations out of date" in ensemble_note(seed, 3)
+    assert "1 of 1 evaluations out of date" in ensemble_note(runs / "vat_latent" / "seed9", 4)  # set aside since
 
 
 def test_runs_scored_on_different_sets_are_refused(runs):

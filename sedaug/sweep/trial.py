@@ -7,8 +7,8 @@ epoch), and a retried trial (its worker died) resumes from last.pt. A run direct
 reports once and returns: that is what makes `sedaug sweep --resume` cheap. The run directory is the truth, not
 Ray's state.
 
-A trial whose loss becomes non-finite is a result, not a failure: `train` raises `Diverged`, the trial writes
-`diverged.json` (epoch, step, message) into its run directory, reports it and returns, so Ray does not retry it.
+A trial whose loss becomes non-finite is a result, not a failure: `train` writes `diverged.json` (epoch, step,
+message) into its run directory and raises `Diverged`; the trial reports it and returns, so Ray does not retry it.
 
 Layout (docs/sweeps.md): `<out>/search/<recipe>/<setting>/seed<k>/` and `<out>/final/<recipe>/seed<k>/`.
 """
