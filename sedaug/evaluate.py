@@ -208,8 +208,10 @@ def _strong_split(features: Path | None, recipe: Recipe, split: str, run: Path) 
     except UserError:
         if features.exists():
             raise
-        what = f"--features {features}" if given else f"the feature store of its recipe, data.features {features},"
-        raise UserError(f"{run}: {what} does not exist (moved or deleted?): give --features where it is") from None
+        if given:
+            raise UserError(f"--features {features} does not exist") from None
+        raise UserError(f"{run}: the feature store of its recipe, data.features {features}, does not exist (moved or "
+                        "deleted?): give --features where it is") from None
     if data.events is None:
         raise UserError(f"split {split} has no strong labels: evaluate on eval, validation or synthetic_valid")
     if len(data) == 0:
