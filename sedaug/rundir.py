@@ -21,7 +21,7 @@ from sedaug.files import is_running
 
 LOCK = ".lock"
 _HELD: set[Path] = set()  # the run directories this process holds locked
-DIVERGED = "diverged.json"  # a sweep's trial whose loss became non-finite: {epoch, step, message} (sedaug.sweep.trial)
+DIVERGED = "diverged.json"  # a run whose loss became non-finite: {epoch, step, message} (sedaug.train)
 # The splits `sedaug evaluate` scores into RUN/<split>/.
 EVALUATED_SPLITS = ("eval", "validation", "synthetic_valid")
 # What train, evaluate and a sweep write in a run directory (TensorBoard's event files too: events.out.tfevents.*).
@@ -208,7 +208,7 @@ def sedaug_data_holding(path: Path) -> str | None:
 
 
 def read_diverged(run_dir: Path) -> dict | None:
-    """`{epoch, step, message}` of a sweep's run whose loss became non-finite, or None."""
+    """`{epoch, step, message}` of a run whose loss became non-finite (train writes it), or None."""
     try:
         record = json.loads((Path(run_dir) / DIVERGED).read_text())
     except (OSError, json.JSONDecodeError):

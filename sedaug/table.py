@@ -101,7 +101,7 @@ class _Run:
     path: Path
     recipe: Recipe
     results: dict | None
-    diverged: bool  # a sweep's run whose loss became non-finite (diverged.json): no score, counted as such
+    diverged: bool  # a run whose loss became non-finite (diverged.json): no score, counted as such
     stale: bool = False  # evaluated at a checkpoint that training has replaced since (a --resume)
 
 

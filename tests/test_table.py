@@ -61,7 +61,7 @@ def test_an_evaluated_folder_without_recipe_yaml_is_named_not_silently_dropped(r
     (orphan / "recipe.yaml").unlink()
     result = CliRunner().invoke(app, ["table", str(runs), "--format", "csv"])
     assert result.exit_code == 0, result.output
-    assert result.stderr == ("note: left out 1 evaluated folder(s) without a recipe.yaml to name their row: "
+    assert result.stderr == ("note: left out 1 evaluated folder without a recipe.yaml to name their row: "
                              f"{orphan}\n")
     assert result.stdout.startswith("recipe,") and "note:" not in result.stdout
     (runs / "vat_latent" / "seed2" / "recipe.yaml").unlink()  # not evaluated: not a table's concern
