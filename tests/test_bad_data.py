@@ -34,7 +34,6 @@ WEAK_CLIP = "Yaaaaaaaaaaa_0.000_10.000.wav"
 EVAL_CLIP = "Yevalevaleva_0.000_10.000.wav"  # public.tsv line 2: Alarm_bell_ringing 2.0 - 3.0
 
 
-
 # ------------------------------------------------------------------------------------------------ prepare-desed
 
 

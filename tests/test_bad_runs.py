@@ -122,7 +122,6 @@ def test_two_processes_never_write_one_run_directory(cli, tmp_path):
     assert cli().exit_code == 0  # released: the run goes ahead
 
 
-
 def hold(run: Path, how: str) -> subprocess.Popen:
     """Another process holding `run` as train (`lock`) or an evaluation (`reading`) does, until its stdin closes."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\

@@ -27,7 +27,6 @@ def test_python_dash_m_is_the_same_program():
     assert all(c in out.stdout for c in COMMANDS)
 
 
-
 @pytest.mark.parametrize(("args", "message"), [
     (["train"], "error: sedaug train: Missing argument 'recipe'. (see sedaug train --help)"),
     (["frob"], "error: sedaug: No such command 'frob'. (see sedaug --help)"),

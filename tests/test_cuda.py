@@ -54,7 +54,6 @@ def cuda_only(test):
     return pytest.mark.cuda(pytest.mark.skipif(not HAS_CUDA, reason="CUDA is not available on this machine")(test))
 
 
-
 # The compiled combinations of optim.compile and optim.precision that the schema accepts on CUDA and CONFIGS leaves
 # out (no candidate for the default): the last test proves them too, with what time the second stage has left.
 OTHER_COMPILED = {"compile-fp32": StepConfig("default", "fp32"),

@@ -261,7 +261,6 @@ def test_user_errors(run, tmp_path):
         detect(run, [tmp_path / "empty"], tmp_path / "d.tsv", progress=False)
 
 
-
 def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run, tmp_path, tiny_features,
                                                                            tiny_desed):
     write_tone(tmp_path / "a.wav", 2.0, 16000, 1, seed=5)

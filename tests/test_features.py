@@ -280,7 +280,6 @@ def test_extract_is_idempotent_until_the_manifest_changes(real_layout, tmp_path)
     assert "Speech" in set(FeatureStore(features).split("eval").events["event_label"])
 
 
-
 def test_extract_refuses_an_out_that_is_not_this_desed_store(real_layout, tmp_path):
     prepare_desed(real_layout.root, tmp_path / "desed", progress=False)
     run = tmp_path / "run"  # a run directory
@@ -362,7 +361,6 @@ def test_batches_carry_each_clips_real_frames(tiny_features, tmp_path):
         assert (batch.frames[batch.n_unlabeled :] == 628).all()  # tiny's weak and synthetic clips are 10 s
     unlabeled = torch.cat([b.frames[: b.n_unlabeled] for b in batches])
     assert {251, 628} <= set(unlabeled.tolist())
-
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -148,7 +148,6 @@ def test_set_overrides_reach_recipes_and_the_sweep(tmp_path, monkeypatch):
     assert [s["optim.lr"] for s in grid_settings(loaded.spaces["none"])] == [1e-3, 3e-3]
 
 
-
 def test_random_search_draws_each_rows_own_settings_whatever_rows_surround_it(tmp_path, monkeypatch):
     pytest.importorskip("ray.tune")
     monkeypatch.chdir(REPO)

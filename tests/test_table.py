@@ -278,7 +278,6 @@ def write_run(runs: Path, recipe_file: Path, seed: int, results: dict | None, na
     return run
 
 
-
 def test_a_metric_missing_in_some_runs_says_how_many_its_cell_averages(tmp_path):
     runs = tmp_path / "runs"
     for seed, psds in ((0, 0.4), (1, None), (2, 0.5)):  # null: not computable for that run

@@ -46,7 +46,6 @@ FOUR = ModelConfig(cnn_filters=[4, 4, 4, 4], cnn_pooling=[(4, 4), (1, 2), (1, 2)
 DCASE20 = ModelConfig().cnn_pooling
 
 
-
 def bn_state(model):
     return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
 

@@ -83,7 +83,6 @@ MANIFEST_FORMAT = 3  # 3: zero-length events dropped (a manifest of 2 may hold t
 MIN_SECONDS = 1025 / 16000
 
 
-
 @dataclass
 class PrepareReport:
     """What `prepare_desed` found and wrote."""
@@ -303,8 +302,6 @@ def _check_finite(path: Path) -> None:
                 start += len(block)
     except (RuntimeError, OSError) as err:
         raise UserError(f"cannot decode {path}: {one_line(err)}") from err
-
-
 
 
 def _manifest_table(clips: list[_Clip], table: MetadataTables, kind: LabelKind) -> pd.DataFrame:

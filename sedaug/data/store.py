@@ -185,8 +185,6 @@ def _check_events(path: Path, events: pd.DataFrame, durations: dict[str, float])
             raise UserError(f"{path}:{i + 2}: {say(events.iloc[i])}: re-run `sedaug extract-mels`")
 
 
-
-
 def read_record(path: Path) -> dict | None:
     """The store's features.json, or None when there is none (or it is unreadable, or not a JSON object)."""
     try:
