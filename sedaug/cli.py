@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from sedaug.deps import binary_mismatch
-from sedaug.errors import UserError, counted
+from sedaug.errors import UserError, counted, listed
 
 app = typer.Typer(
     name="sedaug",
@@ -336,9 +336,8 @@ def table(
         suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
         format = Format.rich if out is None else suffixes.get(out.suffix.lower(), Format.markdown)
     if runs_dir.is_dir() and (orphans := left_out(runs_dir, split.value)):
-        shown = ", ".join(map(str, orphans[:3])) + (f" and {len(orphans) - 3} more" if len(orphans) > 3 else "")
         console.print(f"note: left out {counted(len(orphans), 'evaluated folder')} without a recipe.yaml to name their "
-                      f"row: {shown}", markup=False, highlight=False)
+                      f"row: {listed(orphans)}", markup=False, highlight=False)
     if per_class:
         if ci is not None or paper or plot is not None or compare is not None or no_compare:
             raise UserError("--per-class prints the per-class view alone: leave out --ci, --compare, --paper and --plot")

@@ -22,3 +22,9 @@ def one_line(err: BaseException) -> str:
 def counted(n: int, noun: str) -> str:
     """"1 epoch", "3 epochs": a count and its noun (plural by an s)."""
     return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
+def listed(items, most: int = 3) -> str:
+    """"a, b, c and 2 more": the first `most` of `items`, and how many are left unnamed."""
+    items = [str(item) for item in items]
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")

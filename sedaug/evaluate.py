@@ -12,7 +12,7 @@ import numpy as np
 
 from sedaug.checkpoint import load_model
 from sedaug.data.store import FeatureStore, Split
-from sedaug.errors import UserError
+from sedaug.errors import UserError, listed
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.files import remove_stale_temporaries, write_text
@@ -96,8 +96,7 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
         other = load_recipe(RunDir(path).recipe).model_dump(mode="json")
         differ = [k for k in diff_keys(first, other) if k not in ("seed", "paper_row", "data.features", "eval.batch_size")]
         if differ:
-            shown = ", ".join(differ[:3]) + (", ..." if len(differ) > 3 else "")
-            raise UserError(f"{path}: another recipe than {members[0][0]}'s ({shown} differ): an ensemble averages "
+            raise UserError(f"{path}: another recipe than {members[0][0]}'s ({listed(differ)} differ): an ensemble averages "
                             "seeds of one recipe")
     out = Path(out) if out is not None else members[0][0].parent / "ensemble"
     ensemble = recipe.model_copy(update={"name": f"{recipe.name}_ensemble", "seed": 0})

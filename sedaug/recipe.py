@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from sedaug.errors import UserError
 from sedaug.paper import PAPER_TABLE1
-from sedaug.strict_yaml import apply_overrides, read_yaml
+from sedaug.strict_yaml import apply_overrides, blamed_override, read_yaml
 
 # The model's perturbation points (sedaug.model.POINTS): `cnn1`…`cnn7` are the gated blocks' outputs (B, C, T, F).
 Location = Literal["mel", "input", "cnn1", "cnn2", "cnn3", "cnn4", "cnn5", "cnn6", "cnn7", "cnn", "rnn"]
@@ -360,7 +360,7 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
         key = ".".join(loc)
         if msg.startswith(("augmentation.", "regularization.", "model.")) and ": " in msg:  # a model validator's
             key, msg = msg.split(": ", 1)
-        if any(key == o or key.startswith(f"{o}.") or o.startswith(f"{key}.") for o in overridden):
+        if blamed_override(key, overridden) is not None:
             lines.append(f"--set {key}: {msg}")
         else:
             lines.append(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")

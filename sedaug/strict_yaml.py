@@ -108,3 +108,10 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [d for k in dict.fromkeys([*a, *b]) for d in diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [prefix.rstrip(".") or "(top)"]
+
+
+def blamed_override(key: str, overridden) -> str | None:
+    """The `--set` key (of `overridden`) that a problem at dotted `key` comes from: the key itself, below it (a part
+    of its value), or above it (a typo in its section's name); None when the file gave that value."""
+    return next((o for o in overridden if key and (key == o or key.startswith((f"{o}.", f"{o}["))
+                                                    or o.startswith(f"{key}."))), None)

@@ -44,7 +44,7 @@ from sedaug.data.store import (
     read_record,
 )
 from sedaug.device import parse_device
-from sedaug.errors import UserError, one_line
+from sedaug.errors import UserError, listed, one_line
 from sedaug.files import named_as, remove_stale_temporaries, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
@@ -185,8 +185,7 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str)
     others = sorted(p.name for p in out.iterdir() if p.name not in store_entries and not p.name.startswith(".")) \
         if out.is_dir() else []
     if others:
-        raise UserError(f"--out {out} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}, which no feature "
-                        f"store holds: {advice}")
+        raise UserError(f"--out {out} holds {listed(others)}, which no feature store holds: {advice}")
     if recorded is not None and recorded.get("manifest") not in (None, str(data)) and \
             recorded.get("manifest_hash") != manifest_hash:
         raise UserError(f"--out {out} holds the features of {recorded['manifest']}, not of {data}: {advice}, or remove "

@@ -34,7 +34,7 @@ from sedaug.data.desed import (
     prepare_desed,
 )
 from sedaug.data.sounds import F32, GENERATORS, background, fades, rms
-from sedaug.errors import UserError
+from sedaug.errors import UserError, listed
 from sedaug.files import named_as, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
@@ -204,8 +204,7 @@ def _refuse_foreign_tree(out: Path) -> None:
     others = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".")) \
         if out.is_dir() else []
     if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise UserError(f"{out} holds other files ({shown}): give the synthetic DESED a folder of its own (--out)")
+        raise UserError(f"{out} holds other files ({listed(others)}): give the synthetic DESED a folder of its own (--out)")
 
 
 def _generate(

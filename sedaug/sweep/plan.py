@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sedaug.errors import UserError, counted
-from sedaug.recipe import Recipe, validate_recipe, what_a_run_trains
+from sedaug.errors import UserError, counted, listed
+from sedaug.recipe import Recipe, load_recipe, validate_recipe, what_a_run_trains
 from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings
-from sedaug.sweep.trial import search_dir, setting_id
+from sedaug.sweep.trial import checkpointed_metrics, search_dir, setting_id
 
 GIB = 2**30
 
@@ -90,10 +90,8 @@ class SearchPlan:
     def note(self, out: Path) -> str | None:
         if not self.ignored:
             return None
-        shown = ", ".join(str(p.relative_to(out)) for p in self.ignored[:3])
-        more = f" and {len(self.ignored) - 3} more" if len(self.ignored) > 3 else ""
         return (f"{len(self.ignored)} search trials of settings no longer in the sweep are left on disk and ignored "
-                f"by selection ({shown}{more})")
+                f"by selection ({listed(p.relative_to(out) for p in self.ignored)})")
 
 
 def plan_search(loaded: LoadedSweep, out: Path) -> SearchPlan:
@@ -341,9 +339,6 @@ def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
 def steps_done(run_dir: Path, epochs: int, settled: bool) -> int:
     """Training steps of a sweep's run that are behind it: all of them for a settled one (done, stopped early or
     diverged: nothing of it is trained again), else its checkpointed epochs'."""
-    from sedaug.recipe import load_recipe
-    from sedaug.sweep.trial import checkpointed_metrics
-
     if not (run_dir / "recipe.yaml").is_file():
         return 0
     per_epoch, _ = _steps_per_epoch(load_recipe(run_dir / "recipe.yaml"))

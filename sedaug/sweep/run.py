@@ -23,11 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sedaug.errors import Interrupted, UserError, counted
+from sedaug.errors import Interrupted, UserError, counted, listed
 from sedaug.rundir import RunDir, read_diverged
 from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, parse_address, ray_session
 from sedaug.sweep.outdir import check_out, write_out
-from sedaug.sweep.plan import SearchPlan, domain, final_trials, plan_search, same_recipe, trial_resources
+from sedaug.sweep.plan import (
+    SearchPlan,
+    domain,
+    dry_run,
+    final_trials,
+    plan_search,
+    same_recipe,
+    steps_done,
+    trial_resources,
+)
 from sedaug.sweep.select import (
     journal_errors,
     journal_statuses,
@@ -161,7 +170,7 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
         records = search_records(loaded, out)
         chosen = winners(records)
         write_selection(out, records, chosen)
-        unsettled = [r for r in records if r.status not in ("done", "stopped", "diverged")]
+        unsettled = [r for r in records if r.status not in SETTLED]
         ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled)}
         planned = {name: sweep.algorithm.trials if sweep.algorithm.type == "optuna" else
                    sum(t["recipe"] == name for t in searched.trials) for name in loaded.bases}
@@ -177,8 +186,8 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
     notes += [f"final run {r.relative_to(out)} diverged in epoch {read_diverged(r).get('epoch')}" for r in diverged_finals]
     unfinal = [r for r in final_runs if not (r / "eval" / "results.json").exists() and r not in diverged_finals]
     if unfinal:
-        problems.append(f"{len(unfinal)} final runs did not finish ({', '.join(str(r.relative_to(out)) for r in unfinal[:3])}"
-                        f"{', ...' if len(unfinal) > 3 else ''})")
+        problems.append(f"{counted(len(unfinal), 'final run')} did not finish "
+                        f"({listed(r.relative_to(out) for r in unfinal)})")
     if problems:
         errors = journal_errors(out) if unsettled or unfinal else []
         last = f"; the last error: {errors[-1]}" if errors else ""
@@ -202,15 +211,11 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
     """`sedaug sweep --dry-run`: the plan (untimed: `DryRun.timed()` times it) of the sweep these arguments would
     run, refused where `run_sweep` would refuse it (a non-empty --out without --resume, an incomparable edit); with
     --resume, a note says how much of it is done already. Starts nothing, writes nothing."""
-    from sedaug.sweep.plan import dry_run
-
     loaded = load_sweep(Path(spec_path), list(overrides))
     out = _out_dir(spec_path, out)
     check_out(out, loaded, resume)
     plan = dry_run(loaded, timed=False)
     if resume and out.is_dir():
-        from sedaug.sweep.plan import steps_done
-
         records = search_records(loaded, out)
         rows = {row.recipe: row for row in plan.rows}
         for r in records:

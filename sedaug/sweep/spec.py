@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from sedaug.errors import UserError
 from sedaug.recipe import Recipe, validate_recipe
-from sedaug.strict_yaml import apply_overrides, get_key, parse_yaml, read_yaml, set_key
+from sedaug.strict_yaml import apply_overrides, blamed_override, get_key, parse_yaml, read_yaml, set_key
 
 # Recipe keys a sweep may not search: `name` is the row, `seed` is the sweep's own `seeds`.
 RESERVED = {"name": "the row's name: set it in the recipe", "seed": "the sweep's `seeds` and `search_seed` set it"}
@@ -157,8 +157,6 @@ class LoadedSweep:
 
 def apply_params(base: dict, params: dict[str, Any], seed: int | None = None) -> dict:
     """A copy of the base recipe with the searched values (and the seed) set."""
-    import copy
-
     raw = copy.deepcopy(base)
     for key, value in params.items():
         set_key(raw, key, value)
@@ -189,10 +187,7 @@ def _schema_errors(error: ValidationError, where: str, overridden: set[str] = fr
     for e in error.errors():
         msg = e["msg"].removeprefix("Value error, ")
         loc = _loc(tuple(e["loc"]))
-        # The key itself, below it (a bad value's part), or above it (a typo in its section's name).
-        key = next((k for k in overridden if loc and (loc == k or loc.startswith((f"{k}.", f"{k}["))
-                                                      or k.startswith(f"{loc}."))), None)
-        if key is not None:
+        if (key := blamed_override(loc, overridden)) is not None:
             msg = msg.replace("Extra inputs are not permitted", "not a key of a sweep file (nor a recipe section)")
             lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {loc}: {msg}")
         else:
@@ -314,8 +309,7 @@ def _cpu_problems(recipe: Recipe) -> list[str]:
 
 def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int], bool, set]:
     """The sweep without its invalid parts, the kept entries' indices, whether the algorithm survived, and the
-    searched keys left unchecked ((entry index or None for the top-level search, key)); None for the sweep when
-    nothing sensible is left. A bad searched key leaves its search only, so that the entry's other keys are still
+    entries' searched keys left unchecked ((entry index, key)); None for the sweep when nothing sensible is left. A bad searched key leaves its search only, so that the entry's other keys are still
     checked; any other problem leaves its top-level key or its whole recipe entry."""
     raw = copy.deepcopy(raw)
     bad_top, bad_entries, unchecked = set(), set(), set()
@@ -331,7 +325,6 @@ def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int]
                 bad_entries.add(loc[1])
         elif loc[0] == "search" and len(loc) > 1 and isinstance(raw.get("search"), dict):
             raw["search"].pop(loc[1], None)
-            unchecked.add((None, loc[1]))
         else:
             bad_top.add(loc[0])
     kept = {k: v for k, v in raw.items() if k not in bad_top}
