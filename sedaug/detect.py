@@ -25,7 +25,7 @@ import torch
 
 from sedaug.checkpoint import load_model
 from sedaug.data.desed import EVENT_COLUMNS
-from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, FeatureParams, check_sample_rate
+from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, check_sample_rate
 from sedaug.data.mel import clip_mels, mel_problems, resample
 from sedaug.device import full_float32, parse_device
 from sedaug.errors import UserError
@@ -252,7 +252,7 @@ def decoded_groups(
         yield group
 
 
-def load_recording(path: Path, params: FeatureParams = PARAMS) -> np.ndarray:
+def load_recording(path: Path) -> np.ndarray:
     """The whole recording as `extract-mels` decodes a clip (data/extract.py): channels averaged, resampled to
     16 kHz (float32). Audio holding NaN or infinity, too short for one STFT frame, or at an absurd sample rate
     (data/grid.py's check_sample_rate) is a ValueError."""
@@ -261,28 +261,27 @@ def load_recording(path: Path, params: FeatureParams = PARAMS) -> np.ndarray:
     finite = np.isfinite(audio).all(axis=1)
     if not finite.all():
         raise ValueError(f"non-finite audio samples (the first at {int(finite.argmin()) / rate:.3f} s)")
-    wave = resample(torch.from_numpy(audio.mean(axis=1)), rate, params).numpy() if len(audio) else audio[:, 0]
-    if len(wave) <= params.n_fft // 2:
+    wave = resample(torch.from_numpy(audio.mean(axis=1)), rate).numpy() if len(audio) else audio[:, 0]
+    if len(wave) <= PARAMS.n_fft // 2:
         raise ValueError(f"only {len(audio) / rate:.3f} s of audio, too short to analyse")
     return wave
 
 
-def window_starts(n_samples: int, params: FeatureParams = PARAMS) -> np.ndarray:
+def window_starts(n_samples: int) -> np.ndarray:
     """The first sample of each window: every HOP_FRAMES input frames, until a window reaches the end (the last
     window starts less than clip_seconds − HOP_FRAMES frames, about 5 s, before the end)."""
-    hop = HOP_FRAMES * params.hop
-    n_windows = 1 + max(0, math.ceil((n_samples - params.clip_samples) / hop))
+    hop = HOP_FRAMES * PARAMS.hop
+    n_windows = 1 + max(0, math.ceil((n_samples - PARAMS.clip_samples) / hop))
     return np.arange(n_windows) * hop
 
 
 def linear_window_mels(
-    windows: Sequence[tuple[np.ndarray, int]], device: torch.device, params: FeatureParams = PARAMS
+    windows: Sequence[tuple[np.ndarray, int]], device: torch.device
 ) -> torch.Tensor:
     """Linear mels (W, n_frames, n_mels), float32, of the windows (wave, first sample): each window is the recording
     from there on, a clip of `extract-mels`, through the same code (cut where no kept frame sees it, padded with 0 dB
     frames when it ends before 10 s); rounded to float16 afterwards, as the store holds them."""
-    keep = (params.n_frames - 1) * params.hop + params.n_fft // 2  # as data/extract.py's load_clip cuts a clip
-    return clip_mels([wave[start : start + keep] for wave, start in windows], params, device)
+    return clip_mels([wave[start : start + PARAMS.kept_samples] for wave, start in windows], device)
 
 
 def stitch(window_scores: np.ndarray, hop: int = HOP_OUTPUT_FRAMES) -> np.ndarray:
@@ -307,7 +306,7 @@ class NonFiniteOutput(ValueError):
 
 def score_recordings(
     model, waves: Sequence[np.ndarray], batch_size: int, device: torch.device, keep_mels: bool = False,
-    params: FeatureParams = PARAMS, fail: Callable[[int, str], None] | None = None,
+    fail: Callable[[int, str], None] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray | None] | None]:
     """Each recording's stitched frame scores (T, C) and, when asked, its linear mel (frames, n_mels) for the plot
     (each window's first HOP_FRAMES frames, the last window's up to the recording's end). The windows of all the
@@ -316,7 +315,7 @@ def score_recordings(
     A recording whose mels the model cannot take (data/mel.py's mel_problems: samples so large that the STFT
     overflows) is None, and `fail(index, reason)` is called (without `fail`, a ValueError); a non-finite output on
     good mels is a NonFiniteOutput."""
-    starts = [window_starts(len(wave), params) for wave in waves]
+    starts = [window_starts(len(wave)) for wave in waves]
     windows = [(i, s) for i, recording in enumerate(starts) for s in recording]
     outputs: list[list[np.ndarray]] = [[] for _ in waves]
     mels: list[list[np.ndarray]] = [[] for _ in waves]
@@ -326,13 +325,13 @@ def score_recordings(
             batch = [(i, s) for i, s in windows[first : first + batch_size] if i not in failed]
             if not batch:
                 continue
-            linear = linear_window_mels([(waves[i], s) for i, s in batch], device, params)
+            linear = linear_window_mels([(waves[i], s) for i, s in batch], device)
             for row, problem in mel_problems(linear).items():
                 i, s = batch[row]
                 if fail is None:
                     raise ValueError(f"recording {i}: {problem}")
                 failed.add(i)
-                fail(i, f"{problem} (window at {s / params.sample_rate:.1f} s)")
+                fail(i, f"{problem} (window at {s / PARAMS.sample_rate:.1f} s)")
             mel = linear.half()  # as data/extract.py stores them
             strong, _ = model(mel)
             if strong.shape[1] != N_OUTPUT_FRAMES:
@@ -354,7 +353,7 @@ def score_recordings(
             continue
         mel = None
         if keep_mels:
-            mel = np.concatenate(mels[i])[: len(wave) // params.hop + 1]  # the recording's centred frames
+            mel = np.concatenate(mels[i])[: len(wave) // PARAMS.hop + 1]  # the recording's centred frames
         results.append((stitch(np.stack(outputs[i])), mel))
     return results
 

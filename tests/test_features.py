@@ -410,7 +410,7 @@ def test_incompatible_store(tiny_features, tmp_path):
     record["params"]["hop"] = 256
     (tmp_path / "features.json").write_text(json.dumps(record))
     with pytest.raises(UserError) as error:
-        FeatureStore(tmp_path, FeatureParams())
+        FeatureStore(tmp_path)
     assert f"incompatible feature store at {tmp_path}: hop 256 != 255" in str(error.value)
     assert "\n" not in str(error.value)
 

@@ -228,8 +228,8 @@ def test_prediction_detection_and_features_run_in_strict_float32_whatever_the_ca
     model.cnn.register_forward_hook(lambda *_: seen.append(("model", *flags())))
     real_transform = sedaug.data.mel._mel_transform
 
-    def transform(params, device):
-        mel = real_transform(params, device)
+    def transform(device):
+        mel = real_transform(device)
         return lambda wave: seen.append(("mel", *flags())) or mel(wave)
 
     monkeypatch.setattr(sedaug.data.mel, "_mel_transform", transform)

@@ -30,7 +30,7 @@ import torch
 
 from sedaug import __version__
 from sedaug.data.desed import load_events, load_manifest, manifest_hash
-from sedaug.data.grid import PARAMS, FeatureParams, check_sample_rate
+from sedaug.data.grid import PARAMS, check_sample_rate
 from sedaug.data.mel import clip_mels, log_mel, mel_problems, resample
 from sedaug.data.store import (
     FEATURE_SPLITS,
@@ -81,7 +81,6 @@ def extract_mels(
     synthetic_valid_fraction: float = 0.2,
     split_seed: int = 0,
     batch_size: int | None = None,
-    params: FeatureParams = PARAMS,
 ) -> ExtractReport:
     """Compute the mel features of every clip in the manifest under `data` into the store `out` (idempotent)."""
     start = time.perf_counter()
@@ -91,7 +90,7 @@ def extract_mels(
     manifest = load_manifest(data)
     settings = {  # what the store depends on; recorded at the top level of features.json
         "format": STORE_FORMAT,
-        "params": params.to_dict(),
+        "params": PARAMS.to_dict(),
         "manifest_hash": manifest_hash(data),
         "synthetic_valid_fraction": synthetic_valid_fraction,
         "split_seed": split_seed,
@@ -99,7 +98,7 @@ def extract_mels(
     recorded = read_record(out)
     _check_out(out, data, recorded, settings["manifest_hash"])
     current = recorded is not None and all(recorded.get(key) == value for key, value in settings.items())
-    if current and is_complete(out, params):
+    if current and is_complete(out):
         sizes = {name: recorded["splits"][name] for name in FEATURE_SPLITS}
         return ExtractReport(out, sizes, 0, time.perf_counter() - start, True, str(device))
 
@@ -112,7 +111,7 @@ def extract_mels(
     batch_size = batch_size or (64 if torch_device.type == "cuda" else 16)
     try:
         with named_as(staging, out):  # the staged files stand for the store's: errors name the latter
-            _write_store(staging, tables, params, torch_device, workers, batch_size, progress)
+            _write_store(staging, tables, torch_device, workers, batch_size, progress)
             write_json(
                 staging / FEATURES_JSON,
                 {
@@ -134,7 +133,6 @@ def extract_mels(
 def _write_store(
     staging: Path,
     tables: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]],
-    params: FeatureParams,
     device: torch.device,
     workers: int,
     batch_size: int,
@@ -143,14 +141,13 @@ def _write_store(
     """Every split's mels, clips and labels, and the scaler, into the new folder `staging`."""
     with writing(staging):
         staging.mkdir(parents=True)
-    moments = _Moments(params.n_mels, device)
+    moments = _Moments(PARAMS.n_mels, device)
     total = sum(len(clips) for clips, _ in tables.values())
     with progress_bar("Extracting mel features", total, progress) as advance:
         for name, (clips, labels) in tables.items():
             durations = _extract_split(
                 clips,
                 staging / name / "mels.npy",
-                params,
                 device,
                 workers,
                 batch_size,
@@ -244,7 +241,6 @@ def _split_tables(
 def _extract_split(
     clips: pd.DataFrame,
     target: Path,
-    params: FeatureParams,
     device: torch.device,
     workers: int,
     batch_size: int,
@@ -253,7 +249,7 @@ def _extract_split(
 ) -> np.ndarray:
     """Write the mels of the manifest rows `clips` into the new .npy file `target`, batch by batch with ordinary
     writes; return the clips' durations (seconds of real audio, at most clip_seconds)."""
-    shape = (len(clips), params.n_frames, params.n_mels)
+    shape = (len(clips), PARAMS.n_frames, PARAMS.n_mels)
     durations = np.zeros(len(clips))
     expected = np.round(clips["duration"].to_numpy(float) * clips["sample_rate"].to_numpy(float)).astype(np.int64)
     jobs = list(zip(clips["path"], expected.tolist(), strict=True))
@@ -264,14 +260,14 @@ def _extract_split(
                 f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False, "shape": shape}
             )
             start = 0
-            for batch in _batches(jobs, params, workers, batch_size):
-                mels = clip_mels([wave for wave, _ in batch], params, device)
+            for batch in _batches(jobs, workers, batch_size):
+                mels = clip_mels([wave for wave, _ in batch], device)
                 # What the model sees, checked: finite samples can still overflow the STFT (3e38 in a float WAV).
                 for row, problem in mel_problems(mels).items():
                     raise UserError(f"{jobs[start + row][0]}: {problem}: repair or delete the file")
                 mels = mels.half()
                 if moments is not None:
-                    moments.add(log_mel(mels, params.amin, params.top_db))  # statistics of what the model sees
+                    moments.add(log_mel(mels, PARAMS.amin, PARAMS.top_db))  # statistics of what the model sees
                 f.write(mels.cpu().numpy().tobytes())
                 durations[start : start + len(batch)] = [duration for _, duration in batch]
                 start += len(batch)
@@ -280,7 +276,7 @@ def _extract_split(
 
 
 def _batches(
-    jobs: list[tuple[str, int]], params: FeatureParams, workers: int, batch_size: int
+    jobs: list[tuple[str, int]], workers: int, batch_size: int
 ) -> Iterator[list[tuple[np.ndarray, float]]]:
     """Decoded clips (path, expected source frames) in order, in batches, from a thread pool that runs at most two
     batches ahead (bounded memory).
@@ -290,21 +286,21 @@ def _batches(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         remaining = iter(jobs)
         pending: deque[Future] = deque(
-            pool.submit(load_clip, p, params, n) for p, n in itertools.islice(remaining, 2 * batch_size)
+            pool.submit(load_clip, p, n) for p, n in itertools.islice(remaining, 2 * batch_size)
         )
         batch = []
         while pending:
             batch.append(pending.popleft().result())
             following = next(remaining, None)
             if following is not None:
-                pending.append(pool.submit(load_clip, following[0], params, following[1]))
+                pending.append(pool.submit(load_clip, following[0], following[1]))
             if len(batch) == batch_size or not pending:
                 yield batch
                 batch = []
 
 
 def load_clip(
-    path: str | Path, params: FeatureParams = PARAMS, expected_frames: int | None = None
+    path: str | Path, expected_frames: int | None = None
 ) -> tuple[np.ndarray, float]:
     """Decode, downmix to mono (the mean of the channels), resample to 16 kHz (`data/mel.py`, as dcase20) and cut
     what no kept frame sees (`clip_mels` pads a short clip).
@@ -332,14 +328,13 @@ def load_clip(
             f"{path}: non-finite audio samples (the first at {int(finite.argmin()) / rate:.3f} s): "
             "repair or delete the file"
         )
-    wave = resample(torch.from_numpy(audio.mean(axis=1)), rate, params).numpy()
-    if len(wave) <= params.n_fft // 2:
+    wave = resample(torch.from_numpy(audio.mean(axis=1)), rate).numpy()
+    if len(wave) <= PARAMS.n_fft // 2:
         raise UserError(
             f"{path}: only {len(audio) / rate:.3f} s of audio, too short to analyse (a truncated file? "
             "replace or delete it)"
         )
-    keep = (params.n_frames - 1) * params.hop + params.n_fft // 2  # clip_mels cuts there too
-    return wave[:keep], min(len(wave), params.clip_samples) / params.sample_rate
+    return wave[: PARAMS.kept_samples], min(len(wave), PARAMS.clip_samples) / PARAMS.sample_rate
 
 
 class _Moments:

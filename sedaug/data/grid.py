@@ -65,6 +65,12 @@ class FeatureParams:
     def clip_samples(self) -> int:
         return int(round(self.sample_rate * self.clip_seconds))
 
+    @property
+    def kept_samples(self) -> int:
+        """The samples of a clip its n_frames frames see: the last one's window ends at (n_frames - 1)·hop + n_fft/2,
+        so a longer clip cut there keeps its frames as they are in the STFT of the whole clip."""
+        return (self.n_frames - 1) * self.hop + self.n_fft // 2
+
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
@@ -72,11 +78,11 @@ class FeatureParams:
 PARAMS = FeatureParams()
 
 
-def real_frames(durations: np.ndarray | float, params: FeatureParams = PARAMS) -> np.ndarray:
+def real_frames(durations: np.ndarray | float) -> np.ndarray:
     """The input frames of real audio in clips of `durations` seconds (the rest of the n_frames are padding):
     1 + samples // hop, as the centered STFT of the clip's own samples gives, at most n_frames (628 for 10 s)."""
-    samples = np.round(np.asarray(durations, dtype=np.float64) * params.sample_rate).astype(np.int64)
-    return np.minimum(params.n_frames, 1 + samples // params.hop)
+    samples = np.round(np.asarray(durations, dtype=np.float64) * PARAMS.sample_rate).astype(np.int64)
+    return np.minimum(PARAMS.n_frames, 1 + samples // PARAMS.hop)
 
 
 def time_pooling(model: ModelConfig) -> int:

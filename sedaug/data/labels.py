@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from sedaug.data.desed import CLASSES
-from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, FeatureParams
+from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING
 
 CLASS_INDEX = {label: i for i, label in enumerate(CLASSES)}
 
@@ -17,7 +17,6 @@ def frame_labels(
     events: pd.DataFrame,
     filenames: Sequence[str],
     n_frames: int = N_OUTPUT_FRAMES,
-    params: FeatureParams = PARAMS,
     pooling: int = TIME_POOLING,
 ) -> np.ndarray:
     """Strong labels at the model's output rate: (N, n_frames, n_classes) float32 multi-hot.
@@ -33,7 +32,7 @@ def frame_labels(
     clip = events["filename"].map(index).to_numpy(int)
     label = events["event_label"].map(CLASS_INDEX).to_numpy(int)
     onset, offset = (
-        np.floor_divide(np.floor_divide(events[c].to_numpy(float) * params.sample_rate, params.hop), pooling)
+        np.floor_divide(np.floor_divide(events[c].to_numpy(float) * PARAMS.sample_rate, PARAMS.hop), pooling)
         .astype(int)
         .clip(0, n_frames)
         for c in ("onset", "offset")

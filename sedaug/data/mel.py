@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sedaug.data.grid import PARAMS, FeatureParams
+from sedaug.data.grid import PARAMS
 from sedaug.device import full_float32
 
 # The linear value of a padding frame: 0 dB after the log (20·log10(1)), the log-mel dcase20 pads short clips with.
@@ -48,11 +48,11 @@ def mel_problems(mels: Tensor) -> dict[int, str]:
     return problems
 
 
-def resample(wave: Tensor, rate: int, params: FeatureParams = PARAMS) -> Tensor:
-    """(..., samples) float32 at `rate` -> at params.sample_rate, as dcase20 resampled (`params.resampler`)."""
-    if rate == params.sample_rate:
+def resample(wave: Tensor, rate: int) -> Tensor:
+    """(..., samples) float32 at `rate` -> at 16 kHz, as dcase20 resampled (`PARAMS.resampler`)."""
+    if rate == PARAMS.sample_rate:
         return wave
-    return _kaiser_best(int(rate), params.sample_rate)(wave)
+    return _kaiser_best(int(rate), PARAMS.sample_rate)(wave)
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,58 +82,54 @@ def _kaiser_best(orig: int, new: int) -> Callable[[Tensor], Tensor]:
     return lambda wave: transform(wave.float()) * gain
 
 
-def clip_mels(
-    waves: Sequence[np.ndarray | Tensor], params: FeatureParams = PARAMS, device: torch.device | None = None
-) -> Tensor:
+def clip_mels(waves: Sequence[np.ndarray | Tensor], device: torch.device | None = None) -> Tensor:
     """Linear mels (B, n_frames, n_mels), float32, of 16 kHz mono clips of any length, as dcase20 computes them:
     each clip's STFT runs over its own samples (the clips of one length are batched together), then frames past a
     short clip's end are PAD (0 dB) and frames past n_frames are dropped. A clip needs more than n_fft // 2 samples
     (the STFT's reflect padding)."""
-    # The last kept frame sees samples up to (n_frames - 1)·hop + n_fft/2: a longer clip is cut there, which leaves
-    # its n_frames frames as they are in the STFT of the whole clip.
-    keep = (params.n_frames - 1) * params.hop + params.n_fft // 2
+    keep = PARAMS.kept_samples
     groups: dict[int, list[int]] = {}
     for i, wave in enumerate(waves):
         n = min(len(wave), keep)
-        if n <= params.n_fft // 2:
-            raise ValueError(f"clip {i} has {n} samples: a mel needs more than {params.n_fft // 2}")
+        if n <= PARAMS.n_fft // 2:
+            raise ValueError(f"clip {i} has {n} samples: a mel needs more than {PARAMS.n_fft // 2}")
         groups.setdefault(n, []).append(i)
-    out = torch.full((len(waves), params.n_frames, params.n_mels), PAD, device=device)
+    out = torch.full((len(waves), PARAMS.n_frames, PARAMS.n_mels), PAD, device=device)
     for n, rows in groups.items():
         batch = torch.stack([torch.as_tensor(waves[i][:n], dtype=torch.float32) for i in rows]).to(device)
-        mels = mel_spectrogram(batch, params)[:, : params.n_frames]
+        mels = mel_spectrogram(batch)[:, : PARAMS.n_frames]
         out[torch.tensor(rows, device=out.device), : mels.shape[1]] = mels
     return out
 
 
-def mel_spectrogram(wave: Tensor, params: FeatureParams = PARAMS) -> Tensor:
+def mel_spectrogram(wave: Tensor) -> Tensor:
     """Linear (magnitude) mel spectrogram, time-major: (..., samples) -> (..., frames, n_mels), float32."""
-    transform = _mel_transform(params, wave.device)
+    transform = _mel_transform(wave.device)
     with full_float32(wave.device):  # the mel matmul: a GPU's mels are a CPU's within float32 rounding
         return transform(wave.float()).transpose(-1, -2)
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_transform(params: FeatureParams, device: torch.device):
+def _mel_transform(device: torch.device):
     # torchaudio is imported here, where a mel is computed: the model imports this module for the log only.
     from sedaug.deps import import_torchaudio
 
     torchaudio = import_torchaudio()
     return torchaudio.transforms.MelSpectrogram(
-        sample_rate=params.sample_rate,
-        n_fft=params.n_fft,
-        win_length=params.n_fft,
-        hop_length=params.hop,
-        f_min=params.f_min,
-        f_max=params.f_max,
-        n_mels=params.n_mels,
+        sample_rate=PARAMS.sample_rate,
+        n_fft=PARAMS.n_fft,
+        win_length=PARAMS.n_fft,
+        hop_length=PARAMS.hop,
+        f_min=PARAMS.f_min,
+        f_max=PARAMS.f_max,
+        n_mels=PARAMS.n_mels,
         window_fn=torch.hamming_window,
         wkwargs={"periodic": False},
-        power=params.power,
-        center=params.center,
-        pad_mode=params.pad_mode,
-        norm=params.norm,
-        mel_scale=params.mel_scale,
+        power=PARAMS.power,
+        center=PARAMS.center,
+        pad_mode=PARAMS.pad_mode,
+        norm=PARAMS.norm,
+        mel_scale=PARAMS.mel_scale,
     ).to(device)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from sedaug.data.desed import CLASSES, read_events
-from sedaug.data.grid import PARAMS, FeatureParams, real_frames
+from sedaug.data.grid import PARAMS, real_frames
 from sedaug.data.labels import weak_labels_from
 from sedaug.errors import UserError, one_line
 from sedaug.files import read_tsv
@@ -55,7 +55,6 @@ class Split:
     durations: np.ndarray
     events: pd.DataFrame | None
     weak_labels: np.ndarray | None
-    params: FeatureParams = PARAMS
 
     def __len__(self) -> int:
         return len(self.filenames)
@@ -63,20 +62,20 @@ class Split:
     @property
     def frames(self) -> np.ndarray:
         """(N,) int64: each clip's input frames of real audio; frames from there to n_frames are padding."""
-        return real_frames(self.durations, self.params)
+        return real_frames(self.durations)
 
 
 class FeatureStore:
     """An extracted feature store. Opening it reads `features.json` once and refuses a missing store or one computed
-    with other parameters than `params`, with a one-line UserError."""
+    with other parameters than sedaug's (`PARAMS`), with a one-line UserError."""
 
-    def __init__(self, path: Path, params: FeatureParams = PARAMS):
+    def __init__(self, path: Path):
         self.path = Path(path)
         record = _open_record(self.path)
         stored = record["params"]
         differences = [
             f"{key} {stored.get(key)!r} != {value!r}"
-            for key, value in params.to_dict().items()
+            for key, value in PARAMS.to_dict().items()
             if stored.get(key) != value
         ]
         if record.get("format") != STORE_FORMAT:
@@ -87,7 +86,6 @@ class FeatureStore:
                 "(re-run `sedaug extract-mels` with this version of sedaug)"
             )
         self.record = record
-        self.params = params
 
     @property
     def identity(self) -> dict:
@@ -106,7 +104,7 @@ class FeatureStore:
         durations = pd.to_numeric(clips["duration"], errors="coerce").to_numpy(float)
         if not np.isfinite(durations).all():
             raise UserError(f"{directory / 'clips.tsv'}: a duration is not a number: re-run `sedaug extract-mels`")
-        mels = open_mels(directory / "mels.npy", len(filenames), self.params)
+        mels = open_mels(directory / "mels.npy", len(filenames))
         events = weak = None
         if name in STRONG_SPLITS:
             events = _read_table(directory / "events.tsv", read_events, ("filename", "onset", "offset", "event_label"))
@@ -117,7 +115,7 @@ class FeatureStore:
                 weak = weak_labels_from(table, filenames)
             except KeyError as err:
                 raise UserError(f"{directory / 'weak.tsv'}: clip {err} is not in clips.tsv: re-run `sedaug extract-mels`") from None
-        return Split(name, mels, filenames, durations, events, weak, self.params)
+        return Split(name, mels, filenames, durations, events, weak)
 
     def scaler(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-mel-bin mean and std (float32, (n_mels,)) of the log-mel over the training splits."""
@@ -130,7 +128,7 @@ class FeatureStore:
                 mean, std = scaler["mean"].astype(np.float32), scaler["std"].astype(np.float32)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise UserError(f"{path}: damaged ({one_line(err)}): {advice}") from err
-        shape = (self.params.n_mels,)
+        shape = (PARAMS.n_mels,)
         if mean.shape != shape or std.shape != shape:
             raise UserError(f"{path}: mean {mean.shape} and std {std.shape} where {shape} is expected: {advice}")
         if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
@@ -138,7 +136,7 @@ class FeatureStore:
         return mean, std
 
 
-def open_mels(path: Path, n_clips: int, params: FeatureParams = PARAMS) -> np.ndarray:
+def open_mels(path: Path, n_clips: int) -> np.ndarray:
     """A split's mels.npy, memory-mapped, checked to hold float16 (n_clips, n_frames, n_mels); a truncated or
     damaged file is a one-line UserError naming it."""
     advice = "re-run `sedaug extract-mels`"
@@ -148,7 +146,7 @@ def open_mels(path: Path, n_clips: int, params: FeatureParams = PARAMS) -> np.nd
         raise UserError(f"{path} is missing: {advice}") from None
     except (OSError, ValueError, EOFError) as err:
         raise UserError(f"{path}: truncated or damaged ({one_line(err)}): {advice}") from err
-    expected = (n_clips, params.n_frames, params.n_mels)
+    expected = (n_clips, PARAMS.n_frames, PARAMS.n_mels)
     if mels.shape != expected or mels.dtype != np.float16:
         raise UserError(f"{path}: holds {mels.dtype} {mels.shape} where float16 {expected} is expected: {advice}")
     return mels
@@ -215,11 +213,11 @@ def _open_record(path: Path) -> dict:
     return record
 
 
-def is_complete(path: Path, params: FeatureParams = PARAMS) -> bool:
+def is_complete(path: Path) -> bool:
     """Whether the store opens whole, as training and evaluation read it: its record, the scaler, each split's clips
     (as many as the record says), mels and labels. Any damage they would refuse makes extract-mels rebuild it."""
     try:
-        store = FeatureStore(path, params)
+        store = FeatureStore(path)
         store.scaler()
         for name in FEATURE_SPLITS:
             if len(store.split(name)) != int(store.record["splits"][name]):

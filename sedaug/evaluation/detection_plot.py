@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from sedaug.data.desed import CLASSES
-from sedaug.data.grid import FRAME_SECONDS, PARAMS, FeatureParams
+from sedaug.data.grid import FRAME_SECONDS, PARAMS
 from sedaug.data.mel import amplitude_to_db
 from sedaug.files import atomic_path
 
@@ -23,7 +23,6 @@ def plot_detections(
     events: pd.DataFrame,
     path: Path,
     title: str = "",
-    params: FeatureParams = PARAMS,
     scores: np.ndarray | None = None,
     threshold: float | None = None,
 ) -> None:
@@ -44,10 +43,10 @@ def plot_detections(
     if scores is not None:
         _score_curves(axes[1], np.asarray(scores, dtype=float), duration, classes, colours, threshold)
 
-    frame = params.hop / params.sample_rate  # input frame j is centred at j · frame seconds
+    frame = PARAMS.hop / PARAMS.sample_rate  # input frame j is centred at j · frame seconds
     spec_ax.imshow(log_mel.T, origin="lower", aspect="auto", cmap="magma", interpolation="antialiased",
                    extent=(-frame / 2, (len(log_mel) - 0.5) * frame, 0, log_mel.shape[1]))
-    spec_ax.set(ylabel=f"mel band ({params.f_min / 1000:g}–{params.f_max / 1000:g} kHz)", title=title,
+    spec_ax.set(ylabel=f"mel band ({PARAMS.f_min / 1000:g}–{PARAMS.f_max / 1000:g} kHz)", title=title,
                 xlim=(0, duration), ylim=(0, log_mel.shape[1]))
     spec_ax.set_yticks(np.linspace(0, log_mel.shape[1], 5))
 
