@@ -18,7 +18,7 @@ from sedaug.files import write_text
 from sedaug.rundir import read_diverged
 from sedaug.sweep.plan import SearchPlan, plan_search
 from sedaug.sweep.spec import LoadedSweep, get_key
-from sedaug.sweep.trial import best_valid_f1, checkpointed_metrics, read_results
+from sedaug.sweep.trial import best_valid_f1, checkpointed_metrics, split_results
 
 SELECTION = "selection.tsv"
 JOURNAL = "trials.jsonl"
@@ -82,7 +82,7 @@ def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tup
     done = len(rows)
     if split is None:
         return done, best, best_epoch, done >= epochs
-    results = read_results(run_dir, split)
+    results = split_results(run_dir, split)
     value = None if results is None else results.get(metric)
     score = float(value) if isinstance(value, int | float) else None
     return done, score, best_epoch, done >= epochs and results is not None

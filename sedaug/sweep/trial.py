@@ -77,7 +77,9 @@ def checkpointed_metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def read_results(run_dir: Path, split: str) -> dict | None:
+def split_results(run_dir: Path, split: str) -> dict | None:
+    """A run's results.json on `split`, as written; None where it is missing or unreadable (the trial evaluates
+    again). evaluation.results.read_results checks one for the table."""
     path = Path(run_dir) / split / "results.json"
     try:
         return json.loads(path.read_text())
@@ -169,11 +171,11 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
         def finish() -> float | None:
             """Evaluate what the trial needs (before its last report: ASHA stops a trial at its last epoch)."""
             for split in dict.fromkeys(s for s in (selection, config.get("evaluate")) if s):
-                if read_results(run_dir, split) is None:
+                if split_results(run_dir, split) is None:
                     evaluate_run(run_dir, split=split, checkpoint="best", device=device, progress=False)
             if selection is None:
                 return None
-            value = (read_results(run_dir, selection) or {}).get(plan.select_metric)
+            value = (split_results(run_dir, selection) or {}).get(plan.select_metric)
             return float(value) if isinstance(value, int | float) else float("nan")
 
         if rows:  # catch up: where the run directory stands (complete: the trial's one report)
