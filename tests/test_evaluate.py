@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,9 +144,12 @@ def test_merge_overlaps():
         ("a.wav", 7.0, 8.0, "Dog"), ("a.wav", 2.0, 4.0, "Cat"), ("b.wav", 1.5, 2.5, "Dog"),
         ("b.wav", 3.0, 3.0, "Dog"),  # empty: dropped
     )
-    got = merge_overlaps(gt).sort_values(COLUMNS).values.tolist()
+    got = merge_overlaps(gt, touching=True).sort_values(COLUMNS).values.tolist()
     assert got == [["a.wav", 1.0, 6.0, "Dog"], ["a.wav", 2.0, 4.0, "Cat"], ["a.wav", 7.0, 8.0, "Dog"],
                    ["b.wav", 1.5, 2.5, "Dog"]]
+    got = merge_overlaps(gt, touching=False).sort_values(COLUMNS).values.tolist()
+    assert got == [["a.wav", 1.0, 5.0, "Dog"], ["a.wav", 2.0, 4.0, "Cat"], ["a.wav", 5.0, 6.0, "Dog"],
+                   ["a.wav", 7.0, 8.0, "Dog"], ["b.wav", 1.5, 2.5, "Dog"]]
 
 
 # ---------------------------------------------------------------------------------------------- event-based F1
@@ -262,7 +266,7 @@ def test_overlapping_ground_truth_is_merged_for_psds():
     overlapping = pd.concat([gt, events((first.filename, first.onset + F, first.offset + 4 * F, first.event_label))])
     with pytest.raises(PSDSEvalError, match="intersecting"):  # why the merge exists
         PSDSEval(**PSDS_CRITERIA, ground_truth=overlapping, metadata=clip_metadata(names, durations))
-    merged = merge_overlaps(overlapping)
+    merged = merge_overlaps(overlapping, touching=False)
     assert len(merged) == len(gt)
     strong = noisy_scores(merged, names, [0.3, 0.8], 5)
     got = psds_eval_psds(strong, names, durations, overlapping)
@@ -270,6 +274,26 @@ def test_overlapping_ground_truth_is_merged_for_psds():
     assert {k: v.value for k, v in got.items()} == {k: v.value for k, v in want.items()}
     assert exact_psds(strong, names, durations, overlapping, 0.5, 1.0) == exact_psds(
         strong, names, durations, merged, 0.5, 1.0)
+
+
+
+def test_touching_ground_truth_is_scored_as_annotated_by_psds_eval():
+    """psds_eval takes same-class events that only touch (dcase20 scored them as two); merging them, as
+    sed_scores_eval needs, would score a detection of the first as a detection of both."""
+    names, durations = ["a.wav", "b.wav"], np.array([10.0, 10.0])
+    gt = events(("a.wav", 16 * F, 32 * F, "Dog"), ("a.wav", 32 * F, 48 * F, "Dog"), ("b.wav", 80 * F, 96 * F, "Cat"))
+    strong = np.zeros((2, T, len(CLASSES)))
+    strong[0, 16:32, CLASSES.index("Dog")] = strong[1, 80:96, CLASSES.index("Cat")] = 0.9  # the first Dog only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        library = PSDSEval(**PSDS_CRITERIA, ground_truth=gt, metadata=clip_metadata(names, durations))
+        for threshold in PSDS_THRESHOLDS:
+            library.add_operating_point(decode(strong, names, threshold, 7, durations))
+        want = {name: library.psds(a_ct, a_st, 100.0).value for name, (a_ct, a_st) in PSDS_VARIANTS.items()}
+    got = {k: v.value for k, v in psds_eval_psds(strong, names, durations, gt).items()}
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got["psds"] == pytest.approx(0.75)  # 2 of 3 events found at each threshold; merged, all 3 would be
+    assert exact_psds(strong, names, durations, gt, 0.0, 0.0) == pytest.approx(1.0)  # sed_scores_eval: merged
 
 
 # ---------------------------------------------------------------------------------------------- predict, evaluate_run

@@ -131,7 +131,7 @@ def psds_counts(
     strong = as_scores(strong)
     durations = np.asarray(durations, dtype=np.float64)
     n, c, k = len(clips), N_CLASSES, len(thresholds)
-    gt = merge_overlaps(ground_truth)
+    gt = merge_overlaps(ground_truth, touching=False)
     g_clip, g_cls = _index(gt, clips)
     g_on, g_off = gt.onset.to_numpy(float), gt.offset.to_numpy(float)
     # Ground truth padded per clip: (N, G), class -1 and an empty span where a clip has fewer events.

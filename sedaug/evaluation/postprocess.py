@@ -132,8 +132,10 @@ def decode(
     return binary_to_events(binary, filenames, durations)
 
 
-def merge_overlaps(events: pd.DataFrame) -> pd.DataFrame:
-    """Merge same-class events of a clip that overlap or touch (PSDS code refuses them), and drop empty ones."""
+def merge_overlaps(events: pd.DataFrame, *, touching: bool) -> pd.DataFrame:
+    """Merge same-class events of a clip that overlap, and with `touching` those that only touch too, and drop
+    empty ones: psds_eval refuses overlapping events and takes touching ones as annotated (dcase20 scored them so);
+    sed_scores_eval refuses both."""
     ev = events[EVENT_COLUMNS].dropna()
     ev = ev[ev.offset > ev.onset].sort_values(["filename", "event_label", "onset", "offset"], kind="stable")
     if ev.empty:
@@ -142,7 +144,8 @@ def merge_overlaps(events: pd.DataFrame) -> pd.DataFrame:
     same = (files[1:] == files[:-1]) & (labels[1:] == labels[:-1])  # row i + 1 continues row i's (file, class)
     keys = np.r_[0, np.cumsum(~same)]
     reach = ev.offset.groupby(keys).cummax().values  # furthest offset so far within (file, class)
-    starts = np.r_[True, ~same | (ev.onset.values[1:] > reach[:-1])]
+    apart = ev.onset.values[1:] > reach[:-1] if touching else ev.onset.values[1:] >= reach[:-1]
+    starts = np.r_[True, ~same | apart]
     group = np.cumsum(starts)
     merged = ev.groupby(group, sort=False).agg(
         filename=("filename", "first"), onset=("onset", "min"), offset=("offset", "max"),

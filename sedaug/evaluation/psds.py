@@ -3,8 +3,8 @@
 
 Both are computed over the classes that have at least one ground-truth event in the split: psds_eval infers its
 classes from the ground truth, sed_scores_eval refuses a class without one. On the real DESED every class has
-events; `results.json` lists the classes left out, if any. Same-class ground-truth events that overlap or touch
-are merged first (`merge_overlaps`).
+events; `results.json` lists the classes left out, if any. Same-class ground-truth events that overlap are merged
+first, and for sed_scores_eval those that touch too (`merge_overlaps`).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def psds_eval_psds(
     """
     from psds_eval import PSDSEval
 
-    gt = merge_overlaps(ground_truth)
+    gt = merge_overlaps(ground_truth, touching=False)
     if gt.empty:
         return {}
     strong = as_scores(strong)
@@ -118,7 +118,7 @@ def sed_scores_psds(
 def sed_scores_reference(ground_truth: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, list[str], dict]:
     """The ground truth as sed_scores_eval takes it: merged (`merge_overlaps`), its classes (those with an event:
     sed_scores_eval refuses a class without one) and each clip's events by clip_id, for the clips `keys`."""
-    gt = merge_overlaps(ground_truth)
+    gt = merge_overlaps(ground_truth, touching=True)
     events: dict[str, list] = {key: [] for key in keys}
     for f, on, off, label in gt.itertuples(index=False):
         events[clip_id(f)].append((float(on), float(off), label))

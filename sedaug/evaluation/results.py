@@ -82,7 +82,7 @@ def evaluate_scores(
     strong = as_scores(strong)
     durations = np.asarray(durations, dtype=np.float64)
     ground_truth = ground_truth[EVENT_COLUMNS].dropna()
-    gt_classes = set(merge_overlaps(ground_truth).event_label)
+    gt_classes = set(merge_overlaps(ground_truth, touching=False).event_label)
     results: dict[str, Any] = {
         "n_clips": len(filenames),
         "clips_sha256": hashlib.sha256("\n".join(sorted(map(str, filenames))).encode()).hexdigest(),
