@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -201,7 +202,7 @@ def _strong_split(features: Path | None, recipe: Recipe, split: str, run: Path) 
     """The split to score, from `features` (--features) or else the recipe's data.features; and that store's path,
     absolute (results.json records it: `table --ci` reads the ground truth there, from any directory)."""
     given = features is not None
-    features = Path(features if given else recipe.data.features).absolute()
+    features = Path(os.path.abspath(features if given else recipe.data.features))
     try:
         data = FeatureStore(features).split(split)
     except UserError:

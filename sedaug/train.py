@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -223,9 +224,11 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> C
     diff = _recipe_diff(recipe, ckpt.recipe)
     if diff:
         raise UserError(f"--resume: the recipe differs from {last}'s at {', '.join(diff)} (only optim.epochs and paper_row may change)")
-    if recipe.optim.epochs < ckpt.state.epoch:
-        raise UserError(f"--resume: optim.epochs {recipe.optim.epochs} is below the {ckpt.state.epoch} epochs "
-                        f"{run.root} has trained: resume with optim.epochs >= {ckpt.state.epoch}")
+    begun = ckpt.state.epoch + (ckpt.state.step_in_epoch > 0)  # an interrupted epoch counts: it is half trained
+    if recipe.optim.epochs < begun:
+        what = "trained" if begun == ckpt.state.epoch else f"begun (interrupted in epoch {begun})"
+        raise UserError(f"--resume: optim.epochs {recipe.optim.epochs} is below the {begun} epochs {run.root} has "
+                        f"{what}: resume with optim.epochs >= {begun}")
     return ckpt
 
 
@@ -236,13 +239,15 @@ def _recipe_diff(ours: Recipe, theirs: Recipe) -> list[str]:
 
 @contextmanager
 def _stop_on_sigint():
-    """The first Ctrl-C asks the loop to stop after the current step; a second one interrupts at once."""
+    """The first Ctrl-C asks the loop to stop after the current step (pressed in validation: once the epoch is
+    saved); a second one interrupts at once."""
     requested = {"stop": False}
 
     def handler(signum, frame):
         if requested["stop"]:
             raise KeyboardInterrupt
         requested["stop"] = True
+        STDERR.print("Ctrl-C: stopping once last.pt is saved (Ctrl-C again stops at once)", highlight=False)
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
@@ -271,8 +276,10 @@ def train(
     run, device = RunDir(Path(run_dir)), torch.device(device)
     if (held := sedaug_data_holding(run.root.parent)) is not None:
         raise UserError(f"--runs: {run.root} would be in {held}: give --runs a folder outside it")
-    # The run records its store absolute: evaluate, table --ci and detect may run from another directory.
-    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"features": recipe.data.features.absolute()})})
+    # The run records its store absolute (`..` folded, links kept): evaluate, table --ci and detect may run from
+    # another directory, and another spelling of the same path changes nothing.
+    features = Path(os.path.abspath(recipe.data.features))
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"features": features})})
     check_runs_on(recipe, device)
     store = FeatureStore(recipe.data.features)
     with run.lock():  # a refusal under it leaves no folder or lock file behind
@@ -350,6 +357,8 @@ def _train(
     try:
         with _stop_on_sigint() as sigint, bar:
             while state.epoch < recipe.optim.epochs:
+                if sigint["stop"]:  # pressed during the last epoch's validation or checkpoints
+                    raise Interrupted(f"interrupted after epoch {state.epoch}: {saved()}; continue with --resume")
                 epoch = state.epoch
                 task = bar.add_task(f"epoch {epoch + 1}/{recipe.optim.epochs}", total=steps_per_epoch,
                                     completed=state.step_in_epoch, losses="")

@@ -95,7 +95,10 @@ def test_resume_continues_exactly(tiny, tmp_path):
     events = sorted((tmp_path / "resumed").glob("events.out.tfevents.*"))
     assert len(events) == 2  # one per training process
     files = {p: p.read_bytes() for p in (tmp_path / "resumed").rglob("*") if p.is_file()}
-    again = train(straight, tmp_path / "resumed", resume=True, progress=False)  # nothing left to train
+    features = straight.data.features
+    respelled = Path(features.parent, "..", features.parent.name, features.name)  # the same store, spelled otherwise
+    again = straight.model_copy(update={"data": straight.data.model_copy(update={"features": respelled})})
+    again = train(again, tmp_path / "resumed", resume=True, progress=False)  # nothing left to train
     assert again.nothing_left and again.epochs == 2
     assert {p: p.read_bytes() for p in (tmp_path / "resumed").rglob("*") if p.is_file()} == files  # nothing written
     assert sorted((tmp_path / "resumed").glob("events.out.tfevents.*")) == events
@@ -143,11 +146,30 @@ def test_ctrl_c_saves_last_and_resume_is_exact(step, tiny, tmp_path, monkeypatch
     assert len(_metrics(tmp_path / "resumed")) == 1  # stopped in epoch 2
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt").state.step_in_epoch == step - 2
     monkeypatch.setattr("sedaug.train.ema_update", real_update)
+    fewer = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"epochs": 1})})
+    with pytest.raises(UserError, match=r"optim\.epochs 1 is below the 2 epochs .* has begun \(interrupted in epoch 2\)"):
+        train(fewer, tmp_path / "resumed", resume=True, progress=False)
     train(recipe, tmp_path / "resumed", resume=True, progress=False)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
 
+
+
+def test_ctrl_c_during_validation_stops_once_the_epoch_is_saved(tiny, tmp_path, monkeypatch, capsys):
+    recipe = tiny(REPO / "recipes" / "none.yaml", "optim.epochs=3")
+    real_validate = __import__("sedaug.train", fromlist=["validate"]).validate
+
+    def interrupt_then_validate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr("sedaug.train.validate", interrupt_then_validate)
+    with pytest.raises(Interrupted, match=r"interrupted after epoch 1: .*last\.pt holds epoch 1; continue with --resume"):
+        train(recipe, tmp_path / "run", progress=False)
+    assert "Ctrl-C: stopping once last.pt is saved" in capsys.readouterr().err
+    assert len(_metrics(tmp_path / "run")) == 1
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").state.epoch == 1
 
 def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny, tmp_path):
     recipe = tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1")
