@@ -66,6 +66,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
                 path.rename(old)
             tmp.rename(path)
     finally:
+        if os.path.lexists(old) and not os.path.lexists(path):  # stopped between the two renames: the old one goes back
+            old.rename(path)
         for leftover in (tmp, old):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)

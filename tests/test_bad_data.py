@@ -226,6 +226,23 @@ def test_atomic_dir_has_the_users_permissions(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "scores"]
 
 
+def test_atomic_dir_stopped_between_its_renames_keeps_the_old_folder(tmp_path, monkeypatch):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text("old")
+    rename = Path.rename
+
+    def interrupted_rename(self, target):
+        if self.name.startswith(".eval.tmp"):  # the new folder into place: a Ctrl-C lands just before it
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted_rename)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(tmp_path / "eval") as tmp:
+        (tmp / "results.json").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["eval"]
+    assert (tmp_path / "eval" / "results.json").read_text() == "old"
+
+
 # ------------------------------------------------------------------------------------------------- extract-mels
 
 
