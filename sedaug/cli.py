@@ -210,7 +210,8 @@ def evaluate(
 ) -> None:
     """Score trained runs with the DCASE 2020 protocol (macro F1, PSDS), one by one or as a seed ensemble."""
     from sedaug.device import parse_device
-    from sedaug.evaluate import NotScored, evaluate_ensemble, evaluate_run, is_ensemble, summary
+    from sedaug.evaluate import NotScored, evaluate_ensemble, evaluate_run, summary
+    from sedaug.rundir import is_ensemble
 
     dev = parse_device(device)
     if ensemble:  # `runs/<name>/*` holds an earlier ensemble's folder too: not a member
@@ -279,7 +280,7 @@ def sweep(
 def detect(
     run_dir: Annotated[Path, typer.Argument(help="A trained run directory (runs/<name>/seed<k>).")],
     paths: Annotated[list[Path], typer.Argument(help="Audio files, or folders searched recursively (any rate, channels, length).")],
-    out: Annotated[Path, typer.Option(help="Detected events (DCASE TSV: filename, onset, offset, event_label).")] = Path("detections.tsv"),
+    out: Annotated[str, typer.Option(metavar="FILE", help="Detected events (DCASE TSV: filename, onset, offset, event_label).")] = "detections.tsv",
     scores: Annotated[Path | None, typer.Option(help="Also write each recording's frame scores here (sed_scores_eval TSV).")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw one PNG per recording here (log-mel and its events).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Decision threshold (default: the run's eval.threshold).")] = None,
@@ -294,7 +295,7 @@ def detect(
         print(f"error: {path}: {reason}", file=sys.stderr)
 
     report = run_detection(
-        run_dir, paths, out, scores_dir=scores, plot_dir=plot, threshold=threshold,
+        run_dir, paths, file_option(out, "--out"), scores_dir=scores, plot_dir=plot, threshold=threshold,
         checkpoint=checkpoint.value, device=parse_device(device), on_error=report_error,
     )
     console.print(report.summary())
@@ -308,7 +309,7 @@ def table(
     runs_dir: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs"),
     format: Annotated[Format | None, typer.Option("--format", help="Output format (default: rich on the terminal; "
                                                   "with --out, the file's: .md, .tex, .csv, else markdown).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write to a file instead of the terminal.")] = None,
+    out: Annotated[str | None, typer.Option(metavar="FILE", help="Write to a file instead of the terminal.")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated metric columns, of: macro, micro (event-based F1), "
                                          "psds_ct (Table 1's PSDS), psds, psds_macro, psds1, psds2, psds1_filtered, "
                                          "psds2_filtered.")] = "macro,psds_ct",
@@ -323,13 +324,14 @@ def table(
     paper: Annotated[bool, typer.Option("--paper", help="Add the paper's Table 1 values beside the rows that "
                                         "reproduce them (recipe paper_row).")] = False,
     per_class: Annotated[bool, typer.Option("--per-class", help="Print each row's per-class F1 and PSDS1 instead.")] = False,
-    plot: Annotated[Path | None, typer.Option(help="Also draw the table as a PNG: each row's metrics with their "
-                                              "intervals, the reference row's shaded, the paper's values.")] = None,
+    plot: Annotated[str | None, typer.Option(metavar="FILE", help="Also draw the table as a PNG: each row's metrics "
+                                             "with their intervals, the reference row's shaded, the paper's values.")] = None,
 ) -> None:
     """Collect evaluated runs into the paper's Table 1."""
     from sedaug.table import NO_COMPARISON, build_table, left_out, per_class_rows
     from sedaug.table_render import print_per_class, print_table, render, render_per_class
 
+    out, plot = file_option(out, "--out"), file_option(plot, "--plot")
     _check_table_outputs(out, plot)
     names = tuple(dict.fromkeys(m.strip() for m in metrics.split(",") if m.strip()))  # each once
     if format is None:  # a file gets text, not a terminal's escape codes
@@ -370,6 +372,13 @@ def table(
 
         write_text(out, text)
         console.print(f"wrote {out} ({count} recipes)")
+
+
+def file_option(value: str | None, option: str) -> Path | None:
+    """The file an option names. One ending in a slash names a folder (which Path would forget): refused."""
+    if value is not None and value.endswith(("/", os.sep)):
+        raise UserError(f"{option} {value} is a folder: give a file name")
+    return None if value is None else Path(value)
 
 
 # Files a table never replaces: recipes, data, labels, audio, models, code.

@@ -24,17 +24,17 @@ import soundfile as sf
 import torch
 
 from sedaug.checkpoint import load_model
-from sedaug.data.desed import EVENT_COLUMNS
+from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, check_sample_rate
 from sedaug.data.mel import clip_mels, mel_problems, resample
 from sedaug.device import full_float32, parse_device
 from sedaug.errors import UserError
-from sedaug.evaluation.detection_plot import plot_detections
+from sedaug.evaluation.detection_plot import is_detection_plot, plot_detections
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import clip_id, score_frames, score_text
 from sedaug.files import write_text, write_tsv
 from sedaug.progress import progress_bar
-from sedaug.rundir import RunDir, sedaug_data_holding
+from sedaug.rundir import RunDir, is_ensemble, sedaug_data_holding
 
 # What a folder is searched for (recursively); a file named on the command line is read whatever its suffix.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64")
@@ -105,6 +105,9 @@ def detect(
     the run's (recipe `eval.threshold`); the median filter is the run's.
     """
     start = time.perf_counter()
+    if is_ensemble(Path(run_dir)):
+        raise UserError(f"{run_dir} is an ensemble's folder, with scores but no model of its own: detect with one of "
+                        "its seed runs")
     _check_outputs(Path(out), scores_dir, plot_dir)
     torch_device = parse_device(device)
     model, recipe, state = load_model(Path(run_dir), checkpoint, torch_device)
@@ -122,6 +125,8 @@ def detect(
     recordings = find_recordings(paths, fail)
     if not recordings and not report.failures:
         raise UserError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    stems = file_stems([recording.name for recording in recordings])
+    _check_files(Path(out), scores_dir, plot_dir, stems)
     events: list[pd.DataFrame] = []
     with progress_bar("Detecting events", len(recordings), progress) as advance:
 
@@ -129,7 +134,6 @@ def detect(
             fail(path, reason)
             advance()
 
-        stems = file_stems([recording.name for recording in recordings])
         for group in decoded_groups(recordings, recipe.eval.batch_size, fail_one):
             waves = [wave for _, wave in group]
             try:
@@ -173,16 +177,35 @@ def _check_outputs(out: Path, scores_dir: Path | None, plot_dir: Path | None) ->
             raise UserError(f"{option} {path} is in {held}, which detect would overwrite: give a path outside it")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give a file name")
-    header = "\t".join(EVENT_COLUMNS)
-    if out.exists() and out.stat().st_size:  # an empty file holds nothing to lose
-        with out.open("rb") as f:
-            first = f.read(len(header) + 2).decode("utf-8", errors="replace").splitlines()[:1]
-        if first != [header]:
-            raise UserError(f"--out {out} exists and is not a detections TSV (its first line is not "
-                            f"{' '.join(EVENT_COLUMNS)}), which detect would overwrite: give a new file name")
+    if out.exists() and out.stat().st_size and _first_line(out) != "\t".join(EVENT_COLUMNS):  # empty: nothing to lose
+        raise UserError(f"--out {out} exists and is not a detections TSV (its first line is not "
+                        f"{' '.join(EVENT_COLUMNS)}), which detect would overwrite: give a new file name")
     for option, folder in (("--scores", scores_dir), ("--plot", plot_dir)):
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
             raise UserError(f"{option} {folder} is a file: give a folder")
+
+
+def _check_files(out: Path, scores_dir: Path | None, plot_dir: Path | None, stems: dict[str, str]) -> None:
+    """Refuse, before anything is written, a score file or plot that would replace a file detect did not write (an
+    annotation `rec.tsv` beside `rec.wav`, say), or that would be --out."""
+    header = "\t".join(["onset", "offset", *CLASSES])
+    for name, stem in stems.items():
+        for option, folder, suffix in (("--scores", scores_dir, ".tsv"), ("--plot", plot_dir, ".png")):
+            if folder is None:
+                continue
+            path = Path(folder) / f"{stem}{suffix}"
+            if path.resolve() == out.resolve():
+                raise UserError(f"--out {out} is also {name}'s file in {option} {folder}: give --out another name")
+            if path.is_dir() or path.exists() and path.stat().st_size and not (
+                    _first_line(path) == header if suffix == ".tsv" else is_detection_plot(path)):
+                what = "a sed_scores_eval score file of sedaug's classes" if suffix == ".tsv" else "a plot of detect's"
+                raise UserError(f"{option}: {path} exists and is not {what}, which detect would replace with "
+                                f"{name}'s: give {option} another folder, or move the file")
+
+
+def _first_line(path: Path) -> str:
+    with path.open("rb") as f:
+        return f.readline(4096).decode("utf-8", errors="replace").rstrip("\r\n")
 
 
 def find_recordings(paths: Iterable[Path], fail: Callable[[Path, str], None]) -> list[Recording]:

@@ -18,7 +18,7 @@ from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.files import remove_stale_temporaries, write_text
 from sedaug.recipe import Recipe, dump_recipe, load_recipe
-from sedaug.rundir import DIVERGED, RunDir, read_diverged
+from sedaug.rundir import DIVERGED, RunDir, is_ensemble, read_diverged, sedaug_data_holding
 from sedaug.strict_yaml import diff_keys
 from sedaug.watch import log_evaluation
 
@@ -123,6 +123,8 @@ def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:
     """Refuse an ensemble folder that would overwrite anything but an earlier ensemble of the same recipe: a run
     (a member or another), another recipe's folder, or a folder of other files."""
     advice = "give --out a new folder (or leave it out: RUNS/<name>/ensemble)"
+    if (held := sedaug_data_holding(out.parent)) is not None:
+        raise UserError(f"--out {out} would be in {held}: {advice}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: {advice}")
     if any(out.resolve() == m.resolve() for m in members):
@@ -159,13 +161,6 @@ class NotScored(UserError):
 class DivergedRun(NotScored):
     """A run that diverged is a result (no score, `sedaug table` says so), not a run to score by the checkpoints it
     saved before diverging."""
-
-
-def is_ensemble(run_dir: Path) -> bool:
-    """Whether a folder is an ensemble's (`evaluate --ensemble` wrote it): a recipe `<name>_ensemble`, no checkpoints."""
-    run = RunDir(Path(run_dir))
-    return not run.checkpoint("best").parent.is_dir() and run.recipe.is_file() and \
-        load_recipe(run.recipe).name.endswith("_ensemble")
 
 
 def _check_not_diverged(run_dir: Path) -> None:

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 import sedaug
 from sedaug.deps import import_torchaudio
 from sedaug.errors import UserError
@@ -175,15 +177,27 @@ def _flock(fd: int, mode: int) -> str | None:
 
 
 def run_holding(path: Path) -> Path | None:
-    """The run directory whose own file or folder `path` is or lies in (the run directory itself included), else
-    None: where another command's output would overwrite a run's."""
+    """The run directory, or ensemble folder, whose own file or folder `path` is or lies in (the run directory
+    itself included), else None: where another command's output would overwrite a run's."""
     path = Path(path).resolve()
     for root in (path, *path.parents):
-        if (root / "recipe.yaml").is_file() and (root / "checkpoints").is_dir():
+        if (root / "recipe.yaml").is_file() and ((root / "checkpoints").is_dir() or is_ensemble(root)):
             parts = path.relative_to(root).parts
             own = not parts or parts[0] in RUN_ENTRIES or parts[0].startswith("events.out.tfevents")
             return root if own else None
     return None
+
+
+def is_ensemble(root: Path) -> bool:
+    """Whether `root` is an ensemble's folder (`evaluate --ensemble` wrote it): a recipe named `<name>_ensemble`, no
+    checkpoints of its own."""
+    root = Path(root)
+    try:
+        recipe = yaml.safe_load((root / "recipe.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    ensemble = isinstance(recipe, dict) and str(recipe.get("name", "")).endswith("_ensemble")
+    return ensemble and not (root / "checkpoints").is_dir()
 
 
 def sedaug_data_holding(path: Path) -> str | None:

@@ -297,6 +297,38 @@ def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run
         assert detect(run, [tmp_path / "a.wav"], tmp_path / "d.tsv", progress=False).n_recordings == 1
 
 
+
+def test_score_files_and_plots_replace_only_detects_own(run, tmp_path):
+    """An annotation rec.tsv and a picture rec.png beside rec.wav are not detect's: --scores and --plot into that
+    folder are refused before anything is written; detect's own files are replaced by the next detect."""
+    write_tone(tmp_path / "rec.wav", 2.0, 16000, 1, seed=5)
+    (tmp_path / "rec.tsv").write_text("onset\toffset\tevent_label\n0.5\t1.0\tDog\n")
+    (tmp_path / "rec.png").write_bytes(b"\x89PNG\r\n\x1a\n my photo")
+    kept = {path: path.read_bytes() for path in tmp_path.iterdir()}
+    for option in ("scores_dir", "plot_dir"):
+        with pytest.raises(UserError, match=r"(--scores|--plot): .*rec\.(tsv|png) exists and is not .*which detect "
+                                            r"would replace with rec\.wav's"):
+            detect(run, [tmp_path / "rec.wav"], tmp_path / "d.tsv", progress=False, **{option: tmp_path})
+    with pytest.raises(UserError, match=r"--out .*rec\.tsv is also rec\.wav's file in --scores"):
+        detect(run, [tmp_path / "rec.wav"], tmp_path / "s" / "rec.tsv", progress=False, scores_dir=tmp_path / "s")
+    assert {path: path.read_bytes() for path in tmp_path.iterdir()} == kept  # nothing written
+    (tmp_path / "rec.tsv").unlink()
+    (tmp_path / "rec.png").unlink()
+    for _ in range(2):  # the second detect replaces the first one's score file and plot
+        detect(run, [tmp_path / "rec.wav"], tmp_path / "d.tsv", progress=False, scores_dir=tmp_path,
+               plot_dir=tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"rec.wav", "d.tsv", "rec.tsv", "rec.png"}
+
+
+def test_an_ensembles_folder_is_no_model_to_detect_with(run, tmp_path):
+    ensemble = tmp_path / "ensemble"
+    ensemble.mkdir()
+    (ensemble / "recipe.yaml").write_text((run / "recipe.yaml").read_text().replace("name: none", "name: none_ensemble"))
+    write_tone(tmp_path / "a.wav", 2.0, 16000, 1, seed=5)
+    with pytest.raises(UserError, match="an ensemble's folder, with scores but no model of its own"):
+        detect(ensemble, [tmp_path / "a.wav"], tmp_path / "d.tsv", progress=False)
+
+
 COMMANDS = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands}
 
 
@@ -312,3 +344,6 @@ def test_cli_reports_each_unreadable_file_and_exits_1(run, tmp_path):
     assert lines[-1].startswith("detected ") and "1 recording " in lines[-1] and "1 failed" in lines[-1]
     assert "Traceback" not in result.output and (tmp_path / "plots" / "good.png").is_file()
     assert set(pd.read_csv(tmp_path / "d.tsv", sep="\t").filename) <= {"good.wav"}
+    result = CliRunner().invoke(app, ["detect", str(run), str(tmp_path / "good.wav"), "--out", f"{tmp_path}/new/"])
+    assert result.exit_code == 1 and result.output == f"error: --out {tmp_path}/new/ is a folder: give a file name\n"
+    assert not (tmp_path / "new").exists()

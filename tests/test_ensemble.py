@@ -59,6 +59,20 @@ def test_an_ensemble_scores_the_hand_averaged_frame_scores(tiny_features, tiny_m
     rows = [line.split(",")[0] for line in table.output.splitlines()[1:]]
     assert rows == ["none", "none_ensemble"]
 
+    # The ensemble's folder is kept like a run's: no ensemble inside a store or a run, no detections or plot over its
+    # files; nothing is written by any of these.
+    before = {p: p.read_bytes() for p in [*ensemble.rglob("*"), *Path(tiny_features).rglob("*")] if p.is_file()}
+    for out, held in ((Path(tiny_features) / "ens", f"the feature store {Path(tiny_features).resolve()}"),
+                      (seeds[0] / "ens", f"run {seeds[0].resolve()}'s own files")):
+        result = runner.invoke(app, ["evaluate", *map(str, seeds), "--ensemble", "--out", str(out), "--device", "cpu"])
+        assert result.exit_code == 1 and f"--out {out} would be in {held}" in result.output, result.output
+    result = runner.invoke(app, ["table", str(runs), "--plot", str(ensemble / "eval" / "per_class.png")])
+    assert result.exit_code == 1 and f"is in run {ensemble.resolve()}'s own files" in result.output, result.output
+    result = runner.invoke(app, ["detect", str(seeds[0]), str(REPO / "tests"), "--out",
+                                 str(ensemble / "eval" / "detections.tsv")])
+    assert result.exit_code == 1 and f"is in run {ensemble.resolve()}'s own files" in result.output, result.output
+    assert {p: p.read_bytes() for p in [*ensemble.rglob("*"), *Path(tiny_features).rglob("*")] if p.is_file()} == before
+
 
 def test_an_ensemble_of_different_recipes_is_refused(tiny_features, tiny_model_overrides, tmp_path):
     runner = CliRunner()

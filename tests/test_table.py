@@ -168,6 +168,10 @@ def test_out_without_format_takes_the_files_suffix_and_never_writes_escape_codes
         assert (tmp_path / name).read_text() == render(build_table(runs), fmt), name
     assert run("table", runs, "--out", tmp_path / "t.ansi", "--format", "rich").exit_code == 0  # asked for: kept
     assert "\x1b[" in (tmp_path / "t.ansi").read_text()
+    for option in ("--out", "--plot"):  # a trailing slash names a folder, which Path would forget
+        result = run("table", runs, option, f"{tmp_path}/new/")
+        assert result.exit_code == 1 and result.output == f"error: {option} {tmp_path}/new/ is a folder: give a file name\n"
+    assert not (tmp_path / "new").exists()
 
 
 def test_the_legend_speaks_of_underlines_only_where_a_row_is_compared_with(runs):
