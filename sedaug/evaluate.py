@@ -18,7 +18,7 @@ from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.files import remove_stale_temporaries, write_text
 from sedaug.recipe import Recipe, dump_recipe, load_recipe
-from sedaug.rundir import DIVERGED, RunDir, is_ensemble, read_diverged, sedaug_data_holding
+from sedaug.rundir import DIVERGED, RunDir, is_ensemble, read_diverged, sedaug_data_holding, trained_on
 from sedaug.strict_yaml import diff_keys
 from sedaug.watch import log_evaluation
 
@@ -99,6 +99,10 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
         if differ:
             raise UserError(f"{path}: another recipe than {members[0][0]}'s ({listed(differ)} differ): an ensemble averages "
                             "seeds of one recipe")
+    stores = {trained_on(path) for path in run_dirs} - {None}
+    if len(stores) > 1:
+        raise UserError(f"--ensemble: {', '.join(map(str, run_dirs))} were trained on different feature stores (another "
+                        "DESED or synthetic set): an ensemble averages seeds of one recipe on one training set")
     out = Path(out) if out is not None else members[0][0].parent / "ensemble"
     ensemble = recipe.model_copy(update={"name": f"{recipe.name}_ensemble", "seed": 0})
     _check_ensemble_out(out, ensemble.name, run_dirs)

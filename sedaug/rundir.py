@@ -221,6 +221,16 @@ def sedaug_data_holding(path: Path) -> str | None:
     return None
 
 
+def trained_on(run_dir: Path) -> str | None:
+    """The identity of the feature store a run trained on (env.json's record of it), as text to compare; None for
+    an ensemble, or a run trained before env.json recorded it."""
+    try:
+        features = json.loads((Path(run_dir) / "env.json").read_text()).get("features")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if features is None else json.dumps(features, sort_keys=True)
+
+
 def read_diverged(run_dir: Path) -> dict | None:
     """`{epoch, step, message}` of a run whose loss became non-finite (train writes it), or None."""
     try:

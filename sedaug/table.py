@@ -22,7 +22,7 @@ from sedaug.evaluation.results import METRICS, read_results
 from sedaug.files import read_jsonl
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
-from sedaug.rundir import read_diverged
+from sedaug.rundir import read_diverged, trained_on
 from sedaug.sweep import in_search, selected_settings
 from sedaug.sweep.trial import checkpointed_metrics
 from sedaug.table_ci import (
@@ -103,6 +103,8 @@ class _Run:
     results: dict | None
     diverged: bool  # a run whose loss became non-finite (diverged.json): no score, counted as such
     stale: bool = False  # evaluated at a checkpoint that training has replaced since (a --resume)
+    unfinished: bool = False  # evaluated before training all its recipe's epochs (interrupted)
+    trained_on: str | None = None  # the identity of the feature store it trained on (None: not recorded)
 
 
 def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> list[_Run]:
@@ -121,12 +123,35 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
             continue  # a copy being made (a sweep's `.seed<k>.copy`), or a folder hidden on purpose
         results_path = run_dir / split / "results.json"
         results = read_results(results_path, metrics) if results_path.is_file() else None
-        runs.append(_Run(run_dir, load_recipe(recipe_path), results, read_diverged(run_dir) is not None,
-                         results is not None and _stale(run_dir, results)))
+        recipe, diverged = load_recipe(recipe_path), read_diverged(run_dir) is not None
+        runs.append(_Run(run_dir, recipe, results, diverged, results is not None and _stale(run_dir, results),
+                         results is not None and not diverged and _unfinished(run_dir, recipe), trained_on(run_dir)))
     if not runs:
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
     _check_one_set(runs, split)
+    _check_seeds_once(runs)
     return runs
+
+
+def _unfinished(run_dir: Path, recipe: Recipe) -> bool:
+    """Whether a run (not an ensemble: it has no epochs of its own) has trained fewer epochs than its recipe's."""
+    if not (run_dir / "checkpoints").is_dir():
+        return False
+    # Every row counts (as in _stale): checkpointed_metrics' file-time rule would take one off a copied run.
+    epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("epoch"), int)]
+    return max(epochs, default=0) < recipe.optim.epochs
+
+
+def _check_seeds_once(runs: list[_Run]) -> None:
+    """A row averages distinct seeds: one recipe's seed found twice (a run copied, or trained into two --runs
+    folders, or two ensembles) would count twice."""
+    seen: dict[tuple[str, int], Path] = {}
+    for run in runs:
+        key = (run.recipe.name, run.recipe.seed)
+        if key in seen:
+            raise UserError(f"{run.recipe.name} seed {run.recipe.seed} twice, {seen[key]} and {run.path}: a row "
+                            "averages distinct seeds; give a folder that holds one of them")
+        seen[key] = run.path
 
 
 def _stale(run_dir: Path, results: dict) -> bool:
@@ -235,6 +260,11 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
     if stale := sum(r.stale for r in runs):
         notes.append(f"{stale} of {len(evaluated)} evaluations out of date (a run trained since, or an ensemble's "
                      "member gone): evaluate again")
+    if unfinished := sum(r.unfinished for r in runs):
+        notes.append(f"{unfinished} of {len(evaluated)} evaluated runs trained fewer epochs than their recipe's "
+                     "(interrupted): train --resume, then evaluate")
+    if len({r.trained_on for r in runs if r.trained_on is not None}) > 1:
+        notes.append("seeds trained on different feature stores")
     if len({r.results["checkpoint"].get("name") for r in runs
             if r.results is not None and isinstance(r.results.get("checkpoint"), dict)}) > 1:
         notes.append("seeds evaluated at different checkpoints (best, last)")

@@ -336,7 +336,7 @@ def _train(
     write_text(run.recipe, dump_recipe(recipe))
     write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in metrics))
     config = training.config  # what optim.compile/precision (auto) resolved to: on record beside the environment
-    write_json(run.env, {**environment(device), "step": asdict(config)})
+    write_json(run.env, {**environment(device), "step": asdict(config), "features": store.identity})
     log = run.log.open("a")
     log.write(f"{'resume' if ckpt is not None else 'start'} {recipe.name} seed {recipe.seed} on {device}: "
               f"{steps_per_epoch} steps/epoch, {recipe.optim.epochs} epochs; {config}\n")

@@ -17,6 +17,7 @@ import pytest
 
 from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
+from sedaug.recipe import load_recipe
 from sedaug.table import NO_COMPARISON, build_table
 from sedaug.table_ci import Interval
 from sedaug.table_render import render, rich_table
@@ -44,8 +45,13 @@ def test_a_diverged_run_is_named_as_such_and_a_copy_in_progress_is_not_a_run(run
     vat = runs / "vat_latent"  # seeds 0 and 1 evaluated, seed 2 not
     (vat / "seed2" / "diverged.json").write_text(json.dumps({"epoch": 3, "step": 70, "message": "loss became nan"}))
     shutil.copytree(vat / "seed0", vat / ".seed3.copy")  # a sweep's copy of a search run, killed half-way
-    shutil.copytree(runs / "mixup_latent" / "seed0", runs / "mixup_latent" / "seed1")
-    (runs / "mixup_latent" / "seed1" / "diverged.json").write_text(json.dumps({"epoch": 1, "step": 5}))
+    copy = runs / "mixup_latent" / "seed1"
+    shutil.copytree(runs / "mixup_latent" / "seed0", copy)
+    with pytest.raises(UserError, match=f"mixup_latent seed 0 twice, {runs / 'mixup_latent' / 'seed0'} and {copy}: a "
+                                        "row averages distinct seeds"):  # a copy counts once
+        build_table(runs)
+    (copy / "recipe.yaml").write_text((copy / "recipe.yaml").read_text().replace("\nseed: 0\n", "\nseed: 1\n"))
+    (copy / "diverged.json").write_text(json.dumps({"epoch": 1, "step": 5}))
     rows = {r.recipe: r for r in build_table(runs).rows}
     assert (rows["vat_latent"].n, rows["vat_latent"].not_evaluated) == (2, 1)
     assert rows["vat_latent"].note == "1 of 3 runs diverged"
@@ -131,6 +137,25 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
     assert "1 of 1 evaluations out of date" in ensemble_note(seed, 3)
     assert "1 of 1 evaluations out of date" in ensemble_note(runs / "vat_latent" / "seed9", 4)  # set aside since
 
+
+
+def test_unfinished_runs_and_seeds_trained_on_other_stores_are_noted(runs):
+    seeds = runs / "vat_latent" / "seed0", runs / "vat_latent" / "seed1"
+    epochs = load_recipe(seeds[0] / "recipe.yaml").optim.epochs
+    for seed in seeds:
+        (seed / "checkpoints").mkdir()
+        (seed / "metrics.jsonl").write_text(json.dumps({"epoch": epochs, "valid_f1": 0.5}) + "\n")
+
+    def note() -> str:
+        return {r.recipe: r for r in build_table(runs).rows}["vat_latent"].note
+
+    assert "fewer epochs" not in note() and "feature stores" not in note()
+    (seeds[1] / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "valid_f1": 0.5}) + "\n")  # interrupted
+    assert ("1 of 2 evaluated runs trained fewer epochs than their recipe's (interrupted): train --resume, then "
+            "evaluate") in note()
+    for seed, manifest in zip(seeds, ("a", "b"), strict=True):
+        (seed / "env.json").write_text(json.dumps({"features": {"manifest_hash": manifest}}))
+    assert "seeds trained on different feature stores" in note()
 
 def test_runs_scored_on_different_sets_are_refused(runs):
     def scored_on(path: Path, n_clips: int) -> None:
