@@ -107,6 +107,16 @@ def save_checkpoint(
             f.write(buffer.getbuffer())
 
 
+def epochs_held(path: Path) -> int | None:
+    """The epochs a checkpoint holds (its state's), read without its weights (memory-mapped, never loaded); None for
+    a missing or unreadable file. What a run has trained, whatever its files' times (a copy may change them)."""
+    try:
+        epoch = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state"]["epoch"]
+    except Exception:  # missing, empty, truncated or foreign: load_checkpoint says which, where it matters
+        return None
+    return epoch if _is_int(epoch) and epoch >= 0 else None
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Read and check a checkpoint file: its recipe, training state and RNG entries (the weights and the optimizer
     are checked against the networks they go into, by `restore_weights` and `restore_training`)."""

@@ -24,7 +24,6 @@ from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
 from sedaug.rundir import read_diverged, trained_on
 from sedaug.sweep import in_search, selected_settings
-from sedaug.sweep.trial import checkpointed_metrics
 from sedaug.table_ci import (
     BootstrapSettings,
     Difference,
@@ -137,7 +136,7 @@ def _unfinished(run_dir: Path, recipe: Recipe) -> bool:
     """Whether a run (not an ensemble: it has no epochs of its own) has trained fewer epochs than its recipe's."""
     if not (run_dir / "checkpoints").is_dir():
         return False
-    # Every row counts (as in _stale): checkpointed_metrics' file-time rule would take one off a copied run.
+    # metrics.jsonl's rows, not checkpointed_metrics: no checkpoint is read for a table.
     epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("epoch"), int)]
     return max(epochs, default=0) < recipe.optim.epochs
 
@@ -164,9 +163,12 @@ def _stale(run_dir: Path, results: dict) -> bool:
     if not isinstance(epoch, int):
         return False
     if name == "last":
-        rows = checkpointed_metrics(run_dir)  # what last.pt holds
-        return bool(rows) and isinstance(rows[-1].get("epoch"), int) and epoch < rows[-1]["epoch"]
-    # Every row counts: checkpointed_metrics' file-time rule would take one off a run copied without its file times.
+        # torch, imported only for an evaluation of last: `sedaug table` starts quick
+        from sedaug.checkpoint import epochs_held
+
+        held = epochs_held(run_dir / "checkpoints" / "last.pt")
+        return held is not None and epoch < held
+    # metrics.jsonl's rows: no checkpoint is read to check `best` (the first epoch of the best F1, as train keeps it).
     scored = [r for r in read_jsonl(run_dir / "metrics.jsonl")
               if isinstance(r.get("epoch"), int) and isinstance(r.get("valid_f1"), int | float)]
     if name != "best" or not scored:

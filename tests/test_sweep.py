@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from sedaug.errors import UserError
 from sedaug.sweep import in_search, selected_settings
@@ -259,10 +260,11 @@ def test_an_epoch_counts_once_its_checkpoint_is_written(tmp_path):
     (run / "metrics.jsonl").write_text('{"epoch": 1, "valid_f1": 0.1}\n{"epoch": 2, "valid_f1": 0.2}\n')
     assert checkpointed_metrics(run) == []  # no last.pt: nothing to resume from
     (run / "checkpoints" / "last.pt").write_bytes(b"")
-    os.utime(run / "metrics.jsonl", ns=(2_000_000_000, 2_000_000_000))
-    os.utime(run / "checkpoints" / "last.pt", ns=(1_000_000_000, 1_000_000_000))
+    assert checkpointed_metrics(run) == []  # unreadable: nothing to resume from either
+    torch.save({"state": {"epoch": 1}}, run / "checkpoints" / "last.pt")
     assert [r["epoch"] for r in checkpointed_metrics(run)] == [1]  # killed between epoch 2's row and its last.pt
-    os.utime(run / "checkpoints" / "last.pt", ns=(3_000_000_000, 3_000_000_000))
+    torch.save({"state": {"epoch": 2}}, run / "checkpoints" / "last.pt")
+    os.utime(run / "checkpoints" / "last.pt", ns=(1_000_000_000, 1_000_000_000))  # copied without its file times
     assert [r["epoch"] for r in checkpointed_metrics(run)] == [1, 2]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
@@ -105,7 +106,7 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
     rows = [{"epoch": e, "valid_f1": f} for e, f in ((1, 0.2), (2, 0.5), (3, 0.5), (4, 0.1))]
     (seed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (seed / "checkpoints").mkdir()
-    (seed / "checkpoints" / "last.pt").touch()  # written after metrics.jsonl, as train does
+    torch.save({"state": {"epoch": 4}}, seed / "checkpoints" / "last.pt")
 
     def note(name: str, epoch: int) -> str:
         results = json.loads((seed / "eval" / "results.json").read_text())

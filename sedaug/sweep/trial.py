@@ -65,16 +65,15 @@ class Plan:
 
 
 def checkpointed_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's epochs that last.pt holds. An epoch's row is written before its checkpoint, so a worker killed
-    between the two leaves a row too many: metrics.jsonl newer than last.pt drops its last row (train's resume
-    rewrites metrics.jsonl too, which then costs at most one idle call of train, never a wrong skip)."""
-    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    if not rows or not last.exists():
-        return [] if not last.exists() else rows
-    if (Path(run_dir) / "metrics.jsonl").stat().st_mtime_ns > last.stat().st_mtime_ns:
-        return rows[:-1]
-    return rows
+    """metrics.jsonl's epochs that last.pt holds (its own count: an epoch's row is written before its checkpoint, so
+    a worker killed between the two leaves a row too many; a copy of the run may have changed the files' times)."""
+    # torch, imported only where a checkpoint is read: `sedaug table` starts quick
+    from sedaug.checkpoint import epochs_held
+
+    held = epochs_held(Path(run_dir) / "checkpoints" / "last.pt")
+    if held is None:
+        return []
+    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if isinstance(r.get("epoch"), int) and r["epoch"] <= held]
 
 
 def split_results(run_dir: Path, split: str) -> dict | None:
@@ -190,7 +189,7 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
 
         try:
             result = train(recipe, run_dir, resume=last.exists(), device=device, progress=False, on_epoch=report)
-            if result.nothing_left:  # its last row looked uncheckpointed (file times), but last.pt holds every epoch
+            if result.nothing_left:  # metrics.jsonl lacked rows that last.pt holds: train had nothing to do
                 rows = read_jsonl(run_dir / "metrics.jsonl")
                 tune.report(_result(rows[-1], best_valid_f1(rows), stage, finish()))
         except Diverged as e:  # train wrote diverged.json
