@@ -231,6 +231,41 @@ def _record(tmp_path, recipe, lr, score, status="done"):
                        2, status)
 
 
+def test_a_trial_that_failed_before_writing_its_folder_is_listed_and_holds_its_row(tmp_path):
+    """A setting whose trial fails before train writes its folder (a batch larger than a split) is a failed trial of
+    its row in selection.tsv, not a setting that never was: the row is not settled, no winner is trained."""
+    from sedaug.files import append_jsonl
+    import yaml
+    from sedaug.sweep.select import search_records
+    from sedaug.sweep.spec import apply_params
+
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        recipes:
+          - recipe: {REPO / "recipes" / "none.yaml"}
+            search: {{data.batch_size: {{grid: [24, 48]}}}}
+        seeds: [1]
+        set: {{optim.epochs: 2}}
+        """))
+    loaded = load_sweep(path)
+    out = tmp_path / "out"
+    seed = loaded.sweep.trial_seed
+    ran = search_dir(out, "none", {"data.batch_size": 24}, seed)
+    (ran / "checkpoints").mkdir(parents=True)
+    (ran / "recipe.yaml").write_text(yaml.safe_dump(apply_params(loaded.bases["none"], {"data.batch_size": 24}, seed)))
+    (ran / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "valid_f1": 0.1 * e}) + "\n" for e in (1, 2)))
+    torch.save({"state": {"epoch": 2}}, ran / "checkpoints" / "last.pt")
+    failed = {"data.batch_size": 48}
+    append_jsonl(out / "trials.jsonl", {"stage": "search", "recipe": "none", "setting": setting_id(failed), "seed": seed,
+                                        "status": "failed", "params": failed, "error": "too few clips"})
+    records = search_records(loaded, out)
+    assert [(r.params, r.status) for r in records] == [({"data.batch_size": 24}, "done"), (failed, "failed")]
+    write_selection(out, records, winners(records))
+    with (out / "selection.tsv").open() as f:
+        assert [(r["data.batch_size"], r["status"]) for r in csv.DictReader(f, delimiter="\t")] == [
+            ("24", "done"), ("48", "failed")]
+
+
 def test_the_best_complete_trial_wins_and_selection_tsv_marks_it(tmp_path):
     records = [
         _record(tmp_path, "a", 1e-3, 0.30), _record(tmp_path, "a", 3e-3, 0.42), _record(tmp_path, "a", 1e-2, 0.42),

@@ -44,18 +44,23 @@ class TrialRecord:
         return self.status == "done"
 
 
-def journal_statuses(out: Path) -> dict[tuple, str]:
-    """(stage, recipe, setting, seed) -> the last status the driver recorded."""
+def journal_rows(out: Path) -> dict[tuple, dict]:
+    """(stage, recipe, setting, seed) -> the last row the driver recorded for that trial (status, params, error)."""
     path = Path(out) / JOURNAL
-    statuses = {}
+    rows = {}
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
-                statuses[(row["stage"], row["recipe"], row["setting"], row["seed"])] = row["status"]
-            except (json.JSONDecodeError, KeyError):
+                rows[(row["stage"], row["recipe"], row["setting"], row["seed"])] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut short by a killed driver
-    return statuses
+    return rows
+
+
+def journal_statuses(out: Path) -> dict[tuple, str]:
+    """(stage, recipe, setting, seed) -> the last status the driver recorded."""
+    return {key: row.get("status") for key, row in journal_rows(out).items()}
 
 
 def journal_errors(out: Path) -> list[str]:
@@ -96,7 +101,8 @@ def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = Non
     sweep = loaded.sweep
     plan = plan or plan_search(loaded, out)
     split = None if sweep.select.is_default else sweep.select.split
-    statuses = journal_statuses(out)
+    journal = journal_rows(out)
+    statuses = {key: row.get("status") for key, row in journal.items()}
     records = []
     for recipe, space in loaded.spaces.items():
         order = {t["setting"]: i for i, t in enumerate(t for t in plan.trials if t["recipe"] == recipe)}
@@ -114,6 +120,17 @@ def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = Non
                 status = "incomplete"
             found.append(TrialRecord(recipe, setting, sweep.trial_seed, params, run_dir, done, loaded.epochs[recipe],
                                      score, best_epoch, status, diverged))
+        # Trials without a folder: planned and not run yet, or failed before training wrote one (a missing store,
+        # a batch larger than a split): listed, never skipped, so that the row waits for them.
+        missing = {t["setting"]: t["params"] for t in plan.trials if t["recipe"] == recipe}
+        if sweep.algorithm.type == "optuna":  # its trials are not planned: the journal knows those that failed
+            missing = {key[2]: row.get("params") or {} for key, row in journal.items() if key[:2] == ("search", recipe)
+                       and key[3] == sweep.trial_seed and row.get("status") == "failed"}
+        for setting in missing.keys() - {r.setting for r in found}:
+            status = "failed" if statuses.get(("search", recipe, setting, sweep.trial_seed)) == "failed" else "incomplete"
+            found.append(TrialRecord(recipe, setting, sweep.trial_seed, missing[setting],
+                                     Path(out) / "search" / recipe / setting / f"seed{sweep.trial_seed}", 0,
+                                     loaded.epochs[recipe], None, None, status))
         found.sort(key=lambda r: (order.get(r.setting, len(order)), json.dumps(r.params, sort_keys=True)))
         records += found
     return records
@@ -135,8 +152,7 @@ def winners(records: list[TrialRecord]) -> dict[str, TrialRecord]:
 def without_winner(records: list[TrialRecord], chosen: dict[str, TrialRecord], planned: dict[str, int]) -> dict[str, str]:
     """{recipe: one line naming it} for each row whose `planned` trials all ended without one to select: every one
     diverged (its settings named), or the rest were stopped early by ASHA before the last epoch, where a selection
-    split other than synthetic_valid is scored. No final runs for such a row; the other rows go on. (A trial that
-    failed before it had a folder has no record: its row is not counted here, but as unfinished.)"""
+    split other than synthetic_valid is scored. No final runs for such a row; the other rows go on."""
     rows: dict[str, list[TrialRecord]] = {}
     for r in records:
         rows.setdefault(r.recipe, []).append(r)
