@@ -234,8 +234,9 @@ def _record(tmp_path, recipe, lr, score, status="done"):
 def test_a_trial_that_failed_before_writing_its_folder_is_listed_and_holds_its_row(tmp_path):
     """A setting whose trial fails before train writes its folder (a batch larger than a split) is a failed trial of
     its row in selection.tsv, not a setting that never was: the row is not settled, no winner is trained."""
-    from sedaug.files import append_jsonl
     import yaml
+
+    from sedaug.files import append_jsonl
     from sedaug.sweep.select import search_records
     from sedaug.sweep.spec import apply_params
 
@@ -537,6 +538,31 @@ def test_an_interrupted_sweep_says_the_command_that_resumes_it(monkeypatch, tmp_
     assert str(e.value).endswith(f"`sedaug sweep s.yaml --out {tmp_path / 'o'} --address auto --connect-timeout 120 "
                                  "--wait-for-resources --resume`")
 
+
+
+def test_ray_tunes_own_failure_is_one_line_that_says_how_to_resume(monkeypatch, tmp_path):
+    """Ray Tune's driver failing (its experiment state on a full disk) is one line, not Ray's tracebacks."""
+    from ray import tune
+
+    from sedaug.sweep import run as sweep_run
+
+    def full_disk(self):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as err:
+            raise tune.TuneError("Tune failed") from err
+
+    monkeypatch.setattr(tune.Tuner, "__init__", lambda self, *args, **kwargs: None)
+    monkeypatch.setattr(tune.Tuner, "fit", full_disk)
+    loaded = load_sweep(REPO / "sweeps" / "demo.yaml")
+    with pytest.raises(sweep_run.TuneStopped) as e:
+        sweep_run._fit("search", tmp_path, None, None, loaded, {}, {})
+    assert str(e.value) == (f"{tmp_path}: Ray Tune stopped ([Errno 28] No space left on device); the finished "
+                            "trials are kept")
+    monkeypatch.setattr(sweep_run, "_run_sweep", lambda *args: sweep_run._fit("search", tmp_path, None, None, loaded,
+                                                                              {}, {}))
+    with pytest.raises(UserError, match=r"the finished trials are kept; continue with `sedaug sweep s\.yaml .*--resume`"):
+        sweep_run.run_sweep(Path("s.yaml"), out=tmp_path)
 
 def test_a_sweep_inside_a_feature_store_is_refused(tiny_features, tmp_path, monkeypatch):
     from sedaug.sweep.outdir import check_out

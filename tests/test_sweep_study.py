@@ -390,6 +390,15 @@ def test_a_bad_address_is_one_line_and_writes_nothing(tmp_path, tiny_features, a
     assert time.monotonic() - start < 60  # bounded, not minutes of Ray's retries (a bound, not a timing)
 
 
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_a_connect_timeout_that_is_no_number_of_seconds_is_one_line(tmp_path, tiny_features, timeout):
+    pytest.importorskip("ray.tune")
+    spec = write_sweep(tmp_path / "s.yaml", study(tiny_features, [0.05]))
+    one_line_error(sweep_cli(spec, "--out", tmp_path / "out", "--address", "127.0.0.1:1", "--connect-timeout", timeout),
+                   "give a number of seconds above 0")
+    assert not (tmp_path / "out").exists()
+
+
 def test_binary_sweep_files_and_recipes_are_one_line(tmp_path):
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")

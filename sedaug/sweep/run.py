@@ -16,6 +16,7 @@ are checked. Ray's logs and state go under `<out>/ray/`.
 from __future__ import annotations
 
 import contextlib
+import math
 import shlex
 import sys
 import time
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sedaug.errors import Interrupted, UserError, counted, listed
+from sedaug.errors import Interrupted, UserError, counted, listed, one_line
 from sedaug.rundir import RunDir, read_diverged
 from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, parse_address, ray_session
 from sedaug.sweep.outdir import check_out, write_out
@@ -90,7 +91,7 @@ class SweepResult:
         return (f"sweep {self.name}: {counted(self.trials, 'trial')} ({counts}, {self.retries} retried) in "
                 f"{elapsed // 60}m{elapsed % 60:02d}s (search {search // 60}m{search % 60:02d}s); selected {chosen}; "
                 f"trained on seed{'s' * (len(self.seeds) != 1)} {seeds} and evaluated on "
-                f"eval -> {self.out} (selection.tsv; sedaug table {self.out / 'final'})")
+                f"eval -> {self.out} (selection.tsv; {shlex.join(['sedaug', 'table', str(self.out / 'final')])})")
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -112,9 +113,9 @@ def run_sweep(
 ) -> SweepResult:
     try:
         return _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources)
-    except Interrupted as e:
+    except (Interrupted, TuneStopped) as e:
         again = resume_command(spec_path, out, overrides, address, connect_timeout, wait_for_resources)
-        raise Interrupted(f"{e}; continue with `{again}`") from None
+        raise type(e)(f"{e}; continue with `{again}`") from None
 
 
 def resume_command(spec_path: Path, out: Path | None, overrides: list[str], address: str | None,
@@ -133,7 +134,7 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
     started = time.monotonic()
     loaded = load_sweep(Path(spec_path), list(overrides))
     parse_address(address)
-    if connect_timeout <= 0:
+    if not 0 < connect_timeout < math.inf:
         raise UserError(f"--connect-timeout {connect_timeout:g}: give a number of seconds above 0")
     _import_ray(loaded.sweep.algorithm.type == "optuna")
     from sedaug.sweep.view import SweepView
@@ -169,9 +170,9 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
         search_s = time.monotonic() - start
         records = search_records(loaded, out)
         chosen = winners(records)
-        write_selection(out, records, chosen)
         unsettled = [r for r in records if r.status not in SETTLED]
         ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled)}
+        write_selection(out, records, ready)  # a row still searching has no winner yet
         planned = {name: sweep.algorithm.trials if sweep.algorithm.type == "optuna" else
                    sum(t["recipe"] == name for t in searched.trials) for name in loaded.bases}
         lost = without_winner(records, chosen, planned)
@@ -180,8 +181,8 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
     notes += lost.values()  # a result, as a diverged setting is: --resume would not change it
     unfinished = sorted({r.recipe for r in unsettled} | {n for n in loaded.bases if n not in chosen and n not in lost})
     if unfinished:
-        problems.append(f"the search of {', '.join(unfinished)} is not finished ({len(unsettled)} trials failed or "
-                        f"unfinished, see {out / 'selection.tsv'})")
+        problems.append(f"the search of {', '.join(unfinished)} is not finished ({counted(len(unsettled), 'trial')} "
+                        f"failed or unfinished, see {out / 'selection.tsv'})")
     diverged_finals = [r for r in final_runs if read_diverged(r) is not None]
     notes += [f"final run {r.relative_to(out)} diverged in epoch {read_diverged(r).get('epoch')}" for r in diverged_finals]
     unfinal = [r for r in final_runs if not (r / "eval" / "results.json").exists() and r not in diverged_finals]
@@ -280,6 +281,13 @@ def _fit(name: str, out: Path, plan: Plan, view, loaded: LoadedSweep, param_spac
         tuner.fit()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: the finished trials are in {out}") from None
+    except tune.TuneError as err:  # Ray Tune's driver itself failed (its experiment state on a full disk, say)
+        raise TuneStopped(f"{out}: Ray Tune stopped ({one_line(err.__cause__ or err)}); the finished trials are "
+                          "kept") from None
+
+
+class TuneStopped(UserError):
+    """Ray Tune's driver failed, not a trial: the sweep stops and can be resumed."""
 
 
 def _settled(out: Path, loaded: LoadedSweep, spec: dict, statuses: dict) -> bool:
