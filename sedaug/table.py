@@ -114,9 +114,10 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir} is a file: give the folder of the runs (e.g. runs/)")
     runs = []
+    among_trials = in_search(runs_dir / "_")  # a folder inside a sweep's search/ given on purpose: its trials count
     for recipe_path in sorted(runs_dir.glob("**/recipe.yaml")):
         run_dir = recipe_path.parent
-        if in_search(run_dir):  # a sweep's search trials: its final/ runs are the table
+        if in_search(run_dir) and not among_trials:  # a sweep's search trials: its final/ runs are the table
             continue
         if any(part.startswith(".") for part in run_dir.relative_to(runs_dir).parts):
             continue  # a copy being made (a sweep's `.seed<k>.copy`), or a folder hidden on purpose
@@ -213,10 +214,11 @@ def left_out(runs_dir: Path, split: str) -> list[Path]:
     """Folders below `runs_dir` with `<split>/results.json` but no recipe.yaml (which names their row): the table
     cannot place them, and says so."""
     found = []
+    among_trials = in_search(Path(runs_dir) / "_")
     for results in sorted(Path(runs_dir).glob(f"**/{split}/results.json")):
         run_dir = results.parent.parent
         hidden = any(part.startswith(".") for part in run_dir.relative_to(runs_dir).parts)
-        if not (run_dir / "recipe.yaml").is_file() and not hidden and not in_search(run_dir):
+        if not (run_dir / "recipe.yaml").is_file() and not hidden and (among_trials or not in_search(run_dir)):
             found.append(run_dir)
     return found
 
