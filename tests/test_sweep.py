@@ -59,6 +59,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
           - recipe: recipes/vat_input.yaml
             search:
               augmentation.epsilon: {grid: [0.1, -0.5]}
+              augmentation.xi: {grid: [1.0e-6, 0.000001]}
               augmentation.sigma: {grid: [0.1]}
               optim.epochs: {grid: [2, 3]}
               optim.max_steps_per_epoch: {grid: [2, 2.5]}
@@ -80,6 +81,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
     at = f"{path}: recipes[0].search"
     assert lines == [
         # the schema: unknown keys, wrong types
+        f"{path}: recipes[0].search.augmentation.xi: grid lists 1e-06 twice: each value is one setting, list it once",
         f"{path}: recipes[2].search.optim.lr.grid: List should have at least 1 item after validation, not 0",
         f"{path}: seeds: a seed is listed twice",
         f"{path}: max_concurrent_trials: Input should be a valid integer",
