@@ -127,7 +127,7 @@ def test_sampled_spaces_need_a_sampling_algorithm_and_bounds_the_recipe_accepts(
         str(e.value).splitlines())
 
 
-def test_a_bad_set_override_is_blamed_on_set_not_on_the_file(monkeypatch):
+def test_a_bad_set_override_is_blamed_on_set_not_on_the_file(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     with pytest.raises(UserError) as e:
         load_sweep(REPO / "sweeps" / "demo.yaml", ["max_concurent_trials=1", "optim.epoch=1", "seeds=[0, 0]",
@@ -139,6 +139,24 @@ def test_a_bad_set_override_is_blamed_on_set_not_on_the_file(monkeypatch):
         "--set optim.epoch: not a key of recipe none",
         "--set optim.epoch: not a key of recipe noise_latent",
     ]
+    # What a --set value breaks beyond its own key is blamed on it too, once.
+    demo = REPO / "sweeps" / "demo.yaml"
+    for items, lines in (
+        (["optim.lr=0.01"], ["--set optim.lr: none searches it (sweeps/demo.yaml: recipes[0].search.optim.lr): a fixed "
+                             "value would replace every searched one; leave it out of --set"]),
+        (["seed=3"], ["--set seed: the sweep's `seeds` and `search_seed` set it"]),
+        (["name=foo"], ["--set name: every recipe of the sweep would be named 'foo' (names are the rows)"]),
+        (["model.cnn_filters=[4]"], ["--set model.cnn_filters: model: cnn_filters has 1 blocks but cnn_pooling has 2"]),
+    ):
+        with pytest.raises(UserError) as e:
+            load_sweep(Path("sweeps/demo.yaml"), items)
+        assert str(e.value).splitlines() == lines, items
+    # A --set value wins over a recipe entry's own set, as over the sweep-wide one.
+    own = write(tmp_path / "own.yaml", demo.read_text().replace("      optim.lr: {grid: [1.0e-3, 3.0e-3]}\n",
+                                                                "      optim.lr: {grid: [1.0e-3, 3.0e-3]}\n"
+                                                                "    set: {optim.epochs: 2}\n"))
+    assert load_sweep(own).epochs == {"none": 2, "noise_latent": 3}
+    assert load_sweep(own, ["optim.epochs=1"]).epochs == {"none": 1, "noise_latent": 1}
 
 
 def test_set_overrides_reach_recipes_and_the_sweep(tmp_path, monkeypatch):

@@ -265,10 +265,11 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         if not isinstance(base, dict):
             problems.append(f"{here}.recipe: {entry.recipe} is not a recipe mapping")
             continue
-        fixed = {**sweep.set, **entry.set}
+        fixed = {**sweep.set, **entry.set, **recipe_items}  # --set over the file's sets
         for key, value in fixed.items():
             if key in ("seed",):
-                problems.append(f"{here}.set.{key}: {RESERVED[key]}")
+                line = f"{'--set ' + key if key in recipe_items else here + '.set.' + key}: {RESERVED[key]}"
+                problems += [line] if line not in problems else []  # --set's once, not once per recipe
                 continue
             try:
                 set_key(base, key, value)
@@ -277,21 +278,24 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         set_problems = _recipe_problems(base, str(base.get("name", entry.recipe)), None)
         if set_problems:
             for p in set_problems:
-                key = p.partition(": ")[0]
-                line = f"--set {key}: {p.partition(': ')[2]}" if key in recipe_items else \
+                key, _, message = p.partition(": ")
+                given = blamed_override(key, recipe_items)
+                line = (f"--set {given}: {message}" if given == key else f"--set {given}: {p}") if given else \
                     f"{here}: {entry.recipe} with set: {p}"
                 if line not in problems:  # said once per recipe it is wrong in
                     problems.append(line)
             continue
         name = base["name"]
         if name in bases:
-            problems.append(f"{here}.recipe: recipe name {name!r} is already in the sweep (names are the rows)")
+            problems.append(f"--set name: every recipe of the sweep would be named {name!r} (names are the rows)"
+                            if "name" in recipe_items else
+                            f"{here}.recipe: recipe name {name!r} is already in the sweep (names are the rows)")
             continue
         features = Path(get_key(validate_recipe(base).model_dump(mode="json"), "data.features"))
         set_key(base, "data.features", str(features if features.is_absolute() else Path.cwd() / features))
         space = {**sweep.search, **entry.search}
         checked = {k: v for k, v in space.items() if (i, k) not in unchecked}  # not the sweep-wide value instead
-        problems += _check_space(sweep, base, name, checked, fixed, f"{here}.search", kinds)
+        problems += _check_space(sweep, base, name, checked, fixed, f"{here}.search", kinds, set(recipe_items))
         bases[name], spaces[name] = base, space
         epochs[name] = validate_recipe(base).optim.epochs
         if sweep.resources.gpus == 0:
@@ -344,7 +348,8 @@ def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int]
 
 
 def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], fixed: dict, here: str,
-                 kinds: bool = True) -> list[str]:
+                 kinds: bool = True, given: set[str] = frozenset()) -> list[str]:
+    """Each searched key and value against the base recipe; `given`: the keys `--set` fixed."""
     problems = []
     algorithm = sweep.algorithm.type if kinds else None
     # The base recipe's own are reported once, by load_sweep; a searched value reports only what it adds.
@@ -357,6 +362,10 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
         if key == "optim.epochs":
             problems.append(f"{at}: a row's trials all run its one optim.epochs (early stopping and selection count "
                             "to it): set it, and let early_stopping cut the poor settings short")
+            continue
+        if key in given:
+            problems.append(f"--set {key}: {name} searches it ({at}): a fixed value would replace every searched one; "
+                            "leave it out of --set")
             continue
         if key in fixed:
             problems.append(f"{at}: the key is also in set: fix it or search it, not both")
