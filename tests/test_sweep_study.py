@@ -367,6 +367,11 @@ def test_a_refused_resource_request_leaves_no_folder(tmp_path, tiny_features):
         one_line_error(result, fragment)
         assert not (tmp_path / "out").exists()
 
+    for dry in ([], ["--dry-run"]):  # a missing store: one line before Ray starts, not every trial failing
+        result = sweep_cli(spec, *dry, "--out", tmp_path / "out", "--set", f"data.features={tmp_path / 'nowhere'}")
+        one_line_error(result, f"{spec}: none's data.features: no feature store at {tmp_path / 'nowhere'}")
+        assert not (tmp_path / "out").exists()
+
 
 def test_default_memory_grows_with_the_model_batch_and_passes():
     from sedaug.recipe import load_recipe

@@ -48,7 +48,7 @@ from sedaug.sweep.select import (
     without_winner,
     write_selection,
 )
-from sedaug.sweep.spec import LoadedSweep, load_sweep
+from sedaug.sweep.spec import LoadedSweep, get_key, load_sweep
 from sedaug.sweep.trial import Plan, final_dir, setting_id, trial_dir, trial_lock, trial_spec
 
 INSTALL_HINT = "sedaug sweep needs Ray Tune and Optuna: pip install 'sedaug[sweep]'"
@@ -137,6 +137,7 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
     if not 0 < connect_timeout < math.inf:
         raise UserError(f"--connect-timeout {connect_timeout:g}: give a number of seconds above 0")
     _import_ray(loaded.sweep.algorithm.type == "optuna")
+    check_stores(loaded)
     from sedaug.sweep.view import SweepView
 
     out = _out_dir(spec_path, out)
@@ -208,11 +209,24 @@ def _out_dir(spec_path: Path, out: Path | None) -> Path:
     return Path(out if out is not None else Path("runs") / "sweeps" / Path(spec_path).stem).absolute()
 
 
+def check_stores(loaded: LoadedSweep) -> None:
+    """Each row's feature store opens here, before Ray starts (its trials, on a cluster's nodes too, read it at the
+    same path): a missing one is one line, not every trial failing its retries."""
+    from sedaug.data.store import FeatureStore
+
+    for name, base in loaded.bases.items():
+        try:
+            FeatureStore(Path(get_key(base, "data.features")))
+        except UserError as err:
+            raise UserError(f"{loaded.path}: {name}'s data.features: {err}") from None
+
+
 def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, overrides: list[str] = ()):
     """`sedaug sweep --dry-run`: the plan (untimed: `DryRun.timed()` times it) of the sweep these arguments would
     run, refused where `run_sweep` would refuse it (a non-empty --out without --resume, an incomparable edit); with
     --resume, a note says how much of it is done already. Starts nothing, writes nothing."""
     loaded = load_sweep(Path(spec_path), list(overrides))
+    check_stores(loaded)
     out = _out_dir(spec_path, out)
     check_out(out, loaded, resume)
     plan = dry_run(loaded, timed=False)
