@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from sedaug.deps import binary_mismatch
-from sedaug.errors import UserError, counted, listed
+from sedaug.errors import Interrupted, UserError, counted, listed
 
 app = typer.Typer(
     name="sedaug",
@@ -224,7 +224,7 @@ def evaluate(
         return
     if out is not None:
         raise UserError("--out goes with --ensemble (a single run is scored into RUN/<split>/)")
-    skipped = []
+    skipped, failed = [], []
     for run_dir in run_dirs:
         try:
             results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=dev,
@@ -235,10 +235,21 @@ def evaluate(
             console.print(f"skipped {e}")
             skipped.append(run_dir)
             continue
+        except Interrupted:
+            raise
+        except UserError as e:  # one of several (no best.pt yet, say): said, and the others are scored
+            if len(run_dirs) == 1:
+                raise
+            for line in str(e).splitlines():
+                print(f"error: {line}", file=sys.stderr)
+            failed.append(run_dir)
+            continue
         console.print(summary(run_dir, results))
     if len(skipped) == len(run_dirs):
         raise UserError(f"no run given is one to score ({', '.join(map(str, skipped))}): each diverged or is an "
                         "ensemble")
+    if failed:
+        raise UserError(f"{counted(len(failed), 'run')} of {len(run_dirs)} not scored: {listed(failed)}")
 
 
 @app.command()

@@ -186,3 +186,14 @@ def test_a_run_trained_on_a_relative_store_is_evaluated_from_anywhere(tiny_featu
     one_line_error(run("evaluate", "project/runs/none/seed0", "--device", "cpu"),
                    "project/runs/none/seed0: the feature store of its recipe, data.features", "give --features")
     assert run("evaluate", "project/runs/none/seed0", "--device", "cpu", "--features", "project/store").exit_code == 0
+    # Among several runs, one that cannot be scored (no best.pt yet) is said, and the others are scored.
+    (project / "runs" / "none" / "seed0" / "eval" / "results.json").unlink()
+    unfinished = project / "runs" / "none" / "seed1"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "recipe.yaml").write_text((seed0 / "recipe.yaml").read_text())
+    result = run("evaluate", "project/runs/none/seed1", "project/runs/none/seed0", "--device", "cpu", "--features",
+                 "project/store")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("error")] == ["error: project/runs/none/seed1/checkpoints/best.pt not found: train the run "
+                                          "first (sedaug train)", "error: 1 run of 2 not scored: project/runs/none/seed1"]
+    assert (seed0 / "eval" / "results.json").is_file()
