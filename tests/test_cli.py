@@ -194,6 +194,7 @@ def test_a_run_trained_on_a_relative_store_is_evaluated_from_anywhere(tiny_featu
     result = run("evaluate", "project/runs/none/seed1", "project/runs/none/seed0", "--device", "cpu", "--features",
                  "project/store")
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert [line for line in result.stderr.splitlines() if line.startswith("error")] == ["error: project/runs/none/seed1/checkpoints/best.pt not found: train the run "
-                                          "first (sedaug train)", "error: 1 run of 2 not scored: project/runs/none/seed1"]
+    assert [line for line in result.stderr.splitlines() if line.startswith("error")] == [
+        "error: project/runs/none/seed1/checkpoints/best.pt not found: train the run first (sedaug train)",
+        "error: 1 run of 2 not scored: project/runs/none/seed1"]
     assert (seed0 / "eval" / "results.json").is_file()
