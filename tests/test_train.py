@@ -255,6 +255,16 @@ def test_model_selection_uses_the_shared_f1(tiny, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt").state.best_epoch == 2
 
 
+def test_resume_of_a_run_that_is_not_there_says_it_starts_from_scratch(tiny_features, tiny_model_overrides, tmp_path):
+    args = ["train", str(REPO / "recipes" / "none.yaml"), "--runs", str(tmp_path), "--device", "cpu", "--resume"]
+    for item in [*tiny_model_overrides, f"data.features={tiny_features}", "optim.epochs=1", "optim.max_steps_per_epoch=1"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"--resume: no checkpoints/last.pt in {tmp_path / 'none' / 'seed0'}: training it "
+                                    "from the start\n")
+    assert "--resume: no" not in CliRunner().invoke(app, args).output  # there now: nothing to train, nothing said
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_every_recipe_trains_one_epoch_through_the_cli(recipe, tiny_features, tiny_model_overrides, tmp_path):
     args = ["train", str(recipe), "--runs", str(tmp_path), "--device", "cpu", "--set", "optim.epochs=1"]
