@@ -358,12 +358,14 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
         loc = [str(p) for i, p in enumerate(e["loc"]) if not (i == 1 and p in tags)]
         msg = e["msg"].removeprefix("Value error, ")
         key = ".".join(loc)
-        if msg.startswith(("augmentation.", "regularization.", "model.")) and ": " in msg:  # a model validator's
+        across = msg.startswith(("augmentation.", "regularization.", "model.")) and ": " in msg  # a model validator's
+        if across:
             key, msg = msg.split(": ", 1)
         if blamed_override(key, overridden) is not None:
             lines.append(f"--set {key}: {msg}")
-        else:
-            lines.append(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")
+        else:  # a check across keys may fail at a key of the file for a value --set gave another
+            given = f" (with --set {', '.join(sorted(overridden))})" if across and overridden else ""
+            lines.append(f"{where}: {key}: {msg}{given}" if key else f"{where}: {msg}{given}")
     return "\n".join(lines)
 
 

@@ -228,6 +228,12 @@ def test_a_bad_set_value_is_blamed_on_the_set_even_where_pydantic_reports_its_pa
     with pytest.raises(UserError) as e:
         load_recipe(vat, ["augmentation.type=bogus"])  # a tagged union: reported at `augmentation`
     assert str(e.value).startswith("--set augmentation: Input tag 'bogus' found using 'type' does not match")
+    # A check across keys failing at the file's key for what --set changed elsewhere names the --set keys too.
+    reverb = Path(__file__).parents[1] / "recipes" / "audio" / "reverb_latent.yaml"
+    with pytest.raises(UserError) as e:
+        load_recipe(reverb, ["model.cnn_filters=[4, 8]", "model.cnn_pooling=[[4, 4], [1, 32]]"])
+    assert str(e.value) == (f"{reverb}: augmentation.locations: cnn4 is the output of block 4, and the model has 2 "
+                            "blocks (model.cnn_pooling) (with --set model.cnn_filters, model.cnn_pooling)")
 
 
 def test_not_a_mapping_and_missing_file(tmp_path):
