@@ -221,8 +221,11 @@ def evaluate(
         for run_dir in filter(is_ensemble, run_dirs):
             console.print(f"skipped {run_dir}: an ensemble's folder, not a member")
         run_dirs = [r for r in run_dirs if not is_ensemble(r)]
-        where, results = evaluate_ensemble(run_dirs, split=split.value, checkpoint=checkpoint.value, device=dev, out=out,
-                                           features=features)
+        where, results, replaced = evaluate_ensemble(run_dirs, split=split.value, checkpoint=checkpoint.value,
+                                                     device=dev, out=out, features=features)
+        if replaced is not None:
+            console.print(f"note: replaced the ensemble of {listed(replaced, 5)} in {where / split.value}",
+                          markup=False, highlight=False)
         console.print(summary(where, results))
         return
     if out is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -66,10 +67,11 @@ def evaluate_ensemble(
     progress: bool = True,
     out: Path | None = None,
     features: Path | None = None,
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, dict[str, Any], list[str] | None]:
     """Average the frame scores of several runs of one recipe (seeds) and score the average like a single run,
     into `out` (default: RUNS/<name>/ensemble), a run directory of its own whose recipe is named `<name>_ensemble`,
-    so `sedaug table` shows it as a row beside the single runs. Returns (out, results)."""
+    so `sedaug table` shows it as a row beside the single runs. Returns (out, results, the members of the ensemble
+    this one replaced where they were others, else None)."""
     run_dirs = [Path(r) for r in run_dirs]
     seen: dict[Path, Path] = {}
     for path in run_dirs:
@@ -86,7 +88,7 @@ def evaluate_ensemble(
 
 
 def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device, progress: bool,
-                       out: Path | None, features: Path | None) -> tuple[Path, dict[str, Any]]:
+                       out: Path | None, features: Path | None) -> tuple[Path, dict[str, Any], list[str] | None]:
     timing: dict[str, float] = {}
     members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
     # Each run's recipe.yaml, which a resume rewrites (a resumed run's best.pt may keep the recipe of fewer epochs);
@@ -118,9 +120,19 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
              "checkpoint": {"name": checkpoint, "epoch": None, "step": None},
              "members": [{"run": str(Path(path).resolve()), "seed": r.seed, "epoch": state.epoch}
                          for path, _, r, state in members]}
+    before = _members(out / split / "results.json")
     results = _score(strong, data, recipe, about, out / split, timing, progress)
     write_text(out / "recipe.yaml", dump_recipe(ensemble))  # after the scores: a failure leaves no row behind
-    return out, results
+    return out, results, before if before is not None and before != _members(out / split / "results.json") else None
+
+
+def _members(results: Path) -> list[str] | None:
+    """The member runs of an ensemble's results.json, or None where there is none."""
+    try:
+        members = json.loads(results.read_text()).get("members")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(m.get("run")) for m in members if isinstance(m, dict)] if isinstance(members, list) else None
 
 
 def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:

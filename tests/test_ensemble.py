@@ -53,6 +53,7 @@ def test_an_ensemble_scores_the_hand_averaged_frame_scores(tiny_features, tiny_m
     result = runner.invoke(app, ["evaluate", *map(str, sorted((runs / "none").iterdir())), "--ensemble", "--device",
                                  "cpu"])  # again, over runs/none/*: the ensemble's own folder is no member
     assert result.exit_code == 0 and f"skipped {ensemble}: an ensemble's folder" in result.output, result.output
+    assert "replaced" not in result.output  # the same members again
 
     table = runner.invoke(app, ["table", str(runs), "--format", "csv"])
     assert table.exit_code == 0, table.output
@@ -72,6 +73,13 @@ def test_an_ensemble_scores_the_hand_averaged_frame_scores(tiny_features, tiny_m
                                  str(ensemble / "eval" / "detections.tsv")])
     assert result.exit_code == 1 and f"is in run {ensemble.resolve()}'s own files" in result.output, result.output
     assert {p: p.read_bytes() for p in [*ensemble.rglob("*"), *Path(tiny_features).rglob("*")] if p.is_file()} == before
+
+    # Other members replace the ensemble's scores: said.
+    seeds.append(train(runner, runs, "none", 2, 2, tiny_model_overrides, tiny_features))
+    result = runner.invoke(app, ["evaluate", *map(str, seeds), "--ensemble", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"note: replaced the ensemble of {seeds[0].resolve()}, {seeds[1].resolve()} in {ensemble / 'eval'}" in \
+        " ".join(result.output.split()), result.output
 
 
 def test_an_ensemble_of_different_recipes_is_refused(tiny_features, tiny_model_overrides, tmp_path):
