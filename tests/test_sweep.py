@@ -241,6 +241,13 @@ def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypa
     assert row.trial_hours == pytest.approx((10 + 30 + 2 * 30) * 4 * 1.8 / 3600)
     assert "x 4 epochs x 10-30 steps, 1.8 s/step" in planned.row_line(row)
     assert "none: steps per epoch differ between settings (10-30), each timed at the first setting's step" in planned.notes
+    # More CPUs per trial than this machine has: timed with what it has, and said (a cluster may have them).
+    from sedaug.sweep.cluster import usable_cpus
+
+    planned = dry_run(load_sweep(path, [f"resources.cpus={usable_cpus() + 60}"]), timed=False)
+    assert planned.cpus == usable_cpus()
+    assert any(n.startswith(f"resources.cpus {usable_cpus() + 60} per trial, but this machine has {usable_cpus()}: timed "
+                            f"with {usable_cpus()} threads") for n in planned.notes), planned.notes
 
 # ---------------------------------------------------------------------------------------------- selection
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sedaug.errors import UserError, counted, listed
 from sedaug.recipe import Recipe, load_recipe, validate_recipe, what_a_run_trains
+from sedaug.sweep.cluster import usable_cpus
 from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings
 from sedaug.sweep.trial import checkpointed_metrics, search_dir, setting_id
 
@@ -414,8 +415,12 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
         copied = int(sweep.trial_seed in sweep.seeds)  # that seed's final run is the winner's search run
         rows.append(RowCost(name, n, len(sweep.seeds), copied, recipe.optim.epochs, steps, None,
                             resources[name]["memory"], each if len(set(each)) > 1 else ()))
-    plan = DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), notes, recipes,
-                  max(1, int(sweep.resources.cpus)))
+    threads = max(1, int(sweep.resources.cpus))
+    if threads > usable_cpus():  # the real run refuses it here; a cluster's nodes may have them
+        notes.append(f"resources.cpus {sweep.resources.cpus:g} per trial, but this machine has {usable_cpus()}: timed "
+                     f"with {usable_cpus()} threads; a sweep here would be refused")
+        threads = usable_cpus()
+    plan = DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), notes, recipes, threads)
     if timed:
         for _ in plan.timed():
             pass
