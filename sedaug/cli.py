@@ -183,10 +183,7 @@ def train(
     from sedaug.train import train as run_training
 
     r = load_recipe(recipe, set_)
-    run_dir = runs / r.name / f"seed{r.seed}"
-    if resume and not (run_dir / "checkpoints" / "last.pt").exists():  # said first: a typo in --runs starts a new run
-        console.print(f"--resume: no checkpoints/last.pt in {run_dir}: training it from the start")
-    result = run_training(r, run_dir, resume=resume, device=parse_device(device))
+    result = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=parse_device(device))
     if result.nothing_left:
         console.print(f"nothing to train: {result.run_dir} holds all {result.epochs} epochs of {result.recipe} seed "
                       f"{result.seed} (--set optim.epochs=N --resume trains more)")

@@ -219,6 +219,9 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> C
             raise UserError(f"--resume: the recipe differs from {run.recipe}'s at {', '.join(diff)} (only optim.epochs "
                             f"and paper_row may change); no epoch was trained there: remove {run.root} to start it "
                             "with this recipe")
+        # Said before the first step: a typo in --runs would start a new run of hundreds of epochs unnoticed.
+        STDERR.print(f"--resume: no {last.relative_to(run.root)} in {run.root}: training it from the start",
+                     highlight=False, markup=False, soft_wrap=True)
         return None
     ckpt = load_checkpoint(last, device)  # its recipe is the run's, whatever became of recipe.yaml
     diff = _recipe_diff(recipe, ckpt.recipe)
@@ -247,7 +250,8 @@ def _stop_on_sigint():
         if requested["stop"]:
             raise KeyboardInterrupt
         requested["stop"] = True
-        STDERR.print("Ctrl-C: stopping once last.pt is saved (Ctrl-C again stops at once)", highlight=False)
+        STDERR.print("Ctrl-C: stopping once last.pt is saved (Ctrl-C again stops at once)", highlight=False,
+                     soft_wrap=True)
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
