@@ -22,7 +22,7 @@ import torch
 from sedaug.errors import UserError
 from sedaug.sweep import in_search, selected_settings
 from sedaug.sweep.plan import dry_run, settings
-from sedaug.sweep.select import TrialRecord, winners, write_selection
+from sedaug.sweep.select import TrialRecord, budget_short, winners, write_selection
 from sedaug.sweep.spec import grid_settings, load_sweep
 from sedaug.sweep.trial import search_dir, setting_id, trial_lock
 
@@ -245,7 +245,7 @@ def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypa
     from sedaug.sweep.cluster import usable_cpus
 
     planned = dry_run(load_sweep(path, [f"resources.cpus={usable_cpus() + 60}"]), timed=False)
-    assert planned.cpus == usable_cpus()
+    assert planned.cpus == usable_cpus()  # each trial's threads
     assert any(n.startswith(f"resources.cpus {usable_cpus() + 60} per trial, but this machine has {usable_cpus()}: timed "
                             f"with {usable_cpus()} threads") for n in planned.notes), planned.notes
 
@@ -285,13 +285,21 @@ def test_a_trial_that_failed_before_writing_its_folder_is_listed_and_holds_its_r
     torch.save({"state": {"epoch": 2}}, ran / "checkpoints" / "last.pt")
     failed = {"data.batch_size": 48}
     append_jsonl(out / "trials.jsonl", {"stage": "search", "recipe": "none", "setting": setting_id(failed), "seed": seed,
-                                        "status": "failed", "params": failed, "error": "too few clips"})
+                                        "status": "failed", "error": "too few clips"})
     records = search_records(loaded, out)
     assert [(r.params, r.status) for r in records] == [({"data.batch_size": 24}, "done"), (failed, "failed")]
     write_selection(out, records, winners(records))
     with (out / "selection.tsv").open() as f:
         assert [(r["data.batch_size"], r["status"]) for r in csv.DictReader(f, delimiter="\t")] == [
             ("24", "done"), ("48", "failed")]
+    # An Optuna row's trials are not planned: a failed one without a folder leaves its budget short.
+    optuna = write(tmp_path / "o.yaml", path.read_text().replace("{grid: [24, 48]}", "{choice: [24, 48]}")
+                   + "algorithm: {type: optuna, trials: 2}\n")
+    loaded = load_sweep(optuna)
+    records = search_records(loaded, out)
+    assert [(r.params, r.status) for r in records] == [({"data.batch_size": 24}, "done")]
+    assert budget_short(loaded, records) == {"none": 1}
+    assert budget_short(load_sweep(optuna, ["algorithm.trials=1"]), records) == {}
 
 
 def test_the_best_complete_trial_wins_and_selection_tsv_marks_it(tmp_path):

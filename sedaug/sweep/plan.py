@@ -415,11 +415,11 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
         copied = int(sweep.trial_seed in sweep.seeds)  # that seed's final run is the winner's search run
         rows.append(RowCost(name, n, len(sweep.seeds), copied, recipe.optim.epochs, steps, None,
                             resources[name]["memory"], each if len(set(each)) > 1 else ()))
-    threads = max(1, int(sweep.resources.cpus))
-    if threads > usable_cpus():  # the real run refuses it here; a cluster's nodes may have them
-        notes.append(f"resources.cpus {sweep.resources.cpus:g} per trial, but this machine has {usable_cpus()}: timed "
-                     f"with {usable_cpus()} threads; a sweep here would be refused")
-        threads = usable_cpus()
+    threads, here = max(1, int(sweep.resources.cpus)), usable_cpus()
+    if threads > here:  # a local sweep is refused (or waits, with --wait-for-resources); a cluster's nodes may have them
+        notes.append(f"resources.cpus {sweep.resources.cpus:g} per trial, but this machine has {here}: timed with {here} "
+                     "threads; a sweep on this machine would be refused")
+        threads = here
     plan = DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), notes, recipes, threads)
     if timed:
         for _ in plan.timed():

@@ -39,6 +39,8 @@ from sedaug.sweep.plan import (
     trial_resources,
 )
 from sedaug.sweep.select import (
+    SETTLED,
+    budget_short,
     journal_errors,
     journal_statuses,
     run_state,
@@ -137,7 +139,8 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
     if not 0 < connect_timeout < math.inf:
         raise UserError(f"--connect-timeout {connect_timeout:g}: give a number of seconds above 0")
     _import_ray(loaded.sweep.algorithm.type == "optuna")
-    check_stores(loaded)
+    if (problem := store_problem(loaded, list(overrides))) is not None:
+        raise UserError(problem)
     from sedaug.sweep.view import SweepView
 
     out = _out_dir(spec_path, out)
@@ -172,17 +175,20 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
         records = search_records(loaded, out)
         chosen = winners(records)
         unsettled = [r for r in records if r.status not in SETTLED]
-        ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled)}
-        write_selection(out, records, ready)  # a row still searching has no winner yet
         planned = {name: sweep.algorithm.trials if sweep.algorithm.type == "optuna" else
                    sum(t["recipe"] == name for t in searched.trials) for name in loaded.bases}
+        short = budget_short(loaded, records)
+        ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled) and n not in short}
+        write_selection(out, records, ready)  # a row still searching has no winner yet
         lost = without_winner(records, chosen, planned)
         final_runs = _final(loaded, out, plan, view, ready, per_trial, notes, set(lost))
     problems = []
     notes += lost.values()  # a result, as a diverged setting is: --resume would not change it
-    unfinished = sorted({r.recipe for r in unsettled} | {n for n in loaded.bases if n not in chosen and n not in lost})
+    unfinished = sorted({r.recipe for r in unsettled} | set(short)
+                        | {n for n in loaded.bases if n not in chosen and n not in lost})
     if unfinished:
-        problems.append(f"the search of {', '.join(unfinished)} is not finished ({counted(len(unsettled), 'trial')} "
+        count = len(unsettled) + sum(short.values())
+        problems.append(f"the search of {', '.join(unfinished)} is not finished ({counted(count, 'trial')} "
                         f"failed or unfinished, see {out / 'selection.tsv'})")
     diverged_finals = [r for r in final_runs if read_diverged(r) is not None]
     notes += [f"final run {r.relative_to(out)} diverged in epoch {read_diverged(r).get('epoch')}" for r in diverged_finals]
@@ -191,10 +197,10 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
         problems.append(f"{counted(len(unfinal), 'final run')} did not finish "
                         f"({listed(r.relative_to(out) for r in unfinal)})")
     if problems:
-        errors = journal_errors(out) if unsettled or unfinal else []
+        errors = journal_errors(out) if unsettled or short or unfinal else []
         last = f"; the last error: {errors[-1]}" if errors else ""
         again = resume_command(spec_path, out, overrides, address, connect_timeout, wait_for_resources)
-        retry = f"; `{again}` retries" if unsettled or unfinal else ""
+        retry = f"; `{again}` retries" if unsettled or short or unfinal else ""
         raise UserError("\n".join([*lost.values(), *problems[:-1],
                                    f"{out}: {problems[-1]}{last}; Ray's logs in {out / 'ray'}{retry}"]))
     statuses: dict[str, int] = {}
@@ -209,16 +215,18 @@ def _out_dir(spec_path: Path, out: Path | None) -> Path:
     return Path(out if out is not None else Path("runs") / "sweeps" / Path(spec_path).stem).absolute()
 
 
-def check_stores(loaded: LoadedSweep) -> None:
-    """Each row's feature store opens here, before Ray starts (its trials, on a cluster's nodes too, read it at the
-    same path): a missing one is one line, not every trial failing its retries."""
+def store_problem(loaded: LoadedSweep, overrides: list[str]) -> str | None:
+    """Why a row's feature store does not open here, or None. The sweep checks it before Ray starts (its trials, on
+    a cluster's nodes too, read it at the same path): one line, not every trial failing its retries."""
     from sedaug.data.store import FeatureStore
 
     for name, base in loaded.bases.items():
         try:
             FeatureStore(Path(get_key(base, "data.features")))
         except UserError as err:
-            raise UserError(f"{loaded.path}: {name}'s data.features: {err}") from None
+            given = any(item.partition("=")[0] == "data.features" for item in overrides)
+            return f"{'--set data.features' if given else loaded.path}: {name}'s data.features: {err}"
+    return None
 
 
 def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, overrides: list[str] = ()):
@@ -226,10 +234,11 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
     run, refused where `run_sweep` would refuse it (a non-empty --out without --resume, an incomparable edit); with
     --resume, a note says how much of it is done already. Starts nothing, writes nothing."""
     loaded = load_sweep(Path(spec_path), list(overrides))
-    check_stores(loaded)
     out = _out_dir(spec_path, out)
     check_out(out, loaded, resume)
     plan = dry_run(loaded, timed=False)
+    if (problem := store_problem(loaded, list(overrides))) is not None:  # planned with DESED's sizes (README)
+        plan.notes.append(f"{problem} (a sweep would be refused)")
     if resume and out.is_dir():
         records = search_records(loaded, out)
         rows = {row.recipe: row for row in plan.rows}
@@ -341,8 +350,6 @@ def _per_recipe(trials: list[dict], among: list[dict] | None = None) -> dict[str
         counts[t["recipe"]] = counts.get(t["recipe"], 0) + 1
     return counts
 
-
-SETTLED = ("done", "stopped", "diverged")
 
 
 def _optuna_search(loaded: LoadedSweep, out: Path, plan: Plan, view, name: str, per_trial: dict) -> None:

@@ -23,6 +23,7 @@ from sedaug.sweep.trial import best_valid_f1, checkpointed_metrics, split_result
 SELECTION = "selection.tsv"
 JOURNAL = "trials.jsonl"
 WINNER = "*"
+SETTLED = ("done", "stopped", "diverged")  # a trial's result is known: no --resume changes it
 
 
 @dataclass(frozen=True)
@@ -44,23 +45,18 @@ class TrialRecord:
         return self.status == "done"
 
 
-def journal_rows(out: Path) -> dict[tuple, dict]:
-    """(stage, recipe, setting, seed) -> the last row the driver recorded for that trial (status, params, error)."""
+def journal_statuses(out: Path) -> dict[tuple, str]:
+    """(stage, recipe, setting, seed) -> the last status the driver recorded."""
     path = Path(out) / JOURNAL
-    rows = {}
+    statuses = {}
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
-                rows[(row["stage"], row["recipe"], row["setting"], row["seed"])] = row
+                statuses[(row["stage"], row["recipe"], row["setting"], row["seed"])] = row["status"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut short by a killed driver
-    return rows
-
-
-def journal_statuses(out: Path) -> dict[tuple, str]:
-    """(stage, recipe, setting, seed) -> the last status the driver recorded."""
-    return {key: row.get("status") for key, row in journal_rows(out).items()}
+    return statuses
 
 
 def journal_errors(out: Path) -> list[str]:
@@ -101,8 +97,7 @@ def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = Non
     sweep = loaded.sweep
     plan = plan or plan_search(loaded, out)
     split = None if sweep.select.is_default else sweep.select.split
-    journal = journal_rows(out)
-    statuses = {key: row.get("status") for key, row in journal.items()}
+    statuses = journal_statuses(out)
     records = []
     for recipe, space in loaded.spaces.items():
         order = {t["setting"]: i for i, t in enumerate(t for t in plan.trials if t["recipe"] == recipe)}
@@ -122,10 +117,8 @@ def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = Non
                                      score, best_epoch, status, diverged))
         # Trials without a folder: planned and not run yet, or failed before training wrote one (a missing store,
         # a batch larger than a split): listed, never skipped, so that the row waits for them.
+        # (An Optuna row's trials are not planned: a failed one leaves its budget short, which sedaug.sweep.run counts.)
         missing = {t["setting"]: t["params"] for t in plan.trials if t["recipe"] == recipe}
-        if sweep.algorithm.type == "optuna":  # its trials are not planned: the journal knows those that failed
-            missing = {key[2]: row.get("params") or {} for key, row in journal.items() if key[:2] == ("search", recipe)
-                       and key[3] == sweep.trial_seed and row.get("status") == "failed"}
         for setting in missing.keys() - {r.setting for r in found}:
             status = "failed" if statuses.get(("search", recipe, setting, sweep.trial_seed)) == "failed" else "incomplete"
             found.append(TrialRecord(recipe, setting, sweep.trial_seed, missing[setting],
@@ -134,6 +127,17 @@ def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = Non
         found.sort(key=lambda r: (order.get(r.setting, len(order)), json.dumps(r.params, sort_keys=True)))
         records += found
     return records
+
+
+def budget_short(loaded: LoadedSweep, records: list[TrialRecord]) -> dict[str, int]:
+    """{recipe: trials missing} of each Optuna row with fewer settled trials than its budget: its trials are not
+    planned, so one that failed before it wrote its folder has no record and leaves the budget short (the row is not
+    finished; --resume samples that many more). Empty for a grid: its trials all have records."""
+    if loaded.sweep.algorithm.type != "optuna":
+        return {}
+    settled = {name: sum(r.recipe == name and r.status in SETTLED for r in records) for name in loaded.bases}
+    budget = loaded.sweep.algorithm.trials
+    return {name: budget - n for name, n in settled.items() if loaded.spaces[name] and n < budget}
 
 
 def winners(records: list[TrialRecord]) -> dict[str, TrialRecord]:

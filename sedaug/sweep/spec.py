@@ -48,11 +48,11 @@ class Space(Section):
         given = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of grid, choice, uniform, loguniform (got {', '.join(given) or 'none'})")
-        values = self.grid or self.choice or []
+        values = self.grid or []  # (a choice may repeat a value to weight it)
         twice = [v for i, v in enumerate(values) if v in values[:i]]  # 0.001 and 1.0e-3 are one value
         if twice:
-            raise ValueError(f"{self.kind} lists {', '.join(dict.fromkeys(map(str, twice)))} twice: each "
-                             "value is one setting, list it once")
+            raise ValueError(f"grid lists {', '.join(dict.fromkeys(map(str, twice)))} twice: each value is one "
+                             "setting, list it once")
         bounds = self.uniform or self.loguniform
         if bounds is not None:
             low, high = bounds

@@ -190,8 +190,8 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
         try:
             result = train(recipe, run_dir, resume=last.exists(), device=device, progress=False, on_epoch=report)
             if result.nothing_left:  # metrics.jsonl lacked rows that last.pt holds: train had nothing to do
-                rows = read_jsonl(run_dir / "metrics.jsonl")
-                tune.report(_result(rows[-1], best_valid_f1(rows), stage, finish()))
+                last_row = {"epoch": result.epochs, "valid_f1": result.best_f1}  # what last.pt's state says
+                tune.report(_result(last_row, result.best_f1, stage, finish()))
         except Diverged as e:  # train wrote diverged.json
             diverged = {"epoch": e.epoch, "step": e.step, "message": str(e)}
             tune.report(_diverged_result(checkpointed_metrics(run_dir), best, stage, diverged))

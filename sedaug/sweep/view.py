@@ -128,8 +128,6 @@ class SweepView(Callback):
         row = {"stage": spec["stage"], "recipe": spec["recipe"],
                "setting": spec.get("setting") or setting_id(spec["params"]) if spec["stage"] == "search" else "final",
                "seed": spec["seed"], "status": status, **{k: v for k, v in where.items() if v is not None}}
-        if spec["stage"] == "search":
-            row["params"] = spec["params"]  # a trial that failed before writing its folder is listed with them
         if error:
             row["error"] = error
         append_jsonl(Path(self.out) / JOURNAL, row)
