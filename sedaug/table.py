@@ -12,6 +12,7 @@ values of the paper (`paper.py`) for the rows whose recipe says `paper_row`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,14 @@ class _Run:
     stale: bool = False  # evaluated at a checkpoint that training has replaced since (a --resume)
     unfinished: bool = False  # evaluated before training all its recipe's epochs (interrupted)
     trained_on: str | None = None  # the identity of the feature store it trained on (None: not recorded)
+    row: str = ""  # the row it is averaged into: its recipe's name, a sweep trial's with its setting
+
+    @property
+    def copy_key(self) -> tuple:
+        """Equal for two copies of one run (seed included), wherever their store is found."""
+        dump = self.recipe.model_dump(mode="json")
+        dump.pop("paper_row", None), dump["data"].pop("features")
+        return self.row, json.dumps(dump, sort_keys=True)
 
 
 def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> list[_Run]:
@@ -124,8 +133,13 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
         results_path = run_dir / split / "results.json"
         results = read_results(results_path, metrics) if results_path.is_file() else None
         recipe, diverged = load_recipe(recipe_path), read_diverged(run_dir) is not None
+        # Trials asked for (`table OUT/search`): a row per setting (search/<recipe>/<setting>/seed<k>), per set-aside
+        # run (replaced/<recipe>/seed<k>-<time>).
+        row = f"{recipe.name} [{run_dir.parent.name if run_dir.parent.parent.name != 'replaced' else run_dir.name}]" \
+            if among_trials and in_search(run_dir) else recipe.name
         runs.append(_Run(run_dir, recipe, results, diverged, results is not None and _stale(run_dir, results),
-                         results is not None and not diverged and _unfinished(run_dir, recipe), trained_on(run_dir)))
+                         results is not None and not diverged and _unfinished(run_dir, recipe), trained_on(run_dir),
+                         row))
     if not runs:
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
     _check_one_set(runs, split)
@@ -143,15 +157,16 @@ def _unfinished(run_dir: Path, recipe: Recipe) -> bool:
 
 
 def _check_seeds_once(runs: list[_Run]) -> None:
-    """A row averages distinct seeds: one recipe's seed found twice (a run copied, or trained into two --runs
-    folders, or two ensembles) would count twice."""
-    seen: dict[tuple[str, int], Path] = {}
+    """A row averages distinct runs: a copy of one (the same recipe and seed: copied, trained into two --runs
+    folders, two ensembles of one recipe) would count twice. (One seed of other settings is the note's.)"""
+    seen: dict[tuple, Path] = {}
     for run in runs:
-        key = (run.recipe.name, run.recipe.seed)
-        if key in seen:
-            raise UserError(f"{run.recipe.name} seed {run.recipe.seed} twice, {seen[key]} and {run.path}: a row "
-                            "averages distinct seeds; give a folder that holds one of them")
-        seen[key] = run.path
+        if run.copy_key in seen:
+            what = (f"two ensembles of {run.recipe.name.removesuffix('_ensemble')}" if run.recipe.name.endswith("_ensemble")
+                    else f"{run.row} seed {run.recipe.seed} twice")
+            raise UserError(f"{what}, {seen[run.copy_key]} and {run.path}: a row would count one run twice; give a "
+                            "folder that holds one of them")
+        seen[run.copy_key] = run.path
 
 
 def _stale(run_dir: Path, results: dict) -> bool:
@@ -261,6 +276,8 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated")
     if any(_settings(r.recipe) != _settings(recipe) for r in runs[1:]):
         notes.append("settings differ between seeds")
+    if len({r.recipe.seed for r in runs}) < len(runs):
+        notes.append("a seed found twice (of other settings)")
     if stale := sum(r.stale for r in runs):
         notes.append(f"{stale} of {len(evaluated)} evaluations out of date (a run trained since, or an ensemble's "
                      "member gone): evaluate again")
@@ -351,7 +368,7 @@ def build_table(
     runs_dir = Path(runs_dir)
     groups: dict[str, list[_Run]] = {}
     for run in _find_runs(runs_dir, split, metrics):
-        groups.setdefault(run.recipe.name, []).append(run)
+        groups.setdefault(run.row, []).append(run)
     rows = [_row(name, groups[name], metrics) for name in sorted(groups, key=_order)]
     selected = selected_settings(runs_dir)  # a sweep directory or its final/: each row's selected values
     rows = [_add_note(r, selected.get(r.recipe) and f"selected {selected[r.recipe]}") for r in rows]
@@ -411,9 +428,9 @@ def per_class_rows(runs_dir: Path, split: str = "eval") -> list[PerClassRow]:
     over its evaluated seeds: the numbers behind each run's per_class.png."""
     groups: dict[str, list[dict]] = {}
     for run in _find_runs(Path(runs_dir), split):
-        groups.setdefault(run.recipe.name, [])
+        groups.setdefault(run.row, [])
         if run.results is not None:
-            groups[run.recipe.name].append(run.results)
+            groups[run.row].append(run.results)
     out = []
     for name in sorted(groups, key=_order):
         evaluated = groups[name]

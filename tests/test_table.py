@@ -49,9 +49,13 @@ def test_a_diverged_run_is_named_as_such_and_a_copy_in_progress_is_not_a_run(run
     copy = runs / "mixup_latent" / "seed1"
     shutil.copytree(runs / "mixup_latent" / "seed0", copy)
     with pytest.raises(UserError, match=f"mixup_latent seed 0 twice, {runs / 'mixup_latent' / 'seed0'} and {copy}: a "
-                                        "row averages distinct seeds"):  # a copy counts once
+                                        "row would count one run twice"):  # a copy counts once
         build_table(runs)
-    (copy / "recipe.yaml").write_text((copy / "recipe.yaml").read_text().replace("\nseed: 0\n", "\nseed: 1\n"))
+    mine = (copy / "recipe.yaml").read_text()
+    (copy / "recipe.yaml").write_text(mine + "optim: {lr: 0.01}\n")  # other settings
+    assert {r.recipe: r for r in build_table(runs).rows}["mixup_latent"].note.endswith(
+        "settings differ between seeds; a seed found twice (of other settings)")
+    (copy / "recipe.yaml").write_text(mine.replace("\nseed: 0\n", "\nseed: 1\n"))
     (copy / "diverged.json").write_text(json.dumps({"epoch": 1, "step": 5}))
     rows = {r.recipe: r for r in build_table(runs).rows}
     assert (rows["vat_latent"].n, rows["vat_latent"].not_evaluated) == (2, 1)
