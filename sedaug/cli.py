@@ -51,6 +51,12 @@ def _silence_stdout() -> None:
         pass
 
 
+def print_error(err: UserError) -> None:
+    """A UserError on stderr, `error: ` before each of its lines."""
+    for line in str(err).splitlines():
+        print(f"error: {line}", file=sys.stderr)
+
+
 def user_errors(command):
     """Report a UserError, or an OSError of the environment (a full disk, a folder where a file should be, a
     permission), as one line per problem on stderr and exit non-zero, with no traceback."""
@@ -60,8 +66,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as e:
-            for line in str(e).splitlines():
-                print(f"error: {line}", file=sys.stderr)
+            print_error(e)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # atomic writes leave the previous file in place: say what failed, nothing is lost
             if isinstance(e, BrokenPipeError) and _stdout_gone():  # `| head`: nothing to tell a reader that left
@@ -243,8 +248,7 @@ def evaluate(
         except UserError as e:  # one of several (no best.pt yet, say): said, and the others are scored
             if len(run_dirs) == 1:
                 raise
-            for line in str(e).splitlines():
-                print(f"error: {line}", file=sys.stderr)
+            print_error(e)
             failed.append(run_dir)
             continue
         console.print(summary(run_dir, results))

@@ -24,14 +24,14 @@ import soundfile as sf
 import torch
 
 from sedaug.checkpoint import load_model
-from sedaug.data.desed import CLASSES, EVENT_COLUMNS
+from sedaug.data.desed import EVENT_COLUMNS
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, check_sample_rate
 from sedaug.data.mel import clip_mels, mel_problems, resample
 from sedaug.device import full_float32, parse_device
 from sedaug.errors import UserError
 from sedaug.evaluation.detection_plot import is_detection_plot, plot_detections
 from sedaug.evaluation.postprocess import decode
-from sedaug.evaluation.scores import clip_id, score_frames, score_text
+from sedaug.evaluation.scores import SCORE_COLUMNS, clip_id, score_frames, score_text
 from sedaug.files import write_text, write_tsv
 from sedaug.progress import progress_bar
 from sedaug.rundir import RunDir, is_ensemble, sedaug_data_holding
@@ -188,7 +188,6 @@ def _check_outputs(out: Path, scores_dir: Path | None, plot_dir: Path | None) ->
 def _check_files(out: Path, scores_dir: Path | None, plot_dir: Path | None, stems: dict[str, str]) -> None:
     """Refuse, before anything is written, a score file or plot that would replace a file detect did not write (an
     annotation `rec.tsv` beside `rec.wav`, say), or that would be --out."""
-    header = "\t".join(["onset", "offset", *CLASSES])
     for name, stem in stems.items():
         for option, folder, suffix in (("--scores", scores_dir, ".tsv"), ("--plot", plot_dir, ".png")):
             if folder is None:
@@ -196,11 +195,15 @@ def _check_files(out: Path, scores_dir: Path | None, plot_dir: Path | None, stem
             path = Path(folder) / f"{stem}{suffix}"
             if path.resolve() == out.resolve():
                 raise UserError(f"--out {out} is also {name}'s file in {option} {folder}: give --out another name")
-            if path.is_dir() or path.exists() and path.stat().st_size and not (
-                    _first_line(path) == header if suffix == ".tsv" else is_detection_plot(path)):
-                what = "a sed_scores_eval score file of sedaug's classes" if suffix == ".tsv" else "a plot of detect's"
-                raise UserError(f"{option}: {path} exists and is not {what}, which detect would replace with "
-                                f"{name}'s: give {option} another folder, or move the file")
+            if not path.exists() or path.is_file() and not path.stat().st_size:  # empty: nothing to lose
+                continue
+            if suffix == ".tsv" and not (path.is_file() and _first_line(path) == "\t".join(SCORE_COLUMNS)):
+                raise UserError(f"--scores: {path} exists and is not a sed_scores_eval score file of sedaug's classes, "
+                                f"which detect would replace with {name}'s: give --scores another folder, or move it")
+            if suffix == ".png" and not (path.is_file() and is_detection_plot(path)):
+                raise UserError(f"--plot: {path} exists and is not a plot of detect's (one an earlier sedaug drew "
+                                f"carries no mark), which detect would replace with {name}'s: give --plot another "
+                                "folder, or move it")
 
 
 def _first_line(path: Path) -> str:
@@ -383,8 +386,8 @@ def score_recordings(
 
 def write_score_files(scores: dict[str, pd.DataFrame], directory: Path) -> None:
     """Each recording's frame scores as `<directory>/<name without .wav>.tsv`, in the text `sedaug evaluate`
-    writes (sed_scores_eval's format; numbers in their shortest exact form), one atomic write per file. Files
-    already in `directory` stay."""
+    writes (sed_scores_eval's format; numbers in their shortest exact form), one atomic write per file. Other files
+    in `directory` stay."""
     for key, frame in scores.items():
         write_text(directory / f"{key}.tsv", score_text(frame))
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -127,12 +126,12 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
 
 
 def _members(results: Path) -> list[str] | None:
-    """The member runs of an ensemble's results.json, or None where there is none."""
+    """The member runs of an ensemble's results.json, sorted (given in another order, they are the same), or None."""
     try:
         members = json.loads(results.read_text()).get("members")
     except (OSError, ValueError, AttributeError):
         return None
-    return [str(m.get("run")) for m in members if isinstance(m, dict)] if isinstance(members, list) else None
+    return sorted(str(m.get("run")) for m in members if isinstance(m, dict)) if isinstance(members, list) else None
 
 
 def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:
@@ -213,7 +212,7 @@ def _strong_split(features: Path | None, recipe: Recipe, split: str, run: Path) 
     """The split to score, from `features` (--features) or else the recipe's data.features; and that store's path,
     absolute (results.json records it: `table --ci` reads the ground truth there, from any directory)."""
     given = features is not None
-    features = Path(os.path.abspath(features if given else recipe.data.features))
+    features = Path(features if given else recipe.data.features).absolute()
     try:
         data = FeatureStore(features).split(split)
     except UserError:

@@ -36,7 +36,7 @@ from sedaug.evaluation.bootstrap import (
 )
 from sedaug.evaluation.bootstrap_psds import SED_SCORES_METRICS, sed_scores_counts, sed_scores_values
 from sedaug.evaluation.postprocess import decode, frame_counts
-from sedaug.evaluation.scores import clip_id
+from sedaug.evaluation.scores import SCORE_COLUMNS, clip_id
 from sedaug.files import read_tsv
 from sedaug.progress import progress_bar
 
@@ -127,7 +127,7 @@ def read_scores(directory: Path, truth: GroundTruth) -> np.ndarray:
     """(N, T, C) frame scores from a run's score files (one sed_scores_eval TSV per clip, as `evaluate` writes
     them), in the ground truth's clip order; frames past a clip's end are 0. A file must hold the clip's frames
     (its duration on the output grid): another number means scores of other clips or of another sedaug."""
-    header = ["onset", "offset", *CLASSES]
+    header = list(SCORE_COLUMNS)
     expected = frame_counts(truth.durations, N_OUTPUT_FRAMES)
     strong = np.zeros((len(truth.clips), N_OUTPUT_FRAMES, len(CLASSES)))
     again = f"run `sedaug evaluate` on {directory.parent.parent} again"

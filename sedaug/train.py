@@ -280,14 +280,23 @@ def train(
     run, device = RunDir(Path(run_dir)), torch.device(device)
     if (held := sedaug_data_holding(run.root.parent)) is not None:
         raise UserError(f"--runs: {run.root} would be in {held}: give --runs a folder outside it")
-    # The run records its store absolute (`..` folded, links kept): evaluate, table --ci and detect may run from
-    # another directory, and another spelling of the same path changes nothing.
-    features = Path(os.path.abspath(recipe.data.features))
+    # The run records its store absolute: evaluate, table --ci and detect may run from another directory.
+    features = _same_spelling(run, recipe.data.features.absolute())
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"features": features})})
     check_runs_on(recipe, device)
     store = FeatureStore(recipe.data.features)
     with run.lock():  # a refusal under it leaves no folder or lock file behind
         return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress, on_epoch)
+
+
+def _same_spelling(run: RunDir, features: Path) -> Path:
+    """The run's recorded path of its store where `features` is another path to the same folder (`data/../data`, a
+    link): a resume that finds the store so changes nothing."""
+    try:
+        recorded = load_recipe(run.recipe).data.features
+        return recorded if os.path.samefile(recorded, features) else features
+    except (UserError, OSError):  # no run yet, or no store there: the path as given
+        return features
 
 
 def _train(

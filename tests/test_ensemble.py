@@ -54,6 +54,8 @@ def test_an_ensemble_scores_the_hand_averaged_frame_scores(tiny_features, tiny_m
                                  "cpu"])  # again, over runs/none/*: the ensemble's own folder is no member
     assert result.exit_code == 0 and f"skipped {ensemble}: an ensemble's folder" in result.output, result.output
     assert "replaced" not in result.output  # the same members again
+    result = runner.invoke(app, ["evaluate", *map(str, seeds[::-1]), "--ensemble", "--device", "cpu"])
+    assert result.exit_code == 0 and "replaced" not in result.output, result.output  # in another order: the same
 
     table = runner.invoke(app, ["table", str(runs), "--format", "csv"])
     assert table.exit_code == 0, table.output

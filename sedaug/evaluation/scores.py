@@ -13,6 +13,8 @@ from sedaug.data.desed import CLASSES
 from sedaug.evaluation.postprocess import as_scores, frame_counts, frame_timestamps
 from sedaug.files import atomic_dir
 
+SCORE_COLUMNS = ("onset", "offset", *CLASSES)  # a score file's header
+
 
 def clip_id(filename: str) -> str:
     """The key of a clip in sed_scores_eval's format (and the name of its score file): the filename without .wav."""
@@ -26,11 +28,10 @@ def score_frames(
     clip's duration."""
     strong = as_scores(strong)
     lengths = frame_counts(durations, strong.shape[1])
-    columns = ["onset", "offset", *CLASSES]
     frames = {}
     for i, (f, n, d) in enumerate(zip(filenames, lengths, durations, strict=True)):
         ts = frame_timestamps(n, d)
-        frames[clip_id(f)] = pd.DataFrame(np.column_stack([ts[:-1], ts[1:], strong[i, :n]]), columns=columns)
+        frames[clip_id(f)] = pd.DataFrame(np.column_stack([ts[:-1], ts[1:], strong[i, :n]]), columns=list(SCORE_COLUMNS))
     return frames
 
 
