@@ -151,6 +151,13 @@ def test_a_bad_set_override_is_blamed_on_set_not_on_the_file(monkeypatch, tmp_pa
         with pytest.raises(UserError) as e:
             load_sweep(Path("sweeps/demo.yaml"), items)
         assert str(e.value).splitlines() == lines, items
+    # A check across keys failing at a key --set did not give names the --set keys too.
+    reverb = write(tmp_path / "reverb.yaml", f"recipes: [{{recipe: {REPO / 'recipes' / 'audio' / 'reverb_latent.yaml'}}}]"
+                   "\nseeds: [1]\n")
+    with pytest.raises(UserError) as e:
+        load_sweep(reverb, ["model.cnn_filters=[4, 8]", "model.cnn_pooling=[[4, 4], [1, 32]]"])
+    assert str(e.value).endswith("augmentation.locations: cnn4 is the output of block 4, and the model has 2 blocks "
+                                 "(model.cnn_pooling) (with --set model.cnn_filters, model.cnn_pooling)")
     # A --set value wins over a recipe entry's own set, as over the sweep-wide one.
     own = write(tmp_path / "own.yaml", demo.read_text().replace("      optim.lr: {grid: [1.0e-3, 3.0e-3]}\n",
                                                                 "      optim.lr: {grid: [1.0e-3, 3.0e-3]}\n"
@@ -241,6 +248,12 @@ def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypa
     assert row.trial_hours == pytest.approx((10 + 30 + 2 * 30) * 4 * 1.8 / 3600)
     assert "x 4 epochs x 10-30 steps, 1.8 s/step" in planned.row_line(row)
     assert "none: steps per epoch differ between settings (10-30), each timed at the first setting's step" in planned.notes
+    # A setting that leaves no step in an epoch will fail: said before it runs.
+    batches = write(tmp_path / "batches.yaml", path.read_text().replace("optim.max_steps_per_epoch: {grid: [10, 30]}",
+                                                                        "data.batch_size: {grid: [24, 40000]}"))
+    planned = dry_run(load_sweep(batches), timed=False)
+    assert ("none: no training step in an epoch with data.batch_size=40000 (a batch larger than a split): those trials "
+            "will fail") in planned.notes
     # More CPUs per trial than this machine has: timed with what it has, and said (a cluster may have them).
     from sedaug.sweep.cluster import usable_cpus
 

@@ -412,6 +412,11 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
         if len(set(each)) > 1:
             notes.append(f"{name}: steps per epoch differ between settings ({min(each)}-{max(each)}), each timed at "
                          "the first setting's step")
+        if 0 in each:  # train refuses a batch larger than a split: such a setting's trials will fail
+            empty = ["; ".join(f"{k}={v}" for k, v in params.items()) or "the recipe"
+                     for params, n in zip(listed, each, strict=True) if n == 0]
+            notes.append(f"{name}: no training step in an epoch with {', '.join(empty)} (a batch larger than a "
+                         "split): those trials will fail")
         copied = int(sweep.trial_seed in sweep.seeds)  # that seed's final run is the winner's search run
         rows.append(RowCost(name, n, len(sweep.seeds), copied, recipe.optim.epochs, steps, None,
                             resources[name]["memory"], each if len(set(each)) > 1 else ()))

@@ -280,8 +280,9 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
             for p in set_problems:
                 key, _, message = p.partition(": ")
                 given = blamed_override(key, recipe_items)
+                with_set = f" (with --set {', '.join(sorted(recipe_items))})" if recipe_items else ""
                 line = (f"--set {given}: {message}" if given == key else f"--set {given}: {p}") if given else \
-                    f"{here}: {entry.recipe} with set: {p}"
+                    f"{here}: {entry.recipe} with set: {p}{with_set}"
                 if line not in problems:  # said once per recipe it is wrong in
                     problems.append(line)
             continue
