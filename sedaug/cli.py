@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import select
 import sys
 import warnings
@@ -399,15 +400,13 @@ def file_option(value: str | None, option: str) -> Path | None:
     return None if value is None else Path(value)
 
 
-# Files a table never replaces: recipes, data, labels, audio, models, code.
-KEPT_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".tsv", ".wav", ".flac", ".mp3", ".ogg", ".pt", ".npy", ".npz",
-                 ".py", ".png", ".pdf", ".svg")
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", "")  # the plot's format (none: PNG)
 
 
 def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
-    """Refuse outputs that would overwrite what is no table or plot: a folder, a run's, a store's or a DESED's
-    files, an existing file of another kind (a recipe, a recording, a label TSV), the one file for both."""
+    """Refuse outputs that would overwrite what is no table or plot of `table`'s: a folder, a run's, a store's or a
+    DESED's files, any other existing file (a README, a recipe, a recording, a figure of one's own), one file for
+    both."""
     from sedaug.rundir import sedaug_data_holding
 
     if out is not None and plot is not None and out.resolve() == plot.resolve():
@@ -421,9 +420,26 @@ def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
             raise UserError(f"{what} {path} is in {held}, which the table would overwrite: give a path outside it")
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise UserError(f"--plot {plot}: a figure is {', '.join(s for s in PLOT_SUFFIXES if s)}")
-    if out is not None and out.exists() and out.suffix.lower() in KEPT_SUFFIXES:
-        raise UserError(f"--out {out} exists and is a {out.suffix} file, which a table never replaces: give a table's "
-                        "file name (.md, .tex, .csv, .txt)")
+    if out is not None and out.is_file() and out.stat().st_size and not _is_table_text(out):
+        raise UserError(f"--out {out} exists and is not a table `sedaug table` wrote, which it would overwrite: give "
+                        "a new file name")
+    if plot is not None and plot.is_file() and plot.stat().st_size and not _is_table_plot(plot):
+        raise UserError(f"--plot {plot} exists and is not a figure `sedaug table` drew (one an earlier sedaug drew "
+                        "carries no mark), which it would overwrite: give a new file name")
+
+
+def _is_table_text(path: Path) -> bool:
+    from sedaug.table_render import HEADS
+
+    with path.open("rb") as f:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", f.read(4096).decode("utf-8", errors="replace"))
+    return text.strip().startswith(HEADS)
+
+
+def _is_table_plot(path: Path) -> bool:
+    from sedaug.evaluation.plots import TABLE_PLOT_TITLE
+
+    return TABLE_PLOT_TITLE.encode() in path.read_bytes()  # a PDF's title sits at its end
 
 
 def main() -> None:

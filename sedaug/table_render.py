@@ -15,6 +15,9 @@ from sedaug.errors import UserError
 from sedaug.table import DASH, DECIMALS, Cell, PerClassRow, Row, Table
 
 FORMATS = ("rich", "markdown", "latex", "csv")
+# How each rendering begins (its escape codes and blanks aside): a file that begins otherwise is none of `table`'s.
+HEADS = ("| recipe |", "**event-based F1 per class", "% sedaug table", "% event-based F1 per class", "recipe,",
+         "Table 1", "event-based F1 per class")
 FACTOR_HEADERS = ("recipe", "augmentation", "location", "regularization", "consistency data", "n")
 
 

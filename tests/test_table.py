@@ -93,16 +93,21 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
     assert run("table", runs, "--out", runs / "table.csv", "--format", "csv").exit_code == 0  # beside the runs: fine
     (runs / "features.json").write_text("{}")  # a project's own file of that name is no feature store
     assert run("table", runs, "--out", runs / "table.csv", "--format", "csv").exit_code == 0
-    # Files of another kind are kept: a recipe, a recording, a label TSV; a figure is PNG, PDF or SVG.
-    for name in ("none.yaml", "take.wav", "public.tsv"):
+    # Other files are kept: a recipe, a recording, a label TSV, a README, a figure of one's own.
+    for name in ("none.yaml", "take.wav", "public.tsv", "README.md"):
         (runs / name).write_bytes(b"mine")
-        one_line_error(run("table", runs, "--out", runs / name), f"--out {runs / name} exists and is a ")
+        one_line_error(run("table", runs, "--out", runs / name), f"--out {runs / name} exists and is not a table")
         assert (runs / name).read_bytes() == b"mine"
+    (runs / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n mine")
+    one_line_error(run("table", runs, "--plot", runs / "figure.png"), "exists and is not a figure `sedaug table` drew")
     one_line_error(run("table", runs, "--plot", runs / "take.wav"), "a figure is .png, .pdf, .svg")
     one_line_error(run("table", runs, "--out", runs / "t.md", "--plot", runs / "t.md"), "give each its own file")
-    assert run("table", runs, "--plot", runs / "t.pdf").exit_code == 0 and (runs / "t.pdf").read_bytes()[:4] == b"%PDF"
-    for _ in range(2):  # its own output, of any other name, is written again
-        assert run("table", runs, "--out", runs / "table1.html").exit_code == 0
+    for _ in range(2):  # its own outputs, of any format and name, are written again
+        assert run("table", runs, "--plot", runs / "t.pdf").exit_code == 0 and (runs / "t.pdf").read_bytes()[:4] == b"%PDF"
+        assert run("table", runs, "--plot", runs / "t.png").exit_code == 0
+        for fmt in ("markdown", "latex", "csv", "rich"):
+            assert run("table", runs, "--out", runs / "table1.txt", "--format", fmt).exit_code == 0, fmt
+            assert run("table", runs, "--per-class", "--out", runs / "table1.txt", "--format", fmt).exit_code == 0
 
 
 def test_an_evaluation_older_than_the_runs_training_is_noted(runs):

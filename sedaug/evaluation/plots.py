@@ -7,6 +7,8 @@ from typing import Any
 
 from sedaug.files import atomic_path
 
+TABLE_PLOT_TITLE = "sedaug table"  # each figure's metadata title
+
 
 def plot_psd_rocs(psd_rocs: dict[str, Any], path: Path, title: str = "") -> None:
     """PSD-ROC curves (psds_eval), one panel per variant, written as a PNG (no pyplot state, any backend)."""
@@ -113,8 +115,9 @@ def plot_table(table, path: Path) -> None:
         handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="tab:orange", mew=1.5, label="the paper"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
     fig.suptitle(f"{table.runs_dir} on {table.split}")
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lower().lstrip(".") or "png", dpi=100)  # PLOT_SUFFIXES (cli)
+    with atomic_path(Path(path)) as tmp:  # titled so: `table --plot` replaces its own figures only
+        fig.savefig(tmp, format=Path(path).suffix.lower().lstrip(".") or "png", dpi=100,  # PLOT_SUFFIXES (cli)
+                    metadata={"Title": TABLE_PLOT_TITLE})
 
 
 def _extent(cell) -> tuple[float, float]:
