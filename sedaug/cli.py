@@ -191,8 +191,10 @@ def train(
     r = load_recipe(recipe, set_)
     result = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=parse_device(device))
     if result.nothing_left:
-        console.print(f"nothing to train: {result.run_dir} holds all {result.epochs} epochs of {result.recipe} seed "
-                      f"{result.seed} (--set optim.epochs=N --resume trains more)")
+        ended = (f"; its recipe.yaml now says optim.epochs {result.epochs} (it said {result.epochs_were})"
+                 if result.epochs_were is not None else "")
+        console.print(f"nothing to train: {result.run_dir} holds all {counted(result.epochs, 'epoch')} of "
+                      f"{result.recipe} seed {result.seed}{ended} (--set optim.epochs=N --resume trains more)")
         return
     console.print(
         f"trained {result.recipe} seed {result.seed} ({result.step}): {counted(result.epochs, 'epoch')}, best "

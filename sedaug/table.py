@@ -283,7 +283,7 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
                      "member gone): evaluate again")
     if unfinished := sum(r.unfinished for r in runs):
         notes.append(f"{unfinished} of {len(evaluated)} evaluated runs trained fewer epochs than their recipe's "
-                     "(interrupted): train --resume, then evaluate")
+                     "(interrupted, or still training): train --resume, then evaluate")
     if len({r.trained_on for r in runs if r.trained_on is not None}) > 1:
         notes.append("seeds trained on different feature stores")
     if len({r.results["checkpoint"].get("name") for r in runs

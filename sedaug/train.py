@@ -88,6 +88,8 @@ class TrainResult:
     best_epoch: int | None
     step: str  # the step configuration optim.compile/precision resolved to, e.g. "compiled CNN, fp32"
     nothing_left: bool = False  # a --resume of a run that had trained all its epochs: nothing was done or written
+    epochs_were: int | None = None  # with nothing_left, the optim.epochs recipe.yaml said before (an interrupted run
+    # ended where it stopped), when the resume changed it
 
 
 def consistency_loss(clean: tuple, perturbed: tuple, mean_teacher: bool, rows: slice) -> torch.Tensor:
@@ -197,7 +199,8 @@ def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device, on
 
 def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> Checkpoint | None:
     """The checkpoint training continues from, or None to start from scratch. Refuses a run directory that holds
-    another run, a resume with another recipe (only optim.epochs may grow) and one with fewer epochs than done."""
+    another run, a resume with another recipe (only optim.epochs may grow) and one with fewer epochs than the run
+    has trained or begun."""
     last = run.checkpoint("last")
     if not last.exists() and not run.is_empty():
         trained = run.trained_outputs()
@@ -289,6 +292,13 @@ def train(
         return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress, on_epoch)
 
 
+def _recorded_epochs(run: RunDir) -> int | None:
+    try:
+        return load_recipe(run.recipe).optim.epochs
+    except UserError:
+        return None
+
+
 def _same_spelling(run: RunDir, features: Path) -> Path:
     """The run's recorded path of its store where `features` is another path to the same folder (`data/../data`, a
     link): a resume that finds the store so changes nothing."""
@@ -315,10 +325,12 @@ def _train(
                         "changed since): resume on that store, or train anew into another --runs")
 
     if ckpt is not None and ckpt.state.epoch >= recipe.optim.epochs and not ckpt.state.step_in_epoch:
+        was = _recorded_epochs(run)
         if not run.recipe.is_file() or run.recipe.read_text() != dump_recipe(recipe):  # a new paper_row, say
             write_text(run.recipe, dump_recipe(recipe))
         return TrainResult(run.root, recipe.name, recipe.seed, ckpt.state.epoch, ckpt.state.best_f1,
-                           ckpt.state.best_epoch, "", nothing_left=True)
+                           ckpt.state.best_epoch, "", nothing_left=True,
+                           epochs_were=was if was is not None and was != recipe.optim.epochs else None)
 
     # Data: three training streams and synthetic_valid for model selection.
     streams = ThreeStreams(store, recipe.data.batch_size, recipe.seed, device, resident=device.type == "cuda")

@@ -170,6 +170,12 @@ def test_ctrl_c_during_validation_stops_once_the_epoch_is_saved(tiny, tmp_path, 
     assert "Ctrl-C: stopping once last.pt is saved" in capsys.readouterr().err
     assert len(_metrics(tmp_path / "run")) == 1
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").state.epoch == 1
+    # Resumed with the epochs it holds, it ends there: nothing to train, and the recipe's change is reported.
+    monkeypatch.setattr("sedaug.train.validate", real_validate)
+    ended = train(recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"epochs": 1})}), tmp_path / "run",
+                  resume=True, progress=False)
+    assert ended.nothing_left and ended.epochs_were == 3
+    assert load_recipe(tmp_path / "run" / "recipe.yaml").optim.epochs == 1
 
 def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny, tmp_path):
     recipe = tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1")
