@@ -133,10 +133,7 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
         results_path = run_dir / split / "results.json"
         results = read_results(results_path, metrics) if results_path.is_file() else None
         recipe, diverged = load_recipe(recipe_path), read_diverged(run_dir) is not None
-        # Trials asked for (`table OUT/search`): a row per setting (search/<recipe>/<setting>/seed<k>), per set-aside
-        # run (replaced/<recipe>/seed<k>-<time>).
-        row = f"{recipe.name} [{run_dir.parent.name if run_dir.parent.parent.name != 'replaced' else run_dir.name}]" \
-            if among_trials and in_search(run_dir) else recipe.name
+        row = _trial_row(run_dir, recipe.name) if among_trials and in_search(run_dir) else recipe.name
         runs.append(_Run(run_dir, recipe, results, diverged, results is not None and _stale(run_dir, results),
                          results is not None and not diverged and _unfinished(run_dir, recipe), trained_on(run_dir),
                          row))
@@ -145,6 +142,12 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
     _check_one_set(runs, split)
     _check_seeds_once(runs)
     return runs
+
+
+def _trial_row(run_dir: Path, name: str) -> str:
+    """The row of a sweep's trial in a table of its search/ or replaced/ (asked for): one per setting
+    (search/<recipe>/<setting>/seed<k>), one per set-aside run (replaced/<recipe>/seed<k>-<time>)."""
+    return f"{name} [{run_dir.name if run_dir.parent.parent.name == 'replaced' else run_dir.parent.name}]"
 
 
 def _unfinished(run_dir: Path, recipe: Recipe) -> bool:
