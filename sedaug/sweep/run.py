@@ -351,7 +351,6 @@ def _per_recipe(trials: list[dict], among: list[dict] | None = None) -> dict[str
     return counts
 
 
-
 def _optuna_search(loaded: LoadedSweep, out: Path, plan: Plan, view, name: str, per_trial: dict) -> None:
     """One Optuna TPE study per recipe (each row gets its own budget), told the trials already on disk."""
     sweep = loaded.sweep
