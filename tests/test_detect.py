@@ -297,7 +297,6 @@ def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run
         assert detect(run, [tmp_path / "a.wav"], tmp_path / "d.tsv", progress=False).n_recordings == 1
 
 
-
 def test_score_files_and_plots_replace_only_detects_own(run, tmp_path):
     """An annotation rec.tsv and a picture rec.png beside rec.wav are not detect's: --scores and --plot into that
     folder are refused before anything is written; detect's own files are replaced by the next detect."""

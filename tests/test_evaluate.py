@@ -276,7 +276,6 @@ def test_overlapping_ground_truth_is_merged_for_psds():
         strong, names, durations, merged, 0.5, 1.0)
 
 
-
 def test_touching_ground_truth_is_scored_as_annotated_by_psds_eval():
     """psds_eval takes same-class events that only touch (dcase20 scored them as two); merging them, as
     sed_scores_eval needs, would score a detection of the first as a detection of both."""

@@ -587,7 +587,6 @@ def test_an_interrupted_sweep_says_the_command_that_resumes_it(monkeypatch, tmp_
                                  "--wait-for-resources --resume`")
 
 
-
 def test_ray_tunes_own_failure_is_one_line_that_says_how_to_resume(monkeypatch, tmp_path):
     """Ray Tune's driver failing (its experiment state on a full disk) is one line, not Ray's tracebacks."""
     from ray import tune

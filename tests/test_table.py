@@ -148,7 +148,6 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
     assert "1 of 1 evaluations out of date" in ensemble_note(runs / "vat_latent" / "seed9", 4)  # set aside since
 
 
-
 def test_unfinished_runs_and_seeds_trained_on_other_stores_are_noted(runs):
     seeds = runs / "vat_latent" / "seed0", runs / "vat_latent" / "seed1"
     epochs = load_recipe(seeds[0] / "recipe.yaml").optim.epochs

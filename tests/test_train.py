@@ -155,7 +155,6 @@ def test_ctrl_c_saves_last_and_resume_is_exact(step, tiny, tmp_path, monkeypatch
     assert _metrics(tmp_path / "straight") == _metrics(tmp_path / "resumed")
 
 
-
 def test_ctrl_c_during_validation_stops_once_the_epoch_is_saved(tiny, tmp_path, monkeypatch, capsys):
     recipe = tiny(REPO / "recipes" / "none.yaml", "optim.epochs=3")
     real_validate = __import__("sedaug.train", fromlist=["validate"]).validate
