@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from sedaug.deps import binary_mismatch
-from sedaug.errors import Interrupted, UserError, counted, listed
+from sedaug.errors import UserError, counted, listed
 
 app = typer.Typer(
     name="sedaug",
@@ -246,8 +246,6 @@ def evaluate(
             console.print(f"skipped {e}")
             skipped.append(run_dir)
             continue
-        except Interrupted:
-            raise
         except UserError as e:  # one of several (no best.pt yet, say): said, and the others are scored
             if len(run_dirs) == 1:
                 raise
@@ -409,6 +407,7 @@ def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
     """Refuse outputs that would overwrite what is no table or plot of `table`'s: a folder, a run's, a store's or a
     DESED's files, any other existing file (a README, a recipe, a recording, a figure of one's own), one file for
     both."""
+    from sedaug.evaluation.plots import TABLE_PLOT_TITLE, is_marked
     from sedaug.rundir import sedaug_data_holding
 
     if out is not None and plot is not None and out.resolve() == plot.resolve():
@@ -425,7 +424,7 @@ def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
     if out is not None and out.is_file() and out.stat().st_size and not _is_table_text(out):
         raise UserError(f"--out {out} exists and is not a table `sedaug table` wrote, which it would overwrite: give "
                         "a new file name")
-    if plot is not None and plot.is_file() and plot.stat().st_size and not _is_table_plot(plot):
+    if plot is not None and plot.is_file() and plot.stat().st_size and not is_marked(plot, TABLE_PLOT_TITLE):
         raise UserError(f"--plot {plot} exists and is not a figure `sedaug table` drew (one an earlier sedaug drew "
                         "carries no mark), which it would overwrite: give a new file name")
 
@@ -436,12 +435,6 @@ def _is_table_text(path: Path) -> bool:
     with path.open("rb") as f:
         text = re.sub(r"\x1b\[[0-9;]*m", "", f.read(4096).decode("utf-8", errors="replace"))
     return text.strip().startswith(HEADS)
-
-
-def _is_table_plot(path: Path) -> bool:
-    from sedaug.evaluation.plots import TABLE_PLOT_TITLE
-
-    return TABLE_PLOT_TITLE.encode() in path.read_bytes()  # a PDF's title sits at its end
 
 
 def main() -> None:

@@ -29,7 +29,8 @@ from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, check_sample
 from sedaug.data.mel import clip_mels, mel_problems, resample
 from sedaug.device import full_float32, parse_device
 from sedaug.errors import UserError
-from sedaug.evaluation.detection_plot import is_detection_plot, plot_detections
+from sedaug.evaluation.detection_plot import plot_detections
+from sedaug.evaluation.plots import DETECT_PLOT_TITLE, is_marked
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import SCORE_COLUMNS, clip_id, score_frames, score_text
 from sedaug.files import write_text, write_tsv
@@ -200,7 +201,7 @@ def _check_files(out: Path, scores_dir: Path | None, plot_dir: Path | None, stem
             if suffix == ".tsv" and not (path.is_file() and _first_line(path) == "\t".join(SCORE_COLUMNS)):
                 raise UserError(f"--scores: {path} exists and is not a sed_scores_eval score file of sedaug's classes, "
                                 f"which detect would replace with {name}'s: give --scores another folder, or move it")
-            if suffix == ".png" and not (path.is_file() and is_detection_plot(path)):
+            if suffix == ".png" and not (path.is_file() and is_marked(path, DETECT_PLOT_TITLE)):
                 raise UserError(f"--plot: {path} exists and is not a plot of detect's (one an earlier sedaug drew "
                                 f"carries no mark), which detect would replace with {name}'s: give --plot another "
                                 "folder, or move it")

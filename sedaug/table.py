@@ -134,9 +134,10 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
         results = read_results(results_path, metrics) if results_path.is_file() else None
         recipe, diverged = load_recipe(recipe_path), read_diverged(run_dir) is not None
         row = _trial_row(run_dir, recipe.name) if among_trials and in_search(run_dir) else recipe.name
-        runs.append(_Run(run_dir, recipe, results, diverged, results is not None and _stale(run_dir, results),
-                         results is not None and not diverged and _unfinished(run_dir, recipe), trained_on(run_dir),
-                         row))
+        epochs = _epoch_rows(run_dir) if results is not None else []  # read once, for both checks
+        runs.append(_Run(run_dir, recipe, results, diverged, results is not None and _stale(run_dir, results, epochs),
+                         results is not None and not diverged and _unfinished(run_dir, recipe, epochs),
+                         trained_on(run_dir), row))
     if not runs:
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
     _check_one_set(runs, split)
@@ -150,13 +151,16 @@ def _trial_row(run_dir: Path, name: str) -> str:
     return f"{name} [{run_dir.name if run_dir.parent.parent.name == 'replaced' else run_dir.parent.name}]"
 
 
-def _unfinished(run_dir: Path, recipe: Recipe) -> bool:
+def _epoch_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's epoch rows: no checkpoint is read for a table (checkpointed_metrics would load torch)."""
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("epoch"), int)]
+
+
+def _unfinished(run_dir: Path, recipe: Recipe, epochs: list[dict]) -> bool:
     """Whether a run (not an ensemble: it has no epochs of its own) has trained fewer epochs than its recipe's."""
     if not (run_dir / "checkpoints").is_dir():
         return False
-    # metrics.jsonl's rows, not checkpointed_metrics: no checkpoint is read for a table.
-    epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("epoch"), int)]
-    return max(epochs, default=0) < recipe.optim.epochs
+    return max((r["epoch"] for r in epochs), default=0) < recipe.optim.epochs
 
 
 def _check_seeds_once(runs: list[_Run]) -> None:
@@ -172,9 +176,10 @@ def _check_seeds_once(runs: list[_Run]) -> None:
         seen[run.copy_key] = run.path
 
 
-def _stale(run_dir: Path, results: dict) -> bool:
+def _stale(run_dir: Path, results: dict, epochs: list[dict]) -> bool:
     """Whether the checkpoint an evaluation scored is no longer the run's: `last` is older than the last epoch
-    trained, `best` is not the epoch of the best synthetic_valid F1 (the first, as train keeps it)."""
+    trained, `best` is not the epoch of the best synthetic_valid F1 (the first, as train keeps it). `epochs`: the
+    run's `_epoch_rows`."""
     checkpoint = results.get("checkpoint") if isinstance(results.get("checkpoint"), dict) else {}
     epoch, name = checkpoint.get("epoch"), checkpoint.get("name")
     if isinstance(results.get("members"), list):  # an ensemble: stale when a member is, or is gone (set aside)
@@ -187,9 +192,7 @@ def _stale(run_dir: Path, results: dict) -> bool:
 
         held = epochs_held(run_dir / "checkpoints" / "last.pt")
         return held is not None and epoch < held
-    # metrics.jsonl's rows: no checkpoint is read to check `best` (the first epoch of the best F1, as train keeps it).
-    scored = [r for r in read_jsonl(run_dir / "metrics.jsonl")
-              if isinstance(r.get("epoch"), int) and isinstance(r.get("valid_f1"), int | float)]
+    scored = [r for r in epochs if isinstance(r.get("valid_f1"), int | float)]
     if name != "best" or not scored:
         return False
     return epoch != max(scored, key=lambda r: (r["valid_f1"], -r["epoch"]))["epoch"]
@@ -199,7 +202,7 @@ def _member_stale(member: dict, checkpoint: str | None) -> bool:
     path = Path(str(member.get("run")))
     if not path.is_dir():
         return path.is_absolute()  # gone; a relative path of an older ensemble is the cwd's of its evaluation
-    return _stale(path, {"checkpoint": {"name": checkpoint, "epoch": member.get("epoch")}})
+    return _stale(path, {"checkpoint": {"name": checkpoint, "epoch": member.get("epoch")}}, _epoch_rows(path))
 
 
 def _check_one_set(runs: list[_Run], split: str) -> None:

@@ -284,29 +284,31 @@ def train(
     if (held := sedaug_data_holding(run.root.parent)) is not None:
         raise UserError(f"--runs: {run.root} would be in {held}: give --runs a folder outside it")
     # The run records its store absolute: evaluate, table --ci and detect may run from another directory.
-    features = _same_spelling(run, recipe.data.features.absolute())
+    recorded = _recorded(run)
+    features = _same_spelling(recorded, recipe.data.features.absolute())
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"features": features})})
     check_runs_on(recipe, device)
     store = FeatureStore(recipe.data.features)
     with run.lock():  # a refusal under it leaves no folder or lock file behind
-        return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress, on_epoch)
+        return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress, on_epoch, recorded)
 
 
-def _recorded_epochs(run: RunDir) -> int | None:
+def _recorded(run: RunDir) -> Recipe | None:
+    """The run's recipe.yaml, or None where there is none to read (a new run)."""
     try:
-        return load_recipe(run.recipe).optim.epochs
+        return load_recipe(run.recipe)
     except UserError:
         return None
 
 
-def _same_spelling(run: RunDir, features: Path) -> Path:
+def _same_spelling(recorded: Recipe | None, features: Path) -> Path:
     """The run's recorded path of its store where `features` is another path to the same folder (`data/../data`, a
     link): a resume that finds the store so changes nothing."""
     try:
-        recorded = load_recipe(run.recipe).data.features
-        return recorded if os.path.samefile(recorded, features) else features
-    except (UserError, OSError):  # no run yet, or no store there: the path as given
-        return features
+        same = recorded is not None and os.path.samefile(recorded.data.features, features)
+    except OSError:  # no store there: the path as given
+        same = False
+    return recorded.data.features if same else features
 
 
 def _train(
@@ -317,6 +319,7 @@ def _train(
     device: torch.device,
     progress: bool,
     on_epoch: Callable[[dict], None] | None,
+    recorded: Recipe | None,
 ) -> TrainResult:
 
     if ckpt is not None and ckpt.features is not None and ckpt.features != store.identity:
@@ -325,7 +328,7 @@ def _train(
                         "changed since): resume on that store, or train anew into another --runs")
 
     if ckpt is not None and ckpt.state.epoch >= recipe.optim.epochs and not ckpt.state.step_in_epoch:
-        was = _recorded_epochs(run)
+        was = None if recorded is None else recorded.optim.epochs
         if not run.recipe.is_file() or run.recipe.read_text() != dump_recipe(recipe):  # a new paper_row, say
             write_text(run.recipe, dump_recipe(recipe))
         return TrainResult(run.root, recipe.name, recipe.seed, ckpt.state.epoch, ckpt.state.best_f1,
@@ -382,7 +385,7 @@ def _train(
     try:
         with _stop_on_sigint() as sigint, bar:
             while state.epoch < recipe.optim.epochs:
-                if sigint["stop"]:  # pressed during the last epoch's validation or checkpoints
+                if sigint["stop"]:  # pressed during the previous epoch's validation or checkpoints
                     raise Interrupted(f"interrupted after epoch {state.epoch}: {saved()}; continue with --resume")
                 epoch = state.epoch
                 task = bar.add_task(f"epoch {epoch + 1}/{recipe.optim.epochs}", total=steps_per_epoch,

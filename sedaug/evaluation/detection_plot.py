@@ -14,9 +14,8 @@ import torch
 from sedaug.data.desed import CLASSES
 from sedaug.data.grid import FRAME_SECONDS, PARAMS
 from sedaug.data.mel import amplitude_to_db
+from sedaug.evaluation.plots import DETECT_PLOT_TITLE
 from sedaug.files import atomic_path
-
-PLOT_SOFTWARE = "sedaug detect"  # the PNG's Software text: detect replaces its own plots, never another file
 
 
 def plot_detections(
@@ -68,13 +67,8 @@ def plot_detections(
     lane_ax.grid(axis="x", alpha=0.3)
     lane_ax.set(xlabel="time (s)", xlim=(0, duration))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": PLOT_SOFTWARE})
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Title": DETECT_PLOT_TITLE})
 
-
-def is_detection_plot(path: Path) -> bool:
-    """Whether the PNG at `path` is one `plot_detections` drew (its text chunks, before the image data, say so)."""
-    with open(path, "rb") as f:
-        return f.read(8) == b"\x89PNG\r\n\x1a\n" and PLOT_SOFTWARE.encode() in f.read(4096)
 
 
 def _score_curves(ax, scores: np.ndarray, duration: float, detected: list[str], colours: dict[str, str],

@@ -7,7 +7,16 @@ from typing import Any
 
 from sedaug.files import atomic_path
 
-TABLE_PLOT_TITLE = "sedaug table"  # each figure's metadata title
+# The metadata title of the figures a command may replace later (`table --plot`, `detect --plot`): it replaces its
+# own only, never a figure of one's own of that name.
+TABLE_PLOT_TITLE = "sedaug table"
+DETECT_PLOT_TITLE = "sedaug detect"
+
+
+def is_marked(path: Path, title: str) -> bool:
+    """Whether the figure at `path` was saved with the metadata title `title` (PNG, PDF and SVG keep it as text; a
+    PDF's sits at its end)."""
+    return title.encode() in Path(path).read_bytes()
 
 
 def plot_psd_rocs(psd_rocs: dict[str, Any], path: Path, title: str = "") -> None:
@@ -115,7 +124,7 @@ def plot_table(table, path: Path) -> None:
         handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="tab:orange", mew=1.5, label="the paper"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
     fig.suptitle(f"{table.runs_dir} on {table.split}")
-    with atomic_path(Path(path)) as tmp:  # titled so: `table --plot` replaces its own figures only
+    with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lower().lstrip(".") or "png", dpi=100,  # PLOT_SUFFIXES (cli)
                     metadata={"Title": TABLE_PLOT_TITLE})
 

@@ -319,8 +319,9 @@ def _cpu_problems(recipe: Recipe) -> list[str]:
 
 def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int], bool, set]:
     """The sweep without its invalid parts, the kept entries' indices, whether the algorithm survived, and the
-    entries' searched keys left unchecked ((entry index, key)); None for the sweep when nothing sensible is left. A bad searched key leaves its search only, so that the entry's other keys are still
-    checked; any other problem leaves its top-level key or its whole recipe entry."""
+    entries' searched keys left unchecked ((entry index, key)); None for the sweep when nothing sensible is left. A
+    bad searched key leaves its search only, so that the entry's other keys are still checked; any other problem
+    leaves its top-level key or its whole recipe entry."""
     raw = copy.deepcopy(raw)
     bad_top, bad_entries, unchecked = set(), set(), set()
     for loc in (tuple(e["loc"]) for e in error.errors()):

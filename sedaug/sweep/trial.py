@@ -73,7 +73,8 @@ def checkpointed_metrics(run_dir: Path) -> list[dict]:
     held = epochs_held(Path(run_dir) / "checkpoints" / "last.pt")
     if held is None:
         return []
-    return [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if isinstance(r.get("epoch"), int) and r["epoch"] <= held]
+    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
+    return [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] <= held]
 
 
 def split_results(run_dir: Path, split: str) -> dict | None:
