@@ -265,13 +265,18 @@ def test_workers_must_be_positive(extracted, workers):
 
 
 def test_nan_audio_after_prepare_stops_extraction(extracted):
-    """A float WAV of the same length, holding NaN, swapped in after prepare-desed: extract-mels checks too."""
+    """A float WAV rewritten in place after prepare-desed, holding NaN, of the same size and time (what a copy
+    keeping times may do): extract-mels's own check stops it. Changed otherwise, it is refused before (below)."""
     layout, out, features = extracted
     edit_eval_tsv(layout, "Running_water", "Speech")  # the store must be rebuilt...
+    victim = audio(layout, "weak", WEAK_CLIP)  # ...and a training clip (the scaler) goes bad
+    float_wav(victim, 0.0)
     assert run("prepare-desed", "--root", layout.root, "--out", out).exit_code == 0
     before = checksums(out, features)
-    victim = audio(layout, "weak", WEAK_CLIP)  # ...and a training clip (the scaler) goes bad
+    stat = victim.stat()
     float_wav(victim, np.nan)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert victim.stat().st_size == stat.st_size
     result = run("extract-mels", "--data", out, "--out", features, "--workers", "2")
     one_line_error(result, str(victim), "non-finite")
     assert checksums(out, features) == before

@@ -15,6 +15,7 @@ import resampy
 import soundfile as sf
 import torch
 import torchaudio
+from conftest import write_stereo_clip
 
 from sedaug.data.batches import ThreeStreams
 from sedaug.data.desed import CLASSES, SPLITS, load_events, load_manifest, prepare_desed
@@ -280,6 +281,52 @@ def test_extract_is_idempotent_until_the_manifest_changes(real_layout, tmp_path)
     assert "Speech" in set(FeatureStore(features).split("eval").events["event_label"])
 
 
+
+def test_extract_notices_audio_replaced_under_an_unchanged_manifest(real_layout, tmp_path):
+    """A clip replaced by one of the same length leaves the manifest's tables as they were: extract-mels refuses
+    until prepare-desed has read the tree again, then extracts the new audio (it had said "up to date")."""
+    root, prepared, features = real_layout.root, tmp_path / "prepared", tmp_path / "features"
+    prepare_desed(root, prepared, progress=False)
+    extract_mels(prepared, features, workers=1, progress=False)
+    before = FeatureStore(features).split("eval").mels.copy()
+    record = (features / "features.json").read_bytes()
+    clip = root / SPLITS["eval"].audio_dir / "Yevalevaleva_0.000_10.000.wav"
+    write_stereo_clip(clip, 10.0, np.random.default_rng(7))
+    with pytest.raises(UserError, match=f"^{re.escape(str(clip))} changed since `sedaug prepare-desed` read it: run "
+                                        rf"`sedaug prepare-desed --root {root} --out {prepared}` again$"):
+        extract_mels(prepared, features, workers=1, progress=False)
+    assert (features / "features.json").read_bytes() == record
+    assert not prepare_desed(root, prepared, progress=False).skipped
+    assert not extract_mels(prepared, features, workers=1, progress=False).skipped
+    after = FeatureStore(features).split("eval")
+    first = after.filenames.index(clip.name)
+    assert not np.array_equal(after.mels[first], before[first])
+    assert np.array_equal(np.delete(after.mels, first, 0), np.delete(before, first, 0))
+    # An edited or removed metadata TSV, a clip gone, an older manifest: refused, each with its reason.
+    tsv = root / SPLITS["eval"].metadata
+    tsv.write_text(tsv.read_text().replace("Running_water", "Speech"))
+    with pytest.raises(UserError, match=f"^the DESED tree {re.escape(str(root))} changed since `sedaug prepare-desed` "
+                                        r"read it \(a metadata TSV edited, or a missing clip added\)"):
+        extract_mels(prepared, features, workers=1, progress=False)
+    (root / SPLITS["weak"].metadata).unlink()
+    with pytest.raises(UserError, match=rf"^{re.escape(str(root))} changed since `sedaug prepare-desed` read it \(not "
+                                        r"a DESED root: .* has no metadata/train/weak.tsv "):
+        extract_mels(prepared, features, workers=1, progress=False)
+    clip.unlink()
+    with pytest.raises(UserError, match=f"^{re.escape(str(clip))} is gone since `sedaug prepare-desed` read it"):
+        extract_mels(prepared, features, workers=1, progress=False)
+    record_path = prepared / "manifest" / "prepare.json"
+    prepare_record = record_path.read_text()
+    record_path.write_text(prepare_record.replace('"format": 4', '"format": 3'))
+    with pytest.raises(UserError, match=f"^{re.escape(str(prepared / 'manifest'))} was written by another version of "
+                                        "sedaug: run `sedaug prepare-desed"):
+        extract_mels(prepared, features, workers=1, progress=False)
+    record_path.write_text(prepare_record)
+    # A tree removed after extraction is not checked: the store stays up to date.
+    shutil.rmtree(root)
+    assert extract_mels(prepared, features, workers=1, progress=False).skipped
+
+
 def test_extract_refuses_an_out_that_is_not_this_desed_store(real_layout, tmp_path):
     prepare_desed(real_layout.root, tmp_path / "desed", progress=False)
     run = tmp_path / "run"  # a run directory
@@ -299,14 +346,14 @@ def test_extract_refuses_an_out_that_is_not_this_desed_store(real_layout, tmp_pa
     record = (features / "features.json").read_bytes()
     # Another DESED's features are not replaced under the runs trained on them; a prepared folder copied elsewhere
     # is the same DESED (prepared again elsewhere, its manifest holds other paths: another DESED).
+    shutil.copytree(tmp_path / "desed", tmp_path / "moved")
+    assert extract_mels(tmp_path / "moved", features, workers=1, progress=False).skipped
     tsv = real_layout.root / SPLITS["eval"].metadata
     tsv.write_text(tsv.read_text().replace("Running_water", "Speech"))
     prepare_desed(real_layout.root, tmp_path / "other", progress=False)
     with pytest.raises(UserError, match=f"holds the features of {tmp_path / 'desed'}, not of {tmp_path / 'other'}"):
         extract_mels(tmp_path / "other", features, workers=1, progress=False)
     assert (features / "features.json").read_bytes() == record
-    shutil.copytree(tmp_path / "desed", tmp_path / "moved")
-    assert extract_mels(tmp_path / "moved", features, workers=1, progress=False).skipped
 
 
 def test_extract_needs_a_manifest(tmp_path):

@@ -78,7 +78,7 @@ MISSING_FILES = "missing_files.tsv"
 LABEL_WARNINGS = "label_warnings.tsv"
 PREPARE_JSON = "prepare.json"
 # Bump when the manifest's content or format changes, so that old manifests are rebuilt.
-MANIFEST_FORMAT = 3  # 3: zero-length events dropped (a manifest of 2 may hold them)
+MANIFEST_FORMAT = 4  # 3: zero-length events dropped; 4: each clip's size and mtime_ns (extract-mels checks them)
 # The shortest clip the mel front end can analyse: more samples than half its 2048-point STFT, at 16 kHz.
 MIN_SECONDS = 1025 / 16000
 
@@ -134,10 +134,7 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
     root, out = Path(root).resolve(), Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give the folder for the manifest (e.g. data/desed)")
-    check_layout(root)
-    tables = {name: read_metadata(root / split.metadata, split.kind) for name, split in SPLITS.items()}
-    on_disk = {name: _scan_audio_dir(root / split.audio_dir) for name, split in SPLITS.items()}
-    fingerprint = _fingerprint(root, tables, on_disk)
+    tables, on_disk, fingerprint = _read_tree(root)
 
     manifest_dir = out / MANIFEST_DIR
     previous = _read_prepare_json(manifest_dir)
@@ -172,7 +169,7 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
 
     manifests, events, warnings = {}, {}, []
     for name, split in SPLITS.items():
-        manifests[name] = _manifest_table(clips[name], tables[name], split.kind)
+        manifests[name] = _manifest_table(clips[name], tables[name], split.kind, on_disk[name])
         if split.kind == "strong":
             durations = {c.filename: (c.duration, c.path) for c in clips[name]}
             events[name], problems = fit_events(root, tables[name], durations)
@@ -233,6 +230,15 @@ def check_layout(root: Path) -> None:
                     "(expected the DCASE 2020 layout: audio/train/weak, audio/train/unlabel_in_domain, "
                     "audio/train/synthetic20/soundscapes, audio/validation, audio/eval/public and their metadata TSVs)"
                 )
+
+
+def _read_tree(root: Path) -> tuple[dict[str, MetadataTables], dict[str, dict[str, tuple[int, int]]], str]:
+    """The metadata tables of the DESED tree at `root`, each audio folder's files (size, mtime_ns), and their
+    fingerprint, which prepare.json records."""
+    check_layout(root)
+    tables = {name: read_metadata(root / split.metadata, split.kind) for name, split in SPLITS.items()}
+    on_disk = {name: _scan_audio_dir(root / split.audio_dir) for name, split in SPLITS.items()}
+    return tables, on_disk, _fingerprint(root, tables, on_disk)
 
 
 def _scan_audio_dir(directory: Path) -> dict[str, tuple[int, int]]:
@@ -304,7 +310,9 @@ def _check_finite(path: Path) -> None:
         raise UserError(f"cannot decode {path}: {one_line(err)}") from err
 
 
-def _manifest_table(clips: list[_Clip], table: MetadataTables, kind: LabelKind) -> pd.DataFrame:
+def _manifest_table(
+    clips: list[_Clip], table: MetadataTables, kind: LabelKind, on_disk: dict[str, tuple[int, int]]
+) -> pd.DataFrame:
     manifest = pd.DataFrame(
         {
             "filename": [c.filename for c in clips],
@@ -312,6 +320,8 @@ def _manifest_table(clips: list[_Clip], table: MetadataTables, kind: LabelKind) 
             "duration": [c.duration for c in clips],
             "sample_rate": [c.sample_rate for c in clips],
             "channels": [c.channels for c in clips],
+            "size": [on_disk[c.filename][0] for c in clips],
+            "mtime_ns": [on_disk[c.filename][1] for c in clips],
         }
     )
     if kind == "weak":
@@ -366,8 +376,38 @@ def read_events(path: Path) -> pd.DataFrame:
     )
 
 
+def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> None:
+    """Refuse a manifest whose DESED tree changed since `sedaug prepare-desed` read it (a clip replaced or removed, a
+    metadata TSV edited, a missing clip added): what is extracted from it would not be the tree's. A tree no longer
+    there is not checked (a store extracted before it went may still be complete)."""
+    record = _read_prepare_json(_manifest_dir(prepared)) or {}
+    root = Path(str(record.get("root", "")))
+    again = f"run `sedaug prepare-desed --root {root} --out {prepared}` again"
+    if record.get("format") != MANIFEST_FORMAT:
+        raise UserError(f"{_manifest_dir(prepared)} was written by another version of sedaug: {again}")
+    if not root.is_absolute() or not root.is_dir():
+        return
+    for table in manifest.values():
+        for path, size, mtime_ns in zip(table["path"], table["size"], table["mtime_ns"], strict=True):
+            try:
+                stat = os.stat(path)
+            except OSError:
+                raise UserError(f"{path} is gone since `sedaug prepare-desed` read it: {again}") from None
+            if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+                raise UserError(f"{path} changed since `sedaug prepare-desed` read it: {again}")
+    try:
+        *_, fingerprint = _read_tree(root)
+    except (UserError, OSError) as err:
+        raise UserError(f"{root} changed since `sedaug prepare-desed` read it ({one_line(err)}): fix it, then {again}") \
+            from None
+    if fingerprint != record.get("fingerprint"):
+        raise UserError(f"the DESED tree {root} changed since `sedaug prepare-desed` read it (a metadata TSV edited, or "
+                        f"a missing clip added): {again}")
+
+
 def manifest_hash(prepared: Path) -> str:
-    """A hash of the manifest's tables: the feature store records it to notice a changed manifest."""
+    """A hash of the manifest's tables (each clip's size and mtime_ns among them): the feature store records it to
+    notice a changed manifest."""
     manifest_dir = _manifest_dir(prepared)
     digest = hashlib.sha256()
     for path in sorted(manifest_dir.glob("*.tsv")):

@@ -29,7 +29,7 @@ import soundfile as sf
 import torch
 
 from sedaug import __version__
-from sedaug.data.desed import load_events, load_manifest, manifest_hash
+from sedaug.data.desed import check_unchanged, load_events, load_manifest, manifest_hash
 from sedaug.data.grid import PARAMS, check_sample_rate
 from sedaug.data.mel import clip_mels, log_mel, mel_problems, resample
 from sedaug.data.store import (
@@ -88,6 +88,7 @@ def extract_mels(
         raise UserError(f"workers {workers}: expected a positive number of decoding threads (or none: every CPU)")
     data, out = Path(data).resolve(), Path(out).resolve()
     manifest = load_manifest(data)
+    check_unchanged(data, manifest)
     settings = {  # what the store depends on; recorded at the top level of features.json
         "format": STORE_FORMAT,
         "params": PARAMS.to_dict(),
