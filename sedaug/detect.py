@@ -279,18 +279,32 @@ def decoded_groups(
         yield group
 
 
-def load_recording(path: Path) -> np.ndarray:
+def load_recording(path: Path, chunk_seconds: int = 60) -> np.ndarray:
     """The whole recording as `extract-mels` decodes a clip (data/extract.py): channels averaged, resampled to
     16 kHz (float32). Audio holding NaN or infinity, too short for one STFT frame, or at an absurd sample rate
-    (data/grid.py's check_sample_rate) is a ValueError."""
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    check_sample_rate(rate)
-    finite = np.isfinite(audio).all(axis=1)
-    if not finite.all():
-        raise ValueError(f"non-finite audio samples (the first at {int(finite.argmin()) / rate:.3f} s)")
-    wave = resample(torch.from_numpy(audio.mean(axis=1)), rate).numpy() if len(audio) else audio[:, 0]
+    (data/grid.py's check_sample_rate) is a ValueError.
+
+    Decoded and resampled `chunk_seconds` at a time, each with a second of the file on either side (the resampler's
+    filter reaches about 0.01 s), so that memory holds the 16 kHz wave and one chunk, not the decoded file: what it
+    returns equals the whole file resampled at once (within float rounding)."""
+    with sf.SoundFile(str(path)) as f:
+        rate, n = f.samplerate, f.frames
+        check_sample_rate(rate)
+        wave = np.empty(math.ceil(n * PARAMS.sample_rate / rate), dtype=np.float32)
+        for start in range(0, n, chunk_seconds * rate):
+            first, stop = max(0, start - rate), min(n, start + (chunk_seconds + 1) * rate)
+            f.seek(first)
+            audio = f.read(stop - first, dtype="float32", always_2d=True)
+            finite = np.isfinite(audio).all(axis=1)
+            if not finite.all():
+                raise ValueError(f"non-finite audio samples (the first at {(first + int(finite.argmin())) / rate:.3f} s)")
+            resampled = resample(torch.from_numpy(audio.mean(axis=1)), rate).numpy()
+            # Whole seconds, so each chunk starts on a 16 kHz sample: its output from there on is the file's.
+            at = start * PARAMS.sample_rate // rate
+            piece = resampled[(start - first) * PARAMS.sample_rate // rate :][: chunk_seconds * PARAMS.sample_rate]
+            wave[at : at + len(piece)] = piece
     if len(wave) <= PARAMS.n_fft // 2:
-        raise ValueError(f"only {len(audio) / rate:.3f} s of audio, too short to analyse")
+        raise ValueError(f"only {n / rate:.3f} s of audio, too short to analyse")
     return wave
 
 

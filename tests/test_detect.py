@@ -19,7 +19,7 @@ from sedaug.checkpoint import load_model
 from sedaug.cli import app
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
 from sedaug.data.grid import FRAME_SECONDS, N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, real_frames
-from sedaug.data.mel import PAD
+from sedaug.data.mel import PAD, resample
 from sedaug.data.store import FeatureStore
 from sedaug.detect import (
     HOP_FRAMES,
@@ -223,6 +223,22 @@ def test_long_recordings_are_windows_stitched(run, tmp_path):
     first = linear_window_mels([(wave, 0)], CPU).half()[0].float().numpy()
     np.testing.assert_array_equal(mel[:HOP_FRAMES], first[:HOP_FRAMES])
 
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(44100, 2), (22050, 1), (16000, 1), (8000, 2)])
+def test_recordings_are_decoded_in_chunks_as_if_whole(tmp_path, rate, channels):
+    """Decoded and resampled a chunk at a time (1 s here, with a second of context on either side), a recording is
+    what the whole file resampled at once is; a NaN is placed at its time in the file, not in its chunk."""
+    write_tone(tmp_path / "a.wav", 3.7, rate, channels, seed=2)
+    audio, _ = sf.read(tmp_path / "a.wav", dtype="float32", always_2d=True)
+    whole = resample(torch.from_numpy(audio.mean(axis=1)), rate).numpy()
+    chunked = load_recording(tmp_path / "a.wav", chunk_seconds=1)
+    assert chunked.shape == whole.shape == (math.ceil(3.7 * PARAMS.sample_rate),)
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-6)
+    audio[int(2.5 * rate)] = np.nan
+    sf.write(tmp_path / "nan.wav", audio, rate, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"^non-finite audio samples \(the first at 2\.500 s\)$"):
+        load_recording(tmp_path / "nan.wav", chunk_seconds=1)
 
 def test_unreadable_files_are_reported_and_the_others_scored(run, tmp_path):
     audio = tmp_path / "audio"
