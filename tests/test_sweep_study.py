@@ -1,7 +1,8 @@
 """A whole study runs to its end (issue 19): a diverging setting is a result, an edited sweep resumes keeping what
 ran, early stopping ranks each row on its own, `--dry-run` plans what runs, resources are checked before anything
 is written; and the sweep command keeps the one-line promise (binary files, bad addresses, an address where no Ray
-answers), with a local Ray that listens on 127.0.0.1 only. The cluster guide's files parse.
+answers), with a local Ray that listens on 127.0.0.1 only, and joins a running cluster (`ray start`, token). The
+cluster guide's files parse.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ import csv
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -405,6 +410,48 @@ def test_a_bad_address_is_one_line_and_writes_nothing(tmp_path, tiny_features, a
     assert not (tmp_path / "out").exists()
     assert time.monotonic() - start < 60  # bounded, not minutes of Ray's retries (a bound, not a timing)
 
+
+
+def test_a_sweep_joins_a_running_ray_cluster_with_its_token(tmp_path, tiny_features):
+    """`--address` as docs/cluster.md runs it: a head started by `ray start` with token authentication; the driver
+    with the token runs the study there (and resumes it); without the token, one line that says so."""
+    pytest.importorskip("ray.tune")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2,
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    head = subprocess.Popen([bin_dir / "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={ray_dir}"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sweep = {"recipes": [{"recipe": str(REPO / "recipes" / "none.yaml"), "search": {"optim.lr": {"grid": [1e-3]}}}],
+                 "set": {**TINY, "optim.epochs": 1, "optim.max_steps_per_epoch": 2},
+                 "seeds": [1], "resources": {"cpus": 1, "memory": 1.0}}
+        spec = write_sweep(tmp_path / "s.yaml", sweep)
+        command = [bin_dir / "sedaug", "sweep", spec, "--out", tmp_path / "out", "--address", f"127.0.0.1:{port}",
+                   "--connect-timeout", "60", "--set", f"data.features={tiny_features}"]
+        without_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+        result = subprocess.run(command, env=without_token, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1 and result.stdout == "", result.stdout
+        [line] = result.stderr.strip().splitlines()
+        assert "token" in line and "RAY_AUTH_TOKEN" in line, line
+        for resume in ([], ["--resume"]):
+            result = subprocess.run([*command, *resume], env=env, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "1 trial (1 done" in result.stderr and "trained on seed 1 and evaluated on eval" in result.stderr
+        assert (tmp_path / "out" / "final" / "none" / "seed1" / "eval" / "results.json").is_file()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan"])  # (inf: refused the same way; reverted, it would hang)
 def test_a_connect_timeout_that_is_no_number_of_seconds_is_one_line(tmp_path, tiny_features, timeout):
