@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import checksums, one_line_error, run
+from conftest import checksums, one_line_error, run, write_stereo_clip
 
 from sedaug.data.desed import SPLITS, load_events
 from sedaug.data.store import FeatureStore
@@ -91,22 +91,47 @@ def truncate(path: Path, seconds: float) -> None:
     path.write_bytes(data[: 44 + int(seconds * REAL_RATE) * 4])
 
 
-def test_truncated_wav_shorter_than_its_labels(prepared):
+def short_wav(path: Path, seconds: float) -> None:
+    """Replace `path` with a well-formed 16-bit stereo WAV of `seconds` (a download cut short, then re-encoded)."""
+    sf.write(path, np.zeros((int(seconds * REAL_RATE), 2)), REAL_RATE, subtype="PCM_16")
+
+
+def test_a_wav_cut_short_is_refused_by_its_header(prepared):
+    """The header announces more samples than the file holds: truncated, whatever its labels (an unlabeled clip)."""
     layout, out = prepared
     before = checksums(out)
-    victim = audio(layout, "validation", layout.overlap_clip)  # labelled up to 8 s
-    truncate(victim, 0.5)
+    victim = audio(layout, "unlabeled", "Ycccccccccc0_10.000_20.000.wav")
+    truncate(victim, 4.0)
+    line = one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "truncated")
+    assert "its header announces 1,764,000 bytes of samples, the file holds 705,600" in line
+    assert checksums(out) == before
+
+
+def test_a_clip_shorter_than_its_labels(prepared):
+    layout, out = prepared
+    before = checksums(out)
+    victim = audio(layout, "validation", layout.overlap_clip)  # labelled up to 8 s, named _0.000_10.000
+    short_wav(victim, 0.5)
     tsv = layout.root / SPLITS["validation"].metadata
     line = one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:4:", str(victim))
     assert "0.500 s of audio" in line and "truncated" in line
     assert checksums(out) == before
 
 
+def test_a_label_past_a_short_clip_that_its_name_says_is_short(prepared):
+    """A 4 s clip, named so, labelled to 10 s: the label is wrong, not the audio."""
+    layout, out = prepared
+    tsv = layout.root / SPLITS["validation"].metadata
+    tsv.write_text(tsv.read_text() + f"{layout.short_clip}\t5.0\t10.0\tDog\n")
+    line = one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:7:")
+    assert "holds 4.000 s of audio as its name says: the label is wrong, fix line 7" in line and "truncated" not in line
+
+
 def test_truncated_wav_too_short_to_analyse(prepared):
     layout, out = prepared
     before = checksums(out)
     victim = audio(layout, "unlabeled", "Ycccccccccc0_10.000_20.000.wav")  # no labels to contradict it
-    truncate(victim, 0.03)
+    short_wav(victim, 0.03)
     line = one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "too short")
     assert "0.030 s" in line
     assert checksums(out) == before
@@ -147,7 +172,7 @@ def test_bad_event_rows_name_file_and_line(prepared, old, new, expected):
         (b"", "empty file"),
         (b"\n\n  \n", "empty file"),
         (bytes(range(256)) * 8, "NUL byte: a binary file"),
-        (b"filename\tonset\toffset\tevent_label\n\xff\xfe\t1\t2\tDog\n", "byte 34 is not UTF-8 text"),
+        (b"filename\tonset\toffset\tevent_label\n\xff\xfe\t1\t2\tDog\n", ":2: not UTF-8 text (byte 34)"),
         (b"filename\tonset\toffset\n", "missing column(s) event_label"),
     ],
 )
@@ -188,7 +213,7 @@ def test_events_slightly_past_the_clip_are_clipped_with_a_counted_warning(prepar
                           "Yevalevalev2_0.000_10.000.wav\t2.5\t2.5\tCat\n")  # zero length: no scorer takes it
     result = run("prepare-desed", "--root", layout.root, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "3 events of zero length or past their clip's audio dropped or clipped" in " ".join(result.output.split())
+    assert "3 warnings (events clipped, dropped or listed twice" in " ".join(result.output.split())
     warnings = pd.read_csv(out / "label_warnings.tsv", sep="\t")
     assert list(warnings["line"]) == [3, 4, 5] and set(warnings["metadata"]) == {"metadata/eval/public.tsv"}
     assert list(warnings["action"]) == ["offset clipped to 10", "dropped: starts at or after the clip's end",
@@ -199,6 +224,76 @@ def test_events_slightly_past_the_clip_are_clipped_with_a_counted_warning(prepar
     assert run("extract-mels", "--data", out, "--out", out.parent / "features", "--device", "cpu").exit_code == 0
     assert len(FeatureStore(out.parent / "features").split("eval").events) == 2
 
+
+
+def test_what_the_features_cannot_hold_or_dcase_counts_twice_is_a_warning(prepared):
+    """Kept or fitted, each with a warning row: an event listed twice (DCASE's scoring counts both), events past the
+    first 10 s of a longer clip (the features hold those only), a clip shorter than its name says, a clip listed in
+    two splits."""
+    layout, out = prepared
+    eval_tsv = layout.root / SPLITS["eval"].metadata
+    eval_tsv.write_text(eval_tsv.read_text() + f"{EVAL_CLIP}\t2.0\t3.0\tAlarm_bell_ringing\n")  # line 4 = line 2
+    write_stereo_clip(audio(layout, "validation", layout.overlap_clip), 12.0, np.random.default_rng(3))
+    valid_tsv = layout.root / SPLITS["validation"].metadata
+    valid_tsv.write_text(valid_tsv.read_text() + f"{layout.overlap_clip}\t10.5\t11.5\tDog\n"
+                                                 f"{layout.overlap_clip}\t9.0\t11.0\tCat\n")  # lines 7, 8
+    short_wav(audio(layout, "weak", "Ybbbbbbbbbbb_30.000_40.000.wav"), 6.0)
+    unlabeled_tsv = layout.root / SPLITS["unlabeled"].metadata
+    unlabeled_tsv.write_text(unlabeled_tsv.read_text() + f"{EVAL_CLIP}\n")  # line 4
+    shutil.copy(audio(layout, "eval", EVAL_CLIP), audio(layout, "unlabeled", EVAL_CLIP))
+    result = run("prepare-desed", "--root", layout.root, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "5 warnings (events clipped, dropped or listed twice, clips shorter than named or in two splits" in \
+        " ".join(result.output.split())
+    warnings = pd.read_csv(out / "label_warnings.tsv", sep="\t", keep_default_na=False)
+    assert list(zip(warnings["metadata"], warnings["line"], warnings["action"], strict=True)) == [
+        ("metadata/train/weak.tsv", 3, "kept: 6.000 s of audio where its name says 10 s (cut short?)"),
+        ("metadata/eval/public.tsv", 2, "kept: listed in unlabeled too"),
+        ("metadata/validation/validation.tsv", 7, "dropped: starts at or after the first 10 s"),
+        ("metadata/validation/validation.tsv", 8, "offset clipped to 10 (the first 10 s)"),
+        ("metadata/eval/public.tsv", 4, "kept: the same event as line 2 (DCASE's scoring counts both)"),
+    ]
+    alarms = load_events(out, "eval").query("event_label == 'Alarm_bell_ringing'")
+    assert list(alarms["onset"]) == [2.0, 2.0]
+    cats = load_events(out, "validation").query("filename == @layout.overlap_clip and event_label == 'Cat'")
+    assert list(zip(cats["onset"], cats["offset"], strict=True)) == [(9.0, 10.0)]
+    assert "Dog" not in set(load_events(out, "validation").query("onset > 10")["event_label"])
+
+
+@pytest.mark.parametrize(("split", "row", "expected"), [
+    ("weak", "Yaaaaaaaaaaa_0.000_10.000.wav\tDog\n", "Yaaaaaaaaaaa_0.000_10.000.wav is listed again, with other "
+     "labels than on line 2 (Dog against Dog,Speech): keep one row"),
+    ("eval", f"{EVAL_CLIP} 4.0 5.0 Dog\n", "one field where the header has 4: the row's fields are separated by "
+     "spaces, not tabs"),
+    ("weak", "Ybbbbbbbbbbb_30.000_40.000.wav Cat\n", "one field where the header has 2: the row's fields are separated "
+     "by spaces, not tabs"),
+    ("eval", f"{EVAL_CLIP} \t4.0\t5.0\tDog\n", f"the filename '{EVAL_CLIP} ' begins or ends with a space"),
+])
+def test_rows_that_would_be_misread_are_refused_naming_the_line(prepared, split, row, expected):
+    layout, out = prepared
+    before = checksums(out)
+    tsv = layout.root / SPLITS[split].metadata
+    n = len(tsv.read_text().splitlines()) + 1
+    tsv.write_text(tsv.read_text() + row)
+    one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), f"{tsv}:{n}: {expected}")
+    assert checksums(out) == before
+
+
+def test_a_weak_clip_listed_twice_with_the_same_labels_is_one_clip(prepared):
+    layout, out = prepared
+    tsv = layout.root / SPLITS["weak"].metadata
+    tsv.write_text(tsv.read_text() + "Yaaaaaaaaaaa_0.000_10.000.wav\tSpeech,Dog\n")
+    assert run("prepare-desed", "--root", layout.root, "--out", out).exit_code == 0
+    weak = pd.read_csv(out / "manifest" / "weak.tsv", sep="\t")
+    assert len(weak) == 2 and list(weak["event_labels"]) == ["Dog,Speech", "Cat"]
+
+
+def test_prepare_desed_refuses_an_out_in_a_feature_store_or_a_run(prepared, tiny_features, tmp_path):
+    layout, _ = prepared
+    before = checksums(tiny_features)
+    one_line_error(run("prepare-desed", "--root", layout.root, "--out", tiny_features),
+                   f"--out {tiny_features} is in the feature store {tiny_features}")
+    assert checksums(tiny_features) == before
 
 def test_negative_seed(tmp_path):
     one_line_error(run("prepare-desed", "--synthetic", "--seed", "-1", "--out", tmp_path / "desed"), "--seed -1")

@@ -5,13 +5,13 @@ too when they are floats, which can hold NaN: nothing is copied or resampled) an
 source split into `<out>/manifest/`. It records a fingerprint of its inputs so that a second run over unchanged
 inputs does nothing.
 
-Bad data is refused before anything is written, with one line naming the file (and line, for a TSV): a TSV that is
-empty, binary or has more fields than its header; an onset or offset that is not a finite number, a negative
-onset, an offset before its onset; an event that ends well past its clip's audio (a truncated file); audio that
-cannot be decoded, holds NaN or infinite samples, or is too short to analyse. One DESED quirk is accepted: an
-event ending at most `LABEL_TOLERANCE` seconds past its clip's audio (a 9.98 s clip labelled to 10 s) is clipped
-to the clip, or dropped if it starts there, and counted in `label_warnings.tsv`; so is an event of zero length,
-dropped (no scorer takes one).
+Bad data is refused before anything is written, with one line naming the file (and line, for a TSV; the rows'
+checks are data/metadata.py's): an event that ends well past its clip's audio (a truncated file); a WAV whose
+header announces more samples than it holds; audio that cannot be decoded, holds NaN or infinite samples, or is too
+short to analyse. DESED's quirks are accepted, each counted in `label_warnings.tsv`: an event ending at most
+`LABEL_TOLERANCE` seconds past its clip's audio (a 9.98 s clip labelled to 10 s) is clipped to the clip, or
+dropped if it starts there (data/metadata.py's fit_events lists the others); so are a clip shorter than its name
+says and a clip listed in two splits, kept.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from sedaug.data.metadata import (  # noqa: F401 (re-exported: the layout's clas
     LabelKind,
     MetadataTables,
     fit_events,
+    named_seconds,
     read_metadata,
 )
 from sedaug.errors import UserError, counted, one_line
@@ -105,10 +107,8 @@ class PrepareReport:
         missing = f"{counted(self.n_missing, 'listed file')} missing (see {self.missing_files})"
         warnings = ""
         if self.n_label_warnings:
-            warnings = (
-                f"; {self.n_label_warnings:,} events of zero length or past their clip's audio dropped or clipped "
-                f"(see {self.label_warnings})"
-            )
+            warnings = (f"; {counted(self.n_label_warnings, 'warning')} (events clipped, dropped or listed twice, "
+                        f"clips shorter than named or in two splits: see {self.label_warnings})")
         return f"DESED manifest {state} in {self.manifest_dir}: {clips}; {missing}{warnings}"
 
 
@@ -134,6 +134,7 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
     root, out = Path(root).resolve(), Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give the folder for the manifest (e.g. data/desed)")
+    _check_out(out)
     tables, on_disk, fingerprint = _read_tree(root)
 
     manifest_dir = out / MANIFEST_DIR
@@ -167,7 +168,7 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
         raise UserError(f"{name}: no clip to import ({why})")
     clips = _read_headers(root, present, progress)
 
-    manifests, events, warnings = {}, {}, []
+    manifests, events, warnings = {}, {}, _clip_warnings(root, tables, clips)
     for name, split in SPLITS.items():
         manifests[name] = _manifest_table(clips[name], tables[name], split.kind, on_disk[name])
         if split.kind == "strong":
@@ -214,6 +215,34 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
         n_label_warnings=len(warnings),
         label_warnings=out / LABEL_WARNINGS,
     )
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out in a feature store or a run, whose folder the manifest would join (a DESED tree is fine: the
+    synthetic set's manifest lives beside its audio)."""
+    from sedaug.rundir import sedaug_data_holding
+
+    held = sedaug_data_holding(out / MANIFEST_DIR)
+    if held is not None and not held.startswith(("the prepared DESED", "the DESED tree")):
+        raise UserError(f"--out {out} is in {held}: give the folder for the manifest (e.g. data/desed)")
+
+
+def _clip_warnings(root: Path, tables: dict[str, MetadataTables], clips: dict[str, list[_Clip]]) -> list[tuple]:
+    """Warning rows (WARNING_COLUMNS) for clips whose audio is shorter than their DESED name says by more than
+    LABEL_TOLERANCE (a download cut short?), and for clips listed in two splits (a clip scored on, trained on)."""
+    warnings, seen = [], {}
+    for name, split in SPLITS.items():
+        metadata = split.metadata
+        for clip in clips[name]:
+            named = named_seconds(clip.filename)
+            if named is not None and clip.duration < named - LABEL_TOLERANCE:
+                warnings.append((metadata, tables[name].lines[clip.filename], clip.filename, "", "", "", clip.duration,
+                                 f"kept: {clip.duration:.3f} s of audio where its name says {named:g} s (cut short?)"))
+            if clip.filename in seen:
+                warnings.append((metadata, tables[name].lines[clip.filename], clip.filename, "", "", "", clip.duration,
+                                 f"kept: listed in {seen[clip.filename]} too"))
+            seen.setdefault(clip.filename, name)
+    return warnings
 
 
 def check_layout(root: Path) -> None:
@@ -282,6 +311,9 @@ def _read_header(path: Path) -> _Clip:
         check_sample_rate(info.samplerate)
     except ValueError as err:
         raise UserError(f"{path}: {err}: resample it, or remove it from the TSV") from None
+    if (cut := _truncated(info)) is not None:
+        raise UserError(f"{path}: truncated: its header announces {cut[0]:,} bytes of samples, the file holds {cut[1]:,} "
+                        "(a download or copy cut short? replace or delete it)")
     duration = info.frames / info.samplerate
     if duration < MIN_SECONDS:
         raise UserError(
@@ -290,6 +322,17 @@ def _read_header(path: Path) -> _Clip:
     if info.subtype in ("FLOAT", "DOUBLE"):  # integer samples cannot be NaN; float ones are read through
         _check_finite(path)
     return _Clip(path.name, path, duration, info.samplerate, info.channels)
+
+
+def _truncated(info) -> tuple[int, int] | None:
+    """(bytes announced, bytes there) of a WAV-like file whose data chunk ends past the file's end, read from
+    libsndfile's log ("data : 1764000 (should be 705573)"); None else. A size of 0 or 0xFFFFFFFF is a streamed
+    file's placeholder, not a promise."""
+    match = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info, re.MULTILINE)
+    if match is None:
+        return None
+    announced, there = int(match[1]), int(match[2])
+    return (announced, there) if there < announced and announced not in (0, 0xFFFFFFFF) else None
 
 
 def _check_finite(path: Path) -> None:

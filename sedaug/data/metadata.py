@@ -1,12 +1,16 @@
 """DESED's metadata: its classes and the TSVs that label its clips (weak labels, strong events), read strictly.
 
 A TSV row that cannot be trusted (not finite, a negative onset, an offset before its onset, an unknown class, more
-fields than the header) is a UserError naming the file and line. An event ending at most `LABEL_TOLERANCE` seconds
-past its clip's audio is DESED's known quirk: it is clipped, with a warning row (`WARNING_COLUMNS`).
+fields than the header, fields separated by spaces, a filename with spaces around it, a weak clip listed twice with
+other labels) is a UserError naming the file and line. An event ending at most `LABEL_TOLERANCE` seconds past its
+clip's audio is DESED's known quirk: it is clipped, with a warning row (`WARNING_COLUMNS`); so is an event past the
+first clip_seconds of a longer clip (the features hold those only). An event listed twice is kept twice, as DCASE's
+scoring reads the file, with a warning row.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -14,6 +18,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from sedaug.data.grid import PARAMS
 from sedaug.errors import UserError
 
 CLASSES: tuple[str, ...] = (
@@ -43,6 +48,14 @@ TSV_COLUMNS: dict[LabelKind, tuple[str, ...]] = {
 # seconds past the end, the event is clipped to the clip (with a warning); further, the file is taken as truncated.
 LABEL_TOLERANCE = 0.5
 WARNING_COLUMNS = ["metadata", "line", "filename", "event_label", "onset", "offset", "duration", "action"]
+# DESED's clip names end in the segment of the YouTube video they were cut from: Y<id>_<start>_<end>.wav.
+NAMED_SEGMENT = re.compile(r"_(\d+(?:\.\d+)?)_(\d+(?:\.\d+)?)\.[^.]+$")
+
+
+def named_seconds(filename: str) -> float | None:
+    """The length a DESED clip's name says it has (`Y..._0.000_4.000.wav`: 4 s), or None for another name."""
+    match = NAMED_SEGMENT.search(filename)
+    return None if match is None else float(match[2]) - float(match[1])
 
 
 @dataclass
@@ -51,22 +64,31 @@ class MetadataTables:
 
     path: Path
     filenames: list[str]
+    lines: dict[str, int] = field(default_factory=dict)  # filename -> the first line that lists it
     weak_labels: dict[str, str] = field(default_factory=dict)
     events: pd.DataFrame | None = None
 
 
 def read_metadata(path: Path, kind: LabelKind) -> MetadataTables:
     table = read_metadata_tsv(path, TSV_COLUMNS[kind])
-    filenames = list(dict.fromkeys(table["filename"]))
+    lines: dict[str, int] = {}
+    for line, filename in zip(table["line"], table["filename"], strict=True):
+        if filename != filename.strip():
+            raise UserError(f"{path}:{line}: the filename {filename!r} begins or ends with a space: remove it")
+        lines.setdefault(filename, int(line))
+    filenames = list(lines)
     if kind == "weak":
-        for line, labels in zip(table["line"], table["event_labels"], strict=True):
-            _check_labels(path, line, labels.split(",") if labels else [])
-        return MetadataTables(
-            path, filenames, weak_labels=dict(zip(table["filename"], table["event_labels"], strict=True))
-        )
+        labels: dict[str, str] = {}
+        for line, filename, cell in zip(table["line"], table["filename"], table["event_labels"], strict=True):
+            _check_labels(path, line, cell.split(",") if cell else [])
+            if filename in labels and set(labels[filename].split(",")) != set(cell.split(",")):
+                raise UserError(f"{path}:{line}: {filename} is listed again, with other labels than on line "
+                                f"{lines[filename]} ({cell or 'none'} against {labels[filename] or 'none'}): keep one row")
+            labels.setdefault(filename, cell)
+        return MetadataTables(path, filenames, lines, weak_labels=labels)
     if kind == "strong":
-        return MetadataTables(path, filenames, events=_parse_events(path, table))
-    return MetadataTables(path, filenames)
+        return MetadataTables(path, filenames, lines, events=_parse_events(path, table))
+    return MetadataTables(path, filenames, lines)
 
 
 def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -86,7 +108,8 @@ def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not a text TSV (byte {err.start} is not UTF-8 text)") from None
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {err.start}): save the TSV as UTF-8") from None
     lines = text.split("\n")
     header = lines[0].rstrip("\r").split("\t")
     absent = [c for c in columns if c not in header]
@@ -108,12 +131,30 @@ def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
                     f"({', '.join(header)})"
                 )
             fields = fields[: len(header)]
+        if len(header) > 1 and not any(f.strip() for f in fields[1:]) and _spaced(fields[0], header, columns):
+            raise UserError(f"{path}:{number}: one field where the header has {len(header)}: the row's fields are "
+                            "separated by spaces, not tabs")
         rows.append([_unquote(f) for f in fields] + [""] * (len(header) - len(fields)))
         numbers.append(number)
     table = pd.DataFrame(rows, columns=header, dtype=object) if rows else pd.DataFrame(columns=header, dtype=object)
     table = table[list(columns)].copy()
     table["line"] = np.asarray(numbers, dtype=int)
     return table
+
+
+def _spaced(cell: str, header: list[str], columns: tuple[str, ...]) -> bool:
+    """Whether a row's lone first cell is the whole row with spaces for tabs (a filename may hold spaces): a weak
+    row's last word is labels, a strong row's two words before its last are numbers."""
+    words = cell.split()
+    if len(words) < 2 or columns == ("filename",):
+        return False
+    if "event_labels" in columns:
+        return all(label in CLASSES for label in words[-1].split(","))
+    try:
+        float(words[-3]), float(words[-2])
+    except (IndexError, ValueError):
+        return False
+    return words[-1] in CLASSES
 
 
 def _unquote(cell: str) -> str:
@@ -155,34 +196,46 @@ def _parse_events(path: Path, table: pd.DataFrame) -> pd.DataFrame:
 def fit_events(
     root: Path, table: MetadataTables, clips: dict[str, tuple[float, Path]]
 ) -> tuple[pd.DataFrame, list[tuple]]:
-    """The events of the clips present on disk, fitted to their clip's audio: an event ending at most
-    LABEL_TOLERANCE seconds past the end is clipped to it (dropped if it starts there), and one of zero length is
-    dropped, each with a warning row; ending further past is a UserError naming the TSV line and the audio file."""
+    """The events of the clips present on disk, fitted to what the features hold of their clip: its audio, at most
+    clip_seconds of it. An event ending at most LABEL_TOLERANCE seconds past the audio, or past the first
+    clip_seconds of a longer clip, is clipped to it (dropped if it starts there), and one of zero length is dropped,
+    each with a warning row; one ending further past the audio is a UserError naming the TSV line and the audio file
+    (a truncated file, or a wrong label where the clip's name says its length). An event listed twice is kept, as
+    DCASE's scoring counts it, with a warning row."""
     assert table.events is not None
     events = table.events[table.events["filename"].isin(clips.keys())].reset_index(drop=True).copy()
-    duration = events["filename"].map(lambda f: clips[f][0]).to_numpy(float)
-    late = (events["offset"].to_numpy() > duration + LABEL_TOLERANCE)
+    audio = events["filename"].map(lambda f: clips[f][0]).to_numpy(float)
+    late = (events["offset"].to_numpy() > audio + LABEL_TOLERANCE)
     if late.any():
-        row, seconds = events.iloc[int(late.argmax())], duration[int(late.argmax())]
+        row, seconds = events.iloc[int(late.argmax())], audio[int(late.argmax())]
+        named = named_seconds(row["filename"])
+        why = (f"as its name says: the label is wrong, fix line {row['line']}" if named is not None
+               and abs(named - seconds) <= LABEL_TOLERANCE else "(a truncated file? replace or delete it)")
         raise UserError(
             f"{table.path}:{row['line']}: {row['event_label']} ends at {row['offset']:g} s but "
-            f"{clips[row['filename']][1]} holds {seconds:.3f} s of audio (a truncated file? replace or delete it)"
+            f"{clips[row['filename']][1]} holds {seconds:.3f} s of audio {why}"
         )
+    duration = np.minimum(audio, PARAMS.clip_seconds)
     onset, offset = events["onset"].to_numpy(), events["offset"].to_numpy()
     past, empty = offset > duration, offset == onset  # a zero-length event: no scorer takes it
+    first = events.groupby(EVENT_COLUMNS, sort=False)["line"].transform("min").to_numpy()
+    again = first != events["line"].to_numpy()
     metadata = str(table.path.relative_to(root)) if table.path.is_relative_to(root) else str(table.path)
     warnings = []
-    for i in np.flatnonzero(past | empty):
+    for i in np.flatnonzero(past | empty | again):
         row = events.iloc[i]
+        end = "the clip's end" if audio[i] <= PARAMS.clip_seconds else f"the first {PARAMS.clip_seconds:g} s"
         if empty[i]:
             action = "dropped: zero length (offset = onset)"
-        elif row["onset"] >= duration[i]:
-            action = "dropped: starts at or after the clip's end"
+        elif past[i] and row["onset"] >= duration[i]:
+            action = f"dropped: starts at or after {end}"
+        elif past[i]:
+            action = f"offset clipped to {duration[i]:g}" + ("" if audio[i] <= PARAMS.clip_seconds else f" ({end})")
         else:
-            action = f"offset clipped to {duration[i]:g}"
+            action = f"kept: the same event as line {first[i]} (DCASE's scoring counts both)"
         warnings.append(
             (metadata, int(row["line"]), row["filename"], row["event_label"], row["onset"], row["offset"],
-             duration[i], action)
+             audio[i], action)
         )
     keep = ~(past & (onset >= duration)) & ~empty
     events["offset"] = np.minimum(events["offset"].to_numpy(), duration)
