@@ -364,6 +364,71 @@ def test_asha_ranks_each_trial_against_its_own_row_only():
 # ---------------------------------------------------------------------------------------------- refusals
 
 
+
+def test_a_resumed_sweeps_asha_ranks_new_trials_against_the_settled_ones():
+    """A resumed sweep's ASHA is new: handed the settled trials' running best F1 by epoch, it records them at every
+    rung they reached, so a poor new trial is stopped where, ranked among the new trials only, it would go on."""
+    pytest.importorskip("ray.tune")
+    from ray.tune.schedulers import TrialScheduler
+
+    from sedaug.sweep.schedule import RowASHA
+
+    settled = {"row": [[0.5, 0.6, 0.7, 0.8], [0.2, 0.7, 0.7, 0.75], [0.6, 0.6, 0.65, 0.7]]}
+
+    def first_report(scheduler, epoch: int, score: float) -> str:
+        scheduler.set_search_properties("score", "max")
+        trial = _trial("new", "row")
+        scheduler.on_trial_add(None, trial)
+        return scheduler.on_trial_result(None, trial, {"epoch": epoch, "score": score})
+
+    fresh = RowASHA({"row": 8}, grace_period=1, reduction_factor=2)
+    assert first_report(fresh, 1, 0.1) == TrialScheduler.CONTINUE  # alone at its rung
+    resumed = RowASHA({"row": 8}, grace_period=1, reduction_factor=2, settled=settled)
+    assert first_report(resumed, 1, 0.1) == TrialScheduler.STOP  # below the settled trials' rung-1 cutoff
+    [bracket] = resumed.rows["row"]._brackets
+    assert {milestone: sorted(recorded.values()) for milestone, recorded in bracket._rungs} == {
+        8: [], 4: [0.7, 0.75, 0.8], 2: [0.6, 0.6, 0.7], 1: [0.1, 0.2, 0.5, 0.6]}
+    # A trial catching up at epoch 3 is ranked at rung 2, against the settled trials' epoch-2 scores.
+    assert first_report(RowASHA({"row": 8}, 1, 2, settled=settled), 3, 0.65) == TrialScheduler.CONTINUE
+    assert first_report(RowASHA({"row": 8}, 1, 2, settled=settled), 3, 0.55) == TrialScheduler.STOP
+
+
+def test_a_resumed_sweep_hands_its_asha_the_settled_trials(tiny_features, tmp_path, monkeypatch):
+    """Through `sedaug sweep` with early stopping: the sweep runs under RowASHA, and resumed with a setting added,
+    hands it each settled trial's running best F1 by epoch, read from the trials' own metrics."""
+    pytest.importorskip("ray.tune")
+    from sedaug.sweep import schedule
+    from sedaug.sweep.run import run_sweep
+
+    def sweep(lrs: list[float]) -> dict:
+        return {"recipes": [{"recipe": str(REPO / "recipes" / "none.yaml"), "search": {"optim.lr": {"grid": lrs}}}],
+                "set": {**TINY, "data.features": str(tiny_features), "optim.epochs": EPOCHS,
+                        "optim.max_steps_per_epoch": 2, "optim.rampup_epochs": 0},
+                "seeds": [1], "search_seed": 0, "max_concurrent_trials": 2, "resources": {"cpus": 1, "memory": 1.0},
+                "early_stopping": {"type": "asha", "grace_epochs": 1, "reduction_factor": 2}}
+
+    handed = []
+    init = schedule.RowASHA.__init__
+
+    def spy(self, *args, **kwargs):
+        handed.append(kwargs.get("settled"))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(schedule.RowASHA, "__init__", spy)
+    spec, out = write_sweep(tmp_path / "s.yaml", sweep([1e-3, 3e-3])), tmp_path / "out"
+    run_sweep(spec, out=out, progress=False)
+    assert handed == [{}]
+    trained = sorted(out.glob("search/none/*/seed0"), key=lambda d: yaml.safe_load((d / "recipe.yaml").read_text())
+                     ["optim"]["lr"])
+    running_best = []
+    for run_dir in trained:
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert rows and [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+        running_best.append([max(r["valid_f1"] for r in rows[: i + 1]) for i in range(len(rows))])
+    run_sweep(write_sweep(spec, sweep([1e-3, 3e-3, 1e-2])), out=out, resume=True, progress=False)
+    assert handed[1:] == [{"none": running_best}]
+    assert len(list(out.glob("search/none/*/seed0/metrics.jsonl"))) == 3
+
 def test_a_refused_resource_request_leaves_no_folder(tmp_path, tiny_features):
     pytest.importorskip("ray.tune")
     spec = write_sweep(tmp_path / "s.yaml", study(tiny_features, [0.05]))

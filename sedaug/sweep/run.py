@@ -16,6 +16,7 @@ are checked. Ray's logs and state go under `<out>/ray/`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import shlex
 import sys
@@ -51,7 +52,15 @@ from sedaug.sweep.select import (
     write_selection,
 )
 from sedaug.sweep.spec import LoadedSweep, get_key, load_sweep
-from sedaug.sweep.trial import Plan, final_dir, setting_id, trial_dir, trial_lock, trial_spec
+from sedaug.sweep.trial import (
+    Plan,
+    checkpointed_metrics,
+    final_dir,
+    setting_id,
+    trial_dir,
+    trial_lock,
+    trial_spec,
+)
 
 INSTALL_HINT = "sedaug sweep needs Ray Tune and Optuna: pip install 'sedaug[sweep]'"
 
@@ -287,7 +296,7 @@ def _fit(name: str, out: Path, plan: Plan, view, loaded: LoadedSweep, param_spac
         from sedaug.sweep.schedule import RowASHA
 
         scheduler = RowASHA(loaded.epochs, grace_period=sweep.early_stopping.grace_epochs,
-                            reduction_factor=sweep.early_stopping.reduction_factor)
+                            reduction_factor=sweep.early_stopping.reduction_factor, settled=_settled_scores(loaded, out))
     # Each row's trials ask for its CPUs, GPU fraction and memory (Ray packs trials by all three).
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
                                     lambda config: per_trial[trial_spec(config)["recipe"]])
@@ -307,6 +316,17 @@ def _fit(name: str, out: Path, plan: Plan, view, loaded: LoadedSweep, param_spac
     except tune.TuneError as err:  # Ray Tune's driver itself failed (its experiment state on a full disk, say)
         raise TuneStopped(f"{out}: Ray Tune stopped ({one_line(err.__cause__ or err)}); the finished trials are "
                           "kept") from None
+
+
+def _settled_scores(loaded: LoadedSweep, out: Path) -> dict[str, list[list[float]]]:
+    """Per row, each settled search trial's running best synthetic_valid F1 by epoch (its reports' scores)."""
+    settled: dict[str, list[list[float]]] = {}
+    for record in search_records(loaded, out):
+        if record.status in SETTLED:
+            scores = [r["valid_f1"] for r in checkpointed_metrics(record.run_dir)
+                      if isinstance(r.get("valid_f1"), int | float)]
+            settled.setdefault(record.recipe, []).append(list(itertools.accumulate(scores, max)))
+    return settled
 
 
 class TuneStopped(UserError):

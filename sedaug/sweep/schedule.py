@@ -4,9 +4,15 @@ One ASHA over the whole grid would compare a weak row's trials with a strong row
 would lose its trials to the better rows'): the weak row's choice would then depend on the other rows. Ray Tune runs
 all rows' trials at once; `RowASHA` hands each trial to its row's `ASHAScheduler` (Ray's own), created on the row's
 first trial with the row's epochs as its horizon.
+
+A resumed sweep starts new ASHAs: each row's is handed the trials settled before (`settled`: their running best
+synthetic_valid F1 by epoch, what their reports gave the rungs), so that the trials still to run are ranked
+against the whole row, not only against each other.
 """
 
 from __future__ import annotations
+
+import math
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -14,10 +20,12 @@ from sedaug.sweep.trial import trial_spec
 
 
 class RowASHA(FIFOScheduler):
-    def __init__(self, epochs: dict[str, int], grace_period: int, reduction_factor: float, time_attr: str = "epoch"):
+    def __init__(self, epochs: dict[str, int], grace_period: int, reduction_factor: float, time_attr: str = "epoch",
+                 settled: dict[str, list[list[float]]] | None = None):
         super().__init__()
         self.epochs, self.grace_period, self.reduction_factor = epochs, grace_period, reduction_factor
         self.time_attr = time_attr
+        self.settled = settled or {}
         self.rows: dict[str, ASHAScheduler] = {}
         self._row_of: dict[str, str] = {}  # trial id -> recipe
         self._mode = None
@@ -34,6 +42,7 @@ class RowASHA(FIFOScheduler):
             self.rows[recipe] = ASHAScheduler(time_attr=self.time_attr, metric=self._metric, mode=self._mode or "max",
                                               max_t=self.epochs[recipe], grace_period=self.grace_period,
                                               reduction_factor=self.reduction_factor)
+            _record_settled(self.rows[recipe], self.settled.get(recipe, []), self._mode or "max")
         return self.rows[recipe]
 
     def on_trial_add(self, tune_controller, trial) -> None:
@@ -59,3 +68,15 @@ class RowASHA(FIFOScheduler):
     def debug_string(self) -> str:
         return "ASHA per row: " + "; ".join(f"{name}: {s.debug_string()}" for name, s in self.rows.items())
 
+
+
+def _record_settled(scheduler: ASHAScheduler, settled: list[list[float]], mode: str) -> None:
+    """Record each settled trial's score at every rung it reached, as its reports did in the run that trained it
+    (a rung records the first report at or past its milestone). Ray's ASHA keeps its rungs in its brackets' private
+    `_rungs` (milestone, {trial id: score}), which the pinned Ray's tests/test_sweep_study.py exercises."""
+    sign = 1 if mode == "max" else -1
+    for bracket in scheduler._brackets:
+        for milestone, recorded in bracket._rungs:
+            for k, scores in enumerate(settled):
+                if len(scores) >= milestone:
+                    recorded[f"settled-{k}"] = sign * scores[math.ceil(milestone) - 1]
