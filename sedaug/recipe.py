@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from sedaug.errors import UserError
 from sedaug.paper import PAPER_TABLE1
-from sedaug.strict_yaml import apply_overrides, blamed_override, read_yaml
+from sedaug.strict_yaml import apply_overrides, blamed_override, dump_yaml, read_yaml
 
 # The model's perturbation points (sedaug.model.POINTS): `cnn1`…`cnn7` are the gated blocks' outputs (B, C, T, F).
 Location = Literal["mel", "input", "cnn1", "cnn2", "cnn3", "cnn4", "cnn5", "cnn6", "cnn7", "cnn", "rnn"]
@@ -27,6 +26,7 @@ class Section(BaseModel):
 
 # Integers are integers: `epochs: true` or `epochs: 2.0` is refused, not read as 1 or 2.
 Count = Annotated[int, Strict(), Field(ge=1)]
+Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam moment decay
 
 
 class DataConfig(Section):
@@ -89,8 +89,9 @@ class NoAugmentation(Section):
 class NoiseAugmentation(Section):
     type: Literal["noise"]
     locations: list[Location]
-    snr_db: float = 30.0  # at `mel`: the dcase20 per-clip, per-bin SNR
-    sigma: float = Field(0.1, gt=0)  # elsewhere: std = sigma * RMS of the tensor, per clip
+    # Bounded where float32 still holds the noise (beyond, the clip or the noise is all there is).
+    snr_db: float = Field(30.0, ge=-100, le=100)  # at `mel`: the dcase20 per-clip, per-bin SNR
+    sigma: float = Field(0.1, gt=0, le=100)  # elsewhere: std = sigma * RMS of the tensor, per clip
 
 
 class AdversarialAugmentation(Section):
@@ -132,6 +133,8 @@ def _ordered(name: str, pair: tuple[float, float]) -> None:
 # steps of `step_size` × the parameter's range (max − min), each clamped back into the range.
 SearchSteps = Count
 StepSize = Annotated[float, Field(gt=0, le=1)]
+Gain = Annotated[float, Field(ge=-100, le=100)]  # dB; float32 holds 10^(±5)
+DecayTime = Annotated[float, Field(ge=1e-3)]  # seconds of T60; shorter is no decay at all (a frame is 16 ms)
 
 
 class FilterAugmentation(Section):
@@ -141,7 +144,7 @@ class FilterAugmentation(Section):
     locations: list[Location]
     bands: tuple[Count, Count] = (3, 5)  # band count, drawn per step in [min, max] (FilterAugment: randint(3, 6))
     min_bandwidth: Count = 6  # mel bins; at a CNN block, rows of its frequency axis: max(1, this // pooling so far)
-    gain_db: tuple[float, float] = (-6.0, 6.0)  # per clip and band, uniform
+    gain_db: tuple[Gain, Gain] = (-6.0, 6.0)  # per clip and band, uniform
     shape: Literal["step", "linear"] = "linear"  # constant per band, or linear between gains at the band edges
 
     @model_validator(mode="after")
@@ -165,7 +168,7 @@ class ReverbAugmentation(Section):
     type: Literal["reverb"]
     locations: list[Location]
     # The time for the decay to fall by 60 dB (T60), per clip, uniform.
-    decay_s: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.1, 1.0)
+    decay_s: tuple[DecayTime, DecayTime] = (0.1, 1.0)
 
     @model_validator(mode="after")
     def _ranges(self) -> ReverbAugmentation:
@@ -206,9 +209,9 @@ class MaskAugmentation(Section):
 
     type: Literal["mask"]
     locations: list[Location]
-    time_masks: Annotated[int, Strict()] = Field(2, ge=0)
+    time_masks: Annotated[int, Strict()] = Field(2, ge=0, le=100)
     time_width: Count = 40  # input frames (0.64 s); at a point with pooled time, max(1, this // pooling so far)
-    freq_masks: Annotated[int, Strict()] = Field(2, ge=0)
+    freq_masks: Annotated[int, Strict()] = Field(2, ge=0, le=100)
     freq_width: Count = 16  # mel bins; at a CNN block, max(1, this // pooling so far)
 
     @model_validator(mode="after")
@@ -265,7 +268,7 @@ class ConsistencyConfig(Section):
 
 class OptimConfig(Section):
     lr: float = Field(1e-3, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     epochs: Count = 200
     rampup_epochs: float = Field(50, ge=0)
     # Cap on steps per epoch (None: until the shortest stream is exhausted, as dcase20); for quick runs.
@@ -388,7 +391,7 @@ def load_recipe(path: Path, overrides: list[str] = ()) -> Recipe:
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    return dump_yaml(recipe.model_dump(mode="json"))
 
 
 def what_a_run_trains(recipe: Recipe) -> dict:

@@ -27,12 +27,22 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
     return loader.construct_mapping(node, deep=deep)
 
 
+class _StrictDumper(yaml.SafeDumper):
+    """SafeDumper that quotes a string `_StrictLoader` would read as a float (a recipe named "1e5")."""
+
+
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
+for _cls in (_StrictLoader, _StrictDumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+        list("-+0123456789."),
+    )
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML that `parse_yaml` reads back as `data` (keys in their order)."""
+    return yaml.dump(data, Dumper=_StrictDumper, sort_keys=False)
 
 
 def parse_yaml(text: str, where: str) -> Any:

@@ -3,6 +3,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from sedaug.cli import app
@@ -160,7 +161,7 @@ def test_cross_field_rules(tmp_path):
     ("{type: mask, locations: [input], time_masks: 0, freq_masks: 0}", "augmentation.time_masks: mask needs at least one"),
     ("{type: filter, locations: [mel], gain_db: [6, -6]}", "augmentation.gain_db: the minimum 6.0 is above the maximum -6.0"),
     ("{type: filter, locations: [mel], bands: [4, 2]}", "augmentation.bands: the minimum 4 is above the maximum 2"),
-    ("{type: reverb, locations: [mel], decay_s: [0, 1]}", "augmentation.decay_s.0: Input should be greater than 0"),
+    ("{type: reverb, locations: [mel], decay_s: [0, 1]}", "augmentation.decay_s.0: Input should be greater than or equal to 0.001"),
     ("{type: adversarial_reverb, locations: [mel], step_size: 2}", "augmentation.step_size: Input should be less than or equal to 1"),
     ("{type: time_shift, locations: [input], max_frames: 65}", "augmentation.max_frames: Input should be less than or equal to 64"),
     ("{type: time_shift, locations: [cnn8]}", "augmentation.locations.0: Input should be 'mel', 'input', 'cnn1'"),
@@ -215,6 +216,17 @@ def test_every_table2_recipe_trains_one_step_through_the_cli(recipe, tiny_featur
     (["consistency.weight=.nan"], "consistency.weight: Input should be a finite number"),
     (["name=.."], "name: String should match pattern"),
     (["name=a/b"], "name: String should match pattern"),
+    # Beyond what float32 or the optimizer holds: each crashed or made NaN at the first step.
+    (["optim.betas=[1.0, 0.9]"], "optim.betas.0: Input should be less than 1"),
+    (["optim.betas=[0.9, -0.1]"], "optim.betas.1: Input should be greater than or equal to 0"),
+    (["augmentation={type: noise, locations: [mel], snr_db: -4000}"], "augmentation.snr_db: Input should be greater"),
+    (["augmentation={type: noise, locations: [input], sigma: 1.0e+39}"], "augmentation.sigma: Input should be less"),
+    (["augmentation={type: mask, locations: [input], time_masks: 1000000000}"], "augmentation.time_masks: Input "
+     "should be less than or equal to 100"),
+    (["augmentation={type: reverb, locations: [mel], decay_s: [1.0e-50, 1.0]}"], "augmentation.decay_s.0: Input "
+     "should be greater than or equal to 0.001"),
+    (["augmentation={type: filter, locations: [mel], gain_db: [-1000, 6]}"], "augmentation.gain_db.0: Input should "
+     "be greater than or equal to -100"),
 ])
 def test_values_that_would_break_the_model_or_the_seeding_are_refused(tmp_path, overrides, message):
     path = write(tmp_path, "name: x\n")
@@ -222,6 +234,37 @@ def test_values_that_would_break_the_model_or_the_seeding_are_refused(tmp_path, 
         load_recipe(path, overrides)
     assert any(line.startswith(f"--set {message}") for line in str(e.value).splitlines()), str(e.value)
 
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optim.betas=[0.0, 0.999999]"],
+    ["augmentation={type: noise, locations: [mel], snr_db: -100}"],
+    ["augmentation={type: noise, locations: [mel], snr_db: 100}"],
+    ["augmentation={type: noise, locations: [input, cnn1], sigma: 100}"],
+    ["augmentation={type: mask, locations: [input], time_masks: 100, freq_masks: 100}"],
+    ["augmentation={type: adversarial_reverb, locations: [mel], decay_s: [1.0e-3, 1.0e-3]}"],
+    ["augmentation={type: adversarial_filter, locations: [mel], gain_db: [-100, 100]}"],
+], ids=lambda o: o[0].split("=")[0] if "{" not in o[0] else o[0].split(",")[0].split(": ")[-1])
+def test_the_schemas_bounds_train_finite(overrides, tiny_model_overrides):
+    """At each bound the schema accepts, two training steps stay finite (beyond, it refuses: above)."""
+    from test_dcase20_parity import SCALER, tiny_batch
+
+    from sedaug.train import build_training, training_step
+
+    recipe = load_recipe(REPO / "recipes" / "baseline.yaml", [*tiny_model_overrides, *overrides])
+    torch.manual_seed(0)
+    training = build_training(recipe, SCALER, torch.device("cpu"))
+    for step in range(2):
+        losses = training_step(recipe, training, tiny_batch(), step, 1e-3, 2.0)
+        assert all(math.isfinite(float(x)) for x in losses), (overrides, losses)
+    assert all(torch.isfinite(p).all() for p in training.model.parameters())
+
+
+def test_a_name_that_reads_as_a_number_is_written_quoted(tmp_path):
+    """recipe.yaml must read back as the recipe: a name like 1e5 (a float to sedaug's YAML) is quoted."""
+    recipe = load_recipe(write(tmp_path, "name: '1e5'\n"))
+    assert recipe.name == "1e5" and "name: '1e5'" in dump_recipe(recipe)
+    assert load_recipe(write(tmp_path, dump_recipe(recipe))) == recipe
 
 def test_a_bad_set_value_is_blamed_on_the_set_even_where_pydantic_reports_its_parent():
     vat = Path(__file__).parents[1] / "recipes" / "vat_input.yaml"

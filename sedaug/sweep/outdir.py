@@ -9,12 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sedaug.errors import UserError
 from sedaug.files import write_text
 from sedaug.rundir import sedaug_data_holding
-from sedaug.strict_yaml import diff_keys, get_key
+from sedaug.strict_yaml import diff_keys, dump_yaml, get_key
 from sedaug.sweep.spec import LoadedSweep
 
 # Changes to a sweep that --resume refuses: the finished trials would no longer be comparable with new ones.
@@ -79,6 +77,6 @@ def write_out(out: Path, loaded: LoadedSweep) -> None:
     recipes_dir = out / "recipes"
     recipes_dir.mkdir(parents=True, exist_ok=True)
     header = f"# The sweep as run (overrides merged, defaults filled) from {loaded.path}; --resume checks it.\n"
-    write_text(out / "sweep.yaml", header + yaml.safe_dump(loaded.resolved(), sort_keys=False))
+    write_text(out / "sweep.yaml", header + dump_yaml(loaded.resolved()))
     for name, base in loaded.bases.items():
-        write_text(recipes_dir / f"{name}.yaml", yaml.safe_dump(base, sort_keys=False))
+        write_text(recipes_dir / f"{name}.yaml", dump_yaml(base))
