@@ -361,13 +361,18 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
         loc = [str(p) for i, p in enumerate(e["loc"]) if not (i == 1 and p in tags)]
         msg = e["msg"].removeprefix("Value error, ")
         key = ".".join(loc)
+        if e["type"] == "union_tag_not_found":  # a section given keys but no type
+            msg = f"no type given: set {key}.type too"
         across = msg.startswith(("augmentation.", "regularization.", "model.")) and ": " in msg  # a model validator's
         if across:
             key, msg = msg.split(": ", 1)
+        # A key the file lacks, asked for by the type --set gave its section (augmentation.type=vat needs locations).
+        section = [o for o in overridden if e["type"] == "missing" and o.split(".")[0] == loc[0]]
         if blamed_override(key, overridden) is not None:
             lines.append(f"--set {key}: {msg}")
         else:  # a check across keys may fail at a key of the file for a value --set gave another
-            given = f" (with --set {', '.join(sorted(overridden))})" if across and overridden else ""
+            given = f" (with --set {', '.join(sorted(overridden if across else section))})" \
+                if across and overridden or section else ""
             lines.append(f"{where}: {key}: {msg}{given}" if key else f"{where}: {msg}{given}")
     return "\n".join(lines)
 

@@ -279,6 +279,18 @@ def test_a_bad_set_value_is_blamed_on_the_set_even_where_pydantic_reports_its_pa
                             "blocks (model.cnn_pooling) (with --set model.cnn_filters, model.cnn_pooling)")
 
 
+
+def test_a_section_set_without_its_type_or_with_a_type_that_needs_more_names_the_set(tmp_path):
+    path = write(tmp_path, "name: base\n")
+    for overrides, expected in [
+        (["augmentation.type=vat"], f"{path}: augmentation.locations: Field required (with --set augmentation.type)"),
+        (["augmentation.locations=[cnn]"], "--set augmentation: no type given: set augmentation.type too"),
+        (["regularization.ema_decay=0.9"], "--set regularization: no type given: set regularization.type too"),
+    ]:
+        with pytest.raises(UserError) as e:
+            load_recipe(path, overrides)
+        assert str(e.value) == expected
+
 def test_not_a_mapping_and_missing_file(tmp_path):
     with pytest.raises(UserError, match="a recipe is a YAML mapping"):
         load_recipe(write(tmp_path, "- a\n- b\n"))
