@@ -126,7 +126,11 @@ def prepare_desed(
     """Generate the synthetic DESED, or check a real DESED tree, and write the manifest."""
     from sedaug.data import desed
     from sedaug.data import synthetic as synth
+    from sedaug.rundir import sedaug_data_holding
 
+    held = sedaug_data_holding(out)  # None, or this very prepared DESED
+    if held is not None and held != f"the prepared DESED {out.resolve()}":
+        raise UserError(f"--out {out} is in {held}: give the folder for the manifest (e.g. data/desed)")
     if root is not None and synthetic:
         raise UserError("--root and --synthetic are exclusive: import a real DESED or generate a synthetic one")
     if download and root is None:

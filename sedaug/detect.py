@@ -287,24 +287,31 @@ def load_recording(path: Path, chunk_seconds: int = 60) -> np.ndarray:
     Decoded and resampled `chunk_seconds` at a time, each with a second of the file on either side (the resampler's
     filter reaches about 0.01 s), so that memory holds the 16 kHz wave and one chunk, not the decoded file: what it
     returns equals the whole file resampled at once (within float rounding)."""
+    pieces = []
     with sf.SoundFile(str(path)) as f:
-        rate, n = f.samplerate, f.frames
+        rate, start = f.samplerate, 0
         check_sample_rate(rate)
-        wave = np.empty(math.ceil(n * PARAMS.sample_rate / rate), dtype=np.float32)
-        for start in range(0, n, chunk_seconds * rate):
-            first, stop = max(0, start - rate), min(n, start + (chunk_seconds + 1) * rate)
+        while True:  # until a read comes back short: the frame count a header gives may be wrong (VBR MP3)
+            first = max(0, start - rate)
             f.seek(first)
-            audio = f.read(stop - first, dtype="float32", always_2d=True)
+            audio = f.read((start - first) + (chunk_seconds + 1) * rate, dtype="float32", always_2d=True)
+            end = first + len(audio)
+            if end <= start:
+                break
             finite = np.isfinite(audio).all(axis=1)
             if not finite.all():
                 raise ValueError(f"non-finite audio samples (the first at {(first + int(finite.argmin())) / rate:.3f} s)")
             resampled = resample(torch.from_numpy(audio.mean(axis=1)), rate).numpy()
             # Whole seconds, so each chunk starts on a 16 kHz sample: its output from there on is the file's.
-            at = start * PARAMS.sample_rate // rate
-            piece = resampled[(start - first) * PARAMS.sample_rate // rate :][: chunk_seconds * PARAMS.sample_rate]
-            wave[at : at + len(piece)] = piece
+            piece = resampled[(start - first) * PARAMS.sample_rate // rate :]
+            ended = end < start + (chunk_seconds + 1) * rate  # read to the end: the rest is its own
+            pieces.append(piece if ended else piece[: chunk_seconds * PARAMS.sample_rate])
+            if ended:
+                break
+            start += chunk_seconds * rate
+    wave = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     if len(wave) <= PARAMS.n_fft // 2:
-        raise ValueError(f"only {n / rate:.3f} s of audio, too short to analyse")
+        raise ValueError(f"only {end / rate:.3f} s of audio, too short to analyse")
     return wave
 
 

@@ -133,7 +133,7 @@ def _ordered(name: str, pair: tuple[float, float]) -> None:
 # steps of `step_size` × the parameter's range (max − min), each clamped back into the range.
 SearchSteps = Count
 StepSize = Annotated[float, Field(gt=0, le=1)]
-Gain = Annotated[float, Field(ge=-100, le=100)]  # dB; float32 holds 10^(±5)
+Gain = Annotated[float, Field(ge=-100, le=100)]  # dB; 10^(1000/20) overflowed to inf and made the loss NaN
 DecayTime = Annotated[float, Field(ge=1e-3)]  # seconds of T60; shorter is no decay at all (a frame is 16 ms)
 
 
@@ -367,12 +367,12 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
         if across:
             key, msg = msg.split(": ", 1)
         # A key the file lacks, asked for by the type --set gave its section (augmentation.type=vat needs locations).
-        section = [o for o in overridden if e["type"] == "missing" and o.split(".")[0] == loc[0]]
+        typed = [o for o in (f"{loc[0]}.type", loc[0]) if o in overridden] if e["type"] == "missing" and loc else []
         if blamed_override(key, overridden) is not None:
             lines.append(f"--set {key}: {msg}")
         else:  # a check across keys may fail at a key of the file for a value --set gave another
-            given = f" (with --set {', '.join(sorted(overridden if across else section))})" \
-                if across and overridden or section else ""
+            blamed = sorted(overridden) if across else typed
+            given = f" (with --set {', '.join(blamed)})" if blamed else ""
             lines.append(f"{where}: {key}: {msg}{given}" if key else f"{where}: {msg}{given}")
     return "\n".join(lines)
 

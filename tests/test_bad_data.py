@@ -105,6 +105,9 @@ def test_a_wav_cut_short_is_refused_by_its_header(prepared):
     line = one_line_error(run("prepare-desed", "--root", layout.root, "--out", out), str(victim), "truncated")
     assert "its header announces 1,764,000 bytes of samples, the file holds 705,600" in line
     assert checksums(out) == before
+    write_stereo_clip(victim, 10.0, np.random.default_rng(5))
+    victim.write_bytes(victim.read_bytes()[:-2])  # half a frame short: a careless writer, decoded as it is
+    assert run("prepare-desed", "--root", layout.root, "--out", out).exit_code == 0
 
 
 def test_a_clip_shorter_than_its_labels(prepared):
@@ -225,7 +228,6 @@ def test_events_slightly_past_the_clip_are_clipped_with_a_counted_warning(prepar
     assert len(FeatureStore(out.parent / "features").split("eval").events) == 2
 
 
-
 def test_what_the_features_cannot_hold_or_dcase_counts_twice_is_a_warning(prepared):
     """Kept or fitted, each with a warning row: an event listed twice (DCASE's scoring counts both), events past the
     first 10 s of a longer clip (the features hold those only), a clip shorter than its name says, a clip listed in
@@ -251,7 +253,7 @@ def test_what_the_features_cannot_hold_or_dcase_counts_twice_is_a_warning(prepar
         ("metadata/eval/public.tsv", 2, "kept: listed in unlabeled too"),
         ("metadata/validation/validation.tsv", 7, "dropped: starts at or after the first 10 s"),
         ("metadata/validation/validation.tsv", 8, "offset clipped to 10 (the first 10 s)"),
-        ("metadata/eval/public.tsv", 4, "kept: the same event as line 2 (DCASE's scoring counts both)"),
+        ("metadata/eval/public.tsv", 4, "listed twice: the same event as line 2 (F1 counts both, PSDS merges them)"),
     ]
     alarms = load_events(out, "eval").query("event_label == 'Alarm_bell_ringing'")
     assert list(alarms["onset"]) == [2.0, 2.0]
@@ -288,12 +290,19 @@ def test_a_weak_clip_listed_twice_with_the_same_labels_is_one_clip(prepared):
     assert len(weak) == 2 and list(weak["event_labels"]) == ["Dog,Speech", "Cat"]
 
 
-def test_prepare_desed_refuses_an_out_in_a_feature_store_or_a_run(prepared, tiny_features, tmp_path):
+def test_prepare_desed_refuses_an_out_in_a_feature_store_a_run_or_a_desed_tree(prepared, tiny_features, tmp_path):
     layout, _ = prepared
-    before = checksums(tiny_features)
-    one_line_error(run("prepare-desed", "--root", layout.root, "--out", tiny_features),
-                   f"--out {tiny_features} is in the feature store {tiny_features}")
-    assert checksums(tiny_features) == before
+    run_dir = tmp_path / "runs" / "none" / "seed0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "recipe.yaml").write_text("name: none\n")
+    audio_dir = layout.root / SPLITS["eval"].audio_dir
+    for out, held in ((tiny_features, f"the feature store {tiny_features}"), (run_dir, f"run {run_dir}'s own files"),
+                      (audio_dir, f"the DESED tree {layout.root}")):
+        before = checksums(out)
+        for args in (["--root", layout.root], ["--synthetic", "--size", "tiny"]):
+            one_line_error(run("prepare-desed", *args, "--out", out), f"--out {out} is in {held}")
+        assert checksums(out) == before
+
 
 def test_negative_seed(tmp_path):
     one_line_error(run("prepare-desed", "--synthetic", "--seed", "-1", "--out", tmp_path / "desed"), "--seed -1")

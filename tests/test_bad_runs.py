@@ -154,6 +154,7 @@ def test_a_run_is_not_evaluated_while_another_process_trains_it(trained, cli):
         reader.communicate("")
     assert CliRunner().invoke(app, ["evaluate", str(trained), "--device", "cpu"]).exit_code == 0  # released
 
+
 @pytest.mark.parametrize(("content", "why"), [
     (b"", "(an empty file)"), (b"PK\x03\x04 cut short", "(damaged or cut short)"), (b"epoch 3\n", "(not a PyTorch file)"),
     ("objects", "(it holds objects other than tensors: not a file sedaug wrote)"),

@@ -429,4 +429,3 @@ def test_write_scores_replaces_the_folder(tmp_path):
     write_scores({"c": frames["a"]}, tmp_path / "scores")
     assert [p.name for p in tmp_path.iterdir()] == ["scores"]
     assert [p.name for p in (tmp_path / "scores").iterdir()] == ["c.tsv"]
-

@@ -281,7 +281,6 @@ def test_extract_is_idempotent_until_the_manifest_changes(real_layout, tmp_path)
     assert "Speech" in set(FeatureStore(features).split("eval").events["event_label"])
 
 
-
 def test_extract_notices_audio_replaced_under_an_unchanged_manifest(real_layout, tmp_path):
     """A clip replaced by one of the same length leaves the manifest's tables as they were: extract-mels refuses
     until prepare-desed has read the tree again, then extracts the new audio (it had said "up to date")."""
@@ -318,8 +317,8 @@ def test_extract_notices_audio_replaced_under_an_unchanged_manifest(real_layout,
     record_path = prepared / "manifest" / "prepare.json"
     prepare_record = record_path.read_text()
     record_path.write_text(prepare_record.replace('"format": 4', '"format": 3'))
-    with pytest.raises(UserError, match=f"^{re.escape(str(prepared / 'manifest'))} was written by another version of "
-                                        "sedaug: run `sedaug prepare-desed"):
+    with pytest.raises(UserError, match=f"^{re.escape(str(prepared / 'manifest'))}: its prepare.json is unreadable or "
+                                        "of another version of sedaug: run `sedaug prepare-desed"):
         extract_mels(prepared, features, workers=1, progress=False)
     record_path.write_text(prepare_record)
     # A tree removed after extraction is not checked: the store stays up to date.

@@ -235,7 +235,6 @@ def test_values_that_would_break_the_model_or_the_seeding_are_refused(tmp_path, 
     assert any(line.startswith(f"--set {message}") for line in str(e.value).splitlines()), str(e.value)
 
 
-
 @pytest.mark.parametrize("overrides", [
     ["optim.betas=[0.0, 0.999999]"],
     ["augmentation={type: noise, locations: [mel], snr_db: -100}"],
@@ -266,6 +265,7 @@ def test_a_name_that_reads_as_a_number_is_written_quoted(tmp_path):
     assert recipe.name == "1e5" and "name: '1e5'" in dump_recipe(recipe)
     assert load_recipe(write(tmp_path, dump_recipe(recipe))) == recipe
 
+
 def test_a_bad_set_value_is_blamed_on_the_set_even_where_pydantic_reports_its_parent():
     vat = Path(__file__).parents[1] / "recipes" / "vat_input.yaml"
     with pytest.raises(UserError) as e:
@@ -279,17 +279,19 @@ def test_a_bad_set_value_is_blamed_on_the_set_even_where_pydantic_reports_its_pa
                             "blocks (model.cnn_pooling) (with --set model.cnn_filters, model.cnn_pooling)")
 
 
-
 def test_a_section_set_without_its_type_or_with_a_type_that_needs_more_names_the_set(tmp_path):
     path = write(tmp_path, "name: base\n")
     for overrides, expected in [
         (["augmentation.type=vat"], f"{path}: augmentation.locations: Field required (with --set augmentation.type)"),
         (["augmentation.locations=[cnn]"], "--set augmentation: no type given: set augmentation.type too"),
         (["regularization.ema_decay=0.9"], "--set regularization: no type given: set regularization.type too"),
+        (["augmentation.type=vat", "augmentation.epsilon=0.2"],
+         f"{path}: augmentation.locations: Field required (with --set augmentation.type)"),
     ]:
         with pytest.raises(UserError) as e:
             load_recipe(path, overrides)
         assert str(e.value) == expected
+
 
 def test_not_a_mapping_and_missing_file(tmp_path):
     with pytest.raises(UserError, match="a recipe is a YAML mapping"):

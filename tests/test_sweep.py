@@ -611,6 +611,7 @@ def test_ray_tunes_own_failure_is_one_line_that_says_how_to_resume(monkeypatch, 
     with pytest.raises(UserError, match=r"the finished trials are kept; continue with `sedaug sweep s\.yaml .*--resume`"):
         sweep_run.run_sweep(Path("s.yaml"), out=tmp_path)
 
+
 def test_a_sweep_inside_a_feature_store_is_refused(tiny_features, tmp_path, monkeypatch):
     from sedaug.sweep.outdir import check_out
 

@@ -364,7 +364,6 @@ def test_asha_ranks_each_trial_against_its_own_row_only():
 # ---------------------------------------------------------------------------------------------- refusals
 
 
-
 def test_a_resumed_sweeps_asha_ranks_new_trials_against_the_settled_ones():
     """A resumed sweep's ASHA is new: handed the settled trials' running best F1 by epoch, it records them at every
     rung they reached, so a poor new trial is stopped where, ranked among the new trials only, it would go on."""
@@ -391,6 +390,17 @@ def test_a_resumed_sweeps_asha_ranks_new_trials_against_the_settled_ones():
     # A trial catching up at epoch 3 is ranked at rung 2, against the settled trials' epoch-2 scores.
     assert first_report(RowASHA({"row": 8}, 1, 2, settled=settled), 3, 0.65) == TrialScheduler.CONTINUE
     assert first_report(RowASHA({"row": 8}, 1, 2, settled=settled), 3, 0.55) == TrialScheduler.STOP
+    # The rungs hold what the settled trial's own reports put there, fractional milestones too.
+    live = RowASHA({"row": 8}, grace_period=1, reduction_factor=1.2)
+    live.set_search_properties("score", "max")
+    trial = _trial("settled", "row")
+    live.on_trial_add(None, trial)
+    for epoch, score in enumerate(settled["row"][1], start=1):
+        live.on_trial_result(None, trial, {"epoch": epoch, "score": score})
+    replayed = RowASHA({"row": 8}, grace_period=1, reduction_factor=1.2, settled={"row": [settled["row"][1]]})
+    first_report(replayed, 1, 0.0)
+    rungs = [{m: list(r.values()) for m, r in s.rows["row"]._brackets[0]._rungs} for s in (live, replayed)]
+    assert rungs[0] == {m: values[:-1] if m == 1 else values for m, values in rungs[1].items()}  # (the new trial)
 
 
 def test_a_resumed_sweep_hands_its_asha_the_settled_trials(tiny_features, tmp_path, monkeypatch):
@@ -428,6 +438,7 @@ def test_a_resumed_sweep_hands_its_asha_the_settled_trials(tiny_features, tmp_pa
     run_sweep(write_sweep(spec, sweep([1e-3, 3e-3, 1e-2])), out=out, resume=True, progress=False)
     assert handed[1:] == [{"none": running_best}]
     assert len(list(out.glob("search/none/*/seed0/metrics.jsonl"))) == 3
+
 
 def test_a_refused_resource_request_leaves_no_folder(tmp_path, tiny_features):
     pytest.importorskip("ray.tune")
@@ -476,20 +487,23 @@ def test_a_bad_address_is_one_line_and_writes_nothing(tmp_path, tiny_features, a
     assert time.monotonic() - start < 60  # bounded, not minutes of Ray's retries (a bound, not a timing)
 
 
-
 def test_a_sweep_joins_a_running_ray_cluster_with_its_token(tmp_path, tiny_features):
     """`--address` as docs/cluster.md runs it: a head started by `ray start` with token authentication; the driver
     with the token runs the study there (and resumes it); without the token, one line that says so."""
     pytest.importorskip("ray.tune")
-    with socket.socket() as probe:
+    probes = [socket.socket() for _ in range(3)]
+    for probe in probes:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, client_port, agent_port = (probe.getsockname()[1] for probe in probes)
+    for probe in probes:
+        probe.close()
     ray_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2,
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     head = subprocess.Popen([bin_dir / "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                              "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
                              f"--temp-dir={ray_dir}"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -517,6 +531,7 @@ def test_a_sweep_joins_a_running_ray_cluster_with_its_token(tmp_path, tiny_featu
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(ray_dir, ignore_errors=True)
+
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan"])  # (inf: refused the same way; reverted, it would hang)
 def test_a_connect_timeout_that_is_no_number_of_seconds_is_one_line(tmp_path, tiny_features, timeout):

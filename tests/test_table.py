@@ -166,6 +166,7 @@ def test_unfinished_runs_and_seeds_trained_on_other_stores_are_noted(runs):
         (seed / "env.json").write_text(json.dumps({"features": {"manifest_hash": manifest}}))
     assert "seeds trained on different feature stores" in note()
 
+
 def test_runs_scored_on_different_sets_are_refused(runs):
     def scored_on(path: Path, n_clips: int) -> None:
         results = json.loads(path.read_text())

@@ -176,6 +176,7 @@ def test_ctrl_c_during_validation_stops_once_the_epoch_is_saved(tiny, tmp_path, 
     assert ended.nothing_left and ended.epochs_were == 3
     assert load_recipe(tmp_path / "run" / "recipe.yaml").optim.epochs == 1
 
+
 def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny, tmp_path):
     recipe = tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1")
     run = tmp_path / "run"
@@ -269,6 +270,7 @@ def test_resume_of_a_run_that_is_not_there_says_it_starts_from_scratch(tiny_feat
     assert result.output.startswith(f"--resume: no checkpoints/last.pt in {tmp_path / 'none' / 'seed0'}: training it "
                                     "from the start\n")
     assert "--resume: no" not in CliRunner().invoke(app, args).output  # there now: nothing to train, nothing said
+
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_every_recipe_trains_one_epoch_through_the_cli(recipe, tiny_features, tiny_model_overrides, tmp_path):

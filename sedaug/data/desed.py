@@ -134,7 +134,6 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
     root, out = Path(root).resolve(), Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give the folder for the manifest (e.g. data/desed)")
-    _check_out(out)
     tables, on_disk, fingerprint = _read_tree(root)
 
     manifest_dir = out / MANIFEST_DIR
@@ -168,7 +167,7 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
         raise UserError(f"{name}: no clip to import ({why})")
     clips = _read_headers(root, present, progress)
 
-    manifests, events, warnings = {}, {}, _clip_warnings(root, tables, clips)
+    manifests, events, warnings = {}, {}, _clip_warnings(tables, clips)
     for name, split in SPLITS.items():
         manifests[name] = _manifest_table(clips[name], tables[name], split.kind, on_disk[name])
         if split.kind == "strong":
@@ -217,31 +216,20 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
     )
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an --out in a feature store or a run, whose folder the manifest would join (a DESED tree is fine: the
-    synthetic set's manifest lives beside its audio)."""
-    from sedaug.rundir import sedaug_data_holding
-
-    held = sedaug_data_holding(out / MANIFEST_DIR)
-    if held is not None and not held.startswith(("the prepared DESED", "the DESED tree")):
-        raise UserError(f"--out {out} is in {held}: give the folder for the manifest (e.g. data/desed)")
-
-
-def _clip_warnings(root: Path, tables: dict[str, MetadataTables], clips: dict[str, list[_Clip]]) -> list[tuple]:
+def _clip_warnings(tables: dict[str, MetadataTables], clips: dict[str, list[_Clip]]) -> list[tuple]:
     """Warning rows (WARNING_COLUMNS) for clips whose audio is shorter than their DESED name says by more than
     LABEL_TOLERANCE (a download cut short?), and for clips listed in two splits (a clip scored on, trained on)."""
     warnings, seen = [], {}
     for name, split in SPLITS.items():
-        metadata = split.metadata
         for clip in clips[name]:
             named = named_seconds(clip.filename)
-            if named is not None and clip.duration < named - LABEL_TOLERANCE:
-                warnings.append((metadata, tables[name].lines[clip.filename], clip.filename, "", "", "", clip.duration,
-                                 f"kept: {clip.duration:.3f} s of audio where its name says {named:g} s (cut short?)"))
+            actions = [f"kept: {clip.duration:.3f} s of audio where its name says {named:g} s (cut short?)"] \
+                if named is not None and clip.duration < named - LABEL_TOLERANCE else []
             if clip.filename in seen:
-                warnings.append((metadata, tables[name].lines[clip.filename], clip.filename, "", "", "", clip.duration,
-                                 f"kept: listed in {seen[clip.filename]} too"))
+                actions.append(f"kept: listed in {seen[clip.filename]} too")
             seen.setdefault(clip.filename, name)
+            line = tables[name].lines[clip.filename]
+            warnings += [(split.metadata, line, clip.filename, "", "", "", clip.duration, a) for a in actions]
     return warnings
 
 
@@ -325,14 +313,17 @@ def _read_header(path: Path) -> _Clip:
 
 
 def _truncated(info) -> tuple[int, int] | None:
-    """(bytes announced, bytes there) of a WAV-like file whose data chunk ends past the file's end, read from
-    libsndfile's log ("data : 1764000 (should be 705573)"); None else. A size of 0 or 0xFFFFFFFF is a streamed
+    """(bytes announced, bytes there) of a WAV-like file whose data chunk ends more than LABEL_TOLERANCE seconds
+    of audio past the file's end (a few bytes short is a careless writer, decoded as it is), read from libsndfile's
+    log ("data : 1764000 (should be 705573)", "Block Align : 4"); None else. A size of 0 or 0xFFFFFFFF is a streamed
     file's placeholder, not a promise."""
     match = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info, re.MULTILINE)
     if match is None:
         return None
     announced, there = int(match[1]), int(match[2])
-    return (announced, there) if there < announced and announced not in (0, 0xFFFFFFFF) else None
+    frame = re.search(r"Block Align\s*:\s*(\d+)", info.extra_info)
+    missing_s = (announced - there) / (int(frame[1]) if frame and int(frame[1]) else 1) / info.samplerate
+    return (announced, there) if missing_s > LABEL_TOLERANCE and announced not in (0, 0xFFFFFFFF) else None
 
 
 def _check_finite(path: Path) -> None:
@@ -393,7 +384,8 @@ def _read_prepare_json(manifest_dir: Path) -> dict | None:
 
 
 def load_manifest(prepared: Path) -> dict[str, pd.DataFrame]:
-    """Source split name -> manifest table (filename, path, duration, sample_rate, channels[, event_labels])."""
+    """Source split name -> manifest table (filename, path, duration, sample_rate, channels, size, mtime_ns[,
+    event_labels])."""
     manifest_dir = _manifest_dir(prepared)
     tables = {}
     for name in SPLITS:
@@ -427,7 +419,8 @@ def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> None:
     root = Path(str(record.get("root", "")))
     again = f"run `sedaug prepare-desed --root {root} --out {prepared}` again"
     if record.get("format") != MANIFEST_FORMAT:
-        raise UserError(f"{_manifest_dir(prepared)} was written by another version of sedaug: {again}")
+        raise UserError(f"{_manifest_dir(prepared)}: its prepare.json is unreadable or of another version of sedaug: "
+                        f"{again}")
     if not root.is_absolute() or not root.is_dir():
         return
     for table in manifest.values():

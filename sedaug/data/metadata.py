@@ -4,8 +4,8 @@ A TSV row that cannot be trusted (not finite, a negative onset, an offset before
 fields than the header, fields separated by spaces, a filename with spaces around it, a weak clip listed twice with
 other labels) is a UserError naming the file and line. An event ending at most `LABEL_TOLERANCE` seconds past its
 clip's audio is DESED's known quirk: it is clipped, with a warning row (`WARNING_COLUMNS`); so is an event past the
-first clip_seconds of a longer clip (the features hold those only). An event listed twice is kept twice, as DCASE's
-scoring reads the file, with a warning row.
+first clip_seconds of a longer clip (the features hold those only). An event listed twice is kept twice, as the
+scorers read the file (F1 counts both, PSDS merges same-class overlaps), with a warning row.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
                     f"({', '.join(header)})"
                 )
             fields = fields[: len(header)]
-        if len(header) > 1 and not any(f.strip() for f in fields[1:]) and _spaced(fields[0], header, columns):
+        if len(header) > 1 and not any(f.strip() for f in fields[1:]) and _spaced(fields[0], columns):
             raise UserError(f"{path}:{number}: one field where the header has {len(header)}: the row's fields are "
                             "separated by spaces, not tabs")
         rows.append([_unquote(f) for f in fields] + [""] * (len(header) - len(fields)))
@@ -142,7 +142,7 @@ def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     return table
 
 
-def _spaced(cell: str, header: list[str], columns: tuple[str, ...]) -> bool:
+def _spaced(cell: str, columns: tuple[str, ...]) -> bool:
     """Whether a row's lone first cell is the whole row with spaces for tabs (a filename may hold spaces): a weak
     row's last word is labels, a strong row's two words before its last are numbers."""
     words = cell.split()
@@ -201,7 +201,7 @@ def fit_events(
     clip_seconds of a longer clip, is clipped to it (dropped if it starts there), and one of zero length is dropped,
     each with a warning row; one ending further past the audio is a UserError naming the TSV line and the audio file
     (a truncated file, or a wrong label where the clip's name says its length). An event listed twice is kept, as
-    DCASE's scoring counts it, with a warning row."""
+    the scorers read the file, with a warning row."""
     assert table.events is not None
     events = table.events[table.events["filename"].isin(clips.keys())].reset_index(drop=True).copy()
     audio = events["filename"].map(lambda f: clips[f][0]).to_numpy(float)
@@ -225,18 +225,17 @@ def fit_events(
     for i in np.flatnonzero(past | empty | again):
         row = events.iloc[i]
         end = "the clip's end" if audio[i] <= PARAMS.clip_seconds else f"the first {PARAMS.clip_seconds:g} s"
+        actions = []
         if empty[i]:
-            action = "dropped: zero length (offset = onset)"
+            actions.append("dropped: zero length (offset = onset)")
         elif past[i] and row["onset"] >= duration[i]:
-            action = f"dropped: starts at or after {end}"
+            actions.append(f"dropped: starts at or after {end}")
         elif past[i]:
-            action = f"offset clipped to {duration[i]:g}" + ("" if audio[i] <= PARAMS.clip_seconds else f" ({end})")
-        else:
-            action = f"kept: the same event as line {first[i]} (DCASE's scoring counts both)"
-        warnings.append(
-            (metadata, int(row["line"]), row["filename"], row["event_label"], row["onset"], row["offset"],
-             audio[i], action)
-        )
+            actions.append(f"offset clipped to {duration[i]:g}" + ("" if audio[i] <= PARAMS.clip_seconds else f" ({end})"))
+        if again[i]:
+            actions.append(f"listed twice: the same event as line {first[i]} (F1 counts both, PSDS merges them)")
+        warnings += [(metadata, int(row["line"]), row["filename"], row["event_label"], row["onset"], row["offset"],
+                      audio[i], action) for action in actions]
     keep = ~(past & (onset >= duration)) & ~empty
     events["offset"] = np.minimum(events["offset"].to_numpy(), duration)
     return events.loc[keep, EVENT_COLUMNS].reset_index(drop=True), warnings

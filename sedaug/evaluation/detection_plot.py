@@ -70,7 +70,6 @@ def plot_detections(
         fig.savefig(tmp, format="png", dpi=100, metadata={"Title": DETECT_PLOT_TITLE})
 
 
-
 def _score_curves(ax, scores: np.ndarray, duration: float, detected: list[str], colours: dict[str, str],
                   threshold: float | None) -> None:
     """Each shown class's frame scores as a step curve over its output frames, and the decision threshold."""

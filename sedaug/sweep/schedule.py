@@ -12,7 +12,7 @@ against the whole row, not only against each other.
 
 from __future__ import annotations
 
-import math
+from types import SimpleNamespace
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -69,14 +69,14 @@ class RowASHA(FIFOScheduler):
         return "ASHA per row: " + "; ".join(f"{name}: {s.debug_string()}" for name, s in self.rows.items())
 
 
-
 def _record_settled(scheduler: ASHAScheduler, settled: list[list[float]], mode: str) -> None:
-    """Record each settled trial's score at every rung it reached, as its reports did in the run that trained it
-    (a rung records the first report at or past its milestone). Ray's ASHA keeps its rungs in its brackets' private
-    `_rungs` (milestone, {trial id: score}), which the pinned Ray's tests/test_sweep_study.py exercises."""
+    """Replay each settled trial's reports (its running best by epoch, the last epoch's aside: ASHA stops a trial
+    there unrecorded) through the scheduler's bracket, so that the rungs hold what they held in the run
+    that trained it (Ray records one rung per report; `_brackets` is the pinned Ray's, tested in
+    tests/test_sweep_study.py)."""
     sign = 1 if mode == "max" else -1
-    for bracket in scheduler._brackets:
-        for milestone, recorded in bracket._rungs:
-            for k, scores in enumerate(settled):
-                if len(scores) >= milestone:
-                    recorded[f"settled-{k}"] = sign * scores[math.ceil(milestone) - 1]
+    [bracket] = scheduler._brackets  # one: ASHAScheduler's default
+    for k, scores in enumerate(settled):
+        trial = SimpleNamespace(trial_id=f"settled-{k}")
+        for epoch, score in enumerate(scores[: scheduler._max_t - 1], start=1):
+            bracket.on_result(trial, epoch, sign * score)

@@ -405,4 +405,3 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
             problems.append(f"{here}: the setting {shown} for {name}: {bad[0]}")
     return problems
-
