@@ -230,6 +230,20 @@ def test_a_cuda_only_step_setting_in_a_cpu_sweep_is_refused_before_it_starts(tmp
         for name in ("none", "noise_latent")]
 
 
+def test_an_optuna_row_that_searches_nothing_is_planned_as_its_one_trial(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path / "o.yaml", """\
+        recipes:
+          - recipe: recipes/none.yaml
+            search:
+              optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+          - recipe: recipes/noise_latent.yaml
+        algorithm: {type: optuna, trials: 3}
+        """)
+    assert [(r.recipe, r.trials) for r in dry_run(load_sweep(path), timed=False).rows] == [
+        ("none", 3), ("noise_latent", 1)]
+
+
 def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     path = write(tmp_path / "steps.yaml", """\
@@ -261,6 +275,7 @@ def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypa
     assert planned.cpus == usable_cpus()  # each trial's threads
     assert any(n.startswith(f"resources.cpus {usable_cpus() + 60} per trial, but this machine has {usable_cpus()}: timed "
                             f"with {usable_cpus()} threads") for n in planned.notes), planned.notes
+
 
 # ---------------------------------------------------------------------------------------------- selection
 
@@ -311,8 +326,47 @@ def test_a_trial_that_failed_before_writing_its_folder_is_listed_and_holds_its_r
     loaded = load_sweep(optuna)
     records = search_records(loaded, out)
     assert [(r.params, r.status) for r in records] == [({"data.batch_size": 24}, "done")]
-    assert budget_short(loaded, records) == {"none": 1}
-    assert budget_short(load_sweep(optuna, ["algorithm.trials=1"]), records) == {}
+    assert budget_short(loaded, out, records) == {"none": 1}
+    assert budget_short(load_sweep(optuna, ["algorithm.trials=1"]), out, records) == {}
+    # Optuna may suggest a setting again: the repeat's trial shares the folder and counts against the budget (a row
+    # of a two-value space with a budget of 4 had never finished).
+    for _ in range(2):
+        append_jsonl(out / "trials.jsonl", {"stage": "search", "recipe": "none", "setting": records[0].setting,
+                                            "seed": seed, "status": "done"})
+    assert budget_short(loaded, out, records) == {}
+    assert budget_short(load_sweep(optuna, ["algorithm.trials=3"]), out, records) == {"none": 1}
+
+
+def test_an_optuna_tie_goes_to_the_setting_that_ran_first(tmp_path):
+    """Optuna's settings are not planned: on a tie, the first to run wins (it had gone to the lowest JSON, so a
+    resume that added a trial could replace the winner and retrain its final runs)."""
+    import yaml
+
+    from sedaug.files import append_jsonl
+    from sedaug.sweep.select import search_records
+    from sedaug.sweep.spec import apply_params
+
+    path = write(tmp_path / "o.yaml", f"""\
+        recipes:
+          - recipe: {REPO / "recipes" / "none.yaml"}
+            search:
+              optim.lr: {{choice: [1.0e-3, 3.0e-3, 1.0e-2]}}
+        algorithm: {{type: optuna, trials: 3}}
+        set: {{optim.epochs: 2}}
+        """)
+    loaded, out = load_sweep(path), tmp_path / "out"
+    for lr in (3e-3, 1e-3, 1e-2):  # in the order they ran
+        params = {"optim.lr": lr}
+        ran = search_dir(out, "none", params, loaded.sweep.trial_seed)
+        (ran / "checkpoints").mkdir(parents=True)
+        (ran / "recipe.yaml").write_text(yaml.safe_dump(apply_params(loaded.bases["none"], params, 0)))
+        (ran / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "valid_f1": 0.5}) + "\n" for e in (1, 2)))
+        torch.save({"state": {"epoch": 2}}, ran / "checkpoints" / "last.pt")
+        append_jsonl(out / "trials.jsonl", {"stage": "search", "recipe": "none", "setting": setting_id(params),
+                                            "seed": loaded.sweep.trial_seed, "status": "done"})
+    records = search_records(loaded, out)
+    assert [r.params["optim.lr"] for r in records] == [3e-3, 1e-3, 1e-2]
+    assert winners(records)["none"].params == {"optim.lr": 3e-3}
 
 
 def test_the_best_complete_trial_wins_and_selection_tsv_marks_it(tmp_path):

@@ -7,6 +7,7 @@ cluster guide's files parse.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -438,6 +439,32 @@ def test_a_resumed_sweep_hands_its_asha_the_settled_trials(tiny_features, tmp_pa
     run_sweep(write_sweep(spec, sweep([1e-3, 3e-3, 1e-2])), out=out, resume=True, progress=False)
     assert handed[1:] == [{"none": running_best}]
     assert len(list(out.glob("search/none/*/seed0/metrics.jsonl"))) == 3
+
+
+def test_ctrl_c_while_ray_starts_says_how_to_go_on(tiny_features, tmp_path, monkeypatch):
+    """Once --out holds the sweep, a Ctrl-C before Ray Tune runs (Ray starting) names the resume command; before,
+    there is nothing to resume (the CLI's one line)."""
+    pytest.importorskip("ray.tune")
+    from sedaug.sweep import run as sweep_run
+
+    def interrupted_start(written: bool):
+        @contextlib.contextmanager
+        def ray_session(out, address, connect_timeout, before_start):
+            if written:
+                before_start(None)
+            raise KeyboardInterrupt
+            yield []
+        return ray_session
+
+    spec = write_sweep(tmp_path / "s.yaml", study(tiny_features, [0.05]))
+    monkeypatch.setattr(sweep_run, "ray_session", interrupted_start(False))
+    with pytest.raises(KeyboardInterrupt):
+        sweep_run.run_sweep(spec, out=tmp_path / "out", progress=False)
+    monkeypatch.setattr(sweep_run, "ray_session", interrupted_start(True))
+    with pytest.raises(sweep_run.Interrupted) as e:
+        sweep_run.run_sweep(spec, out=tmp_path / "out", progress=False)
+    assert str(e.value) == f"interrupted; continue with `sedaug sweep {spec} --out {tmp_path / 'out'} --resume`"
+    assert (tmp_path / "out" / "sweep.yaml").is_file()
 
 
 def test_a_refused_resource_request_leaves_no_folder(tmp_path, tiny_features):

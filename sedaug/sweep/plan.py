@@ -47,6 +47,11 @@ def settings(loaded: LoadedSweep, name: str) -> list[dict[str, Any]]:
     return list(found.values())
 
 
+def optuna_trials(loaded: LoadedSweep, name: str) -> int:
+    """An Optuna row's budget: its `trials`, or the base recipe's one trial where it searches nothing."""
+    return loaded.sweep.algorithm.trials if loaded.spaces[name] else 1
+
+
 def domain(dom: Space):
     from ray import tune
 
@@ -403,7 +408,7 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
     for name, base in loaded.bases.items():
         listed = settings(loaded, name) or [{}]  # Optuna's: the base recipe stands for each
         recipes[name] = recipe = validate_recipe(apply_params(base, listed[0], sweep.trial_seed))
-        n = sweep.algorithm.trials if sweep.algorithm.type == "optuna" else len(listed)
+        n = optuna_trials(loaded, name) if sweep.algorithm.type == "optuna" else len(listed)
         steps, note = _steps_per_epoch(recipe)
         if note and note not in notes:
             notes.append(note)

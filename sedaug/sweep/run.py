@@ -34,6 +34,7 @@ from sedaug.sweep.plan import (
     domain,
     dry_run,
     final_trials,
+    optuna_trials,
     plan_search,
     same_recipe,
     steps_done,
@@ -44,6 +45,7 @@ from sedaug.sweep.select import (
     budget_short,
     journal_errors,
     journal_statuses,
+    optuna_settled,
     run_state,
     search_records,
     short_value,
@@ -124,7 +126,11 @@ def run_sweep(
 ) -> SweepResult:
     try:
         return _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources)
-    except (Interrupted, TuneStopped) as e:
+    except (Interrupted, TuneStopped, KeyboardInterrupt) as e:
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C before Ray Tune ran (while Ray starts, say)
+            if not (_out_dir(spec_path, out) / "sweep.yaml").exists():
+                raise  # nothing to resume yet: the CLI's one line
+            e = Interrupted("interrupted")
         again = resume_command(spec_path, out, overrides, address, connect_timeout, wait_for_resources)
         raise type(e)(f"{e}; continue with `{again}`") from None
 
@@ -184,9 +190,9 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
         records = search_records(loaded, out)
         chosen = winners(records)
         unsettled = [r for r in records if r.status not in SETTLED]
-        planned = {name: sweep.algorithm.trials if sweep.algorithm.type == "optuna" else
+        planned = {name: optuna_trials(loaded, name) if sweep.algorithm.type == "optuna" else
                    sum(t["recipe"] == name for t in searched.trials) for name in loaded.bases}
-        short = budget_short(loaded, records)
+        short = budget_short(loaded, out, records)
         ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled) and n not in short}
         write_selection(out, records, ready)  # a row still searching has no winner yet
         lost = without_winner(records, chosen, planned)
@@ -375,9 +381,9 @@ def _optuna_search(loaded: LoadedSweep, out: Path, plan: Plan, view, name: str, 
     """One Optuna TPE study per recipe (each row gets its own budget), told the trials already on disk."""
     sweep = loaded.sweep
     records = [r for r in search_records(loaded, out) if r.recipe == name]
-    searcher, remaining = optuna_searcher(sweep, loaded.spaces[name], records)
-    view.begin_stage(f"search (optuna: {name})", {name: sweep.algorithm.trials},
-                     {name: sum(r.status in SETTLED for r in records)})
+    searcher, remaining = optuna_searcher(sweep, loaded.spaces[name], records, optuna_settled(out, records, name))
+    view.begin_stage(f"search (optuna: {name})", {name: optuna_trials(loaded, name)},
+                     {name: min(optuna_settled(out, records, name), optuna_trials(loaded, name))})
     if remaining <= 0:
         return
     if searcher is None:  # nothing to search: the base recipe is the one setting
@@ -392,10 +398,11 @@ def _optuna_search(loaded: LoadedSweep, out: Path, plan: Plan, view, name: str, 
          num_samples=remaining, early_stopping=True)
 
 
-def optuna_searcher(sweep, space: dict, records: list) -> tuple[Any, int]:
+def optuna_searcher(sweep, space: dict, records: list, n_settled: int | None = None) -> tuple[Any, int]:
     """Ray Tune's OptunaSearch (TPE) for one recipe and the trials left in its budget. It is told the settled
     trials on disk (score known; a diverged one scores 0) and asked to run the unfinished ones first; its seed moves
     on with the number of settled trials, so that a resumed study does not draw the same first points again.
+    `n_settled` counts a setting Optuna suggested twice twice (optuna_settled; default: the settled records).
     (None, n) when nothing is searched: the one setting is the base recipe."""
     from ray.tune.search.optuna import OptunaSearch
 
@@ -403,7 +410,7 @@ def optuna_searcher(sweep, space: dict, records: list) -> tuple[Any, int]:
     unfinished = [r for r in records if r not in settled]
     if not space:
         return None, 0 if settled else 1
-    remaining = sweep.algorithm.trials - len(settled)
+    remaining = sweep.algorithm.trials - (len(settled) if n_settled is None else n_settled)
     flat = [{f"params/{k}": v for k, v in r.params.items()} for r in unfinished][: max(remaining, 0)]
     distributions = OptunaSearch.convert_search_space({"params": {k: domain(d) for k, d in space.items()}})
     searcher = OptunaSearch(space=distributions, metric="score", mode="max", seed=sweep.algorithm.seed + len(settled),

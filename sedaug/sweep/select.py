@@ -124,20 +124,39 @@ def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = Non
             found.append(TrialRecord(recipe, setting, sweep.trial_seed, missing[setting],
                                      Path(out) / "search" / recipe / setting / f"seed{sweep.trial_seed}", 0,
                                      loaded.epochs[recipe], None, None, status))
-        found.sort(key=lambda r: (order.get(r.setting, len(order)), json.dumps(r.params, sort_keys=True)))
+        # Optuna's trials, not planned, in the order they first ran (a tie goes to the first, as in a grid).
+        first = {key[2]: i for i, key in enumerate(k for k in statuses if k[:2] == ("search", recipe))}  # dict order
+        found.sort(key=lambda r: (order.get(r.setting, len(order)), first.get(r.setting, len(first)),
+                                  json.dumps(r.params, sort_keys=True)))
         records += found
     return records
 
 
-def budget_short(loaded: LoadedSweep, records: list[TrialRecord]) -> dict[str, int]:
+def optuna_settled(out: Path, records: list[TrialRecord], recipe: str) -> int:
+    """How many of an Optuna row's trials have settled: its settled folders, or more where Optuna suggested a setting
+    again (the repeat's trial shares the folder and counts against the budget; the journal records each trial)."""
+    settled = {r.setting for r in records if r.recipe == recipe and r.status in SETTLED}
+    path, journaled = Path(out) / JOURNAL, 0
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed driver
+            journaled += (isinstance(row, dict) and row.get("stage") == "search" and row.get("recipe") == recipe
+                          and row.get("setting") in settled and row.get("status") in SETTLED)
+    return max(len(settled), journaled)
+
+
+def budget_short(loaded: LoadedSweep, out: Path, records: list[TrialRecord]) -> dict[str, int]:
     """{recipe: trials missing} of each Optuna row with fewer settled trials than its budget: its trials are not
     planned, so one that failed before it wrote its folder has no record and leaves the budget short (the row is not
     finished; --resume samples that many more). Empty for a grid: its trials all have records."""
     if loaded.sweep.algorithm.type != "optuna":
         return {}
-    settled = {name: sum(r.recipe == name and r.status in SETTLED for r in records) for name in loaded.bases}
     budget = loaded.sweep.algorithm.trials
-    return {name: budget - n for name, n in settled.items() if loaded.spaces[name] and n < budget}
+    settled = {name: optuna_settled(out, records, name) for name in loaded.bases if loaded.spaces[name]}
+    return {name: budget - n for name, n in settled.items() if n < budget}
 
 
 def winners(records: list[TrialRecord]) -> dict[str, TrialRecord]:
