@@ -230,6 +230,31 @@ def test_a_cuda_only_step_setting_in_a_cpu_sweep_is_refused_before_it_starts(tmp
         for name in ("none", "noise_latent")]
 
 
+def test_a_random_draw_the_recipe_refuses_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """Values that pass one by one may not together (a mask of no time and no frequency mask): a grid's settings
+    are checked at load, a random sweep's draws before the plan or the run (it had stopped after writing --out)."""
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path / "r.yaml", """\
+        recipes:
+          - recipe: recipes/audio/mask_input.yaml
+            search:
+              augmentation.time_masks: {choice: [0, 2]}
+              augmentation.freq_masks: {choice: [0, 2]}
+        algorithm: {type: random, trials: 20}
+        """)
+    loaded = load_sweep(path)
+    expected = (f"{path}: recipes[0].search: the drawn setting augmentation.time_masks=0, augmentation.freq_masks=0 "
+                "for mask_input: augmentation.time_masks: mask needs at least one time or frequency mask")
+    with pytest.raises(UserError) as e:
+        dry_run(loaded, timed=False)
+    assert str(e.value) == expected
+    from sedaug.sweep.run import run_sweep
+
+    with pytest.raises(UserError) as e:
+        run_sweep(path, out=tmp_path / "out", progress=False)
+    assert str(e.value) == expected and not (tmp_path / "out").exists()
+
+
 def test_an_optuna_row_that_searches_nothing_is_planned_as_its_one_trial(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     path = write(tmp_path / "o.yaml", """\
@@ -275,6 +300,11 @@ def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypa
     assert planned.cpus == usable_cpus()  # each trial's threads
     assert any(n.startswith(f"resources.cpus {usable_cpus() + 60} per trial, but this machine has {usable_cpus()}: timed "
                             f"with {usable_cpus()} threads") for n in planned.notes), planned.notes
+    # GPUs or memory this machine lacks: the real run here refuses, the plan says so.
+    planned = dry_run(load_sweep(path, ["resources.memory=100000"]), timed=False)
+    assert any(n.startswith("resources.memory: 1e+05 GiB per trial, but this machine has ") and
+               n.endswith("GiB: a sweep on this machine would be refused (a cluster's nodes may have it)")
+               for n in planned.notes), planned.notes
 
 
 # ---------------------------------------------------------------------------------------------- selection

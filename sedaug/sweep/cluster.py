@@ -253,21 +253,27 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(cpus), "GPU": float(gpus), "memory": float(memory)}
 
 
+def resources_short(per_trial: dict[str, dict[str, float]], have: dict[str, float], where: str) -> dict[str, str]:
+    """{cpus|gpus|memory: what is short} of the largest trial request of any row against what `where` has."""
+    request = {"CPU": max(r["cpu"] for r in per_trial.values()), "GPU": max(r["gpu"] for r in per_trial.values()),
+               "memory": max(r["memory"] for r in per_trial.values())}
+    names = {"CPU": "cpus", "GPU": "gpus", "memory": "memory"}
+    short = {}
+    for key, need in request.items():
+        if need > have.get(key, 0):
+            if key == "memory":
+                short["memory"] = (f"memory: {need / 2**30:.3g} GiB per trial, but {where} has "
+                                   f"{have.get(key, 0) / 2**30:.3g} GiB")
+            else:
+                short[names[key]] = f"{names[key]}: {need:g} per trial, but {where} has {have.get(key, 0):g}"
+    return short
+
+
 def check_resources(loaded: LoadedSweep, per_trial: dict[str, dict[str, float]], have: dict[str, float],
                     where: str, wait: bool) -> list[str]:
     """Each recipe's trial request against what the cluster has: a UserError naming what is short (every row's
     largest request), or, when told to wait for resources (an autoscaling cluster), warnings."""
-    request = {"CPU": max(r["cpu"] for r in per_trial.values()), "GPU": max(r["gpu"] for r in per_trial.values()),
-               "memory": max(r["memory"] for r in per_trial.values())}
-    names = {"CPU": "cpus", "GPU": "gpus", "memory": "memory"}
-    short = []
-    for key, need in request.items():
-        if need > have.get(key, 0):
-            if key == "memory":
-                short.append(f"memory: {need / 2**30:.3g} GiB per trial, but {where} has "
-                             f"{have.get(key, 0) / 2**30:.3g} GiB")
-            else:
-                short.append(f"{names[key]}: {need:g} per trial, but {where} has {have.get(key, 0):g}")
+    short = list(resources_short(per_trial, have, where).values())
     if short and not wait:
         hint = " (an autoscaling cluster: pass --wait-for-resources)" if where != "this machine" else ""
         raise UserError(f"{loaded.path}: resources.{'; resources.'.join(short)}{hint}")

@@ -16,8 +16,8 @@ from typing import Any
 
 from sedaug.errors import UserError, counted, listed
 from sedaug.recipe import Recipe, load_recipe, validate_recipe, what_a_run_trains
-from sedaug.sweep.cluster import usable_cpus
-from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings
+from sedaug.sweep.cluster import local_resources, resources_short, usable_cpus
+from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings, recipe_problems
 from sedaug.sweep.trial import checkpointed_metrics, search_dir, setting_id
 
 GIB = 2**30
@@ -45,6 +45,22 @@ def settings(loaded: LoadedSweep, name: str) -> list[dict[str, Any]]:
         params = {key: sample(dom, rng) for key, dom in space.items()}
         found.setdefault(setting_id(params), params)
     return list(found.values())
+
+
+def check_drawn(loaded: LoadedSweep) -> None:
+    """Refuse, before anything is written, a random sweep's drawn setting that the recipe refuses (values that pass
+    one by one may not together: a mask with time_masks 0 and freq_masks 0), as load_sweep refuses a grid's."""
+    if loaded.sweep.algorithm.type != "random":
+        return
+    problems = []
+    for i, (name, base) in enumerate(loaded.bases.items()):
+        for params in settings(loaded, name):
+            bad = recipe_problems(apply_params(base, params), name, None)
+            if bad:
+                shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+                problems.append(f"{loaded.path}: recipes[{i}].search: the drawn setting {shown} for {name}: {bad[0]}")
+    if problems:
+        raise UserError("\n".join(problems))
 
 
 def optuna_trials(loaded: LoadedSweep, name: str) -> int:
@@ -398,6 +414,7 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
     import torch
 
     sweep = loaded.sweep
+    check_drawn(loaded)
     if device is None:
         device = "cuda" if sweep.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
     notes = []
@@ -430,6 +447,9 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
         notes.append(f"resources.cpus {sweep.resources.cpus:g} per trial, but this machine has {here}: timed with {here} "
                      "threads; a sweep on this machine would be refused")
         threads = here
+    short = resources_short(resources, local_resources(), "this machine")
+    notes += [f"resources.{short[k]}: a sweep on this machine would be refused (a cluster's nodes may have it)"
+              for k in ("gpus", "memory") if k in short]
     plan = DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), notes, recipes, threads)
     if timed:
         for _ in plan.timed():

@@ -31,6 +31,7 @@ from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, 
 from sedaug.sweep.outdir import check_out, write_out
 from sedaug.sweep.plan import (
     SearchPlan,
+    check_drawn,
     domain,
     dry_run,
     final_trials,
@@ -150,6 +151,7 @@ def resume_command(spec_path: Path, out: Path | None, overrides: list[str], addr
 def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources) -> SweepResult:
     started = time.monotonic()
     loaded = load_sweep(Path(spec_path), list(overrides))
+    check_drawn(loaded)
     parse_address(address)
     if not 0 < connect_timeout < math.inf:
         raise UserError(f"--connect-timeout {connect_timeout:g}: give a number of seconds above 0")

@@ -200,7 +200,7 @@ def _schema_errors(error: ValidationError, where: str, overridden: set[str] = fr
     return lines
 
 
-def _recipe_problems(raw: dict, name: str, key: str | None) -> list[str]:
+def recipe_problems(raw: dict, name: str, key: str | None) -> list[str]:
     """validate_recipe's `path: message` lines for a candidate recipe, worded for the sweep file."""
     try:
         validate_recipe(raw, "@")
@@ -275,7 +275,7 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
                 set_key(base, key, value)
             except ValueError as e:
                 problems.append(f"{here}.set.{key}: {e}")
-        set_problems = _recipe_problems(base, str(base.get("name", entry.recipe)), None)
+        set_problems = recipe_problems(base, str(base.get("name", entry.recipe)), None)
         if set_problems:
             for p in set_problems:
                 key, _, message = p.partition(": ")
@@ -386,7 +386,7 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
             except ValueError as e:
                 problems.append(f"{at}: {e}")
                 break
-            bad = _recipe_problems(candidate, name, key)
+            bad = recipe_problems(candidate, name, key)
             unknown = f"not a key of recipe {name}"
             if unknown in bad:  # whatever the value: said once
                 problems.append(f"{at}: {unknown}")
@@ -400,7 +400,7 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
     if len(settings) > MAX_GRID:
         return [f"{here}: {len(settings):,} settings for {name} (at most {MAX_GRID:,})"]
     for params in settings:  # each value passed alone; some combinations may still be refused together
-        bad = _recipe_problems(apply_params(base, params), name, None)
+        bad = recipe_problems(apply_params(base, params), name, None)
         if bad:
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
             problems.append(f"{here}: the setting {shown} for {name}: {bad[0]}")
