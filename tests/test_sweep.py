@@ -255,6 +255,29 @@ def test_a_random_draw_the_recipe_refuses_is_refused_before_anything_is_written(
     assert str(e.value) == expected and not (tmp_path / "out").exists()
 
 
+def test_a_mapping_that_would_replace_keys_set_inside_it_is_refused(tmp_path, monkeypatch):
+    """`set: {optim: {lr: 0.01}}` beside `optim.epochs: 2`, or a searched `augmentation` beside a set
+    `augmentation.sigma`: one of them was silently lost (200 epochs instead of 2; sigma 0.1 instead of 0.3)."""
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path / "s.yaml", """\
+        recipes:
+          - recipe: recipes/none.yaml
+            set: {optim: {lr: 0.01}}
+          - recipe: recipes/noise_latent.yaml
+            search:
+              augmentation: {grid: [{type: noise, locations: [cnn]}, {type: noise, locations: [rnn]}]}
+            set: {augmentation.sigma: 0.3}
+        set: {optim.epochs: 2, optim.rampup_epochs: 1}
+        """)
+    with pytest.raises(UserError) as e:
+        load_sweep(path)
+    assert str(e.value).splitlines() == [
+        f"{path}: recipes[0].set optim replaces the whole optim mapping, and {path}: set gives optim.epochs, "
+        "optim.rampup_epochs in it: set optim's keys one by one",
+        f"{path}: recipes[1].search.augmentation: each value replaces the whole augmentation mapping, and set gives "
+        "augmentation.sigma in it: search its keys one by one, or put those into each value"]
+
+
 def test_an_optuna_row_that_searches_nothing_is_planned_as_its_one_trial(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     path = write(tmp_path / "o.yaml", """\

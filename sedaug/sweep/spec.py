@@ -200,6 +200,19 @@ def _schema_errors(error: ValidationError, where: str, overridden: set[str] = fr
     return lines
 
 
+def _replaced_keys(levels: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """A set key whose mapping would replace (or be replaced by) another set key inside it: `optim: {lr: 0.01}`
+    beside `optim.epochs: 2` loses one of them, whichever is applied first. One line per pair, naming where each is."""
+    keys = [(where, key) for where, items in levels for key in items]
+    inside: dict[tuple[str, str, str], list[str]] = {}
+    for w1, k1 in keys:
+        for w2, k2 in keys:
+            if k2.startswith(f"{k1}."):
+                inside.setdefault((w1, k1, w2), []).append(k2)
+    return [f"{w1} {k1} replaces the whole {k1} mapping, and {w2} gives {', '.join(k2s)} in it: set {k1}'s keys one "
+            "by one" for (w1, k1, w2), k2s in inside.items()]
+
+
 def recipe_problems(raw: dict, name: str, key: str | None) -> list[str]:
     """validate_recipe's `path: message` lines for a candidate recipe, worded for the sweep file."""
     try:
@@ -266,6 +279,9 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
             problems.append(f"{here}.recipe: {entry.recipe} is not a recipe mapping")
             continue
         fixed = {**sweep.set, **entry.set, **recipe_items}  # --set over the file's sets
+        levels = [(f"{where}: set", sweep.set), (f"{here}.set", entry.set), ("--set", recipe_items)]
+        for line in _replaced_keys(levels):
+            problems += [line] if line not in problems else []
         for key, value in fixed.items():
             if key in ("seed",):
                 line = f"{'--set ' + key if key in recipe_items else here + '.set.' + key}: {RESERVED[key]}"
@@ -371,6 +387,11 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
             continue
         if key in fixed:
             problems.append(f"{at}: the key is also in set: fix it or search it, not both")
+            continue
+        inside = sorted(k for k in fixed if k.startswith(f"{key}."))
+        if inside:  # each searched value would replace the mapping, dropping what set gives inside it
+            problems.append(f"{at}: each value replaces the whole {key} mapping, and set gives {', '.join(inside)} "
+                            "in it: search its keys one by one, or put those into each value")
             continue
         if algorithm is None:
             pass  # the algorithm itself is wrong: which spaces it takes is not known
