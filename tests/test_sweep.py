@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from sedaug.errors import UserError
 from sedaug.sweep import in_search, selected_settings
 from sedaug.sweep.plan import dry_run, settings
 from sedaug.sweep.select import TrialRecord, budget_short, winners, write_selection
-from sedaug.sweep.spec import grid_settings, load_sweep
+from sedaug.sweep.spec import Space, grid_settings, load_sweep
 from sedaug.sweep.trial import search_dir, setting_id, trial_lock
 
 REPO = Path(__file__).parents[1]
@@ -314,8 +315,8 @@ def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypa
     batches = write(tmp_path / "batches.yaml", path.read_text().replace("optim.max_steps_per_epoch: {grid: [10, 30]}",
                                                                         "data.batch_size: {grid: [24, 40000]}"))
     planned = dry_run(load_sweep(batches), timed=False)
-    assert ("none: no training step in an epoch with data.batch_size=40000 (a batch larger than a split): those trials "
-            "will fail") in planned.notes
+    assert (f"{batches}: none: no training step in an epoch with data.batch_size=40000 (a batch larger than a split): "
+            "take it out of the search (a sweep would be refused)") in planned.notes
     # More CPUs per trial than this machine has: timed with what it has, and said (a cluster may have them).
     from sedaug.sweep.cluster import usable_cpus
 
@@ -493,6 +494,14 @@ def test_a_resumed_optuna_study_is_told_the_finished_trials_and_reruns_the_unfin
     told = [t for t in searcher._ot_study.trials if t.value is not None]
     assert sorted(t.value for t in told) == [0.1, 0.3]
     assert optuna_searcher(loaded.sweep, {}, records[:1]) == (None, 0)  # nothing searched, the one trial done
+    # A list-valued choice (locations) draws lists, without Optuna's warning about persistent storage.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        space = {"augmentation.locations": Space(choice=[["cnn"], ["rnn"]])}
+        searcher, _ = optuna_searcher(loaded.sweep, space, [])
+        searcher.set_search_properties(None, None, {"trial": {"stage": "search"}})
+        assert searcher.suggest("c")["params"]["augmentation.locations"] in (["cnn"], ["rnn"])
+    assert not [w for w in caught if "categorical distribution" in str(w.message)]
 
 
 # ---------------------------------------------------------------------------------------------- a real sweep

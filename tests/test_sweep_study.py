@@ -467,6 +467,18 @@ def test_ctrl_c_while_ray_starts_says_how_to_go_on(tiny_features, tmp_path, monk
     assert (tmp_path / "out" / "sweep.yaml").is_file()
 
 
+def test_a_setting_that_leaves_no_training_step_is_refused_before_ray(tiny_features, tmp_path):
+    """A batch larger than a split: train refuses every trial of it, so its row could never finish (it had trained
+    the other settings, then ended "not finished ... --resume retries", which never could)."""
+    pytest.importorskip("ray.tune")
+    sweep = study(tiny_features, [0.05])
+    sweep["recipes"][1]["search"] = {"data.batch_size": {"grid": [8, 48]}}
+    spec = write_sweep(tmp_path / "s.yaml", sweep)
+    one_line_error(sweep_cli(spec, "--out", tmp_path / "out"), f"{spec}: noise_latent: no training step in an epoch "
+                   "with data.batch_size=48 (a batch larger than a split): take it out of the search")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_refused_resource_request_leaves_no_folder(tmp_path, tiny_features):
     pytest.importorskip("ray.tune")
     spec = write_sweep(tmp_path / "s.yaml", study(tiny_features, [0.05]))

@@ -358,6 +358,18 @@ def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
     return min(steps, recipe.optim.max_steps_per_epoch or steps), note
 
 
+def no_step_settings(loaded: LoadedSweep, name: str) -> str | None:
+    """One line naming a row's settings (Optuna's: the base recipe) that leave no training step in an epoch of its
+    feature store (a batch larger than a split, which train refuses: the row could never finish), or None."""
+    listed = settings(loaded, name) or [{}]
+    empty = ["; ".join(f"{k}={v}" for k, v in params.items()) or "the recipe" for params in listed
+             if _steps_per_epoch(validate_recipe(apply_params(loaded.bases[name], params)))[0] == 0]
+    if not empty:
+        return None
+    return (f"{loaded.path}: {name}: no training step in an epoch with {', '.join(empty)} (a batch larger than a "
+            "split): take it out of the search")
+
+
 def steps_done(run_dir: Path, epochs: int, settled: bool) -> int:
     """Training steps of a sweep's run that are behind it: all of them for a settled one (done, stopped early or
     diverged: nothing of it is trained again), else its checkpointed epochs'."""
@@ -434,11 +446,8 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
         if len(set(each)) > 1:
             notes.append(f"{name}: steps per epoch differ between settings ({min(each)}-{max(each)}), each timed at "
                          "the first setting's step")
-        if 0 in each:  # train refuses a batch larger than a split: such a setting's trials will fail
-            empty = ["; ".join(f"{k}={v}" for k, v in params.items()) or "the recipe"
-                     for params, n in zip(listed, each, strict=True) if n == 0]
-            notes.append(f"{name}: no training step in an epoch with {', '.join(empty)} (a batch larger than a "
-                         "split): those trials will fail")
+        if (empty := no_step_settings(loaded, name)) is not None:
+            notes.append(f"{empty} (a sweep would be refused)")
         copied = int(sweep.trial_seed in sweep.seeds)  # that seed's final run is the winner's search run
         rows.append(RowCost(name, n, len(sweep.seeds), copied, recipe.optim.epochs, steps, None,
                             resources[name]["memory"], each if len(set(each)) > 1 else ()))

@@ -21,6 +21,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from sedaug.sweep.plan import (
     domain,
     dry_run,
     final_trials,
+    no_step_settings,
     optuna_trials,
     plan_search,
     same_recipe,
@@ -233,8 +235,9 @@ def _out_dir(spec_path: Path, out: Path | None) -> Path:
 
 
 def store_problem(loaded: LoadedSweep, overrides: list[str]) -> str | None:
-    """Why a row's feature store does not open here, or None. The sweep checks it before Ray starts (its trials, on
-    a cluster's nodes too, read it at the same path): one line, not every trial failing its retries."""
+    """Why a row's feature store does not open here, or a setting leaves no step in its epochs, or None. The sweep
+    checks it before Ray starts (its trials, on a cluster's nodes too, read it at the same path): one line, not
+    every trial failing its retries."""
     from sedaug.data.store import FeatureStore
 
     for name, base in loaded.bases.items():
@@ -243,7 +246,7 @@ def store_problem(loaded: LoadedSweep, overrides: list[str]) -> str | None:
         except UserError as err:
             given = any(item.partition("=")[0] == "data.features" for item in overrides)
             return f"{'--set data.features' if given else loaded.path}: {name}'s data.features: {err}"
-    return None
+    return next(filter(None, (no_step_settings(loaded, name) for name in loaded.bases)), None)
 
 
 def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, overrides: list[str] = ()):
@@ -254,7 +257,8 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
     out = _out_dir(spec_path, out)
     check_out(out, loaded, resume)
     plan = dry_run(loaded, timed=False)
-    if (problem := store_problem(loaded, list(overrides))) is not None:  # planned with DESED's sizes (README)
+    problem = store_problem(loaded, list(overrides))  # planned with DESED's sizes where there is no store (README)
+    if problem is not None and f"{problem} (a sweep would be refused)" not in plan.notes:
         plan.notes.append(f"{problem} (a sweep would be refused)")
     if resume and out.is_dir():
         records = search_records(loaded, out)
@@ -408,6 +412,8 @@ def optuna_searcher(sweep, space: dict, records: list, n_settled: int | None = N
     (None, n) when nothing is searched: the one setting is the base recipe."""
     from ray.tune.search.optuna import OptunaSearch
 
+    # A list-valued choice (augmentation.locations) is fine in memory; Optuna warns for its persistent storage.
+    warnings.filterwarnings("ignore", message="Choices for a categorical distribution should be", category=UserWarning)
     settled = [r for r in records if r.status in SETTLED]
     unfinished = [r for r in records if r not in settled]
     if not space:
