@@ -254,6 +254,12 @@ def test_a_random_draw_the_recipe_refuses_is_refused_before_anything_is_written(
     with pytest.raises(UserError) as e:
         run_sweep(path, out=tmp_path / "out", progress=False)
     assert str(e.value) == expected and not (tmp_path / "out").exists()
+    # Optuna's suggestions cannot be listed, but a space of choices only can: each combination Optuna may suggest.
+    optuna = write(tmp_path / "o.yaml", path.read_text().replace("{type: random, trials: 20}", "{type: optuna, trials: 3}"))
+    with pytest.raises(UserError) as e:
+        dry_run(load_sweep(optuna), timed=False)
+    assert str(e.value) == expected.replace(str(path), str(optuna)).replace(
+        "the drawn setting", "the setting (Optuna may suggest it)")
 
 
 def test_a_mapping_that_would_replace_keys_set_inside_it_is_refused(tmp_path, monkeypatch):
