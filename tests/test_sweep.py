@@ -285,6 +285,19 @@ def test_a_mapping_that_would_replace_keys_set_inside_it_is_refused(tmp_path, mo
         "augmentation.sigma in it: search its keys one by one, or put those into each value"]
 
 
+def test_a_sweep_key_set_on_the_command_line_is_named_where_its_problem_shows(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path / "s.yaml", """\
+        recipes:
+          - recipe: recipes/none.yaml
+        set: {optim.epochs: 2}
+        """)
+    with pytest.raises(UserError) as e:
+        load_sweep(path, ["early_stopping.type=asha"])
+    assert str(e.value) == (f"{path}: early_stopping.grace_epochs: 10 is more than none's 2 epochs (with --set "
+                            "early_stopping.type)")
+
+
 def test_an_optuna_row_that_searches_nothing_is_planned_as_its_one_trial(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     path = write(tmp_path / "o.yaml", """\

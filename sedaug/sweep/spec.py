@@ -316,13 +316,21 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         bases[name], spaces[name] = base, space
         epochs[name] = validate_recipe(base).optim.epochs
         if sweep.resources.gpus == 0:
-            problems += [f"{here}: {p}" for p in _cpu_problems(validate_recipe(base))]
+            problems += [f"{here}: {p}{_with_set(sweep_items, 'resources')}" for p in _cpu_problems(validate_recipe(base))]
         grace = sweep.early_stopping.grace_epochs if sweep.early_stopping else None
         if grace is not None and grace > epochs[name]:
-            problems.append(f"{where}: early_stopping.grace_epochs: {grace} is more than {name}'s {epochs[name]} epochs")
+            problems.append(f"{where}: early_stopping.grace_epochs: {grace} is more than {name}'s {epochs[name]} epochs"
+                            f"{_with_set(sweep_items, 'early_stopping')}")
     if problems:
         raise UserError("\n".join(problems))
     return LoadedSweep(path, sweep, bases, spaces, epochs)
+
+
+def _with_set(sweep_items: list[str], section: str) -> str:
+    """" (with --set KEY, ...)" naming the `--set` items that edited a section of the sweep, where a problem found
+    in that section may come from them; "" when none did."""
+    keys = [item.partition("=")[0] for item in sweep_items if item.partition("=")[0].split(".")[0] == section]
+    return f" (with --set {', '.join(keys)})" if keys else ""
 
 
 def _cpu_problems(recipe: Recipe) -> list[str]:
