@@ -147,10 +147,13 @@ def prepare_desed(
         if sample_rate not in (16000, 44100):
             raise UserError(f"--sample-rate {sample_rate}: expected 16000 or 44100")
         already = synth.is_generated(out, size.value, seed, sample_rate)
+        record = out / desed.MANIFEST_DIR / desed.PREPARE_JSON
+        before = record.read_bytes() if record.is_file() else None
         synth.generate_synthetic(out, size=size.value, seed=seed, sample_rate=sample_rate)
         report = desed.prepare_desed(out, out)  # already done by the generator: this reads its report back
         clips = ", ".join(f"{name} {n:,}" for name, n in report.counts.items())
-        state = "already up to date" if already else "generated"
+        state = "generated" if not already else "already up to date" if record.read_bytes() == before else \
+            "already generated (its manifest made again: a file changed since)"
         console.print(f"synthetic DESED ({size.value}, seed {seed}, {sample_rate} Hz) {state} in {out}: {clips}")
         return
     if download:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -222,3 +223,9 @@ def test_cli_says_whether_it_generated_or_found_the_set_up_to_date(tmp_path):
     second = run("prepare-desed", "--synthetic", "--size", "tiny", "--out", tmp_path / "desed")
     assert second.exit_code == 0 and " already up to date in " in second.output, second.output
     assert second.output.split(": ", 1)[1] == first.output.split(": ", 1)[1]  # the same clips
+    # A clip's time changed (copied, touched): the tree stands, its manifest is made again, and the line says so.
+    clip = next((tmp_path / "desed" / "audio" / "eval" / "public").iterdir())
+    os.utime(clip, ns=(clip.stat().st_atime_ns, clip.stat().st_mtime_ns + 10**9))
+    third = run("prepare-desed", "--synthetic", "--size", "tiny", "--out", tmp_path / "desed")
+    assert third.exit_code == 0 and " already generated (its manifest made again: a file changed since) in " in \
+        " ".join(third.output.split()), third.output
