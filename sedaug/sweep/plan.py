@@ -17,15 +17,7 @@ from typing import Any
 from sedaug.errors import UserError, counted, listed
 from sedaug.recipe import Recipe, load_recipe, validate_recipe, what_a_run_trains
 from sedaug.sweep.cluster import local_resources, resources_short, usable_cpus
-from sedaug.sweep.spec import (
-    MAX_GRID,
-    LoadedSweep,
-    Space,
-    apply_params,
-    get_key,
-    grid_settings,
-    recipe_problems,
-)
+from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings, refused_settings
 from sedaug.sweep.trial import checkpointed_metrics, search_dir, setting_id
 
 GIB = 2**30
@@ -56,25 +48,13 @@ def settings(loaded: LoadedSweep, name: str) -> list[dict[str, Any]]:
 
 
 def check_drawn(loaded: LoadedSweep) -> None:
-    """Refuse, before anything is written, a setting the recipe refuses that a random sweep drew, or that Optuna may
-    suggest from a space of choices only (values that pass one by one may not together: a mask with time_masks 0 and
-    freq_masks 0), as load_sweep refuses a grid's. (Optuna's other spaces cannot be listed.)"""
-    algorithm, problems = loaded.sweep.algorithm.type, []
-    for i, (name, base) in enumerate(loaded.bases.items()):
-        space = loaded.spaces[name]
-        if algorithm == "random":
-            listed, what = settings(loaded, name), "the drawn setting"
-        elif algorithm == "optuna" and space and all(d.kind == "choice" for d in space.values()) and \
-                math.prod(len(d.choice) for d in space.values()) <= MAX_GRID:
-            listed = grid_settings({k: Space(grid=d.choice) for k, d in space.items()})
-            what = "the setting (Optuna may suggest it)"
-        else:
-            continue
-        for params in listed:
-            bad = recipe_problems(apply_params(base, params), name, None)
-            if bad:
-                shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-                problems.append(f"{loaded.path}: recipes[{i}].search: {what} {shown} for {name}: {bad[0]}")
+    """Refuse, before anything is written, a random sweep's drawn setting that the recipe refuses (values that pass
+    one by one may not together), as load_sweep refuses a grid's and an all-choice Optuna space's."""
+    if loaded.sweep.algorithm.type != "random":
+        return
+    problems = [line for i, (name, base) in enumerate(loaded.bases.items())
+                for line in refused_settings(base, name, settings(loaded, name), f"{loaded.path}: recipes[{i}].search",
+                                             "the drawn setting")]
     if problems:
         raise UserError("\n".join(problems))
 

@@ -387,9 +387,9 @@ def _optuna_search(loaded: LoadedSweep, out: Path, plan: Plan, view, name: str, 
     """One Optuna TPE study per recipe (each row gets its own budget), told the trials already on disk."""
     sweep = loaded.sweep
     records = [r for r in search_records(loaded, out) if r.recipe == name]
-    searcher, remaining = optuna_searcher(sweep, loaded.spaces[name], records, optuna_settled(out, records, name))
-    view.begin_stage(f"search (optuna: {name})", {name: optuna_trials(loaded, name)},
-                     {name: min(optuna_settled(out, records, name), optuna_trials(loaded, name))})
+    n_settled, budget = optuna_settled(out, records, name), optuna_trials(loaded, name)
+    searcher, remaining = optuna_searcher(sweep, loaded.spaces[name], records, n_settled)
+    view.begin_stage(f"search (optuna: {name})", {name: budget}, {name: min(n_settled, budget)})
     if remaining <= 0:
         return
     if searcher is None:  # nothing to search: the base recipe is the one setting

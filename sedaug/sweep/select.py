@@ -7,6 +7,7 @@ only adds what a run directory cannot say: that Ray stopped a trial early (ASHA)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -45,33 +46,33 @@ class TrialRecord:
         return self.status == "done"
 
 
-def journal_statuses(out: Path) -> dict[tuple, str]:
-    """(stage, recipe, setting, seed) -> the last status the driver recorded."""
-    path = Path(out) / JOURNAL
-    statuses = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                statuses[(row["stage"], row["recipe"], row["setting"], row["seed"])] = row["status"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by a killed driver
-    return statuses
-
-
-def journal_errors(out: Path) -> list[str]:
-    """The distinct errors of trials that failed for good, first seen first."""
-    path = Path(out) / JOURNAL
-    errors: dict[str, None] = {}
+def _journal(out: Path) -> list[dict]:
+    """The driver's journal rows, in order; a line cut short by a killed driver is skipped."""
+    path, rows = Path(out) / JOURNAL, []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if row.get("status") == "failed" and row.get("error"):
-                errors[row["error"]] = None
-    return list(errors)
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def journal_statuses(out: Path) -> dict[tuple, str]:
+    """(stage, recipe, setting, seed) -> the last status the driver recorded."""
+    statuses = {}
+    for row in _journal(out):
+        with contextlib.suppress(KeyError, TypeError):
+            statuses[(row["stage"], row["recipe"], row["setting"], row["seed"])] = row["status"]
+    return statuses
+
+
+def journal_errors(out: Path) -> list[str]:
+    """The distinct errors of trials that failed for good, first seen first."""
+    failed = (row["error"] for row in _journal(out) if row.get("status") == "failed" and row.get("error"))
+    return list(dict.fromkeys(failed))
 
 
 def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tuple[int, float | None, int | None, bool]:
@@ -136,15 +137,8 @@ def optuna_settled(out: Path, records: list[TrialRecord], recipe: str) -> int:
     """How many of an Optuna row's trials have settled: its settled folders, or more where Optuna suggested a setting
     again (the repeat's trial shares the folder and counts against the budget; the journal records each trial)."""
     settled = {r.setting for r in records if r.recipe == recipe and r.status in SETTLED}
-    path, journaled = Path(out) / JOURNAL, 0
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a killed driver
-            journaled += (isinstance(row, dict) and row.get("stage") == "search" and row.get("recipe") == recipe
-                          and row.get("setting") in settled and row.get("status") in SETTLED)
+    journaled = sum(row.get("stage") == "search" and row.get("recipe") == recipe and row.get("setting") in settled
+                    and row.get("status") in SETTLED for row in _journal(out))
     return max(len(settled), journaled)
 
 

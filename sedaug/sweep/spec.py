@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -423,14 +424,28 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
             if not bad and sweep.resources.gpus == 0:
                 bad = [p for p in _cpu_problems(validate_recipe(candidate)) if p not in base_cpu_problems]
             problems += [f"{at}: {value!r} for {name}: {p}" for p in bad]
-    if problems or algorithm != "grid" or any(d.kind != "grid" for d in space.values()):
+    if problems or not space:
         return problems
-    settings = grid_settings(space)
-    if len(settings) > MAX_GRID:
-        return [f"{here}: {len(settings):,} settings for {name} (at most {MAX_GRID:,})"]
-    for params in settings:  # each value passed alone; some combinations may still be refused together
+    if algorithm == "grid" and all(d.kind == "grid" for d in space.values()):
+        settings, what = grid_settings(space), "the setting"
+        if len(settings) > MAX_GRID:
+            return [f"{here}: {len(settings):,} settings for {name} (at most {MAX_GRID:,})"]
+    elif algorithm == "optuna" and all(d.kind == "choice" for d in space.values()) and \
+            math.prod(len(d.choice) for d in space.values()) <= MAX_GRID:  # what Optuna may suggest can be listed
+        settings, what = grid_settings({k: Space(grid=d.choice) for k, d in space.items()}), \
+            "the setting (Optuna may suggest it)"
+    else:
+        return problems
+    return refused_settings(base, name, settings, here, what)
+
+
+def refused_settings(base: dict, name: str, settings: list[dict[str, Any]], here: str, what: str) -> list[str]:
+    """One line per setting the recipe refuses although each of its values passed alone (a mask of no time and no
+    frequency mask)."""
+    problems = []
+    for params in settings:
         bad = recipe_problems(apply_params(base, params), name, None)
         if bad:
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            problems.append(f"{here}: the setting {shown} for {name}: {bad[0]}")
+            problems.append(f"{here}: {what} {shown} for {name}: {bad[0]}")
     return problems
