@@ -260,6 +260,15 @@ def test_a_random_draw_the_recipe_refuses_is_refused_before_anything_is_written(
         dry_run(load_sweep(optuna), timed=False)
     assert str(e.value) == expected.replace(str(path), str(optuna)).replace(
         "the drawn setting", "the setting (Optuna may suggest it)")
+    # Beside a continuous key, the choices' combinations are checked at each of its bounds (the trials failed).
+    mixed = write(tmp_path / "m.yaml", optuna.read_text().replace(
+        "search:\n", "search:\n      optim.lr: {loguniform: [0.0001, 0.01]}\n"))
+    with pytest.raises(UserError) as e:
+        load_sweep(mixed)
+    assert str(e.value).splitlines() == [
+        f"{mixed}: recipes[0].search: the setting (Optuna may suggest it) optim.lr={lr}, augmentation.time_masks=0, "
+        "augmentation.freq_masks=0 for mask_input: augmentation.time_masks: mask needs at least one time or "
+        "frequency mask" for lr in (0.0001, 0.01)]
 
 
 def test_a_mapping_that_would_replace_keys_set_inside_it_is_refused(tmp_path, monkeypatch):

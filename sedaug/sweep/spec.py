@@ -430,13 +430,14 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
         settings, what = grid_settings(space), "the setting"
         if len(settings) > MAX_GRID:
             return [f"{here}: {len(settings):,} settings for {name} (at most {MAX_GRID:,})"]
-    elif algorithm == "optuna" and all(d.kind == "choice" for d in space.values()) and \
-            math.prod(len(d.choice) for d in space.values()) <= MAX_GRID:  # what Optuna may suggest can be listed
-        settings, what = grid_settings({k: Space(grid=d.choice) for k, d in space.items()}), \
-            "the setting (Optuna may suggest it)"
+    elif algorithm == "optuna" and math.prod(len(d.values_to_check()) for d in space.values()) <= MAX_GRID:
+        # Every combination of the choices, a continuous key at each of its bounds: all Optuna may suggest for a
+        # space of choices, and the settings most likely refused otherwise (a refused suggestion fails its trial).
+        corners = itertools.product(*(d.values_to_check() for d in space.values()))
+        settings, what = [dict(zip(space, c, strict=True)) for c in corners], "the setting (Optuna may suggest it)"
     else:
         return problems
-    return refused_settings(base, name, settings, here, what)
+    return list(dict.fromkeys(refused_settings(base, name, settings, here, what)))  # (a choice may repeat a value)
 
 
 def refused_settings(base: dict, name: str, settings: list[dict[str, Any]], here: str, what: str) -> list[str]:
