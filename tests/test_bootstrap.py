@@ -145,6 +145,14 @@ def test_identical_rows_p_value_1_and_zero_interval():
         assert paired_p_value(d) == 1.0 and percentile_interval(d, 0.95) == (0.0, 0.0)
 
 
+def test_paired_p_value_by_hand():
+    # Two-sided: twice the smaller share of resampled differences on either side of 0 (0 counts on both sides).
+    assert paired_p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == 0.5  # 2 x min(1/4, 3/4)
+    assert paired_p_value(np.array([-2.0, 0.0, 1.0, 2.0, 3.0])) == pytest.approx(0.8)  # 2 x min(2/5, 4/5)
+    assert paired_p_value(np.array([-1.0, 0.0, 1.0, np.nan])) == 1.0  # 2 x 2/3, at most 1; NaN left out
+    assert np.isnan(paired_p_value(np.array([np.nan])))
+
+
 def test_percentile_interval_by_hand():
     samples = np.arange(101, dtype=float)  # percentiles 2.5 and 97.5 of 0..100
     assert percentile_interval(samples, 0.95) == pytest.approx((2.5, 97.5))

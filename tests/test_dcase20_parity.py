@@ -4,6 +4,7 @@ its independently initialised teacher; the 30 dB noise left off a short clip's p
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import mels
 
@@ -54,3 +55,32 @@ def test_the_30db_noise_leaves_a_short_clips_padding_at_exactly_0db():
     assert torch.equal(db[2, 300:], torch.zeros_like(db[2, 300:]))
     assert (out[2, :300] != batch.mels[2, :300]).float().mean() > 0.99  # the real frames are noised
     assert (out[0] != batch.mels[0]).float().mean() > 0.99  # and a full clip everywhere
+
+
+def _bce(p: torch.Tensor, y: torch.Tensor) -> float:
+    p, y = p.detach().double(), y.double()
+    return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
+
+
+def test_a_step_minimises_strong_and_weak_bce_plus_w_times_the_consistency_at_the_given_lr(tiny_model_overrides):
+    """dcase20's loss, by hand: BCE of the strong output on the synthetic rows + BCE of the weak output on the weak
+    rows (the unlabeled rows carry no label) + w(t)·L_const; Adam's first step moves each weight by about lr."""
+    import copy
+
+    recipe = load_recipe(REPO / "recipes" / "baseline.yaml", tiny_model_overrides)
+    torch.manual_seed(0)
+    start = build_training(recipe, SCALER, torch.device("cpu"))
+    batch = tiny_batch()
+    torch.manual_seed(5)
+    strong, weak = copy.deepcopy(start.model)(batch.mels)  # the step's clean pass: the same dropout draws
+    expected = _bce(strong[3:], batch.strong_labels) + _bce(weak[2:3], batch.weak_labels)
+    for weight, lr in ((0.0, 1e-3), (3.0, 4e-3)):
+        training = copy.deepcopy(start)
+        torch.manual_seed(5)
+        losses = training_step(recipe, training, batch, 0, lr, weight)
+        assert float(losses.classification) == pytest.approx(expected, rel=1e-5)
+        assert float(losses.consistency) > 0
+        assert float(losses.total) == pytest.approx(expected + weight * float(losses.consistency), rel=1e-6)
+        moved = torch.cat([(a - b).detach().abs().flatten() for a, b in
+                           zip(training.model.parameters(), start.model.parameters(), strict=True)])
+        assert float(moved.max()) == pytest.approx(lr, rel=1e-3)  # Adam's first step: lr · g / (|g| + eps)

@@ -194,6 +194,16 @@ def test_f1_partial_by_hand():
     assert result["micro"] == pytest.approx(0.5)
 
 
+def test_f1_offset_collar_is_20_percent_of_a_long_event():
+    """sed_eval's offset condition: |offset error| <= max(0.2 s, 20 % of the reference's length): 2 s for 10 s."""
+    gt = events(("a.wav", 0.0, 10.0, "Speech"), ("b.wav", 0.0, 10.0, "Dog"))
+    detections = events(("a.wav", 0.0, 8.1, "Speech"),  # 1.9 s early: a hit
+                        ("b.wav", 0.0, 7.9, "Dog"))  # 2.1 s early: a false positive and a miss
+    result = event_based_f1(detections, gt, ["a.wav", "b.wav"])
+    assert result["per_class"]["Speech"]["f1"] == 1.0 and result["per_class"]["Dog"]["f1"] == 0.0
+    assert result["macro"] == 0.5 and result["micro"] == pytest.approx(0.5)  # TP 1, FP 1, FN 1
+
+
 def test_f1_empty_output_scores_zero():
     gt = events(("a.wav", 1.0, 3.0, "Dog"))
     result = event_based_f1(events(), gt, ["a.wav"])
@@ -221,6 +231,53 @@ def test_psds_perfect_predictions():
     clip_durations = {clip_id(f): d for f, d in zip(names, durations, strict=True)}
     assert sed_scores_psds(frames, gt, clip_durations, PSDS1)[0] == pytest.approx(1.0)
     assert sed_scores_psds(frames, gt, clip_durations, PSDS2)[0] == pytest.approx(1.0)
+
+
+def test_psds_criteria_and_weights_by_hand():
+    """Each criterion at work, in hand-computed cases (frame grid: an event of 100 frames).
+
+    Dog, three clips, its event at frames [0, 100): a.wav detected over [0, 60) (dtc 1, gtc 0.6), b.wav over [0, 40)
+    (gtc 0.4), c.wav over [40, 150) (dtc 60/110 = 0.55, gtc 0.6). Cat in d.wav, found exactly. dcase20's criteria
+    (dtc = gtc = 0.5) find a and c: Dog's TPR 2/3, no false positive (b's detection passes dtc), Cat's 1; PSDS1's
+    (0.7) find no Dog and call c a false positive (90 per hour of the 40 s); PSDS2's (0.1) find all."""
+    names, durations = ["a.wav", "b.wav", "c.wav", "d.wav"], np.full(4, 10.0)
+    gt = events(*[(f, 0.0, 100 * F, "Dog") for f in names[:3]], ("d.wav", 0.0, 100 * F, "Cat"))
+    dog, cat = CLASSES.index("Dog"), CLASSES.index("Cat")
+    found = np.zeros((4, T, len(CLASSES)))
+    found[0, 0:60, dog] = found[1, 0:40, dog] = found[2, 40:150, dog] = found[3, 0:100, cat] = 0.9
+    clip_durations = {clip_id(f): 10.0 for f in names}
+
+    def both(strong):
+        frames = score_frames(strong, names, durations)
+        return ({k: v.value for k, v in psds_eval_psds(strong, names, durations, gt).items()},
+                [sed_scores_psds(frames, gt, clip_durations, p)[0] for p in (PSDS1, PSDS2)])
+
+    dcase20, (psds1, psds2) = both(found)
+    # mean TPR (5/6) at every eFPR; psds_macro takes the TPRs' standard deviation (1/6) off
+    assert dcase20 == pytest.approx({"psds": 5 / 6, "psds_ct": 5 / 6, "psds_macro": 2 / 3})
+    assert psds1 == pytest.approx(0.0)  # Dog 0, Cat 1: mean 1/2 - std 1/2 (alpha_st 1)
+    assert psds2 == pytest.approx(1.0)
+    # A cross-trigger: Cat detected over a.wav's Dog [60, 100) at 0.5, and d.wav's Cat found at 0.5 only. At the
+    # thresholds up to 0.5, Cat's TPR is 1 at 90 false positives per hour, plus alpha_ct x 188 cross-triggers per
+    # hour of Dog (1 in 3 x 100 frames): inside max_efpr (100) only where alpha_ct = 0, over its last tenth.
+    crossed = found.copy()
+    crossed[3, 0:100, cat] = crossed[0, 60:100, cat] = 0.5
+    dcase20, (_, psds2) = both(crossed)
+    assert dcase20 == pytest.approx({"psds": (2 / 3 + 0.1) / 2,  # alpha_ct 0: Cat's area is 0.1
+                                     "psds_ct": (2 / 3 + 0) / 2,  # alpha_ct 1: Cat's eFPR is past max_efpr
+                                     "psds_macro": 0.1 * (5 / 6 - 1 / 6)})  # TPRs (2/3, 0), then (2/3, 1)
+    assert psds2 == pytest.approx(0.0)  # alpha_ct 0.5: Cat past max_efpr, Dog 1: mean 1/2 - std 1/2
+
+
+def test_psds_parameters_are_the_dcase_definitions():
+    """What the cases above leave loose: dcase20's psds_eval call (dtc = gtc = 0.5, cttc = 0.3, max_efpr 100; Table
+    1's psds is alpha_ct 1), PSDS1 and PSDS2 as DCASE 2021-2023 Task 4 define them."""
+    assert PSDS_CRITERIA == {"dtc_threshold": 0.5, "gtc_threshold": 0.5, "cttc_threshold": 0.3}
+    assert PSDS_VARIANTS == {"psds": (0.0, 0.0), "psds_ct": (1.0, 0.0), "psds_macro": (0.0, 1.0)}
+    assert PSDS1 == {"dtc_threshold": 0.7, "gtc_threshold": 0.7, "cttc_threshold": None, "alpha_ct": 0.0,
+                     "alpha_st": 1.0, "max_efpr": 100.0}
+    assert PSDS2 == {"dtc_threshold": 0.1, "gtc_threshold": 0.1, "cttc_threshold": 0.3, "alpha_ct": 0.5,
+                     "alpha_st": 1.0, "max_efpr": 100.0}
 
 
 def noisy_scores(gt, names, levels, seed):
