@@ -231,6 +231,13 @@ def trained_on(run_dir: Path) -> str | None:
     return None if features is None else json.dumps(features, sort_keys=True)
 
 
+def best_epoch(rows: list[dict]) -> dict | None:
+    """metrics.jsonl's row of the first epoch with the highest valid_f1: the one best.pt keeps (a tie does not
+    replace it)."""
+    scored = [r for r in rows if isinstance(r.get("valid_f1"), int | float) and isinstance(r.get("epoch"), int)]
+    return max(scored, key=lambda r: (r["valid_f1"], -r["epoch"]), default=None)
+
+
 def read_diverged(run_dir: Path) -> dict | None:
     """`{epoch, step, message}` of a run whose loss became non-finite (train writes it), or None."""
     try:

@@ -23,7 +23,7 @@ from sedaug.evaluation.results import METRICS, read_results
 from sedaug.files import read_jsonl
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
-from sedaug.rundir import read_diverged, trained_on
+from sedaug.rundir import best_epoch, read_diverged, trained_on
 from sedaug.sweep import in_search, selected_settings
 from sedaug.table_ci import (
     BootstrapSettings,
@@ -192,10 +192,8 @@ def _stale(run_dir: Path, results: dict, epochs: list[dict]) -> bool:
 
         held = epochs_held(run_dir / "checkpoints" / "last.pt")
         return held is not None and epoch < held
-    scored = [r for r in epochs if isinstance(r.get("valid_f1"), int | float)]
-    if name != "best" or not scored:
-        return False
-    return epoch != max(scored, key=lambda r: (r["valid_f1"], -r["epoch"]))["epoch"]
+    best = best_epoch(epochs)
+    return name == "best" and best is not None and epoch != best["epoch"]
 
 
 def _member_stale(member: dict, checkpoint: str | None) -> bool:

@@ -84,6 +84,19 @@ def _factors(r: Row) -> list[str]:
     return [r.recipe, r.augmentation, r.location, r.regularization, r.consistency, str(r.n)]
 
 
+def _cells(r: Row, columns: list[tuple[str, str, object]], pm: str) -> list[tuple[str, bool, bool, bool]]:
+    """A row's metric cells as (text, derived, underlined, bold): a derived column's text (difference, paper) as it
+    is, a mean ± std underlined where marked and bold where best."""
+    out = []
+    for _, m, text_of in columns:
+        c = r.cells[m]
+        derived = text_of is not None
+        text = text_of(c) if derived else _number(c, pm)
+        styled = bool(text) and not derived
+        out.append((text, derived, styled and c.marked, styled and c.best))
+    return out
+
+
 def _markdown(table: Table) -> str:
     columns = _columns(table)
     headers = [*FACTOR_HEADERS, *(h for h, _, _ in columns), "note"]
@@ -91,14 +104,9 @@ def _markdown(table: Table) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     for r in table.rows:
         cells = []
-        for _, m, text_of in columns:
-            c = r.cells[m]
-            text = text_of(c) if text_of else _number(c, " ± ")
-            if text and text_of is None and c.marked:
-                text = f"<u>{text}</u>"
-            if text and text_of is None and c.best:
-                text = f"**{text}**"
-            cells.append(text)
+        for text, _, underlined, bold in _cells(r, columns, " ± "):
+            text = f"<u>{text}</u>" if underlined else text
+            cells.append(f"**{text}**" if bold else text)
         lines.append("| " + " | ".join([*_factors(r), *cells, r.note]) + " |")
     return "\n".join(lines) + f"\n\n_{_legend(table)}_\n"
 
@@ -121,17 +129,9 @@ def _latex(table: Table) -> str:
     ]
     for r in table.rows:
         cells = []
-        for _, m, text_of in columns:
-            c = r.cells[m]
-            if text_of is not None:
-                cells.append(_tex(text_of(c)))
-                continue
-            text = _number(c, r" $\pm$ ")
-            if text and c.marked:
-                text = rf"\underline{{{text}}}"
-            if text and c.best:
-                text = rf"\textbf{{{text}}}"
-            cells.append(text)
+        for text, derived, underlined, bold in _cells(r, columns, r" $\pm$ "):
+            text = _tex(text) if derived else rf"\underline{{{text}}}" if underlined else text
+            cells.append(rf"\textbf{{{text}}}" if bold else text)
         lines.append(" & ".join([*map(_tex, _factors(r)), *cells, _tex(r.note)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -190,14 +190,8 @@ def rich_table(table: Table):
         out.add_column(h, justify="right", no_wrap=True)
     out.add_column("note")
     for r in table.rows:
-        cells = []
-        for _, m, text_of in columns:
-            c = r.cells[m]
-            if text_of is not None:
-                cells.append(Text(text_of(c)))
-                continue
-            style = " ".join(s for s, on in (("bold", c.best), ("underline", c.marked)) if on)
-            cells.append(Text(_number(c, " ± "), style=style))
+        cells = [Text(text, style=" ".join(s for s, on in (("bold", bold), ("underline", underlined)) if on))
+                 for text, _, underlined, bold in _cells(r, columns, " ± ")]
         out.add_row(*_factors(r), *cells, Text(r.note))
     return out
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.files import write_text
-from sedaug.rundir import read_diverged
-from sedaug.sweep.plan import SearchPlan, plan_search
+from sedaug.rundir import best_epoch, read_diverged
+from sedaug.sweep.plan import plan_search
 from sedaug.sweep.spec import LoadedSweep, get_key
-from sedaug.sweep.trial import best_valid_f1, checkpointed_metrics, split_results
+from sedaug.sweep.trial import checkpointed_metrics, split_results
 
 SELECTION = "selection.tsv"
 JOURNAL = "trials.jsonl"
@@ -79,24 +79,23 @@ def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tup
     """(epochs done, score, best epoch, complete) of one run directory. `split` None: the paper's selection, the
     best synthetic_valid macro F1 over epochs (what best.pt keeps); else `metric` of `<split>/results.json`."""
     rows = checkpointed_metrics(run_dir)
-    best = best_valid_f1(rows)
-    best_epoch = next((r["epoch"] for r in rows if r.get("valid_f1") == best), None) if best is not None else None
+    best = best_epoch(rows) or {}
     done = len(rows)
     if split is None:
-        return done, best, best_epoch, done >= epochs
+        return done, best.get("valid_f1"), best.get("epoch"), done >= epochs
     results = split_results(run_dir, split)
     value = None if results is None else results.get(metric)
     score = float(value) if isinstance(value, int | float) else None
-    return done, score, best_epoch, done >= epochs and results is not None
+    return done, score, best.get("epoch"), done >= epochs and results is not None
 
 
-def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = None) -> list[TrialRecord]:
+def search_records(loaded: LoadedSweep, out: Path) -> list[TrialRecord]:
     """The search trials of the sweep found on disk, per recipe in the sweep's order, settings in the grid's order;
     folders of settings no longer in the sweep (`plan.ignored`) are not read."""
     from sedaug.strict_yaml import read_yaml
 
     sweep = loaded.sweep
-    plan = plan or plan_search(loaded, out)
+    plan = plan_search(loaded, out)
     split = None if sweep.select.is_default else sweep.select.split
     statuses = journal_statuses(out)
     records = []
@@ -106,7 +105,7 @@ def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = Non
         for run_dir in plan.on_disk.get(recipe, []):
             raw = read_yaml(run_dir / "recipe.yaml", "trial recipe")
             params = {key: get_key(raw, key) for key in space}
-            done, score, best_epoch, complete = run_state(run_dir, loaded.epochs[recipe], split, sweep.select.metric)
+            done, score, best_at, complete = run_state(run_dir, loaded.epochs[recipe], split, sweep.select.metric)
             setting = run_dir.parent.name
             diverged = read_diverged(run_dir)
             status = "done" if complete else statuses.get(("search", recipe, setting, sweep.trial_seed), "incomplete")
@@ -115,7 +114,7 @@ def search_records(loaded: LoadedSweep, out: Path, plan: SearchPlan | None = Non
             elif status in ("done", "diverged") and not complete:
                 status = "incomplete"
             found.append(TrialRecord(recipe, setting, sweep.trial_seed, params, run_dir, done, loaded.epochs[recipe],
-                                     score, best_epoch, status, diverged))
+                                     score, best_at, status, diverged))
         # Trials without a folder: planned and not run yet, or failed before training wrote one (a missing store,
         # a batch larger than a split): listed, never skipped, so that the row waits for them.
         # (An Optuna row's trials are not planned: a failed one leaves its budget short, which sedaug.sweep.run counts.)
