@@ -94,12 +94,21 @@ class PrepareReport:
     counts: dict[str, int]
     n_events: dict[str, int]
     n_missing: int
-    manifest_dir: Path
-    missing_files: Path
     skipped: bool
     seconds: float = 0.0
     n_label_warnings: int = 0
-    label_warnings: Path | None = None
+
+    @property
+    def manifest_dir(self) -> Path:
+        return self.out / MANIFEST_DIR
+
+    @property
+    def missing_files(self) -> Path:
+        return self.out / MISSING_FILES
+
+    @property
+    def label_warnings(self) -> Path:
+        return self.out / LABEL_WARNINGS
 
     def summary(self) -> str:
         clips = ", ".join(f"{name} {n:,}" for name, n in self.counts.items())
@@ -145,12 +154,9 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
             counts={name: previous["counts"][name] for name in SPLITS},
             n_events={name: previous["n_events"][name] for name in SPLITS if SPLITS[name].kind == "strong"},
             n_missing=previous["n_missing"],
-            manifest_dir=manifest_dir,
-            missing_files=out / MISSING_FILES,
             skipped=True,
             seconds=time.perf_counter() - start,
             n_label_warnings=previous.get("n_label_warnings", 0),
-            label_warnings=out / LABEL_WARNINGS,
         )
 
     missing: list[tuple[str, str]] = []
@@ -207,12 +213,9 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
         counts=counts,
         n_events=n_events,
         n_missing=len(missing),
-        manifest_dir=manifest_dir,
-        missing_files=out / MISSING_FILES,
         skipped=False,
         seconds=time.perf_counter() - start,
         n_label_warnings=len(warnings),
-        label_warnings=out / LABEL_WARNINGS,
     )
 
 
