@@ -34,8 +34,9 @@ from sedaug.evaluation.bootstrap import (
     psds_counts,
     resample_weights,
 )
-from sedaug.evaluation.bootstrap_psds import SED_SCORES_METRICS, sed_scores_counts, sed_scores_values
+from sedaug.evaluation.bootstrap_psds import sed_scores_counts, sed_scores_values
 from sedaug.evaluation.postprocess import decode, frame_counts
+from sedaug.evaluation.psds import SED_SCORES_METRICS
 from sedaug.evaluation.scores import SCORE_COLUMNS, clip_id
 from sedaug.files import read_tsv
 from sedaug.progress import progress_bar

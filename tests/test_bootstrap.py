@@ -173,9 +173,8 @@ def test_window_medians_threshold_like_the_binary_median_filter():
 
 def library_sed_scores(clips, durations, gt, strong, metric):
     """sedaug's evaluation of a sed_scores_eval metric (evaluation/results.py's path)."""
-    from sedaug.evaluation.bootstrap_psds import SED_SCORES_METRICS
     from sedaug.evaluation.postprocess import as_scores, frame_counts, median_filter_scores
-    from sedaug.evaluation.psds import sed_scores_psds
+    from sedaug.evaluation.psds import SED_SCORES_METRICS, sed_scores_psds
     from sedaug.evaluation.scores import clip_id, score_frames
 
     params, filtered = SED_SCORES_METRICS[metric]

@@ -20,12 +20,8 @@ import pandas as pd
 
 from sedaug.evaluation.bootstrap import SECONDS_PER_HOUR, psd_area
 from sedaug.evaluation.postprocess import as_scores, frame_counts, median_filter_scores
-from sedaug.evaluation.psds import PSDS1, PSDS2, sed_scores_reference
+from sedaug.evaluation.psds import SED_SCORES_METRICS, sed_scores_reference
 from sedaug.evaluation.scores import clip_id, score_frames
-
-# metric -> (sed_scores_eval parameters, whether the scores are median-filtered first), as evaluation/results.py
-SED_SCORES_METRICS = {"psds1": (PSDS1, False), "psds2": (PSDS2, False),
-                      "psds1_filtered": (PSDS1, True), "psds2_filtered": (PSDS2, True)}
 
 
 def sed_scores_counts(

@@ -39,6 +39,9 @@ PSDS1 = {"dtc_threshold": 0.7, "gtc_threshold": 0.7, "cttc_threshold": None, "al
          "max_efpr": 100.0}
 PSDS2 = {"dtc_threshold": 0.1, "gtc_threshold": 0.1, "cttc_threshold": 0.3, "alpha_ct": 0.5, "alpha_st": 1.0,
          "max_efpr": 100.0}
+# metric -> (its parameters, whether the scores are median-filtered first: DESED_task's 2023+ baselines)
+SED_SCORES_METRICS = {"psds1": (PSDS1, False), "psds2": (PSDS2, False),
+                      "psds1_filtered": (PSDS1, True), "psds2_filtered": (PSDS2, True)}
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from sedaug.evaluation.psds import (
     PSDS_MAX_EFPR,
     PSDS_THRESHOLDS,
     PSDS_VARIANTS,
+    SED_SCORES_METRICS,
     psds_eval_psds,
     sed_scores_psds,
 )
@@ -105,12 +106,11 @@ def evaluate_scores(
         lengths = frame_counts(durations, strong.shape[1])
         filtered = score_frames(median_filter_scores(strong, median_window, lengths), filenames, durations)
     clip_durations = {clip_id(f): float(d) for f, d in zip(filenames, durations, strict=True)}
-    for name, params in (("psds1", PSDS1), ("psds2", PSDS2)):
-        for suffix, frames in (("", scores), ("_filtered", filtered)):
-            with timed(timing, name + suffix):
-                value, per_class = sed_scores_psds(frames, ground_truth, clip_durations, params)
-            results[name + suffix] = value
-            results[f"{name}{suffix}_per_class"] = per_class
+    for name, (params, is_filtered) in SED_SCORES_METRICS.items():
+        with timed(timing, name):
+            value, per_class = sed_scores_psds(filtered if is_filtered else scores, ground_truth, clip_durations, params)
+        results[name] = value
+        results[f"{name}_per_class"] = per_class
 
     results["classes_without_events"] = [c for c in CLASSES if c not in gt_classes]
     results["params"] = {
