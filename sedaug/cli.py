@@ -222,6 +222,8 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     features: Annotated[Path | None, typer.Option(help="The feature store to score on (default: the run's "
                                                   "data.features).")] = None,
+    other_store: Annotated[bool, typer.Option("--other-store", help="Score on a feature store other than the one "
+                                              "the runs trained on (refused otherwise).")] = False,
 ) -> None:
     """Score trained runs with the DCASE 2020 protocol (macro F1, PSDS), one by one or as a seed ensemble."""
     from sedaug.device import parse_device
@@ -234,7 +236,7 @@ def evaluate(
             console.print(f"skipped {run_dir}: an ensemble's folder, not a member")
         run_dirs = [r for r in run_dirs if not is_ensemble(r)]
         where, results, replaced = evaluate_ensemble(run_dirs, split=split.value, checkpoint=checkpoint.value,
-                                                     device=dev, out=out, features=features)
+                                                     device=dev, out=out, features=features, other_store=other_store)
         if replaced is not None:
             console.print(f"note: replaced the ensemble of {listed(replaced, 5)} in {where / split.value}",
                           markup=False, highlight=False)
@@ -246,7 +248,7 @@ def evaluate(
     for run_dir in run_dirs:
         try:
             results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=dev,
-                                   features=features)
+                                   features=features, other_store=other_store)
         except NotScored as e:  # one of several (a diverged seed, runs/<name>/* with its ensemble): others scored
             if len(run_dirs) == 1:
                 raise

@@ -30,23 +30,26 @@ def evaluate_run(
     device="cpu",
     progress: bool = True,
     features: Path | None = None,
+    other_store: bool = False,
 ) -> dict[str, Any]:
     """Score a run's checkpoint on a strong split; writes RUN/<split>/ and returns results.json's dict.
 
     The feature store is the checkpoint recipe's `data.features` (absolute since sedaug 0.2; an older run's relative
-    path is the working directory's), unless `features` is given.
+    path is the working directory's), unless `features` is given. A store other than the one the run trained on is
+    refused unless `other_store`.
     """
     run = RunDir(Path(run_dir))
     _check_not_diverged(run.root)
     with _held([run.root]):
-        return _evaluate_run(run, split, checkpoint, device, progress, features)
+        return _evaluate_run(run, split, checkpoint, device, progress, features, other_store)
 
 
-def _evaluate_run(run: RunDir, split: str, checkpoint: str, device, progress: bool, features: Path | None) -> dict:
+def _evaluate_run(run: RunDir, split: str, checkpoint: str, device, progress: bool, features: Path | None,
+                  other_store: bool) -> dict:
     timing: dict[str, float] = {}
     model, recipe, state = load_model(run.root, checkpoint, device)  # UserError when the checkpoint is missing
     _check_folder(run.split(split))
-    data, features = _strong_split(features, recipe, split, run.root)
+    data, features = _strong_split(features, recipe, split, [run.root], other_store)
     with timed(timing, "predict"):
         strong = predict(model, data.mels, recipe.eval.batch_size, device, progress=progress)
     check_finite(strong, data, run.checkpoint(checkpoint), features)
@@ -66,6 +69,7 @@ def evaluate_ensemble(
     progress: bool = True,
     out: Path | None = None,
     features: Path | None = None,
+    other_store: bool = False,
 ) -> tuple[Path, dict[str, Any], list[str] | None]:
     """Average the frame scores of several runs of one recipe (seeds) and score the average like a single run,
     into `out` (default: RUNS/<name>/ensemble), a run directory of its own whose recipe is named `<name>_ensemble`,
@@ -83,11 +87,11 @@ def evaluate_ensemble(
     for path in run_dirs:
         _check_not_diverged(path)
     with _held(run_dirs):
-        return _evaluate_ensemble(run_dirs, split, checkpoint, device, progress, out, features)
+        return _evaluate_ensemble(run_dirs, split, checkpoint, device, progress, out, features, other_store)
 
 
 def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device, progress: bool,
-                       out: Path | None, features: Path | None) -> tuple[Path, dict[str, Any], list[str] | None]:
+                       out: Path | None, features: Path | None, other_store: bool) -> tuple[Path, dict[str, Any], list[str] | None]:
     timing: dict[str, float] = {}
     members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
     # Each run's recipe.yaml, which a resume rewrites (a resumed run's best.pt may keep the recipe of fewer epochs);
@@ -108,7 +112,7 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
     ensemble = recipe.model_copy(update={"name": f"{recipe.name}_ensemble", "seed": 0})
     _check_ensemble_out(out, ensemble.name, run_dirs)
     _check_folder(out / split)
-    data, features = _strong_split(features, recipe, split, run_dirs[0])
+    data, features = _strong_split(features, recipe, split, run_dirs, other_store)
     with timed(timing, "predict"):
         outputs = []
         for path, model, _, _ in members:
@@ -208,13 +212,15 @@ def check_finite(strong: np.ndarray, data: Split, checkpoint: Path, features: Pa
                     "clips in all): the checkpoint is damaged or diverged; train the run again, or use the other checkpoint")
 
 
-def _strong_split(features: Path | None, recipe: Recipe, split: str, run: Path) -> tuple[Split, Path]:
+def _strong_split(features: Path | None, recipe: Recipe, split: str, runs: list[Path],
+                  other_store: bool) -> tuple[Split, Path]:
     """The split to score, from `features` (--features) or else the recipe's data.features; and that store's path,
     absolute (results.json records it: `table --ci` reads the ground truth there, from any directory)."""
-    given = features is not None
+    given, run = features is not None, runs[0]
     features = Path(features if given else recipe.data.features).absolute()
     try:
-        data = FeatureStore(features).split(split)
+        store = FeatureStore(features)
+        data = store.split(split)
     except UserError:
         if features.exists():
             raise
@@ -226,7 +232,23 @@ def _strong_split(features: Path | None, recipe: Recipe, split: str, run: Path) 
         raise UserError(f"split {split} has no strong labels: evaluate on eval, validation or synthetic_valid")
     if len(data) == 0:
         raise UserError(f"split {split} of {features} holds no clip")
+    if not other_store:
+        _check_trained_on(store, runs, split)
     return data, features
+
+
+def _check_trained_on(store: FeatureStore, runs: list[Path], split: str) -> None:
+    """Refuse a store other than the one a run trained on (extracted again from another DESED or synthetic set, or
+    another store given): the clips it scores may be ones the model trained on."""
+    for run in runs:
+        recorded = trained_on(run)
+        if recorded is None or recorded == json.dumps(store.identity, sort_keys=True):
+            continue
+        changed = [key for key, value in json.loads(recorded).items() if store.identity.get(key) != value]
+        raise UserError(f"{store.path} is not the feature store {run} was trained on ({listed(changed)} changed: "
+                        f"extracted since from another DESED or synthetic set?), so its {split} clips may be ones the "
+                        "model trained on: give --features the store it trained on, or pass --other-store to score "
+                        "on this one anyway")
 
 
 def _score(strong, data: Split, recipe: Recipe, about: dict[str, Any], out: Path, timing: dict, progress: bool) -> dict[str, Any]:

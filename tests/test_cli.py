@@ -124,6 +124,31 @@ def test_incompatible_feature_store(tiny_desed, tiny_features, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_store_other_than_the_one_a_run_trained_on_is_refused_unless_asked_for(tiny_features, tiny_model_overrides,
+                                                                                  tmp_path):
+    """A store extracted again, in place, from another DESED (or another store given) may hold the run's training
+    clips among those it scores: refused in one line, nothing written; --other-store scores on it."""
+    store = tmp_path / "features"
+    shutil.copytree(tiny_features, store)
+    recipe = Path(__file__).parents[1] / "recipes" / "none.yaml"
+    sets = [*tiny_model_overrides, f"data.features={store}", "optim.epochs=1", "optim.max_steps_per_epoch=1"]
+    runs = tmp_path / "runs"
+    assert run("train", recipe, "--runs", runs, "--device", "cpu", *(f"--set={s}" for s in sets)).exit_code == 0
+    seed0 = runs / "none" / "seed0"
+    assert run("evaluate", seed0, "--device", "cpu").exit_code == 0
+    scored = (seed0 / "eval" / "results.json").read_bytes()
+    record = json.loads((store / "features.json").read_text())
+    record["manifest_hash"] = "0" * 64  # what another DESED's manifest gives
+    (store / "features.json").write_text(json.dumps(record))
+    for split in ("eval", "synthetic_valid"):
+        one_line_error(run("evaluate", seed0, "--device", "cpu", "--split", split),
+                       f"{store} is not the feature store {seed0} was trained on (manifest_hash changed",
+                       f"its {split} clips may be ones the model trained on", "--other-store")
+    assert (seed0 / "eval" / "results.json").read_bytes() == scored and not (seed0 / "synthetic_valid").exists()
+    assert run("evaluate", seed0, "--device", "cpu", "--other-store").exit_code == 0
+    assert json.loads((seed0 / "eval" / "results.json").read_text())["features"] == str(store)
+
+
 def test_a_cuda_only_step_setting_on_a_cpu_is_refused_before_anything_is_written(tmp_path, tiny_features):
     for setting in ("optim.precision=tf32", "optim.compile=reduce-overhead"):
         result = run("train", RECIPES / "none.yaml", "--runs", tmp_path / "runs", "--device", "cpu",
