@@ -271,8 +271,10 @@ def test_extract_is_idempotent_until_the_manifest_changes(real_layout, tmp_path)
     prepare_desed(real_layout.root, real_layout.root, progress=False)
     features = tmp_path / "features"
     assert not extract_mels(real_layout.root, features, workers=1, progress=False).skipped
+    killed = features / ".staging.tmp4194305"  # what an extraction killed by SIGKILL left: a whole store's size
+    (killed / "eval").mkdir(parents=True)
     again = extract_mels(real_layout.root, features, workers=1, progress=False)
-    assert again.skipped and again.split_sizes["validation"] == 3
+    assert again.skipped and again.split_sizes["validation"] == 3 and not killed.exists()
 
     tsv = real_layout.root / SPLITS["eval"].metadata
     tsv.write_text(tsv.read_text().replace("Running_water", "Speech"))
@@ -355,6 +357,29 @@ def test_extract_refuses_an_out_that_is_not_this_desed_store(real_layout, tmp_pa
     assert (features / "features.json").read_bytes() == record
 
 
+def test_a_store_whose_entries_cannot_take_the_new_files_is_refused_before_anything_is_replaced(real_layout, tmp_path):
+    """The new files are renamed over the old ones: a split that became a file (or a link to another file system,
+    where a rename fails) had the store's record removed first, and the store was lost; refused before extracting."""
+    prepare_desed(real_layout.root, tmp_path / "desed", progress=False)
+    features = tmp_path / "features"
+    extract_mels(tmp_path / "desed", features, workers=1, progress=False)
+    (real_layout.root / SPLITS["eval"].metadata).write_text(
+        (real_layout.root / SPLITS["eval"].metadata).read_text().replace("Running_water", "Speech"))
+    prepare_desed(real_layout.root, tmp_path / "desed", progress=False)  # the store is to be made again
+    shutil.move(features / "eval", tmp_path / "eval")
+    (features / "eval").write_text("")
+    before = {p: p.read_bytes() for p in sorted(features.rglob("*")) if p.is_file()}
+    with pytest.raises(UserError, match=re.escape(f"--out {features}: {features / 'eval'} is not a folder, and "
+                                                  "extract-mels renames the new files into place there")):
+        extract_mels(tmp_path / "desed", features, workers=1, progress=False)
+    assert {p: p.read_bytes() for p in sorted(features.rglob("*")) if p.is_file()} == before
+    (features / "eval").unlink()
+    (features / "eval").symlink_to(tmp_path / "eval")  # a link on the same file system takes the renames
+    assert not extract_mels(tmp_path / "desed", features, workers=1, progress=False).skipped
+    assert (features / "eval").is_symlink() and FeatureStore(features).split("eval").events.event_label.eq(
+        "Speech").any()
+
+
 def test_extract_needs_a_manifest(tmp_path):
     with pytest.raises(UserError, match="run `sedaug prepare-desed` first"):
         extract_mels(tmp_path, tmp_path / "features", progress=False)
@@ -368,7 +393,7 @@ def test_corrupt_clip_at_extraction_names_the_file(real_layout, tmp_path):
     corrupt.write_bytes(b"RIFF" + bytes(range(256)) * 4)
     with pytest.raises(UserError, match=re.escape(str(corrupt))):
         extract_mels(tmp_path, tmp_path / "features", workers=1, progress=False)
-    assert not (tmp_path / "features" / "features.json").exists()
+    assert not (tmp_path / "features").exists()  # made for this extraction: no empty folder left
 
 
 def test_store_records_padding_and_resampler_and_refuses_older_stores(tiny_features, tmp_path):

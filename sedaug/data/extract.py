@@ -12,6 +12,7 @@ store as it was. Replacing a store therefore needs room for a second copy while 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -98,6 +99,7 @@ def extract_mels(
     }
     recorded = read_record(out)
     _check_out(out, data, recorded, settings["manifest_hash"])
+    remove_stale_temporaries(out)  # a killed extraction's staging folder: a whole store's size
     current = recorded is not None and all(recorded.get(key) == value for key, value in settings.items())
     if current and is_complete(out):
         sizes = {name: recorded["splits"][name] for name in FEATURE_SPLITS}
@@ -105,7 +107,7 @@ def extract_mels(
 
     torch_device = parse_device(device)
     tables = _split_tables(data, manifest, synthetic_valid_fraction, split_seed)
-    remove_stale_temporaries(out)
+    created = not out.exists()
     staging = out / f".staging.tmp{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     workers = workers or os.cpu_count() or 1
@@ -126,6 +128,9 @@ def extract_mels(
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:  # a first extraction cut short leaves no empty --out (a full one stays: rmdir refuses)
+            with contextlib.suppress(OSError):
+                out.rmdir()
     sizes = {name: len(clips) for name, (clips, _) in tables.items()}
     total = sum(sizes.values())
     return ExtractReport(out, sizes, total, time.perf_counter() - start, False, str(torch_device))
@@ -188,6 +193,14 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str)
             recorded.get("manifest_hash") != manifest_hash:
         raise UserError(f"--out {out} holds the features of {recorded['manifest']}, not of {data}: {advice}, or remove "
                         "that store first")
+    for entry, folder in [*((out / name, True) for name in FEATURE_SPLITS), (out / SCALER, False)]:
+        if not entry.exists():  # the new files are renamed over the old ones, from out/.staging.tmp*
+            continue
+        wrong = ("is a folder" if entry.is_dir() else "is not a folder") if entry.is_dir() != folder else \
+            "is on another file system (a link?)" if entry.stat().st_dev != out.stat().st_dev else None
+        if wrong:
+            raise UserError(f"--out {out}: {entry} {wrong}, and extract-mels renames the new files into place "
+                            "there: make it what the store had, or give --out a new folder")
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
