@@ -493,6 +493,12 @@ def test_a_refused_resource_request_leaves_no_folder(tmp_path, tiny_features):
     one_line_error(sweep_cli(spec, "--out", tmp_path / "out", "--set", nowhere),
                    f"--set data.features: none's data.features: no feature store at {tmp_path / 'nowhere'}")
     assert not (tmp_path / "out").exists()
+    damaged = tmp_path / "damaged"  # a store that opens, without its scaler: every trial had failed after Ray began
+    shutil.copytree(tiny_features, damaged)
+    (damaged / "scaler.npz").unlink()
+    one_line_error(sweep_cli(spec, "--out", tmp_path / "out", "--set", f"data.features={damaged}"),
+                   "--set data.features: none's data.features: ", "scaler.npz")
+    assert not (tmp_path / "out").exists()
     with_yaml = write_sweep(tmp_path / "nowhere.yaml", study(tmp_path / "nowhere", [0.05]))
     result = sweep_cli(with_yaml, "--dry-run", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output

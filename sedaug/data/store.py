@@ -213,15 +213,27 @@ def _open_record(path: Path) -> dict:
     return record
 
 
+def open_whole(path: Path) -> FeatureStore:
+    """The store, opened as training and evaluation read it: its record, the scaler, each split's clips (as many as
+    the record says), mels and labels; a UserError names the first damage."""
+    store = FeatureStore(path)
+    store.scaler()
+    for name in FEATURE_SPLITS:
+        n = len(store.split(name))
+        try:
+            recorded = int(store.record["splits"][name])
+        except (KeyError, TypeError, ValueError):
+            recorded = None
+        if n != recorded:
+            raise UserError(f"{Path(path) / name}: {n} clips, and {Path(path) / FEATURES_JSON} says {recorded}: re-run "
+                            "`sedaug extract-mels`")
+    return store
+
+
 def is_complete(path: Path) -> bool:
-    """Whether the store opens whole, as training and evaluation read it: its record, the scaler, each split's clips
-    (as many as the record says), mels and labels. Any damage they would refuse makes extract-mels rebuild it."""
+    """Whether the store opens whole (open_whole). Any damage it would refuse makes extract-mels rebuild it."""
     try:
-        store = FeatureStore(path)
-        store.scaler()
-        for name in FEATURE_SPLITS:
-            if len(store.split(name)) != int(store.record["splits"][name]):
-                return False
+        open_whole(path)
     except (UserError, KeyError, TypeError, ValueError):
         return False
     return True

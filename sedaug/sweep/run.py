@@ -238,11 +238,11 @@ def store_problem(loaded: LoadedSweep, overrides: list[str]) -> str | None:
     """Why a row's feature store does not open here, or a setting leaves no step in its epochs, or None. The sweep
     checks it before Ray starts (its trials, on a cluster's nodes too, read it at the same path): one line, not
     every trial failing its retries."""
-    from sedaug.data.store import FeatureStore
+    from sedaug.data.store import open_whole
 
     for name, base in loaded.bases.items():
         try:
-            FeatureStore(Path(get_key(base, "data.features")))
+            open_whole(Path(get_key(base, "data.features")))
         except UserError as err:
             given = any(item.partition("=")[0] == "data.features" for item in overrides)
             return f"{'--set data.features' if given else loaded.path}: {name}'s data.features: {err}"
