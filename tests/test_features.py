@@ -380,6 +380,26 @@ def test_a_store_whose_entries_cannot_take_the_new_files_is_refused_before_anyth
         "Speech").any()
 
 
+def test_a_prepared_tree_copied_moved_or_gone_is_said_before_extracting(tiny_desed, real_layout, tmp_path):
+    """A synthetic tree copied with its manifest listed the original's audio (extracted silently from there); a tree
+    moved away from its prepared folder failed to decode its first clip, a corrupt file by the message."""
+    copy = shutil.copytree(tiny_desed, tmp_path / "copy")
+    with pytest.raises(UserError, match=re.escape(f"{copy / 'manifest'} lists the audio of {tiny_desed.resolve()}, not "
+                                                  "the audio beside it (the tree copied or moved?): run `sedaug "
+                                                  f"prepare-desed --synthetic --out {copy}` to list its own")):
+        extract_mels(copy, tmp_path / "f1", workers=1, progress=False)
+    assert not (tmp_path / "f1").exists()
+    prepare_desed(real_layout.root, tmp_path / "prepared", progress=False)
+    real_layout.root.rename(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match=re.escape(f"the DESED tree {real_layout.root} that `sedaug prepare-desed` read "
+                                                  "is gone (moved or deleted?): run `sedaug prepare-desed --root <where "
+                                                  f"it is> --out {tmp_path / 'prepared'}` again")):
+        extract_mels(tmp_path / "prepared", tmp_path / "f2", workers=1, progress=False)
+    assert not (tmp_path / "f2").exists()
+    prepare_desed(tmp_path / "elsewhere", tmp_path / "prepared", progress=False)  # as it says
+    assert not extract_mels(tmp_path / "prepared", tmp_path / "f2", workers=1, progress=False).skipped
+
+
 def test_extract_needs_a_manifest(tmp_path):
     with pytest.raises(UserError, match="run `sedaug prepare-desed` first"):
         extract_mels(tmp_path, tmp_path / "features", progress=False)

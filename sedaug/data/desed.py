@@ -414,18 +414,25 @@ def read_events(path: Path) -> pd.DataFrame:
     )
 
 
-def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> None:
+def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> str | None:
     """Refuse a manifest whose DESED tree changed since `sedaug prepare-desed` read it (a clip replaced or removed, a
-    metadata TSV edited, a missing clip added): what is extracted from it would not be the tree's. A tree no longer
-    there is not checked (a store extracted before it went may still be complete)."""
+    metadata TSV edited, a missing clip added): what is extracted from it would not be the tree's. Returns why
+    nothing can be extracted from it (its tree is gone, or it lists another tree's audio than the one beside it: a
+    prepared tree copied or moved), where a store extracted before may still be complete; else None."""
     record = _read_prepare_json(_manifest_dir(prepared)) or {}
     root = Path(str(record.get("root", "")))
     again = f"run `sedaug prepare-desed --root {root} --out {prepared}` again"
     if record.get("format") != MANIFEST_FORMAT:
         raise UserError(f"{_manifest_dir(prepared)}: its prepare.json is unreadable or of another version of sedaug: "
                         f"{again}")
+    if (Path(prepared) / "audio").is_dir() and root.resolve() != Path(prepared).resolve():
+        synthetic = (Path(prepared) / "synthetic.json").is_file()  # sedaug.data.synthetic.SYNTHETIC_JSON
+        redo = f"--synthetic --out {prepared}" if synthetic else f"--root {prepared} --out {prepared}"
+        return (f"{_manifest_dir(prepared)} lists the audio of {root}, not the audio beside it (the tree copied or "
+                f"moved?): run `sedaug prepare-desed {redo}` to list its own")
     if not root.is_absolute() or not root.is_dir():
-        return
+        return (f"the DESED tree {root} that `sedaug prepare-desed` read is gone (moved or deleted?): run `sedaug "
+                f"prepare-desed --root <where it is> --out {prepared}` again")
     for table in manifest.values():
         for path, size, mtime_ns in zip(table["path"], table["size"], table["mtime_ns"], strict=True):
             try:
@@ -442,6 +449,7 @@ def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> None:
     if fingerprint != record.get("fingerprint"):
         raise UserError(f"the DESED tree {root} changed since `sedaug prepare-desed` read it (a metadata TSV edited, or "
                         f"a missing clip added): {again}")
+    return None
 
 
 def manifest_hash(prepared: Path) -> str:

@@ -89,7 +89,7 @@ def extract_mels(
         raise UserError(f"workers {workers}: expected a positive number of decoding threads (or none: every CPU)")
     data, out = Path(data).resolve(), Path(out).resolve()
     manifest = load_manifest(data)
-    check_unchanged(data, manifest)
+    gone = check_unchanged(data, manifest)
     settings = {  # what the store depends on; recorded at the top level of features.json
         "format": STORE_FORMAT,
         "params": PARAMS.to_dict(),
@@ -105,6 +105,8 @@ def extract_mels(
         sizes = {name: recorded["splits"][name] for name in FEATURE_SPLITS}
         return ExtractReport(out, sizes, 0, time.perf_counter() - start, True, str(device))
 
+    if gone is not None:
+        raise UserError(gone)
     torch_device = parse_device(device)
     tables = _split_tables(data, manifest, synthetic_valid_fraction, split_seed)
     created = not out.exists()
