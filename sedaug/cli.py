@@ -193,10 +193,13 @@ def train(
     """Train the CRNN with a recipe's objective, writing a run directory."""
     from sedaug.device import parse_device
     from sedaug.recipe import load_recipe
+    from sedaug.strict_yaml import blamed_override
     from sedaug.train import train as run_training
 
     r = load_recipe(recipe, set_)
-    result = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=parse_device(device))
+    epochs_given = blamed_override("optim.epochs", [item.partition("=")[0].strip() for item in set_]) is not None
+    result = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=parse_device(device),
+                          epochs_given=epochs_given)
     if result.nothing_left:
         ended = (f"; its recipe.yaml now says optim.epochs {result.epochs} (it said {result.epochs_were})"
                  if result.epochs_were is not None else "")

@@ -176,16 +176,22 @@ def _flock(fd: int, mode: int) -> str | None:
     return None
 
 
+def enclosing_run(path: Path) -> Path | None:
+    """The run directory, or ensemble folder, that `path` is or lies in, else None."""
+    path = Path(path).resolve()
+    return next((root for root in (path, *path.parents)
+                 if (root / "recipe.yaml").is_file() and ((root / "checkpoints").is_dir() or is_ensemble(root))), None)
+
+
 def run_holding(path: Path) -> Path | None:
     """The run directory, or ensemble folder, whose own file or folder `path` is or lies in (the run directory
     itself included), else None: where another command's output would overwrite a run's."""
-    path = Path(path).resolve()
-    for root in (path, *path.parents):
-        if (root / "recipe.yaml").is_file() and ((root / "checkpoints").is_dir() or is_ensemble(root)):
-            parts = path.relative_to(root).parts
-            own = not parts or parts[0] in RUN_ENTRIES or parts[0].startswith("events.out.tfevents")
-            return root if own else None
-    return None
+    root = enclosing_run(path)
+    if root is None:
+        return None
+    parts = Path(path).resolve().relative_to(root).parts
+    own = not parts or parts[0] in RUN_ENTRIES or parts[0].startswith("events.out.tfevents")
+    return root if own else None
 
 
 def is_ensemble(root: Path) -> bool:

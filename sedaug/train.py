@@ -37,7 +37,7 @@ from sedaug.model import CRNN
 from sedaug.progress import STDERR
 from sedaug.progress import shown as progress_shown
 from sedaug.recipe import Recipe, dump_recipe, load_recipe, what_a_run_trains
-from sedaug.rundir import DIVERGED, RunDir, environment, sedaug_data_holding
+from sedaug.rundir import DIVERGED, RunDir, enclosing_run, environment, sedaug_data_holding
 from sedaug.strict_yaml import diff_keys
 
 
@@ -197,7 +197,7 @@ def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device, on
     return f1 if math.isfinite(f1) else 0.0  # no class has a reference event: nothing to select on
 
 
-def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> Checkpoint | None:
+def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device, epochs_given: bool) -> Checkpoint | None:
     """The checkpoint training continues from, or None to start from scratch. Refuses a run directory that holds
     another run, a resume with another recipe (only optim.epochs may grow) and one with fewer epochs than the run
     has trained or begun."""
@@ -231,6 +231,10 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device) -> C
     if diff:
         raise UserError(f"--resume: the recipe differs from {last}'s at {', '.join(diff)} (only optim.epochs and paper_row may change)")
     begun = ckpt.state.epoch + (ckpt.state.step_in_epoch > 0)  # an interrupted epoch counts: it is half trained
+    if not epochs_given and recipe.optim.epochs != ckpt.recipe.optim.epochs:
+        raise UserError(f"--resume: {run.root} is a run of {ckpt.recipe.optim.epochs} epochs and the recipe says "
+                        f"optim.epochs {recipe.optim.epochs}: add --set optim.epochs={recipe.optim.epochs} to train it "
+                        f"that long, or --set optim.epochs={ckpt.recipe.optim.epochs} to keep it as it was")
     if recipe.optim.epochs < begun:
         what = "trained" if begun == ckpt.state.epoch else f"begun (interrupted in epoch {begun})"
         raise UserError(f"--resume: optim.epochs {recipe.optim.epochs} is below the {begun} epochs {run.root} has "
@@ -274,15 +278,20 @@ def train(
     device: torch.device | str = "cpu",
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    epochs_given: bool = True,
 ) -> TrainResult:
     """Train `recipe` into `run_dir` (RUNS/<name>/seed<k>), which this process holds locked meanwhile.
 
     `on_epoch(record)` is called after each epoch once its metrics.jsonl row and checkpoints are written (a sweep
     trial reports to Ray Tune there); whatever it raises ends training and propagates, last.pt holding that epoch.
+    `epochs_given`: whether optim.epochs was chosen for this call (the CLI: `--set optim.epochs`); where not, a
+    resume keeps the run's epochs (a recipe file's 200 silently extended a run of 30).
     """
     run, device = RunDir(Path(run_dir)), torch.device(device)
     if (held := sedaug_data_holding(run.root.parent)) is not None:
         raise UserError(f"--runs: {run.root} would be in {held}: give --runs a folder outside it")
+    if (outer := enclosing_run(run.root.parent)) is not None:  # `table` would count it twice, `rm -r` remove both
+        raise UserError(f"--runs: {run.root} would be inside the run {outer}: give --runs a folder outside it")
     # The run records its store absolute: evaluate, table --ci and detect may run from another directory.
     recorded = _recorded(run)
     features = _same_spelling(recorded, recipe.data.features.absolute())
@@ -290,7 +299,7 @@ def train(
     check_runs_on(recipe, device)
     store = FeatureStore(recipe.data.features)
     with run.lock():  # a refusal under it leaves no folder or lock file behind
-        return _train(recipe, run, store, _start(run, recipe, resume, device), device, progress, on_epoch, recorded)
+        return _train(recipe, run, store, _start(run, recipe, resume, device, epochs_given), device, progress, on_epoch, recorded)
 
 
 def _recorded(run: RunDir) -> Recipe | None:
@@ -386,7 +395,8 @@ def _train(
         with _stop_on_sigint() as sigint, bar:
             while state.epoch < recipe.optim.epochs:
                 if sigint["stop"]:  # pressed during the previous epoch's validation or checkpoints
-                    raise Interrupted(f"interrupted after epoch {state.epoch}: {saved()}; continue with --resume")
+                    raise Interrupted(f"interrupted after epoch {state.epoch}: {saved()}; continue with the same "
+                                      "command and --resume")
                 epoch = state.epoch
                 task = bar.add_task(f"epoch {epoch + 1}/{recipe.optim.epochs}", total=steps_per_epoch,
                                     completed=state.step_in_epoch, losses="")
@@ -416,7 +426,7 @@ def _train(
                         checkpoint("last")
                         raise Interrupted(
                             f"interrupted in epoch {epoch + 1} at step {done}/{steps_per_epoch}: saved "
-                            f"{run.checkpoint('last')}; continue with --resume"
+                            f"{run.checkpoint('last')}; continue with the same command and --resume"
                         )
                 bar.remove_task(task)
 

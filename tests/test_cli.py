@@ -149,6 +149,29 @@ def test_a_store_other_than_the_one_a_run_trained_on_is_refused_unless_asked_for
     assert json.loads((seed0 / "eval" / "results.json").read_text())["features"] == str(store)
 
 
+def test_a_resume_keeps_the_runs_epochs_unless_told_and_runs_do_not_nest(tiny_features, tiny_model_overrides, tmp_path):
+    """A run of 2 epochs resumed without its `--set optim.epochs=2` was trained on to the recipe file's 200; and a
+    --runs inside a run put a second run in it (`table` counted it twice, `rm -r` of one removed both)."""
+    recipe = Path(__file__).parents[1] / "recipes" / "none.yaml"
+    sets = [f"--set={s}" for s in (*tiny_model_overrides, f"data.features={tiny_features}",
+                                   "optim.max_steps_per_epoch=1")]
+    runs, seed0 = tmp_path / "runs", tmp_path / "runs" / "none" / "seed0"
+    assert run("train", recipe, "--runs", runs, "--device", "cpu", *sets, "--set", "optim.epochs=2").exit_code == 0
+    files = {p: p.read_bytes() for p in seed0.rglob("*") if p.is_file()}
+    one_line_error(run("train", recipe, "--runs", runs, "--device", "cpu", *sets, "--resume"),
+                   f"--resume: {seed0} is a run of 2 epochs and the recipe says optim.epochs 200: add --set "
+                   "optim.epochs=200 to train it that long, or --set optim.epochs=2 to keep it as it was")
+    assert {p: p.read_bytes() for p in seed0.rglob("*") if p.is_file()} == files
+    kept = run("train", recipe, "--runs", runs, "--device", "cpu", *sets, "--resume", "--set", "optim.epochs=2")
+    assert kept.exit_code == 0 and "nothing to train" in kept.output
+    longer = run("train", recipe, "--runs", runs, "--device", "cpu", *sets, "--resume", "--set", "optim.epochs=3")
+    assert longer.exit_code == 0 and "3 epochs" in longer.output
+    one_line_error(run("train", recipe, "--runs", seed0, "--device", "cpu", *sets, "--set", "optim.epochs=1"),
+                   f"--runs: {seed0 / 'none' / 'seed0'} would be inside the run {seed0}: give --runs a folder "
+                   "outside it")
+    assert not (seed0 / "none").exists()
+
+
 def test_a_cuda_only_step_setting_on_a_cpu_is_refused_before_anything_is_written(tmp_path, tiny_features):
     for setting in ("optim.precision=tf32", "optim.compile=reduce-overhead"):
         result = run("train", RECIPES / "none.yaml", "--runs", tmp_path / "runs", "--device", "cpu",

@@ -155,7 +155,7 @@ def test_ctrl_c_saves_last_and_resume_is_exact(step, tiny, tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr("sedaug.train.ema_update", update_then_interrupt)
-    with pytest.raises(Interrupted, match="continue with --resume"):
+    with pytest.raises(Interrupted, match="continue with the same command and --resume"):
         train(recipe, tmp_path / "resumed", progress=False)
     assert len(_metrics(tmp_path / "resumed")) == 1  # stopped in epoch 2
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt").state.step_in_epoch == step - 2
@@ -178,7 +178,8 @@ def test_ctrl_c_during_validation_stops_once_the_epoch_is_saved(tiny, tmp_path, 
         return real_validate(*args, **kwargs)
 
     monkeypatch.setattr("sedaug.train.validate", interrupt_then_validate)
-    with pytest.raises(Interrupted, match=r"interrupted after epoch 1: .*last\.pt holds epoch 1; continue with --resume"):
+    with pytest.raises(Interrupted, match=r"interrupted after epoch 1: .*last\.pt holds epoch 1; continue with the "
+                                          "same command and --resume"):
         train(recipe, tmp_path / "run", progress=False)
     assert "Ctrl-C: stopping once last.pt is saved" in capsys.readouterr().err
     assert len(_metrics(tmp_path / "run")) == 1
