@@ -16,9 +16,13 @@ from sedaug.table import DASH, DECIMALS, Cell, PerClassRow, Row, Table
 
 FORMATS = ("rich", "markdown", "latex", "csv")
 # How each rendering begins (its escape codes and blanks aside): a file that begins otherwise is none of `table`'s.
-HEADS = ("| recipe |", "**event-based F1 per class", "% sedaug table", "% event-based F1 per class", "recipe,",
-         "Table 1", "event-based F1 per class")
 FACTOR_HEADERS = ("recipe", "augmentation", "location", "regularization", "consistency data", "n")
+# How each format's output begins (markdown, csv, latex, rich, and the per-class tables'): `table --out` replaces
+# a file only where it begins so (a user's "| recipe | paper F1 |" notes are no table of sedaug's).
+PER_CLASS_COLUMNS = ("recipe", "class", "n", "f1", "psds1")  # --per-class --format csv, in long form
+HEADS = ("| " + " | ".join(FACTOR_HEADERS) + " |", ",".join(h.replace(" ", "_") for h in FACTOR_HEADERS) + ",",
+         "% sedaug table", "Table 1 — ", "**event-based F1 per class", "% event-based F1 per class",
+         "event-based F1 per class", ",".join(PER_CLASS_COLUMNS) + "\n")
 
 
 def _f(x: float | None, sign: bool = False) -> str:
@@ -231,7 +235,7 @@ def render_per_class(rows: list[PerClassRow], fmt: str, split: str = "eval") -> 
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["recipe", "class", "n", "f1", "psds1"])
+        writer.writerow(PER_CLASS_COLUMNS)
         for r in rows:
             for c in CLASSES:
                 writer.writerow([r.recipe, c, r.n, _plain(r.f1[c]), _plain(r.psds1[c])])

@@ -98,6 +98,12 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
         (runs / name).write_bytes(b"mine")
         one_line_error(run("table", runs, "--out", runs / name), f"--out {runs / name} exists and is not a table")
         assert (runs / name).read_bytes() == b"mine"
+    # ... and one's own tables, which begin much as sedaug's do
+    for name, text in (("notes.md", "| recipe | paper F1 | my notes |\n"), ("paper.txt", "Table 1 of Perera et al.\n"),
+                       ("paper.csv", "recipe,paper_macro\nbaseline,0.41\n")):
+        (runs / name).write_text(text)
+        one_line_error(run("table", runs, "--out", runs / name), f"--out {runs / name} exists and is not a table")
+        assert (runs / name).read_text() == text
     (runs / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n mine")
     one_line_error(run("table", runs, "--plot", runs / "figure.png"), "exists and is not a figure `sedaug table` drew")
     one_line_error(run("table", runs, "--plot", runs / "take.wav"), "a figure is .png, .pdf, .svg")
