@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -250,6 +251,7 @@ def evaluate(
     skipped, failed = [], []
     for run_dir in run_dirs:
         try:
+            before = _scored_checkpoint(run_dir / split.value / "results.json")
             results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=dev,
                                    features=features, other_store=other_store)
         except NotScored as e:  # one of several (a diverged seed, runs/<name>/* with its ensemble): others scored
@@ -264,6 +266,9 @@ def evaluate(
             print_error(e)
             failed.append(run_dir)
             continue
+        if before not in (None, checkpoint.value):
+            console.print(f"note: replaced the evaluation of {before}.pt in {run_dir / split.value}", markup=False,
+                          highlight=False)
         console.print(summary(run_dir, results))
     if len(skipped) == len(run_dirs):
         raise UserError(f"no run given is one to score ({', '.join(map(str, skipped))}): each diverged or is an "
@@ -439,6 +444,15 @@ def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
     if plot is not None and plot.is_file() and plot.stat().st_size and not is_marked(plot, TABLE_PLOT_TITLE):
         raise UserError(f"--plot {plot} exists and is not a figure `sedaug table` drew (one an earlier sedaug drew "
                         "carries no mark), which it would overwrite: give a new file name")
+
+
+def _scored_checkpoint(results: Path) -> str | None:
+    """The checkpoint (best, last) an evaluation's results.json is of, or None."""
+    try:
+        name = json.loads(results.read_text())["checkpoint"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _is_table_text(path: Path) -> bool:

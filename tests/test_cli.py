@@ -172,6 +172,28 @@ def test_a_resume_keeps_the_runs_epochs_unless_told_and_runs_do_not_nest(tiny_fe
     assert not (seed0 / "none").exists()
 
 
+def test_evaluating_again_keeps_what_else_the_split_folder_holds_and_says_a_checkpoint_changed(
+        tiny_features, tiny_model_overrides, tmp_path):
+    """RUN/eval/ is replaced whole by a new evaluation: a user's notes there were lost with the old one; and an
+    evaluation of last.pt silently replaced one of best.pt."""
+    recipe = Path(__file__).parents[1] / "recipes" / "none.yaml"
+    sets = [f"--set={s}" for s in (*tiny_model_overrides, f"data.features={tiny_features}", "optim.epochs=1",
+                                   "optim.max_steps_per_epoch=1")]
+    assert run("train", recipe, "--runs", tmp_path / "runs", "--device", "cpu", *sets).exit_code == 0
+    seed0 = tmp_path / "runs" / "none" / "seed0"
+    assert run("evaluate", seed0, "--device", "cpu").exit_code == 0
+    (seed0 / "eval" / "my_analysis.md").write_text("notes")
+    (seed0 / "eval" / "figs").mkdir()
+    (seed0 / "eval" / "figs" / "f.pdf").write_bytes(b"%PDF mine")
+    again = run("evaluate", seed0, "--device", "cpu", "--checkpoint", "last")
+    assert again.exit_code == 0
+    assert f"note: replaced the evaluation of best.pt in {seed0 / 'eval'}" in again.output
+    assert (seed0 / "eval" / "my_analysis.md").read_text() == "notes"
+    assert (seed0 / "eval" / "figs" / "f.pdf").read_bytes() == b"%PDF mine"
+    assert json.loads((seed0 / "eval" / "results.json").read_text())["checkpoint"]["name"] == "last"
+    assert "note:" not in run("evaluate", seed0, "--device", "cpu", "--checkpoint", "last").output
+
+
 def test_a_cuda_only_step_setting_on_a_cpu_is_refused_before_anything_is_written(tmp_path, tiny_features):
     for setting in ("optim.precision=tf32", "optim.compile=reduce-overhead"):
         result = run("train", RECIPES / "none.yaml", "--runs", tmp_path / "runs", "--device", "cpu",

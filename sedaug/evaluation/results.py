@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -155,7 +157,22 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path, timing: dict[str, fl
             plot_per_class(evaluation.results, tmp / "per_class.png")
         results = _json_safe({**evaluation.results, "timing": timing})
         write_json(tmp / "results.json", results)
+        _keep_the_rest(out_dir, tmp)
     return results
+
+
+def _keep_the_rest(old: Path, new: Path) -> None:
+    """What else the old folder holds (a user's notes, figures) comes along into the new one, as hard links: until
+    the new folder is swapped in, the old one keeps them whole."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name.startswith(".") or os.path.lexists(new / entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=os.link)
+        else:
+            os.link(entry, new / entry.name, follow_symlinks=False)
 
 
 def read_results(path: Path, metrics: Sequence[str] = METRICS) -> dict[str, Any]:
