@@ -11,6 +11,7 @@ floors each window at its own maximum − 80 dB, as it did each training clip). 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import Counter
@@ -166,7 +167,22 @@ def detect(
     if not events:  # every recording failed: the previous --out stays
         return report
     write_tsv(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS])
+    write_text(_mark(Path(out)), hashlib.sha256(Path(out).read_bytes()).hexdigest() + "\n")
     return report
+
+
+def _mark(out: Path) -> Path:
+    """detect's record beside its --out, the SHA-256 of what it wrote there: a ground-truth TSV has a detections
+    TSV's header, so the header alone cannot tell detect's output from a user's labels."""
+    return out.with_name(f".{out.name}.detect")
+
+
+def _wrote(out: Path) -> bool:
+    """Whether `out` holds what detect wrote there last (not since edited or replaced)."""
+    try:
+        return _mark(out).read_text().strip() == hashlib.sha256(out.read_bytes()).hexdigest()
+    except OSError:
+        return False
 
 
 def _check_outputs(out: Path, scores_dir: Path | None, plot_dir: Path | None) -> None:
@@ -178,9 +194,9 @@ def _check_outputs(out: Path, scores_dir: Path | None, plot_dir: Path | None) ->
             raise UserError(f"{option} {path} is in {held}, which detect would overwrite: give a path outside it")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give a file name")
-    if out.exists() and out.stat().st_size and _first_line(out) != "\t".join(EVENT_COLUMNS):  # empty: nothing to lose
-        raise UserError(f"--out {out} exists and is not a detections TSV (its first line is not "
-                        f"{' '.join(EVENT_COLUMNS)}), which detect would overwrite: give a new file name")
+    if out.exists() and out.stat().st_size and not _wrote(out):  # empty: nothing to lose
+        raise UserError(f"--out {out} exists and is not a detections TSV that detect wrote (a ground truth has the "
+                        "same header; one edited since is yours), which detect would overwrite: give a new file name")
     for option, folder in (("--scores", scores_dir), ("--plot", plot_dir)):
         if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
             raise UserError(f"{option} {folder} is a file: give a folder")

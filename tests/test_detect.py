@@ -305,8 +305,11 @@ def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run
     from sedaug.rundir import sedaug_data_holding
 
     assert sedaug_data_holding(real / "experiments" / "d.tsv") is None  # beside a DESED's audio/ and metadata/: fine
-    for out in (tmp_path / "a.wav", tmp_path / "notes.tsv"):  # its own input, a file of the user's
-        with pytest.raises(UserError, match=f"--out {out} exists and is not a detections TSV"):
+    # Its own input, a file of the user's, a ground truth copied out of DESED (a detections TSV's header)
+    shutil.copy(truth, tmp_path / "ground_truth.tsv")
+    kept[tmp_path / "ground_truth.tsv"] = truth.read_bytes()
+    for out in (tmp_path / "a.wav", tmp_path / "notes.tsv", tmp_path / "ground_truth.tsv"):
+        with pytest.raises(UserError, match=f"--out {out} exists and is not a detections TSV that detect wrote"):
             detect(run, [tmp_path / "a.wav"], out, progress=False)
     for option, path in (("out", run / "recipe.yaml"), ("out", run / "checkpoints" / "best.pt"),
                          ("scores_dir", run / "eval" / "scores"), ("plot_dir", run)):
@@ -319,6 +322,10 @@ def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run
     (tmp_path / "d.tsv").touch()
     for _ in range(2):
         assert detect(run, [tmp_path / "a.wav"], tmp_path / "d.tsv", progress=False).n_recordings == 1
+    with (tmp_path / "d.tsv").open("a") as f:  # corrected by hand: the user's now
+        f.write("a.wav\t0.0\t1.0\tDog\n")
+    with pytest.raises(UserError, match="exists and is not a detections TSV that detect wrote"):
+        detect(run, [tmp_path / "a.wav"], tmp_path / "d.tsv", progress=False)
 
 
 def test_score_files_and_plots_replace_only_detects_own(run, tmp_path):
@@ -340,7 +347,7 @@ def test_score_files_and_plots_replace_only_detects_own(run, tmp_path):
     for _ in range(2):  # the second detect replaces the first one's score file and plot
         detect(run, [tmp_path / "rec.wav"], tmp_path / "d.tsv", progress=False, scores_dir=tmp_path,
                plot_dir=tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"rec.wav", "d.tsv", "rec.tsv", "rec.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"rec.wav", "d.tsv", ".d.tsv.detect", "rec.tsv", "rec.png"}
 
 
 def test_an_ensembles_folder_is_no_model_to_detect_with(run, tmp_path):
