@@ -25,7 +25,7 @@ import soundfile as sf
 import torch
 
 from sedaug.checkpoint import load_model
-from sedaug.data.desed import EVENT_COLUMNS
+from sedaug.data.desed import EVENT_COLUMNS, truncated
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, check_sample_rate
 from sedaug.data.mel import clip_mels, mel_problems, resample
 from sedaug.device import full_float32, parse_device
@@ -297,8 +297,8 @@ def decoded_groups(
 
 def load_recording(path: Path, chunk_seconds: int = 60) -> np.ndarray:
     """The whole recording as `extract-mels` decodes a clip (data/extract.py): channels averaged, resampled to
-    16 kHz (float32). Audio holding NaN or infinity, too short for one STFT frame, or at an absurd sample rate
-    (data/grid.py's check_sample_rate) is a ValueError.
+    16 kHz (float32). Audio holding NaN or infinity, too short for one STFT frame, at an absurd sample rate
+    (data/grid.py's check_sample_rate) or cut short of what its header announces is a ValueError.
 
     Decoded and resampled `chunk_seconds` at a time, each with a second of the file on either side (the resampler's
     filter reaches about 0.01 s), so that memory holds the 16 kHz wave and one chunk, not the decoded file: what it
@@ -307,6 +307,9 @@ def load_recording(path: Path, chunk_seconds: int = 60) -> np.ndarray:
     with sf.SoundFile(str(path)) as f:
         rate, start = f.samplerate, 0
         check_sample_rate(rate)
+        if (cut := truncated(sf.info(str(path)))) is not None:  # as prepare-desed refuses a DESED clip
+            raise ValueError(f"truncated: its header announces {cut[0]:,} bytes of samples, the file holds "
+                             f"{cut[1]:,} (a download or copy cut short?)")
         while True:  # until a read comes back short: the frame count a header gives may be wrong (VBR MP3)
             first = max(0, start - rate)
             f.seek(first)

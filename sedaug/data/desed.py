@@ -302,7 +302,7 @@ def _read_header(path: Path) -> _Clip:
         check_sample_rate(info.samplerate)
     except ValueError as err:
         raise UserError(f"{path}: {err}: resample it, or remove it from the TSV") from None
-    if (cut := _truncated(info)) is not None:
+    if (cut := truncated(info)) is not None:
         raise UserError(f"{path}: truncated: its header announces {cut[0]:,} bytes of samples, the file holds {cut[1]:,} "
                         "(a download or copy cut short? replace or delete it)")
     duration = info.frames / info.samplerate
@@ -315,7 +315,7 @@ def _read_header(path: Path) -> _Clip:
     return _Clip(path.name, path, duration, info.samplerate, info.channels)
 
 
-def _truncated(info) -> tuple[int, int] | None:
+def truncated(info) -> tuple[int, int] | None:
     """(bytes announced, bytes there) of a WAV-like file whose data chunk ends more than LABEL_TOLERANCE seconds
     of audio past the file's end (a few bytes short is a careless writer, decoded as it is), read from libsndfile's
     log ("data : 1764000 (should be 705573)", "Block Align : 4"); None else. A size of 0 or 0xFFFFFFFF is a streamed
