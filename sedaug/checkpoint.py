@@ -25,7 +25,13 @@ from sedaug.model import CRNN
 from sedaug.recipe import Recipe, validate_recipe
 from sedaug.rundir import RunDir
 
-ADVICE = "train the run again, or use the other checkpoint"
+
+def advice(path: Path) -> str:
+    """What to do with a damaged checkpoint: score or resume from the other one (train refuses a run that has one)."""
+    if Path(path).name == "best.pt":
+        return "score last.pt instead (--checkpoint last), or train the run anew into another --runs or seed"
+    return ("score best.pt instead (--checkpoint best), or copy best.pt over it and --resume from best's "
+            "epoch (not an exact resume)")
 
 
 @dataclass
@@ -126,10 +132,10 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     try:
         raw = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # empty, truncated or foreign files fail in many types (EOFError, RuntimeError, ...)
-        raise UserError(f"{path}: not a readable sedaug checkpoint ({_unreadable(path, e)}); {ADVICE}") from None
+        raise UserError(f"{path}: not a readable sedaug checkpoint ({_unreadable(path, e)}); {advice(path)}") from None
     if not isinstance(raw, dict) or not {"model", "optimizer", "recipe", "rng"} <= raw.keys():
         raise UserError(f"{path}: not a sedaug checkpoint (a {type(raw).__name__} without model, optimizer, rng and "
-                        f"recipe): {ADVICE}")
+                        f"recipe): {advice(path)}")
     if "state" not in raw:
         raise UserError(f"{path} is in an earlier sedaug checkpoint format (no training state): train the run again")
     state = TrainState()
@@ -137,7 +143,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
         state.load_state_dict(raw["state"])
         _check_rng(raw["rng"])
     except ValueError as err:
-        raise UserError(f"{path}: {err}: {ADVICE}") from None
+        raise UserError(f"{path}: {err}: {advice(path)}") from None
     recipe = validate_recipe(raw["recipe"], str(path))
     features = raw.get("features") if isinstance(raw.get("features"), dict) else None
     return Checkpoint(raw["model"], raw.get("teacher"), raw["optimizer"], state, raw["rng"], recipe, path, features)
@@ -164,7 +170,7 @@ def restore_weights(net: torch.nn.Module, weights: Any, path: Path, what: str = 
     expected = net.state_dict()
     problem = _weights_problem(weights, expected, what)
     if problem is not None:
-        raise UserError(f"{path}: {problem}: {ADVICE}")
+        raise UserError(f"{path}: {problem}: {advice(path)}")
     net.load_state_dict(weights)
 
 
@@ -175,16 +181,16 @@ def restore_training(
     restore_weights(model, ckpt.model, ckpt.path, "model")
     if teacher is not None:
         if ckpt.teacher is None:
-            raise UserError(f"{ckpt.path}: no teacher weights in a Mean Teacher run: {ADVICE}")
+            raise UserError(f"{ckpt.path}: no teacher weights in a Mean Teacher run: {advice(ckpt.path)}")
         restore_weights(teacher, ckpt.teacher, ckpt.path, "teacher")
     problem = _optimizer_problem(ckpt.optimizer, optimizer)
     if problem is not None:
-        raise UserError(f"{ckpt.path}: {problem}: {ADVICE}")
+        raise UserError(f"{ckpt.path}: {problem}: {advice(ckpt.path)}")
     optimizer.load_state_dict(ckpt.optimizer)
     if device.type == "cuda" and ckpt.rng.get("cuda") is not None:
         size = torch.cuda.get_rng_state(device).numel()
         if ckpt.rng["cuda"].numel() != size:
-            raise UserError(f"{ckpt.path}: rng.cuda holds {ckpt.rng['cuda'].numel()} bytes, not {size}: {ADVICE}")
+            raise UserError(f"{ckpt.path}: rng.cuda holds {ckpt.rng['cuda'].numel()} bytes, not {size}: {advice(ckpt.path)}")
     restore_rng(ckpt.rng, device)
     return ckpt.state
 

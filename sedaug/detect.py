@@ -24,7 +24,7 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from sedaug.checkpoint import load_model
+from sedaug.checkpoint import advice, load_model
 from sedaug.data.desed import EVENT_COLUMNS, truncated
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, check_sample_rate
 from sedaug.data.mel import clip_mels, mel_problems, resample
@@ -142,9 +142,10 @@ def detect(
                 scored = score_recordings(model, waves, recipe.eval.batch_size, torch_device, plot_dir is not None,
                                           fail=lambda i, reason, group=group: fail_one(group[i][0].path, reason))
             except NonFiniteOutput as err:
-                raise UserError(f"{RunDir(Path(run_dir)).checkpoint(checkpoint)}: the model's outputs are not finite "
-                                f"(NaN or infinity on {group[err.index][0].path}): the checkpoint is damaged or "
-                                "diverged; train the run again, or use the other checkpoint") from None
+                path = RunDir(Path(run_dir)).checkpoint(checkpoint)
+                raise UserError(f"{path}: the model's outputs are not finite (NaN or infinity on "
+                                f"{group[err.index][0].path}): the checkpoint is damaged or diverged; "
+                                f"{advice(path)}") from None
             for (recording, wave), result in zip(group, scored, strict=True):
                 if result is None:  # its mels could not be computed: reported through fail
                     continue

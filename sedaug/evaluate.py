@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sedaug.checkpoint import load_model
+from sedaug.checkpoint import advice, load_model
 from sedaug.data.store import FeatureStore, Split
 from sedaug.errors import UserError, listed
 from sedaug.evaluation.predict import predict
@@ -209,7 +209,7 @@ def check_finite(strong: np.ndarray, data: Split, checkpoint: Path, features: Pa
         raise UserError(f"{features / data.name / 'mels.npy'}: the features of {clip} hold NaN or infinite values: "
                         "re-run `sedaug extract-mels`")
     raise UserError(f"{checkpoint}: the model's outputs are not finite (NaN or infinity on {clip}, {int(bad.sum())} "
-                    "clips in all): the checkpoint is damaged or diverged; train the run again, or use the other checkpoint")
+                    f"clips in all): the checkpoint is damaged or diverged; {advice(checkpoint)}")
 
 
 def _strong_split(features: Path | None, recipe: Recipe, split: str, runs: list[Path],

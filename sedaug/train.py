@@ -205,10 +205,11 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device, epoc
     if not last.exists() and not run.is_empty():
         trained = run.trained_outputs()
         if trained:  # last.pt removed (to save disk, say): a restart from scratch would throw these away
+            copy = ("; or copy best.pt to last.pt and --resume from best.pt's epoch (the epochs after it are trained "
+                    "again)") if run.checkpoint("best").exists() else ""
             raise UserError(
                 f"{run.root} has no {last.relative_to(run.root)} to continue from, but holds {', '.join(trained)}: "
-                "nothing was changed. Put last.pt back; or copy best.pt to last.pt and --resume from best.pt's epoch "
-                "(the epochs after it are trained again); or train into another --runs or seed")
+                f"nothing was changed. Put last.pt back{copy}; or train into another --runs or seed")
     if not resume:
         if run.is_empty():
             return None

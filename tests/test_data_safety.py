@@ -6,6 +6,7 @@ was there before is byte-identical, with no temporary file left."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ import soundfile as sf
 import torch
 from conftest import checksums, one_line_error, run
 
-from sedaug.detect import file_stems
+from sedaug.detect import _mark, file_stems
 from sedaug.errors import UserError
 from sedaug.evaluation.results import read_results
 
@@ -80,8 +81,9 @@ def test_a_run_without_last_pt_is_never_restarted_from_scratch(train, runs, left
     (seed / ".lock").write_text("12345\n")  # the lock file the run's own training left (another process's pid)
     before = checksums(runs)
     expected = {"best.pt": "checkpoints/best.pt", "metrics": "1 epoch in metrics.jsonl", "eval": "eval/"}[left]
-    one_line_error(train(*["--resume"] * resume, epochs=2), str(seed), "no checkpoints/last.pt", expected,
-              "nothing was changed", "copy best.pt to last.pt")
+    line = one_line_error(train(*["--resume"] * resume, epochs=2), str(seed), "no checkpoints/last.pt", expected,
+                          "nothing was changed", "train into another --runs or seed")
+    assert ("copy best.pt to last.pt" in line) == (left == "best.pt")  # advice that can be followed only
     assert checksums(runs) == before
 
 
@@ -151,9 +153,15 @@ def test_the_same_run_twice_is_one_member(runs):
 # -------------------------------------------------------------------------- 3. detect's --out and file names
 
 
+def earlier_detect(out: Path) -> None:
+    """What an earlier detect left at `out`: its TSV, and the record beside it that makes it detect's to replace."""
+    out.write_text("filename\tonset\toffset\tevent_label\nold.wav\t1.0\t2.0\tDog\n")
+    _mark(out).write_text(hashlib.sha256(out.read_bytes()).hexdigest() + "\n")
+
+
 def test_detect_keeps_the_previous_out_when_nothing_was_scored(runs, tmp_path):
     out = tmp_path / "detections.tsv"
-    out.write_text("filename\tonset\toffset\tevent_label\nold.wav\t1.0\t2.0\tDog\n")
+    earlier_detect(out)
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     before = out.read_bytes()
     result = run("detect", runs / "none" / "seed0", tmp_path / "bad.wav", tmp_path / "gone.wav", "--out", out)
@@ -216,7 +224,7 @@ def test_weights_that_do_not_fit_are_one_line(train, runs, tmp_path, edit, comma
     change, expected = WEIGHT_EDITS[edit]
     _edit(target, change)
     out = tmp_path / "d.tsv"
-    out.write_text("filename\tonset\toffset\tevent_label\nprevious.wav\t0.0\t1.0\tDog\n")  # an earlier detect
+    earlier_detect(out)
     before = checksums(runs, out)
     if command == "evaluate":
         result = run("evaluate", seed, "--device", "cpu")
@@ -300,7 +308,7 @@ def test_a_model_whose_outputs_are_not_finite_is_refused(runs, tmp_path, command
     seed = runs / "none" / "seed0"
     _edit(seed / "checkpoints" / "best.pt", lambda c: c["model"]["scaler.std"].fill_(1e-45))
     out = tmp_path / "d.tsv"
-    out.write_text("filename\tonset\toffset\tevent_label\nprevious.wav\t0.0\t1.0\tDog\n")  # an earlier detect
+    earlier_detect(out)
     before = checksums(runs, out)
     if command == "evaluate":
         result = run("evaluate", seed, "--device", "cpu")
