@@ -507,7 +507,7 @@ def test_incompatible_store(tiny_features, tmp_path):
 
 
 def test_missing_store_or_split(tiny_features, tmp_path):
-    with pytest.raises(UserError, match="run `sedaug extract-mels` first"):
+    with pytest.raises(UserError, match="give data.features the folder `sedaug extract-mels` wrote \\(or run it first\\)"):
         FeatureStore(tmp_path)
     shutil.copy(tiny_features / "features.json", tmp_path / "features.json")
     with pytest.raises(UserError, match="split eval is missing .* run `sedaug extract-mels`"):

@@ -202,7 +202,8 @@ def _open_record(path: Path) -> dict:
     if not file.exists():
         if path.is_dir() and any(path.iterdir()):
             raise UserError(f"no feature store at {path} (the folder has no {FEATURES_JSON}): {advice}")
-        raise UserError(f"no feature store at {path}: run `sedaug extract-mels` first")
+        raise UserError(f"no feature store at {path}: give data.features the folder `sedaug extract-mels` wrote (or "
+                        "run it first)")
     try:
         record = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
