@@ -183,7 +183,7 @@ def _stale(run_dir: Path, results: dict, epochs: list[dict]) -> bool:
     checkpoint = results.get("checkpoint") if isinstance(results.get("checkpoint"), dict) else {}
     epoch, name = checkpoint.get("epoch"), checkpoint.get("name")
     if isinstance(results.get("members"), list):  # an ensemble: stale when a member is, or is gone (set aside)
-        return any(_member_stale(m, name) for m in results["members"] if isinstance(m, dict))
+        return any(_member_stale(m, name, run_dir) for m in results["members"] if isinstance(m, dict))
     if not isinstance(epoch, int):
         return False
     if name == "last":
@@ -196,8 +196,10 @@ def _stale(run_dir: Path, results: dict, epochs: list[dict]) -> bool:
     return name == "best" and best is not None and epoch != best["epoch"]
 
 
-def _member_stale(member: dict, checkpoint: str | None) -> bool:
+def _member_stale(member: dict, checkpoint: str | None, ensemble: Path) -> bool:
     path = Path(str(member.get("run")))
+    if not path.is_dir() and path.is_absolute() and (ensemble.parent / path.name).is_dir():
+        path = ensemble.parent / path.name  # the runs' folder moved (or renamed) with the ensemble beside its seeds
     if not path.is_dir():
         return path.is_absolute()  # gone; a relative path of an older ensemble is the cwd's of its evaluation
     return _stale(path, {"checkpoint": {"name": checkpoint, "epoch": member.get("epoch")}}, _epoch_rows(path))

@@ -152,6 +152,8 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
     assert "out of date" not in ensemble_note(seed, 4)
     assert "1 of 1 evaluations out of date" in ensemble_note(seed, 3)
     assert "1 of 1 evaluations out of date" in ensemble_note(runs / "vat_latent" / "seed9", 4)  # set aside since
+    moved = Path("/elsewhere/runs/vat_latent/seed0")  # where the runs were when evaluated: moved since, together
+    assert "out of date" not in ensemble_note(moved, 4) and "1 of 1 evaluations out of date" in ensemble_note(moved, 3)
 
 
 def test_unfinished_runs_and_seeds_trained_on_other_stores_are_noted(runs):
