@@ -28,7 +28,7 @@ from sedaug.checkpoint import Checkpoint, TrainState, load_checkpoint, restore_t
 from sedaug.data.batches import Batch, ThreeStreams
 from sedaug.data.store import FeatureStore, Split
 from sedaug.device import StepConfig, allow_tf32, check_runs_on, resolve_step_config
-from sedaug.errors import Interrupted, UserError
+from sedaug.errors import Interrupted, UserError, listed
 from sedaug.evaluation.f1 import event_based_f1
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.predict import predict
@@ -37,7 +37,7 @@ from sedaug.model import CRNN
 from sedaug.progress import STDERR
 from sedaug.progress import shown as progress_shown
 from sedaug.recipe import Recipe, dump_recipe, load_recipe, what_a_run_trains
-from sedaug.rundir import DIVERGED, RunDir, enclosing_run, environment, sedaug_data_holding
+from sedaug.rundir import DIVERGED, RUN_ENTRIES, RunDir, enclosing_run, environment, sedaug_data_holding
 from sedaug.strict_yaml import diff_keys
 
 
@@ -210,6 +210,10 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device, epoc
             raise UserError(
                 f"{run.root} has no {last.relative_to(run.root)} to continue from, but holds {', '.join(trained)}: "
                 f"nothing was changed. Put last.pt back{copy}; or train into another --runs or seed")
+    foreign = sorted(p.name for p in run.root.iterdir() if p.name not in RUN_ENTRIES
+                     and not p.name.startswith((".", "events.out.tfevents"))) if run.root.is_dir() else []
+    if foreign and not run.recipe.exists():  # what train writes first: without it, a folder of something else
+        raise UserError(f"{run.root} holds {listed(foreign)}, which no run holds: give another --runs or seed")
     if not resume:
         if run.is_empty():
             return None

@@ -216,6 +216,13 @@ def test_run_dir_is_refused_when_in_use_and_resume_checks_the_recipe(tiny, tmp_p
         train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=1", "optim.lr=0.01"), unfinished, resume=True,
               progress=False)
     assert [p.name for p in unfinished.iterdir()] == ["recipe.yaml"]
+    notes = tmp_path / "notes"  # a folder of something else: no run to resume or restart
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(UserError, match=f"{notes} holds notes.txt, which no run holds: give another --runs or seed"):
+            train(recipe, notes, resume=resume, progress=False)
+    assert [p.name for p in notes.iterdir()] == ["notes.txt"]
     assert train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=2"), unfinished, resume=True,
                  progress=False).epochs == 2
 
