@@ -269,7 +269,7 @@ def summary(run_dir: Path, results: dict[str, Any]) -> str:
 
     ckpt = results["checkpoint"]
     what = (f"{len(results['members'])} runs' {ckpt['name']}.pt" if "members" in results
-            else f"{ckpt['name']}.pt, epoch {ckpt['epoch']}")
+            else f"{ckpt['name']}.pt, epoch {ckpt['epoch']}, step {ckpt['step']}")  # (epoch 0: saved inside the first)
     return (
         f"evaluated {run_dir} ({what}) on {results['split']} "
         f"({results['n_clips']} clips): macro F1 {fmt(results['macro'])}, PSDS {fmt(results['psds'])}, "

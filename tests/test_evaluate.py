@@ -468,7 +468,7 @@ def test_evaluate_run_writes_the_run_folder(fake_run):
 def test_summary_is_one_line(fake_run):
     run, _, results = fake_run
     line = ev.summary(run, results)
-    assert "\n" not in line and "epoch 4" in line and f"macro F1 {results['macro']:.3f}" in line
+    assert "\n" not in line and "best.pt, epoch 4, step 40" in line and f"macro F1 {results['macro']:.3f}" in line
     assert line.endswith(str(run / "eval"))
 
 
