@@ -7,6 +7,7 @@ its temporary file and raises a one-line `UserError` naming the target; the old 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,7 +46,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
             yield tmp
             os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: what went wrong was said above, naming `path`
+            tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -72,7 +74,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:  # `path` was a file (or a link): its renamed self
-                leftover.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a read-only folder: said above, naming `path`
+                    leftover.unlink(missing_ok=True)
 
 
 @contextmanager

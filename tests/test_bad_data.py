@@ -10,6 +10,7 @@ map onto a full disk used to kill the process with SIGBUS (exit status 135).
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import shutil
@@ -26,7 +27,8 @@ from conftest import checksums, one_line_error, run, write_stereo_clip
 
 from sedaug.data.desed import SPLITS, load_events
 from sedaug.data.store import FeatureStore
-from sedaug.files import atomic_dir
+from sedaug.errors import UserError
+from sedaug.files import atomic_dir, atomic_path
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 REAL_RATE = 44100
@@ -345,6 +347,23 @@ def test_atomic_dir_stopped_between_its_renames_keeps_the_old_folder(tmp_path, m
         (tmp / "results.json").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["eval"]
     assert (tmp_path / "eval" / "results.json").read_text() == "old"
+
+
+def test_a_read_only_folder_is_said_naming_the_file_not_its_temporary(tmp_path, monkeypatch):
+    """On a read-only file system, removing a temporary that was never made fails too (EROFS, not ENOENT): that
+    error, naming `.eval.tmp<pid>`, replaced the one naming the file."""
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    monkeypatch.setattr(Path, "touch", read_only)
+    with pytest.raises(UserError) as err, atomic_dir(tmp_path / "eval"):
+        pass
+    assert str(err.value) == f"cannot write {tmp_path / 'eval'}: Read-only file system"
+    with pytest.raises(UserError) as err, atomic_path(tmp_path / "t.md") as tmp:
+        tmp.touch()
+    assert str(err.value) == f"cannot write {tmp_path / 't.md'}: Read-only file system"
 
 
 # ------------------------------------------------------------------------------------------------- extract-mels
