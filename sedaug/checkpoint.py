@@ -190,7 +190,8 @@ def restore_training(
     if device.type == "cuda" and ckpt.rng.get("cuda") is not None:
         size = torch.cuda.get_rng_state(device).numel()
         if ckpt.rng["cuda"].numel() != size:
-            raise UserError(f"{ckpt.path}: rng.cuda holds {ckpt.rng['cuda'].numel()} bytes, not {size}: {advice(ckpt.path)}")
+            raise UserError(f"{ckpt.path}: rng.cuda holds {ckpt.rng['cuda'].numel()} bytes, not {size}: "
+                            f"{advice(ckpt.path)}")
     restore_rng(ckpt.rng, device)
     return ckpt.state
 

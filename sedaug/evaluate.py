@@ -90,8 +90,8 @@ def evaluate_ensemble(
         return _evaluate_ensemble(run_dirs, split, checkpoint, device, progress, out, features, other_store)
 
 
-def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device, progress: bool,
-                       out: Path | None, features: Path | None, other_store: bool) -> tuple[Path, dict[str, Any], list[str] | None]:
+def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device, progress: bool, out: Path | None,
+                       features: Path | None, other_store: bool) -> tuple[Path, dict[str, Any], list[str] | None]:
     timing: dict[str, float] = {}
     members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
     # Each run's recipe.yaml, which a resume rewrites (a resumed run's best.pt may keep the recipe of fewer epochs);
@@ -269,7 +269,7 @@ def summary(run_dir: Path, results: dict[str, Any]) -> str:
 
     ckpt = results["checkpoint"]
     what = (f"{len(results['members'])} runs' {ckpt['name']}.pt" if "members" in results
-            else f"{ckpt['name']}.pt, epoch {ckpt['epoch']}, step {ckpt['step']}")  # (epoch 0: saved inside the first)
+            else f"{ckpt['name']}.pt, epoch {ckpt['epoch']}, step {ckpt['step']}")  # a last.pt inside epoch 1: epoch 0
     return (
         f"evaluated {run_dir} ({what}) on {results['split']} "
         f"({results['n_clips']} clips): macro F1 {fmt(results['macro'])}, PSDS {fmt(results['psds'])}, "

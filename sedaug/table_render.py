@@ -15,11 +15,10 @@ from sedaug.errors import UserError
 from sedaug.table import DASH, DECIMALS, Cell, PerClassRow, Row, Table
 
 FORMATS = ("rich", "markdown", "latex", "csv")
-# How each rendering begins (its escape codes and blanks aside): a file that begins otherwise is none of `table`'s.
 FACTOR_HEADERS = ("recipe", "augmentation", "location", "regularization", "consistency data", "n")
-# How each format's output begins (markdown, csv, latex, rich, and the per-class tables'): `table --out` replaces
-# a file only where it begins so (a user's "| recipe | paper F1 |" notes are no table of sedaug's).
 PER_CLASS_COLUMNS = ("recipe", "class", "n", "f1", "psds1")  # --per-class --format csv, in long form
+# How each rendering begins (its escape codes and blanks aside), header whole: a file that begins otherwise is none
+# of `table`'s, so `table --out` keeps it (a user's "| recipe | paper F1 |" notes).
 HEADS = ("| " + " | ".join(FACTOR_HEADERS) + " |", ",".join(h.replace(" ", "_") for h in FACTOR_HEADERS) + ",",
          "% sedaug table", "Table 1 — ", "**event-based F1 per class", "% event-based F1 per class",
          "event-based F1 per class", ",".join(PER_CLASS_COLUMNS) + "\n")
