@@ -18,7 +18,15 @@ from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.files import remove_stale_temporaries, write_text
 from sedaug.recipe import Recipe, dump_recipe, load_recipe
-from sedaug.rundir import DIVERGED, RunDir, is_ensemble, read_diverged, sedaug_data_holding, trained_on
+from sedaug.rundir import (
+    DIVERGED,
+    RunDir,
+    identity_changes,
+    is_ensemble,
+    read_diverged,
+    sedaug_data_holding,
+    trained_on,
+)
 from sedaug.strict_yaml import diff_keys
 from sedaug.watch import log_evaluation
 
@@ -242,9 +250,9 @@ def _check_trained_on(store: FeatureStore, runs: list[Path], split: str) -> None
     another store given): the clips it scores may be ones the model trained on."""
     for run in runs:
         recorded = trained_on(run)
-        if recorded is None or recorded == json.dumps(store.identity, sort_keys=True):
+        changed = [] if recorded is None else identity_changes(json.loads(recorded), store.identity)
+        if not changed:
             continue
-        changed = [key for key, value in json.loads(recorded).items() if store.identity.get(key) != value]
         raise UserError(f"{store.path} is not the feature store {run} was trained on ({listed(changed)} changed: "
                         f"extracted since from another DESED or synthetic set?), so its {split} clips may be ones the "
                         "model trained on: give --features the store it trained on, or pass --other-store to score "

@@ -37,7 +37,15 @@ from sedaug.model import CRNN
 from sedaug.progress import STDERR
 from sedaug.progress import shown as progress_shown
 from sedaug.recipe import Recipe, dump_recipe, load_recipe, what_a_run_trains
-from sedaug.rundir import DIVERGED, RUN_ENTRIES, RunDir, enclosing_run, environment, sedaug_data_holding
+from sedaug.rundir import (
+    DIVERGED,
+    RUN_ENTRIES,
+    RunDir,
+    enclosing_run,
+    environment,
+    identity_changes,
+    sedaug_data_holding,
+)
 from sedaug.strict_yaml import diff_keys
 
 
@@ -336,8 +344,7 @@ def _train(
     recorded: Recipe | None,
 ) -> TrainResult:
 
-    if ckpt is not None and ckpt.features is not None and ckpt.features != store.identity:
-        changed = [key for key, value in ckpt.features.items() if store.identity.get(key) != value]
+    if ckpt is not None and ckpt.features is not None and (changed := identity_changes(ckpt.features, store.identity)):
         raise UserError(f"--resume: {store.path} is not the feature store {ckpt.path} was trained on ({', '.join(changed)} "
                         "changed since): resume on that store, or train anew into another --runs")
 

@@ -138,11 +138,11 @@ def test_a_store_other_than_the_one_a_run_trained_on_is_refused_unless_asked_for
     assert run("evaluate", seed0, "--device", "cpu").exit_code == 0
     scored = (seed0 / "eval" / "results.json").read_bytes()
     record = json.loads((store / "features.json").read_text())
-    record["manifest_hash"] = "0" * 64  # what another DESED's manifest gives
+    record["manifest_hash"] = record["content_hash"] = "0" * 64  # what another DESED's manifest gives
     (store / "features.json").write_text(json.dumps(record))
     for split in ("eval", "synthetic_valid"):
         one_line_error(run("evaluate", seed0, "--device", "cpu", "--split", split),
-                       f"{store} is not the feature store {seed0} was trained on (manifest_hash changed",
+                       f"{store} is not the feature store {seed0} was trained on (content_hash changed",
                        f"its {split} clips may be ones the model trained on", "--other-store")
     assert (seed0 / "eval" / "results.json").read_bytes() == scored and not (seed0 / "synthetic_valid").exists()
     assert run("evaluate", seed0, "--device", "cpu", "--other-store").exit_code == 0
@@ -194,6 +194,25 @@ def test_evaluating_again_keeps_what_else_the_split_folder_holds_and_says_a_chec
     assert "note:" not in run("evaluate", seed0, "--device", "cpu", "--checkpoint", "last").output
 
 
+def test_a_desed_tree_moved_and_prepared_again_is_the_same_data(tiny_desed, tiny_model_overrides, tmp_path):
+    """The store's manifest hash holds where the tree lay and its files' times: moved (to a faster disk, say) and
+    prepared again, its runs could not resume, nor be scored without --other-store. The content is the data."""
+    tree, store, runs = tmp_path / "a", tmp_path / "features", tmp_path / "runs"
+    shutil.copytree(tiny_desed, tree)
+    assert run("prepare-desed", "--synthetic", "--size", "tiny", "--out", tree).exit_code == 0  # its own manifest
+    assert run("extract-mels", "--data", tree, "--out", store, "--workers", "1").exit_code == 0
+    recipe = Path(__file__).parents[1] / "recipes" / "none.yaml"
+    sets = [f"--set={s}" for s in (*tiny_model_overrides, f"data.features={store}", "optim.max_steps_per_epoch=1")]
+    assert run("train", recipe, "--runs", runs, "--device", "cpu", *sets, "--set", "optim.epochs=1").exit_code == 0
+    tree.rename(tmp_path / "b")
+    assert run("prepare-desed", "--synthetic", "--size", "tiny", "--out", tmp_path / "b").exit_code == 0
+    again = run("extract-mels", "--data", tmp_path / "b", "--out", store, "--workers", "1")
+    assert again.exit_code == 0 and "written" in again.output, again.output
+    resumed = run("train", recipe, "--runs", runs, "--device", "cpu", *sets, "--set", "optim.epochs=2", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert run("evaluate", runs / "none" / "seed0", "--device", "cpu").exit_code == 0
+
+
 def test_a_cuda_only_step_setting_on_a_cpu_is_refused_before_anything_is_written(tmp_path, tiny_features):
     for setting in ("optim.precision=tf32", "optim.compile=reduce-overhead"):
         result = run("train", RECIPES / "none.yaml", "--runs", tmp_path / "runs", "--device", "cpu",
@@ -207,7 +226,7 @@ def test_non_empty_run_dir(tmp_path, tiny_features):
     run_dir.mkdir(parents=True)
     (run_dir / "notes.txt").write_text("mine")
     result = run("train", RECIPES / "none.yaml", "--runs", tmp_path, "--set", f"data.features={tiny_features}")
-    one_line_error(result, str(run_dir), "--resume")
+    one_line_error(result, f"{run_dir} holds notes.txt, which no run holds: give another --runs or seed")
     assert (run_dir / "notes.txt").read_text() == "mine" and len(list(run_dir.iterdir())) == 1
 
 

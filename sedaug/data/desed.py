@@ -43,7 +43,7 @@ from sedaug.data.metadata import (  # noqa: F401 (re-exported: the layout's clas
     read_metadata,
 )
 from sedaug.errors import UserError, counted, one_line
-from sedaug.files import atomic_dir, write_json, write_tsv, writing
+from sedaug.files import atomic_dir, read_tsv, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
 
@@ -460,6 +460,17 @@ def manifest_hash(prepared: Path) -> str:
     for path in sorted(manifest_dir.glob("*.tsv")):
         digest.update(f"{path.name}\n".encode())
         digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def content_hash(prepared: Path) -> str:
+    """A hash of the manifest's tables without where the tree lies (each clip's path) and its files' times: the same
+    for a tree moved or copied and prepared again, so that its runs resume and are scored there."""
+    digest = hashlib.sha256()
+    for path in sorted(_manifest_dir(prepared).glob("*.tsv")):
+        table = read_tsv(path)
+        digest.update(f"{path.name}\n".encode())
+        digest.update(table.drop(columns=["path", "mtime_ns"], errors="ignore").to_csv(sep="\t", index=False).encode())
     return digest.hexdigest()
 
 

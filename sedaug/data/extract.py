@@ -30,7 +30,7 @@ import soundfile as sf
 import torch
 
 from sedaug import __version__
-from sedaug.data.desed import check_unchanged, load_events, load_manifest, manifest_hash
+from sedaug.data.desed import check_unchanged, content_hash, load_events, load_manifest, manifest_hash
 from sedaug.data.grid import PARAMS, check_sample_rate
 from sedaug.data.mel import clip_mels, log_mel, mel_problems, resample
 from sedaug.data.store import (
@@ -98,7 +98,8 @@ def extract_mels(
         "split_seed": split_seed,
     }
     recorded = read_record(out)
-    _check_out(out, data, recorded, settings["manifest_hash"])
+    content = content_hash(data)
+    _check_out(out, data, recorded, settings["manifest_hash"], content)
     remove_stale_temporaries(out)  # a killed extraction's staging folder: a whole store's size
     current = recorded is not None and all(recorded.get(key) == value for key, value in settings.items())
     if current and is_complete(out):
@@ -123,6 +124,7 @@ def extract_mels(
                     **settings,
                     "sedaug_version": __version__,
                     "manifest": str(data),
+                    "content_hash": content,
                     "splits": {name: len(clips) for name, (clips, _) in tables.items()},
                     "synthetic_split_hash": _synthetic_split_hash(tables),
                 },
@@ -179,10 +181,11 @@ def _synthetic_split_hash(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame | N
     return hashlib.sha256(files.encode()).hexdigest()
 
 
-def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str) -> None:
+def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str, content: str) -> None:
     """Refuse an --out that is not this DESED's feature store (or a new or empty folder): a folder of anything else
     (a run, the DESED tree itself) would get the store's files among its own, and another DESED's store would be
-    replaced under the runs trained on it (a prepared folder copied elsewhere as it is, is the same store)."""
+    replaced under the runs trained on it (a prepared folder copied elsewhere as it is, or a tree moved and prepared
+    again, is the same DESED)."""
     advice = "give --out a new folder (e.g. data/features)"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: {advice}")
@@ -192,7 +195,7 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str)
     if others:
         raise UserError(f"--out {out} holds {listed(others)}, which no feature store holds: {advice}")
     if recorded is not None and recorded.get("manifest") not in (None, str(data)) and \
-            recorded.get("manifest_hash") != manifest_hash:
+            recorded.get("manifest_hash") != manifest_hash and recorded.get("content_hash") != content:
         raise UserError(f"--out {out} holds the features of {recorded['manifest']}, not of {data}: {advice}, or remove "
                         "that store first")
     for entry, folder in [*((out / name, True) for name in FEATURE_SPLITS), (out / SCALER, False)]:

@@ -89,9 +89,11 @@ class FeatureStore:
 
     @property
     def identity(self) -> dict:
-        """What the training data of a run is: the manifest's tables and the synthetic split (a checkpoint records
-        it; --resume refuses a store that changed since)."""
-        return {key: self.record.get(key) for key in ("manifest_hash", "synthetic_split_hash", "splits")}
+        """What the training data of a run is: the manifest's tables (and their content alone, wherever the tree
+        lies) and the synthetic split. A checkpoint records it; --resume and evaluate refuse a store whose identity
+        changed since (rundir.identity_changes)."""
+        keys = ("manifest_hash", "content_hash", "synthetic_split_hash", "splits")
+        return {key: self.record[key] for key in keys if key in self.record}
 
     def split(self, name: str) -> Split:
         if name not in FEATURE_SPLITS:
