@@ -190,8 +190,11 @@ def train(
     runs: Annotated[Path, typer.Option(help="Where run directories go: RUNS/<name>/seed<seed>.")] = Path("runs"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt; restart one that stopped before saving any.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    out: Annotated[Path | None, typer.Option(hidden=True)] = None,  # the other commands' name for where it goes
 ) -> None:
     """Train the CRNN with a recipe's objective, writing a run directory."""
+    if out is not None:
+        raise UserError(f"train has no --out: give --runs {out}, under which the run goes (<name>/seed<seed>)")
     from sedaug.device import parse_device
     from sedaug.recipe import load_recipe
     from sedaug.strict_yaml import blamed_override

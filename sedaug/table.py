@@ -23,7 +23,7 @@ from sedaug.evaluation.results import METRICS, read_results
 from sedaug.files import read_jsonl
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
-from sedaug.rundir import best_epoch, read_diverged, trained_on
+from sedaug.rundir import best_epoch, enclosing_run, read_diverged, trained_on
 from sedaug.sweep import in_search, selected_settings
 from sedaug.table_ci import (
     BootstrapSettings,
@@ -139,6 +139,9 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
                          results is not None and not diverged and _unfinished(run_dir, recipe, epochs),
                          trained_on(run_dir), row))
     if not runs:
+        if (run := enclosing_run(runs_dir)) is not None:  # RUN/eval, say
+            raise UserError(f"{runs_dir} is inside the run {run}: give the folder that holds the runs (e.g. "
+                            f"{run.parent.parent})")
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
     _check_one_set(runs, split)
     _check_seeds_once(runs)

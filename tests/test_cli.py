@@ -235,12 +235,20 @@ def test_evaluate_without_checkpoint_and_table_of_nothing(tmp_path):
     (tmp_path / "recipe.yaml").write_text("name: x\n")  # a run whose training never checkpointed
     one_line_error(run("evaluate", tmp_path), "best.pt")
     (tmp_path / "recipe.yaml").unlink()
-    one_line_error(run("table", tmp_path))
+    one_line_error(run("table", tmp_path), "no runs found")
+    seed = tmp_path / "runs" / "none" / "seed0"  # table of a run's eval/ folder
+    (seed / "checkpoints").mkdir(parents=True)
+    (seed / "recipe.yaml").write_text("name: none\n")
+    (seed / "eval").mkdir()
+    one_line_error(run("table", seed / "eval"), f"{seed / 'eval'} is inside the run {seed}: give the folder that "
+                   f"holds the runs (e.g. {tmp_path / 'runs'})")
 
 
 def test_bad_flags(tmp_path):
     one_line_error(run("prepare-desed", "--root", tmp_path, "--synthetic"), "exclusive")
     one_line_error(run("train", RECIPES / "none.yaml", "--device", "tpu"), "--device tpu")
+    one_line_error(run("train", RECIPES / "none.yaml", "--out", tmp_path),  # as the other commands call it
+                   f"train has no --out: give --runs {tmp_path}, under which the run goes")
 
 
 def test_batch_larger_than_the_store(tiny_features, tmp_path):
