@@ -73,7 +73,7 @@ def tiny_store(workdir: Path, sample_rate: int = 16000, size: str = "tiny") -> t
 
 def tiled_store(source: Path, out: Path, sizes: dict[str, int]) -> Path:
     """A feature store with `sizes` clips per split, tiling `source`'s clips (renamed) and labels."""
-    from sedaug.data.store import FeatureStore
+    from sedaug.data.store import FeatureStore, table_hashes
 
     store = FeatureStore(source)
     out.mkdir(parents=True)
@@ -100,6 +100,7 @@ def tiled_store(source: Path, out: Path, sizes: dict[str, int]) -> Path:
             tiled = pd.concat([weak.assign(filename=f"{k:05d}_" + weak.filename) for k in range(reps)])
             tiled[tiled.filename.isin(set(names))].to_csv(out / split / "weak.tsv", sep="\t", index=False)
         meta["splits"][split] = n
+    meta["tables"] = table_hashes(out)  # the tiled tables are this store's own
     (out / "features.json").write_text(json.dumps(meta))
     return out
 

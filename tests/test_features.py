@@ -23,7 +23,7 @@ from sedaug.data.extract import extract_mels, load_clip, split_synthetic
 from sedaug.data.grid import PARAMS, FeatureParams, real_frames
 from sedaug.data.labels import frame_labels, weak_labels_from
 from sedaug.data.mel import PAD, clip_mels, log_mel, mel_spectrogram, resample
-from sedaug.data.store import FEATURE_SPLITS, FeatureStore
+from sedaug.data.store import FEATURE_SPLITS, FeatureStore, table_hashes
 from sedaug.data.synthetic import SIZES
 from sedaug.errors import UserError
 
@@ -443,6 +443,8 @@ def test_batches_carry_each_clips_real_frames(tiny_features, tmp_path):
     clips = pd.read_csv(store_dir / "unlabeled" / "clips.tsv", sep="\t")
     clips["duration"] = np.where(np.arange(len(clips)) % 2 == 0, 4.0, 10.0)  # every other unlabeled clip 4 s
     clips.to_csv(store_dir / "unlabeled" / "clips.tsv", sep="\t", index=False)
+    record = json.loads((store_dir / "features.json").read_text())
+    (store_dir / "features.json").write_text(json.dumps({**record, "tables": table_hashes(store_dir)}))  # as written
     streams = ThreeStreams(FeatureStore(store_dir), batch_size=8, seed=0, device=torch.device("cpu"))
     batches = list(streams.epoch(0))
     assert batches
@@ -481,16 +483,28 @@ def test_truncated_mels_are_extracted_again(real_layout, tmp_path):
     assert mels.read_bytes() == data
 
 
-@pytest.mark.parametrize("damage", ["events.tsv gone", "clips.tsv garbage", "weak.tsv gone", "scaler garbage"])
+@pytest.mark.parametrize("damage", ["events.tsv gone", "clips.tsv garbage", "weak.tsv gone", "scaler garbage",
+                                    "an event deleted", "another scaler"])
 def test_a_store_that_evaluation_would_refuse_is_extracted_again(real_layout, tmp_path, damage):
-    """Each damage's error says "re-run `sedaug extract-mels`": that run must rebuild, not say "up to date"."""
+    """Each damage's error says "re-run `sedaug extract-mels`": that run must rebuild, not say "up to date". A
+    table or scaler edited by hand into another valid one was scored as it was."""
     prepare_desed(real_layout.root, tmp_path / "desed", progress=False)
     features = tmp_path / "features"
     extract_mels(tmp_path / "desed", features, workers=1, progress=False)
     before = {p: p.read_bytes() for p in sorted(features.rglob("*")) if p.is_file()}
     path = {"events.tsv gone": features / "eval" / "events.tsv", "clips.tsv garbage": features / "eval" / "clips.tsv",
-            "weak.tsv gone": features / "weak" / "weak.tsv", "scaler garbage": features / "scaler.npz"}[damage]
-    path.unlink() if damage.endswith("gone") else path.write_text("garbage\n")
+            "weak.tsv gone": features / "weak" / "weak.tsv", "scaler garbage": features / "scaler.npz",
+            "an event deleted": features / "eval" / "events.tsv", "another scaler": features / "scaler.npz"}[damage]
+    if damage == "an event deleted":
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    elif damage == "another scaler":
+        np.savez(path, mean=np.zeros(128, np.float32), std=np.ones(128, np.float32))
+    else:
+        path.unlink() if damage.endswith("gone") else path.write_text("garbage\n")
+    if damage in ("an event deleted", "another scaler"):
+        store = FeatureStore(features)
+        with pytest.raises(UserError, match=re.escape(f"{path} was edited since `sedaug extract-mels` wrote it")):
+            store.scaler() if path.name == "scaler.npz" else store.split("eval")
     assert not extract_mels(tmp_path / "desed", features, workers=1, progress=False).skipped
     assert {p: p.read_bytes() for p in sorted(features.rglob("*")) if p.is_file()} == before
 

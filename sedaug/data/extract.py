@@ -43,6 +43,7 @@ from sedaug.data.store import (
     STRONG_SPLITS,
     is_complete,
     read_record,
+    table_hashes,
 )
 from sedaug.device import parse_device
 from sedaug.errors import UserError, listed, one_line
@@ -127,6 +128,7 @@ def extract_mels(
                     "content_hash": content,
                     "splits": {name: len(clips) for name, (clips, _) in tables.items()},
                     "synthetic_split_hash": _synthetic_split_hash(tables),
+                    "tables": table_hashes(staging),
                 },
             )
         _move_into_place(staging, out)

@@ -12,6 +12,7 @@ and the scaler to training and evaluation alike (written by `data/extract.py`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from sedaug.files import read_tsv
 
 FEATURES_JSON = "features.json"
 SCALER = "scaler.npz"
+TABLES = ("clips.tsv", "events.tsv", "weak.tsv")  # a split's, those it has
 # Bump when the store's layout or content changes (2: dcase20's padding and resampler), so that old stores are
 # refused with a one-line "re-run extract-mels".
 STORE_FORMAT = 2
@@ -95,6 +97,14 @@ class FeatureStore:
         keys = ("manifest_hash", "content_hash", "synthetic_split_hash", "splits")
         return {key: self.record[key] for key in keys if key in self.record}
 
+    def _unedited(self, path: Path) -> None:
+        """Refuse a table or the scaler whose bytes are not those extract-mels wrote (features.json records their
+        SHA-256; a store written before it did is not checked): a label or scaler edited by hand is no store's."""
+        recorded = (self.record.get("tables") or {}).get(path.relative_to(self.path).as_posix())
+        if recorded is not None and path.is_file() and sha256(path) != recorded:
+            raise UserError(f"{path} was edited since `sedaug extract-mels` wrote it: re-run `sedaug extract-mels` "
+                            "(it makes the store again), or fix the DESED tree's labels and prepare it again")
+
     def split(self, name: str) -> Split:
         if name not in FEATURE_SPLITS:
             raise UserError(f"unknown feature split {name!r} (one of {', '.join(FEATURE_SPLITS)})")
@@ -117,6 +127,8 @@ class FeatureStore:
                 weak = weak_labels_from(table, filenames)
             except KeyError as err:
                 raise UserError(f"{directory / 'weak.tsv'}: clip {err} is not in clips.tsv: re-run `sedaug extract-mels`") from None
+        for table in TABLES:  # damage is said above; a table edited into another valid one, here
+            self._unedited(directory / table)
         return Split(name, mels, filenames, durations, events, weak)
 
     def scaler(self) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +147,7 @@ class FeatureStore:
             raise UserError(f"{path}: mean {mean.shape} and std {std.shape} where {shape} is expected: {advice}")
         if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
             raise UserError(f"{path}: a mean or std is not a finite (positive) number: {advice}")
+        self._unedited(path)
         return mean, std
 
 
@@ -152,6 +165,16 @@ def open_mels(path: Path, n_clips: int) -> np.ndarray:
     if mels.shape != expected or mels.dtype != np.float16:
         raise UserError(f"{path}: holds {mels.dtype} {mels.shape} where float16 {expected} is expected: {advice}")
     return mels
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def table_hashes(store: Path) -> dict[str, str]:
+    """The SHA-256 of each split's tables and of the scaler, by path in the store (features.json's `tables`)."""
+    paths = [Path(name) / table for name in FEATURE_SPLITS for table in TABLES] + [Path(SCALER)]
+    return {p.as_posix(): sha256(store / p) for p in paths if (store / p).is_file()}
 
 
 def _read_table(path: Path, read, columns: tuple[str, ...]) -> pd.DataFrame:
