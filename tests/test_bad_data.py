@@ -349,6 +349,26 @@ def test_atomic_dir_stopped_between_its_renames_keeps_the_old_folder(tmp_path, m
     assert (tmp_path / "eval" / "results.json").read_text() == "old"
 
 
+def test_what_a_user_put_beside_an_evaluation_comes_along_even_where_it_cannot_be_linked(tmp_path, monkeypatch):
+    from sedaug.evaluation.results import _keep_the_rest
+
+    old, new = tmp_path / "eval", tmp_path / ".eval.tmp1"
+    (old / "figs").mkdir(parents=True)
+    (old / "notes.md").write_text("mine")
+    (old / "figs" / "f.pdf").write_bytes(b"%PDF")
+    (old / "results.json").write_text("old")  # the evaluation's own: the new one's stays
+    new.mkdir()
+    (new / "results.json").write_text("new")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")  # another user's files, protected_hardlinks
+
+    monkeypatch.setattr("os.link", refused)
+    _keep_the_rest(old, new)
+    assert (new / "notes.md").read_text() == "mine" and (new / "figs" / "f.pdf").read_bytes() == b"%PDF"
+    assert (new / "results.json").read_text() == "new" and (old / "notes.md").read_text() == "mine"
+
+
 def test_a_read_only_folder_is_said_naming_the_file_not_its_temporary(tmp_path, monkeypatch):
     """On a read-only file system, removing a temporary that was never made fails too (EROFS, not ENOENT): that
     error, naming `.eval.tmp<pid>`, replaced the one naming the file."""

@@ -166,13 +166,19 @@ def _keep_the_rest(old: Path, new: Path) -> None:
     the new folder is swapped in, the old one keeps them whole."""
     if not old.is_dir():
         return
+    def link(source: str, target: str) -> None:
+        try:
+            os.link(source, target, follow_symlinks=False)
+        except OSError:  # a file of another user's (protected_hardlinks), say: copied
+            shutil.copy2(source, target, follow_symlinks=False)
+
     for entry in old.iterdir():
         if entry.name.startswith(".") or os.path.lexists(new / entry.name):
             continue
         if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=os.link)
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=link)
         else:
-            os.link(entry, new / entry.name, follow_symlinks=False)
+            link(str(entry), str(new / entry.name))
 
 
 def read_results(path: Path, metrics: Sequence[str] = METRICS) -> dict[str, Any]:
