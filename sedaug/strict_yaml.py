@@ -70,6 +70,7 @@ def read_yaml(path: Path, what: str) -> Any:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, in place, and return it."""
+    done: list[str] = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -77,7 +78,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         try:
             set_key(raw, key, parse_yaml(value, f"--set {key}"))
         except ValueError as e:
-            raise UserError(f"--set {item!r}: {e}") from None
+            # An earlier --set that made a section a value is the one to change (--set optim=3 --set optim.lr=0.1).
+            earlier = next((d for d in reversed(done) if key.startswith(f"{d.partition('=')[0].strip()}.")), None)
+            blame = f" (after --set {earlier!r})" if earlier else ""
+            raise UserError(f"--set {item!r}: {e}{blame}") from None
+        done.append(item)
     return raw
 
 

@@ -140,6 +140,10 @@ def test_overrides_apply_before_validation(tmp_path):
         load_recipe(path, ["optim.epoch=3"])
     with pytest.raises(UserError, match="expected key.path=value"):
         load_recipe(path, ["optim.epochs"])
+    # The --set that made a section a value is named, not only the one that then reaches into it.
+    with pytest.raises(UserError) as err:
+        load_recipe(path, ["optim=3", "model.rnn_hidden=8", "optim.lr=0.1"])
+    assert str(err.value) == "--set 'optim.lr=0.1': optim is not a section (after --set 'optim=3')"
 
 
 def test_cross_field_rules(tmp_path):
