@@ -6,6 +6,7 @@ Per epoch: predict synthetic_valid, keep best.pt by event-based macro F1, write 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -474,8 +475,10 @@ def _train(
         write_json(run.root / DIVERGED, {"epoch": e.epoch, "step": e.step, "message": str(e)})
         raise
     finally:
-        log.close()
-        board.close()
-        if metrics:
-            watch.plot_train_curves(metrics, run.curves, consistency=recipe.augmentation.type != "none")
+        # Ctrl-C again while the curves are drawn: what was said above stands (last.pt is saved), not a bare one.
+        with contextlib.suppress(KeyboardInterrupt):
+            log.close()
+            board.close()
+            if metrics:
+                watch.plot_train_curves(metrics, run.curves, consistency=recipe.augmentation.type != "none")
     return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch, str(config))

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from sedaug import watch
 from sedaug.checkpoint import load_checkpoint
 from sedaug.cli import app
 from sedaug.errors import UserError
@@ -183,6 +184,17 @@ def test_ctrl_c_during_validation_stops_once_the_epoch_is_saved(tiny, tmp_path, 
         train(recipe, tmp_path / "run", progress=False)
     assert "Ctrl-C: stopping once last.pt is saved" in capsys.readouterr().err
     assert len(_metrics(tmp_path / "run")) == 1
+    # Ctrl-C again while the curves are drawn: the interruption's message stands (it was a bare KeyboardInterrupt).
+    other = tmp_path / "again"
+
+    def interrupted_plot(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_plot = watch.plot_train_curves
+    monkeypatch.setattr("sedaug.watch.plot_train_curves", interrupted_plot)
+    with pytest.raises(Interrupted, match=r"interrupted after epoch 1: .*last\.pt holds epoch 1"):
+        train(recipe, other, progress=False)
+    monkeypatch.setattr("sedaug.watch.plot_train_curves", real_plot)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt").state.epoch == 1
     # Resumed with the epochs it holds, it ends there: nothing to train, and the recipe's change is reported.
     monkeypatch.setattr("sedaug.train.validate", real_validate)
