@@ -400,6 +400,23 @@ def test_a_prepared_tree_copied_moved_or_gone_is_said_before_extracting(tiny_des
     assert not extract_mels(tmp_path / "prepared", tmp_path / "f2", workers=1, progress=False).skipped
 
 
+def test_a_second_extraction_into_a_store_being_written_is_refused(real_layout, tmp_path):
+    """Two extract-mels into one folder renamed their files among each other's (a store of two DESEDs, with the
+    last one's record): the second is refused while the first holds the store."""
+    import fcntl
+
+    prepare_desed(real_layout.root, tmp_path / "desed", progress=False)
+    features = tmp_path / "features"
+    features.mkdir()
+    with open(features / ".extract.lock", "a") as other:  # another extract-mels writing it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match=re.escape(f"{features} is being written by another sedaug extract-mels: "
+                                                      "wait for it to end")):
+            extract_mels(tmp_path / "desed", features, workers=1, progress=False)
+        assert [p.name for p in features.iterdir()] == [".extract.lock"]
+    assert not extract_mels(tmp_path / "desed", features, workers=1, progress=False).skipped  # released: written
+
+
 def test_extract_needs_a_manifest(tmp_path):
     with pytest.raises(UserError, match="run `sedaug prepare-desed` first"):
         extract_mels(tmp_path, tmp_path / "features", progress=False)

@@ -13,6 +13,7 @@ store as it was. Replacing a store therefore needs room for a second copy while 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import os
@@ -49,6 +50,8 @@ from sedaug.device import parse_device
 from sedaug.errors import UserError, listed, one_line
 from sedaug.files import named_as, remove_stale_temporaries, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
+
+LOCK = ".extract.lock"  # in the store, held while an extract-mels writes it
 
 
 @dataclass
@@ -113,11 +116,11 @@ def extract_mels(
     tables = _split_tables(data, manifest, synthetic_valid_fraction, split_seed)
     created = not out.exists()
     staging = out / f".staging.tmp{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     workers = workers or os.cpu_count() or 1
     batch_size = batch_size or (64 if torch_device.type == "cuda" else 16)
     try:
-        with named_as(staging, out):  # the staged files stand for the store's: errors name the latter
+        with _held(out), named_as(staging, out):  # the staged files stand for the store's: errors name the latter
+            shutil.rmtree(staging, ignore_errors=True)
             _write_store(staging, tables, torch_device, workers, batch_size, progress)
             write_json(
                 staging / FEATURES_JSON,
@@ -131,11 +134,12 @@ def extract_mels(
                     "tables": table_hashes(staging),
                 },
             )
-        _move_into_place(staging, out)
+            _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if created:  # a first extraction cut short leaves no empty --out (a full one stays: rmdir refuses)
+        if created and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK]:  # cut short: no empty --out left
             with contextlib.suppress(OSError):
+                (out / LOCK).unlink()
                 out.rmdir()
     sizes = {name: len(clips) for name, (clips, _) in tables.items()}
     total = sum(sizes.values())
@@ -208,6 +212,21 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str,
         if wrong:
             raise UserError(f"--out {out}: {entry} {wrong}, and extract-mels renames the new files into place "
                             "there: make it what the store had, or give --out a new folder")
+
+
+@contextlib.contextmanager
+def _held(out: Path) -> Iterator[None]:
+    """Hold the store `out` for this extraction (an flock the OS drops when the process dies, kill -9 too): a second
+    extract-mels into it is refused, instead of renaming its files among this one's (a store of two DESEDs)."""
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / LOCK, "a")  # noqa: SIM115 (held open for the block; empty: the store's bytes stay as they were)
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out} is being written by another sedaug extract-mels: wait for it to end") from None
+        yield
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
