@@ -137,9 +137,8 @@ def extract_mels(
             _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if created and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK]:  # cut short: no empty --out left
+        if created:  # a first extraction cut short leaves no empty --out (a full one stays: rmdir refuses)
             with contextlib.suppress(OSError):
-                (out / LOCK).unlink()
                 out.rmdir()
     sizes = {name: len(clips) for name, (clips, _) in tables.items()}
     total = sum(sizes.values())
@@ -220,13 +219,16 @@ def _held(out: Path) -> Iterator[None]:
     extract-mels into it is refused, instead of renaming its files among this one's (a store of two DESEDs)."""
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / LOCK, "a")  # noqa: SIM115 (held open for the block; empty: the store's bytes stay as they were)
+        lock = open(out / LOCK, "a")  # noqa: SIM115 (held open for the block)
     with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"{out} is being written by another sedaug extract-mels: wait for it to end") from None
-        yield
+        try:
+            yield
+        finally:  # removed while held: the store keeps no file of it
+            (out / LOCK).unlink(missing_ok=True)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
