@@ -229,22 +229,22 @@ def sedaug_data_holding(path: Path) -> str | None:
 
 def trained_on(run_dir: Path) -> str | None:
     """The identity of the feature store a run trained on (env.json's record of it), as text to compare (its
-    content, where recorded, not where its tree lay); None for an ensemble, or a run trained before env.json
-    recorded it."""
+    features' hash, where recorded, not where its tree lay); None for an ensemble, or a run trained before
+    env.json recorded it."""
     try:
         features = json.loads((Path(run_dir) / "env.json").read_text()).get("features")
     except (OSError, ValueError, AttributeError):
         return None
     if not isinstance(features, dict):
         return None
-    return json.dumps({k: v for k, v in features.items() if k != "manifest_hash" or "content_hash" not in features},
+    return json.dumps({k: v for k, v in features.items() if k != "manifest_hash" or "features_hash" not in features},
                       sort_keys=True)
 
 
 def identity_changes(recorded: dict, identity: dict) -> list[str]:
-    """The keys at which a run's record of its feature store differs from a store's identity: the content of its
-    manifest where both record it (a tree moved and prepared again is the same data), else the manifest's hash."""
-    moved_ok = "content_hash" in recorded and "content_hash" in identity
+    """The keys at which a run's record of its feature store differs from a store's identity: the features themselves
+    where both record their hash (a tree moved and extracted again is the same data), else the manifest's hash."""
+    moved_ok = "features_hash" in recorded and "features_hash" in identity
     return [key for key, value in recorded.items()
             if not (moved_ok and key == "manifest_hash") and identity.get(key) != value]
 

@@ -138,11 +138,11 @@ def test_a_store_other_than_the_one_a_run_trained_on_is_refused_unless_asked_for
     assert run("evaluate", seed0, "--device", "cpu").exit_code == 0
     scored = (seed0 / "eval" / "results.json").read_bytes()
     record = json.loads((store / "features.json").read_text())
-    record["manifest_hash"] = record["content_hash"] = "0" * 64  # what another DESED's manifest gives
+    record["manifest_hash"] = record["features_hash"] = "0" * 64  # what another DESED's manifest gives
     (store / "features.json").write_text(json.dumps(record))
     for split in ("eval", "synthetic_valid"):
         one_line_error(run("evaluate", seed0, "--device", "cpu", "--split", split),
-                       f"{store} is not the feature store {seed0} was trained on (content_hash changed",
+                       f"{store} is not the feature store {seed0} was trained on (features_hash changed",
                        f"its {split} clips may be ones the model trained on", "--other-store")
     assert (seed0 / "eval" / "results.json").read_bytes() == scored and not (seed0 / "synthetic_valid").exists()
     assert run("evaluate", seed0, "--device", "cpu", "--other-store").exit_code == 0
@@ -211,6 +211,15 @@ def test_a_desed_tree_moved_and_prepared_again_is_the_same_data(tiny_desed, tiny
     resumed = run("train", recipe, "--runs", runs, "--device", "cpu", *sets, "--set", "optim.epochs=2", "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert run("evaluate", runs / "none" / "seed0", "--device", "cpu").exit_code == 0
+    # A clip replaced by one of the same size (at half the amplitude) is other data, though the manifest's sizes agree.
+    import soundfile as sf
+
+    clip = sorted((tmp_path / "b" / "audio" / "eval").rglob("*.wav"))[0]
+    audio, rate = sf.read(clip, dtype="int16")
+    sf.write(clip, audio // 2, rate, subtype="PCM_16")
+    assert run("prepare-desed", "--synthetic", "--size", "tiny", "--out", tmp_path / "b").exit_code == 0
+    assert run("extract-mels", "--data", tmp_path / "b", "--out", store, "--workers", "1").exit_code == 0
+    one_line_error(run("evaluate", runs / "none" / "seed0", "--device", "cpu"), "(features_hash changed")
 
 
 def test_a_cuda_only_step_setting_on_a_cpu_is_refused_before_anything_is_written(tmp_path, tiny_features):

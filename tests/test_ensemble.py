@@ -98,8 +98,8 @@ def test_an_ensemble_of_different_recipes_is_refused(tiny_features, tiny_model_o
     # Seeds of one recipe trained on two stores (another DESED): no ensemble.
     seed1 = train(runner, runs, "none", 1, 1, tiny_model_overrides, tiny_features)
     env = json.loads((seed1 / "env.json").read_text())
-    assert env["features"]["manifest_hash"] and env["features"]["content_hash"]
-    other = {**env["features"], "manifest_hash": "0" * 64, "content_hash": "0" * 64}  # another DESED's
+    assert env["features"]["manifest_hash"] and env["features"]["features_hash"]
+    other = {**env["features"], "manifest_hash": "0" * 64, "features_hash": "0" * 64}  # another DESED's
     (seed1 / "env.json").write_text(json.dumps({**env, "features": other}))
     result = runner.invoke(app, ["evaluate", str(runs / "none" / "seed0"), str(seed1), "--ensemble", "--device", "cpu"])
     assert result.exit_code == 1 and "were trained on different feature stores" in result.output, result.output

@@ -129,11 +129,11 @@ def test_resume_refuses_a_feature_store_that_changed_since(tiny, tiny_features, 
     train(recipe, tmp_path / "run", progress=False)
     before = _weights(tmp_path / "run")
     record = json.loads((features / "features.json").read_text())
-    record["manifest_hash"] = record["content_hash"] = "0" * 64  # re-extracted from another DESED
+    record["manifest_hash"] = record["features_hash"] = "0" * 64  # re-extracted from another DESED
     (features / "features.json").write_text(json.dumps(record))
     more = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"epochs": 2})})
     with pytest.raises(UserError, match=rf"--resume: {features} is not the feature store .*last\.pt was trained on "
-                                        r"\(content_hash changed since\)"):
+                                        r"\(features_hash changed since\)"):
         train(more, tmp_path / "run", resume=True, progress=False)
     assert all(torch.equal(before[k], v) for k, v in _weights(tmp_path / "run").items())
     assert len(_metrics(tmp_path / "run")) == 1

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
+import json
 import os
 import shutil
 import time
@@ -132,6 +133,7 @@ def extract_mels(
                     "splits": {name: len(clips) for name, (clips, _) in tables.items()},
                     "synthetic_split_hash": _synthetic_split_hash(tables),
                     "tables": table_hashes(staging),
+                    "features_hash": features_hash(staging),
                 },
             )
             _move_into_place(staging, out)
@@ -211,6 +213,19 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str,
         if wrong:
             raise UserError(f"--out {out}: {entry} {wrong}, and extract-mels renames the new files into place "
                             "there: make it what the store had, or give --out a new folder")
+
+
+def features_hash(store: Path) -> str:
+    """A hash of what training and evaluation read, the mels, tables and scaler (not where the DESED tree lay): a run's
+    store is the one it trained on where this is the same (a tree moved and extracted again), another where not (a
+    clip replaced by one of the same size too)."""
+    digest = hashlib.sha256()
+    for path in [*(store / name / "mels.npy" for name in FEATURE_SPLITS)]:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    digest.update(json.dumps(table_hashes(store), sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -91,10 +91,10 @@ class FeatureStore:
 
     @property
     def identity(self) -> dict:
-        """What the training data of a run is: the manifest's tables (and their content alone, wherever the tree
+        """What the training data of a run is: the manifest's tables, the features themselves (wherever the tree
         lies) and the synthetic split. A checkpoint records it; --resume and evaluate refuse a store whose identity
         changed since (rundir.identity_changes)."""
-        keys = ("manifest_hash", "content_hash", "synthetic_split_hash", "splits")
+        keys = ("manifest_hash", "features_hash", "synthetic_split_hash", "splits")
         return {key: self.record[key] for key in keys if key in self.record}
 
     def _unedited(self, path: Path) -> None:
