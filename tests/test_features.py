@@ -386,7 +386,8 @@ def test_a_prepared_tree_copied_moved_or_gone_is_said_before_extracting(tiny_des
     copy = shutil.copytree(tiny_desed, tmp_path / "copy")
     with pytest.raises(UserError, match=re.escape(f"{copy / 'manifest'} lists the audio of {tiny_desed.resolve()}, not "
                                                   "the audio beside it (the tree copied or moved?): run `sedaug "
-                                                  f"prepare-desed --synthetic --out {copy}` to list its own")):
+                                                  "prepare-desed --synthetic --size tiny --seed 0 --sample-rate 16000 "
+                                                  f"--out {copy}` to list its own")):
         extract_mels(copy, tmp_path / "f1", workers=1, progress=False)
     assert not (tmp_path / "f1").exists()
     prepare_desed(real_layout.root, tmp_path / "prepared", progress=False)

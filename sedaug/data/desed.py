@@ -421,15 +421,14 @@ def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> str | 
     prepared tree copied or moved), where a store extracted before may still be complete; else None."""
     record = _read_prepare_json(_manifest_dir(prepared)) or {}
     root = Path(str(record.get("root", "")))
-    again = f"run `sedaug prepare-desed --root {root} --out {prepared}` again"
+    again = f"run `sedaug prepare-desed {_prepare_args(root, root)}` again" if root == Path(prepared) else \
+        f"run `sedaug prepare-desed --root {root} --out {prepared}` again"
     if record.get("format") != MANIFEST_FORMAT:
         raise UserError(f"{_manifest_dir(prepared)}: its prepare.json is unreadable or of another version of sedaug: "
                         f"{again}")
     if (Path(prepared) / "audio").is_dir() and root.resolve() != Path(prepared).resolve():
-        synthetic = (Path(prepared) / "synthetic.json").is_file()  # sedaug.data.synthetic.SYNTHETIC_JSON
-        redo = f"--synthetic --out {prepared}" if synthetic else f"--root {prepared} --out {prepared}"
         return (f"{_manifest_dir(prepared)} lists the audio of {root}, not the audio beside it (the tree copied or "
-                f"moved?): run `sedaug prepare-desed {redo}` to list its own")
+                f"moved?): run `sedaug prepare-desed {_prepare_args(Path(prepared), Path(prepared))}` to list its own")
     if not root.is_absolute() or not root.is_dir():
         return (f"the DESED tree {root} that `sedaug prepare-desed` read is gone (moved or deleted?): run `sedaug "
                 f"prepare-desed --root <where it is> --out {prepared}` again")
@@ -450,6 +449,17 @@ def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> str | 
         raise UserError(f"the DESED tree {root} changed since `sedaug prepare-desed` read it (a metadata TSV edited, or "
                         f"a missing clip added): {again}")
     return None
+
+
+def _prepare_args(root: Path, out: Path) -> str:
+    """`prepare-desed`'s arguments that list the tree `root` into `out`: a synthetic tree's own --size, --seed and
+    --sample-rate (its synthetic.json; the defaults would generate another set), else --root."""
+    try:
+        settings = json.loads((root / "synthetic.json").read_text())["settings"]  # sedaug.data.synthetic
+        return (f"--synthetic --size {settings['size']} --seed {settings['seed']} --sample-rate "
+                f"{settings['sample_rate']} --out {out}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"--root {root} --out {out}"
 
 
 def manifest_hash(prepared: Path) -> str:
