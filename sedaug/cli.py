@@ -482,6 +482,9 @@ def main() -> None:
     except typer.TyperException as e:  # click's usage errors (an unknown option, a missing argument): one line
         ctx = getattr(e, "ctx", None)
         command = ctx.command_path if ctx is not None else "sedaug"
+        if ctx is not None and getattr(e, "possibilities", None):  # not a hidden option (train's --out)
+            hidden = {opt for param in ctx.command.params if getattr(param, "hidden", False) for opt in param.opts}
+            e.possibilities = [o for o in e.possibilities if o not in hidden]
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"error: {command}: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
         raise SystemExit(getattr(e, "exit_code", 2)) from None

@@ -32,6 +32,7 @@ def test_python_dash_m_is_the_same_program():
     (["frob"], "error: sedaug: No such command 'frob'. (see sedaug --help)"),
     (["table", "--split", "foo"], "error: sedaug table: Invalid value for '--split': "),
     (["evaluate", "runs/x", "--bogus"], "error: sedaug evaluate: No such option: --bogus"),
+    (["train", "r.yaml", "--bogus"], "error: sedaug train: No such option: --bogus (Possible options: --runs) "),
 ])
 def test_usage_errors_are_one_line_too(args, message):
     out = subprocess.run([sys.executable, "-m", "sedaug", *args], capture_output=True, text=True)
