@@ -197,8 +197,12 @@ def _check_not_diverged(run_dir: Path) -> None:
                         "SEED_RUNS... --ensemble`")
     diverged = read_diverged(run_dir)
     if diverged is not None:
-        raise DivergedRun(f"{run_dir}: diverged in epoch {diverged.get('epoch', '?')} ({DIVERGED}): its checkpoints "
-                        f"predate that, and the table counts it as diverged; to score them anyway, remove {DIVERGED}")
+        where = f"{run_dir}: diverged in epoch {diverged.get('epoch', '?')} ({DIVERGED})"
+        if not RunDir(run_dir).checkpoint("last").exists():
+            raise DivergedRun(f"{where} before any epoch ended: no checkpoint to score (train it again with other "
+                              "settings)")
+        raise DivergedRun(f"{where}: its checkpoints predate that, and the table counts it as diverged; to score them "
+                          f"anyway, remove {DIVERGED}")
 
 
 def _check_folder(out: Path) -> None:
