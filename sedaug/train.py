@@ -29,7 +29,7 @@ from sedaug.checkpoint import Checkpoint, TrainState, load_checkpoint, restore_t
 from sedaug.data.batches import Batch, ThreeStreams
 from sedaug.data.store import FeatureStore, Split
 from sedaug.device import StepConfig, allow_tf32, check_runs_on, resolve_step_config
-from sedaug.errors import Interrupted, UserError, listed
+from sedaug.errors import Interrupted, UserError, counted, listed
 from sedaug.evaluation.f1 import event_based_f1
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.predict import predict
@@ -246,8 +246,8 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device, epoc
         raise UserError(f"--resume: the recipe differs from {last}'s at {', '.join(diff)} (only optim.epochs and paper_row may change)")
     begun = ckpt.state.epoch + (ckpt.state.step_in_epoch > 0)  # an interrupted epoch counts: it is half trained
     if not epochs_given and recipe.optim.epochs != ckpt.recipe.optim.epochs:
-        raise UserError(f"--resume: {run.root} is a run of {ckpt.recipe.optim.epochs} epochs and the recipe says "
-                        f"optim.epochs {recipe.optim.epochs}: add --set optim.epochs={recipe.optim.epochs} to train it "
+        raise UserError(f"--resume: {run.root} is a run of {counted(ckpt.recipe.optim.epochs, 'epoch')} and the "
+                        f"recipe says optim.epochs {recipe.optim.epochs}: add --set optim.epochs={recipe.optim.epochs} to train it "
                         f"that long, or --set optim.epochs={ckpt.recipe.optim.epochs} to keep it as it was")
     if recipe.optim.epochs < begun:
         what = "trained" if begun == ckpt.state.epoch else f"begun (interrupted in epoch {begun})"
