@@ -11,7 +11,6 @@ floors each window at its own maximum − 80 dB, as it did each training clip). 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import Counter
@@ -34,7 +33,7 @@ from sedaug.evaluation.detection_plot import plot_detections
 from sedaug.evaluation.plots import DETECT_PLOT_TITLE, is_marked
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import SCORE_COLUMNS, clip_id, score_frames, score_text
-from sedaug.files import write_text, write_tsv
+from sedaug.files import sha256, write_text, write_tsv
 from sedaug.progress import progress_bar
 from sedaug.rundir import RunDir, is_ensemble, sedaug_data_holding
 
@@ -168,7 +167,7 @@ def detect(
     if not events:  # every recording failed: the previous --out stays
         return report
     write_tsv(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS])
-    write_text(_mark(Path(out)), hashlib.sha256(Path(out).read_bytes()).hexdigest() + "\n")
+    write_text(_mark(Path(out)), sha256(Path(out)) + "\n")
     return report
 
 
@@ -181,7 +180,7 @@ def _mark(out: Path) -> Path:
 def _wrote(out: Path) -> bool:
     """Whether `out` holds what detect wrote there last (not since edited or replaced)."""
     try:
-        return _mark(out).read_text().strip() == hashlib.sha256(out.read_bytes()).hexdigest()
+        return _mark(out).read_text().strip() == sha256(out)
     except OSError:
         return False
 

@@ -8,6 +8,7 @@ its temporary file and raises a one-line `UserError` naming the target; the old 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -131,6 +132,11 @@ def write_json(path: Path, obj: Any) -> None:
 def write_tsv(path: Path, table: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (a small one: read whole)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_tsv(path: Path) -> pd.DataFrame:

@@ -235,18 +235,19 @@ def trained_on(run_dir: Path) -> str | None:
         features = json.loads((Path(run_dir) / "env.json").read_text()).get("features")
     except (OSError, ValueError, AttributeError):
         return None
-    if not isinstance(features, dict):
-        return None
-    return json.dumps({k: v for k, v in features.items() if k != "manifest_hash" or "features_hash" not in features},
-                      sort_keys=True)
+    return json.dumps(_what_identifies(features), sort_keys=True) if isinstance(features, dict) else None
+
+
+def _what_identifies(identity: dict) -> dict:
+    """A store's identity without its manifest's hash where its features' hash is recorded: the features are the
+    data, wherever the tree lay (a tree moved and extracted again is the same store)."""
+    return {k: v for k, v in identity.items() if k != "manifest_hash" or "features_hash" not in identity}
 
 
 def identity_changes(recorded: dict, identity: dict) -> list[str]:
-    """The keys at which a run's record of its feature store differs from a store's identity: the features themselves
-    where both record their hash (a tree moved and extracted again is the same data), else the manifest's hash."""
-    moved_ok = "features_hash" in recorded and "features_hash" in identity
-    return [key for key, value in recorded.items()
-            if not (moved_ok and key == "manifest_hash") and identity.get(key) != value]
+    """The keys at which a run's record of its feature store differs from a store's identity (an older record,
+    without the features' hash, is compared by the manifest's)."""
+    return [key for key, value in _what_identifies(recorded).items() if identity.get(key) != value]
 
 
 def best_epoch(rows: list[dict]) -> dict | None:

@@ -103,8 +103,7 @@ def extract_mels(
         "split_seed": split_seed,
     }
     recorded = read_record(out)
-    content = content_hash(data)
-    _check_out(out, data, recorded, settings["manifest_hash"], content)
+    _check_out(out, data, recorded, settings["manifest_hash"])
     remove_stale_temporaries(out)  # a killed extraction's staging folder: a whole store's size
     current = recorded is not None and all(recorded.get(key) == value for key, value in settings.items())
     if current and is_complete(out):
@@ -123,17 +122,18 @@ def extract_mels(
         with _held(out), named_as(staging, out):  # the staged files stand for the store's: errors name the latter
             shutil.rmtree(staging, ignore_errors=True)
             _write_store(staging, tables, torch_device, workers, batch_size, progress)
+            written = table_hashes(staging)
             write_json(
                 staging / FEATURES_JSON,
                 {
                     **settings,
                     "sedaug_version": __version__,
                     "manifest": str(data),
-                    "content_hash": content,
+                    "content_hash": content_hash(data),
                     "splits": {name: len(clips) for name, (clips, _) in tables.items()},
                     "synthetic_split_hash": _synthetic_split_hash(tables),
-                    "tables": table_hashes(staging),
-                    "features_hash": features_hash(staging),
+                    "tables": written,
+                    "features_hash": features_hash(staging, written),
                 },
             )
             _move_into_place(staging, out)
@@ -188,7 +188,7 @@ def _synthetic_split_hash(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame | N
     return hashlib.sha256(files.encode()).hexdigest()
 
 
-def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str, content: str) -> None:
+def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str) -> None:
     """Refuse an --out that is not this DESED's feature store (or a new or empty folder): a folder of anything else
     (a run, the DESED tree itself) would get the store's files among its own, and another DESED's store would be
     replaced under the runs trained on it (a prepared folder copied elsewhere as it is, or a tree moved and prepared
@@ -202,7 +202,7 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str,
     if others:
         raise UserError(f"--out {out} holds {listed(others)}, which no feature store holds: {advice}")
     if recorded is not None and recorded.get("manifest") not in (None, str(data)) and \
-            recorded.get("manifest_hash") != manifest_hash and recorded.get("content_hash") != content:
+            recorded.get("manifest_hash") != manifest_hash and recorded.get("content_hash") != content_hash(data):
         raise UserError(f"--out {out} holds the features of {recorded['manifest']}, not of {data}: {advice}, or remove "
                         "that store first")
     for entry, folder in [*((out / name, True) for name in FEATURE_SPLITS), (out / SCALER, False)]:
@@ -215,16 +215,16 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str,
                             "there: make it what the store had, or give --out a new folder")
 
 
-def features_hash(store: Path) -> str:
-    """A hash of what training and evaluation read, the mels, tables and scaler (not where the DESED tree lay): a run's
-    store is the one it trained on where this is the same (a tree moved and extracted again), another where not (a
-    clip replaced by one of the same size too)."""
+def features_hash(store: Path, tables: dict[str, str]) -> str:
+    """A hash of what training and evaluation read, the mels and the tables and scaler (`tables`, their hashes), not
+    where the DESED tree lay: a run's store is the one it trained on where this is the same (a tree moved and
+    extracted again), another where not (a clip replaced by one of the same size too)."""
     digest = hashlib.sha256()
-    for path in [*(store / name / "mels.npy" for name in FEATURE_SPLITS)]:
-        with path.open("rb") as f:
+    for name in FEATURE_SPLITS:
+        with (store / name / "mels.npy").open("rb") as f:
             while chunk := f.read(1 << 24):
                 digest.update(chunk)
-    digest.update(json.dumps(table_hashes(store), sort_keys=True).encode())
+    digest.update(json.dumps(tables, sort_keys=True).encode())
     return digest.hexdigest()
 
 

@@ -12,7 +12,6 @@ and the scaler to training and evaluation alike (written by `data/extract.py`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from sedaug.data.desed import CLASSES, read_events
 from sedaug.data.grid import PARAMS, real_frames
 from sedaug.data.labels import weak_labels_from
 from sedaug.errors import UserError, one_line
-from sedaug.files import read_tsv
+from sedaug.files import read_tsv, sha256
 
 FEATURES_JSON = "features.json"
 SCALER = "scaler.npz"
@@ -165,10 +164,6 @@ def open_mels(path: Path, n_clips: int) -> np.ndarray:
     if mels.shape != expected or mels.dtype != np.float16:
         raise UserError(f"{path}: holds {mels.dtype} {mels.shape} where float16 {expected} is expected: {advice}")
     return mels
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def table_hashes(store: Path) -> dict[str, str]:
