@@ -108,7 +108,8 @@ def remove_stale_temporaries(directory: Path) -> None:
 
 
 def is_running(pid: int) -> bool:
-    """Whether process `pid` exists (this one included)."""
+    """Whether process `pid` exists (this one included), not as a zombie: one killed a moment ago (kill -9, then the
+    command again) is one until its parent reaps it, and its temporaries would stay."""
     if pid == os.getpid():
         return True
     try:
@@ -117,7 +118,10 @@ def is_running(pid: int) -> bool:
         return False
     except OSError:  # it exists, but belongs to someone else
         return True
-    return True
+    try:  # Linux: the state after the command's name, in parentheses
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def write_text(path: Path, text: str) -> None:

@@ -369,6 +369,25 @@ def test_what_a_user_put_beside_an_evaluation_comes_along_even_where_it_cannot_b
     assert (new / "results.json").read_text() == "new" and (old / "notes.md").read_text() == "mine"
 
 
+def test_the_temporaries_of_a_process_killed_a_moment_ago_are_removed(tmp_path):
+    """A process killed by SIGKILL is a zombie until its parent reaps it: `extract-mels` run again at once kept the
+    killed one's staging copy (a whole store's size), as if it still ran."""
+    import time
+
+    from sedaug.files import is_running, remove_stale_temporaries
+
+    child = subprocess.Popen(["true"])  # not waited for: a zombie once it exits
+    try:
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.01)
+        (tmp_path / f".staging.tmp{child.pid}").mkdir()
+        assert not is_running(child.pid) and is_running(os.getppid())
+        remove_stale_temporaries(tmp_path)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        child.wait()
+
+
 def test_a_read_only_folder_is_said_naming_the_file_not_its_temporary(tmp_path, monkeypatch):
     """On a read-only file system, removing a temporary that was never made fails too (EROFS, not ENOENT): that
     error, naming `.eval.tmp<pid>`, replaced the one naming the file."""
