@@ -11,6 +11,7 @@ floors each window at its own maximum − 80 dB, as it did each training clip). 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import Counter
@@ -33,7 +34,7 @@ from sedaug.evaluation.detection_plot import plot_detections
 from sedaug.evaluation.plots import DETECT_PLOT_TITLE, is_marked
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import SCORE_COLUMNS, clip_id, score_frames, score_text
-from sedaug.files import sha256, write_text, write_tsv
+from sedaug.files import sha256, write_text
 from sedaug.progress import progress_bar
 from sedaug.rundir import RunDir, is_ensemble, sedaug_data_holding
 
@@ -166,9 +167,18 @@ def detect(
     report.seconds = time.perf_counter() - start
     if not events:  # every recording failed: the previous --out stays
         return report
-    write_tsv(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS])
-    write_text(_mark(Path(out)), sha256(Path(out)) + "\n")
+    _write_detections(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS].to_csv(sep="\t", index=False))
     return report
+
+
+def _write_detections(out: Path, text: str) -> None:
+    """Write `out` and its mark. The mark names the new file's hash before the file is replaced, beside the old
+    one's, so that detect killed between the two writes still takes either file for its own next time."""
+    new = hashlib.sha256(text.encode()).hexdigest()
+    old = [sha256(out)] if _wrote(out) else []
+    write_text(_mark(out), "\n".join([*old, new]) + "\n")
+    write_text(out, text)
+    write_text(_mark(out), new + "\n")
 
 
 def _mark(out: Path) -> Path:
@@ -180,7 +190,7 @@ def _mark(out: Path) -> Path:
 def _wrote(out: Path) -> bool:
     """Whether `out` holds what detect wrote there last (not since edited or replaced)."""
     try:
-        return _mark(out).read_text().strip() == sha256(out)
+        return sha256(out) in _mark(out).read_text().split()
     except OSError:
         return False
 
@@ -444,6 +454,8 @@ def _count(n: int, noun: str) -> str:
 
 
 def _hms(seconds: float) -> str:
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
     minutes, s = divmod(round(seconds), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours} h {m} min" if hours else f"{m} min {s} s" if m else f"{s} s"

@@ -4,6 +4,7 @@ cannot be read."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from sedaug.data.store import FeatureStore
 from sedaug.detect import (
     HOP_FRAMES,
     HOP_OUTPUT_FRAMES,
+    _hms,
     detect,
     linear_window_mels,
     load_recording,
@@ -43,6 +45,11 @@ EVAL_AUDIO = Path("audio/eval/public")
 
 
 # --- windows and stitching, by hand ---------------------------------------------------------------------------
+
+
+def test_the_summary_names_short_audio_in_tenths_of_a_second():
+    assert [_hms(s) for s in (0.069, 9.94, 59.94, 59.96, 61.4, 3725)] == [
+        "0.1 s", "9.9 s", "59.9 s", "1 min 0 s", "1 min 1 s", "1 h 2 min"]
 
 
 def test_windows_fall_on_the_output_grid():
@@ -330,6 +337,37 @@ def test_outputs_that_detect_did_not_write_are_refused_and_left_as_they_were(run
         f.write("a.wav\t0.0\t1.0\tDog\n")
     with pytest.raises(UserError, match="exists and is not a detections TSV that detect wrote"):
         detect(run, [tmp_path / "a.wav"], tmp_path / "d.tsv", progress=False)
+
+
+@pytest.mark.parametrize("killed_at", ["output", "final mark"])
+def test_detect_killed_between_its_mark_and_its_output_takes_either_for_its_own(run, tmp_path, monkeypatch,
+                                                                              killed_at):
+    """The mark names the new output's hash, beside the old one's, before the output is replaced: killed before
+    the output is written or before the mark is cut to the new hash, the next detect replaces the output."""
+    import sedaug.detect as detect_module
+
+    write_tone(tmp_path / "a.wav", 2.0, 16000, 1, seed=5)
+    out, mark = tmp_path / "d.tsv", tmp_path / ".d.tsv.detect"
+    detect(run, [tmp_path / "a.wav"], out, progress=False)
+    before = out.read_bytes()
+    real_write, marks_written = detect_module.write_text, 0
+
+    def killed(path, text):
+        nonlocal marks_written
+        marks_written += path == mark
+        if killed_at == "output" and path == out or killed_at == "final mark" and path == mark and marks_written == 2:
+            raise KeyboardInterrupt
+        real_write(path, text)
+
+    monkeypatch.setattr(detect_module, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        detect(run, [tmp_path / "a.wav"], out, threshold=0.01, progress=False)
+    assert (out.read_bytes() == before) == (killed_at == "output")
+    assert len(mark.read_text().split()) == 2
+    monkeypatch.setattr(detect_module, "write_text", real_write)
+    assert detect(run, [tmp_path / "a.wav"], out, threshold=0.02, progress=False).n_recordings == 1
+    assert out.read_bytes() != before
+    assert mark.read_text().split() == [hashlib.sha256(out.read_bytes()).hexdigest()]
 
 
 def test_score_files_and_plots_replace_only_detects_own(run, tmp_path):
