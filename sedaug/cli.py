@@ -235,7 +235,7 @@ def evaluate(
     """Score trained runs with the DCASE 2020 protocol (macro F1, PSDS), one by one or as a seed ensemble."""
     from sedaug.device import parse_device
     from sedaug.evaluate import NotScored, evaluate_ensemble, evaluate_run, summary
-    from sedaug.rundir import is_ensemble
+    from sedaug.rundir import RunDir, is_ensemble
 
     dev = parse_device(device)
     if ensemble:  # `runs/<name>/*` holds an earlier ensemble's folder too: not a member
@@ -254,7 +254,7 @@ def evaluate(
     skipped, failed = [], []
     for run_dir in run_dirs:
         try:
-            before = _scored_checkpoint(run_dir / split.value / "results.json")
+            before = _scored_checkpoint(RunDir(run_dir).results(split.value))
             results = evaluate_run(run_dir, split=split.value, checkpoint=checkpoint.value, device=dev,
                                    features=features, other_store=other_store)
         except NotScored as e:  # one of several (a diverged seed, runs/<name>/* with its ensemble): others scored

@@ -131,10 +131,11 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
              "checkpoint": {"name": checkpoint, "epoch": None, "step": None},
              "members": [{"run": str(Path(path).resolve()), "seed": r.seed, "epoch": state.epoch}
                          for path, _, r, state in members]}
-    before = _members(out / split / "results.json")
+    run = RunDir(out)
+    before = _members(run.results(split))
     results = _score(strong, data, recipe, about, out / split, timing, progress)
-    write_text(out / "recipe.yaml", dump_recipe(ensemble))  # after the scores: a failure leaves no row behind
-    return out, results, before if before is not None and before != _members(out / split / "results.json") else None
+    write_text(run.recipe, dump_recipe(ensemble))  # after the scores: a failure leaves no row behind
+    return out, results, before if before is not None and before != _members(run.results(split)) else None
 
 
 def _members(results: Path) -> list[str] | None:
@@ -150,17 +151,18 @@ def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:
     """Refuse an ensemble folder that would overwrite anything but an earlier ensemble of the same recipe: a run
     (a member or another), another recipe's folder, or a folder of other files."""
     advice = "give --out a new folder (or leave it out: RUNS/<name>/ensemble)"
+    run = RunDir(out)
     if (held := sedaug_data_holding(out.parent)) is not None:
         raise UserError(f"--out {out} would be in {held}: {advice}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: {advice}")
     if any(out.resolve() == m.resolve() for m in members):
         raise UserError(f"--out {out} is one of the ensemble's runs: {advice}")
-    if (out / "checkpoints").exists():
+    if run.checkpoints.exists():
         raise UserError(f"--out {out} holds a trained run (checkpoints/), which the ensemble would overwrite: {advice}")
-    if (out / "recipe.yaml").exists():
+    if run.recipe.exists():
         try:
-            theirs = load_recipe(out / "recipe.yaml").name
+            theirs = load_recipe(run.recipe).name
         except UserError:
             theirs = None
         if theirs != name:

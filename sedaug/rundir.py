@@ -65,6 +65,9 @@ class RunDir:
     def split(self, name: str) -> Path:
         return self.root / name
 
+    def results(self, split: str) -> Path:
+        return self.split(split) / "results.json"
+
     def is_empty(self) -> bool:
         return not self.root.exists() or not any(p.name != LOCK for p in self.root.iterdir())
 
@@ -179,8 +182,8 @@ def _flock(fd: int, mode: int) -> str | None:
 def enclosing_run(path: Path) -> Path | None:
     """The run directory, or ensemble folder, that `path` is or lies in, else None."""
     path = Path(path).resolve()
-    return next((root for root in (path, *path.parents)
-                 if (root / "recipe.yaml").is_file() and ((root / "checkpoints").is_dir() or is_ensemble(root))), None)
+    return next((run.root for run in map(RunDir, (path, *path.parents))
+                 if run.recipe.is_file() and (run.checkpoints.is_dir() or is_ensemble(run.root))), None)
 
 
 def run_holding(path: Path) -> Path | None:
@@ -197,13 +200,13 @@ def run_holding(path: Path) -> Path | None:
 def is_ensemble(root: Path) -> bool:
     """Whether `root` is an ensemble's folder (`evaluate --ensemble` wrote it): a recipe named `<name>_ensemble`, no
     checkpoints of its own."""
-    root = Path(root)
+    run = RunDir(Path(root))
     try:
-        recipe = yaml.safe_load((root / "recipe.yaml").read_text())
+        recipe = yaml.safe_load(run.recipe.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     ensemble = isinstance(recipe, dict) and str(recipe.get("name", "")).endswith("_ensemble")
-    return ensemble and not (root / "checkpoints").is_dir()
+    return ensemble and not run.checkpoints.is_dir()
 
 
 def sedaug_data_holding(path: Path) -> str | None:
@@ -232,7 +235,7 @@ def trained_on(run_dir: Path) -> str | None:
     features' hash, where recorded, not where its tree lay); None for an ensemble, or a run trained before
     env.json recorded it."""
     try:
-        features = json.loads((Path(run_dir) / "env.json").read_text()).get("features")
+        features = json.loads(RunDir(Path(run_dir)).env.read_text()).get("features")
     except (OSError, ValueError, AttributeError):
         return None
     return json.dumps(_what_identifies(features), sort_keys=True) if isinstance(features, dict) else None

@@ -23,7 +23,7 @@ from sedaug.evaluation.results import METRICS, read_results
 from sedaug.files import read_jsonl
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
-from sedaug.rundir import best_epoch, enclosing_run, read_diverged, trained_on
+from sedaug.rundir import RunDir, best_epoch, enclosing_run, read_diverged, trained_on
 from sedaug.sweep import in_search, selected_settings
 from sedaug.table_ci import (
     BootstrapSettings,
@@ -130,7 +130,7 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
             continue
         if any(part.startswith(".") for part in run_dir.relative_to(runs_dir).parts):
             continue  # a copy being made (a sweep's `.seed<k>.copy`), or a folder hidden on purpose
-        results_path = run_dir / split / "results.json"
+        results_path = RunDir(run_dir).results(split)
         results = read_results(results_path, metrics) if results_path.is_file() else None
         recipe, diverged = load_recipe(recipe_path), read_diverged(run_dir) is not None
         row = _trial_row(run_dir, recipe.name) if among_trials and in_search(run_dir) else recipe.name
@@ -156,12 +156,12 @@ def _trial_row(run_dir: Path, name: str) -> str:
 
 def _epoch_rows(run_dir: Path) -> list[dict]:
     """metrics.jsonl's epoch rows: no checkpoint is read for a table (checkpointed_metrics would load torch)."""
-    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("epoch"), int)]
+    return [r for r in read_jsonl(RunDir(run_dir).metrics) if isinstance(r.get("epoch"), int)]
 
 
 def _unfinished(run_dir: Path, recipe: Recipe, epochs: list[dict]) -> bool:
     """Whether a run (not an ensemble: it has no epochs of its own) has trained fewer epochs than its recipe's."""
-    if not (run_dir / "checkpoints").is_dir():
+    if not RunDir(run_dir).checkpoints.is_dir():
         return False
     return max((r["epoch"] for r in epochs), default=0) < recipe.optim.epochs
 
@@ -193,7 +193,7 @@ def _stale(run_dir: Path, results: dict, epochs: list[dict]) -> bool:
         # torch, imported only for an evaluation of last: `sedaug table` starts quick
         from sedaug.checkpoint import epochs_held
 
-        held = epochs_held(run_dir / "checkpoints" / "last.pt")
+        held = epochs_held(RunDir(run_dir).checkpoint("last"))
         return held is not None and epoch < held
     best = best_epoch(epochs)
     return name == "best" and best is not None and epoch != best["epoch"]
@@ -242,7 +242,7 @@ def left_out(runs_dir: Path, split: str) -> list[Path]:
     for results in sorted(Path(runs_dir).glob(f"**/{split}/results.json")):
         run_dir = results.parent.parent
         hidden = any(part.startswith(".") for part in run_dir.relative_to(runs_dir).parts)
-        if not (run_dir / "recipe.yaml").is_file() and not hidden and (among_trials or not in_search(run_dir)):
+        if not RunDir(run_dir).recipe.is_file() and not hidden and (among_trials or not in_search(run_dir)):
             found.append(run_dir)
     return found
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sedaug.errors import UserError, counted, listed
 from sedaug.recipe import Recipe, load_recipe, validate_recipe, what_a_run_trains
+from sedaug.rundir import RunDir
 from sedaug.sweep.cluster import local_resources, resources_short, usable_cpus
 from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings, refused_settings
 from sedaug.sweep.trial import checkpointed_metrics, search_dir, setting_id
@@ -118,13 +119,13 @@ def plan_search(loaded: LoadedSweep, out: Path) -> SearchPlan:
     sweep, seed = loaded.sweep, loaded.sweep.trial_seed
     plan = SearchPlan([])
     for name in loaded.bases:
-        existing = sorted(p for p in (Path(out) / "search" / name).glob(f"*/seed{seed}") if (p / "recipe.yaml").is_file())
+        existing = sorted(p for p in (Path(out) / "search" / name).glob(f"*/seed{seed}") if RunDir(p).recipe.is_file())
         used: set[Path] = set()
         if sweep.algorithm.type == "optuna":
             from sedaug.strict_yaml import read_yaml
 
             for run_dir in existing:
-                raw = read_yaml(run_dir / "recipe.yaml", "trial recipe")
+                raw = read_yaml(RunDir(run_dir).recipe, "trial recipe")
                 params = {k: get_key(raw, k) for k in loaded.spaces[name] if _has(raw, k)}
                 if _fits(params, loaded.spaces[name]):
                     used.add(run_dir)
@@ -161,7 +162,7 @@ def _index(run_dirs: list[Path]) -> dict[str, Path]:
     index = {}
     for run_dir in run_dirs:
         try:
-            index.setdefault(_canonical(read_yaml(run_dir / "recipe.yaml", "trial recipe")), run_dir)
+            index.setdefault(_canonical(read_yaml(RunDir(run_dir).recipe, "trial recipe")), run_dir)
         except UserError:
             continue  # not a recipe this sedaug reads: not a match
     return index
@@ -173,7 +174,7 @@ def same_recipe(run_dir: Path, base: dict, params: dict[str, Any], seed: int) ->
     from sedaug.strict_yaml import read_yaml
 
     try:
-        held = _canonical(read_yaml(Path(run_dir) / "recipe.yaml", "trial recipe"))
+        held = _canonical(read_yaml(RunDir(Path(run_dir)).recipe, "trial recipe"))
     except UserError:
         return False
     return held == _canonical(apply_params(base, params, seed))
@@ -369,9 +370,10 @@ def no_step_settings(loaded: LoadedSweep, name: str) -> str | None:
 def steps_done(run_dir: Path, epochs: int, settled: bool) -> int:
     """Training steps of a sweep's run that are behind it: all of them for a settled one (done, stopped early or
     diverged: nothing of it is trained again), else its checkpointed epochs'."""
-    if not (run_dir / "recipe.yaml").is_file():
+    recipe = RunDir(run_dir).recipe
+    if not recipe.is_file():
         return 0
-    per_epoch, _ = _steps_per_epoch(load_recipe(run_dir / "recipe.yaml"))
+    per_epoch, _ = _steps_per_epoch(load_recipe(recipe))
     return per_epoch * (epochs if settled else min(epochs, len(checkpointed_metrics(run_dir))))
 
 

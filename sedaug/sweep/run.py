@@ -211,7 +211,7 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
                         f"failed or unfinished, see {out / 'selection.tsv'})")
     diverged_finals = [r for r in final_runs if read_diverged(r) is not None]
     notes += [f"final run {r.relative_to(out)} diverged in epoch {read_diverged(r).get('epoch')}" for r in diverged_finals]
-    unfinal = [r for r in final_runs if not (r / "eval" / "results.json").exists() and r not in diverged_finals]
+    unfinal = [r for r in final_runs if not RunDir(r).results("eval").exists() and r not in diverged_finals]
     if unfinal:
         problems.append(f"{counted(len(unfinal), 'final run')} did not finish "
                         f"({listed(r.relative_to(out) for r in unfinal)})")
@@ -269,7 +269,7 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
         for name in loaded.bases:
             for seed in loaded.sweep.seeds:
                 final = final_dir(out, name, seed)
-                evaluated = (final / "eval" / "results.json").is_file()
+                evaluated = RunDir(final).results("eval").is_file()
                 finals_done += evaluated
                 if seed != loaded.sweep.trial_seed:  # else the search run's copy, never counted as training
                     rows[name].done_steps += steps_done(final, loaded.epochs[name], evaluated)
@@ -449,8 +449,8 @@ def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict, per_t
     trials = final_trials(loaded, chosen)
     for t in trials:
         run_dir = trial_dir(out, t)
-        if (run_dir / "recipe.yaml").is_file() and not same_recipe(run_dir, loaded.bases[t["recipe"]], t["params"],
-                                                                   t["seed"]):
+        if RunDir(run_dir).recipe.is_file() and not same_recipe(run_dir, loaded.bases[t["recipe"]], t["params"],
+                                                                 t["seed"]):
             _set_aside(out, run_dir, "was the final run of an earlier winner", notes)
     for run_dir in sorted(p for p in (out / "final").glob("*/seed*") if p.is_dir() and p.name[4:].isdigit()):
         if run_dir.parent.name not in loaded.bases or int(run_dir.name[4:]) not in loaded.sweep.seeds:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.files import write_text
-from sedaug.rundir import best_epoch, read_diverged
+from sedaug.rundir import RunDir, best_epoch, read_diverged
 from sedaug.sweep.plan import plan_search
 from sedaug.sweep.spec import LoadedSweep, get_key
 from sedaug.sweep.trial import checkpointed_metrics, split_results
@@ -103,7 +103,7 @@ def search_records(loaded: LoadedSweep, out: Path) -> list[TrialRecord]:
         order = {t["setting"]: i for i, t in enumerate(t for t in plan.trials if t["recipe"] == recipe)}
         found = []
         for run_dir in plan.on_disk.get(recipe, []):
-            raw = read_yaml(run_dir / "recipe.yaml", "trial recipe")
+            raw = read_yaml(RunDir(run_dir).recipe, "trial recipe")
             params = {key: get_key(raw, key) for key in space}
             done, score, best_at, complete = run_state(run_dir, loaded.epochs[recipe], split, sweep.select.metric)
             setting = run_dir.parent.name

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.files import read_jsonl
-from sedaug.rundir import read_diverged
+from sedaug.rundir import RunDir, read_diverged
 
 DEFAULT_SETTING = "default"  # the setting id of a recipe searched over nothing
 
@@ -70,17 +70,18 @@ def checkpointed_metrics(run_dir: Path) -> list[dict]:
     # torch, imported only where a checkpoint is read: `sedaug table` starts quick
     from sedaug.checkpoint import epochs_held
 
-    held = epochs_held(Path(run_dir) / "checkpoints" / "last.pt")
+    run = RunDir(Path(run_dir))
+    held = epochs_held(run.checkpoint("last"))
     if held is None:
         return []
-    rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
+    rows = read_jsonl(run.metrics)
     return [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] <= held]
 
 
 def split_results(run_dir: Path, split: str) -> dict | None:
     """A run's results.json on `split`, as written; None where it is missing or unreadable (the trial evaluates
     again). evaluation.results.read_results checks one for the table."""
-    path = Path(run_dir) / split / "results.json"
+    path = RunDir(Path(run_dir)).results(split)
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -149,13 +150,13 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
     device = "cuda" if plan.gpus > 0 else "cpu"
     stage, run_dir = config["stage"], trial_dir(Path(plan.out), config)
     recipe = validate_recipe(apply_params(plan.bases[config["recipe"]], config["params"], config["seed"]),
-                             str(run_dir / "recipe.yaml"))
+                             str(RunDir(run_dir).recipe))
     epochs = recipe.optim.epochs
     selection = _selection_split(plan) if stage == "search" else None
 
     run_dir.with_name(run_dir.name + ".lock").unlink(missing_ok=True)  # sedaug 0.1's name, matched by seed*
     with locked(trial_lock(run_dir)):
-        last = run_dir / "checkpoints" / "last.pt"
+        last = RunDir(run_dir).checkpoint("last")
         diverged = read_diverged(run_dir)
         if diverged is not None:  # a result already: report it again, never train it again
             rows = checkpointed_metrics(run_dir)
