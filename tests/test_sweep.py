@@ -323,15 +323,15 @@ def test_an_optuna_row_that_searches_nothing_is_planned_as_its_one_trial(tmp_pat
 
 def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    path = write(tmp_path / "steps.yaml", """\
+    path = write(tmp_path / "steps.yaml", f"""\
         recipes:
           - recipe: recipes/none.yaml
             search:
-              optim.max_steps_per_epoch: {grid: [10, 30]}
+              optim.max_steps_per_epoch: {{grid: [10, 30]}}
         seeds: [0, 1]
         search_seed: 2
-        set: {optim.epochs: 4}
-        """)
+        set: {{optim.epochs: 4, data.features: {tmp_path / "no_store"}}}
+        """)  # DESED's sizes, not those of the store `make demo` leaves in data/features
     planned = dry_run(load_sweep(path), timed=False)
     [row] = planned.rows
     assert (row.trials, row.finals, row.steps, row.each_steps) == (2, 2, 10, (10, 30))
