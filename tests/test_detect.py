@@ -5,6 +5,7 @@ cannot be read."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 from pathlib import Path
@@ -96,6 +97,17 @@ def test_stitch_averages_the_windows_covering_each_frame():
     stitched = stitch(windows)[:, 0]
     assert len(stitched) == 2 * HOP_OUTPUT_FRAMES + N_OUTPUT_FRAMES
     assert stitched[[0, 77, 78, 155, 156, 157, 234, 235, 312]].tolist() == [1, 1, 1.5, 1.5, 7 / 3, 3, 3, 4, 4]
+
+
+def test_the_stitching_benchmarks_alternatives_by_hand():
+    """benchmarks/stitching.py, which measured the mean against the others (docs/detect.md): its `mean` is detect's;
+    `centre` takes each frame from the window it lies farthest from an edge of; `triangle` weighs by that distance."""
+    from benchmarks.stitching import stitch as stitched
+
+    windows = np.stack([np.full((4, 1), v, np.float32) for v in (1.0, 2.0, 4.0)])  # edge distances 0, 1, 1, 0
+    assert np.array_equal(stitched(windows, "mean", hop=2), stitch(windows, hop=2))
+    assert stitched(windows, "centre", hop=2)[:, 0].tolist() == [1, 1, 1, 2, 2, 4, 4, 4]
+    np.testing.assert_allclose(stitched(windows, "triangle", hop=2)[:, 0], [1, 1, 4 / 3, 5 / 3, 8 / 3, 10 / 3, 4, 4])
 
 
 # --- a trained tiny run -----------------------------------------------------------------------------------------
@@ -229,6 +241,15 @@ def test_long_recordings_are_windows_stitched(run, tmp_path):
     assert mel.shape == (len(wave) // PARAMS.hop + 1, PARAMS.n_mels)  # the plot's: the recording's frames
     first = linear_window_mels([(wave, 0)], CPU).half()[0].float().numpy()
     np.testing.assert_array_equal(mel[:HOP_FRAMES], first[:HOP_FRAMES])
+
+
+def test_the_stitching_benchmark_runs_on_a_run_and_a_prepared_desed(run, tiny_desed, tmp_path):
+    from benchmarks.stitching import main
+
+    main([str(run), str(tiny_desed), "--clips", "2", "--json", str(tmp_path / "s.json")])
+    figures = json.loads((tmp_path / "s.json").read_text())["figures"]
+    assert list(figures) == ["mean", "triangle", "centre", "clips"]
+    assert all(0 <= row["macro_f1"] <= 1 and row["events"] >= 0 for row in figures.values())
 
 
 @pytest.mark.parametrize(("rate", "channels"), [(44100, 2), (22050, 1), (16000, 1), (8000, 2)])
