@@ -115,14 +115,14 @@ class Format(str, Enum):
 @app.command("prepare-desed")
 @user_errors
 def prepare_desed(
-    root: Annotated[Path | None, typer.Option(help="A real DESED tree (DCASE 2020 layout) to import.")] = None,
+    root: Annotated[Path | None, typer.Option(metavar="DIR", help="A real DESED tree (DCASE 2020 layout) to import.")] = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Generate the embedded synthetic DESED (default).")] = False,
     size: Annotated[Size | None, typer.Option(help="Synthetic set size (default: small).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Synthetic generator seed (default: 0).")] = None,
+    seed: Annotated[int | None, typer.Option(metavar="N", help="Synthetic generator seed (default: 0).")] = None,
     sample_rate: Annotated[int | None, typer.Option(help="Synthetic audio rate: 16000 mono or 44100 stereo like "
                                                     "DESED (default: 16000).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download DESED into --root first (needs sedaug\\[download]).")] = False,
-    out: Annotated[Path, typer.Option(help="Prepared directory (manifest; the synthetic audio too).")] = Path("data/desed"),
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Prepared directory (manifest; the synthetic audio too).")] = Path("data/desed"),
 ) -> None:
     """Generate the synthetic DESED, or check a real DESED tree, and write the manifest."""
     from sedaug.data import desed
@@ -167,10 +167,10 @@ def prepare_desed(
 @app.command("extract-mels")
 @user_errors
 def extract_mels(
-    data: Annotated[Path, typer.Option(help="Prepared DESED directory (from prepare-desed).")] = Path("data/desed"),
-    out: Annotated[Path, typer.Option(help="Feature store directory.")] = Path("data/features"),
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Decoding workers (default: all CPUs).")] = None,
+    data: Annotated[Path, typer.Option(metavar="DIR", help="Prepared DESED directory (from prepare-desed).")] = Path("data/desed"),
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Feature store directory.")] = Path("data/features"),
+    device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
+    workers: Annotated[int | None, typer.Option(metavar="N", help="Decoding workers (default: all CPUs).")] = None,
 ) -> None:
     """Compute the linear mel features of every split into one array per split, plus the scaler."""
     from sedaug.data.extract import extract_mels as extract
@@ -185,11 +185,11 @@ def extract_mels(
 @app.command()
 @user_errors
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
-    set_: Annotated[list[str], typer.Option("--set", help="Override a recipe value: key.path=value (repeatable).")] = [],  # noqa: B006
-    runs: Annotated[Path, typer.Option(help="Where run directories go: RUNS/<name>/seed<seed>.")] = Path("runs"),
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE.yaml", help="Recipe YAML (see recipes/).")],
+    set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe value: key.path=value (repeatable).")] = [],  # noqa: B006
+    runs: Annotated[Path, typer.Option(metavar="DIR", help="Where run directories go: RUNS/<name>/seed<seed>.")] = Path("runs"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt; restart one that stopped before saving any.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
     out: Annotated[Path | None, typer.Option(hidden=True)] = None,  # the other commands' name for where it goes
 ) -> None:
     """Train the CRNN with a recipe's objective, writing a run directory."""
@@ -220,14 +220,14 @@ def train(
 @app.command()
 @user_errors
 def evaluate(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (runs/<name>/seed<k>), e.g. runs/none/seed*.")],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run directories (runs/<name>/seed<k>), e.g. runs/none/seed*.")],
     split: Annotated[Split, typer.Option(help="Split to score.")] = Split.eval,
     checkpoint: Annotated[Checkpoint, typer.Option(help="Checkpoint to score.")] = Checkpoint.best,
     ensemble: Annotated[bool, typer.Option("--ensemble", help="Average the runs' frame scores and score the average "
                                            "(into RUNS/<name>/ensemble, or --out).")] = False,
-    out: Annotated[Path | None, typer.Option(help="With --ensemble: the ensemble's directory.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
-    features: Annotated[Path | None, typer.Option(help="The feature store to score on (default: the run's "
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="With --ensemble: the ensemble's directory.")] = None,
+    device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
+    features: Annotated[Path | None, typer.Option(metavar="DIR", help="The feature store to score on (default: the run's "
                                                   "data.features).")] = None,
     other_store: Annotated[bool, typer.Option("--other-store", help="Score on a feature store other than the one "
                                               "the runs trained on (refused otherwise).")] = False,
@@ -283,14 +283,14 @@ def evaluate(
 @app.command()
 @user_errors
 def sweep(
-    spec: Annotated[Path, typer.Argument(help="Sweep YAML (see sweeps/ and docs/sweeps.md).")],
-    out: Annotated[Path | None, typer.Option(help="Sweep directory (default: runs/sweeps/<sweep file name>).")] = None,
-    address: Annotated[str | None, typer.Option(help="An existing Ray cluster (HOST:PORT of its head, or auto) instead of a local Ray (docs/cluster.md).")] = None,
+    spec: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", help="Sweep YAML (see sweeps/ and docs/sweeps.md).")],
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Sweep directory (default: runs/sweeps/<sweep file name>).")] = None,
+    address: Annotated[str | None, typer.Option(metavar="HOST:PORT", help="An existing Ray cluster (HOST:PORT of its head, or auto) instead of a local Ray (docs/cluster.md).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep in --out; finished trials are kept, edited search values are run.")] = False,
-    set_: Annotated[list[str], typer.Option("--set", help="A recipe key (model.x=...) for every recipe, or a sweep key (max_concurrent_trials=2); repeatable.")] = [],  # noqa: B006
+    set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="A recipe key (model.x=...) for every recipe, or a sweep key (max_concurrent_trials=2); repeatable.")] = [],  # noqa: B006
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials, final runs, epochs and an estimate of the device-hours (a few steps timed here); start nothing.")] = False,
     wait_for_resources: Annotated[bool, typer.Option("--wait-for-resources", help="Warn instead of refusing when the cluster lacks the resources a trial asks for (an autoscaling cluster).")] = False,
-    connect_timeout: Annotated[float, typer.Option(help="Seconds to wait for the cluster at --address.")] = 30.0,
+    connect_timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait for the cluster at --address.")] = 30.0,
 ) -> None:
     """Select each recipe's hyper-parameters on synthetic_valid with Ray Tune, then train the winners on the seeds."""
     if dry_run:
@@ -317,14 +317,14 @@ def sweep(
 @app.command()
 @user_errors
 def detect(
-    run_dir: Annotated[Path, typer.Argument(help="A trained run directory (runs/<name>/seed<k>).")],
-    paths: Annotated[list[Path], typer.Argument(help="Audio files, or folders searched recursively (any rate, channels, length).")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained run directory (runs/<name>/seed<k>).")],
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Audio files, or folders searched recursively (any rate, channels, length).")],
     out: Annotated[str, typer.Option(metavar="FILE", help="Detected events (DCASE TSV: filename, onset, offset, event_label).")] = "detections.tsv",
-    scores: Annotated[Path | None, typer.Option(help="Also write each recording's frame scores here (sed_scores_eval TSV).")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Also draw one PNG per recording here (log-mel and its events).")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Decision threshold (default: the run's eval.threshold).")] = None,
+    scores: Annotated[Path | None, typer.Option(metavar="DIR", help="Also write each recording's frame scores here (sed_scores_eval TSV).")] = None,
+    plot: Annotated[Path | None, typer.Option(metavar="DIR", help="Also draw one PNG per recording here (log-mel and its events).")] = None,
+    threshold: Annotated[float | None, typer.Option(metavar="T", help="Decision threshold (default: the run's eval.threshold).")] = None,
     checkpoint: Annotated[Checkpoint, typer.Option(help="Checkpoint to use.")] = Checkpoint.best,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
+    device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
 ) -> None:
     """Detect sound events in any recordings with a trained run (long ones in overlapping 10 s windows)."""
     from sedaug.detect import detect as run_detection
@@ -345,19 +345,19 @@ def detect(
 @app.command()
 @user_errors
 def table(
-    runs_dir: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs"),
+    runs_dir: Annotated[Path, typer.Argument(metavar="RUNS_DIR", help="Folder of runs (searched recursively).")] = Path("runs"),
     format: Annotated[Format | None, typer.Option("--format", help="Output format (default: rich on the terminal; "
                                                   "with --out, the file's: .md, .tex, .csv, else markdown).")] = None,
     out: Annotated[str | None, typer.Option(metavar="FILE", help="Write to a file instead of the terminal.")] = None,
-    metrics: Annotated[str, typer.Option(help="Comma-separated metric columns, of: macro, micro (event-based F1), "
+    metrics: Annotated[str, typer.Option(metavar="LIST", help="Comma-separated metric columns, of: macro, micro (event-based F1), "
                                          "psds_ct (Table 1's PSDS), psds, psds_macro, psds1, psds2, psds1_filtered, "
                                          "psds2_filtered.")] = "macro,psds_ct",
     split: Annotated[Split, typer.Option(help="Evaluated split to tabulate.")] = Split.eval,
-    ci: Annotated[float | None, typer.Option("--ci", help="Add each cell's bootstrap interval at this level in percent "
+    ci: Annotated[float | None, typer.Option("--ci", metavar="PERCENT", help="Add each cell's bootstrap interval at this level in percent "
                                              "(e.g. 95), resampling the split's clips in the runs' score files.")] = None,
-    resamples: Annotated[int, typer.Option(help="With --ci: bootstrap resamples.")] = 1000,
-    bootstrap_seed: Annotated[int, typer.Option(help="With --ci: the resamples' seed (the same for every row).")] = 0,
-    compare: Annotated[str | None, typer.Option(help="With --ci: the reference row of the paired test "
+    resamples: Annotated[int, typer.Option(metavar="N", help="With --ci: bootstrap resamples.")] = 1000,
+    bootstrap_seed: Annotated[int, typer.Option(metavar="N", help="With --ci: the resamples' seed (the same for every row).")] = 0,
+    compare: Annotated[str | None, typer.Option(metavar="ROW", help="With --ci: the reference row of the paired test "
                                                 "(default: baseline, if present).")] = None,
     no_compare: Annotated[bool, typer.Option("--no-compare", help="With --ci: intervals only, no paired test.")] = False,
     paper: Annotated[bool, typer.Option("--paper", help="Add the paper's Table 1 values beside the rows that "
@@ -466,6 +466,12 @@ def _is_table_text(path: Path) -> bool:
     return text.strip().startswith(HEADS)
 
 
+def _command_in(argv: list[str]) -> str:
+    """`sedaug <command>` for a usage error that comes without its context (an option given no value)."""
+    names = {info.name or info.callback.__name__ for info in app.registered_commands}
+    return f"sedaug {argv[1]}" if len(argv) > 1 and argv[1] in names else "sedaug"
+
+
 def main() -> None:
     # sed_eval's dcase_util imports pkg_resources, whose deprecation warning would come before sedaug's own lines.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
@@ -481,7 +487,7 @@ def main() -> None:
         code = app(prog_name="sedaug", standalone_mode=False)
     except typer.TyperException as e:  # click's usage errors (an unknown option, a missing argument): one line
         ctx = getattr(e, "ctx", None)
-        command = ctx.command_path if ctx is not None else "sedaug"
+        command = ctx.command_path if ctx is not None else _command_in(sys.argv)
         if ctx is not None and getattr(e, "possibilities", None):  # not a hidden option (train's --out)
             hidden = {opt for param in ctx.command.params if getattr(param, "hidden", False) for opt in param.opts}
             e.possibilities = [o for o in e.possibilities if o not in hidden]

@@ -28,11 +28,14 @@ def test_python_dash_m_is_the_same_program():
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["train"], "error: sedaug train: Missing argument 'recipe'. (see sedaug train --help)"),
+    (["train"], "error: sedaug train: Missing argument 'RECIPE.yaml'. (see sedaug train --help)"),
     (["frob"], "error: sedaug: No such command 'frob'. (see sedaug --help)"),
     (["table", "--split", "foo"], "error: sedaug table: Invalid value for '--split': "),
     (["evaluate", "runs/x", "--bogus"], "error: sedaug evaluate: No such option: --bogus"),
     (["train", "r.yaml", "--bogus"], "error: sedaug train: No such option: --bogus (Possible options: --runs) "),
+    (["train", "r.yaml", "--set"], "error: sedaug train: Option '--set' requires an argument. (see sedaug train --help)"),
+    (["extract-mels", "--out"], "error: sedaug extract-mels: Option '--out' requires an argument. (see sedaug "
+                                "extract-mels --help)"),
 ])
 def test_usage_errors_are_one_line_too(args, message):
     out = subprocess.run([sys.executable, "-m", "sedaug", *args], capture_output=True, text=True)
