@@ -34,7 +34,7 @@ from sedaug.evaluation.detection_plot import plot_detections
 from sedaug.evaluation.plots import DETECT_PLOT_TITLE, is_marked
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import SCORE_COLUMNS, clip_id, score_frames, score_text
-from sedaug.files import sha256, write_text
+from sedaug.files import sha256, write_bytes, write_text
 from sedaug.progress import progress_bar
 from sedaug.rundir import RunDir, is_ensemble, sedaug_data_holding
 
@@ -167,17 +167,18 @@ def detect(
     report.seconds = time.perf_counter() - start
     if not events:  # every recording failed: the previous --out stays
         return report
-    _write_detections(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS].to_csv(sep="\t", index=False))
+    _write_detections(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS])
     return report
 
 
-def _write_detections(out: Path, text: str) -> None:
+def _write_detections(out: Path, events: pd.DataFrame) -> None:
     """Write `out` and its mark. The mark names the new file's hash before the file is replaced, beside the old
     one's, so that detect killed between the two writes still takes either file for its own next time."""
-    new = hashlib.sha256(text.encode()).hexdigest()
+    data = events.to_csv(sep="\t", index=False).encode()  # UTF-8, as pandas writes a file
+    new = hashlib.sha256(data).hexdigest()
     old = [sha256(out)] if _wrote(out) else []
     write_text(_mark(out), "\n".join([*old, new]) + "\n")
-    write_text(out, text)
+    write_bytes(out, data)
     write_text(_mark(out), new + "\n")
 
 

@@ -371,21 +371,24 @@ def test_detect_killed_between_its_mark_and_its_output_takes_either_for_its_own(
     out, mark = tmp_path / "d.tsv", tmp_path / ".d.tsv.detect"
     detect(run, [tmp_path / "a.wav"], out, progress=False)
     before = out.read_bytes()
-    real_write, marks_written = detect_module.write_text, 0
+    marks_written = 0
 
-    def killed(path, text):
-        nonlocal marks_written
-        marks_written += path == mark
-        if killed_at == "output" and path == out or killed_at == "final mark" and path == mark and marks_written == 2:
-            raise KeyboardInterrupt
-        real_write(path, text)
+    def killed(write):
+        def written(path, content):
+            nonlocal marks_written
+            marks_written += path == mark
+            if killed_at == "output" and path == out or killed_at == "final mark" and marks_written == 2:
+                raise KeyboardInterrupt
+            write(path, content)
+        return written
 
-    monkeypatch.setattr(detect_module, "write_text", killed)
-    with pytest.raises(KeyboardInterrupt):
-        detect(run, [tmp_path / "a.wav"], out, threshold=0.01, progress=False)
+    with monkeypatch.context() as patch:
+        for name in ("write_text", "write_bytes"):
+            patch.setattr(detect_module, name, killed(getattr(detect_module, name)))
+        with pytest.raises(KeyboardInterrupt):
+            detect(run, [tmp_path / "a.wav"], out, threshold=0.01, progress=False)
     assert (out.read_bytes() == before) == (killed_at == "output")
     assert len(mark.read_text().split()) == 2
-    monkeypatch.setattr(detect_module, "write_text", real_write)
     assert detect(run, [tmp_path / "a.wav"], out, threshold=0.02, progress=False).n_recordings == 1
     assert out.read_bytes() != before
     assert mark.read_text().split() == [hashlib.sha256(out.read_bytes()).hexdigest()]
