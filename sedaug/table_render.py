@@ -180,29 +180,43 @@ def _csv(table: Table) -> str:
     return out.getvalue()
 
 
-def rich_table(table: Table):
-    """The table as a rich renderable (bold and underline as text styles)."""
+def rich_table(table: Table, compact: bool = False):
+    """The table as a rich renderable (bold and underline as text styles). `compact`, for a narrow terminal: the
+    recipe and n without the other factors, each interval on a line below its value."""
     from rich.table import Table as RichTable
     from rich.text import Text
 
     columns = _columns(table)
-    out = RichTable(title=Text(f"Table 1 — {table.runs_dir}"), caption=Text(_legend(table)))  # no markup: [..]
-    for h in FACTOR_HEADERS:  # in a narrow terminal the factors wrap; recipe names and numbers never do
+    legend = _legend(table) + ("; narrow terminal: augmentation, location, regularization and consistency data left "
+                               "out (--format markdown, or a wider terminal, shows them)" if compact else "")
+    out = RichTable(title=Text(f"Table 1 — {table.runs_dir}"), caption=Text(legend),  # no markup: [..]
+                    caption_justify="left")
+    for h in ("recipe", "n") if compact else FACTOR_HEADERS:  # recipe names and numbers never wrap
         out.add_column(h, justify="right" if h == "n" else "left", no_wrap=h in ("recipe", "n"))
-    for h, _, _ in columns:
-        out.add_column(h, justify="right", no_wrap=True)
+    for h, _, _ in columns:  # compact: wrapped at their spaces, where rich would cut them
+        out.add_column(h, justify="right", no_wrap=not compact)
     out.add_column("note")
     for r in table.rows:
-        cells = [Text(text, style=" ".join(s for s, on in (("bold", bold), ("underline", underlined)) if on))
+        cells = [Text(text.replace(" [", "\n[").replace("] p", "]\np") if compact else text,
+                      style=" ".join(s for s, on in (("bold", bold), ("underline", underlined)) if on))
                  for text, _, underlined, bold in _cells(r, columns, " ± ")]
-        out.add_row(*_factors(r), *cells, Text(r.note))
+        factors = _factors(r)
+        out.add_row(*([factors[0], factors[-1]] if compact else factors), *cells, Text(r.note))
     return out
 
 
 def print_table(table: Table, console=None) -> None:
+    """The table on a terminal: whole where it fits, else compact (rich would cut every column to fit)."""
     from rich.console import Console
 
-    (console or Console()).print(rich_table(table))
+    console = console or Console()
+    whole = rich_table(table)
+    console.print(whole if _fits(whole, console) else rich_table(table, compact=True))
+
+
+def _fits(renderable, console) -> bool:
+    """Whether `renderable` is no wider than the console at its natural width."""
+    return console.measure(renderable, options=console.options.update_width(100_000)).maximum <= console.width
 
 
 def render(table: Table, fmt: str) -> str:
@@ -248,7 +262,11 @@ def print_per_class(rows: list[PerClassRow], split: str = "eval", console=None) 
 
     console = console or Console()
     for title, headers, body in _per_class_grids(rows, split):
-        console.print(_grid(title, headers, body, "rich"))
+        grid = _grid(title, headers, body, "rich")
+        if not _fits(grid, console):  # a row per class, a column per recipe (rich would cut every number)
+            columns = list(zip(headers, *body, strict=True))
+            grid = _grid(title, ["class", *columns[0][1:]], [list(c) for c in columns[1:]], "rich")
+        console.print(grid)
 
 
 def _per_class_grids(rows: list[PerClassRow], split: str):

@@ -278,6 +278,34 @@ def test_rich_text_render(runs):
     assert "vat_latent" in text and "not evaluated" in text and "\x1b[1;4m0.415 ± 0.007" in text
 
 
+def test_a_narrow_terminal_gets_whole_names_and_numbers(runs, ci_runs):
+    """Rich would cut every column of a table wider than the terminal to `…`: there the factors are left out (and
+    said), each interval and p-value goes below its value, and the per-class grids turn a column per recipe."""
+    import io
+
+    from rich.console import Console
+
+    from sedaug.table import per_class_rows
+    from sedaug.table_render import print_per_class, print_table
+
+    def shown(print_, *args, width):
+        console = Console(file=io.StringIO(), width=width)
+        print_(*args, console=console)
+        return console.file.getvalue()
+
+    wide, narrow = (shown(print_table, build_table(runs), width=w) for w in (300, 80))
+    assert "augmentation" in wide and "0.415 ± 0.007" in wide and "narrow terminal" not in wide
+    assert "augmentation" not in narrow.split("narrow terminal")[0] and "…" not in narrow
+    assert all(name in narrow for name in ("vat_latent", "vat_input_eps3", "0.415 ± 0.007", "not evaluated"))
+    narrow = shown(print_table, build_table(ci_runs, ci=95, resamples=100), width=80)
+    assert "…" not in narrow and "macro −" in narrow and "│    p < 0.02 │" in narrow  # the p-value below
+    assert max(map(len, narrow.splitlines())) <= 80
+    rows = per_class_rows(ci_runs)
+    narrow, wide = (shown(print_per_class, rows, "eval", width=w) for w in (80, 300))
+    assert "│ Electric shaver toothbrush │" in narrow and "…" not in narrow
+    assert "┃ recipe" in wide and "│ baseline" in wide
+
+
 def test_unknown_metric(runs):
     with pytest.raises(UserError, match="unknown metric 'f1'.*macro, micro, psds, psds_ct"):
         build_table(runs, metrics=("macro", "f1"))
