@@ -441,6 +441,8 @@ def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
             raise UserError(f"{what} {path} is in {held}, which the table would overwrite: give a path outside it")
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise UserError(f"--plot {plot}: a figure is {', '.join(s for s in PLOT_SUFFIXES if s)}")
+    if out is not None and out.suffix.lower() in PLOT_SUFFIXES[:-1]:
+        raise UserError(f"--out {out}: --out writes the table as text (.md, .tex, .csv); --plot {out.name} draws it")
     if out is not None and out.is_file() and out.stat().st_size and not _is_table_text(out):
         raise UserError(f"--out {out} exists and is not a table `sedaug table` wrote, which it would overwrite: give "
                         "a new file name")

@@ -107,6 +107,9 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
     (runs / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n mine")
     one_line_error(run("table", runs, "--plot", runs / "figure.png"), "exists and is not a figure `sedaug table` drew")
     one_line_error(run("table", runs, "--plot", runs / "take.wav"), "a figure is .png, .pdf, .svg")
+    one_line_error(run("table", runs, "--out", runs / "t.png"), f"--out {runs / 't.png'}: --out writes the table as "
+                                                                "text (.md, .tex, .csv); --plot t.png draws it")
+    assert not (runs / "t.png").exists()
     one_line_error(run("table", runs, "--out", runs / "t.md", "--plot", runs / "t.md"), "give each its own file")
     for _ in range(2):  # its own outputs, of any format and name, are written again
         assert run("table", runs, "--plot", runs / "t.pdf").exit_code == 0 and (runs / "t.pdf").read_bytes()[:4] == b"%PDF"
