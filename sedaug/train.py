@@ -316,6 +316,22 @@ def train(
         return _train(recipe, run, store, _start(run, recipe, resume, device, epochs_given), device, progress, on_epoch, recorded)
 
 
+def _note_short_rampups(recipe: Recipe, steps: int, lr_rampup: int, const_rampup: int) -> None:
+    """Say so when a ramp-up outlasts the run (a recipe of 200 epochs shortened with --set optim.epochs): the
+    learning rate or the consistency weight never reaches its value."""
+    short = [(key, f"{name} ends at {rampup(steps - 1, length):.1%} of {value}")
+             for key, name, value, length in (("optim.rampup_epochs", "the learning rate", "optim.lr", lr_rampup),
+                                              ("consistency.rampup_epochs", "the consistency weight",
+                                               "consistency.weight", const_rampup))
+             if length > steps and (key == "optim.rampup_epochs" or recipe.augmentation.type != "none")]
+    if short:
+        one = len(short) == 1
+        STDERR.print(f"note: {' and '.join(k for k, _ in short)} outlast{'s' if one else ''} the run's "
+                     f"{counted(recipe.optim.epochs, 'epoch')}: {', '.join(t for _, t in short)} (--set "
+                     f"{'it' if one else 'them'} below optim.epochs for a short run)",
+                     highlight=False, markup=False, soft_wrap=True)
+
+
 def _recorded(run: RunDir) -> Recipe | None:
     """The run's recipe.yaml, or None where there is none to read (a new run)."""
     try:
@@ -367,6 +383,8 @@ def _train(
     def schedule(step: int) -> tuple[float, float]:
         """The learning rate and the consistency weight at a global step."""
         return recipe.optim.lr * rampup(step, lr_rampup), recipe.consistency.weight * rampup(step, const_rampup)
+
+    _note_short_rampups(recipe, recipe.optim.epochs * steps_per_epoch, lr_rampup, const_rampup)
 
     torch.manual_seed(recipe.seed)
     training = build_training(recipe, store.scaler(), device, steps=recipe.optim.epochs * steps_per_epoch)

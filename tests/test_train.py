@@ -38,7 +38,7 @@ def test_rampup_at_0_half_and_end():
     assert rampup(100, 100) == 1.0 and rampup(500, 100) == 1.0 and rampup(3, 0) == 1.0
 
 
-def test_the_learning_rate_and_the_consistency_weight_ramp_up_per_step(tiny, tmp_path):
+def test_the_learning_rate_and_the_consistency_weight_ramp_up_per_step(tiny, tmp_path, capsys):
     """dcase20's schedule: lr and w(t) follow exp(-5 (1 - t/T)^2) over their own T in steps (2 steps an epoch
     here), as metrics.jsonl records at each epoch's last step and Adam's state holds after it."""
     recipe = tiny(REPO / "recipes" / "baseline.yaml", "optim.epochs=3", "optim.lr=0.002", "consistency.weight=3",
@@ -50,6 +50,10 @@ def test_the_learning_rate_and_the_consistency_weight_ramp_up_per_step(tiny, tmp
     assert [r["weight"] for r in rows] == pytest.approx([3 * math.exp(-5 * 0.5 ** 2), 3.0, 3.0])
     adam = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["optimizer"]
     assert adam["param_groups"][0]["lr"] == pytest.approx(0.002 * math.exp(-5 * (3 / 8) ** 2))
+    # The lr's ramp-up outlasts the run: said, with where it ends (exp(-5 (3/8)^2) = 49.5 %); the weight's does not.
+    assert " ".join(capsys.readouterr().err.split()) == (
+        "note: optim.rampup_epochs outlasts the run's 3 epochs: the learning rate ends at 49.5% of optim.lr (--set "
+        "it below optim.epochs for a short run)")
 
 
 def test_ema_after_two_steps_is_hand_computed():
