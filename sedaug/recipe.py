@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
@@ -363,6 +364,9 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
         key = ".".join(loc)
         if e["type"] == "union_tag_not_found":  # a section given keys but no type
             msg = f"no type given: set {key}.type too"
+        if e["type"] == "extra_forbidden":
+            tag = e["loc"][1] if len(e["loc"]) > 2 and e["loc"][1] in tags else None
+            msg = _unknown_key(key, tag)
         across = msg.startswith(("augmentation.", "regularization.", "model.")) and ": " in msg  # a model validator's
         if across:
             key, msg = msg.split(": ", 1)
@@ -375,6 +379,32 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
             given = f" (with --set {', '.join(blamed)})" if blamed else ""
             lines.append(f"{where}: {key}: {msg}{given}" if key else f"{where}: {msg}{given}")
     return "\n".join(lines)
+
+
+def _unknown_key(key: str, tag: str | None) -> str:
+    """What to say of a key no section has: where it is not a key, and the nearest one that is."""
+    parent, _, name = key.rpartition(".")
+    known = [k.rpartition(".")[2] for k in _schema_keys(Recipe) if k.rpartition(".")[0] == parent and k != key]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    where = f"a {tag} {parent}" if tag else parent or "a recipe"
+    if not close:
+        return f"not a key of {where}"
+    return f"not a key of {where} (did you mean {f'{parent}.' if parent else ''}{close[0]}?)"
+
+
+def _schema_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    """Every dotted key of a recipe section and the sections inside it (each type of a union's)."""
+    def models(annotation) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in get_args(annotation) for m in models(arg)]
+
+    keys = set()
+    for name, field in model.model_fields.items():
+        keys.add(prefix + name)
+        for section in models(field.annotation):
+            keys |= _schema_keys(section, f"{prefix}{name}.")
+    return keys
 
 
 def validate_recipe(raw: Any, where: str = "recipe", overridden: frozenset[str] = frozenset()) -> Recipe:

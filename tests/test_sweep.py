@@ -97,7 +97,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"{at}.seed: the sweep's `seeds` and `search_seed` set it",
         f"{path}: recipes[1].recipe: recipes/missing.yaml: cannot read recipe (No such file or directory)",
         # an entry with a bad searched key still has its other keys checked
-        f"{path}: recipes[2].search.consistency.weigth: not a key of recipe none",
+        f"{path}: recipes[2].search.consistency.weigth: not a key of recipe none (did you mean consistency.weight?)",
     ]
 
 
@@ -137,8 +137,8 @@ def test_a_bad_set_override_is_blamed_on_set_not_on_the_file(monkeypatch, tmp_pa
         "--set seeds: a seed is listed twice",
         "--set max_concurent_trials: not a key of a sweep file (nor a recipe section)",
         "--set optimm.lr: optimm: not a key of a sweep file (nor a recipe section)",
-        "--set optim.epoch: not a key of recipe none",
-        "--set optim.epoch: not a key of recipe noise_latent",
+        "--set optim.epoch: not a key of recipe none (did you mean optim.epochs?)",
+        "--set optim.epoch: not a key of recipe noise_latent (did you mean optim.epochs?)",
     ]
     # What a --set value breaks beyond its own key is blamed on it too, once.
     demo = REPO / "sweeps" / "demo.yaml"

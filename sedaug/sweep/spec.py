@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -224,8 +225,7 @@ def recipe_problems(raw: dict, name: str, key: str | None) -> list[str]:
             msg = line.removeprefix("@: ")
             if key is not None and msg.startswith(f"{key}: "):
                 msg = msg[len(key) + 2 :]
-            if "Extra inputs are not permitted" in msg:
-                msg = msg.replace("Extra inputs are not permitted", f"not a key of recipe {name}")
+            msg = re.sub(r"not a key of [^(]*?(?= \(|$)", f"not a key of recipe {name}", msg)  # its suggestion kept
             out.append(msg)
         return out
     return []
@@ -417,9 +417,9 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
                 problems.append(f"{at}: {e}")
                 break
             bad = recipe_problems(candidate, name, key)
-            unknown = f"not a key of recipe {name}"
-            if unknown in bad:  # whatever the value: said once
-                problems.append(f"{at}: {unknown}")
+            unknown = [p for p in bad if p.startswith(f"not a key of recipe {name}")]
+            if unknown:  # whatever the value: said once
+                problems.append(f"{at}: {unknown[0]}")
                 break
             if not bad and sweep.resources.gpus == 0:
                 bad = [p for p in _cpu_problems(validate_recipe(candidate)) if p not in base_cpu_problems]
