@@ -215,6 +215,8 @@ def train(
         "synthetic_valid macro F1 "
         f"{result.best_f1:.3f} (epoch {result.best_epoch}) -> {result.run_dir}"
     )
+    if result.short_rampups:
+        console.print(f"note: {result.short_rampups}")
 
 
 @app.command()

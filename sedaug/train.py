@@ -99,6 +99,7 @@ class TrainResult:
     nothing_left: bool = False  # a --resume of a run that had trained all its epochs: nothing was done or written
     epochs_were: int | None = None  # with nothing_left, the optim.epochs recipe.yaml said before (an interrupted run
     # ended where it stopped), when the resume changed it
+    short_rampups: str | None = None  # a ramp-up that outlasted the run, said after training (errors stay one line)
 
 
 def consistency_loss(clean: tuple, perturbed: tuple, mean_teacher: bool, rows: slice) -> torch.Tensor:
@@ -316,20 +317,20 @@ def train(
         return _train(recipe, run, store, _start(run, recipe, resume, device, epochs_given), device, progress, on_epoch, recorded)
 
 
-def _note_short_rampups(recipe: Recipe, steps: int, lr_rampup: int, const_rampup: int) -> None:
-    """Say so when a ramp-up outlasts the run (a recipe of 200 epochs shortened with --set optim.epochs): the
-    learning rate or the consistency weight never reaches its value."""
+def _short_rampups(recipe: Recipe, steps: int, lr_rampup: int, const_rampup: int) -> str | None:
+    """Where a ramp-up outlasts the run (a recipe of 200 epochs shortened with --set optim.epochs), what the
+    learning rate or the consistency weight ends at, for `sedaug train` to say after training; else None."""
     short = [(key, f"{name} ends at {rampup(steps - 1, length):.1%} of {value}")
              for key, name, value, length in (("optim.rampup_epochs", "the learning rate", "optim.lr", lr_rampup),
                                               ("consistency.rampup_epochs", "the consistency weight",
                                                "consistency.weight", const_rampup))
              if length > steps and (key == "optim.rampup_epochs" or recipe.augmentation.type != "none")]
-    if short:
-        one = len(short) == 1
-        STDERR.print(f"note: {' and '.join(k for k, _ in short)} outlast{'s' if one else ''} the run's "
-                     f"{counted(recipe.optim.epochs, 'epoch')}: {', '.join(t for _, t in short)} (--set "
-                     f"{'it' if one else 'them'} below optim.epochs for a short run)",
-                     highlight=False, markup=False, soft_wrap=True)
+    if not short:
+        return None
+    one = len(short) == 1
+    return (f"{' and '.join(k for k, _ in short)} outlast{'s' if one else ''} the run's "
+            f"{counted(recipe.optim.epochs, 'epoch')}: {', '.join(t for _, t in short)} (--set "
+            f"{'it' if one else 'them'} below optim.epochs for a short run)")
 
 
 def _recorded(run: RunDir) -> Recipe | None:
@@ -384,7 +385,7 @@ def _train(
         """The learning rate and the consistency weight at a global step."""
         return recipe.optim.lr * rampup(step, lr_rampup), recipe.consistency.weight * rampup(step, const_rampup)
 
-    _note_short_rampups(recipe, recipe.optim.epochs * steps_per_epoch, lr_rampup, const_rampup)
+    short_rampups = _short_rampups(recipe, recipe.optim.epochs * steps_per_epoch, lr_rampup, const_rampup)
 
     torch.manual_seed(recipe.seed)
     training = build_training(recipe, store.scaler(), device, steps=recipe.optim.epochs * steps_per_epoch)
@@ -407,7 +408,8 @@ def _train(
     write_json(run.env, {**environment(device), "step": asdict(config), "features": store.identity})
     log = run.log.open("a")
     log.write(f"{'resume' if ckpt is not None else 'start'} {recipe.name} seed {recipe.seed} on {device}: "
-              f"{steps_per_epoch} steps/epoch, {recipe.optim.epochs} epochs; {config}\n")
+              f"{steps_per_epoch} steps/epoch, {recipe.optim.epochs} epochs; {config}\n"
+              + (f"note: {short_rampups}\n" if short_rampups else ""))
     log.flush()
     board = watch.Board(run, purge_from=state.epoch + 1)
 
@@ -499,4 +501,5 @@ def _train(
             board.close()
             if metrics:
                 watch.plot_train_curves(metrics, run.curves, consistency=recipe.augmentation.type != "none")
-    return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch, str(config))
+    return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch, str(config),
+                       short_rampups=short_rampups)

@@ -38,22 +38,23 @@ def test_rampup_at_0_half_and_end():
     assert rampup(100, 100) == 1.0 and rampup(500, 100) == 1.0 and rampup(3, 0) == 1.0
 
 
-def test_the_learning_rate_and_the_consistency_weight_ramp_up_per_step(tiny, tmp_path, capsys):
+def test_the_learning_rate_and_the_consistency_weight_ramp_up_per_step(tiny, tmp_path):
     """dcase20's schedule: lr and w(t) follow exp(-5 (1 - t/T)^2) over their own T in steps (2 steps an epoch
     here), as metrics.jsonl records at each epoch's last step and Adam's state holds after it."""
     recipe = tiny(REPO / "recipes" / "baseline.yaml", "optim.epochs=3", "optim.lr=0.002", "consistency.weight=3",
                   "optim.rampup_epochs=4", "consistency.rampup_epochs=1")
-    train(recipe, tmp_path / "run", progress=False)
+    result = train(recipe, tmp_path / "run", progress=False)
     rows = _metrics(tmp_path / "run")
     last_steps = [1, 3, 5]  # 0-based: each epoch's last step; T = 8 steps for lr, 2 for the weight
     assert [r["lr"] for r in rows] == pytest.approx([0.002 * math.exp(-5 * (1 - t / 8) ** 2) for t in last_steps])
     assert [r["weight"] for r in rows] == pytest.approx([3 * math.exp(-5 * 0.5 ** 2), 3.0, 3.0])
     adam = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["optimizer"]
     assert adam["param_groups"][0]["lr"] == pytest.approx(0.002 * math.exp(-5 * (3 / 8) ** 2))
-    # The lr's ramp-up outlasts the run: said, with where it ends (exp(-5 (3/8)^2) = 49.5 %); the weight's does not.
-    assert " ".join(capsys.readouterr().err.split()) == (
-        "note: optim.rampup_epochs outlasts the run's 3 epochs: the learning rate ends at 49.5% of optim.lr (--set "
-        "it below optim.epochs for a short run)")
+    # The lr's ramp-up outlasts the run: said (by `sedaug train` after training, and in train.log), with where it
+    # ends, exp(-5 (3/8)^2) = 49.5 %; the weight's does not.
+    assert result.short_rampups == ("optim.rampup_epochs outlasts the run's 3 epochs: the learning rate ends at 49.5% "
+                                    "of optim.lr (--set it below optim.epochs for a short run)")
+    assert f"note: {result.short_rampups}\n" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_ema_after_two_steps_is_hand_computed():
