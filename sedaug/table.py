@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from sedaug.files import read_jsonl
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
 from sedaug.rundir import RunDir, best_epoch, enclosing_run, read_diverged, trained_on
+from sedaug.strict_yaml import diff_keys
 from sedaug.sweep import in_search, selected_settings
 from sedaug.table_ci import (
     BootstrapSettings,
@@ -144,8 +146,37 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
                             f"{run.parent.parent})")
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
     _check_one_set(runs, split)
+    runs = _split_by_settings(runs)
     _check_seeds_once(runs)
     return runs
+
+
+def _split_by_settings(runs: list[_Run]) -> list[_Run]:
+    """Runs of one name that train other settings (a short demo's `none` and one's own, both below runs/) are other
+    models: a row for each setting, named by what differs (`none [optim.epochs=3]`), never one mean of both."""
+    groups: dict[str, list[_Run]] = {}
+    for run in runs:
+        groups.setdefault(run.row, []).append(run)
+    named = {}
+    for name, group in groups.items():
+        settings = [_settings(r.recipe) for r in group]
+        keys = list(dict.fromkeys(k for s in settings[1:] for k in diff_keys(settings[0], s)))
+        for run, s in zip(group, settings, strict=True):
+            label = ", ".join(f"{k}={_said(_at(s, k))}" for k in keys)
+            named[run.path] = f"{name} [{label}]" if keys else name
+    return [dataclasses.replace(r, row=named[r.path]) for r in runs]
+
+
+def _at(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _said(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_said, value)) + "]"
+    return DASH if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _trial_row(run_dir: Path, name: str) -> str:
@@ -247,8 +278,11 @@ def left_out(runs_dir: Path, split: str) -> list[Path]:
     return found
 
 
-def _order(name: str) -> tuple[int, str]:
-    return (TABLE1_ORDER.index(name), "") if name in TABLE1_ORDER else (len(TABLE1_ORDER), name)
+def _order(row: str) -> tuple[int, tuple]:
+    """Table 1's order, by the row's recipe name (`none [optim.epochs=3]` is a `none` row)."""
+    name = row.split(" [")[0]
+    natural = tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", row))  # epochs=3 before epochs=200
+    return (TABLE1_ORDER.index(name) if name in TABLE1_ORDER else len(TABLE1_ORDER), natural)
 
 
 def _value(results: dict, metric: str) -> float | None:
@@ -266,8 +300,11 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _settings(recipe: Recipe) -> dict:
-    """What must agree between the seeds of one row (paths, seed and eval batch size may differ)."""
-    return recipe.model_dump(mode="json", include={"augmentation", "regularization", "consistency", "model", "optim"})
+    """What must agree between the seeds of one row, what trains the model: not its paths, seed or eval batch size,
+    nor its consistency settings where no augmentation makes a consistency loss."""
+    used = {"augmentation", "regularization", "model", "optim"} | ({"consistency"} if recipe.augmentation.type != "none"
+                                                                   else set())
+    return recipe.model_dump(mode="json", include=used)
 
 
 def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
@@ -283,10 +320,8 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         notes.append("not evaluated")
     elif pending - diverged:
         notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated")
-    if any(_settings(r.recipe) != _settings(recipe) for r in runs[1:]):
-        notes.append("settings differ between seeds")
     if len({r.recipe.seed for r in runs}) < len(runs):
-        notes.append("a seed found twice (of other settings)")
+        notes.append("a seed found twice (with other data or eval settings)")
     if stale := sum(r.stale for r in runs):
         notes.append(f"{stale} of {len(evaluated)} evaluations out of date (a run trained since, or an ensemble's "
                      "member gone): evaluate again")
@@ -403,6 +438,9 @@ def _features(run: _Run) -> Path:
 def _reference(compare: str | None, rows: list[Row]) -> str | None:
     names = [r.recipe for r in rows if r.n]
     if compare is None:
+        if split := [n for n in names if n.startswith("baseline [")]:  # _split_by_settings: which one is not ours to say
+            raise UserError(f"the baseline runs train {len(split)} settings ({', '.join(split)}): name the reference "
+                            "row with --compare ROW, or --no-compare")
         return "baseline" if "baseline" in names else None
     if compare == NO_COMPARISON:
         return None

@@ -200,7 +200,7 @@ def rich_table(table: Table, compact: bool = False):
         cells = [Text(text.replace(" [", "\n[").replace("] p", "]\np") if compact else text,
                       style=" ".join(s for s, on in (("bold", bold), ("underline", underlined)) if on))
                  for text, _, underlined, bold in _cells(r, columns, " ± ")]
-        factors = _factors(r)
+        factors = [Text(f) for f in _factors(r)]  # no markup: a row `none [optim.epochs=3]`
         out.add_row(*([factors[0], factors[-1]] if compact else factors), *cells, Text(r.note))
     return out
 
@@ -288,10 +288,11 @@ def _grid(title: str, headers: list[str], body: list[list[str]], fmt: str):
         lines += [" & ".join(map(_tex, row)) + r" \\" for row in body]
         return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     grid = RichTable(title=title)
-    for i, h in enumerate(headers):
-        grid.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for i, h in enumerate(headers):  # as text, not markup: a recipe `none [optim.epochs=3]`
+        grid.add_column(Text(h), justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in body:
-        grid.add_row(*row)
+        grid.add_row(*map(Text, row))
     return grid

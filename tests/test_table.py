@@ -19,7 +19,7 @@ import torch
 from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
 from sedaug.recipe import load_recipe
-from sedaug.table import NO_COMPARISON, build_table
+from sedaug.table import NO_COMPARISON, build_table, per_class_rows
 from sedaug.table_ci import Interval
 from sedaug.table_render import render, rich_table
 
@@ -52,15 +52,43 @@ def test_a_diverged_run_is_named_as_such_and_a_copy_in_progress_is_not_a_run(run
                                         "row would count one run twice"):  # a copy counts once
         build_table(runs)
     mine = (copy / "recipe.yaml").read_text()
-    (copy / "recipe.yaml").write_text(mine + "optim: {lr: 0.01}\n")  # other settings
+    (copy / "recipe.yaml").write_text(mine + "optim: {lr: 0.01}\n")  # other settings: another model, another row
+    assert [r.recipe for r in build_table(runs).rows if r.recipe.startswith("mixup")] == [
+        "mixup_latent [optim.lr=0.001]", "mixup_latent [optim.lr=0.01]"]
+    (copy / "recipe.yaml").write_text(mine + "eval: {batch_size: 7}\n")  # the same model scored in other batches
     assert {r.recipe: r for r in build_table(runs).rows}["mixup_latent"].note.endswith(
-        "settings differ between seeds; a seed found twice (of other settings)")
+        "a seed found twice (with other data or eval settings)")
     (copy / "recipe.yaml").write_text(mine.replace("\nseed: 0\n", "\nseed: 1\n"))
     (copy / "diverged.json").write_text(json.dumps({"epoch": 1, "step": 5}))
     rows = {r.recipe: r for r in build_table(runs).rows}
     assert (rows["vat_latent"].n, rows["vat_latent"].not_evaluated) == (2, 1)
     assert rows["vat_latent"].note == "1 of 3 runs diverged"
     assert rows["mixup_latent"].note == "1 of 2 runs diverged; 1 of 2 runs not evaluated"
+
+
+def test_runs_of_one_name_with_other_settings_are_rows_of_their_own(runs):
+    """A short demo run and one's own full run of `baseline` below one folder are two models: never one mean."""
+    from conftest import one_line_error, run
+
+    seed1 = runs / "baseline" / "seed1"
+    (seed1 / "recipe.yaml").write_text((seed1 / "recipe.yaml").read_text() + "optim: {epochs: 3}\n")
+    rows = {r.recipe: r for r in build_table(runs).rows}
+    short, full = rows["baseline [optim.epochs=3]"], rows["baseline [optim.epochs=200]"]
+    assert "baseline" not in rows and (short.n, full.n) == (1, 1) and not short.note and not full.note
+    assert (short.cells["macro"].mean, short.cells["macro"].std) == (0.4, None)  # seed1's alone
+    assert full.cells["macro"].mean == json.loads((runs / "baseline" / "seed0" / "eval" / "results.json").read_text())[
+        "macro"]
+    assert list(rows).index("baseline [optim.epochs=3]") == list(rows).index("baseline [optim.epochs=200]") - 1 == 1
+    assert not any(c.above_baseline for r in rows.values() for c in r.cells.values())  # no one baseline to be above
+    per_class = [r.recipe for r in per_class_rows(runs)]
+    assert per_class[1:3] == ["baseline [optim.epochs=3]", "baseline [optim.epochs=200]"]
+    one_line_error(run("table", runs, "--ci", "95"), "the baseline runs train 2 settings (baseline [optim.epochs=3], "
+                   "baseline [optim.epochs=200]): name the reference row with --compare ROW, or --no-compare")
+    text = run("table", runs, "--format", "markdown").stdout
+    assert "| baseline [optim.epochs=3] |" in text and "| baseline [optim.epochs=200] |" in text
+    for args in ((), ("--per-class",)):  # the terminal's: the brackets are text, not rich markup
+        text = run("table", runs, *args).stdout
+        assert "baseline [optim.epochs=3]" in text and "baseline [optim.epochs=200]" in text, args
 
 
 def test_an_evaluated_folder_without_recipe_yaml_is_named_not_silently_dropped(runs):
