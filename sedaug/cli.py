@@ -112,16 +112,30 @@ class Format(str, Enum):
     csv = "csv"
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        from sedaug import __version__
+
+        print(f"sedaug {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", metavar="", callback=_version, is_eager=True,
+                                                   help="Print sedaug's version and exit.")] = False) -> None:
+    pass
+
+
 @app.command("prepare-desed")
 @user_errors
 def prepare_desed(
     root: Annotated[Path | None, typer.Option(metavar="DIR", help="A real DESED tree (DCASE 2020 layout) to import.")] = None,
-    synthetic: Annotated[bool, typer.Option("--synthetic", help="Generate the embedded synthetic DESED (default).")] = False,
+    synthetic: Annotated[bool, typer.Option("--synthetic", metavar="", help="Generate the embedded synthetic DESED (default).")] = False,
     size: Annotated[Size | None, typer.Option(help="Synthetic set size (default: small).")] = None,
     seed: Annotated[int | None, typer.Option(metavar="N", help="Synthetic generator seed (default: 0).")] = None,
     sample_rate: Annotated[int | None, typer.Option(help="Synthetic audio rate: 16000 mono or 44100 stereo like "
                                                     "DESED (default: 16000).")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download DESED into --root first (needs sedaug\\[download]).")] = False,
+    download: Annotated[bool, typer.Option("--download", metavar="", help="Download DESED into --root first (needs sedaug\\[download]).")] = False,
     out: Annotated[Path, typer.Option(metavar="DIR", help="Prepared directory (manifest; the synthetic audio too).")] = Path("data/desed"),
 ) -> None:
     """Generate the synthetic DESED, or check a real DESED tree, and write the manifest."""
@@ -188,7 +202,7 @@ def train(
     recipe: Annotated[Path, typer.Argument(metavar="RECIPE.yaml", help="Recipe YAML (see recipes/).")],
     set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe value: key.path=value (repeatable).")] = [],  # noqa: B006
     runs: Annotated[Path, typer.Option(metavar="DIR", help="Where run directories go: RUNS/<name>/seed<seed>.")] = Path("runs"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from checkpoints/last.pt; restart one that stopped before saving any.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the run from checkpoints/last.pt; restart one that stopped before saving any.")] = False,
     device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
     out: Annotated[Path | None, typer.Option(hidden=True)] = None,  # the other commands' name for where it goes
 ) -> None:
@@ -223,15 +237,15 @@ def train(
 @user_errors
 def evaluate(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run directories (runs/<name>/seed<k>), e.g. runs/none/seed*.")],
-    split: Annotated[Split, typer.Option(help="Split to score.")] = Split.eval,
+    split: Annotated[Split, typer.Option(metavar="SPLIT", help="Split to score: eval, validation or synthetic_valid.")] = Split.eval,
     checkpoint: Annotated[Checkpoint, typer.Option(help="Checkpoint to score.")] = Checkpoint.best,
-    ensemble: Annotated[bool, typer.Option("--ensemble", help="Average the runs' frame scores and score the average "
+    ensemble: Annotated[bool, typer.Option("--ensemble", metavar="", help="Average the runs' frame scores and score the average "
                                            "(into RUNS/<name>/ensemble, or --out).")] = False,
     out: Annotated[Path | None, typer.Option(metavar="DIR", help="With --ensemble: the ensemble's directory.")] = None,
     device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
     features: Annotated[Path | None, typer.Option(metavar="DIR", help="The feature store to score on (default: the run's "
                                                   "data.features).")] = None,
-    other_store: Annotated[bool, typer.Option("--other-store", help="Score on a feature store other than the one "
+    other_store: Annotated[bool, typer.Option("--other-store", metavar="", help="Score on a feature store other than the one "
                                               "the runs trained on (refused otherwise).")] = False,
 ) -> None:
     """Score trained runs with the DCASE 2020 protocol (macro F1, PSDS), one by one or as a seed ensemble."""
@@ -288,10 +302,10 @@ def sweep(
     spec: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", help="Sweep YAML (see sweeps/ and docs/sweeps.md).")],
     out: Annotated[Path | None, typer.Option(metavar="DIR", help="Sweep directory (default: runs/sweeps/<sweep file name>).")] = None,
     address: Annotated[str | None, typer.Option(metavar="HOST:PORT", help="An existing Ray cluster (HOST:PORT of its head, or auto) instead of a local Ray (docs/cluster.md).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the sweep in --out; finished trials are kept, edited search values are run.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the sweep in --out; finished trials are kept, edited search values are run.")] = False,
     set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="A recipe key (model.x=...) for every recipe, or a sweep key (max_concurrent_trials=2); repeatable.")] = [],  # noqa: B006
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials, final runs, epochs and an estimate of the device-hours (a few steps timed here); start nothing.")] = False,
-    wait_for_resources: Annotated[bool, typer.Option("--wait-for-resources", help="Warn instead of refusing when the cluster lacks the resources a trial asks for (an autoscaling cluster).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="Print the trials, final runs, epochs and an estimate of the device-hours (a few steps timed here); start nothing.")] = False,
+    wait_for_resources: Annotated[bool, typer.Option("--wait-for-resources", metavar="", help="Warn instead of refusing when the cluster lacks the resources a trial asks for (an autoscaling cluster).")] = False,
     connect_timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait for the cluster at --address.")] = 30.0,
 ) -> None:
     """Select each recipe's hyper-parameters on synthetic_valid with Ray Tune, then train the winners on the seeds."""
@@ -348,23 +362,23 @@ def detect(
 @user_errors
 def table(
     runs_dir: Annotated[Path, typer.Argument(metavar="RUNS_DIR", help="Folder of runs (searched recursively).")] = Path("runs"),
-    format: Annotated[Format | None, typer.Option("--format", help="Output format (default: rich on the terminal; "
+    format: Annotated[Format | None, typer.Option("--format", metavar="FORMAT", help="Output format, rich, markdown, latex or csv (default: rich on the terminal; "
                                                   "with --out, the file's: .md, .tex, .csv, else markdown).")] = None,
     out: Annotated[str | None, typer.Option(metavar="FILE", help="Write to a file instead of the terminal.")] = None,
     metrics: Annotated[str, typer.Option(metavar="LIST", help="Comma-separated metric columns, of: macro, micro (event-based F1), "
                                          "psds_ct (Table 1's PSDS), psds, psds_macro, psds1, psds2, psds1_filtered, "
                                          "psds2_filtered.")] = "macro,psds_ct",
-    split: Annotated[Split, typer.Option(help="Evaluated split to tabulate.")] = Split.eval,
+    split: Annotated[Split, typer.Option(metavar="SPLIT", help="Evaluated split to tabulate: eval, validation or synthetic_valid.")] = Split.eval,
     ci: Annotated[float | None, typer.Option("--ci", metavar="PERCENT", help="Add each cell's bootstrap interval at this level in percent "
                                              "(e.g. 95), resampling the split's clips in the runs' score files.")] = None,
     resamples: Annotated[int, typer.Option(metavar="N", help="With --ci: bootstrap resamples.")] = 1000,
     bootstrap_seed: Annotated[int, typer.Option(metavar="N", help="With --ci: the resamples' seed (the same for every row).")] = 0,
     compare: Annotated[str | None, typer.Option(metavar="ROW", help="With --ci: the reference row of the paired test "
                                                 "(default: baseline, if present).")] = None,
-    no_compare: Annotated[bool, typer.Option("--no-compare", help="With --ci: intervals only, no paired test.")] = False,
-    paper: Annotated[bool, typer.Option("--paper", help="Add the paper's Table 1 values beside the rows that "
+    no_compare: Annotated[bool, typer.Option("--no-compare", metavar="", help="With --ci: intervals only, no paired test.")] = False,
+    paper: Annotated[bool, typer.Option("--paper", metavar="", help="Add the paper's Table 1 values beside the rows that "
                                         "reproduce them (recipe paper_row).")] = False,
-    per_class: Annotated[bool, typer.Option("--per-class", help="Print each row's per-class F1 and PSDS1 instead.")] = False,
+    per_class: Annotated[bool, typer.Option("--per-class", metavar="", help="Print each row's per-class F1 and PSDS1 instead.")] = False,
     plot: Annotated[str | None, typer.Option(metavar="FILE", help="Also draw the table as a PNG: each row's metrics "
                                              "with their intervals, the reference row's shaded, the paper's values.")] = None,
 ) -> None:

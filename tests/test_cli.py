@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import one_line_error, run
 
-COMMANDS = ["prepare-desed", "extract-mels", "train", "evaluate", "table"]
+COMMANDS = ["prepare-desed", "extract-mels", "train", "evaluate", "table", "sweep", "detect"]
 RECIPES = Path(__file__).parents[1] / "recipes"
 
 
@@ -20,6 +20,24 @@ def test_help_everywhere(flag):
     for command in COMMANDS:
         result = run(command, flag)
         assert result.exit_code == 0 and "Usage" in result.output, command
+
+
+def test_help_names_values_as_a_user_types_them(monkeypatch):
+    """A flag takes no value (typer 0.29 writes `<bool>` beside it, and `--resume true` is then an error); a choice
+    of splits does not wrap mid-word at 80 columns."""
+    monkeypatch.setenv("COLUMNS", "80")
+    for command in COMMANDS:
+        text = run(command, "--help").output
+        assert [line for line in text.splitlines() if "<bool>" in line and "--help" not in line] == [], command
+        assert [w for w in text.split() if w.startswith("<") and not w.endswith(">")] == [], command  # cut: <a|b|c d>
+    assert "SPLIT" in run("table", "--help").output
+
+
+def test_version():
+    from sedaug import __version__
+
+    result = run("--version")
+    assert result.exit_code == 0 and result.output == f"sedaug {__version__}\n"
 
 
 def test_python_dash_m_is_the_same_program():
