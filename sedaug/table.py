@@ -180,9 +180,9 @@ def _said(value) -> str:
 
 
 def _trial_row(run_dir: Path, name: str) -> str:
-    """The row of a sweep's trial in a table of its search/ or replaced/ (asked for): one per setting
-    (search/<recipe>/<setting>/seed<k>), one per set-aside run (replaced/<recipe>/seed<k>-<time>)."""
-    return f"{name} [{run_dir.name if run_dir.parent.parent.name == 'replaced' else run_dir.parent.name}]"
+    """The row of a sweep's run in a table of its search/ or replaced/ (asked for): one per set-aside run
+    (replaced/<recipe>/seed<k>-<time>); search trials are rows by their settings (`_split_by_settings`)."""
+    return f"{name} [{run_dir.name}]" if run_dir.parent.parent.name == "replaced" else name
 
 
 def _epoch_rows(run_dir: Path) -> list[dict]:
@@ -281,7 +281,8 @@ def left_out(runs_dir: Path, split: str) -> list[Path]:
 def _order(row: str) -> tuple[int, tuple]:
     """Table 1's order, by the row's recipe name (`none [optim.epochs=3]` is a `none` row)."""
     name = row.split(" [")[0]
-    natural = tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", row))  # epochs=3 before epochs=200
+    # by value: epochs=3 before epochs=200, sigma=0.05 before 0.2 (the parts alternate text, number)
+    natural = tuple(float(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)", row)))
     return (TABLE1_ORDER.index(name) if name in TABLE1_ORDER else len(TABLE1_ORDER), natural)
 
 
@@ -317,7 +318,9 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
     if diverged:
         notes.append(f"{diverged} of {len(runs)} runs diverged")
     if pending - diverged == len(runs):
-        notes.append("not evaluated")
+        trials = all(in_search(r.path) and r.path.parent.parent.parent.name == "search" for r in runs)
+        notes.append("not evaluated" + (" (search trials: their synthetic_valid scores are in selection.tsv)" if trials
+                                        else ""))
     elif pending - diverged:
         notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated")
     if len({r.recipe.seed for r in runs}) < len(runs):
