@@ -249,7 +249,7 @@ def test_a_dry_run_of_a_resume_refuses_what_the_resume_would_and_says_what_is_do
     for row in planned.rows:  # all of it done: nothing left of the estimate
         row.step_s = 1.0
         assert row.done_steps == pytest.approx(row.trial_hours * 3600) and row.left_hours == pytest.approx(0.0), row
-    assert planned.footer()[1] == "  left: 0 trial-hours (what --resume finds done taken off)"
+    assert planned.footer()[1] == "  left: 0 s (what --resume finds done taken off)"
 
 
 def test_dry_run_plans_what_ran(edited_study):
@@ -276,13 +276,20 @@ def test_dry_run_prints_the_plan_and_its_cost_without_starting_ray(tmp_path, tin
     lines = result.stdout.splitlines()
     assert lines[0] == "sweep s: 5 search trials and 2 final runs (seed 1) -- nothing is started"
     # tiny store: min(20 unlabeled // 12, 10 weak // 6, 16 synthetic_train // 6) = 1 step per epoch;
-    # none: (2 trials + 1 final) x 2 epochs x 1 step x 0.5 s = 3 s = 0.000833 h
+    # none: (2 trials + 1 final) x 2 epochs x 1 step x 0.5 s = 3 s
     assert lines[1].split() == ["none", "2", "trials", "+", "1", "final", "x", "2", "epochs", "x", "1", "step,",
-                                "0.5", "s/step", "->", "0.000833", "h,", "memory", "1", "GiB"]
-    assert "noise_latent" in lines[2] and "-> 0.00111 h" in lines[2]  # (3 + 1) x 2 x 1 x 0.5 s
-    assert lines[3].startswith("  total: 0.00194 trial-hours of training steps on cpu")
+                                "0.5", "s/step", "->", "3", "s,", "memory", "1", "GiB"]
+    assert "noise_latent" in lines[2] and "-> 4 s," in lines[2]  # (3 + 1) x 2 x 1 x 0.5 s
+    assert lines[3].startswith("  total: 7 s of training steps summed over the trials on cpu")
     assert timed == [("none", 2), ("noise_latent", 2)]  # one timing per recipe family, told the trials' length
     assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def test_an_estimate_is_said_in_the_unit_that_reads():
+    from sedaug.sweep.plan import _duration
+
+    assert [_duration(h) for h in (7720.4, 128.2, 62.74, 1.0, 0.2, 1 / 60, 0.000833, 0)] == [
+        "7,720 h", "128 h", "62.7 h", "1 h", "12 min", "1 min", "3 s", "0 s"]
 
 
 def test_the_local_ray_listens_on_localhost_only(edited_study):

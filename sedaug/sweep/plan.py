@@ -292,7 +292,7 @@ class DryRun:
 
     def row_line(self, r: RowCost) -> str:
         width = max(len(row.recipe) for row in self.rows)
-        time_s = "" if r.step_s is None else f", {r.step_s:.3g} s/step -> {_hours(r.trial_hours)} h"
+        time_s = "" if r.step_s is None else f", {r.step_s:.3g} s/step -> {_duration(r.trial_hours)}"
         copied = f" ({r.copied} the search run)" if r.copied else ""
         trials = f"{r.trials:>4} trial{'s' if r.trials != 1 else ' '}"
         steps = f"{min(r.each_steps)}-{max(r.each_steps)}" if r.each_steps else r.steps
@@ -303,10 +303,10 @@ class DryRun:
         total = [r.trial_hours for r in self.rows]
         out = []
         if all(h is not None for h in total):
-            out.append(f"  total: {_hours(sum(total))} trial-hours of training steps on {self.device} (timed alone; "
+            out.append(f"  total: {_duration(sum(total))} of training steps summed over the trials on {self.device} (timed alone; "
                        "validation, evaluation and trials sharing a device add to it)")
             if any(r.done_steps for r in self.rows):
-                out.append(f"  left: {_hours(sum(r.left_hours for r in self.rows))} trial-hours (what --resume finds "
+                out.append(f"  left: {_duration(sum(r.left_hours for r in self.rows))} (what --resume finds "
                            "done taken off)")
         return out + self.notes
 
@@ -336,8 +336,13 @@ class DryRun:
             yield row
 
 
-def _hours(hours: float) -> str:
-    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
+def _duration(hours: float) -> str:
+    """`7,720 h`, `62.7 h`, `12.5 min`, `4 s`: a tiny sweep's estimate in hours read 0.00194."""
+    for unit, per_hour in (("h", 1), ("min", 60), ("s", 3600)):
+        if hours >= 1 / per_hour or unit == "s":
+            value = hours * per_hour
+            return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
+    raise AssertionError
 
 
 def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
