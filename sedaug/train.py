@@ -424,6 +424,7 @@ def _train(
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[losses]}")]
     bar = Progress(*columns, disable=not progress_shown(progress), transient=True, console=STDERR)
+    first_epoch = state.epoch
     try:
         with _stop_on_sigint() as sigint, bar:
             while state.epoch < recipe.optim.epochs:
@@ -431,8 +432,10 @@ def _train(
                     raise Interrupted(f"interrupted after epoch {state.epoch}: {saved()}; continue with the same "
                                       "command and --resume")
                 epoch = state.epoch
+                compiling = config.compile is not None and epoch == first_epoch  # this process's first steps
                 task = bar.add_task(f"epoch {epoch + 1}/{recipe.optim.epochs}", total=steps_per_epoch,
-                                    completed=state.step_in_epoch, losses="")
+                                    completed=state.step_in_epoch,
+                                    losses="compiling the CNN: the first steps take a while" if compiling else "")
                 # Losses are summed on the device and read back only when shown or logged (no per-step sync).
                 sums = torch.zeros(3, device=device) if state.loss_sums is None else state.loss_sums.to(device)
                 start = time.perf_counter()

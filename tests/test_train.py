@@ -333,11 +333,23 @@ def test_every_recipe_trains_one_epoch_through_the_cli(recipe, tiny_features, ti
 
 
 @pytest.mark.parametrize("option", ["optim.precision=bf16", "optim.compile=true"])
-def test_numerics_options_train_and_stay_close_to_fp32_eager(option, tiny, tmp_path):
-    """bf16 autocast and torch.compile are the GPU options; their code path runs here on CPU."""
+def test_numerics_options_train_and_stay_close_to_fp32_eager(option, tiny, tmp_path, monkeypatch):
+    """bf16 autocast and torch.compile are the GPU options; their code path runs here on CPU. The progress bar says
+    when the first steps are compiling (on a CPU, half a minute of nothing else)."""
+    import io
+
+    from rich.console import Console
+
+    import sedaug.train
+
     reference = tiny(REPO / "recipes" / "noise_latent.yaml", "optim.epochs=1")
     train(reference, tmp_path / "fp32", progress=False)
-    train(tiny(REPO / "recipes" / "noise_latent.yaml", "optim.epochs=1", option), tmp_path / "opt", progress=False)
+    terminal = io.StringIO()
+    monkeypatch.setattr(sedaug.train, "STDERR", Console(file=terminal, force_terminal=True, width=200))
+    monkeypatch.setattr(sedaug.train, "progress_shown", lambda enabled: enabled)
+    train(tiny(REPO / "recipes" / "noise_latent.yaml", "optim.epochs=1", option), tmp_path / "opt", progress=True)
+    assert "epoch 1/1" in terminal.getvalue()
+    assert ("compiling the CNN" in terminal.getvalue()) == (option == "optim.compile=true")
     (a,), (b,) = _metrics(tmp_path / "fp32"), _metrics(tmp_path / "opt")
     assert math.isfinite(b["loss_total"])
     assert b["loss_class"] == pytest.approx(a["loss_class"], rel=0.05)  # same seed, same batches
