@@ -93,6 +93,7 @@ class Table:
     rows: tuple[Row, ...]
     bootstrap: BootstrapSettings | None = None
     paper: bool = False
+    checkpoint: str | None = None  # the one checkpoint (best, last) every run was evaluated at; None: not one
 
 
 # ---------------------------------------------------------------------------------------------- collecting
@@ -333,8 +334,7 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
                      "(interrupted, or still training): train --resume, then evaluate")
     if len({r.trained_on for r in runs if r.trained_on is not None}) > 1:
         notes.append("seeds trained on different feature stores")
-    if len({r.results["checkpoint"].get("name") for r in runs
-            if r.results is not None and isinstance(r.results.get("checkpoint"), dict)}) > 1:
+    if len(_checkpoints(runs)) > 1:
         notes.append("seeds evaluated at different checkpoints (best, last)")
     cells = {}
     for m in metrics:
@@ -354,6 +354,12 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         note="; ".join(notes),
         paper_row=recipe.paper_row,
     )
+
+
+def _checkpoints(runs: list[_Run]) -> set[str]:
+    """The checkpoints (best, last) the runs were evaluated at, as their results.json say."""
+    return {r.results["checkpoint"]["name"] for r in runs if r.results is not None
+            and isinstance(r.results.get("checkpoint"), dict) and isinstance(r.results["checkpoint"].get("name"), str)}
 
 
 def _rounded(x: float | None) -> float | None:
@@ -417,6 +423,9 @@ def build_table(
     for run in _find_runs(runs_dir, split, metrics):
         groups.setdefault(run.row, []).append(run)
     rows = [_row(name, groups[name], metrics) for name in sorted(groups, key=_order)]
+    checkpoints = _checkpoints([run for group in groups.values() for run in group])
+    if len(checkpoints) > 1:  # rows at other checkpoints compare other things: each row says its own
+        rows = [_add_note(r, len(at := _checkpoints(groups[r.recipe])) == 1 and f"at {at.pop()}.pt") for r in rows]
     selected = selected_settings(runs_dir)  # a sweep directory or its final/: each row's selected values
     rows = [_add_note(r, selected.get(r.recipe) and f"selected {selected[r.recipe]}") for r in rows]
     rows = _flag(rows, metrics)
@@ -429,7 +438,8 @@ def build_table(
     if paper:
         rows = [dataclasses.replace(r, cells={m: dataclasses.replace(c, paper=paper_value(r.paper_row, m))
                                               for m, c in r.cells.items()}) for r in rows]
-    return Table(runs_dir=runs_dir, split=split, metrics=metrics, rows=tuple(rows), bootstrap=settings, paper=paper)
+    return Table(runs_dir=runs_dir, split=split, metrics=metrics, rows=tuple(rows), bootstrap=settings, paper=paper,
+                 checkpoint=checkpoints.pop() if len(checkpoints) == 1 else None)
 
 
 def _features(run: _Run) -> Path:

@@ -66,7 +66,8 @@ def _columns(table: Table) -> list[tuple[str, str, object]]:
 
 
 def _legend(table: Table) -> str:
-    parts = [f"split {table.split}", "mean ± std over seeds (n)"]
+    parts = [f"split {table.split}" + (f" at {table.checkpoint}.pt" if table.checkpoint else ""),
+             "mean ± std over seeds (n)"]
     b = table.bootstrap
     if b is not None:
         parts.append(f"[{b.level * 100:g}% bootstrap interval over the clips, seeds averaged; {b.resamples} resamples, "

@@ -91,6 +91,24 @@ def test_runs_of_one_name_with_other_settings_are_rows_of_their_own(runs):
         assert "baseline [optim.epochs=3]" in text and "baseline [optim.epochs=200]" in text, args
 
 
+def test_the_checkpoint_the_runs_were_evaluated_at_is_in_the_caption_or_each_rows_note(runs):
+    def evaluated_at(name, pattern="*"):
+        for path in runs.glob(f"{pattern}/seed*/eval/results.json"):
+            results = json.loads(path.read_text())
+            path.write_text(json.dumps({**results, "checkpoint": {"name": name, "epoch": 1}}))
+
+    evaluated_at("best")
+    table = build_table(runs)
+    assert table.checkpoint == "best" and render(table, "markdown").splitlines()[-1].startswith(
+        "_split eval at best.pt; mean ± std")
+    evaluated_at("last", "baseline")  # rows at other checkpoints compare other things
+    table = build_table(runs)
+    notes = {r.recipe: r.note for r in table.rows if r.n}
+    assert table.checkpoint is None and "at best.pt" not in render(table, "markdown").splitlines()[-1]
+    assert notes == {"none": "at best.pt", "baseline": "at last.pt", "vat_latent": "1 of 3 runs not evaluated; at best.pt",
+                     "vat_input_eps3": "at best.pt"}
+
+
 def test_an_evaluated_folder_without_recipe_yaml_is_named_not_silently_dropped(runs):
     from typer.testing import CliRunner
 
