@@ -399,6 +399,7 @@ def table(
         if ci is not None or paper or plot is not None or compare is not None or no_compare:
             raise UserError("--per-class prints the per-class view alone: leave out --ci, --compare, --paper and --plot")
         rows = per_class_rows(runs_dir, split=split.value)
+        _none_evaluated(rows, runs_dir, split.value)
         if out is None and format is Format.rich:
             print_per_class(rows, split.value, Console(width=None if sys.stdout.isatty() else 10_000))
             return
@@ -411,6 +412,7 @@ def table(
         data = build_table(runs_dir, split=split.value, metrics=names, ci=ci, resamples=resamples,
                            bootstrap_seed=bootstrap_seed, compare=NO_COMPARISON if no_compare else compare,
                            paper=paper, progress=ci is not None)
+        _none_evaluated(data.rows, runs_dir, split.value)
         if plot is not None:
             from sedaug.evaluation.plots import plot_table
 
@@ -427,6 +429,12 @@ def table(
 
         write_text(out, text)
         console.print(f"wrote {out} ({count} recipes)")
+
+
+def _none_evaluated(rows, runs_dir: Path, split: str) -> None:
+    if not any(r.n for r in rows):  # a table of empty rows: say how to fill it
+        console.print(f"note: no run below {runs_dir} is evaluated on {split}: `sedaug evaluate RUN_DIR... --split "
+                      f"{split}` scores them", markup=False, highlight=False)
 
 
 def file_option(value: str | None, option: str) -> Path | None:

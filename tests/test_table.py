@@ -368,8 +368,15 @@ def test_empty_or_missing_runs_dir(tmp_path):
 
 
 def test_other_split_is_not_evaluated(runs):
+    from conftest import run
+
     table = build_table(runs, split="validation")
     assert all(r.n == 0 and r.note == "not evaluated" for r in table.rows)
+    for args in ((), ("--per-class",)):  # ... and the command says how to fill the table
+        assert run("table", runs, "--split", "validation", *args).stderr == (
+            f"note: no run below {runs} is evaluated on validation: `sedaug evaluate RUN_DIR... --split validation` "
+            "scores them\n")
+    assert run("table", runs).stderr == ""
 
 
 def test_unknown_format(runs):
