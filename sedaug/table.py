@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,7 @@ class _Run:
     unfinished: bool = False  # evaluated before training all its recipe's epochs (interrupted)
     trained_on: str | None = None  # the identity of the feature store it trained on (None: not recorded)
     row: str = ""  # the row it is averaged into: its recipe's name, a sweep trial's with its setting
+    differs: tuple[str, ...] = ()  # a row named by its folder: the settings keys in which it differs from its namesakes
 
     @property
     def copy_key(self) -> tuple:
@@ -147,25 +149,47 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
                             f"{run.parent.parent})")
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
     _check_one_set(runs, split)
-    runs = _split_by_settings(runs)
+    runs = _split_by_settings(runs, runs_dir)
     _check_seeds_once(runs)
     return runs
 
 
-def _split_by_settings(runs: list[_Run]) -> list[_Run]:
+LABEL_WIDTH = 48  # a row named by more values than this is named by its folder (`none [demo]`) where that tells
+
+
+def _split_by_settings(runs: list[_Run], runs_dir: Path) -> list[_Run]:
     """Runs of one name that train other settings (a short demo's `none` and one's own, both below runs/) are other
-    models: a row for each setting, named by what differs (`none [optim.epochs=3]`), never one mean of both."""
+    models: a row for each setting, named by what differs (`none [optim.epochs=3]`), or where that is long and their
+    folders tell them apart, by their folder (`none [demo]`, the note saying what differs), never one mean of both."""
     groups: dict[str, list[_Run]] = {}
     for run in runs:
         groups.setdefault(run.row, []).append(run)
-    named = {}
+    named, differs = {}, {}
     for name, group in groups.items():
-        settings = [_settings(r.recipe) for r in group]
-        keys = list(dict.fromkeys(k for s in settings[1:] for k in diff_keys(settings[0], s)))
-        for run, s in zip(group, settings, strict=True):
-            label = ", ".join(f"{k}={_said(_at(s, k))}" for k in keys)
-            named[run.path] = f"{name} [{label}]" if keys else name
-    return [dataclasses.replace(r, row=named[r.path]) for r in runs]
+        settings = {r.path: _settings(r.recipe) for r in group}
+        first = settings[group[0].path]
+        keys = list(dict.fromkeys(k for s in settings.values() for k in diff_keys(first, s)))
+        if not keys:
+            continue
+        by_setting: dict[str, list[_Run]] = {}
+        for run in group:
+            by_setting.setdefault(", ".join(f"{k}={_said(_at(settings[run.path], k))}" for k in keys), []).append(run)
+        folders = {label: _folder(members, runs_dir) for label, members in by_setting.items()}
+        by_folder = max(map(len, by_setting)) > LABEL_WIDTH and all(folders.values()) and len(
+            set(folders.values())) == len(folders)
+        for label, members in by_setting.items():
+            for run in members:
+                named[run.path] = f"{name} [{folders[label] if by_folder else label}]"
+                differs[run.path] = keys if by_folder else []
+    return [dataclasses.replace(r, row=named.get(r.path, r.row), differs=tuple(differs.get(r.path, ())))
+            for r in runs]
+
+
+def _folder(runs: list[_Run], runs_dir: Path) -> str:
+    """The folder that holds these runs' <name>/seed<k> folders, from `runs_dir`'s name on (`runs/demo`, `runs`)."""
+    common = Path(os.path.commonpath([r.path.resolve().parent.parent for r in runs]))
+    top = runs_dir.resolve()
+    return (Path(top.name) / common.relative_to(top)).as_posix() if common.is_relative_to(top) else ""
 
 
 def _at(tree: dict, key: str):
@@ -324,6 +348,8 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
                                         else ""))
     elif pending - diverged:
         notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated")
+    if runs[0].differs:
+        notes.append(f"settings differ from the other {recipe.name} rows at {', '.join(runs[0].differs)}")
     if len({r.recipe.seed for r in runs}) < len(runs):
         notes.append("a seed found twice (with other data or eval settings)")
     if stale := sum(r.stale for r in runs):

@@ -89,6 +89,14 @@ def test_runs_of_one_name_with_other_settings_are_rows_of_their_own(runs):
     for args in ((), ("--per-class",)):  # the terminal's: the brackets are text, not rich markup
         text = run("table", runs, *args).stdout
         assert "baseline [optim.epochs=3]" in text and "baseline [optim.epochs=200]" in text, args
+    # Many values differ: rows named by their folders, where those tell them apart; the note says what differs.
+    (seed1 / "recipe.yaml").write_text((seed1 / "recipe.yaml").read_text().replace(
+        "optim: {epochs: 3}", "optim: {epochs: 3, lr: 0.01, rampup_epochs: 1}\nmodel: {rnn_hidden: 64}"))
+    shutil.move(seed1, runs / "demo" / "baseline" / "seed1")  # as `make demo` puts it below runs/, beside one's own
+    rows = {r.recipe: r for r in build_table(runs).rows}
+    assert rows["baseline [runs/demo]"].cells["macro"].mean == 0.4 and rows["baseline [runs]"].n == 1
+    assert rows["baseline [runs]"].note == rows["baseline [runs/demo]"].note == (
+        "settings differ from the other baseline rows at model.rnn_hidden, optim.lr, optim.epochs, optim.rampup_epochs")
 
 
 def test_the_checkpoint_the_runs_were_evaluated_at_is_in_the_caption_or_each_rows_note(runs):
