@@ -389,9 +389,14 @@ def table(
     out, plot = file_option(out, "--out"), file_option(plot, "--plot")
     _check_table_outputs(out, plot)
     names = tuple(dict.fromkeys(m.strip() for m in metrics.split(",") if m.strip()))  # each once
+    suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
+    said = suffixes.get(out.suffix.lower()) if out is not None else None
+    if format is not None and said is not None and format is not said:  # LaTeX in a .csv: a reader would be misled
+        other = {Format.markdown: ".md", Format.latex: ".tex", Format.csv: ".csv"}.get(format)
+        raise UserError(f"--out {out} is a {out.suffix} file, and --format {format.value} writes no {out.suffix}: "
+                        + (f"name the file {other}, " if other else "") + "or leave out --format")
     if format is None:  # a file gets text, not a terminal's escape codes
-        suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
-        format = Format.rich if out is None else suffixes.get(out.suffix.lower(), Format.markdown)
+        format = Format.rich if out is None else said or Format.markdown
     if runs_dir.is_dir() and (orphans := left_out(runs_dir, split.value)):
         console.print(f"note: left out {counted(len(orphans), 'evaluated folder')} without a recipe.yaml to name their "
                       f"row: {listed(orphans)}", markup=False, highlight=False)

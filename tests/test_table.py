@@ -165,6 +165,11 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
                                                                 "text (.md, .tex, .csv); --plot t.png draws it")
     assert not (runs / "t.png").exists()
     one_line_error(run("table", runs, "--out", runs / "t.md", "--plot", runs / "t.md"), "give each its own file")
+    one_line_error(run("table", runs, "--out", runs / "t.csv", "--format", "latex"),  # the suffix and --format disagree
+                   f"--out {runs / 't.csv'} is a .csv file, and --format latex writes no .csv: name the file .tex, or "
+                   "leave out --format")
+    one_line_error(run("table", runs, "--out", runs / "t.md", "--format", "rich"), "or leave out --format")
+    assert not (runs / "t.csv").exists() and not (runs / "t.md").exists()
     for _ in range(2):  # its own outputs, of any format and name, are written again
         assert run("table", runs, "--plot", runs / "t.pdf").exit_code == 0 and (runs / "t.pdf").read_bytes()[:4] == b"%PDF"
         assert run("table", runs, "--plot", runs / "t.png").exit_code == 0
