@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from sedaug.errors import UserError
 from sedaug.paper import PAPER_TABLE1
-from sedaug.strict_yaml import apply_overrides, blamed_override, dump_yaml, read_yaml
+from sedaug.strict_yaml import apply_overrides, blamed_override, dump_yaml, nearest, read_yaml
 
 # The model's perturbation points (sedaug.model.POINTS): `cnn1`…`cnn7` are the gated blocks' outputs (B, C, T, F).
 Location = Literal["mel", "input", "cnn1", "cnn2", "cnn3", "cnn4", "cnn5", "cnn6", "cnn7", "cnn", "rnn"]
@@ -385,11 +384,11 @@ def _unknown_key(key: str, tag: str | None) -> str:
     """What to say of a key no section has: where it is not a key, and the nearest one that is."""
     parent, _, name = key.rpartition(".")
     known = [k.rpartition(".")[2] for k in _schema_keys(Recipe) if k.rpartition(".")[0] == parent and k != key]
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    close = nearest(name, known)
     where = f"a {tag} {parent}" if tag else parent or "a recipe"
     if not close:
         return f"not a key of {where}"
-    return f"not a key of {where} (did you mean {f'{parent}.' if parent else ''}{close[0]}?)"
+    return f"not a key of {where} (did you mean {f'{parent}.' if parent else ''}{close}?)"
 
 
 def _schema_keys(model: type[BaseModel], prefix: str = "") -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,9 @@ def blamed_override(key: str, overridden) -> str | None:
     of its value), or above it (a typo in its section's name); None when the file gave that value."""
     return next((o for o in overridden if key and (key == o or key.startswith((f"{o}.", f"{o}["))
                                                     or o.startswith(f"{key}."))), None)
+
+
+def nearest(name: str, known: list[str]) -> str | None:
+    """The key of `known` a typo `name` most likely meant (`epoch` -> epochs, `grace` -> grace_epochs), if any."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    return close[0] if close else next((k for k in known if name and k.startswith(name)), None)

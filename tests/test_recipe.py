@@ -121,6 +121,7 @@ def test_unknown_keys_and_wrong_types_are_all_reported(tmp_path):
                                "augmentation.epsilon?)"),
     ("augmentation.alpha=1", "--set augmentation.alpha: not a key of a vat augmentation"),  # mixup's: no match
     ("model.cnn_filter=[8]", "--set model.cnn_filter: not a key of model (did you mean model.cnn_filters?)"),
+    ("optim.rampup=3", "--set optim.rampup: not a key of optim (did you mean optim.rampup_epochs?)"),  # its start
 ])
 def test_an_unknown_key_is_said_with_the_nearest_key_of_its_section(override, message):
     with pytest.raises(UserError) as e:

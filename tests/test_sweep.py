@@ -75,6 +75,8 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         seeds: [0, 0]
         max_concurrent_trials: two
         colour: blue
+        seed: 3
+        early_stopping: {type: asha, grace: 2}
         """)
     with pytest.raises(UserError) as e:
         load_sweep(path)
@@ -86,7 +88,9 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"{path}: recipes[2].search.optim.lr.grid: List should have at least 1 item after validation, not 0",
         f"{path}: seeds: a seed is listed twice",
         f"{path}: max_concurrent_trials: Input should be a valid integer",
-        f"{path}: colour: Extra inputs are not permitted",
+        f"{path}: early_stopping.grace: not a key of early_stopping (did you mean grace_epochs?)",
+        f"{path}: colour: not a key of a sweep file",
+        f"{path}: seed: not a key of a sweep file (did you mean seeds?)",
         # each searched key and value against the base recipe (the top-level search applies to every recipe)
         f"{at}.optim.lr: uniform is sampled: the grid algorithm takes {{grid: [...]}} (or use random/optuna)",
         f"{at}.augmentation.epsilon: -0.5 for vat_input: Input should be greater than 0",
@@ -99,6 +103,22 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         # an entry with a bad searched key still has its other keys checked
         f"{path}: recipes[2].search.consistency.weigth: not a key of recipe none (did you mean consistency.weight?)",
     ]
+
+
+def test_a_typo_in_a_search_space_is_named_with_the_key_meant_and_a_sweep_file_is_no_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path / "s.yaml", """\
+        recipes:
+          - recipe: recipes/none.yaml
+            search:
+              optim.lr: {gird: [1.0e-3]}
+          - recipe: sweeps/demo.yaml
+        """)
+    with pytest.raises(UserError) as e:
+        load_sweep(path)
+    assert str(e.value).splitlines() == [
+        f"{path}: recipes[0].search.optim.lr.gird: not a key of a search space (did you mean grid?)",
+        f"{path}: recipes[1].recipe: sweeps/demo.yaml is a sweep file, not a recipe (recipes/*.yaml are)"]
 
 
 def test_sampled_spaces_need_a_sampling_algorithm_and_bounds_the_recipe_accepts(tmp_path, monkeypatch):

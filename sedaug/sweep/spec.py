@@ -14,13 +14,22 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from sedaug.errors import UserError
 from sedaug.recipe import Recipe, validate_recipe
-from sedaug.strict_yaml import apply_overrides, blamed_override, get_key, parse_yaml, read_yaml, set_key
+from sedaug.strict_yaml import (
+    apply_overrides,
+    blamed_override,
+    get_key,
+    nearest,
+    parse_yaml,
+    read_yaml,
+    set_key,
+)
 
 # Recipe keys a sweep may not search: `name` is the row, `seed` is the sweep's own `seeds`.
 RESERVED = {"name": "the row's name: set it in the recipe", "seed": "the sweep's `seeds` and `search_seed` set it"}
@@ -198,8 +207,26 @@ def _schema_errors(error: ValidationError, where: str, overridden: set[str] = fr
             msg = msg.replace("Extra inputs are not permitted", "not a key of a sweep file (nor a recipe section)")
             lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {loc}: {msg}")
         else:
+            if e["type"] == "extra_forbidden":
+                msg = _unknown_key(tuple(e["loc"]))
             lines.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
     return lines
+
+
+def _unknown_key(loc: tuple) -> str:
+    """A key the sweep file's schema has not there, and the nearest one it has (`seed` -> seeds, `gird` -> grid)."""
+    section: Any = Sweep
+    for part in loc[:-1]:  # down the schema: a section's field, a list's item, a mapping's value
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            section = section.model_fields[part].annotation if part in section.model_fields else None
+            if get_origin(section) in (Union, UnionType):  # an optional section
+                section = next(a for a in get_args(section) if a is not type(None))
+        elif get_origin(section) in (list, dict):
+            section = get_args(section)[-1]
+    known = list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+    where = {Sweep: "a sweep file", Space: "a search space", RecipeEntry: "a recipes entry"}.get(section) or str(loc[-2])
+    close = nearest(str(loc[-1]), known)
+    return f"not a key of {where}" + (f" (did you mean {close}?)" if close else "")
 
 
 def _replaced_keys(levels: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -278,6 +305,9 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
             continue
         if not isinstance(base, dict):
             problems.append(f"{here}.recipe: {entry.recipe} is not a recipe mapping")
+            continue
+        if "recipes" in base:  # each of its keys would be "not a key of recipe ..."
+            problems.append(f"{here}.recipe: {entry.recipe} is a sweep file, not a recipe (recipes/*.yaml are)")
             continue
         fixed = {**sweep.set, **entry.set, **recipe_items}  # --set over the file's sets
         levels = [(f"{where}: set", sweep.set), (f"{here}.set", entry.set), ("--set", recipe_items)]
