@@ -205,9 +205,10 @@ def _said(value) -> str:
 
 
 def _trial_row(run_dir: Path, name: str) -> str:
-    """The row of a sweep's run in a table of its search/ or replaced/ (asked for): one per set-aside run
-    (replaced/<recipe>/seed<k>-<time>); search trials are rows by their settings (`_split_by_settings`)."""
-    return f"{name} [{run_dir.name}]" if run_dir.parent.parent.name == "replaced" else name
+    """The row of a sweep's run in a table of its search/ or replaced/ (asked for): the seeds an edit set aside at
+    one time are a row (replaced/<recipe>/seed<k>-<time>); search trials are rows by their settings
+    (`_split_by_settings`)."""
+    return f"{name} [{run_dir.name.partition('-')[2]}]" if run_dir.parent.parent.name == "replaced" else name
 
 
 def _epoch_rows(run_dir: Path) -> list[dict]:

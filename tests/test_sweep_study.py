@@ -199,7 +199,12 @@ def test_the_final_runs_of_a_row_the_edited_sweep_drops_move_to_replaced(edited_
     assert [r.recipe for r in build_table(out).rows] == ["noise_latent"]  # replaced/ is not read either
     # ... unless asked for: a folder inside search/ or replaced/ is a table of its runs, a row per setting, named by
     # its values (the search's lr 0.001 and 1e30).
-    assert [r.recipe for r in build_table(out / "replaced").rows] == [f"none [{moved.name}]"]
+    assert [r.recipe for r in build_table(out / "replaced").rows] == [f"none [{moved.name.removeprefix('seed1-')}]"]
+    other = shutil.copytree(moved, moved.parent / moved.name.replace("seed1-", "seed0-"))  # set aside with it
+    (other / "recipe.yaml").write_text((other / "recipe.yaml").read_text().replace("seed: 1\n", "seed: 0\n"))
+    assert [(r.recipe, r.n) for r in build_table(out / "replaced").rows] == [
+        (f"none [{moved.name.removeprefix('seed1-')}]", 2)]  # one row for the seeds one edit set aside
+    shutil.rmtree(other)
     rows = build_table(out / "search" / "none").rows
     assert [r.recipe for r in rows] == ["none [optim.lr=0.001]", "none [optim.lr=1e+30]"]
     assert rows[0].note == "not evaluated (search trials: their synthetic_valid scores are in selection.tsv)"
