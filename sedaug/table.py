@@ -379,7 +379,7 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         not_evaluated=pending,
         cells=cells,
         note="; ".join(notes),
-        paper_row=recipe.paper_row,
+        paper_row=None if recipe.name.endswith("_ensemble") else recipe.paper_row,  # the paper's rows average seeds
     )
 
 
@@ -454,7 +454,8 @@ def build_table(
     if len(checkpoints) > 1:  # rows at other checkpoints compare other things: each row says its own
         rows = [_add_note(r, len(at := _checkpoints(groups[r.recipe])) == 1 and f"at {at.pop()}.pt") for r in rows]
     selected = selected_settings(runs_dir)  # a sweep directory or its final/: each row's selected values
-    rows = [_add_note(r, selected.get(r.recipe) and f"selected {selected[r.recipe]}") for r in rows]
+    chosen = {r.recipe: selected.get(r.recipe.removesuffix("_ensemble")) for r in rows}  # an ensemble: its seeds'
+    rows = [_add_note(r, chosen[r.recipe] and f"selected {chosen[r.recipe]}") for r in rows]
     rows = _flag(rows, metrics)
     if settings is not None:
         settings = dataclasses.replace(settings, reference=_reference(compare, rows))

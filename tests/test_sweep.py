@@ -699,6 +699,15 @@ def test_the_winners_are_trained_on_the_seeds_and_evaluated_on_eval(killed_and_r
 
     table = build_table(out / "final", split="eval", metrics=("macro",))
     assert {row.recipe: row.n for row in table.rows} == {"none": 2, "noise_latent": 2}
+    ensemble = out / "final" / "none" / "ensemble"  # as `evaluate --ensemble` writes it (its scores do not matter)
+    shutil.copytree(out / "final" / "none" / "seed0" / "eval", ensemble / "eval")
+    (ensemble / "recipe.yaml").write_text((out / "final" / "none" / "seed0" / "recipe.yaml").read_text().replace(
+        "name: none\n", "name: none_ensemble\n"))
+    try:
+        notes = {row.recipe: row.note for row in build_table(out / "final", split="eval", metrics=("macro",)).rows}
+        assert notes["none_ensemble"] == notes["none"] and notes["none"].startswith("selected lr=")  # its seeds' setting
+    finally:
+        shutil.rmtree(ensemble)
 
 
 def test_a_killed_worker_is_retried_and_resumes_from_last_pt(killed_and_resumed):
