@@ -109,7 +109,7 @@ class SearchPlan:
     def note(self, out: Path) -> str | None:
         if not self.ignored:
             return None
-        return (f"{len(self.ignored)} search trials of settings no longer in the sweep are left on disk and ignored "
+        return (f"{counted(len(self.ignored), 'search trial')} of settings no longer in the sweep left on disk, ignored "
                 f"by selection ({listed(p.relative_to(out) for p in self.ignored)})")
 
 

@@ -106,7 +106,7 @@ class SweepResult:
         seeds = ", ".join(map(str, self.seeds))
         return (f"sweep {self.name}: {counted(self.trials, 'trial')} ({counts}, {self.retries} retried) in "
                 f"{elapsed // 60}m{elapsed % 60:02d}s (search {search // 60}m{search % 60:02d}s); selected {chosen}; "
-                f"trained on seed{'s' * (len(self.seeds) != 1)} {seeds} and evaluated on "
+                f"final runs on seed{'s' * (len(self.seeds) != 1)} {seeds}, evaluated on "
                 f"eval -> {self.out} (selection.tsv; {shlex.join(['sedaug', 'table', str(self.out / 'final')])})")
 
 
@@ -276,6 +276,8 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
         done = sum(r.status in SETTLED for r in records)
         plan.notes.append(f"--resume: {done} of the search trials and {finals_done} of the final runs are done in "
                           f"{out} already (a final run of a winner the edit dethrones is set aside and trained again)")
+        if (ignored := plan_search(loaded, out).note(out)) is not None:  # as the sweep itself will say
+            plan.notes.append(ignored)
     return plan
 
 
