@@ -114,7 +114,8 @@ def _plot_train_curves(metrics: list[dict[str, Any]], path: Path, consistency: b
         handles += weight.get_lines()
     ramps.legend(handles=handles, loc="lower right")
     best = max(metrics, key=lambda row: row["valid_f1"])
-    valid.plot(epochs, [row["valid_f1"] for row in metrics], marker=".", color="tab:green")
+    # Over the axis, not under it: a short run's F1 of 0 in every epoch is a line on the x axis.
+    valid.plot(epochs, [row["valid_f1"] for row in metrics], marker=".", color="tab:green", clip_on=False, zorder=3)
     valid.axvline(best["epoch"], linestyle="--", color="gray", label=f"best.pt: epoch {best['epoch']}")
     valid.set(title="synthetic_valid event-based macro F1", xlabel="epoch", ylim=(0, max(0.05, 1.1 * best["valid_f1"])))
     valid.legend()
