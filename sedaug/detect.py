@@ -29,7 +29,7 @@ from sedaug.data.desed import EVENT_COLUMNS, truncated
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, check_sample_rate
 from sedaug.data.mel import clip_mels, mel_problems, resample
 from sedaug.device import full_float32, parse_device
-from sedaug.errors import UserError
+from sedaug.errors import UserError, counted
 from sedaug.evaluation.detection_plot import plot_detections
 from sedaug.evaluation.plots import DETECT_PLOT_TITLE, is_marked
 from sedaug.evaluation.postprocess import decode
@@ -80,7 +80,7 @@ class DetectReport:
         if self.n_recordings == 0:
             return f"no recording could be scored ({len(self.failures)} failed): {self.out} was not written"
         return (
-            f"detected {_count(self.n_events, 'event')} in {_count(self.n_recordings, 'recording')} "
+            f"detected {counted(self.n_events, 'event')} in {counted(self.n_recordings, 'recording')} "
             f"({_hms(self.audio_seconds)} of audio) "
             f"with {self.run_dir} ({self.checkpoint}.pt, epoch {self.epoch}, threshold {self.threshold:g}) "
             f"in {self.seconds:.1f} s -> {self.out}{extras}{failed}"
@@ -257,6 +257,8 @@ def find_recordings(paths: Iterable[Path], fail: Callable[[Path, str], None]) ->
             fail(given, "no such file or folder")
             continue
         for recording in candidates:
+            if recording.name in recordings and recordings[recording.name].path.resolve() == recording.path.resolve():
+                continue  # the same file given twice (a file and its folder, say): scored once
             if recording.name in recordings:
                 fail(recording.path, f"same name {recording.name} as {recordings[recording.name].path}: not scored")
             else:
@@ -315,6 +317,8 @@ def load_recording(path: Path, chunk_seconds: int = 60) -> np.ndarray:
     filter reaches about 0.01 s), so that memory holds the 16 kHz wave and one chunk, not the decoded file: what it
     returns equals the whole file resampled at once (within float rounding)."""
     pieces = []
+    if Path(path).stat().st_size == 0:  # libsndfile would say "Format not recognised"
+        raise ValueError("an empty file")
     with sf.SoundFile(str(path)) as f:
         rate, start = f.samplerate, 0
         check_sample_rate(rate)
@@ -448,10 +452,6 @@ def _reason(err: Exception) -> str:
     """One line on why a file could not be decoded (libsndfile's own message, without the path it repeats)."""
     text = err.error_string if isinstance(err, sf.LibsndfileError) else str(err)
     return " ".join(text.split()) or type(err).__name__
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _hms(seconds: float) -> str:

@@ -288,20 +288,25 @@ def test_unreadable_files_are_reported_and_the_others_scored(run, tmp_path):
     sf.write(audio / "e.wav", nan, 16000, subtype="FLOAT")
     write_tone(tmp_path / "long.wav", 10.0, 16000, 1, seed=6)
     (audio / "f.wav").write_bytes((tmp_path / "long.wav").read_bytes()[:3000])  # its header says 10 s: 0.09 s left
+    (audio / "g.wav").write_bytes(b"")
     (audio / "notes.txt").write_text("not audio, not searched")
+    (tmp_path / "other").mkdir()
+    write_tone(tmp_path / "other" / "a.wav", 4.0, 16000, 1, seed=7)
     errors = []
-    report = detect(run, [audio, tmp_path / "missing.wav", audio / "a.wav"], tmp_path / "detections.tsv",
-                    progress=False, on_error=lambda path, reason: errors.append((path, reason)))
-    assert report.n_recordings == 2 and report.failures == errors
+    report = detect(run, [audio, tmp_path / "missing.wav", audio / "a.wav", tmp_path / "other" / "a.wav"],
+                    tmp_path / "detections.tsv", progress=False,
+                    on_error=lambda path, reason: errors.append((path, reason)))
+    assert report.n_recordings == 2 and report.failures == errors  # audio/a.wav given twice: scored once
     failed = [path for path, _ in errors]
-    assert failed == [tmp_path / "missing.wav", audio / "a.wav", audio / "b.wav", audio / "d.wav", audio / "e.wav",
-                      audio / "f.wav"]
+    assert failed == [tmp_path / "missing.wav", tmp_path / "other" / "a.wav", audio / "b.wav", audio / "d.wav",
+                      audio / "e.wav", audio / "f.wav", audio / "g.wav"]
     assert all(reason and "\n" not in reason for _, reason in errors)
     reasons = [reason for _, reason in errors]
     assert "no such file" in reasons[0] and "same name a.wav" in reasons[1] and "too short" in reasons[3]
     assert "non-finite audio samples (the first at 0.500 s)" in reasons[4]
     assert "truncated: its header announces 320,000 bytes of samples, the file holds 2,956" in reasons[5]
-    assert "6 failed" in report.summary() and "\n" not in report.summary()
+    assert reasons[6] == "an empty file"
+    assert "7 failed" in report.summary() and "\n" not in report.summary()
     detections = pd.read_csv(tmp_path / "detections.tsv", sep="\t")
     assert list(detections.columns) == EVENT_COLUMNS and set(detections.filename) <= {"a.wav", "c.ogg"}
 
