@@ -482,6 +482,24 @@ def test_ctrl_c_while_ray_starts_says_how_to_go_on(tiny_features, tmp_path, monk
     assert (tmp_path / "out" / "sweep.yaml").is_file()
 
 
+def test_an_interrupted_search_leaves_selection_tsv_of_what_is_done(edited_study, tmp_path, monkeypatch):
+    from sedaug.sweep import run as sweep_run
+
+    out = shutil.copytree(edited_study.out, tmp_path / "out", ignore=shutil.ignore_patterns("ray"))
+    (out / "selection.tsv").unlink()
+
+    def interrupted(*args):
+        raise sweep_run.Interrupted(f"interrupted: the finished trials are in {out}")
+
+    monkeypatch.setattr(sweep_run, "_search", interrupted)
+    with pytest.raises(sweep_run.Interrupted):
+        sweep_run.run_sweep(edited_study.spec, out=out, resume=True, progress=False)
+    with (out / "selection.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done", "diverged"}
+    assert {r["winner"] for r in rows} == {""}  # a row is chosen when its search has finished
+
+
 def test_a_setting_that_leaves_no_training_step_is_refused_before_ray(tiny_features, tmp_path):
     """A batch larger than a split: train refuses every trial of it, so its row could never finish (it had trained
     the other settings, then ended "not finished ... --resume retries", which never could)."""

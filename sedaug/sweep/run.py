@@ -189,7 +189,12 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
         if searched.note(out):
             notes.append(searched.note(out))
         start = time.monotonic()
-        _search(loaded, out, plan, view, searched, per_trial)
+        try:
+            _search(loaded, out, plan, view, searched, per_trial)
+        except (Interrupted, TuneStopped):  # what is done so far, in selection.tsv as a finished search writes it
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                write_selection(out, search_records(loaded, out), {})
+            raise
         search_s = time.monotonic() - start
         records = search_records(loaded, out)
         chosen = winners(records)
