@@ -84,6 +84,7 @@ class Row:
     cells: dict[str, Cell]
     note: str
     paper_row: int | None = None
+    checkpoint: str = ""  # what its seeds were evaluated at: best, last, "best, last" ("": not recorded)
 
 
 @dataclass(frozen=True)
@@ -380,6 +381,7 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         cells=cells,
         note="; ".join(notes),
         paper_row=None if recipe.name.endswith("_ensemble") else recipe.paper_row,  # the paper's rows average seeds
+        checkpoint=", ".join(sorted(_checkpoints(runs))),
     )
 
 
@@ -452,7 +454,7 @@ def build_table(
     rows = [_row(name, groups[name], metrics) for name in sorted(groups, key=_order)]
     checkpoints = _checkpoints([run for group in groups.values() for run in group])
     if len(checkpoints) > 1:  # rows at other checkpoints compare other things: each row says its own
-        rows = [_add_note(r, len(at := _checkpoints(groups[r.recipe])) == 1 and f"at {at.pop()}.pt") for r in rows]
+        rows = [_add_note(r, r.checkpoint in ("best", "last") and f"at {r.checkpoint}.pt") for r in rows]
     selected = selected_settings(runs_dir)  # a sweep directory or its final/: each row's selected values
     chosen = {r.recipe: selected.get(r.recipe.removesuffix("_ensemble")) for r in rows}  # an ensemble: its seeds'
     rows = [_add_note(r, chosen[r.recipe] and f"selected {chosen[r.recipe]}") for r in rows]

@@ -115,6 +115,10 @@ def test_the_checkpoint_the_runs_were_evaluated_at_is_in_the_caption_or_each_row
     assert table.checkpoint is None and "at best.pt" not in render(table, "markdown").splitlines()[-1]
     assert notes == {"none": "at best.pt", "baseline": "at last.pt", "vat_latent": "1 of 3 runs not evaluated; at best.pt",
                      "vat_input_eps3": "at best.pt"}
+    evaluated_at("best", "baseline/seed0")  # seeds at both: the CSV's column says so
+    rows = {r["recipe"]: r["checkpoint"] for r in csv.DictReader(render(build_table(runs), "csv").splitlines())}
+    assert rows == {"none": "best", "baseline": "best, last", "vat_latent": "best", "mixup_latent": "",
+                    "vat_input_eps3": "best"}
 
 
 def test_an_evaluated_folder_without_recipe_yaml_is_named_not_silently_dropped(runs):
@@ -551,7 +555,7 @@ def test_ci_in_the_text_formats(ci_runs):
 
     rows = list(csv.DictReader(render(table, "csv").splitlines()))
     header = list(rows[0])
-    assert header[-6:] == ["ci_level", "resamples", "bootstrap_seed", "reference", "split", "note"]
+    assert header[-7:] == ["ci_level", "resamples", "bootstrap_seed", "reference", "split", "checkpoint", "note"]
     assert "macro_diff" not in header
     assert {(r["ci_level"], r["resamples"], r["bootstrap_seed"], r["reference"]) for r in rows} == {("90", "200", "0", "")}
     assert all(float(r["macro_low"]) <= float(r["macro_mean"]) <= float(r["macro_high"]) for r in rows)
