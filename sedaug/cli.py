@@ -437,7 +437,10 @@ def table(
 
 
 def _none_evaluated(rows, runs_dir: Path, split: str) -> None:
-    if not any(r.n for r in rows):  # a table of empty rows: say how to fill it
+    # A table of empty rows: say how to fill it, where a row has runs to evaluate (not only diverged runs or search
+    # trials, whose notes say so; --per-class rows have no note).
+    fillable = [r for r in rows if not hasattr(r, "note") or ("not evaluated" in r.note and "search trials" not in r.note)]
+    if not any(r.n for r in rows) and fillable:
         console.print(f"note: no run below {runs_dir} is evaluated on {split}: `sedaug evaluate RUN_DIR... --split "
                       f"{split}` scores them", markup=False, highlight=False)
 

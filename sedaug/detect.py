@@ -243,6 +243,7 @@ def find_recordings(paths: Iterable[Path], fail: Callable[[Path, str], None]) ->
     """The files to score, in the order given (a folder's files sorted); a missing path or a second recording
     with the same name is a failure."""
     recordings: dict[str, Recording] = {}
+    seen: set[Path] = set()  # a file given twice (alone and in its folder, or two folders of one tree): scored once
     for given in map(Path, paths):
         if given.is_dir():
             found = sorted(
@@ -257,8 +258,9 @@ def find_recordings(paths: Iterable[Path], fail: Callable[[Path, str], None]) ->
             fail(given, "no such file or folder")
             continue
         for recording in candidates:
-            if recording.name in recordings and recordings[recording.name].path.resolve() == recording.path.resolve():
-                continue  # the same file given twice (a file and its folder, say): scored once
+            if recording.path.resolve() in seen:
+                continue
+            seen.add(recording.path.resolve())
             if recording.name in recordings:
                 fail(recording.path, f"same name {recording.name} as {recordings[recording.name].path}: not scored")
             else:

@@ -410,6 +410,8 @@ def validate_recipe(raw: Any, where: str = "recipe", overridden: frozenset[str] 
     """`raw` as a Recipe; a UserError, one line per problem, naming `where` or the `--set` key (`overridden`)."""
     if not isinstance(raw, dict):
         raise UserError(f"{where}: a recipe is a YAML mapping, got {type(raw).__name__}")
+    if "recipes" in raw and "name" not in raw:  # each of its keys would be "not a key of a recipe"
+        raise UserError(f"{where} is a sweep file, not a recipe: run it with `sedaug sweep {where}`")
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:

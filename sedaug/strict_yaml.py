@@ -136,4 +136,5 @@ def blamed_override(key: str, overridden) -> str | None:
 def nearest(name: str, known: list[str]) -> str | None:
     """The key of `known` a typo `name` most likely meant (`epoch` -> epochs, `grace` -> grace_epochs), if any."""
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-    return close[0] if close else next((k for k in known if name and k.startswith(name)), None)
+    starting = [k for k in known if k.startswith(name)] if len(name) >= 3 else []  # `s` would mean anything
+    return close[0] if close else starting[0] if len(starting) == 1 else None

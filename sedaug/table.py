@@ -26,7 +26,6 @@ from sedaug.files import read_jsonl
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
 from sedaug.rundir import RunDir, best_epoch, enclosing_run, read_diverged, trained_on
-from sedaug.strict_yaml import diff_keys
 from sedaug.sweep import in_search, selected_settings
 from sedaug.table_ci import (
     BootstrapSettings,
@@ -115,10 +114,8 @@ class _Run:
 
     @property
     def copy_key(self) -> tuple:
-        """Equal for two copies of one run (seed included), wherever their store is found."""
-        dump = self.recipe.model_dump(mode="json")
-        dump.pop("paper_row", None), dump["data"].pop("features")
-        return self.row, json.dumps(dump, sort_keys=True)
+        """Equal for two copies of one run: a row's runs train one setting (`_split_by_settings`), a seed once."""
+        return self.row, self.recipe.seed
 
 
 def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> list[_Run]:
@@ -167,23 +164,33 @@ def _split_by_settings(runs: list[_Run], runs_dir: Path) -> list[_Run]:
         groups.setdefault(run.row, []).append(run)
     named, differs = {}, {}
     for name, group in groups.items():
-        settings = {r.path: _settings(r.recipe) for r in group}
-        first = settings[group[0].path]
-        keys = list(dict.fromkeys(k for s in settings.values() for k in diff_keys(first, s)))
+        settings = {r.path: _flat(_settings(r.recipe)) for r in group}
+        keys = list(dict.fromkeys(k for s in settings.values() for k in s if any(s.get(k) != o.get(k)
+                                                                                 for o in settings.values())))
         if not keys:
             continue
         by_setting: dict[str, list[_Run]] = {}
         for run in group:
-            by_setting.setdefault(", ".join(f"{k}={_said(_at(settings[run.path], k))}" for k in keys), []).append(run)
-        folders = {label: _folder(members, runs_dir) for label, members in by_setting.items()}
-        by_folder = max(map(len, by_setting)) > LABEL_WIDTH and all(folders.values()) and len(
+            by_setting.setdefault(json.dumps([settings[run.path].get(k) for k in keys]), []).append(run)
+        labels = {key: ", ".join(f"{k}={_said(v)}" for k, v in zip(keys, json.loads(key), strict=True))
+                  for key in by_setting}
+        folders = {key: _folder(members, runs_dir) for key, members in by_setting.items()}
+        by_folder = max(map(len, labels.values())) > LABEL_WIDTH and all(folders.values()) and len(
             set(folders.values())) == len(folders)
-        for label, members in by_setting.items():
+        for key, members in by_setting.items():
             for run in members:
-                named[run.path] = f"{name} [{folders[label] if by_folder else label}]"
+                named[run.path] = f"{name} [{folders[key] if by_folder else labels[key]}]"
                 differs[run.path] = keys if by_folder else []
     return [dataclasses.replace(r, row=named.get(r.path, r.row), differs=tuple(differs.get(r.path, ())))
             for r in runs]
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"optim.lr": 0.001, ...}: a section present in one run only (consistency) is its keys, not one mapping."""
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def _folder(runs: list[_Run], runs_dir: Path) -> str:
@@ -193,16 +200,12 @@ def _folder(runs: list[_Run], runs_dir: Path) -> str:
     return (Path(top.name) / common.relative_to(top)).as_posix() if common.is_relative_to(top) else ""
 
 
-def _at(tree: dict, key: str):
-    for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
 def _said(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(map(_said, value)) + "]"
-    return DASH if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):  # short where that is exact: 0.001, not 0.0010000000000000000208
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    return DASH if value is None else str(value)
 
 
 def _trial_row(run_dir: Path, name: str) -> str:
@@ -226,7 +229,7 @@ def _unfinished(run_dir: Path, recipe: Recipe, epochs: list[dict]) -> bool:
 
 def _check_seeds_once(runs: list[_Run]) -> None:
     """A row averages distinct runs: a copy of one (the same recipe and seed: copied, trained into two --runs
-    folders, two ensembles of one recipe) would count twice. (One seed of other settings is the note's.)"""
+    folders, two ensembles of one recipe) would count twice."""
     seen: dict[tuple, Path] = {}
     for run in runs:
         if run.copy_key in seen:
@@ -308,8 +311,9 @@ def left_out(runs_dir: Path, split: str) -> list[Path]:
 def _order(row: str) -> tuple[int, tuple]:
     """Table 1's order, by the row's recipe name (`none [optim.epochs=3]` is a `none` row)."""
     name = row.split(" [")[0]
-    # by value: epochs=3 before epochs=200, sigma=0.05 before 0.2 (the parts alternate text, number)
-    natural = tuple(float(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)", row)))
+    # by value: epochs=3 before epochs=200, sigma=0.05 before 0.2, -0.5 before 0.1 (parts alternate text, number)
+    number = r"((?:(?<=[=\[ ,])-)?\d+(?:\.\d+)?(?:e[+-]?\d+)?)"  # a minus after =, [, space or comma: a sign
+    natural = tuple(float(p) if i % 2 else p for i, p in enumerate(re.split(number, row)))
     return (TABLE1_ORDER.index(name) if name in TABLE1_ORDER else len(TABLE1_ORDER), natural)
 
 
@@ -328,11 +332,13 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _settings(recipe: Recipe) -> dict:
-    """What must agree between the seeds of one row, what trains the model: not its paths, seed or eval batch size,
-    nor its consistency settings where no augmentation makes a consistency loss."""
-    used = {"augmentation", "regularization", "model", "optim"} | ({"consistency"} if recipe.augmentation.type != "none"
-                                                                   else set())
-    return recipe.model_dump(mode="json", include=used)
+    """What must agree between the seeds of one row, what trains and scores the model: not its name, seed, row label,
+    store path or eval batch size, nor its consistency settings where no augmentation makes a consistency loss."""
+    dump = recipe.model_dump(mode="json", exclude={"name", "seed", "paper_row"})
+    dump["data"].pop("features"), dump["eval"].pop("batch_size")
+    if recipe.augmentation.type == "none":
+        dump.pop("consistency")
+    return dump
 
 
 def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
@@ -352,8 +358,6 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated")
     if runs[0].differs:
         notes.append(f"settings differ from the other {recipe.name} rows at {', '.join(runs[0].differs)}")
-    if len({r.recipe.seed for r in runs}) < len(runs):
-        notes.append("a seed found twice (with other data or eval settings)")
     if stale := sum(r.stale for r in runs):
         notes.append(f"{stale} of {len(evaluated)} evaluations out of date (a run trained since, or an ensemble's "
                      "member gone): evaluate again")
@@ -481,10 +485,11 @@ def _features(run: _Run) -> Path:
 def _reference(compare: str | None, rows: list[Row]) -> str | None:
     names = [r.recipe for r in rows if r.n]
     if compare is None:
-        if split := [n for n in names if n.startswith("baseline [")]:  # _split_by_settings: which one is not ours to say
+        split = [n for n in names if n.startswith("baseline [")]  # _split_by_settings: the evaluated ones
+        if len(split) > 1:  # which one is not ours to say
             raise UserError(f"the baseline runs train {len(split)} settings ({', '.join(split)}): name the reference "
                             "row with --compare ROW, or --no-compare")
-        return "baseline" if "baseline" in names else None
+        return "baseline" if "baseline" in names else split[0] if split else None
     if compare == NO_COMPARISON:
         return None
     if compare not in names:

@@ -311,6 +311,18 @@ def test_unreadable_files_are_reported_and_the_others_scored(run, tmp_path):
     assert list(detections.columns) == EVENT_COLUMNS and set(detections.filename) <= {"a.wav", "c.ogg"}
 
 
+def test_a_file_given_twice_is_scored_once_under_its_first_name(tmp_path):
+    from sedaug.detect import find_recordings
+
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for path in (tmp_path / "d" / "a.wav", tmp_path / "d" / "sub" / "b.wav"):
+        write_tone(path, 1.0, 16000, 1, seed=1)
+    failed = []
+    found = find_recordings([tmp_path / "d", tmp_path / "d" / "sub" / "b.wav", tmp_path / "d" / "sub"],
+                            lambda path, reason: failed.append(reason))
+    assert [r.name for r in found] == ["a.wav", "sub/b.wav"] and failed == []
+
+
 def test_user_errors(run, tmp_path):
     write_tone(tmp_path / "a.wav", 2.0, 16000, 1, seed=5)
     with pytest.raises(UserError, match="threshold"):

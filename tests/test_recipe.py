@@ -115,6 +115,13 @@ def test_unknown_keys_and_wrong_types_are_all_reported(tmp_path):
     assert all(line.startswith(str(path)) for line in lines)
 
 
+def test_a_sweep_file_given_as_a_recipe_is_said_so():
+    from conftest import one_line_error, run
+
+    sweep = Path(__file__).parents[1] / "sweeps" / "demo.yaml"
+    one_line_error(run("train", sweep), f"{sweep} is a sweep file, not a recipe: run it with `sedaug sweep {sweep}`")
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("opitm.lr=0.1", "--set opitm: not a key of a recipe (did you mean optim?)"),
     ("augmentation.epsilom=1", "--set augmentation.epsilom: not a key of a vat augmentation (did you mean "

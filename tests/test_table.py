@@ -6,6 +6,7 @@ To accept a deliberate change of format: SEDAUG_UPDATE_GOLDEN=1 pytest tests/tes
 """
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -56,8 +57,11 @@ def test_a_diverged_run_is_named_as_such_and_a_copy_in_progress_is_not_a_run(run
     assert [r.recipe for r in build_table(runs).rows if r.recipe.startswith("mixup")] == [
         "mixup_latent [optim.lr=0.001]", "mixup_latent [optim.lr=0.01]"]
     (copy / "recipe.yaml").write_text(mine + "eval: {batch_size: 7}\n")  # the same model scored in other batches
-    assert {r.recipe: r for r in build_table(runs).rows}["mixup_latent"].note.endswith(
-        "a seed found twice (with other data or eval settings)")
+    with pytest.raises(UserError, match="mixup_latent seed 0 twice"):
+        build_table(runs)
+    for other in ("data: {batch_size: 8}", "eval: {threshold: 0.3}"):  # what trains it, what scores it: other rows
+        (copy / "recipe.yaml").write_text(mine + other + "\n")
+        assert len([r for r in build_table(runs).rows if r.recipe.startswith("mixup_latent [")]) == 2, other
     (copy / "recipe.yaml").write_text(mine.replace("\nseed: 0\n", "\nseed: 1\n"))
     (copy / "diverged.json").write_text(json.dumps({"epoch": 1, "step": 5}))
     rows = {r.recipe: r for r in build_table(runs).rows}
@@ -84,11 +88,28 @@ def test_runs_of_one_name_with_other_settings_are_rows_of_their_own(runs):
     assert per_class[1:3] == ["baseline [optim.epochs=3]", "baseline [optim.epochs=200]"]
     one_line_error(run("table", runs, "--ci", "95"), "the baseline runs train 2 settings (baseline [optim.epochs=3], "
                    "baseline [optim.epochs=200]): name the reference row with --compare ROW, or --no-compare")
+    from sedaug.table import _reference
+
+    evaluated = [dataclasses.replace(r, n=0) if r.recipe == "baseline [optim.epochs=3]" else r
+                 for r in build_table(runs).rows]  # the short run still training, say: one reference left
+    assert _reference(None, evaluated) == "baseline [optim.epochs=200]"
     text = run("table", runs, "--format", "markdown").stdout
     assert "| baseline [optim.epochs=3] |" in text and "| baseline [optim.epochs=200] |" in text
     for args in ((), ("--per-class",)):  # the terminal's: the brackets are text, not rich markup
         text = run("table", runs, *args).stdout
         assert "baseline [optim.epochs=3]" in text and "baseline [optim.epochs=200]" in text, args
+    # Values close enough to print alike stay apart; a section one run lacks is named by its keys.
+    lr, kept = [0.0012345649, 0.0012345612], {p: p.read_text() for p in runs.glob("baseline/seed*/recipe.yaml")}
+    for seed, value in zip((runs / "baseline" / "seed0", seed1), lr, strict=True):
+        (seed / "recipe.yaml").write_text(load_recipe(seed / "recipe.yaml").model_copy(update={"optim": load_recipe(
+            seed / "recipe.yaml").optim.model_copy(update={"lr": value, "epochs": 200})}).model_dump_json())
+    assert [r.recipe for r in build_table(runs).rows if r.recipe.startswith("baseline")] == [
+        f"baseline [optim.lr={v!r}]" for v in sorted(lr)]
+    (seed1 / "recipe.yaml").write_text("name: baseline\nseed: 1\noptim: {epochs: 3}\n")  # no augmentation
+    names = [r.recipe for r in build_table(runs).rows if r.recipe.startswith("baseline")]
+    assert len(names) == 2 and "consistency.weight=" in names[0] and "{" not in "".join(names)
+    for path, text in kept.items():
+        path.write_text(text)
     # Many values differ: rows named by their folders, where those tell them apart; the note says what differs.
     (seed1 / "recipe.yaml").write_text((seed1 / "recipe.yaml").read_text().replace(
         "optim: {epochs: 3}", "optim: {epochs: 3, lr: 0.01, rampup_epochs: 1}\nmodel: {rnn_hidden: 64}"))

@@ -193,17 +193,12 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
             _search(loaded, out, plan, view, searched, per_trial)
         except (Interrupted, TuneStopped):  # what is done so far, in selection.tsv as a finished search writes it
             with contextlib.suppress(Exception, KeyboardInterrupt):
-                write_selection(out, search_records(loaded, out), {})
+                _select(loaded, out)
             raise
         search_s = time.monotonic() - start
-        records = search_records(loaded, out)
-        chosen = winners(records)
-        unsettled = [r for r in records if r.status not in SETTLED]
+        records, chosen, unsettled, short, ready = _select(loaded, out)
         planned = {name: optuna_trials(loaded, name) if sweep.algorithm.type == "optuna" else
                    sum(t["recipe"] == name for t in searched.trials) for name in loaded.bases}
-        short = budget_short(loaded, out, records)
-        ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled) and n not in short}
-        write_selection(out, records, ready)  # a row still searching has no winner yet
         lost = without_winner(records, chosen, planned)
         final_runs = _final(loaded, out, plan, view, ready, per_trial, notes, set(lost))
     problems = []
@@ -252,6 +247,18 @@ def store_problem(loaded: LoadedSweep, overrides: list[str]) -> str | None:
             given = any(item.partition("=")[0] == "data.features" for item in overrides)
             return f"{'--set data.features' if given else loaded.path}: {name}'s data.features: {err}"
     return next(filter(None, (no_step_settings(loaded, name) for name in loaded.bases)), None)
+
+
+def _select(loaded: LoadedSweep, out: Path):
+    """The search's trials on disk, each row's best, the unsettled trials, the rows short of their budget, and the
+    winners of the rows whose search has finished (a row still searching has none yet), written to selection.tsv."""
+    records = search_records(loaded, out)
+    chosen = winners(records)
+    unsettled = [r for r in records if r.status not in SETTLED]
+    short = budget_short(loaded, out, records)
+    ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled) and n not in short}
+    write_selection(out, records, ready)
+    return records, chosen, unsettled, short, ready
 
 
 def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, overrides: list[str] = ()):
