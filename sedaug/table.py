@@ -165,8 +165,8 @@ def _split_by_settings(runs: list[_Run], runs_dir: Path) -> list[_Run]:
     named, differs = {}, {}
     for name, group in groups.items():
         settings = {r.path: _flat(_settings(r.recipe)) for r in group}
-        keys = list(dict.fromkeys(k for s in settings.values() for k in s if any(s.get(k) != o.get(k)
-                                                                                 for o in settings.values())))
+        every = dict.fromkeys(k for s in settings.values() for k in s)
+        keys = [k for k in every if len({json.dumps(s.get(k)) for s in settings.values()}) > 1]
         if not keys:
             continue
         by_setting: dict[str, list[_Run]] = {}
@@ -203,7 +203,7 @@ def _folder(runs: list[_Run], runs_dir: Path) -> str:
 def _said(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(map(_said, value)) + "]"
-    if isinstance(value, float):  # short where that is exact: 0.001, not 0.0010000000000000000208
+    if isinstance(value, float):  # 1 and 1e-05, not 1.0 and 1e-05; all digits where 6 would merge two lrs
         return f"{value:g}" if float(f"{value:g}") == value else repr(value)
     return DASH if value is None else str(value)
 
