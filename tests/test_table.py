@@ -350,11 +350,17 @@ def test_rows_means_and_flags(runs):
     assert (rows["none"].location, rows["none"].consistency) == ("—", "—")
 
 
-def test_plot_of_a_table_without_intervals(runs, tmp_path):
+def test_plot_of_a_table_without_intervals(runs, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
     from sedaug.evaluation.plots import plot_table
 
     plot_table(build_table(runs, paper=True), tmp_path / "t.png")  # seeds' std, a row not evaluated, one seed
     assert (tmp_path / "t.png").stat().st_size > 10_000
+    titles, suptitle = [], Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, **kw: titles.append(text) or suptitle(self, text, **kw))
+    plot_table(dataclasses.replace(build_table(runs), checkpoint="last"), tmp_path / "t.png")
+    assert titles == ["runs on eval at last.pt"]  # which checkpoint the figure shows, as the table's caption says
 
 
 def test_rich_styles(runs):

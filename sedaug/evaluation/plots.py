@@ -123,7 +123,7 @@ def plot_table(table, path: Path) -> None:
     if any(r.cells[m].paper is not None for r in rows for m in table.metrics):
         handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="tab:orange", mew=1.5, label="the paper"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
-    fig.suptitle(f"{table.runs_dir} on {table.split}")
+    fig.suptitle(f"{table.runs_dir} on {table.split}" + (f" at {table.checkpoint}.pt" if table.checkpoint else ""))
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lower().lstrip(".") or "png", dpi=100,  # PLOT_SUFFIXES (cli)
                     metadata={"Title": TABLE_PLOT_TITLE})
