@@ -1,5 +1,5 @@
 """Runs -> the paper's Table 1 (docs/architecture.md, "Table 1"; docs/reporting.md): one row per recipe name, seeds
-averaged. The text formats are `table_render.py`'s.
+averaged (a name's runs of other settings are rows of their own: `_split_by_settings`). The text formats are `table_render.py`'s.
 
 Every metric is "higher is better". A cell is the mean over the evaluated seeds ± their sample standard deviation
 (n - 1; no ± for one seed). Bold: the best mean of its column (as printed, so a reader never sees 0.545 bold and
