@@ -364,3 +364,19 @@ def test_train_tells_the_step_configuration_how_long_the_run_is(tiny, tmp_path, 
     monkeypatch.setattr(sedaug.train, "build_training", lambda *a, steps: seen.append(steps) or real(*a, steps=steps))
     train(tiny(REPO / "recipes" / "none.yaml", "optim.epochs=3"), tmp_path / "run", progress=False)
     assert seen == [_metrics(tmp_path / "run")[-1]["step"]]  # 3 epochs' steps
+
+
+def test_train_curves_draw_an_f1_of_zero_over_the_axis_not_under_it(tmp_path, monkeypatch):
+    """A short run's synthetic_valid F1 is 0 in every epoch: its line lies on the x axis, where a clipped line is
+    half hidden by the axis."""
+    from matplotlib.axes import Axes
+
+    from sedaug.watch import plot_train_curves
+
+    drawn, real = [], Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: drawn.append((list(a[1]), k)) or real(self, *a, **k))
+    rows = [{"epoch": e, "loss_total": 1.0 / e, "loss_class": 0.9 / e, "loss_const": 0.01, "lr": 1e-3, "weight": 2.0,
+             "valid_f1": 0.0} for e in (1, 2, 3)]
+    plot_train_curves(rows, tmp_path / "curves.png")
+    [f1] = [k for y, k in drawn if y == [0.0, 0.0, 0.0]]
+    assert f1.get("clip_on") is False and (tmp_path / "curves.png").stat().st_size > 10_000
