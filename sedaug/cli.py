@@ -392,7 +392,7 @@ def table(
     suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
     said = suffixes.get(out.suffix.lower()) if out is not None else None
     if format is not None and said is not None and format is not said:  # LaTeX in a .csv: a reader would be misled
-        other = {Format.markdown: ".md", Format.latex: ".tex", Format.csv: ".csv"}.get(format)
+        other = next((suffix for suffix, named in suffixes.items() if named is format), None)
         raise UserError(f"--out {out} is a {out.suffix} file, and --format {format.value} writes no {out.suffix}: "
                         + (f"name the file {other}, " if other else "") + "or leave out --format")
     if format is None:  # a file gets text, not a terminal's escape codes
@@ -437,10 +437,7 @@ def table(
 
 
 def _none_evaluated(rows, runs_dir: Path, split: str) -> None:
-    # A table of empty rows: say how to fill it, where a row has runs to evaluate (not only diverged runs or search
-    # trials, whose notes say so; --per-class rows have no note).
-    fillable = [r for r in rows if not hasattr(r, "note") or ("not evaluated" in r.note and "search trials" not in r.note)]
-    if not any(r.n for r in rows) and fillable:
+    if not any(r.n for r in rows) and any(r.to_evaluate for r in rows):  # a table of empty rows: how to fill it
         console.print(f"note: no run below {runs_dir} is evaluated on {split}: `sedaug evaluate RUN_DIR... --split "
                       f"{split}` scores them", markup=False, highlight=False)
 

@@ -84,6 +84,7 @@ class Row:
     note: str
     paper_row: int | None = None
     checkpoint: str = ""  # what its seeds were evaluated at: best, last, "best, last" ("": not recorded)
+    to_evaluate: int = 0  # runs `sedaug evaluate` would score that are not evaluated yet
 
 
 @dataclass(frozen=True)
@@ -351,7 +352,7 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
     if diverged:
         notes.append(f"{diverged} of {len(runs)} runs diverged")
     if pending - diverged == len(runs):
-        trials = all(in_search(r.path) and r.path.parent.parent.parent.name == "search" for r in runs)
+        trials = all(map(_search_trial, runs))
         notes.append("not evaluated" + (" (search trials: their synthetic_valid scores are in selection.tsv)" if trials
                                         else ""))
     elif pending - diverged:
@@ -386,7 +387,18 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         note="; ".join(notes),
         paper_row=None if recipe.name.endswith("_ensemble") else recipe.paper_row,  # the paper's rows average seeds
         checkpoint=", ".join(sorted(_checkpoints(runs))),
+        to_evaluate=_to_evaluate(runs),
     )
+
+
+def _search_trial(run: _Run) -> bool:
+    return in_search(run.path) and run.path.parent.parent.parent.name == "search"  # search/<recipe>/<setting>/seed<k>
+
+
+def _to_evaluate(runs: list[_Run]) -> int:
+    """The runs `sedaug evaluate` would score that have no results yet: not diverged, no search trial (scored on
+    synthetic_valid while it trained)."""
+    return sum(r.results is None and not r.diverged and not _search_trial(r) for r in runs)
 
 
 def _checkpoints(runs: list[_Run]) -> set[str]:
@@ -516,22 +528,21 @@ class PerClassRow:
     n: int
     f1: dict[str, float | None]  # class -> event-based F1, seeds averaged (None: no reference event)
     psds1: dict[str, float | None]  # class -> PSDS1 of the class (sed_scores_eval)
+    to_evaluate: int = 0  # as Row's
 
 
 def per_class_rows(runs_dir: Path, split: str = "eval") -> list[PerClassRow]:
     """Each row's per-class event-based F1 and PSDS1 (results.json's `per_class` and `psds1_per_class`), averaged
     over its evaluated seeds: the numbers behind each run's per_class.png."""
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[_Run]] = {}
     for run in _find_runs(Path(runs_dir), split):
-        groups.setdefault(run.row, [])
-        if run.results is not None:
-            groups[run.row].append(run.results)
+        groups.setdefault(run.row, []).append(run)
     out = []
     for name in sorted(groups, key=_order):
-        evaluated = groups[name]
+        evaluated = [run.results for run in groups[name] if run.results is not None]
         f1 = {c: _mean_std([v for r in evaluated if (v := _value((r.get("per_class") or {}).get(c) or {}, "f1"))
                             is not None])[0] for c in CLASSES}
         psds1 = {c: _mean_std([v for r in evaluated if (v := _value(r.get("psds1_per_class") or {}, c)) is not None])[0]
                  for c in CLASSES}
-        out.append(PerClassRow(name, len(evaluated), f1, psds1))
+        out.append(PerClassRow(name, len(evaluated), f1, psds1, _to_evaluate(groups[name])))
     return out

@@ -338,11 +338,8 @@ class DryRun:
 
 def _duration(hours: float) -> str:
     """`7,720 h`, `62.7 h`, `12.5 min`, `4 s`: a tiny sweep's estimate in hours read 0.00194."""
-    for unit, per_hour in (("h", 1), ("min", 60), ("s", 3600)):
-        if hours >= 1 / per_hour or unit == "s":
-            value = hours * per_hour
-            return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
-    raise AssertionError
+    value, unit = (hours, "h") if hours >= 1 else (hours * 60, "min") if hours >= 1 / 60 else (hours * 3600, "s")
+    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
 
 
 def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
