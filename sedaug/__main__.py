@@ -1,3 +1,3 @@
-from sedaug.cli import main
+from sedaug import main
 
 main()

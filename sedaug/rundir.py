@@ -137,7 +137,7 @@ class RunDir:
         second writer is refused with the holder's pid instead of interleaving its files, and so is a reader
         (`reading`)."""
         key = self.root.resolve()
-        created = not self.root.exists()
+        created = [p for p in (self.root, *self.root.parents) if not p.exists()]  # runs/<name>/seed0 upwards
         self.root.mkdir(parents=True, exist_ok=True)
         lock_created = not (self.root / LOCK).exists()
         fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -154,13 +154,15 @@ class RunDir:
             try:
                 yield
             except BaseException:
-                if lock_created:  # a refusal (or failure) leaves no lock file, nor a folder it made and left empty
+                if lock_created:  # a refusal (or failure) leaves no lock file, nor the folders it made and left empty
                     (self.root / LOCK).unlink(missing_ok=True)
                 else:  # nor a byte changed in one that was there
                     os.ftruncate(fd, 0)
                     os.pwrite(fd, previous, 0)
-                if created and self.is_empty():
-                    self.root.rmdir()
+                for folder in created:
+                    if any(folder.iterdir()):
+                        break
+                    folder.rmdir()
                 raise
         finally:
             _HELD.discard(key)

@@ -272,6 +272,10 @@ def test_what_the_features_cannot_hold_or_dcase_counts_twice_is_a_warning(prepar
     ("weak", "Ybbbbbbbbbbb_30.000_40.000.wav Cat\n", "one field where the header has 2: the row's fields are separated "
      "by spaces, not tabs"),
     ("eval", f"{EVAL_CLIP} \t4.0\t5.0\tDog\n", f"the filename '{EVAL_CLIP} ' begins or ends with a space"),
+    ("eval", f"sub/{EVAL_CLIP}\t4.0\t5.0\tDog\n", f"the filename 'sub/{EVAL_CLIP}' holds a path: list the file's "
+     "name alone, with the file in the split's audio folder"),
+    ("eval", f"{EVAL_CLIP}\t4.0\t5.0\t\n", "an empty event label (an event needs one of: Alarm_bell_ringing, "),
+    ("weak", "Ybbbbbbbbbbb_30.000_40.000.wav\tCat,,Dog\n", "an empty event label"),
 ])
 def test_rows_that_would_be_misread_are_refused_naming_the_line(prepared, split, row, expected):
     layout, out = prepared

@@ -89,6 +89,13 @@ def test_divergence_before_any_checkpoint_says_nothing_was_saved(cli, tmp_path):
     assert not (tmp_path / "runs" / "none" / "seed0" / "checkpoints" / "last.pt").exists()
 
 
+def test_a_refused_run_leaves_no_folders_it_made(cli, tmp_path):
+    """A store too small for the batch was refused under the run's lock: seed0 went, runs/none stayed, empty."""
+    (tmp_path / "runs").mkdir()
+    one_line_error(cli("--set", "data.batch_size=4000"), "too few clips")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
 def test_a_diverged_run_is_a_result_the_table_and_evaluate_name(cli, tmp_path):
     from sedaug.table import build_table
 

@@ -97,6 +97,21 @@ def test_ctrl_c_outside_training_is_one_line_with_status_130(monkeypatch, tmp_pa
     assert result.output == "error: interrupted (sedaug writes each file whole, then renames it: nothing is half-written)\n"
 
 
+def test_ctrl_c_while_the_command_loads_is_one_line_with_status_130():
+    """A Ctrl-C in the first half second (importing sedaug.cli and its libraries) printed a traceback."""
+    loading = ("import sys\n"
+               "class Pressed:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name == 'sedaug.cli':\n"
+               "            raise KeyboardInterrupt\n"
+               "sys.meta_path.insert(0, Pressed())\n"
+               "import runpy\n"
+               "runpy.run_module('sedaug', run_name='__main__')\n")
+    out = subprocess.run([sys.executable, "-c", loading, "table", "."], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (130, "")
+    assert out.stderr == "error: interrupted before the command began: nothing was written\n"
+
+
 def test_recipe_with_unknown_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\noptim:\n  learning_rate: 0.1\n")

@@ -119,7 +119,8 @@ def test_corrupt_wav_is_an_error_naming_the_file(real_layout, tmp_path):
     corrupt.write_bytes(os.urandom(3000))
     with pytest.raises(UserError) as error:
         prepare_desed(real_layout.root, tmp_path, progress=False)
-    assert str(corrupt) in str(error.value) and "\n" not in str(error.value)
+    assert str(error.value).startswith(f"cannot decode {corrupt}: ") and "\n" not in str(error.value)
+    assert str(error.value).count(str(corrupt)) == 1  # soundfile's message repeats the path
     assert not (tmp_path / "manifest" / "prepare.json").exists()
 
 

@@ -382,7 +382,8 @@ def test_a_store_whose_entries_cannot_take_the_new_files_is_refused_before_anyth
 
 def test_a_prepared_tree_copied_moved_or_gone_is_said_before_extracting(tiny_desed, real_layout, tmp_path):
     """A synthetic tree copied with its manifest listed the original's audio (extracted silently from there); a tree
-    moved away from its prepared folder failed to decode its first clip, a corrupt file by the message."""
+    moved away from its prepared folder failed to decode its first clip, a corrupt file by the message. A store
+    extracted before stays usable, and says it was not checked (it said "up to date" alone)."""
     copy = shutil.copytree(tiny_desed, tmp_path / "copy")
     with pytest.raises(UserError, match=re.escape(f"{copy / 'manifest'} lists the audio of {tiny_desed.resolve()}, not "
                                                   "the audio beside it (the tree copied or moved?): run `sedaug "
@@ -391,7 +392,13 @@ def test_a_prepared_tree_copied_moved_or_gone_is_said_before_extracting(tiny_des
         extract_mels(copy, tmp_path / "f1", workers=1, progress=False)
     assert not (tmp_path / "f1").exists()
     prepare_desed(real_layout.root, tmp_path / "prepared", progress=False)
+    extract_mels(tmp_path / "prepared", tmp_path / "f0", workers=1, progress=False)
     real_layout.root.rename(tmp_path / "elsewhere")
+    kept = extract_mels(tmp_path / "prepared", tmp_path / "f0", workers=1, progress=False)  # its audio may go
+    assert kept.skipped and kept.summary().endswith(f"\nnote: not checked against its audio: the DESED tree "
+                                                    f"{real_layout.root} that `sedaug prepare-desed` read is gone "
+                                                    "(moved or deleted?): run `sedaug prepare-desed --root <where it "
+                                                    f"is> --out {tmp_path / 'prepared'}` again")
     with pytest.raises(UserError, match=re.escape(f"the DESED tree {real_layout.root} that `sedaug prepare-desed` read "
                                                   "is gone (moved or deleted?): run `sedaug prepare-desed --root <where "
                                                   f"it is> --out {tmp_path / 'prepared'}` again")):

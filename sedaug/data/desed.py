@@ -291,11 +291,16 @@ def _read_headers(root: Path, present: dict[str, list[str]], progress: bool) -> 
     return clips
 
 
+def undecodable(path: Path, err: BaseException) -> UserError:
+    """A file soundfile could not read, said once (its message repeats the path)."""
+    return UserError(f"cannot decode {path}: {one_line(err).removeprefix(f'Error opening {str(path)!r}: ')}")
+
+
 def _read_header(path: Path) -> _Clip:
     try:
         info = sf.info(str(path))
     except (RuntimeError, OSError) as err:
-        raise UserError(f"cannot decode {path}: {one_line(err)}") from err
+        raise undecodable(path, err) from err
     if info.frames <= 0 or info.samplerate <= 0:
         raise UserError(f"cannot decode {path}: it holds no audio samples")
     try:
@@ -344,7 +349,7 @@ def _check_finite(path: Path) -> None:
                     )
                 start += len(block)
     except (RuntimeError, OSError) as err:
-        raise UserError(f"cannot decode {path}: {one_line(err)}") from err
+        raise undecodable(path, err) from err
 
 
 def _manifest_table(

@@ -32,7 +32,14 @@ import soundfile as sf
 import torch
 
 from sedaug import __version__
-from sedaug.data.desed import check_unchanged, content_hash, load_events, load_manifest, manifest_hash
+from sedaug.data.desed import (
+    check_unchanged,
+    content_hash,
+    load_events,
+    load_manifest,
+    manifest_hash,
+    undecodable,
+)
 from sedaug.data.grid import PARAMS, check_sample_rate
 from sedaug.data.mel import clip_mels, log_mel, mel_problems, resample
 from sedaug.data.store import (
@@ -48,7 +55,7 @@ from sedaug.data.store import (
     table_hashes,
 )
 from sedaug.device import parse_device
-from sedaug.errors import UserError, listed, one_line
+from sedaug.errors import UserError, listed
 from sedaug.files import named_as, remove_stale_temporaries, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
@@ -63,6 +70,7 @@ class ExtractReport:
     seconds: float
     skipped: bool
     device: str
+    unchecked: str | None = None  # why an up-to-date store could not be checked against its audio
 
     @property
     def clips_per_second(self) -> float:
@@ -71,7 +79,8 @@ class ExtractReport:
     def summary(self) -> str:
         sizes = ", ".join(f"{name} {n:,}" for name, n in self.split_sizes.items())
         if self.skipped:
-            return f"mel features already up to date in {self.out}: {sizes}"
+            return f"mel features already up to date in {self.out}: {sizes}" + (
+                f"\nnote: not checked against its audio: {self.unchecked}" if self.unchecked else "")
         return (
             f"mel features of {self.n_clips:,} clips written to {self.out} in {self.seconds:.1f} s "
             f"({self.clips_per_second:.0f} clips/s on {self.device}): {sizes}"
@@ -108,7 +117,7 @@ def extract_mels(
     current = recorded is not None and all(recorded.get(key) == value for key, value in settings.items())
     if current and is_complete(out):
         sizes = {name: recorded["splits"][name] for name in FEATURE_SPLITS}
-        return ExtractReport(out, sizes, 0, time.perf_counter() - start, True, str(device))
+        return ExtractReport(out, sizes, 0, time.perf_counter() - start, True, str(device), unchecked=gone)
 
     if gone is not None:
         raise UserError(gone)
@@ -369,7 +378,7 @@ def load_clip(
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as err:
-        raise UserError(f"cannot decode {path}: {one_line(err)}") from err
+        raise undecodable(path, err) from err
     try:
         check_sample_rate(rate)
     except ValueError as err:

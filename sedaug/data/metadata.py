@@ -75,6 +75,9 @@ def read_metadata(path: Path, kind: LabelKind) -> MetadataTables:
     for line, filename in zip(table["line"], table["filename"], strict=True):
         if filename != filename.strip():
             raise UserError(f"{path}:{line}: the filename {filename!r} begins or ends with a space: remove it")
+        if "/" in filename or "\\" in filename:  # DESED lists bare names; a path would be looked up as missing
+            raise UserError(f"{path}:{line}: the filename {filename!r} holds a path: list the file's name alone, "
+                            "with the file in the split's audio folder")
         lines.setdefault(filename, int(line))
     filenames = list(lines)
     if kind == "weak":
@@ -243,5 +246,7 @@ def fit_events(
 
 def _check_labels(path: Path, line: int, labels: list[str]) -> None:
     for label in labels:
+        if not label:
+            raise UserError(f"{path}:{line}: an empty event label (an event needs one of: {', '.join(CLASSES)})")
         if label not in CLASSES:
             raise UserError(f"{path}:{line}: unknown class {label!r} (DESED classes: {', '.join(CLASSES)})")
