@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 VAT_TEST = "test_vat_direction_on_cuda_is_the_fixed_mask_curvature"
 BF16_TEST = "test_a_bf16_step_is_finite_and_close_to_the_float32_step"
 VAT_BLOCKS_TEST = "test_compiled_vat_at_cnn_blocks_on_cuda_is_the_fixed_mask_curvature"  # [config], compiled only
@@ -30,7 +31,12 @@ def read_tests(paths: list[Path]) -> dict:
         if not path.exists():
             missing.append(path.name)
             continue
-        for case in ET.parse(path).getroot().iter("testcase"):
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError:  # written half when its pytest was killed
+            missing.append(f"{path.name} (unreadable)")
+            continue
+        for case in root.iter("testcase"):
             outcome, message = "passed", ""
             for child in case:
                 if child.tag in ("failure", "error", "skipped"):
@@ -50,26 +56,36 @@ def read_stages(path: Path | None) -> list[dict]:
     return [{"stage": name, "exit": int(status), "seconds": int(seconds)} for name, status, seconds in rows]
 
 
-def config_verdicts(tests: dict, configs: dict) -> dict[str, str]:
-    """Per step configuration: "passed" when all its VAT tests (at input and latent, and for a compiled one at CNN
-    blocks where that test ran; for bf16 also every recipe's bf16 step; with CUDA graphs also a short run) passed;
-    "failed" when one failed; "not run" when some were skipped or did not run (none may then become the default)."""
+def required_tests(name: str, setting: dict, recipes: list[str]) -> list[str]:
+    """The CUDA tests configuration `name` must pass to become the default: VAT's direction at input and latent; a
+    compiled one also VAT at CNN blocks; a bf16 one every recipe's bf16 step; CUDA graphs also a short run through
+    `train`."""
+    required = [f"{VAT_TEST}[{name}-input]", f"{VAT_TEST}[{name}-latent]"]
+    if setting["compile"]:
+        required.append(f"{VAT_BLOCKS_TEST}[{name}]")
+    if setting["bf16"]:
+        required += [f"{BF16_TEST}[{recipe}]" for recipe in recipes]
+    if setting["compile"] == "reduce-overhead":
+        required.append(GRAPHS_TEST)
+    return required
+
+
+def recipe_names() -> list[str]:
+    """The recipes the bf16 step test runs (tests/test_cuda.py's RECIPES), by name."""
+    recipes = REPO / "recipes"
+    return [p.stem for p in (*sorted(recipes.glob("*.yaml")), *sorted(recipes.glob("*/*.yaml")))]
+
+
+def config_verdicts(tests: dict, configs: dict, recipes: list[str]) -> dict[str, str]:
+    """Per step configuration: "passed" when every test it requires (`required_tests`) passed; "failed" when one
+    failed or erred; else "not run (k of n tests)", skipped or cut by a time limit: none may then be the default."""
     verdicts = {}
     for name, setting in configs.items():
-        mine = {k: c for k, c in tests["cases"].items()
-                if k.startswith(VAT_TEST + "[") and k[len(VAT_TEST) + 1 : -1].rsplit("-", 1)[0] == name}
-        blocks = f"{VAT_BLOCKS_TEST}[{name}]"
-        if mine and blocks in tests["cases"]:
-            mine[blocks] = tests["cases"][blocks]
-        bf16 = {k: c for k, c in tests["cases"].items() if k.startswith(BF16_TEST + "[")}
-        if setting["bf16"] and not bf16:  # the bf16 step tests did not run (their pytest run cut short)
-            mine = {}
-        mine.update(bf16 if setting["bf16"] else {})
-        if mine and setting["compile"] == "reduce-overhead":
-            mine[GRAPHS_TEST] = tests["cases"].get(GRAPHS_TEST, {"outcome": "skipped"})  # did not run: not proven
-        outcomes = {c["outcome"] for c in mine.values()}
-        verdicts[name] = ("not run" if not mine or "skipped" in outcomes and outcomes <= {"skipped", "passed"} else
-                          "passed" if outcomes == {"passed"} else "failed")
+        required = required_tests(name, setting, recipes)
+        outcomes = [tests["cases"].get(test, {}).get("outcome", "not run") for test in required]
+        ran = sum(outcome != "not run" and outcome != "skipped" for outcome in outcomes)
+        verdicts[name] = ("failed" if {"failed", "error"} & set(outcomes) else
+                          "passed" if set(outcomes) == {"passed"} else f"not run ({ran} of {len(required)} tests ran)")
     return verdicts
 
 
@@ -84,7 +100,8 @@ def speed_summary(speed: dict) -> dict[str, dict]:
     for config in configs:
         times = [r["step_s"] for r in rows if r["config"] == config and r["family"] in families]
         if times:
-            out[config] = {"geomean_step_s": math.exp(sum(map(math.log, times)) / len(times)), "families": len(times)}
+            out[config] = {"geomean_step_s": math.exp(sum(map(math.log, times)) / len(times)),
+                           "families": sorted(families)}
     if "eager" in out:
         for v in out.values():
             v["speedup_vs_eager"] = out["eager"]["geomean_step_s"] / v["geomean_step_s"]
@@ -92,16 +109,24 @@ def speed_summary(speed: dict) -> dict[str, dict]:
 
 
 def decide(verdicts: dict, summary: dict, speed: dict, packing: dict) -> dict:
+    """CUDA's default step configuration and the trials per GPU, each with what it was decided on (a stage cut at
+    its time limit decides on what it measured, and says so)."""
+    from benchmarks.packing import best_n
+
     failed = {r["config"] for r in speed.get("rows", []) if "error" in r or not r.get("finite", True)}
     eligible = [c for c in summary if verdicts.get(c) == "passed" and c not in failed]
     best = min(eligible, key=lambda c: summary[c]["geomean_step_s"]) if eligible else None
-    n = packing.get("best_n")
+    families = sorted(next(iter(summary.values()), {}).get("families", []))
+    rows = packing.get("rows", [])
+    n = best_n(rows)
     return {"cuda_default_config": best,
             "change": f'sedaug/device.py: CUDA_AUTO = CONFIGS["{best}"]' if best else None,
-            "why": "the fastest configuration whose CUDA tests passed and that ran every family" if best else
-                   "no configuration passed its CUDA tests and ran every family: keep the conservative default",
+            "why": f"the fastest configuration whose CUDA tests passed, over {', '.join(families)} (the families "
+                   "every configuration ran without an error)" if best else
+                   "no configuration passed its CUDA tests and ran without an error: keep the conservative default",
             "best_trials_per_gpu": n, "resources_gpus": round(1 / n, 4) if n else None,
-            "best_trials_per_gpu_mps": packing.get("best_n_mps")}
+            "packing_recipes": sorted({r["recipe"] for r in rows if "steps_per_s" in r and r["n"] == 1}),
+            "best_trials_per_gpu_mps": best_n(rows, mps=True)}
 
 
 def machine() -> dict:
@@ -136,7 +161,8 @@ def markdown(report: dict) -> str:
              f"- CUDA default step configuration: **{d['cuda_default_config']}** ({d['why']})"
              + (f": `{d['change']}`" if d.get("change") else ""),
              f"- trials per GPU: **{d['best_trials_per_gpu']}** -> sweeps/table1.yaml `resources.gpus: "
-             f"{d['resources_gpus']}`; with MPS: {d['best_trials_per_gpu_mps']}", "",
+             f"{d['resources_gpus']}` (measured for {', '.join(d['packing_recipes']) or 'no recipe'}); with MPS: "
+             f"{d['best_trials_per_gpu_mps']}", "",
              "## Stages", "",
              *(f"- {s['stage']}: exit {s['exit']}{' (its time limit)' if s['exit'] in (124, 137) else ''}, "
                f"{s['seconds']} s" for s in report.get("stages", [])), "",
@@ -192,11 +218,16 @@ def main(argv: list[str] | None = None) -> dict:
     from sedaug.device import CONFIGS
 
     def load(path: Path) -> dict:
-        return json.loads(path.read_text()) if path.exists() else {"error": f"{path.name} missing"}
+        try:
+            return json.loads(path.read_text())
+        except OSError:
+            return {"error": f"{path.name} missing"}
+        except ValueError:  # its writer killed mid-write
+            return {"error": f"{path.name} unreadable"}
 
     tests, speed, packing = read_tests(args.tests), load(args.speed), load(args.packing)
     configs = {name: {**asdict(setting), "tf32": setting.tf32, "bf16": setting.bf16} for name, setting in CONFIGS.items()}
-    verdicts = config_verdicts(tests, configs)
+    verdicts = config_verdicts(tests, configs, recipe_names())
     summary = speed_summary(speed)
     report = {"date": args.date, "machine": machine(), "dry_run": speed.get("dry_run"), "stages": read_stages(args.stages),
               "configs": configs, "tests": tests, "config_verdicts": verdicts, "speed_summary": summary,

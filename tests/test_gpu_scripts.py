@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,18 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_one_json_and_one_markdown
     [report], [table] = tmp_path.glob("gpu_check-*.json"), tmp_path.glob("gpu_check-*.md")
     raw = sorted(p.name for p in (tmp_path / report.stem).iterdir())  # each stage's results, kept beside the report
     assert raw == ["packing.json", "speed.json", "stages.tsv", "tests-others.xml", "tests-vat.xml"]
+    # The two test runs (at once) hold every CUDA test, each once.
+    ran = [{c.get("name") for c in ET.parse(tmp_path / report.stem / xml).getroot().iter("testcase")}
+           for xml in ("tests-vat.xml", "tests-others.xml")]
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p",
+                                "no:cacheprovider", str(REPO / "tests" / "test_cuda.py")], cwd=REPO,
+                               capture_output=True, text=True, timeout=300).stdout
+    cuda_tests = {line.split("::", 1)[1] for line in collected.splitlines() if "::" in line}
+    assert not ran[0] & ran[1] and ran[0] | ran[1] == cuda_tests and len(cuda_tests) >= 40
     report = json.loads(report.read_text())
-    assert [(s["stage"], s["exit"]) for s in report["stages"]] == [
-        ("cuda tests: VAT", 0), ("cuda tests: the others", 0), ("packing", 0), ("step speed", 0)], done.stdout
+    stages = [(s["stage"], s["exit"]) for s in report["stages"]]
+    assert sorted(stages[:2]) == [("cuda tests: VAT", 0), ("cuda tests: the others", 0)], done.stdout
+    assert stages[2:] == [("step speed", 0), ("packing", 0)], done.stdout
     tests = report["tests"]
     assert tests["skipped"] >= 12 and tests["passed"] == tests["failed"] == tests["errors"] == 0  # no GPU: all skip
     rows = report["packing"]["rows"]
@@ -50,6 +60,17 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_one_json_and_one_markdown
     assert report["decisions"]["best_trials_per_gpu"] in (1, 2)
     text = table.read_text()
     assert "| vat_latent | 2 | False |" in text and "| vat_latent | compile-reduce-overhead |" in text
+
+
+def test_no_test_starts_after_its_stage_deadline_and_pytest_ends_writing_its_xml(tmp_path):
+    """gpu_check.sh's SIGINT cannot end a test inside `train` (it takes it as its own Ctrl-C, and pytest went on into
+    the SIGKILL, writing no JUnit XML): the stage's deadline ends pytest before that (tests/conftest.py)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "stage_cut or best_packing", "--junitxml", str(tmp_path / "t.xml")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "SEDAUG_TESTS_DEADLINE": "1"})
+    assert "Interrupted: SEDAUG_TESTS_DEADLINE passed" in done.stdout, done.stdout
+    [case] = ET.parse(tmp_path / "t.xml").getroot().iter("testcase")  # the first skipped, the second not begun
+    assert case.find("skipped").get("message") == "not run: SEDAUG_TESTS_DEADLINE passed (its stage's time limit)"
 
 
 CONFIGS = {"eager": {"bf16": False, "compile": None}, "bf16": {"bf16": True, "compile": None},
@@ -72,36 +93,51 @@ def test_a_stage_cut_at_its_time_limit_is_in_the_report(tmp_path):
     assert "- packing: exit 124 (its time limit), 175 s" in (tmp_path / "r.md").read_text()
 
 
-def test_a_configuration_passes_only_when_all_its_tests_did():
+RECIPES = ["none", "vat_latent"]
+
+
+def test_a_configuration_passes_only_when_every_test_it_requires_did():
+    bf16 = gpu_report.BF16_TEST
     tests = {"cases": {
         f"{VAT}[eager-input]": case("passed"), f"{VAT}[eager-latent]": case("passed"),
         f"{VAT}[bf16-input]": case("passed"), f"{VAT}[bf16-latent]": case("passed"),
-        f"{gpu_report.BF16_TEST}[vat_latent]": case("failed"),  # a bf16 configuration needs every recipe's bf16 step
+        f"{bf16}[none]": case("passed"), f"{bf16}[vat_latent]": case("failed"),  # every recipe's bf16 step
         f"{VAT}[compile-input]": case("passed"), f"{VAT}[compile-latent]": case("skipped"),
     }}
-    assert gpu_report.config_verdicts(tests, CONFIGS) == {"eager": "passed", "bf16": "failed", "compile": "not run"}
-    del tests["cases"][f"{gpu_report.BF16_TEST}[vat_latent]"]  # the bf16 steps' pytest run cut short
-    assert gpu_report.config_verdicts(tests, CONFIGS)["bf16"] == "not run"
-    tests["cases"][f"{VAT}[compile-latent]"] = case("passed")
-    assert gpu_report.config_verdicts(tests, CONFIGS)["compile"] == "passed"
-    tests["cases"][f"{gpu_report.VAT_BLOCKS_TEST}[compile]"] = case("failed")  # VAT at CNN blocks, compiled
-    assert gpu_report.config_verdicts(tests, CONFIGS)["compile"] == "failed"
+    assert gpu_report.config_verdicts(tests, CONFIGS, RECIPES) == {
+        "eager": "passed", "bf16": "failed", "compile": "not run (1 of 3 tests ran)"}
+    del tests["cases"][f"{bf16}[vat_latent]"]  # the bf16 steps' pytest run cut short after the first recipe
+    assert gpu_report.config_verdicts(tests, CONFIGS, RECIPES)["bf16"] == "not run (3 of 4 tests ran)"
+    tests["cases"][f"{bf16}[vat_latent]"] = case("passed")
+    assert gpu_report.config_verdicts(tests, CONFIGS, RECIPES)["bf16"] == "passed"
+    tests["cases"][f"{VAT}[compile-latent]"] = case("passed")  # VAT at CNN blocks did not run: not proven
+    assert gpu_report.config_verdicts(tests, CONFIGS, RECIPES)["compile"] == "not run (2 of 3 tests ran)"
+    tests["cases"][f"{gpu_report.VAT_BLOCKS_TEST}[compile]"] = case("failed")
+    assert gpu_report.config_verdicts(tests, CONFIGS, RECIPES)["compile"] == "failed"
     tests["cases"][f"{gpu_report.VAT_BLOCKS_TEST}[compile]"] = case("passed")
-    tests["cases"][f"{VAT}[compile-latent]"] = case("failed")
-    assert gpu_report.config_verdicts(tests, CONFIGS)["compile"] == "failed"
-    assert gpu_report.config_verdicts({"cases": {}}, CONFIGS) == dict.fromkeys(CONFIGS, "not run")
-    blocks_only = {"cases": {f"{gpu_report.VAT_BLOCKS_TEST}[compile]": case("passed")}}
-    assert gpu_report.config_verdicts(blocks_only, CONFIGS)["compile"] == "not run"  # its VAT tests did not run
+    assert gpu_report.config_verdicts(tests, CONFIGS, RECIPES)["compile"] == "passed"
+    tests["cases"][f"{VAT}[compile-latent]"] = case("error")
+    assert gpu_report.config_verdicts(tests, CONFIGS, RECIPES)["compile"] == "failed"
+    assert gpu_report.config_verdicts({"cases": {}}, CONFIGS, RECIPES) == {
+        "eager": "not run (0 of 2 tests ran)", "bf16": "not run (0 of 4 tests ran)",
+        "compile": "not run (0 of 3 tests ran)"}
+
+
+def test_the_report_requires_the_bf16_step_of_each_recipe_the_cuda_tests_run():
+    from test_cuda import RECIPES as run
+
+    assert gpu_report.recipe_names() == [p.stem for p in run] and len(run) == 24
 
 
 def test_cuda_graphs_pass_only_with_a_short_run_through_train():
     graphs = {"graphs": {"bf16": False, "compile": "reduce-overhead"}}
-    tests = {"cases": {f"{VAT}[graphs-input]": case("passed"), f"{VAT}[graphs-latent]": case("passed")}}
-    assert gpu_report.config_verdicts(tests, graphs) == {"graphs": "not run"}  # the run did not run
+    tests = {"cases": {f"{VAT}[graphs-input]": case("passed"), f"{VAT}[graphs-latent]": case("passed"),
+                       f"{gpu_report.VAT_BLOCKS_TEST}[graphs]": case("passed")}}
+    assert gpu_report.config_verdicts(tests, graphs, RECIPES) == {"graphs": "not run (3 of 4 tests ran)"}
     tests["cases"][gpu_report.GRAPHS_TEST] = case("failed")
-    assert gpu_report.config_verdicts(tests, graphs) == {"graphs": "failed"}
+    assert gpu_report.config_verdicts(tests, graphs, RECIPES) == {"graphs": "failed"}
     tests["cases"][gpu_report.GRAPHS_TEST] = case("passed")
-    assert gpu_report.config_verdicts(tests, graphs) == {"graphs": "passed"}
+    assert gpu_report.config_verdicts(tests, graphs, RECIPES) == {"graphs": "passed"}
 
 
 def test_the_default_is_the_fastest_configuration_that_passed():
@@ -116,9 +152,14 @@ def test_the_default_is_the_fastest_configuration_that_passed():
     summary = gpu_report.speed_summary(speed)
     assert summary["compile"]["speedup_vs_eager"] == pytest.approx(2.0)  # sqrt(0.04 * 0.09) / sqrt(0.02 * 0.045)
     verdicts = {"eager": "passed", "bf16": "failed", "compile": "passed"}
-    decided = gpu_report.decide(verdicts, summary, speed, {"best_n": 4})
+    # The packing decided from its rows (a stage cut before packing.json's own decision was written keeps them).
+    packed = {"rows": [{"recipe": "baseline", "n": n, "mps": False, "steps_per_s": rate}
+                       for n, rate in ((1, 10), (2, 18), (4, 30))] + [{"recipe": "vat_latent", "n": 1, "error": "..."}]}
+    decided = gpu_report.decide(verdicts, summary, speed, packed)
     assert decided["cuda_default_config"] == "compile" and decided["resources_gpus"] == 0.25
     assert decided["change"] == 'sedaug/device.py: CUDA_AUTO = CONFIGS["compile"]'
+    assert decided["why"].startswith("the fastest configuration whose CUDA tests passed, over baseline, vat_latent ")
+    assert decided["packing_recipes"] == ["baseline"]  # said beside the decision
     speed["rows"].append({"family": "none", "config": "compile", "error": "RuntimeError: ..."})
     assert gpu_report.decide(verdicts, summary, speed, {})["cuda_default_config"] == "eager"
     assert gpu_report.decide({}, summary, speed, {})["cuda_default_config"] is None
