@@ -25,7 +25,8 @@ GRAPHS_TEST = "test_a_short_run_with_cuda_graphs_trains_and_validates"  # requir
 
 def read_tests(paths: list[Path]) -> dict:
     """Counts and each test's outcome ("passed", "failed", "error", "skipped") with its message, over pytest's
-    JUnit XML files; a missing file (pytest cut short by its time limit) is named under "missing"."""
+    JUnit XML files; a missing file (pytest cut short by its time limit) is named under "missing". A test ended by
+    its stage's SIGINT counts as skipped."""
     cases, missing = {}, []
     for path in paths:
         if not path.exists():
@@ -42,6 +43,8 @@ def read_tests(paths: list[Path]) -> dict:
                 if child.tag in ("failure", "error", "skipped"):
                     outcome = {"failure": "failed"}.get(child.tag, child.tag)
                     message = (child.get("message") or "")[:400]
+                    if any(cut in message for cut in ("sedaug.errors.Interrupted", "KeyboardInterrupt")):
+                        outcome = "skipped"  # its stage's SIGINT, inside `train`: cut, not failed
             cases[case.get("name")] = {"outcome": outcome, "message": message}
     counts = {key: sum(c["outcome"] == outcome for c in cases.values())
               for key, outcome in (("passed", "passed"), ("failed", "failed"), ("errors", "error"), ("skipped", "skipped"))}

@@ -93,6 +93,23 @@ def test_a_stage_cut_at_its_time_limit_is_in_the_report(tmp_path):
     assert "- packing: exit 124 (its time limit), 175 s" in (tmp_path / "r.md").read_text()
 
 
+def test_a_test_cut_inside_train_and_half_written_results_count_as_not_run(tmp_path):
+    (tmp_path / "t.xml").write_text(
+        '<testsuites><testsuite><testcase name="a"/>'
+        '<testcase name="b"><failure message="sedaug.errors.Interrupted: interrupted again: stopped at once"/></testcase>'
+        '<testcase name="c"><failure message="AssertionError: cos 0.2"/></testcase></testsuite></testsuites>')
+    (tmp_path / "cut.xml").write_text("<testsuites><testsuite><testcase name")  # killed mid-write
+    tests = gpu_report.read_tests([tmp_path / "t.xml", tmp_path / "cut.xml", tmp_path / "absent.xml"])
+    assert {name: c["outcome"] for name, c in tests["cases"].items()} == {"a": "passed", "b": "skipped", "c": "failed"}
+    assert tests["missing"] == ["cut.xml (unreadable)", "absent.xml"]
+    (tmp_path / "p.json").write_text('{"rows": [')
+    report = gpu_report.main(["--tests", str(tmp_path / "t.xml"), "--speed", str(tmp_path / "s.json"), "--packing",
+                              str(tmp_path / "p.json"), "--json", str(tmp_path / "r.json"), "--markdown",
+                              str(tmp_path / "r.md")])
+    assert report["packing"] == {"error": "p.json unreadable"} and report["speed"] == {"error": "s.json missing"}
+    assert report["decisions"]["best_trials_per_gpu"] is None
+
+
 RECIPES = ["none", "vat_latent"]
 
 
