@@ -519,10 +519,16 @@ def main() -> None:
     except typer.TyperException as e:  # click's usage errors (an unknown option, a missing argument): one line
         ctx = getattr(e, "ctx", None)
         command = ctx.command_path if ctx is not None else _command_in(sys.argv)
+        suggestion = None
         if ctx is not None and getattr(e, "possibilities", None):  # not a hidden option (train's --out)
+            from sedaug.strict_yaml import nearest
+
             hidden = {opt for param in ctx.command.params if getattr(param, "hidden", False) for opt in param.opts}
-            e.possibilities = [o for o in e.possibilities if o not in hidden]
+            # click's suggestions are loose (`--bogus`: --runs): a close one only, said as for recipe keys
+            suggestion = nearest(e.option_name, [o for o in e.possibilities if o not in hidden])
+            e.possibilities = []
         message = e.format_message() if hasattr(e, "format_message") else str(e)
+        message += f" (did you mean {suggestion}?)" if suggestion else ""
         print(f"error: {command}: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
         raise SystemExit(getattr(e, "exit_code", 2)) from None
     try:

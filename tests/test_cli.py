@@ -50,7 +50,8 @@ def test_python_dash_m_is_the_same_program():
     (["frob"], "error: sedaug: No such command 'frob'. (see sedaug --help)"),
     (["table", "--split", "foo"], "error: sedaug table: Invalid value for '--split': "),
     (["evaluate", "runs/x", "--bogus"], "error: sedaug evaluate: No such option: --bogus"),
-    (["train", "r.yaml", "--bogus"], "error: sedaug train: No such option: --bogus (Possible options: --runs) "),
+    (["train", "r.yaml", "--bogus"], "error: sedaug train: No such option: --bogus (see sedaug train --help)"),
+    (["train", "r.yaml", "--resum"], "error: sedaug train: No such option: --resum (did you mean --resume?) (see "),
     (["train", "r.yaml", "--set"], "error: sedaug train: Option '--set' requires an argument. (see sedaug train --help)"),
     (["extract-mels", "--out"], "error: sedaug extract-mels: Option '--out' requires an argument. (see sedaug "
                                 "extract-mels --help)"),
@@ -135,6 +136,10 @@ def test_missing_feature_store(tmp_path):
 def test_wrong_desed_root(tmp_path):
     (tmp_path / "audio").mkdir()
     one_line_error(run("prepare-desed", "--root", tmp_path, "--out", tmp_path / "out"), "has no audio/train/weak")
+    (tmp_path / "audio" / "train").mkdir()
+    (tmp_path / "audio" / "train" / "weak").symlink_to(tmp_path / "unmounted" / "weak")  # a disk not mounted
+    one_line_error(run("prepare-desed", "--root", tmp_path, "--out", tmp_path / "out"),
+                   f"error: {tmp_path}/audio/train/weak is a link to {tmp_path}/unmounted/weak, which is not there")
 
 
 def test_prepare_desed_out_a_file_is_refused_before_reading_anything(real_layout, tmp_path):
