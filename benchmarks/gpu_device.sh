@@ -24,7 +24,10 @@ fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The image's pytest plugins (cov, xdist, hypothesis, ...) load with every pytest; sedaug's tests use none of them.
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-"$PY" - <<'EOF'
+# dcase_util's and sed_scores_eval's regexes, uncompiled (--no-compile), warn at each import: noise in the log.
+export PYTHONWARNINGS=ignore::SyntaxWarning
+mkdir -p "$OUT"
+"$PY" - 2>&1 <<'EOF' | tee "$OUT/gpu_check.log"
 import importlib, sys
 names = ["numpy", "pandas", "torch", "torchaudio", "pydantic", "typer", "click", "rich", "yaml", "soundfile", "scipy",
          "matplotlib", "pkg_resources", "sed_eval", "psds_eval", "sed_scores_eval.intersection_based", "pytest",
@@ -55,5 +58,4 @@ print(f"[gpu-device] for torch.compile: triton {triton_version}, C compiler {com
 EOF
 "$PY" -m pytest --collect-only -q -m cuda tests/test_cuda.py -p no:cacheprovider >/dev/null || {
   echo "error: pytest cannot collect tests/test_cuda.py here (run it without -q to see why)" >&2; exit 1; }
-mkdir -p "$OUT"
-PYTHON=$PY PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+PYTHON=$PY PYTHONUNBUFFERED=1 bash benchmarks/gpu_check.sh --out "$OUT" "$@" 2>&1 | tee -a "$OUT/gpu_check.log"

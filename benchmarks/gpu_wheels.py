@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 # What sedaug, its tests and its evaluation libraries import that the image lacks (or holds at an unusable version:
 # numpy >= 2.4, pandas 3; click and typer where CliRunner's result.stderr needs click >= 8.2).
 # setuptools for pkg_resources (dcase_util imports it; setuptools 82 has none), typing-extensions for pydantic.
+# Taken from the image as it is (its package list, docs/speed.md): rich, pyyaml, annotated-doc and shellingham
+# (typer), six (sed_eval, sed_scores_eval), lazy-loader (librosa); gpu_device.sh names any that goes missing.
 CARRY = ["numpy", "pandas", "pytz", "tzdata", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
          "typing-extensions", "soundfile", "cffi", "pycparser", "psds-eval", "sed-eval", "sed-scores-eval", "dcase-util",
          "future", "validators", "lazy-dataset", "librosa", "click", "typer", "setuptools"]
