@@ -24,8 +24,8 @@ fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The image's pytest plugins (cov, xdist, hypothesis, ...) load with every pytest; sedaug's tests use none of them.
 export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-# dcase_util's and sed_scores_eval's regexes, uncompiled (--no-compile), warn at each import: noise in the log.
-export PYTHONWARNINGS=ignore::SyntaxWarning
+# Noise in the log: dcase_util's and sed_scores_eval's regexes, uncompiled (--no-compile), and dcase_util's pkg_resources.
+export PYTHONWARNINGS="ignore::SyntaxWarning,ignore:pkg_resources is deprecated:UserWarning"
 mkdir -p "$OUT"
 "$PY" - 2>&1 <<'EOF' | tee "$OUT/gpu_check.log"
 import importlib, sys

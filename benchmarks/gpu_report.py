@@ -176,7 +176,7 @@ def markdown(report: dict) -> str:
                  f"skipped {t.get('skipped', 0)}")
     lines += [f"- {name}: {c['outcome']}: {c['message']}" for name, c in t["cases"].items()
               if c["outcome"] in ("failed", "error")]
-    lines += ["", "| configuration | VAT/bf16 tests | step time vs eager (geometric mean) |", "|---|---|---|"]
+    lines += ["", "| configuration | the CUDA tests it requires | step time vs eager (geometric mean) |", "|---|---|---|"]
     for name, verdict in report["config_verdicts"].items():
         speedup = report["speed_summary"].get(name, {}).get("speedup_vs_eager")
         lines.append(f"| {name} | {verdict} | {'' if speedup is None else f'{speedup:.2f}x'} |")
