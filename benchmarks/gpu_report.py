@@ -152,6 +152,13 @@ def machine() -> dict:
     return info
 
 
+def measured_on(speed: dict) -> dict:
+    """The GPU the figures come from: speed.json's, where it ran on one (a report made again elsewhere from a cut
+    call's results names that GPU, not this machine), else this machine."""
+    recorded = speed.get("machine") or {}
+    return {**recorded, "source": "speed.json"} if recorded.get("gpu") else machine()
+
+
 def _gib(x) -> str:
     return "" if x is None else f"{x / 2**30:.2f}"
 
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     configs = {name: {**asdict(setting), "tf32": setting.tf32, "bf16": setting.bf16} for name, setting in CONFIGS.items()}
     verdicts = config_verdicts(tests, configs, recipe_names())
     summary = speed_summary(speed)
-    report = {"date": args.date, "machine": machine(), "dry_run": speed.get("dry_run"), "stages": read_stages(args.stages),
+    report = {"date": args.date, "machine": measured_on(speed), "dry_run": speed.get("dry_run"), "stages": read_stages(args.stages),
               "configs": configs, "tests": tests, "config_verdicts": verdicts, "speed_summary": summary,
               "speed": speed, "packing": packing, "decisions": decide(verdicts, summary, speed, packing)}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,14 @@ def test_a_test_cut_inside_train_and_half_written_results_count_as_not_run(tmp_p
                               str(tmp_path / "p.json"), "--json", str(tmp_path / "r.json"), "--markdown",
                               str(tmp_path / "r.md")])
     assert report["packing"] == {"error": "p.json unreadable"} and report["speed"] == {"error": "s.json missing"}
+    assert report["machine"]["gpu"] is None  # this machine's, without speed.json
+    h100 = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "cuda": "13.0", "device": "cuda"}
+    (tmp_path / "s.json").write_text(json.dumps({"machine": h100, "rows": []}))
+    report = gpu_report.main(["--tests", str(tmp_path / "t.xml"), "--speed", str(tmp_path / "s.json"), "--packing",
+                              str(tmp_path / "p.json"), "--json", str(tmp_path / "r.json"), "--markdown",
+                              str(tmp_path / "r.md")])
+    assert report["machine"] == {**h100, "source": "speed.json"}  # made again here from a device call's results
+    assert (tmp_path / "r.md").read_text().startswith("# GPU check: NVIDIA H100 80GB HBM3")
     assert report["decisions"]["best_trials_per_gpu"] is None
 
 
