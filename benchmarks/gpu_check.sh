@@ -4,25 +4,39 @@
 # report under benchmarks/results/ (benchmarks/gpu_report.py) with what they decide. Under 9 minutes on one H100 or
 # H200: each stage has a time limit, and a stage cut short keeps what it measured.
 #
-#   benchmarks/gpu_check.sh [--out DIR] [--dry-run] [--features DIR]
+#   benchmarks/gpu_check.sh [--out DIR] [--dry-run] [--features DIR] [--stages LIST] [--limits T,S,P]
 #     --out       where the report goes (default benchmarks/results)
 #     --dry-run   every stage on the CPU with tiny sizes (make test runs it, so that this script does not rot)
 #     --features  a tiny feature store to start from (default: one generated here)
+#     --stages    which of tests,speed,packing to run (default all): a second device call finishes what a first
+#                 one's limits cut, and gpu_report merges the two calls' results
+#     --limits    the stages' time limits in seconds (default 240,90,130 on a GPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=benchmarks/results
 DRY=0
 FEATURES=
+STAGES=tests,speed,packing
+LIMITS=
+usage="usage: benchmarks/gpu_check.sh [--out DIR] [--dry-run] [--features DIR] [--stages tests,speed,packing] [--limits T,S,P]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
     --dry-run) DRY=1; shift ;;
     --features) FEATURES=$2; shift 2 ;;
-    *) echo "error: unknown argument $1 (usage: benchmarks/gpu_check.sh [--out DIR] [--dry-run] [--features DIR])" >&2
-       exit 1 ;;
+    --stages) STAGES=$2; shift 2 ;;
+    --limits) LIMITS=$2; shift 2 ;;
+    *) echo "error: unknown argument $1 ($usage)" >&2; exit 1 ;;
   esac
 done
+for s in ${STAGES//,/ }; do
+  case "$s" in tests|speed|packing) ;; *) echo "error: --stages: unknown stage $s ($usage)" >&2; exit 1 ;; esac
+done
+if [ -n "$LIMITS" ] && ! [[ "$LIMITS" =~ ^[0-9]+,[0-9]+,[0-9]+$ ]]; then
+  echo "error: --limits $LIMITS: expected three numbers of seconds, tests,speed,packing ($usage)" >&2; exit 1
+fi
+runs() { [[ ",$STAGES," == *",$1,"* ]]; }  # runs STAGE: whether --stages holds it
 WORK=$(mktemp -d)
 # An MPS daemon that packing.py could not quit (killed at its limit) is told to here.
 trap 'if [ -d "$WORK/mps/mps-pipe" ] && command -v nvidia-cuda-mps-control >/dev/null; then
@@ -42,17 +56,22 @@ if [ "$DRY" = 1 ]; then
   PACKING=(--packing 1,2 --recipes vat_latent)
   SPEED=(--families vat_latent)
   TEST_LIMIT=240 SPEED_LIMIT=300 PACK_LIMIT=300
+  [ -z "$LIMITS" ] || IFS=, read -r TEST_LIMIT SPEED_LIMIT PACK_LIMIT <<< "$LIMITS"
+  SPEED_BUDGET=$SPEED_LIMIT PACK_BUDGET=$PACK_LIMIT
 else
   "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" || {
     echo "error: no CUDA GPU here (benchmarks/gpu_check.sh --dry-run runs every stage on the CPU)" >&2; exit 1; }
   DEVICE=(--device cuda)
-  PACKING=(--packing 1,2,4,8 --budget-s 100)
-  SPEED=(--families baseline,vat_latent --budget-s 75)
   # Seconds: the limits (240 + 90 + 130 = 460 s) and the set-up stay under 9 minutes, and with gpu_device.sh's
-  # install under the device tool's 10 minutes a call.
+  # install under the device tool's 10 minutes a call. No measurement starts within the last 15 s (speed: one
+  # configuration) or 30 s (packing: one row of trials) of its stage.
   TEST_LIMIT=240 SPEED_LIMIT=90 PACK_LIMIT=130
+  [ -z "$LIMITS" ] || IFS=, read -r TEST_LIMIT SPEED_LIMIT PACK_LIMIT <<< "$LIMITS"
+  SPEED_BUDGET=$(( SPEED_LIMIT - 15 )) PACK_BUDGET=$(( PACK_LIMIT - 30 ))
+  PACKING=(--packing 1,2,4,8)
+  SPEED=(--families baseline,vat_latent)
 fi
-if [ -z "$FEATURES" ]; then
+if [ -z "$FEATURES" ] && { runs speed || runs packing; }; then
   "$PY" -c "import sys; from pathlib import Path; from benchmarks.__main__ import tiny_store; tiny_store(Path(sys.argv[1]))" "$WORK"
   FEATURES=$WORK/features16000_tiny
 fi
@@ -75,14 +94,16 @@ tests() {  # tests NAME XML SELECTION: one pytest run of the CUDA tests that pyt
   SEDAUG_TESTS_DEADLINE=$(( $(date +%s) + TEST_LIMIT - 20 )) stage "cuda tests: $1" timeout -s INT -k 15 \
     "$TEST_LIMIT" "$PY" -m pytest -m cuda tests/test_cuda.py -k "$3" -q -p no:cacheprovider --junitxml "$RAW/$2"
 }
-tests "VAT" tests-vat.xml vat_direction &
-tests "the others" tests-others.xml "not vat_direction" &
-wait
+if runs tests; then
+  tests "VAT" tests-vat.xml vat_direction &
+  tests "the others" tests-others.xml "not vat_direction" &
+  wait
+fi
 # Timed alone, one after the other: the step speed (it decides the default with the tests), then the packing.
-stage "step speed" timeout -k 10 "$SPEED_LIMIT" "$PY" -m benchmarks.gpu_speed "${DEVICE[@]}" "${SPEED[@]}" \
-  --features "$FEATURES" --json "$RAW/speed.json"
-stage "packing" timeout -k 10 "$PACK_LIMIT" "$PY" -m benchmarks.packing "${DEVICE[@]}" "${PACKING[@]}" \
-  --source "$FEATURES" --mps-dir "$WORK/mps" --json "$RAW/packing.json"
+runs speed && stage "step speed" timeout -k 10 "$SPEED_LIMIT" "$PY" -m benchmarks.gpu_speed "${DEVICE[@]}" \
+  "${SPEED[@]}" --budget-s "$SPEED_BUDGET" --features "$FEATURES" --json "$RAW/speed.json"
+runs packing && stage "packing" timeout -k 10 "$PACK_LIMIT" "$PY" -m benchmarks.packing "${DEVICE[@]}" \
+  "${PACKING[@]}" --budget-s "$PACK_BUDGET" --source "$FEATURES" --mps-dir "$WORK/mps" --json "$RAW/packing.json"
 "$PY" -m benchmarks.gpu_report --tests "$RAW/tests-vat.xml" "$RAW/tests-others.xml" --packing "$RAW/packing.json" \
   --speed "$RAW/speed.json" --stages "$RAW/stages.tsv" --date "$STAMP" --json "$OUT/gpu_check-$STAMP.json" \
   --markdown "$OUT/gpu_check-$STAMP.md"

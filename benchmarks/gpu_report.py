@@ -3,8 +3,8 @@
 CUDA's default step configuration (the fastest whose CUDA tests passed) and sweeps/table1.yaml's `resources.gpus`
 (1 / the best number of trials per GPU).
 
-    python -m benchmarks.gpu_report --tests T.xml --speed S.json --packing P.json [--stages stages.tsv] \
-        --json R.json --markdown R.md
+    python -m benchmarks.gpu_report --tests T.xml... --speed S.json... --packing P.json... [--stages stages.tsv] \
+        --json R.json --markdown R.md             # several files each: the results of several device calls
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ GRAPHS_TEST = "test_a_short_run_with_cuda_graphs_trains_and_validates"  # requir
 
 def read_tests(paths: list[Path]) -> dict:
     """Counts and each test's outcome ("passed", "failed", "error", "skipped") with its message, over pytest's
-    JUnit XML files; a missing file (pytest cut short by its time limit) is named under "missing". A test ended by
-    its stage's SIGINT counts as skipped."""
+    JUnit XML files (of one device call or more: a later file's outcome replaces an earlier one's, unless skipped);
+    a missing file (pytest cut short by its time limit) is named under "missing". A test ended by its stage's SIGINT
+    counts as skipped."""
     cases, missing = {}, []
     for path in paths:
         if not path.exists():
@@ -45,18 +46,51 @@ def read_tests(paths: list[Path]) -> dict:
                     message = (child.get("message") or "")[:400]
                     if any(cut in message for cut in ("sedaug.errors.Interrupted", "KeyboardInterrupt")):
                         outcome = "skipped"  # its stage's SIGINT, inside `train`: cut, not failed
-            cases[case.get("name")] = {"outcome": outcome, "message": message}
+            if outcome != "skipped" or case.get("name") not in cases:  # a later call's skip keeps an earlier result
+                cases[case.get("name")] = {"outcome": outcome, "message": message}
     counts = {key: sum(c["outcome"] == outcome for c in cases.values())
               for key, outcome in (("passed", "passed"), ("failed", "failed"), ("errors", "error"), ("skipped", "skipped"))}
     return {**counts, "missing": missing, "cases": cases}
 
 
-def read_stages(path: Path | None) -> list[dict]:
-    """gpu_check.sh's stages: name, exit status (124: cut at its time limit) and seconds, one tab-separated line each."""
-    if path is None or not path.exists():
-        return []
-    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+def read_stages(paths: list[Path]) -> list[dict]:
+    """gpu_check.sh's stages: name, exit status (124: cut at its time limit) and seconds, one tab-separated line each
+    (of each call)."""
+    rows = [line.split("\t") for path in paths if path.exists() for line in path.read_text().splitlines()
+            if line.strip()]
     return [{"stage": name, "exit": int(status), "seconds": int(seconds)} for name, status, seconds in rows]
+
+
+SPEED_KEY, PACKING_KEY = ("family", "config"), ("recipe", "n", "mps")  # what one row measures
+
+
+def load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except OSError:
+        return {"error": f"{path.name} missing"}
+    except ValueError:  # its writer killed mid-write
+        return {"error": f"{path.name} unreadable"}
+
+
+def merged(paths: list[Path], key: tuple[str, ...]) -> dict:
+    """One stage's results over device calls (a second call finishing what a first one's limits cut): the first
+    readable file's fields, with every file's rows, a later one's replacing an earlier one's of the same `key`, and
+    `not_measured` only what no file measured."""
+    results = [load(path) for path in paths]
+    readable = [r for r in results if "error" not in r]
+    if not readable:
+        return {"error": "; ".join(r["error"] for r in results)}
+    rows = {}
+    for result in readable:
+        rows.update({tuple(row.get(k) for k in key): row for row in result.get("rows", [])})
+    out = {**readable[0], "rows": list(rows.values())}
+    if len(paths) > 1:
+        out["not_measured"] = [m for r in readable for m in r.get("not_measured", [])
+                               if tuple(m.get(k) for k in key) not in rows]
+        out["merged_from"] = [path.name if "error" not in r else f"{path.name} ({r['error']})"
+                              for path, r in zip(paths, results, strict=True)]
+    return out
 
 
 def required_tests(name: str, setting: dict, recipes: list[str]) -> list[str]:
@@ -178,7 +212,7 @@ def markdown(report: dict) -> str:
                f"{s['seconds']} s" for s in report.get("stages", [])), "",
              "## CUDA tests (pytest -m cuda)", ""]
     if t["missing"]:
-        lines.append(f"- no results in {', '.join(t['missing'])}: pytest did not finish (its time limit?)")
+        lines.append(f"- no results in {', '.join(t['missing'])} (its stage not run, or its pytest killed)")
     lines.append(f"- passed {t.get('passed', 0)}, failed {t.get('failed', 0)}, errors {t.get('errors', 0)}, "
                  f"skipped {t.get('skipped', 0)}")
     lines += [f"- {name}: {c['outcome']}: {c['message']}" for name, c in t["cases"].items()
@@ -218,24 +252,16 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=Path, nargs="+", required=True, help="pytest's JUnit XML files")
-    parser.add_argument("--speed", type=Path, required=True)
-    parser.add_argument("--packing", type=Path, required=True)
-    parser.add_argument("--stages", type=Path, default=None, help="gpu_check.sh's stage exit statuses")
+    parser.add_argument("--speed", type=Path, nargs="+", required=True, help="gpu_speed.py's JSON, of one call or more")
+    parser.add_argument("--packing", type=Path, nargs="+", required=True, help="packing.py's JSON, of one call or more")
+    parser.add_argument("--stages", type=Path, nargs="*", default=[], help="gpu_check.sh's stage exit statuses")
     parser.add_argument("--date", default="")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--markdown", type=Path, required=True)
     args = parser.parse_args(argv)
     from sedaug.device import CONFIGS
 
-    def load(path: Path) -> dict:
-        try:
-            return json.loads(path.read_text())
-        except OSError:
-            return {"error": f"{path.name} missing"}
-        except ValueError:  # its writer killed mid-write
-            return {"error": f"{path.name} unreadable"}
-
-    tests, speed, packing = read_tests(args.tests), load(args.speed), load(args.packing)
+    tests, speed, packing = read_tests(args.tests), merged(args.speed, SPEED_KEY), merged(args.packing, PACKING_KEY)
     configs = {name: {**asdict(setting), "tf32": setting.tf32, "bf16": setting.bf16} for name, setting in CONFIGS.items()}
     verdicts = config_verdicts(tests, configs, recipe_names())
     summary = speed_summary(speed)

@@ -118,6 +118,52 @@ def test_a_test_cut_inside_train_and_half_written_results_count_as_not_run(tmp_p
     assert report["decisions"]["best_trials_per_gpu"] is None
 
 
+def test_a_second_device_call_finishes_what_the_first_ones_limits_cut(tmp_path):
+    """`gpu_check.sh --stages speed,packing` in a second call: the report merges both calls' results."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for call in (first, second):
+        call.mkdir()
+    (first / "t.xml").write_text('<testsuites><testsuite><testcase name="a"/><testcase name="b"><skipped message="'
+                                 'not run: SEDAUG_TESTS_DEADLINE passed"/></testcase></testsuite></testsuites>')
+    (second / "t.xml").write_text('<testsuites><testsuite><testcase name="a"><skipped message="not run"/></testcase>'
+                                  '<testcase name="b"/></testsuite></testsuites>')
+    row = {"finite": True, "step_s": 0.1, "clips_per_s": 240, "first_steps_s": 1.0, "peak_memory_bytes": None}
+    (first / "s.json").write_text(json.dumps({"rows": [{"family": "baseline", "config": "eager", **row}],
+                                              "not_measured": [{"family": "vat_latent", "config": "eager"}]}))
+    (second / "s.json").write_text(json.dumps({"rows": [{"family": "vat_latent", "config": "eager", **row}],
+                                               "not_measured": []}))
+    trial = {"trials_per_hour": 1.0, "gpu_utilisation": None, "peak_gpu_memory_bytes": None, "peak_rss_bytes": None}
+    packed = [{"recipe": "baseline", "n": n, "mps": False, "steps_per_s": rate, **trial}
+              for n, rate in ((1, 10), (2, 18))]
+    (first / "p.json").write_text(json.dumps({"rows": packed, "not_measured": [{"recipe": "baseline", "n": 4,
+                                                                                 "mps": False}]}))
+    (second / "p.json").write_text(json.dumps({"rows": [{"recipe": "baseline", "n": 4, "mps": False,
+                                                         "steps_per_s": 30, **trial}]}))
+    (first / "stages.tsv").write_text("step speed\t124\t90\n")
+    (second / "stages.tsv").write_text("step speed\t0\t40\n")
+    report = gpu_report.main(["--tests", str(first / "t.xml"), str(second / "t.xml"), "--speed", str(first / "s.json"),
+                              str(second / "s.json"), "--packing", str(first / "p.json"), str(second / "p.json"),
+                              "--stages", str(first / "stages.tsv"), str(second / "stages.tsv"), "--json",
+                              str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
+    assert {name: c["outcome"] for name, c in report["tests"]["cases"].items()} == {"a": "passed", "b": "passed"}
+    assert [(r["family"], r["config"]) for r in report["speed"]["rows"]] == [("baseline", "eager"),
+                                                                              ("vat_latent", "eager")]
+    assert report["speed"]["not_measured"] == [] and report["packing"]["not_measured"] == []
+    assert report["speed_summary"]["eager"]["families"] == ["baseline", "vat_latent"]
+    assert report["decisions"]["best_trials_per_gpu"] == 4
+    assert [s["exit"] for s in report["stages"]] == [124, 0]
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--stages", "tests,sped"], "error: --stages: unknown stage sped (usage: "),
+    (["--limits", "240,90"], "error: --limits 240,90: expected three numbers of seconds, tests,speed,packing (usage: "),
+])
+def test_the_check_refuses_an_unknown_stage_or_limits_at_once(args, error):
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", *args], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.startswith(error) and done.stderr.count("\n") == 1, done.stderr
+
+
 RECIPES = ["none", "vat_latent"]
 
 
