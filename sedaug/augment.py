@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sedaug import transforms
-from sedaug.device import full_float32, restore_rng, rng_state
+from sedaug.device import full_float32, restore_rng, rng_state, tf32_allowed
 from sedaug.model import BatchNorm2d, Perturb, Perturbation, Scaler
 from sedaug.recipe import (
     AdversarialAugmentation,
@@ -110,9 +110,9 @@ class SameDraws:
     network is a deterministic function of the perturbation, as VAT's power iteration needs.
 
     A replayed pass runs in float32 without TF32: a finite difference of a bf16 or TF32 network measures its
-    rounding (bf16's residual is as large as the ξ-step's effect), not its curvature. The reference pass's output is
-    not the replayed network's output at the same input (BatchNorm's own statistics against the recorded ones, and
-    autocast or TF32): VAT replays its reference prediction too (`vat_directions`)."""
+    rounding (bf16's residual is as large as the ξ-step's effect), not its curvature. `reduced` says whether the
+    reference pass ran in lower precision (autocast, TF32), in which case its output is not the replayed network's
+    output at the same input, and the reference prediction must be replayed too (`vat_directions`)."""
 
     def __init__(self, model: nn.Module, device: torch.device):
         self.model, self.device = model, device
@@ -121,11 +121,13 @@ class SameDraws:
         if len(others) != len(self.batchnorms):
             raise ValueError("SameDraws replays sedaug.model.BatchNorm2d only: another BatchNorm cannot record")
         self.rng: tuple | None = None
+        self.reduced = False
 
     @contextmanager
     def recording(self) -> Iterator[None]:
         """Wrap the reference pass."""
         self.rng = rng_state(self.device)
+        self.reduced = torch.is_autocast_enabled(self.device.type) or tf32_allowed(self.device)
         for bn in self.batchnorms:
             bn.record = True
         try:
@@ -227,12 +229,8 @@ def vat_directions(
             d[point] = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
         return aug.xi * _size(h, aug.epsilon_mode) * unit(d[point])
 
-    if same_draws is not None:
-        # The finite difference's reference is the replayed network's own output at d = 0. The clean pass's output
-        # is that network's only to rounding: its BatchNorm normalizes with the fused kernel's statistics, the replay
-        # with the recorded ones (a gap that grows with the batch), and bf16 or TF32 round it further; at ξ = 1e-3 the
-        # difference measured that rounding as much as the curvature (cos(VAT, H·d0) 0.26 for the tiny CRNN at batch
-        # 24, 0.86 for the full one: tests/test_cuda.py).
+    if same_draws is not None and same_draws.reduced:
+        # The reference pass ran in bf16 or TF32: the replayed float32 network's own output at d = 0 is the reference.
         with torch.no_grad(), same_draws.replaying():
             ref = tuple(y.float() for y in model(mel))
     for _ in range(aug.iterations):

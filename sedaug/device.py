@@ -141,3 +141,8 @@ def full_float32(device: torch.device) -> Iterator[None]:
     CPU's)."""
     with allow_tf32(False), torch.autocast(device.type, enabled=False):
         yield
+
+
+def tf32_allowed(device: torch.device) -> bool:
+    """Whether float32 convolutions or matmuls on `device` may round to TF32 now."""
+    return device.type == "cuda" and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)

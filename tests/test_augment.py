@@ -282,6 +282,27 @@ def test_same_draws_replays_masks_and_batch_statistics_exactly():
     assert not torch.allclose(model(x)[0], clean[0])  # an ordinary pass draws new masks: the check can fail
 
 
+def test_a_recording_batchnorm_is_torchs_batchnorm():
+    """Recording takes the statistics from the op that normalizes: the pass is nn.BatchNorm2d's, to the bit (its
+    output, gradients, running statistics and count), and a replay is it to float32 rounding."""
+    from sedaug.model import BatchNorm2d
+
+    torch.manual_seed(0)
+    x = (torch.randn(24, 8, 157, 32) * 0.5 + 3.0).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours, torchs = BatchNorm2d(8, eps=1e-3, momentum=0.99), torch.nn.BatchNorm2d(8, eps=1e-3, momentum=0.99)
+    torch.nn.init.uniform_(ours.weight, 0.5, 1.5)
+    torchs.load_state_dict(ours.state_dict())
+    ours.record = True
+    out, expected = ours(x), torchs(x)
+    assert torch.equal(out, expected)
+    grads = [torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), [x, bn.weight, bn.bias])
+             for y, bn in ((out, ours), (expected, torchs))]
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), torchs.state_dict().values(), strict=True))
+    ours.record, ours.replay = False, True
+    torch.testing.assert_close(ours(x), out, rtol=0, atol=2e-6)
+
+
 def test_vat_under_mean_teacher_probes_the_student_and_perturbs_the_teacher():
     torch.manual_seed(0)
     student, teacher = Spy(CRNN(TINY).train()), Spy(CRNN(TINY).train().requires_grad_(False))

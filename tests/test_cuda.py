@@ -201,10 +201,10 @@ def test_the_fixed_mask_reference_on_cpu(locations):
 
 @pytest.mark.parametrize("locations", [["input"], ["cnn", "rnn"]], ids=["input", "latent"])
 def test_vat_at_the_training_batch_and_clip_length_on_cpu(locations):
-    """A training batch (24 clips of 628 frames), the tiny CRNN: the clean pass's BatchNorm normalizes with its fused
-    kernel's statistics, a replay with the recorded ones, and their rounding gap grows with the batch. VAT took the
-    clean output as the finite difference's reference: its direction had cos 0.26 with H·d0 here, 0.86 on the full
-    CRNN (at batch 2, 0.9999: what the tests had checked)."""
+    """A training batch (24 clips of 628 frames), the tiny CRNN. The replay normalized with statistics summed apart
+    from the clean pass's BatchNorm kernel (var_mean), a rounding gap that grows with the batch, and VAT's finite
+    difference measured it: cos 0.26 with H·d0 here, 0.86 on the full CRNN (at batch 2, 0.9999: what the tests had
+    checked). The recorded statistics are now the kernel's own."""
     check_vat("eager", locations, torch.device("cpu"), ModelConfig(**TINY_CRNN, rnn_layers=1, init="pytorch"),
               (24, 628, 128))
 

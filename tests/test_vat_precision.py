@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import SMALL, Spy, per_clip_cosine
 
+from sedaug import augment
 from sedaug.augment import SameDraws, vat_directions
 from sedaug.data.batches import Batch
 from sedaug.device import COMPILE_AFTER_STEPS, CONFIGS, CUDA_AUTO, StepConfig, resolve_step_config
@@ -41,7 +42,7 @@ def tf32_round(t: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def emulated_tf32(monkeypatch):
     """Convolutions round their float32 inputs and weights to TF32 while cuDNN's allow_tf32 is on (its default),
-    as cuDNN does on a GPU."""
+    as cuDNN does on a GPU; sedaug is told that TF32 is in use."""
     conv2d = F.conv2d
 
     def rounding_conv2d(x, weight, *args, **kwargs):
@@ -51,6 +52,7 @@ def emulated_tf32(monkeypatch):
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     monkeypatch.setattr(F, "conv2d", rounding_conv2d)
+    monkeypatch.setattr(augment, "tf32_allowed", lambda device: torch.backends.cudnn.allow_tf32)
 
 
 def exact_curvature(model: CRNN, mel: torch.Tensor, same: SameDraws, d: torch.Tensor, point: str = "input"):
@@ -100,7 +102,7 @@ def test_a_replay_after_a_bf16_pass_runs_in_float32_and_leaves_the_precision_set
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with same.recording():
             clean = model(small_batch())
-        assert clean[0].dtype == torch.bfloat16
+        assert clean[0].dtype == torch.bfloat16 and same.reduced
         with same.replaying():
             again = model(small_batch())
             assert not torch.is_autocast_enabled("cpu") and not torch.backends.cudnn.allow_tf32
