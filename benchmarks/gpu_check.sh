@@ -86,17 +86,18 @@ stage() {  # stage NAME COMMAND...: a failing stage is recorded in the report (1
   printf '%s\t%s\t%s\n' "$name" "$status" "$(( $(date +%s) - start ))" >> "$RAW/stages.tsv"
 }
 # The two test runs at once on the one GPU (correctness, not timing: neither slows the other's verdicts much), each
-# until SEDAUG_TESTS_DEADLINE (tests/conftest.py: no test starts after it, and pytest ends writing its JUnit XML), 20 s
-# before `timeout`'s SIGINT (a test inside `train` takes that as its own Ctrl-C) and SIGKILL. The VAT tests apart:
-# the CUDA default is chosen from them. In the other run, tests/test_cuda.py's order: the bf16 steps, VAT at CNN
-# blocks and CUDA graphs (they decide too) before resume, detect and extract.
-tests() {  # tests NAME XML SELECTION: one pytest run of the CUDA tests that pytest's -k SELECTION picks
-  SEDAUG_TESTS_DEADLINE=$(( $(date +%s) + TEST_LIMIT - 20 )) stage "cuda tests: $1" timeout -s INT -k 15 \
-    "$TEST_LIMIT" "$PY" -m pytest -m cuda tests/test_cuda.py -k "$3" -q -p no:cacheprovider --junitxml "$RAW/$2"
+# until SEDAUG_TESTS_DEADLINE (tests/conftest.py: no test starts after it, and pytest ends), 20 s before `timeout`'s
+# SIGINT (a test inside `train` takes it as its own Ctrl-C, after its current step) and SIGKILL; each test's outcome
+# goes to a log as it ends (SEDAUG_TESTS_LOG), whatever becomes of pytest. The VAT tests apart: the CUDA default is
+# chosen from them. In the other run, tests/test_cuda.py's order: the bf16 steps, VAT at CNN blocks and CUDA graphs
+# (they decide too) before resume, detect and extract.
+tests() {  # tests NAME LOG SELECTION: one pytest run of the CUDA tests that pytest's -k SELECTION picks
+  SEDAUG_TESTS_LOG=$RAW/$2 SEDAUG_TESTS_DEADLINE=$(( $(date +%s) + TEST_LIMIT - 20 )) stage "cuda tests: $1" \
+    timeout -s INT -k 15 "$TEST_LIMIT" "$PY" -m pytest -m cuda tests/test_cuda.py -k "$3" -q -p no:cacheprovider
 }
 if runs tests; then
-  tests "VAT" tests-vat.xml vat_direction &
-  tests "the others" tests-others.xml "not vat_direction" &
+  tests "VAT" tests-vat.jsonl vat_direction &
+  tests "the others" tests-others.jsonl "not vat_direction" &
   wait
 fi
 # Timed alone, one after the other: the step speed (it decides the default with the tests), then the packing.
@@ -104,7 +105,7 @@ runs speed && stage "step speed" timeout -k 10 "$SPEED_LIMIT" "$PY" -m benchmark
   "${SPEED[@]}" --budget-s "$SPEED_BUDGET" --features "$FEATURES" --json "$RAW/speed.json"
 runs packing && stage "packing" timeout -k 10 "$PACK_LIMIT" "$PY" -m benchmarks.packing "${DEVICE[@]}" \
   "${PACKING[@]}" --budget-s "$PACK_BUDGET" --source "$FEATURES" --mps-dir "$WORK/mps" --json "$RAW/packing.json"
-"$PY" -m benchmarks.gpu_report --tests "$RAW/tests-vat.xml" "$RAW/tests-others.xml" --packing "$RAW/packing.json" \
+"$PY" -m benchmarks.gpu_report --tests "$RAW/tests-vat.jsonl" "$RAW/tests-others.jsonl" --packing "$RAW/packing.json" \
   --speed "$RAW/speed.json" --stages "$RAW/stages.tsv" --date "$STAMP" --json "$OUT/gpu_check-$STAMP.json" \
   --markdown "$OUT/gpu_check-$STAMP.md"
 echo "wrote $OUT/gpu_check-$STAMP.json and $OUT/gpu_check-$STAMP.md"

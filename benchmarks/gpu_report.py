@@ -1,9 +1,9 @@
-"""benchmarks/gpu_check.sh's report: the CUDA tests' outcomes (pytest's JUnit XML), the step configurations' speed
+"""benchmarks/gpu_check.sh's report: the CUDA tests' outcomes (tests/conftest.py's test logs), the step configurations' speed
 (gpu_speed.py) and the packing benchmark (packing.py) in one JSON and one markdown file, with what they decide:
 CUDA's default step configuration (the fastest whose CUDA tests passed) and sweeps/table1.yaml's `resources.gpus`
 (1 / the best number of trials per GPU).
 
-    python -m benchmarks.gpu_report --tests T.xml... --speed S.json... --packing P.json... [--stages stages.tsv] \
+    python -m benchmarks.gpu_report --tests T.jsonl... --speed S.json... --packing P.json... [--stages stages.tsv] \
         --json R.json --markdown R.md             # several files each: the results of several device calls
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,30 +23,26 @@ GRAPHS_TEST = "test_a_short_run_with_cuda_graphs_trains_and_validates"  # requir
 
 
 def read_tests(paths: list[Path]) -> dict:
-    """Counts and each test's outcome ("passed", "failed", "error", "skipped") with its message, over pytest's
-    JUnit XML files (of one device call or more: a later file's outcome replaces an earlier one's, unless skipped);
-    a missing file (pytest cut short by its time limit) is named under "missing". A test ended by its stage's SIGINT
-    counts as skipped."""
+    """Counts and each test's outcome ("passed", "failed", "error", "skipped") with its message, from the test logs
+    tests/conftest.py writes as each test ends (SEDAUG_TESTS_LOG: a line per test, so a pytest killed at its limit
+    keeps what finished), of one device call or more: a later outcome replaces an earlier one, unless skipped. A
+    missing log is named under "missing"; a test ended by its stage's SIGINT inside `train` counts as skipped."""
     cases, missing = {}, []
     for path in paths:
-        if not path.exists():
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
             missing.append(path.name)
             continue
-        try:
-            root = ET.parse(path).getroot()
-        except ET.ParseError:  # written half when its pytest was killed
-            missing.append(f"{path.name} (unreadable)")
-            continue
-        for case in root.iter("testcase"):
-            outcome, message = "passed", ""
-            for child in case:
-                if child.tag in ("failure", "error", "skipped"):
-                    outcome = {"failure": "failed"}.get(child.tag, child.tag)
-                    message = (child.get("message") or "")[:400]
-                    if any(cut in message for cut in ("sedaug.errors.Interrupted", "KeyboardInterrupt")):
-                        outcome = "skipped"  # its stage's SIGINT, inside `train`: cut, not failed
-            if outcome != "skipped" or case.get("name") not in cases:  # a later call's skip keeps an earlier result
-                cases[case.get("name")] = {"outcome": outcome, "message": message}
+        for line in lines:
+            try:
+                case = json.loads(line)
+            except ValueError:  # the line being written when its pytest was killed
+                continue
+            if any(cut in case["message"] for cut in ("sedaug.errors.Interrupted", "KeyboardInterrupt")):
+                case["outcome"] = "skipped"  # cut by its stage's SIGINT, not failed
+            if case["outcome"] != "skipped" or case["name"] not in cases:
+                cases[case["name"]] = {"outcome": case["outcome"], "message": case["message"]}
     counts = {key: sum(c["outcome"] == outcome for c in cases.values())
               for key, outcome in (("passed", "passed"), ("failed", "failed"), ("errors", "error"), ("skipped", "skipped"))}
     return {**counts, "missing": missing, "cases": cases}
@@ -75,15 +70,18 @@ def load(path: Path) -> dict:
 
 def merged(paths: list[Path], key: tuple[str, ...]) -> dict:
     """One stage's results over device calls (a second call finishing what a first one's limits cut): the first
-    readable file's fields, with every file's rows, a later one's replacing an earlier one's of the same `key`, and
-    `not_measured` only what no file measured."""
+    readable file's fields, with every file's rows, a later one's replacing an earlier one's of the same `key`
+    (an error never replaces a measurement), and `not_measured` only what no file measured."""
     results = [load(path) for path in paths]
     readable = [r for r in results if "error" not in r]
     if not readable:
         return {"error": "; ".join(r["error"] for r in results)}
-    rows = {}
+    rows: dict[tuple, dict] = {}
     for result in readable:
-        rows.update({tuple(row.get(k) for k in key): row for row in result.get("rows", [])})
+        for row in result.get("rows", []):
+            measured = rows.get(k := tuple(row.get(name) for name in key))
+            if "error" not in row or measured is None or "error" in measured:  # a later error keeps a measurement
+                rows[k] = row
     out = {**readable[0], "rows": list(rows.values())}
     if len(paths) > 1:
         out["not_measured"] = [m for r in readable for m in r.get("not_measured", [])
@@ -251,7 +249,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=__doc__.splitlines()[0])
-    parser.add_argument("--tests", type=Path, nargs="+", required=True, help="pytest's JUnit XML files")
+    parser.add_argument("--tests", type=Path, nargs="+", required=True, help="the test logs (SEDAUG_TESTS_LOG)")
     parser.add_argument("--speed", type=Path, nargs="+", required=True, help="gpu_speed.py's JSON, of one call or more")
     parser.add_argument("--packing", type=Path, nargs="+", required=True, help="packing.py's JSON, of one call or more")
     parser.add_argument("--stages", type=Path, nargs="*", default=[], help="gpu_check.sh's stage exit statuses")

@@ -27,6 +27,7 @@ import torch
 
 from benchmarks.packing import TINY
 from sedaug.device import CONFIGS
+from sedaug.files import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ["baseline", "vat_latent", "none", "mixup_latent", "noise_latent", "adversarial_latent"]
@@ -132,9 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
                 except Exception as e:  # a configuration that fails (CUDA graphs, say) is a result, not the end
                     row = {"family": family, "config": config, "error": f"{type(e).__name__}: {e}"[:500]}
                 results["rows"].append(row)
-                args.json.write_text(json.dumps(results, indent=2))
+                write_json(args.json, results)  # whole or not at all: a kill mid-write keeps the last
                 print(json.dumps(row), flush=True)
-    args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return results
 
 

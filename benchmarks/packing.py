@@ -33,6 +33,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from sedaug.files import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 # DESED 2020's training splits (benchmarks/__main__.py's DESED_SIZES): 263 steps an epoch at batch 24 (weak 1578 / 6).
 TRAIN_SIZES = {"unlabeled": 14412, "weak": 1578, "synthetic_train": 2067}
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["rows"].append({**row, "mps": mps})
             # Decided anew after each row: a stage cut at its time limit keeps the decision on what it measured.
             results["best_n"], results["best_n_mps"] = best_n(results["rows"]), best_n(results["rows"], mps=True)
-            args.json.write_text(json.dumps(results, indent=2))
+            write_json(args.json, results)  # whole or not at all: a kill mid-write keeps the last
             print(json.dumps(results["rows"][-1]), flush=True)
 
     results["mps"] = "not tried" if args.mps == "off" else "not on a CPU" if device != "cuda" else None
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results["mps"] = why or "started"
                 for n in [n for n in packing if n > 1] if env is not None else []:  # N = 1 is the same without
                     measure(n, workdir, store, True, env)
-    args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return results
 
 

@@ -5,7 +5,7 @@ __version__ = "0.2.0"
 
 def main() -> None:
     """The `sedaug` command. Its modules load here, where a Ctrl-C is one line too: the commands' own handler
-    (sedaug.cli.user_errors) is not in place for the first half second."""
+    (sedaug.cli.user_errors) is not in place for the first half second; it says what that handler says."""
     import sys
 
     try:
@@ -13,5 +13,6 @@ def main() -> None:
 
         command()
     except KeyboardInterrupt:
-        print("error: interrupted before the command began: nothing was written", file=sys.stderr)
+        print("error: interrupted (sedaug writes each file whole, then renames it: nothing is half-written)",
+              file=sys.stderr)
         raise SystemExit(130) from None

@@ -65,7 +65,8 @@ class BatchNorm2d(nn.BatchNorm2d):
             # The statistics this pass normalizes with, as the kernel returns them: statistics summed apart (var_mean)
             # differ by rounding that grows with the batch, and VAT's finite difference measured that gap (at batch
             # 24, cos(VAT, H·d0) fell to 0.26; the replay now matches this pass to 1e-6). nn.BatchNorm2d's own
-            # bookkeeping, then the op F.batch_norm runs on a CPU (on a GPU, in place of cuDNN's).
+            # bookkeeping, then the op F.batch_norm runs on a CPU (on a GPU, in place of cuDNN's). The CRNN's layers
+            # track running statistics with a float momentum (recipe: batchnorm_momentum > 0), all this supports.
             self.num_batches_tracked.add_(1)
             out, mean, invstd = torch.native_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
                                                         True, self.momentum, self.eps)

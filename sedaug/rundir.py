@@ -10,7 +10,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,10 +159,11 @@ class RunDir:
                 else:  # nor a byte changed in one that was there
                     os.ftruncate(fd, 0)
                     os.pwrite(fd, previous, 0)
-                for folder in created:
-                    if any(folder.iterdir()):
-                        break
-                    folder.rmdir()
+                with suppress(OSError):  # another process's run begun beside it: that folder stays
+                    for folder in created:
+                        if any(folder.iterdir()):
+                            break
+                        folder.rmdir()
                 raise
         finally:
             _HELD.discard(key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -43,12 +44,28 @@ from sedaug.recipe import ModelConfig  # noqa: E402
 
 def pytest_runtest_setup(item):
     """SEDAUG_TESTS_DEADLINE (a Unix time; benchmarks/gpu_check.sh's stage limit, less a margin): no test starts
-    after it, and pytest ends, writing its JUnit XML. A SIGINT from `timeout` cannot do that for a test inside
-    `train`, whose own Ctrl-C handler makes it that test's failure, pytest going on into the SIGKILL."""
+    after it, and pytest ends. A SIGINT from `timeout` cannot end a test inside `train`, whose own Ctrl-C handler
+    makes it that test's failure after the current step, pytest going on towards the SIGKILL."""
     deadline = os.environ.get("SEDAUG_TESTS_DEADLINE")
     if deadline and time.time() > float(deadline):
         item.session.shouldstop = "SEDAUG_TESTS_DEADLINE passed"
         pytest.skip("not run: SEDAUG_TESTS_DEADLINE passed (its stage's time limit)")
+
+
+def pytest_runtest_logreport(report):
+    """SEDAUG_TESTS_LOG (a file; benchmarks/gpu_check.sh's): each test's outcome, a JSON line as it ends, so that a
+    pytest killed at its time limit keeps what finished (JUnit XML is written at the end, or not at all)."""
+    log = os.environ.get("SEDAUG_TESTS_LOG")
+    if not log or (report.when != "call" and report.passed):
+        return
+    if report.skipped:
+        message = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    else:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = crash.message if crash is not None else str(report.longrepr or "")
+    outcome = "error" if report.failed and report.when != "call" else report.outcome
+    with open(log, "a") as f:
+        f.write(json.dumps({"name": report.nodeid.split("::")[-1], "outcome": outcome, "message": message[:400]}) + "\n")
 
 
 # The tiny CRNN: two gated blocks that pool time 4x (the output frame grid of the full model) and frequency to 1.

@@ -110,7 +110,7 @@ def test_ctrl_c_while_the_command_loads_is_one_line_with_status_130():
                "runpy.run_module('sedaug', run_name='__main__')\n")
     out = subprocess.run([sys.executable, "-c", loading, "table", "."], capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (130, "")
-    assert out.stderr == "error: interrupted before the command began: nothing was written\n"
+    assert out.stderr == "error: interrupted (sedaug writes each file whole, then renames it: nothing is half-written)\n"
 
 
 def test_recipe_with_unknown_key(tmp_path):

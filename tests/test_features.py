@@ -395,7 +395,7 @@ def test_a_prepared_tree_copied_moved_or_gone_is_said_before_extracting(tiny_des
     extract_mels(tmp_path / "prepared", tmp_path / "f0", workers=1, progress=False)
     real_layout.root.rename(tmp_path / "elsewhere")
     kept = extract_mels(tmp_path / "prepared", tmp_path / "f0", workers=1, progress=False)  # its audio may go
-    assert kept.skipped and kept.summary().endswith(f"\nnote: not checked against its audio: the DESED tree "
+    assert kept.skipped and kept.summary().endswith(f"; not checked against its audio: the DESED tree "
                                                     f"{real_layout.root} that `sedaug prepare-desed` read is gone "
                                                     "(moved or deleted?): run `sedaug prepare-desed --root <where it "
                                                     f"is> --out {tmp_path / 'prepared'}` again")

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -35,10 +34,10 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_one_json_and_one_markdown
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [report], [table] = tmp_path.glob("gpu_check-*.json"), tmp_path.glob("gpu_check-*.md")
     raw = sorted(p.name for p in (tmp_path / report.stem).iterdir())  # each stage's results, kept beside the report
-    assert raw == ["packing.json", "speed.json", "stages.tsv", "tests-others.xml", "tests-vat.xml"]
+    assert raw == ["packing.json", "speed.json", "stages.tsv", "tests-others.jsonl", "tests-vat.jsonl"]
     # The two test runs (at once) hold every CUDA test, each once.
-    ran = [{c.get("name") for c in ET.parse(tmp_path / report.stem / xml).getroot().iter("testcase")}
-           for xml in ("tests-vat.xml", "tests-others.xml")]
+    ran = [{json.loads(line)["name"] for line in (tmp_path / report.stem / log).read_text().splitlines()}
+           for log in ("tests-vat.jsonl", "tests-others.jsonl")]
     collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p",
                                 "no:cacheprovider", str(REPO / "tests" / "test_cuda.py")], cwd=REPO,
                                capture_output=True, text=True, timeout=300).stdout
@@ -62,15 +61,31 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_one_json_and_one_markdown
     assert "| vat_latent | 2 | False |" in text and "| vat_latent | compile-reduce-overhead |" in text
 
 
-def test_no_test_starts_after_its_stage_deadline_and_pytest_ends_writing_its_xml(tmp_path):
-    """gpu_check.sh's SIGINT cannot end a test inside `train` (it takes it as its own Ctrl-C, and pytest went on into
-    the SIGKILL, writing no JUnit XML): the stage's deadline ends pytest before that (tests/conftest.py)."""
+def test_no_test_starts_after_its_stage_deadline_and_each_outcome_is_logged_as_it_ends(tmp_path):
+    """gpu_check.sh's SIGINT cannot end a test inside `train` (it takes it as its own Ctrl-C, after the current step;
+    pytest went on into the SIGKILL and wrote no JUnit XML): no test starts after the stage's deadline, and each
+    outcome is a line of SEDAUG_TESTS_LOG as the test ends (tests/conftest.py)."""
+    log = tmp_path / "t.jsonl"
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                           "stage_cut or best_packing", "--junitxml", str(tmp_path / "t.xml")], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "SEDAUG_TESTS_DEADLINE": "1"})
+                           "stage_cut or best_packing or refuses_an_unknown"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "SEDAUG_TESTS_LOG": str(log)})
+    assert done.returncode == 0, done.stdout
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        {"name": name, "outcome": "passed", "message": ""} for name in (
+            "test_a_stage_cut_at_its_time_limit_is_in_the_report",
+            "test_the_check_refuses_an_unknown_stage_or_limits_at_once[args0-error: --stages: unknown stage sped "
+            "(usage: ]",
+            "test_the_check_refuses_an_unknown_stage_or_limits_at_once[args1-error: --limits 240,90: expected three "
+            "numbers of seconds, tests,speed,packing (usage: ]",
+            "test_the_best_packing_is_the_largest_mean_gain_over_the_recipes")]
+    log.unlink()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "stage_cut or best_packing"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SEDAUG_TESTS_LOG": str(log), "SEDAUG_TESTS_DEADLINE": "1"})
     assert "Interrupted: SEDAUG_TESTS_DEADLINE passed" in done.stdout, done.stdout
-    [case] = ET.parse(tmp_path / "t.xml").getroot().iter("testcase")  # the first skipped, the second not begun
-    assert case.find("skipped").get("message") == "not run: SEDAUG_TESTS_DEADLINE passed (its stage's time limit)"
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [  # the first skipped, the second not begun
+        {"name": "test_a_stage_cut_at_its_time_limit_is_in_the_report", "outcome": "skipped",
+         "message": "Skipped: not run: SEDAUG_TESTS_DEADLINE passed (its stage's time limit)"}]
 
 
 CONFIGS = {"eager": {"bf16": False, "compile": None}, "bf16": {"bf16": True, "compile": None},
@@ -84,7 +99,7 @@ def case(outcome: str) -> dict:
 
 def test_a_stage_cut_at_its_time_limit_is_in_the_report(tmp_path):
     (tmp_path / "stages.tsv").write_text("cuda tests: VAT\t0\t95\npacking\t124\t175\n")
-    gpu_report.main(["--tests", str(tmp_path / "none.xml"), "--speed", str(tmp_path / "s.json"), "--packing",
+    gpu_report.main(["--tests", str(tmp_path / "none.jsonl"), "--speed", str(tmp_path / "s.json"), "--packing",
                      str(tmp_path / "p.json"), "--stages", str(tmp_path / "stages.tsv"), "--json",
                      str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
     report = json.loads((tmp_path / "r.json").read_text())
@@ -94,23 +109,23 @@ def test_a_stage_cut_at_its_time_limit_is_in_the_report(tmp_path):
 
 
 def test_a_test_cut_inside_train_and_half_written_results_count_as_not_run(tmp_path):
-    (tmp_path / "t.xml").write_text(
-        '<testsuites><testsuite><testcase name="a"/>'
-        '<testcase name="b"><failure message="sedaug.errors.Interrupted: interrupted again: stopped at once"/></testcase>'
-        '<testcase name="c"><failure message="AssertionError: cos 0.2"/></testcase></testsuite></testsuites>')
-    (tmp_path / "cut.xml").write_text("<testsuites><testsuite><testcase name")  # killed mid-write
-    tests = gpu_report.read_tests([tmp_path / "t.xml", tmp_path / "cut.xml", tmp_path / "absent.xml"])
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"name": name, "outcome": outcome, "message": message})
+                                                for name, outcome, message in (
+        ("a", "passed", ""),
+        ("b", "failed", "sedaug.errors.Interrupted: interrupted again: stopped at once"),
+        ("c", "failed", "AssertionError: cos 0.2"))) + '\n{"name": "d", "outc')  # killed mid-write
+    tests = gpu_report.read_tests([tmp_path / "t.jsonl", tmp_path / "absent.jsonl"])
     assert {name: c["outcome"] for name, c in tests["cases"].items()} == {"a": "passed", "b": "skipped", "c": "failed"}
-    assert tests["missing"] == ["cut.xml (unreadable)", "absent.xml"]
+    assert tests["missing"] == ["absent.jsonl"]
     (tmp_path / "p.json").write_text('{"rows": [')
-    report = gpu_report.main(["--tests", str(tmp_path / "t.xml"), "--speed", str(tmp_path / "s.json"), "--packing",
+    report = gpu_report.main(["--tests", str(tmp_path / "t.jsonl"), "--speed", str(tmp_path / "s.json"), "--packing",
                               str(tmp_path / "p.json"), "--json", str(tmp_path / "r.json"), "--markdown",
                               str(tmp_path / "r.md")])
     assert report["packing"] == {"error": "p.json unreadable"} and report["speed"] == {"error": "s.json missing"}
     assert report["machine"]["gpu"] is None  # this machine's, without speed.json
     h100 = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "cuda": "13.0", "device": "cuda"}
     (tmp_path / "s.json").write_text(json.dumps({"machine": h100, "rows": []}))
-    report = gpu_report.main(["--tests", str(tmp_path / "t.xml"), "--speed", str(tmp_path / "s.json"), "--packing",
+    report = gpu_report.main(["--tests", str(tmp_path / "t.jsonl"), "--speed", str(tmp_path / "s.json"), "--packing",
                               str(tmp_path / "p.json"), "--json", str(tmp_path / "r.json"), "--markdown",
                               str(tmp_path / "r.md")])
     assert report["machine"] == {**h100, "source": "speed.json"}  # made again here from a device call's results
@@ -123,10 +138,9 @@ def test_a_second_device_call_finishes_what_the_first_ones_limits_cut(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     for call in (first, second):
         call.mkdir()
-    (first / "t.xml").write_text('<testsuites><testsuite><testcase name="a"/><testcase name="b"><skipped message="'
-                                 'not run: SEDAUG_TESTS_DEADLINE passed"/></testcase></testsuite></testsuites>')
-    (second / "t.xml").write_text('<testsuites><testsuite><testcase name="a"><skipped message="not run"/></testcase>'
-                                  '<testcase name="b"/></testsuite></testsuites>')
+    for call, outcomes in ((first, {"a": "passed", "b": "skipped"}), (second, {"a": "skipped", "b": "passed"})):
+        (call / "t.jsonl").write_text("".join(json.dumps({"name": name, "outcome": outcome, "message": ""}) + "\n"
+                                              for name, outcome in outcomes.items()))
     row = {"finite": True, "step_s": 0.1, "clips_per_s": 240, "first_steps_s": 1.0, "peak_memory_bytes": None}
     (first / "s.json").write_text(json.dumps({"rows": [{"family": "baseline", "config": "eager", **row}],
                                               "not_measured": [{"family": "vat_latent", "config": "eager"}]}))
@@ -138,10 +152,11 @@ def test_a_second_device_call_finishes_what_the_first_ones_limits_cut(tmp_path):
     (first / "p.json").write_text(json.dumps({"rows": packed, "not_measured": [{"recipe": "baseline", "n": 4,
                                                                                  "mps": False}]}))
     (second / "p.json").write_text(json.dumps({"rows": [{"recipe": "baseline", "n": 4, "mps": False,
-                                                         "steps_per_s": 30, **trial}]}))
+                                                         "steps_per_s": 30, **trial},
+                                                        {"recipe": "baseline", "n": 2, "mps": False, "error": "OOM"}]}))
     (first / "stages.tsv").write_text("step speed\t124\t90\n")
     (second / "stages.tsv").write_text("step speed\t0\t40\n")
-    report = gpu_report.main(["--tests", str(first / "t.xml"), str(second / "t.xml"), "--speed", str(first / "s.json"),
+    report = gpu_report.main(["--tests", str(first / "t.jsonl"), str(second / "t.jsonl"), "--speed", str(first / "s.json"),
                               str(second / "s.json"), "--packing", str(first / "p.json"), str(second / "p.json"),
                               "--stages", str(first / "stages.tsv"), str(second / "stages.tsv"), "--json",
                               str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
@@ -151,6 +166,7 @@ def test_a_second_device_call_finishes_what_the_first_ones_limits_cut(tmp_path):
     assert report["speed"]["not_measured"] == [] and report["packing"]["not_measured"] == []
     assert report["speed_summary"]["eager"]["families"] == ["baseline", "vat_latent"]
     assert report["decisions"]["best_trials_per_gpu"] == 4
+    assert [r.get("steps_per_s") for r in report["packing"]["rows"]] == [10, 18, 30]  # an error keeps a measurement
     assert [s["exit"] for s in report["stages"]] == [124, 0]
 
 

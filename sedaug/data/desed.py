@@ -244,7 +244,7 @@ def check_layout(root: Path) -> None:
         raise UserError(f"DESED root {root} does not exist (pass --root DIR, or --synthetic to generate one)")
     for split in SPLITS.values():
         for rel, is_ok in ((split.audio_dir, Path.is_dir), (split.metadata, Path.is_file)):
-            if not is_ok(root / rel) and (root / rel).is_symlink():
+            if (root / rel).is_symlink() and not (root / rel).exists():
                 raise UserError(f"{root / rel} is a link to {os.readlink(root / rel)}, which is not there (moved, "
                                 "or a disk not mounted?)")
             if not is_ok(root / rel):

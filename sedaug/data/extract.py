@@ -80,7 +80,7 @@ class ExtractReport:
         sizes = ", ".join(f"{name} {n:,}" for name, n in self.split_sizes.items())
         if self.skipped:
             return f"mel features already up to date in {self.out}: {sizes}" + (
-                f"\nnote: not checked against its audio: {self.unchecked}" if self.unchecked else "")
+                f"; not checked against its audio: {self.unchecked}" if self.unchecked else "")
         return (
             f"mel features of {self.n_clips:,} clips written to {self.out} in {self.seconds:.1f} s "
             f"({self.clips_per_second:.0f} clips/s on {self.device}): {sizes}"
