@@ -166,7 +166,7 @@ def run_packed(recipe: str, n: int, store: Path, workdir: Path, device: str, ste
     """N trials of `recipe` at once, started together; their epoch ends read from metrics.jsonl."""
     folder = Path(tempfile.mkdtemp(prefix=f"{recipe}-n{n}-", dir=workdir))
     # A sweep trial's threads (`cpus: 2`, sedaug.sweep.trial); gpu_check.sh's dry run sets 1.
-    env = {**(env or os.environ), "OMP_NUM_THREADS": (env or os.environ).get("OMP_NUM_THREADS", "2")}
+    env = {"OMP_NUM_THREADS": "2", **(env or os.environ)}
     procs, runs, reports = [], [], []
     for i in range(n):
         runs.append(folder / f"trial{i}" / recipe / f"seed{i}")
