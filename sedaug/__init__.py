@@ -13,6 +13,7 @@ def main() -> None:
 
         command()
     except KeyboardInterrupt:
-        print("error: interrupted (sedaug writes each file whole, then renames it: nothing is half-written)",
-              file=sys.stderr)
+        from sedaug.errors import INTERRUPTED
+
+        print(f"error: {INTERRUPTED}", file=sys.stderr)
         raise SystemExit(130) from None

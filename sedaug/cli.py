@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from sedaug.deps import binary_mismatch
-from sedaug.errors import UserError, counted, listed
+from sedaug.errors import INTERRUPTED, UserError, counted, listed
 
 app = typer.Typer(
     name="sedaug",
@@ -53,8 +53,15 @@ def _silence_stdout() -> None:
         pass
 
 
-def print_error(err: UserError) -> None:
+# Whether a command said why it ended: typer ends a Ctrl-C outside any command's body (while it parses) with the
+# same status 130 as one inside, and says nothing.
+_said = False
+
+
+def print_error(err: UserError | str) -> None:
     """A UserError on stderr, `error: ` before each of its lines."""
+    global _said
+    _said = True
     for line in str(err).splitlines():
         print(f"error: {line}", file=sys.stderr)
 
@@ -81,8 +88,7 @@ def user_errors(command):
             print("error: aborted: the input ended", file=sys.stderr)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves last.pt and says so itself)
-            print("error: interrupted (sedaug writes each file whole, then renames it: nothing is half-written)",
-                  file=sys.stderr)
+            print_error(INTERRUPTED)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -504,6 +510,8 @@ def _command_in(argv: list[str]) -> str:
 
 
 def main() -> None:
+    global _said
+    _said = False
     # sed_eval's dcase_util imports pkg_resources, whose deprecation warning would come before sedaug's own lines.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     # Inductor compiling for a CPU warns, on a machine without CUDA, that it found no CUDA runtime: nothing to act on.
@@ -531,6 +539,8 @@ def main() -> None:
         message += f" (did you mean {suggestion}?)" if suggestion else ""
         print(f"error: {command}: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
         raise SystemExit(getattr(e, "exit_code", 2)) from None
+    if code == 130 and not _said:  # Ctrl-C while typer parsed
+        print_error(INTERRUPTED)
     try:
         sys.stdout.flush()  # buffered output meets a closed pipe here, after the command
     except BrokenPipeError:

@@ -8,6 +8,10 @@ class UserError(Exception):
     exit_code = 1
 
 
+# What a Ctrl-C outside a training loop ends with (the loop says what it saved).
+INTERRUPTED = "interrupted (sedaug writes each file whole, then renames it: nothing is half-written)"
+
+
 class Interrupted(UserError):
     """Ctrl-C: what was saved, and how to continue, is in the message."""
 

@@ -113,6 +113,25 @@ def test_ctrl_c_while_the_command_loads_is_one_line_with_status_130():
     assert out.stderr == "error: interrupted (sedaug writes each file whole, then renames it: nothing is half-written)\n"
 
 
+def test_ctrl_c_while_typer_parses_is_one_line_too(monkeypatch, capsys):
+    """typer turns a KeyboardInterrupt outside a command's body into status 130 and says nothing."""
+    import functools
+
+    from sedaug.cli import _options, app, main
+
+    @functools.wraps(_options)
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app.registered_callback, "callback", pressed)  # typer runs it before any command
+    monkeypatch.setattr(sys, "argv", ["sedaug", "table", "."])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 130
+    assert capsys.readouterr().err == ("error: interrupted (sedaug writes each file whole, then renames it: nothing "
+                                       "is half-written)\n")
+
+
 def test_recipe_with_unknown_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\noptim:\n  learning_rate: 0.1\n")
