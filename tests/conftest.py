@@ -36,6 +36,11 @@ if (problem := binary_mismatch()) is not None:  # one line, before an import dee
 
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: one process per core, so one thread each (and the
+    # processes a test starts): two threads each on a 2-core CPU wait on each other
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 from sedaug.data.extract import extract_mels  # noqa: E402
 from sedaug.data.synthetic import generate_synthetic  # noqa: E402
 from sedaug.model import Perturbation  # noqa: E402
