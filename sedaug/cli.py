@@ -307,19 +307,19 @@ def evaluate(
 def sweep(
     spec: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", help="Sweep YAML (see sweeps/ and docs/sweeps.md).")],
     out: Annotated[Path | None, typer.Option(metavar="DIR", help="Sweep directory (default: runs/sweeps/<sweep file name>).")] = None,
-    address: Annotated[str | None, typer.Option(metavar="HOST:PORT", help="An existing Ray cluster (HOST:PORT of its head, or auto) instead of a local Ray (docs/cluster.md).")] = None,
+    address: Annotated[str | None, typer.Option(metavar="HOST:PORT", help="An existing Ray cluster (HOST:PORT of its head, or auto) instead of a local Ray; default: RAY_ADDRESS where set (docs/cluster.md).")] = None,
     resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the sweep in --out; finished trials are kept, edited search values are run.")] = False,
     set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="A recipe key (model.x=...) for every recipe, or a sweep key (max_concurrent_trials=2); repeatable.")] = [],  # noqa: B006
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="Print the trials, final runs, epochs and an estimate of the device-hours (a few steps timed here); start nothing.")] = False,
     wait_for_resources: Annotated[bool, typer.Option("--wait-for-resources", metavar="", help="Warn instead of refusing when the cluster lacks the resources a trial asks for (an autoscaling cluster).")] = False,
-    connect_timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait for the cluster at --address.")] = 30.0,
+    connect_timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait for the cluster at --address (or RAY_ADDRESS).")] = 30.0,
 ) -> None:
     """Select each recipe's hyper-parameters on synthetic_valid with Ray Tune, then train the winners on the seeds."""
     if dry_run:
-        from sedaug.sweep.cluster import parse_address
+        from sedaug.sweep.cluster import parse_address, sweep_address
         from sedaug.sweep.run import plan_sweep
 
-        parse_address(address)
+        parse_address(sweep_address(address))
         plan = plan_sweep(spec, out=out, resume=resume, overrides=list(set_))
         print(plan.header(), flush=True)
         for row in plan.timed():  # a few steps of each recipe family, printed as they are timed

@@ -100,15 +100,20 @@ def test_a_sweep_joins_a_running_ray_cluster_with_its_token(tmp_path, tiny_featu
                  "set": {**TINY, "optim.epochs": 1, "optim.max_steps_per_epoch": 2},
                  "seeds": [1], "resources": {"cpus": 1, "memory": 1.0}}
         spec = write_sweep(tmp_path / "s.yaml", sweep)
-        command = [bin_dir / "sedaug", "sweep", spec, "--out", tmp_path / "out", "--address", f"127.0.0.1:{port}",
-                   "--connect-timeout", "60", "--set", f"data.features={tiny_features}"]
+        command = [bin_dir / "sedaug", "sweep", spec, "--out", tmp_path / "out", "--connect-timeout", "60", "--set",
+                   f"data.features={tiny_features}"]
+        head_address = ["--address", f"127.0.0.1:{port}"]
         without_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
-        result = subprocess.run(command, env=without_token, capture_output=True, text=True, timeout=300)
+        result = subprocess.run([*command, *head_address], env=without_token, capture_output=True, text=True,
+                                timeout=300)
         assert result.returncode == 1 and result.stdout == "", result.stdout
         [line] = result.stderr.strip().splitlines()
         assert "token" in line and "RAY_AUTH_TOKEN" in line, line
-        for resume in ([], ["--resume"]):
-            result = subprocess.run([*command, *resume], env=env, capture_output=True, text=True, timeout=300)
+        # --address wins over RAY_ADDRESS (which ray.init would take over its own argument); without --address,
+        # RAY_ADDRESS is the cluster (Ray's own default, set by `ray job submit`).
+        for args, ray_address in ((head_address, "127.0.0.1:1"), (["--resume"], f"127.0.0.1:{port}")):
+            result = subprocess.run([*command, *args], env={**env, "RAY_ADDRESS": ray_address}, capture_output=True,
+                                    text=True, timeout=300)
             assert result.returncode == 0, result.stdout + result.stderr
             assert "1 trial (1 done" in result.stderr and "final runs on seed 1, evaluated on eval" in result.stderr
         assert (tmp_path / "out" / "final" / "none" / "seed1" / "eval" / "results.json").is_file()
@@ -120,6 +125,27 @@ def test_a_sweep_joins_a_running_ray_cluster_with_its_token(tmp_path, tiny_featu
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_ray_address_in_the_environment_is_the_default_address(tmp_path, tiny_features, monkeypatch):
+    """RAY_ADDRESS (set by `ray job submit`, or by hand) is where a sweep without --address goes: a bad one is one
+    line that names it (it was a traceback from ray.init), `local` is a local Ray, and --address wins over it."""
+    from sedaug.sweep.cluster import sweep_address
+
+    pytest.importorskip("ray.tune")
+    spec = write_sweep(tmp_path / "s.yaml", study(tiny_features, [0.05]))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    one_line_error(sweep_cli(spec, "--out", tmp_path / "out"), "RAY_ADDRESS=127.0.0.1:1: cannot reach 127.0.0.1 port 1")
+    one_line_error(sweep_cli(spec, "--out", tmp_path / "out", "--address", "127.0.0.1:2"),
+                   "--address 127.0.0.1:2: cannot reach 127.0.0.1 port 2")
+    monkeypatch.setenv("RAY_ADDRESS", "no address")
+    one_line_error(sweep_cli(spec, "--out", tmp_path / "out", "--dry-run"),
+                   "RAY_ADDRESS='no address': not a Ray address")
+    assert not (tmp_path / "out").exists()
+    assert sweep_address("10.0.0.1:6379") == "10.0.0.1:6379" and sweep_address(None) == "no address"
+    for unset in ("", "local"):
+        monkeypatch.setenv("RAY_ADDRESS", unset)
+        assert sweep_address(None) is None and sweep_address("local") is None
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan"])  # (inf: refused the same way; reverted, it would hang)

@@ -1,7 +1,7 @@
 """Where a sweep's trials run: a local Ray started for the sweep (its logs and state under <out>/ray, listening on
-127.0.0.1 only, a per-process token, no dashboard), or an existing cluster given by --address HOST:PORT (reached
-within --connect-timeout); the resources it has against what the trials ask; and the one-driver lock of a sweep
-directory (docs/sweeps.md, "Ray"; docs/cluster.md).
+127.0.0.1 only, a per-process token, no dashboard), or an existing cluster given by --address HOST:PORT or by
+RAY_ADDRESS (reached within --connect-timeout); the resources it has against what the trials ask; and the
+one-driver lock of a sweep directory (docs/sweeps.md, "Ray"; docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import logging.handlers
 import os
 import secrets
+import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,23 @@ def driver_lock(out: Path) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------- addresses
 
 
+RAY_ADDRESS = "RAY_ADDRESS"
+
+
+def sweep_address(address: str | None) -> str | None:
+    """--address, else RAY_ADDRESS where set (Ray's own default: `ray job submit` sets it in a job's environment);
+    None, or `local` in either, for a local Ray."""
+    address = address or os.environ.get(RAY_ADDRESS) or None
+    return None if address == "local" else address
+
+
+def named(address: str) -> str:
+    """How a message names the address: as RAY_ADDRESS's value where it is that, else as --address's (quoted as a
+    shell would need)."""
+    return f"{RAY_ADDRESS}={shlex.quote(address)}" if os.environ.get(RAY_ADDRESS) == address else \
+        f"--address {shlex.quote(address)}"
+
+
 def parse_address(address: str | None) -> tuple[str, int] | str | None:
     """None (a local Ray), "auto", or (host, port) of an existing cluster's GCS; anything else is a UserError."""
     if address is None:
@@ -52,13 +70,13 @@ def parse_address(address: str | None) -> tuple[str, int] | str | None:
     if address == "auto":
         return "auto"
     if address.startswith("ray://"):
-        raise UserError(f"--address {address}: Ray Client (ray://) is not supported: give the head's GCS address as "
+        raise UserError(f"{named(address)}: Ray Client (ray://) is not supported: give the head's GCS address as "
                         "HOST:PORT (port 6379 by default) from a machine of the cluster (docs/cluster.md)")
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
-        raise UserError(f"--address {address!r}: not a Ray address: give HOST:PORT of the head's GCS (e.g. "
-                        "10.0.0.1:6379) or auto")
+        raise UserError(f"{named(address)}: not a Ray address: give HOST:PORT of the head's GCS (e.g. "
+                        "10.0.0.1:6379), auto or local")
     return host, int(port)
 
 
@@ -69,9 +87,10 @@ def is_loopback(where: tuple[str, int] | str | None) -> bool:
 TOKEN_HINT = "a Ray 2.60 cluster needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN in this environment (docs/cluster.md)"
 
 
-def probe(address: str, where: tuple[str, int] | str, timeout: float) -> None:
+def probe(address: str, where: tuple[str, int] | str, timeout: float, name: str) -> None:
     """Connect to the cluster once in a child process, bounded by `timeout` seconds, so that an address where no
-    Ray answers, a refused connection or a missing token is one line instead of minutes of Ray's retries."""
+    Ray answers, a refused connection or a missing token is one line (naming the address as `name`) instead of
+    minutes of Ray's retries."""
     import socket
     import subprocess
     import sys
@@ -83,7 +102,7 @@ def probe(address: str, where: tuple[str, int] | str, timeout: float) -> None:
             socket.create_connection(where, timeout=timeout).close()
         except OSError as e:
             reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-            raise UserError(f"--address {address}: cannot reach {where[0]} port {where[1]} ({reason}): is the Ray "
+            raise UserError(f"{name}: cannot reach {where[0]} port {where[1]} ({reason}): is the Ray "
                             "head running there, and its GCS port open to this machine?") from None
     code = ("import logging, sys, ray; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
             "logging_level=logging.ERROR); ray.shutdown()")
@@ -97,7 +116,7 @@ def probe(address: str, where: tuple[str, int] | str, timeout: float) -> None:
             while proc.poll() is None and time.monotonic() < deadline:
                 err.seek(0)
                 if "Unauthenticated" in err.read():  # Ray retries a refused token for ~30 s: no need to wait
-                    raise UserError(f"--address {address}: the cluster refused this connection's token: {TOKEN_HINT}")
+                    raise UserError(f"{name}: the cluster refused this connection's token: {TOKEN_HINT}")
                 time.sleep(0.2)
         finally:
             if proc.poll() is None:
@@ -108,13 +127,13 @@ def probe(address: str, where: tuple[str, int] | str, timeout: float) -> None:
     if proc.returncode == 0:
         return
     if "Unauthenticated" in text or "auth" in text.lower():
-        raise UserError(f"--address {address}: the cluster refused this connection's token: {TOKEN_HINT}")
+        raise UserError(f"{name}: the cluster refused this connection's token: {TOKEN_HINT}")
     if time.monotonic() >= deadline:
-        raise UserError(f"--address {address}: no Ray cluster answered within {timeout:g} s (--connect-timeout "
+        raise UserError(f"{name}: no Ray cluster answered within {timeout:g} s (--connect-timeout "
                         "waits longer)")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     last = lines[-1] if lines else f"exit status {proc.returncode}"
-    raise UserError(f"--address {address}: cannot join the Ray cluster ({last[-300:]})")
+    raise UserError(f"{name}: cannot join the Ray cluster ({last[-300:]})")
 
 
 # ---------------------------------------------------------------------------------------------- Ray
@@ -132,9 +151,12 @@ def ray_session(out: Path, address: str | None, connect_timeout: float = 30.0,
     from ray._private import ray_constants
 
     where = parse_address(address)
+    name = None if address is None else named(address)
     ray_dir = out / "ray"
     # No usage report, no Tune console output (the view draws), and Ctrl-C raises KeyboardInterrupt at once.
-    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1"}
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
+           # ray.init takes RAY_ADDRESS over its own address argument (and a local Ray would join it): ours, or none
+           RAY_ADDRESS: address or ""}
     notes: list[str] = []
     link = None
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False,
@@ -162,11 +184,11 @@ def ray_session(out: Path, address: str | None, connect_timeout: float = 30.0,
         if is_loopback(where):
             ray_constants.ENABLE_RAY_CLUSTER = False
         if where is not None:
-            probe(address, where, connect_timeout)
+            probe(address, where, connect_timeout, name)
             try:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise UserError(f"--address {address}: cannot join the Ray cluster ({e})") from None
+                raise UserError(f"{name}: cannot join the Ray cluster ({e})") from None
             loggers[2].handlers, loggers[2].propagate = [buffer], False
             before_start(ray.cluster_resources())
             ray_dir.mkdir(parents=True, exist_ok=True)

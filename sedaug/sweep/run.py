@@ -28,7 +28,14 @@ from typing import Any
 
 from sedaug.errors import Interrupted, UserError, counted, listed, one_line
 from sedaug.rundir import RunDir, read_diverged
-from sedaug.sweep.cluster import check_resources, driver_lock, local_resources, parse_address, ray_session
+from sedaug.sweep.cluster import (
+    check_resources,
+    driver_lock,
+    local_resources,
+    parse_address,
+    ray_session,
+    sweep_address,
+)
 from sedaug.sweep.outdir import check_out, write_out
 from sedaug.sweep.plan import (
     SearchPlan,
@@ -127,6 +134,9 @@ def run_sweep(
     connect_timeout: float = 30.0,
     wait_for_resources: bool = False,
 ) -> SweepResult:
+    """Run the sweep of `spec_path` into `out` on the cluster at `address` (None: RAY_ADDRESS where set, else a local
+    Ray); on Ctrl-C or Ray Tune's own stop, the error says the command that resumes it."""
+    address = sweep_address(address)
     try:
         return _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources)
     except (Interrupted, TuneStopped, KeyboardInterrupt) as e:
