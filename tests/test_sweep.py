@@ -99,7 +99,8 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         "set it, and let early_stopping cut the poor settings short",
         f"{at}.optim.max_steps_per_epoch: 2.5 for vat_input: Input should be a valid integer",
         f"{at}.seed: the sweep's `seeds` and `search_seed` set it",
-        f"{path}: recipes[1].recipe: recipes/missing.yaml: cannot read recipe (No such file or directory)",
+        f"{path}: recipes[1].recipe: recipes/missing.yaml: cannot read recipe (No such file or directory) (a relative "
+        f"path is read from the working directory, {REPO})",
         # an entry with a bad searched key still has its other keys checked
         f"{path}: recipes[2].search.consistency.weigth: not a key of recipe none (did you mean consistency.weight?)",
     ]

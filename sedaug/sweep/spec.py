@@ -301,7 +301,9 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         try:
             base = read_yaml(entry.recipe, "recipe")
         except UserError as e:
-            problems.append(f"{here}.recipe: {e}")
+            relative = not Path(entry.recipe).is_absolute() and not Path(entry.recipe).exists()
+            problems.append(f"{here}.recipe: {e}" + (f" (a relative path is read from the working directory, "
+                                                     f"{Path.cwd()})" if relative else ""))
             continue
         if not isinstance(base, dict):
             problems.append(f"{here}.recipe: {entry.recipe} is not a recipe mapping")
