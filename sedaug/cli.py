@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import functools
 import json
 import logging
@@ -28,8 +30,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Summaries stay one line in logs and CI (no wrapping at 80 columns when stderr is not a terminal).
-console = Console(stderr=True, soft_wrap=True)
+# Summaries stay one line in logs and CI (no wrapping at 80 columns when stderr is not a terminal); text, not
+# markup: a path `runs/[x]` is printed as it is.
+console = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def _stdout_gone() -> bool:
@@ -51,6 +54,19 @@ def _silence_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, ValueError):
         pass
+
+
+class _Stdout(Console):
+    """A table on stdout: whole rows in a log, and where its reader left (`| head`), the status the other
+    outputs end with then (rich's own is exit 1, an error that says nothing)."""
+
+    def __init__(self):
+        super().__init__(width=None if sys.stdout is not None and sys.stdout.isatty() else 10_000)
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _silence_stdout()
+        raise SystemExit(READER_GONE)
 
 
 # Whether a command said why it ended: typer ends a Ctrl-C outside any command's body (while it parses) with the
@@ -412,7 +428,7 @@ def table(
         rows = per_class_rows(runs_dir, split=split.value)
         _none_evaluated(rows, runs_dir, split.value)
         if out is None and format is Format.rich:
-            print_per_class(rows, split.value, Console(width=None if sys.stdout.isatty() else 10_000))
+            print_per_class(rows, split.value, _Stdout())
             return
         text, count = render_per_class(rows, format.value, split.value), len(rows)
     else:
@@ -430,7 +446,7 @@ def table(
             plot_table(data, plot)
             console.print(f"wrote {plot} ({len(data.rows)} recipes)")
         if out is None and format is Format.rich:
-            print_table(data, Console(width=None if sys.stdout.isatty() else 10_000))  # whole rows in logs
+            print_table(data, _Stdout())  # whole rows in logs
             return
         text, count = render(data, format.value), len(data.rows)
     if out is None:
@@ -516,6 +532,10 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     # Inductor compiling for a CPU warns, on a machine without CUDA, that it found no CUDA runtime: nothing to act on.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    for stream in (sys.stdout, sys.stderr):  # an ASCII locale: "—" or a path's "é" escaped, not a traceback
+        if stream is not None and codecs.lookup(stream.encoding or "utf-8").name != "utf-8":
+            with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper (a test's capture)
+                stream.reconfigure(errors="backslashreplace")
     problem = binary_mismatch()
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
@@ -542,7 +562,8 @@ def main() -> None:
     if code == 130 and not _said:  # Ctrl-C while typer parsed
         print_error(INTERRUPTED)
     try:
-        sys.stdout.flush()  # buffered output meets a closed pipe here, after the command
+        if sys.stdout is not None:  # None: started with stdout closed (`>&-`)
+            sys.stdout.flush()  # buffered output meets a closed pipe here, after the command
     except BrokenPipeError:
         _silence_stdout()
         raise SystemExit(READER_GONE) from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -261,6 +262,11 @@ def find_recordings(paths: Iterable[Path], fail: Callable[[Path, str], None]) ->
             if recording.path.resolve() in seen:
                 continue
             seen.add(recording.path.resolve())
+            try:  # the TSV and the plots write it
+                recording.name.encode("utf-8")
+            except UnicodeEncodeError:  # bytes the locale could not decode: another encoding's, or an ASCII locale
+                fail(recording.path, "its name is not UTF-8 text (in this locale): rename it")
+                continue
             if recording.name in recordings:
                 fail(recording.path, f"same name {recording.name} as {recordings[recording.name].path}: not scored")
             else:
@@ -321,10 +327,10 @@ def load_recording(path: Path, chunk_seconds: int = 60) -> np.ndarray:
     pieces = []
     if Path(path).stat().st_size == 0:  # libsndfile would say "Format not recognised"
         raise ValueError("an empty file")
-    with sf.SoundFile(str(path)) as f:
+    with sf.SoundFile(os.fsencode(path)) as f:
         rate, start = f.samplerate, 0
         check_sample_rate(rate)
-        if (cut := truncated(sf.info(str(path)))) is not None:  # as prepare-desed refuses a DESED clip
+        if (cut := truncated(sf.info(os.fsencode(path)))) is not None:  # as prepare-desed refuses a DESED clip
             raise ValueError(f"truncated: its header announces {cut[0]:,} bytes of samples, the file holds "
                              f"{cut[1]:,} (a download or copy cut short?)")
         while True:  # until a read comes back short: the frame count a header gives may be wrong (VBR MP3)

@@ -16,7 +16,7 @@ from sedaug.data.store import FeatureStore, Split
 from sedaug.errors import UserError, listed
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
-from sedaug.files import remove_stale_temporaries, write_text
+from sedaug.files import absolute, remove_stale_temporaries, write_text
 from sedaug.recipe import Recipe, dump_recipe, load_recipe
 from sedaug.rundir import (
     DIVERGED,
@@ -231,7 +231,7 @@ def _strong_split(features: Path | None, recipe: Recipe, split: str, runs: list[
     """The split to score, from `features` (--features) or else the recipe's data.features; and that store's path,
     absolute (results.json records it: `table --ci` reads the ground truth there, from any directory)."""
     given, run = features is not None, runs[0]
-    features = Path(features if given else recipe.data.features).absolute()
+    features = absolute(features if given else recipe.data.features)
     try:
         store = FeatureStore(features)
         data = store.split(split)

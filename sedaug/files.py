@@ -26,6 +26,14 @@ from sedaug.errors import UserError
 _TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)(\d+)(?:\.[^.]*)?$")
 
 
+def absolute(path: str | Path) -> Path:
+    """`path` (`~` expanded) absolute and without `..`, as a run or a sweep records it: the working folder it was
+    relative to may go. A `..` is resolved as the file system does (after a link, the target's parent); a path
+    without one keeps its spelling (a link's own name)."""
+    path = Path(path).expanduser().absolute()
+    return path.resolve() if ".." in path.parts else path
+
+
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
     """Turn an OSError raised by the block (the disk is full, the folder read-only) into a one-line UserError
@@ -126,7 +134,7 @@ def is_running(pid: int) -> bool:
 
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")  # whatever the locale
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -205,7 +205,7 @@ def is_ensemble(root: Path) -> bool:
     checkpoints of its own."""
     run = RunDir(Path(root))
     try:
-        recipe = yaml.safe_load(run.recipe.read_text())
+        recipe = yaml.safe_load(run.recipe.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     ensemble = isinstance(recipe, dict) and str(recipe.get("name", "")).endswith("_ensemble")

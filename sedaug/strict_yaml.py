@@ -76,8 +76,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected key.path=value")
+        parsed = parse_yaml(value, f"--set {key}")
+        if (comment := _comment(value, parsed)) is not None:  # a path `runs/a #2` would silently be `runs/a`
+            raise UserError(f"--set {item!r}: YAML reads {comment!r} as a comment: leave it out, or quote the value "
+                            f"(--set '{key}=\"{value}\"')")
         try:
-            set_key(raw, key, parse_yaml(value, f"--set {key}"))
+            set_key(raw, key, parsed)
         except ValueError as e:
             # An earlier --set that made a section a value is the one to change (--set optim=3 --set optim.lr=0.1).
             earlier = next((d for d in reversed(done) if key.startswith(f"{d.partition('=')[0].strip()}.")), None)
@@ -85,6 +89,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise UserError(f"--set {item!r}: {e}{blame}") from None
         done.append(item)
     return raw
+
+
+def _comment(value: str, parsed: Any) -> str | None:
+    """The part of a --set value that YAML dropped as a comment (` #...` outside quotes), or None."""
+    for m in re.finditer(r"(?:^|\s)#", value):
+        try:
+            if parse_yaml(value[: m.start()], "--set") == parsed:
+                return value[m.start():].strip()
+        except UserError:  # a # inside quotes: the text before it is not whole
+            continue
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- dotted keys

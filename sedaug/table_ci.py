@@ -135,7 +135,7 @@ def read_scores(directory: Path, truth: GroundTruth) -> np.ndarray:
     for i, name in enumerate(truth.clips):
         path = directory / f"{clip_id(name)}.tsv"
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise UserError(f"{path}: missing: {again}") from None
         except (OSError, UnicodeDecodeError) as e:

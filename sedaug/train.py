@@ -33,7 +33,7 @@ from sedaug.errors import Interrupted, UserError, counted, listed
 from sedaug.evaluation.f1 import event_based_f1
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.predict import predict
-from sedaug.files import write_json, write_text
+from sedaug.files import absolute, write_json, write_text
 from sedaug.model import CRNN
 from sedaug.progress import STDERR
 from sedaug.progress import shown as progress_shown
@@ -309,7 +309,7 @@ def train(
         raise UserError(f"--runs: {run.root} would be inside the run {outer}: give --runs a folder outside it")
     # The run records its store absolute: evaluate, table --ci and detect may run from another directory.
     recorded = _recorded(run)
-    features = _same_spelling(recorded, recipe.data.features.absolute())
+    features = _same_spelling(recorded, absolute(recipe.data.features))
     recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"features": features})})
     check_runs_on(recipe, device)
     store = FeatureStore(recipe.data.features)
@@ -368,7 +368,7 @@ def _train(
 
     if ckpt is not None and ckpt.state.epoch >= recipe.optim.epochs and not ckpt.state.step_in_epoch:
         was = None if recorded is None else recorded.optim.epochs
-        if not run.recipe.is_file() or run.recipe.read_text() != dump_recipe(recipe):  # a new paper_row, say
+        if not run.recipe.is_file() or run.recipe.read_text(encoding="utf-8") != dump_recipe(recipe):  # a new paper_row, say
             write_text(run.recipe, dump_recipe(recipe))
         return TrainResult(run.root, recipe.name, recipe.seed, ckpt.state.epoch, ckpt.state.best_f1,
                            ckpt.state.best_epoch, "", nothing_left=True,
@@ -406,7 +406,7 @@ def _train(
     write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in metrics))
     config = training.config  # what optim.compile/precision (auto) resolved to: on record beside the environment
     write_json(run.env, {**environment(device), "step": asdict(config), "features": store.identity})
-    log = run.log.open("a")
+    log = run.log.open("a", encoding="utf-8")
     log.write(f"{'resume' if ckpt is not None else 'start'} {recipe.name} seed {recipe.seed} on {device}: "
               f"{steps_per_epoch} steps/epoch, {recipe.optim.epochs} epochs; {config}\n"
               + (f"note: {short_rampups}\n" if short_rampups else ""))

@@ -625,3 +625,17 @@ def test_full_disk_while_training_is_the_checkpoints_one_line(tiny_features, tin
     one_line_error(proc, f"cannot write {checkpoints}/", ".pt: ")
     assert "pkg_resources" not in proc.stdout + proc.stderr  # rich's progress bar routes it to stdout
     assert not any(checkpoints.iterdir())  # no temporary file left
+
+
+def test_a_recorded_path_is_absolute_without_dot_dot_and_with_home_expanded(tmp_path, monkeypatch):
+    from sedaug.files import absolute
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "work").mkdir()
+    (tmp_path / "deep" / "target").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "deep" / "target")
+    monkeypatch.chdir(tmp_path / "work")
+    assert absolute("../data/features") == tmp_path / "data" / "features"  # not work/../data: work may go
+    assert absolute("~/data") == tmp_path / "home" / "data"
+    assert absolute(tmp_path / "link" / "x") == tmp_path / "link" / "x"  # a link's own name kept
+    assert absolute(tmp_path / "link" / ".." / "x") == tmp_path / "deep" / "x"  # `..` as the file system reads it

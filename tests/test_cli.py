@@ -77,9 +77,13 @@ def test_an_input_that_ends_is_one_line_too(monkeypatch, capsys, tmp_path):
 
 def test_a_reader_gone_from_the_pipe_ends_quietly_and_another_broken_pipe_is_an_error(monkeypatch, tmp_path):
     runs = Path(__file__).parent / "fixtures" / "table" / "runs"
-    piped = subprocess.run(["bash", "-c", f'"{sys.executable}" -m sedaug table "{runs}" --format csv | head -c 0; '
-                            'echo "${PIPESTATUS[0]}"'], capture_output=True, text=True)
-    assert (piped.stdout, piped.stderr) == ("141\n", "")  # `| head`: nothing to tell a reader that left
+    for args in ("--format csv", "", "--per-class"):  # print(), and rich's own (it ended with a silent exit 1)
+        piped = subprocess.run(["bash", "-c", f'"{sys.executable}" -m sedaug table "{runs}" {args} | head -c 0; '
+                                'echo "${PIPESTATUS[0]}"'], capture_output=True, text=True)
+        assert (piped.stdout, piped.stderr) == ("141\n", ""), args  # `| head`: nothing to tell a reader that left
+    closed = subprocess.run(["bash", "-c", f'"{sys.executable}" -m sedaug table "{runs}" >&-; echo $?'],
+                            capture_output=True, text=True)
+    assert (closed.stdout, closed.stderr) == ("0\n", "")  # no stdout at all (`>&-`): nothing to flush at the end
 
     def gone(*args, **kwargs):
         raise BrokenPipeError(32, "Broken pipe")  # a socket's, say: stdout is fine
@@ -336,13 +340,16 @@ def test_a_run_trained_on_a_relative_store_is_evaluated_from_anywhere(tiny_featu
 
     project = tmp_path / "project"
     shutil.copytree(tiny_features, project / "data" / "features")
-    monkeypatch.chdir(project)
+    (project / "work").mkdir()
+    monkeypatch.chdir(project / "work")
     recipe = Path(__file__).parents[1] / "recipes" / "none.yaml"
-    sets = [*tiny_model_overrides, "data.features=data/features", "optim.epochs=1", "optim.max_steps_per_epoch=1"]
-    assert run("train", recipe, "--runs", "runs", "--device", "cpu", *(f"--set={s}" for s in sets)).exit_code == 0
+    sets = [*tiny_model_overrides, "data.features=../data/features", "optim.epochs=1", "optim.max_steps_per_epoch=1"]
+    assert run("train", recipe, "--runs", "../runs", "--device", "cpu", *(f"--set={s}" for s in sets)).exit_code == 0
     seed0 = project / "runs" / "none" / "seed0"
-    assert load_recipe(seed0 / "recipe.yaml").data.features == project / "data" / "features"  # recorded absolute
+    # Recorded absolute, without `..`: the folder it was relative to may go (it was `project/work/../data/...`).
+    assert load_recipe(seed0 / "recipe.yaml").data.features == project / "data" / "features"
     monkeypatch.chdir(tmp_path)
+    (project / "work").rmdir()
     assert run("evaluate", "project/runs/none/seed0", "--device", "cpu").exit_code == 0
     results = json.loads((seed0 / "eval" / "results.json").read_text())
     assert results["features"] == str(project / "data" / "features")  # absolute: table --ci reads it from anywhere

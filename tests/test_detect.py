@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -226,6 +227,13 @@ def test_long_stereo_and_short_mono_recordings(run, threshold, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_name_the_plot_font_lacks_is_drawn_without_a_warning_per_plot(run, tmp_path, recwarn):
+    write_tone(tmp_path / "音.wav", 2.0, 16000, 1, seed=5)
+    report = detect(run, [tmp_path / "音.wav"], tmp_path / "d.tsv", plot_dir=tmp_path / "plots", progress=False)
+    assert report.failures == [] and (tmp_path / "plots" / "音.png").is_file()
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
 def test_long_recordings_are_windows_stitched(run, tmp_path):
     """The scores of a 25 s recording are its five windows' outputs, each scored as a 10 s clip, stitched."""
     write_tone(tmp_path / "long.wav", 25.0, 44100, 2, seed=1)
@@ -289,6 +297,8 @@ def test_unreadable_files_are_reported_and_the_others_scored(run, tmp_path):
     write_tone(tmp_path / "long.wav", 10.0, 16000, 1, seed=6)
     (audio / "f.wav").write_bytes((tmp_path / "long.wav").read_bytes()[:3000])  # its header says 10 s: 0.09 s left
     (audio / "g.wav").write_bytes(b"")
+    latin1 = audio / os.fsdecode(b"caf\xe9.wav")  # a name in another encoding than the locale's
+    latin1.write_bytes((audio / "a.wav").read_bytes())
     (audio / "notes.txt").write_text("not audio, not searched")
     (tmp_path / "other").mkdir()
     write_tone(tmp_path / "other" / "a.wav", 4.0, 16000, 1, seed=7)
@@ -298,15 +308,16 @@ def test_unreadable_files_are_reported_and_the_others_scored(run, tmp_path):
                     on_error=lambda path, reason: errors.append((path, reason)))
     assert report.n_recordings == 2 and report.failures == errors  # audio/a.wav given twice: scored once
     failed = [path for path, _ in errors]
-    assert failed == [tmp_path / "missing.wav", tmp_path / "other" / "a.wav", audio / "b.wav", audio / "d.wav",
-                      audio / "e.wav", audio / "f.wav", audio / "g.wav"]
+    assert failed == [latin1, tmp_path / "missing.wav", tmp_path / "other" / "a.wav", audio / "b.wav",
+                      audio / "d.wav", audio / "e.wav", audio / "f.wav", audio / "g.wav"]
     assert all(reason and "\n" not in reason for _, reason in errors)
     reasons = [reason for _, reason in errors]
-    assert "no such file" in reasons[0] and "same name a.wav" in reasons[1] and "too short" in reasons[3]
-    assert "non-finite audio samples (the first at 0.500 s)" in reasons[4]
-    assert "truncated: its header announces 320,000 bytes of samples, the file holds 2,956" in reasons[5]
-    assert reasons[6] == "an empty file"
-    assert "7 failed" in report.summary() and "\n" not in report.summary()
+    assert reasons[0] == "its name is not UTF-8 text (in this locale): rename it"  # the TSV could not hold it
+    assert "no such file" in reasons[1] and "same name a.wav" in reasons[2] and "too short" in reasons[4]
+    assert "non-finite audio samples (the first at 0.500 s)" in reasons[5]
+    assert "truncated: its header announces 320,000 bytes of samples, the file holds 2,956" in reasons[6]
+    assert reasons[7] == "an empty file"
+    assert "8 failed" in report.summary() and "\n" not in report.summary()
     detections = pd.read_csv(tmp_path / "detections.tsv", sep="\t")
     assert list(detections.columns) == EVENT_COLUMNS and set(detections.filename) <= {"a.wav", "c.ogg"}
 

@@ -304,6 +304,19 @@ def test_a_bad_set_value_is_blamed_on_the_set_even_where_pydantic_reports_its_pa
                             "blocks (model.cnn_pooling) (with --set model.cnn_filters, model.cnn_pooling)")
 
 
+def test_a_set_value_that_yaml_would_cut_at_a_comment_is_refused_and_a_quoted_one_or_a_bare_hash_is_kept(tmp_path):
+    none = Path(__file__).parents[1] / "recipes" / "none.yaml"
+    with pytest.raises(UserError) as e:  # silently `/data/run` before: another store, or none
+        load_recipe(none, ["data.features=/data/run #2/features"])
+    assert str(e.value) == ("--set 'data.features=/data/run #2/features': YAML reads '#2/features' as a comment: "
+                            "leave it out, or quote the value (--set 'data.features=\"/data/run #2/features\"')")
+    with pytest.raises(UserError, match="reads '# 8 steps' as a comment"):
+        load_recipe(none, ["optim.max_steps_per_epoch=8 # 8 steps"])
+    for value, path in (('"/data/run #2/features"', "/data/run #2/features"), ("/data/run#2", "/data/run#2"),
+                        ("'/data/#2'", "/data/#2")):
+        assert load_recipe(none, [f"data.features={value}"]).data.features == Path(path)
+
+
 def test_a_section_set_without_its_type_or_with_a_type_that_needs_more_names_the_set(tmp_path):
     path = write(tmp_path, "name: base\n")
     for overrides, expected in [

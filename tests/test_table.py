@@ -7,6 +7,7 @@ To accept a deliberate change of format: SEDAUG_UPDATE_GOLDEN=1 pytest tests/tes
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -306,6 +307,21 @@ def test_out_without_format_takes_the_files_suffix_and_never_writes_escape_codes
         result = run("table", runs, option, f"{tmp_path}/new/")
         assert result.exit_code == 1 and result.output == f"error: {option} {tmp_path}/new/ is a folder: give a file name\n"
     assert not (tmp_path / "new").exists()
+    marked = tmp_path / "a[/]b [red]c[bold].md"  # a path is text to rich, not markup (it raised, or lost [bold])
+    result = run("table", runs, "--out", marked)
+    assert result.exit_code == 0 and f"wrote {marked} (" in result.output and marked.is_file(), result.output
+
+
+def test_a_searched_value_in_brackets_is_shown_in_the_sweep_view():
+    from rich.console import Console
+
+    from sedaug.sweep.view import RecipeCounts, SweepView
+
+    view = SweepView(None, {"vat_latent": 3})
+    view.recipes["vat_latent"] = RecipeCounts(best=0.5, best_params={"data.features": "/data/[fold 1]/features"})
+    console = Console(file=io.StringIO(), width=200)
+    console.print(view.render())  # text, not markup (it showed "features=/data//features")
+    assert "features=/data/[fold 1]/features" in console.file.getvalue()
 
 
 def test_the_legend_speaks_of_underlines_only_where_a_row_is_compared_with(runs):

@@ -274,11 +274,12 @@ def _scan_audio_dir(directory: Path) -> dict[str, tuple[int, int]]:
 def _fingerprint(
     root: Path, tables: dict[str, MetadataTables], on_disk: dict[str, dict[str, tuple[int, int]]]
 ) -> str:
-    digest = hashlib.sha256(f"{MANIFEST_FORMAT}\n{LABEL_TOLERANCE}\n{root}\n".encode())
+    # surrogateescape: a path's bytes as the file system has them, whatever the locale decoded them as
+    digest = hashlib.sha256(f"{MANIFEST_FORMAT}\n{LABEL_TOLERANCE}\n{root}\n".encode("utf-8", "surrogateescape"))
     for name, split in SPLITS.items():
         digest.update((root / split.metadata).read_bytes())
         for filename in tables[name].filenames:
-            digest.update(f"{name}\t{filename}\t{on_disk[name].get(filename)}\n".encode())
+            digest.update(f"{name}\t{filename}\t{on_disk[name].get(filename)}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -296,12 +297,14 @@ def _read_headers(root: Path, present: dict[str, list[str]], progress: bool) -> 
 
 def undecodable(path: Path, err: BaseException) -> UserError:
     """A file soundfile could not read, said once (its message repeats the path)."""
-    return UserError(f"cannot decode {path}: {one_line(err).removeprefix(f'Error opening {str(path)!r}: ')}")
+    message = one_line(err).removeprefix(f"Error opening {os.fsencode(path)!r}: ")
+    return UserError(f"cannot decode {path}: {message.removeprefix(f'Error opening {str(path)!r}: ')}")
 
 
 def _read_header(path: Path) -> _Clip:
     try:
-        info = sf.info(str(path))
+        # The path's bytes: soundfile encodes a str strictly, and fails on a name the locale does not decode.
+        info = sf.info(os.fsencode(path))
     except (RuntimeError, OSError) as err:
         raise undecodable(path, err) from err
     if info.frames <= 0 or info.samplerate <= 0:
@@ -340,7 +343,7 @@ def truncated(info) -> tuple[int, int] | None:
 def _check_finite(path: Path) -> None:
     """Raise a UserError naming `path` and the first non-finite sample's time, if it holds NaN or infinity."""
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:
             start = 0
             for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
                 bad = ~np.isfinite(block)

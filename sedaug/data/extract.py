@@ -376,7 +376,7 @@ def load_clip(
     manifest's: the file changed since `prepare-desed`) is a UserError naming the file.
     """
     try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        audio, rate = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as err:
         raise undecodable(path, err) from err
     try:

@@ -5,6 +5,7 @@ detected class, named on the y axis."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,9 @@ def plot_detections(
         lane_ax.text(0.5, 0.5, "no event detected", transform=lane_ax.transAxes, ha="center", va="center")
     lane_ax.grid(axis="x", alpha=0.3)
     lane_ax.set(xlabel="time (s)", xlim=(0, duration))
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # A title's character the font lacks is drawn as a box; a warning per plot would bury the summary.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
         fig.savefig(tmp, format="png", dpi=100, metadata={"Title": DETECT_PLOT_TITLE})
 
 

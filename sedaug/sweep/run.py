@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.errors import Interrupted, UserError, counted, listed, one_line
+from sedaug.files import absolute
 from sedaug.rundir import RunDir, read_diverged
 from sedaug.sweep.cluster import (
     check_resources,
@@ -241,7 +242,7 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
 
 
 def _out_dir(spec_path: Path, out: Path | None) -> Path:
-    return Path(out if out is not None else Path("runs") / "sweeps" / Path(spec_path).stem).absolute()
+    return absolute(out if out is not None else Path("runs") / "sweeps" / Path(spec_path).stem)
 
 
 def store_problem(loaded: LoadedSweep, overrides: list[str]) -> str | None:

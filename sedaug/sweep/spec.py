@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from sedaug.errors import UserError
+from sedaug.files import absolute
 from sedaug.recipe import Recipe, validate_recipe
 from sedaug.strict_yaml import (
     apply_overrides,
@@ -342,7 +343,7 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
                             f"{here}.recipe: recipe name {name!r} is already in the sweep (names are the rows)")
             continue
         features = Path(get_key(validate_recipe(base).model_dump(mode="json"), "data.features"))
-        set_key(base, "data.features", str(features if features.is_absolute() else Path.cwd() / features))
+        set_key(base, "data.features", str(absolute(features)))
         space = {**sweep.search, **entry.search}
         checked = {k: v for k, v in space.items() if (i, k) not in unchecked}  # not the sweep-wide value instead
         problems += _check_space(sweep, base, name, checked, fixed, f"{here}.search", kinds, set(recipe_items))

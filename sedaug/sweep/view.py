@@ -33,7 +33,7 @@ def _active_view() -> SweepView:
 def _error_line(error_file: str | None) -> str:
     """The exception's message from Ray's error.txt of a trial (a sedaug UserError as its one line)."""
     try:
-        lines = [line for line in Path(error_file).read_text().splitlines() if line.strip()]
+        lines = [line for line in Path(error_file).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     except (OSError, TypeError):
         return ""
     last = lines[-1] if lines else ""
@@ -173,6 +173,6 @@ class SweepView(Callback):
         for name, c in self.recipes.items():
             best = "" if c.best is None else f"{c.best:.3f}"
             setting = ", ".join(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in c.best_params.items())
-            table.add_row(name, str(c.trials), str(running.get(name, 0)), str(c.done), str(c.stopped), str(c.diverged),
-                          str(c.failed), best, setting)
+            cells = [name, c.trials, running.get(name, 0), c.done, c.stopped, c.diverged, c.failed, best, setting]
+            table.add_row(*(Text(str(cell)) for cell in cells))  # text, not markup: a setting `locations=[cnn1]`
         return Group(head, table)
