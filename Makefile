@@ -37,7 +37,7 @@ lock:
 install: $(STAMP)
 
 # Two worker processes (pytest-xdist; a module's tests stay in one, so its module fixtures are built once), one torch
-# thread each: 6.5 to 7.5 minutes instead of 10 on the 2-core CPU. `make test TEST_WORKERS=0` runs them in one process.
+# thread each: 6.5 to 8 minutes instead of 10 on the 2-core CPU. `make test TEST_WORKERS=0` runs them in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
