@@ -28,10 +28,16 @@ _TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)(\d+)(?:\.[^.]*)?$")
 
 def absolute(path: str | Path) -> Path:
     """`path` (`~` expanded) absolute and without `..`, as a run or a sweep records it: the working folder it was
-    relative to may go. A `..` is resolved as the file system does (after a link, the target's parent); a path
-    without one keeps its spelling (a link's own name)."""
-    path = Path(path).expanduser().absolute()
-    return path.resolve() if ".." in path.parts else path
+    relative to may go. The part up to the last `..` is resolved as the file system does (after a link, the
+    target's parent); what follows keeps its spelling (a link's own name)."""
+    path = Path(path)
+    with contextlib.suppress(RuntimeError):  # `~nosuchuser`: kept as written, and said missing where it is read
+        path = path.expanduser()
+    parts = path.absolute().parts
+    if ".." not in parts:
+        return path.absolute()
+    last = len(parts) - parts[::-1].index("..")
+    return Path(*parts[:last]).resolve().joinpath(*parts[last:])
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise UserError(f"--set {item!r}: expected key.path=value")
         parsed = parse_yaml(value, f"--set {key}")
         if (comment := _comment(value, parsed)) is not None:  # a path `runs/a #2` would silently be `runs/a`
+            quoted = f"{key}='" + value.strip().replace("'", "''") + "'"  # YAML's single quotes: no escapes
+            shell = f'"{quoted}"' if not set(quoted) & set('"$`\\!') else shlex.quote(quoted)
             raise UserError(f"--set {item!r}: YAML reads {comment!r} as a comment: leave it out, or quote the value "
-                            f"(--set '{key}=\"{value}\"')")
+                            f"(--set {shell})")
         try:
             set_key(raw, key, parsed)
         except ValueError as e:

@@ -36,6 +36,9 @@ if (problem := binary_mismatch()) is not None:  # one line, before an import dee
 
 import torch  # noqa: E402
 
+# A developer's RAY_ADDRESS (a `ray job`'s environment) would send every local sweep test to that cluster: the tests
+# that need it set it.
+os.environ.pop("RAY_ADDRESS", None)
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: one process per core, so one thread each (and the
     # processes a test starts): two threads each on a 2-core CPU wait on each other
     os.environ["OMP_NUM_THREADS"] = "1"

@@ -639,3 +639,5 @@ def test_a_recorded_path_is_absolute_without_dot_dot_and_with_home_expanded(tmp_
     assert absolute("~/data") == tmp_path / "home" / "data"
     assert absolute(tmp_path / "link" / "x") == tmp_path / "link" / "x"  # a link's own name kept
     assert absolute(tmp_path / "link" / ".." / "x") == tmp_path / "deep" / "x"  # `..` as the file system reads it
+    assert absolute("../link/x") == tmp_path / "link" / "x"  # after the last `..`, as written
+    assert absolute("~no-such-user-here/x") == tmp_path / "work" / "~no-such-user-here" / "x"  # no traceback

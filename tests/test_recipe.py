@@ -1,5 +1,6 @@
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -309,9 +310,14 @@ def test_a_set_value_that_yaml_would_cut_at_a_comment_is_refused_and_a_quoted_on
     with pytest.raises(UserError) as e:  # silently `/data/run` before: another store, or none
         load_recipe(none, ["data.features=/data/run #2/features"])
     assert str(e.value) == ("--set 'data.features=/data/run #2/features': YAML reads '#2/features' as a comment: "
-                            "leave it out, or quote the value (--set 'data.features=\"/data/run #2/features\"')")
+                            "leave it out, or quote the value (--set \"data.features='/data/run #2/features'\")")
     with pytest.raises(UserError, match="reads '# 8 steps' as a comment"):
         load_recipe(none, ["optim.max_steps_per_epoch=8 # 8 steps"])
+    for path in (r"D:\runs\new #2", "it's #1", '"a" #1', "$HOME #1"):  # the quoting said is the shell's and YAML's
+        with pytest.raises(UserError) as e:
+            load_recipe(none, [f"data.features={path}"])
+        [said] = shlex.split(str(e.value).rsplit("(--set ", 1)[1].removesuffix(")"))
+        assert load_recipe(none, [said]).data.features == Path(path)
     for value, path in (('"/data/run #2/features"', "/data/run #2/features"), ("/data/run#2", "/data/run#2"),
                         ("'/data/#2'", "/data/#2")):
         assert load_recipe(none, [f"data.features={value}"]).data.features == Path(path)

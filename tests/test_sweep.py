@@ -759,6 +759,12 @@ def test_an_interrupted_sweep_says_the_command_that_resumes_it(monkeypatch, tmp_
                             wait_for_resources=True)
     assert str(e.value).endswith(f"`sedaug sweep s.yaml --out {tmp_path / 'o'} --address auto --connect-timeout 120 "
                                  "--wait-for-resources --resume`")
+    # `--address local` over a RAY_ADDRESS: said, or the resume in the same shell would join that cluster.
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    for address, said in (("local", " --address local"), (None, " --address 10.0.0.1:6379")):
+        with pytest.raises(Interrupted) as e:
+            sweep_run.run_sweep(Path("s.yaml"), out=tmp_path / "o", address=address)
+        assert str(e.value).endswith(f"`sedaug sweep s.yaml --out {tmp_path / 'o'}{said} --resume`")
 
 
 def test_ray_tunes_own_failure_is_one_line_that_says_how_to_resume(monkeypatch, tmp_path):
@@ -793,3 +799,22 @@ def test_a_sweep_inside_a_feature_store_is_refused(tiny_features, tmp_path, monk
     store = shutil.copytree(tiny_features, tmp_path / "features")
     with pytest.raises(UserError, match=f"--out {store / 'sw'} is in the feature store {store}: give the sweep"):
         check_out(store / "sw", load_sweep(REPO / "sweeps" / "demo.yaml"), resume=False)
+
+
+def test_a_sweep_that_recorded_its_store_with_dot_dot_resumes(tmp_path, monkeypatch):
+    """Sweeps recorded `cwd/../features` before `..` was resolved: the same store, not an incomparable change."""
+    from sedaug.sweep.outdir import check_out, write_out
+
+    monkeypatch.chdir(REPO)
+    loaded = load_sweep(REPO / "sweeps" / "demo.yaml", [f"data.features={tmp_path / 'features'}"])
+    out = tmp_path / "out"
+    out.mkdir()
+    write_out(out, loaded)
+    recipe = out / "recipes" / "none.yaml"
+    text = recipe.read_text()
+    assert str(tmp_path / "features") in text
+    recipe.write_text(text.replace(str(tmp_path / "features"), str(tmp_path / "elsewhere" / ".." / "features")))
+    check_out(out, loaded, resume=True)
+    recipe.write_text(text.replace(str(tmp_path / "features"), str(tmp_path / "other")))
+    with pytest.raises(UserError, match="data.features: the finished trials would not be comparable"):
+        check_out(out, loaded, resume=True)

@@ -130,7 +130,7 @@ def test_a_sweep_joins_a_running_ray_cluster_with_its_token(tmp_path, tiny_featu
 def test_ray_address_in_the_environment_is_the_default_address(tmp_path, tiny_features, monkeypatch):
     """RAY_ADDRESS (set by `ray job submit`, or by hand) is where a sweep without --address goes: a bad one is one
     line that names it (it was a traceback from ray.init), `local` is a local Ray, and --address wins over it."""
-    from sedaug.sweep.cluster import sweep_address
+    from sedaug.sweep.cluster import parse_address, sweep_address
 
     pytest.importorskip("ray.tune")
     spec = write_sweep(tmp_path / "s.yaml", study(tiny_features, [0.05]))
@@ -143,9 +143,10 @@ def test_ray_address_in_the_environment_is_the_default_address(tmp_path, tiny_fe
                    "RAY_ADDRESS='no address': not a Ray address")
     assert not (tmp_path / "out").exists()
     assert sweep_address("10.0.0.1:6379") == "10.0.0.1:6379" and sweep_address(None) == "no address"
-    for unset in ("", "local"):
-        monkeypatch.setenv("RAY_ADDRESS", unset)
-        assert sweep_address(None) is None and sweep_address("local") is None
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    assert sweep_address(None) is None
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # a local Ray, as for --address local
+    assert sweep_address(None) == "local" and parse_address("local") is None
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan"])  # (inf: refused the same way; reverted, it would hang)

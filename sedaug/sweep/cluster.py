@@ -50,10 +50,9 @@ RAY_ADDRESS = "RAY_ADDRESS"
 
 
 def sweep_address(address: str | None) -> str | None:
-    """--address, else RAY_ADDRESS where set (Ray's own default: `ray job submit` sets it in a job's environment);
-    None, or `local` in either, for a local Ray."""
-    address = address or os.environ.get(RAY_ADDRESS) or None
-    return None if address == "local" else address
+    """--address, else RAY_ADDRESS where set (Ray's own default: `ray job submit` sets it in a job's environment),
+    else None; None and `local` mean a local Ray."""
+    return address or os.environ.get(RAY_ADDRESS) or None
 
 
 def named(address: str) -> str:
@@ -64,8 +63,9 @@ def named(address: str) -> str:
 
 
 def parse_address(address: str | None) -> tuple[str, int] | str | None:
-    """None (a local Ray), "auto", or (host, port) of an existing cluster's GCS; anything else is a UserError."""
-    if address is None:
+    """None (a local Ray: None or `local`), "auto", or (host, port) of an existing cluster's GCS; anything else is
+    a UserError."""
+    if address is None or address == "local":
         return None
     if address == "auto":
         return "auto"
@@ -151,12 +151,12 @@ def ray_session(out: Path, address: str | None, connect_timeout: float = 30.0,
     from ray._private import ray_constants
 
     where = parse_address(address)
-    name = None if address is None else named(address)
+    name = None if where is None else named(address)
     ray_dir = out / "ray"
     # No usage report, no Tune console output (the view draws), and Ctrl-C raises KeyboardInterrupt at once.
     env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1",
            # ray.init takes RAY_ADDRESS over its own address argument (and a local Ray would join it): ours, or none
-           RAY_ADDRESS: address or ""}
+           RAY_ADDRESS: "" if where is None else address}
     notes: list[str] = []
     link = None
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False,

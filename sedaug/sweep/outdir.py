@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.errors import UserError
-from sedaug.files import write_text
+from sedaug.files import absolute, write_text
 from sedaug.rundir import sedaug_data_holding
-from sedaug.strict_yaml import diff_keys, dump_yaml, get_key
+from sedaug.strict_yaml import diff_keys, dump_yaml, get_key, set_key
 from sedaug.sweep.spec import LoadedSweep
 
 # Changes to a sweep that --resume refuses: the finished trials would no longer be comparable with new ones.
@@ -50,7 +50,10 @@ def check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
     for name, base in loaded.bases.items():
         path = recipes_dir / f"{name}.yaml"
         if path.exists():
-            keys = diff_keys(_read_yaml(path), base)
+            saved_base = _read_yaml(path)
+            if isinstance(features := get_key(saved_base, "data.features", None), str):
+                set_key(saved_base, "data.features", str(absolute(features)))  # as recorded before `..` was resolved
+            keys = diff_keys(saved_base, base)
             if keys:
                 problems.append(f"recipe {name} (the base recipe, set included): {', '.join(keys)}")
     if problems:

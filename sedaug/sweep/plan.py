@@ -320,20 +320,24 @@ class DryRun:
 
         from sedaug.device import resolve_step_config
 
-        torch.set_num_threads(self.cpus)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cpus)  # as a trial runs; this process's own count again afterwards
         timings: dict[tuple, float] = {}
-        for row in self.rows:
-            recipe, run_steps = self.recipes[row.recipe], row.epochs * row.steps
-            try:
-                key = _family(recipe), resolve_step_config(recipe, torch.device(self.device), run_steps)
-            except UserError as e:  # a GPU sweep's CUDA-only setting, timed on a CPU
-                self.notes.append(f"not timed: {e}")
+        try:
+            for row in self.rows:
+                recipe, run_steps = self.recipes[row.recipe], row.epochs * row.steps
+                try:
+                    key = _family(recipe), resolve_step_config(recipe, torch.device(self.device), run_steps)
+                except UserError as e:  # a GPU sweep's CUDA-only setting, timed on a CPU
+                    self.notes.append(f"not timed: {e}")
+                    yield row
+                    continue
+                if key not in timings:
+                    timings[key] = step_seconds(recipe, self.device, run_steps)
+                row.step_s = timings[key]
                 yield row
-                continue
-            if key not in timings:
-                timings[key] = step_seconds(recipe, self.device, run_steps)
-            row.step_s = timings[key]
-            yield row
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _duration(hours: float) -> str:
