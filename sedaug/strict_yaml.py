@@ -81,8 +81,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if (comment := _comment(value, parsed)) is not None:  # a path `runs/a #2` would silently be `runs/a`
             quoted = f"{key}='" + value.strip().replace("'", "''") + "'"  # YAML's single quotes: no escapes
             shell = f'"{quoted}"' if not set(quoted) & set('"$`\\!') else shlex.quote(quoted)
-            raise UserError(f"--set {item!r}: YAML reads {comment!r} as a comment: leave it out, or quote the value "
-                            f"(--set {shell})")
+            example = f" (--set {shell})" if "\n" not in value else ""  # the message stays one line
+            raise UserError(f"--set {item!r}: YAML reads {comment!r} as a comment: leave it out, or quote the value"
+                            + example)
         try:
             set_key(raw, key, parsed)
         except ValueError as e:
@@ -94,14 +95,27 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+_MARK = "\ue000"  # a private-use character standing in for one `#`
+
+
 def _comment(value: str, parsed: Any) -> str | None:
-    """The part of a --set value that YAML dropped as a comment (` #...` outside quotes), or None."""
-    for m in re.finditer(r"(?:^|\s)#", value):
+    """The comment YAML dropped from a --set value (a `#` after a space or a line's start, outside quotes: read as
+    text instead, it changes what the value is), to its line's end; or None."""
+
+    def unmarked(node: Any) -> Any:
+        if isinstance(node, str):
+            return node.replace(_MARK, "#")
+        if isinstance(node, list):
+            return [unmarked(n) for n in node]
+        return {unmarked(k): unmarked(v) for k, v in node.items()} if isinstance(node, dict) else node
+
+    for m in re.finditer(r"(?:^|(?<=\s))#", value, flags=re.MULTILINE):
         try:
-            if parse_yaml(value[: m.start()], "--set") == parsed:
-                return value[m.start():].strip()
-        except UserError:  # a # inside quotes: the text before it is not whole
-            continue
+            as_text = unmarked(parse_yaml(value[: m.start()] + _MARK + value[m.end():], "--set"))
+        except UserError:  # text where YAML allows none (after a closing bracket): it was a comment
+            as_text = None
+        if as_text != parsed:
+            return value[m.start():].split("\n", 1)[0].strip()
     return None
 
 

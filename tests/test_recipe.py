@@ -313,6 +313,10 @@ def test_a_set_value_that_yaml_would_cut_at_a_comment_is_refused_and_a_quoted_on
                             "leave it out, or quote the value (--set \"data.features='/data/run #2/features'\")")
     with pytest.raises(UserError, match="reads '# 8 steps' as a comment"):
         load_recipe(none, ["optim.max_steps_per_epoch=8 # 8 steps"])
+    with pytest.raises(UserError) as e:  # a comment line inside a flow list: [8, 16] silently
+        load_recipe(none, ["model.cnn_filters=[8,\n #32,\n 16]"])
+    assert str(e.value) == r"--set 'model.cnn_filters=[8,\n #32,\n 16]': YAML reads '#32,' as a comment: leave it " \
+        "out, or quote the value"
     for path in (r"D:\runs\new #2", "it's #1", '"a" #1', "$HOME #1"):  # the quoting said is the shell's and YAML's
         with pytest.raises(UserError) as e:
             load_recipe(none, [f"data.features={path}"])
