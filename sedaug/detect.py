@@ -26,7 +26,7 @@ import soundfile as sf
 import torch
 
 from sedaug.checkpoint import advice, load_model
-from sedaug.data.desed import EVENT_COLUMNS, truncated
+from sedaug.data.desed import EVENT_COLUMNS, decode_reason, truncated
 from sedaug.data.grid import N_OUTPUT_FRAMES, PARAMS, TIME_POOLING, check_sample_rate
 from sedaug.data.mel import clip_mels, mel_problems, resample
 from sedaug.device import full_float32, parse_device
@@ -305,7 +305,7 @@ def decoded_groups(
         try:
             wave = load_recording(recording.path)
         except DECODE_ERRORS as err:
-            fail(recording.path, _reason(err))
+            fail(recording.path, decode_reason(err))
             continue
         group.append((recording, wave))
         windows += len(window_starts(len(wave)))
@@ -454,12 +454,6 @@ def write_score_files(scores: dict[str, pd.DataFrame], directory: Path) -> None:
     in `directory` stay."""
     for key, frame in scores.items():
         write_text(directory / f"{key}.tsv", score_text(frame))
-
-
-def _reason(err: Exception) -> str:
-    """One line on why a file could not be decoded (libsndfile's own message, without the path it repeats)."""
-    text = err.error_string if isinstance(err, sf.LibsndfileError) else str(err)
-    return " ".join(text.split()) or type(err).__name__
 
 
 def _hms(seconds: float) -> str:

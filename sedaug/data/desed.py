@@ -295,10 +295,15 @@ def _read_headers(root: Path, present: dict[str, list[str]], progress: bool) -> 
     return clips
 
 
+def decode_reason(err: BaseException) -> str:
+    """One line on why a file could not be decoded (libsndfile's own message, without the path it repeats)."""
+    own = " ".join(err.error_string.split()) if isinstance(err, sf.LibsndfileError) else ""
+    return own or one_line(err)
+
+
 def undecodable(path: Path, err: BaseException) -> UserError:
-    """A file soundfile could not read, said once (its message repeats the path)."""
-    message = one_line(err).removeprefix(f"Error opening {os.fsencode(path)!r}: ")
-    return UserError(f"cannot decode {path}: {message.removeprefix(f'Error opening {str(path)!r}: ')}")
+    """A file soundfile could not read, said once."""
+    return UserError(f"cannot decode {path}: {decode_reason(err)}")
 
 
 def _read_header(path: Path) -> _Clip:
