@@ -287,13 +287,21 @@ def test_rows_that_would_be_misread_are_refused_naming_the_line(prepared, split,
     assert checksums(out) == before
 
 
-def test_a_weak_clip_listed_twice_with_the_same_labels_is_one_clip(prepared):
+def test_a_clip_listed_twice_with_the_same_labels_is_one_clip_with_a_warning(prepared):
     layout, out = prepared
     tsv = layout.root / SPLITS["weak"].metadata
     tsv.write_text(tsv.read_text() + "Yaaaaaaaaaaa_0.000_10.000.wav\tSpeech,Dog\n")
-    assert run("prepare-desed", "--root", layout.root, "--out", out).exit_code == 0
+    unlabeled = layout.root / SPLITS["unlabeled"].metadata
+    unlabeled.write_text(unlabeled.read_text() + "Ymissingmiss_0.000_10.000.wav\n")
+    result = run("prepare-desed", "--root", layout.root, "--out", out)
+    assert result.exit_code == 0, result.output
     weak = pd.read_csv(out / "manifest" / "weak.tsv", sep="\t")
     assert len(weak) == 2 and list(weak["event_labels"]) == ["Dog,Speech", "Cat"]
+    warnings = pd.read_csv(out / "label_warnings.tsv", sep="\t", keep_default_na=False)
+    assert list(zip(warnings["metadata"], warnings["line"], warnings["filename"], warnings["action"], strict=True)) == [
+        ("metadata/train/weak.tsv", 4, "Yaaaaaaaaaaa_0.000_10.000.wav", "kept once: listed on line 2 too"),
+        ("metadata/train/unlabel_in_domain.tsv", 4, "Ymissingmiss_0.000_10.000.wav", "kept once: listed on line 3 too"),
+    ]
 
 
 def test_prepare_desed_refuses_an_out_in_a_feature_store_a_run_or_a_desed_tree(prepared, tiny_features, tmp_path):

@@ -305,9 +305,22 @@ def test_extract_notices_audio_replaced_under_an_unchanged_manifest(real_layout,
     assert np.array_equal(np.delete(after.mels, first, 0), np.delete(before, first, 0))
     # An edited or removed metadata TSV, a clip gone, an older manifest: refused, each with its reason.
     tsv = root / SPLITS["eval"].metadata
-    tsv.write_text(tsv.read_text().replace("Running_water", "Speech"))
+    listed = tsv.read_text()
+    tsv.write_text(listed.replace("Running_water", "Speech"))
+    with pytest.raises(UserError, match=f"^{re.escape(str(tsv))} was edited since `sedaug prepare-desed` read it: run "):
+        extract_mels(prepared, features, workers=1, progress=False)
+    tsv.write_text(listed)
+    added = root / SPLITS["unlabeled"].audio_dir / "Ymissingmiss_0.000_10.000.wav"
+    shutil.copy(clip, added)
+    with pytest.raises(UserError, match=f"^{re.escape(str(added))} was missing when `sedaug prepare-desed` read "
+                                        "the tree, and is there now: run "):
+        extract_mels(prepared, features, workers=1, progress=False)
+    record_path = prepared / "manifest" / "prepare.json"
+    older = json.loads(record_path.read_text())
+    del older["metadata_sha256"]  # as an older sedaug wrote it
+    record_path.write_text(json.dumps(older))
     with pytest.raises(UserError, match=f"^the DESED tree {re.escape(str(root))} changed since `sedaug prepare-desed` "
-                                        r"read it \(a metadata TSV edited, or a missing clip added\)"):
+                                        r"read it \(a metadata TSV edited, or a missing clip added\): run "):
         extract_mels(prepared, features, workers=1, progress=False)
     (root / SPLITS["weak"].metadata).unlink()
     with pytest.raises(UserError, match=rf"^{re.escape(str(root))} changed since `sedaug prepare-desed` read it \(not "
@@ -316,7 +329,6 @@ def test_extract_notices_audio_replaced_under_an_unchanged_manifest(real_layout,
     clip.unlink()
     with pytest.raises(UserError, match=f"^{re.escape(str(clip))} is gone since `sedaug prepare-desed` read it"):
         extract_mels(prepared, features, workers=1, progress=False)
-    record_path = prepared / "manifest" / "prepare.json"
     prepare_record = record_path.read_text()
     record_path.write_text(prepare_record.replace('"format": 4', '"format": 3'))
     with pytest.raises(UserError, match=f"^{re.escape(str(prepared / 'manifest'))}: its prepare.json is unreadable or "

@@ -198,6 +198,7 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
                 "sedaug_version": __version__,
                 "root": str(root),
                 "fingerprint": fingerprint,
+                "metadata_sha256": _metadata_hashes(root),
                 "counts": counts,
                 "n_events": n_events,
                 "n_missing": len(missing),
@@ -221,7 +222,8 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
 
 def _clip_warnings(tables: dict[str, MetadataTables], clips: dict[str, list[_Clip]]) -> list[tuple]:
     """Warning rows (WARNING_COLUMNS) for clips whose audio is shorter than their DESED name says by more than
-    LABEL_TOLERANCE (a download cut short?), and for clips listed in two splits (a clip scored on, trained on)."""
+    LABEL_TOLERANCE (a download cut short?), for clips listed in two splits (a clip scored on, trained on), and for
+    a weak or unlabeled clip listed twice in its TSV (kept once)."""
     warnings, seen = [], {}
     for name, split in SPLITS.items():
         for clip in clips[name]:
@@ -233,6 +235,10 @@ def _clip_warnings(tables: dict[str, MetadataTables], clips: dict[str, list[_Cli
             seen.setdefault(clip.filename, name)
             line = tables[name].lines[clip.filename]
             warnings += [(split.metadata, line, clip.filename, "", "", "", clip.duration, a) for a in actions]
+        durations = {clip.filename: clip.duration for clip in clips[name]}
+        warnings += [(split.metadata, line, filename, "", "", "", durations.get(filename, ""),
+                      f"kept once: listed on line {tables[name].lines[filename]} too")
+                     for line, filename in tables[name].repeats]
     return warnings
 
 
@@ -457,14 +463,38 @@ def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> str | 
             if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
                 raise UserError(f"{path} changed since `sedaug prepare-desed` read it: {again}")
     try:
-        *_, fingerprint = _read_tree(root)
+        tables, on_disk, fingerprint = _read_tree(root)
     except (UserError, OSError) as err:
         raise UserError(f"{root} changed since `sedaug prepare-desed` read it ({one_line(err)}): fix it, then {again}") \
             from None
     if fingerprint != record.get("fingerprint"):
-        raise UserError(f"the DESED tree {root} changed since `sedaug prepare-desed` read it (a metadata TSV edited, or "
-                        f"a missing clip added): {again}")
+        raise UserError(f"{_what_changed(root, record, tables, on_disk, manifest)}: {again}")
     return None
+
+
+def _metadata_hashes(root: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((root / split.metadata).read_bytes()).hexdigest() for name, split in SPLITS.items()}
+
+
+def _what_changed(root: Path, record: dict, tables: dict[str, MetadataTables],
+                  on_disk: dict[str, dict[str, tuple[int, int]]], manifest: dict[str, pd.DataFrame]) -> str:
+    """Which of the tree's inputs its fingerprint no longer matches: a metadata TSV edited, or a clip that was
+    missing (missing_files.tsv) is there now."""
+    since = "since `sedaug prepare-desed` read it"
+    recorded = record.get("metadata_sha256")
+    if not isinstance(recorded, dict):  # a prepare.json written before the TSVs' own hashes were recorded
+        return f"the DESED tree {root} changed {since} (a metadata TSV edited, or a missing clip added)"
+    hashes = _metadata_hashes(root)
+    edited = [name for name in SPLITS if recorded.get(name) != hashes[name]]
+    if edited:
+        return f"{root / SPLITS[edited[0]].metadata} was edited {since}"
+    for name, table in tables.items():
+        imported = set(manifest[name]["filename"])
+        added = [f for f in table.filenames if f in on_disk[name] and f not in imported]
+        if added:
+            return f"{root / SPLITS[name].audio_dir / added[0]} was missing when `sedaug prepare-desed` read the tree"\
+                ", and is there now"
+    return f"the DESED tree {root} changed {since}"
 
 
 def _prepare_args(root: Path, out: Path) -> str:

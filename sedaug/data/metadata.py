@@ -2,10 +2,11 @@
 
 A TSV row that cannot be trusted (not finite, a negative onset, an offset before its onset, an unknown class, more
 fields than the header, fields separated by spaces, a filename with spaces around it, a weak clip listed twice with
-other labels) is a UserError naming the file and line. An event ending at most `LABEL_TOLERANCE` seconds past its
-clip's audio is DESED's known quirk: it is clipped, with a warning row (`WARNING_COLUMNS`); so is an event past the
-first clip_seconds of a longer clip (the features hold those only). An event listed twice is kept twice, as the
-scorers read the file (F1 counts both, PSDS merges same-class overlaps), with a warning row.
+other labels) is a UserError naming the file and line. A weak or unlabeled clip listed again as it was is one clip,
+with a warning row (`WARNING_COLUMNS`). An event ending at most `LABEL_TOLERANCE` seconds past its clip's audio is
+DESED's known quirk: it is clipped, with a warning row; so is an event past the first clip_seconds of a longer clip
+(the features hold those only). An event listed twice is kept twice, as the scorers read the file (F1 counts both,
+PSDS merges same-class overlaps), with a warning row.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class MetadataTables:
     path: Path
     filenames: list[str]
     lines: dict[str, int] = field(default_factory=dict)  # filename -> the first line that lists it
+    repeats: list[tuple[int, str]] = field(default_factory=list)  # (line, filename): a weak or unlabeled clip again
     weak_labels: dict[str, str] = field(default_factory=dict)
     events: pd.DataFrame | None = None
 
@@ -80,6 +82,8 @@ def read_metadata(path: Path, kind: LabelKind) -> MetadataTables:
                             "with the file in the split's audio folder")
         lines.setdefault(filename, int(line))
     filenames = list(lines)
+    repeats = [] if kind == "strong" else [(int(line), f) for line, f in zip(table["line"], table["filename"],
+                                                                            strict=True) if lines[f] != line]
     if kind == "weak":
         labels: dict[str, str] = {}
         for line, filename, cell in zip(table["line"], table["filename"], table["event_labels"], strict=True):
@@ -88,10 +92,10 @@ def read_metadata(path: Path, kind: LabelKind) -> MetadataTables:
                 raise UserError(f"{path}:{line}: {filename} is listed again, with other labels than on line "
                                 f"{lines[filename]} ({cell or 'none'} against {labels[filename] or 'none'}): keep one row")
             labels.setdefault(filename, cell)
-        return MetadataTables(path, filenames, lines, weak_labels=labels)
+        return MetadataTables(path, filenames, lines, repeats, weak_labels=labels)
     if kind == "strong":
         return MetadataTables(path, filenames, lines, events=_parse_events(path, table))
-    return MetadataTables(path, filenames, lines)
+    return MetadataTables(path, filenames, lines, repeats)
 
 
 def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
