@@ -323,9 +323,8 @@ def consistency_views(
     deterministic direction search (None: independent dropout masks in each probe). `frames` (B,) counts each
     clip's real input frames (statistics of a clip leave its padding out).
     Returns `(clean_view, perturbed_view)`: `clean_view` is `clean` (for mixup, the same mix of clean predictions,
-    graph kept) and `perturbed_view` the perturbed prediction, the perturbation itself detached. The caller forms
-    `mse(clean_view, tuple(p.detach() for p in perturbed_view))` for mean_teacher and
-    `mse(tuple(c.detach() for c in clean_view), perturbed_view)` for l2/none.
+    graph kept) and `perturbed_view` the perturbed prediction, the perturbation itself detached; the caller's
+    `sedaug.train.consistency_loss` forms their MSE.
     For `time_shift` (an equivariance) both strong views are sliced to the frames the shift keeps, so that frame t
     of the clean view meets frame t + k of the perturbed one (sedaug.transforms.time_shift_views).
     """

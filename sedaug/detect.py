@@ -449,9 +449,9 @@ def score_recordings(
 
 
 def write_score_files(scores: dict[str, pd.DataFrame], directory: Path) -> None:
-    """Each recording's frame scores as `<directory>/<name without .wav>.tsv`, in the text `sedaug evaluate`
-    writes (sed_scores_eval's format; numbers in their shortest exact form), one atomic write per file. Other files
-    in `directory` stay."""
+    """Each recording's frame scores as `<directory>/<key>.tsv` (detect's keys: `file_stems`), in the text
+    `sedaug evaluate` writes (sed_scores_eval's format; numbers in their shortest exact form), one atomic write per
+    file. Other files in `directory` stay."""
     for key, frame in scores.items():
         write_text(directory / f"{key}.tsv", score_text(frame))
 

@@ -170,9 +170,3 @@ def read_tsv(path: Path) -> pd.DataFrame:
 def append_jsonl(path: Path, obj: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(obj) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

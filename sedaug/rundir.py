@@ -19,7 +19,7 @@ import yaml
 import sedaug
 from sedaug.deps import import_torchaudio
 from sedaug.errors import UserError
-from sedaug.files import is_running
+from sedaug.files import is_running, write_text
 
 LOCK = ".lock"
 _HELD: set[Path] = set()  # the run directories this process holds locked
@@ -85,8 +85,8 @@ class RunDir:
         found += [f"{name}/" for name in EVALUATED_SPLITS if self.split(name).exists()]
         return found
 
-    def metric_rows(self, upto: int) -> list[dict]:
-        """metrics.jsonl's rows of epochs 1..`upto`; a line that is not such a row is a one-line UserError."""
+    def metric_rows(self, upto: int | None = None) -> list[dict]:
+        """metrics.jsonl's rows (of epochs 1..`upto`); a line that is not such a row is a one-line UserError."""
         if not self.metrics.exists():
             return []
         rows = []
@@ -104,9 +104,13 @@ class RunDir:
             if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
                 raise UserError(f"{self.metrics} line {n}: not a metrics row with an integer epoch: repair or remove "
                                 "the line")
-            if row["epoch"] <= upto:
+            if upto is None or row["epoch"] <= upto:
                 rows.append(row)
         return rows
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """metrics.jsonl, written whole (atomically: a full disk leaves the previous file)."""
+        write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in rows))
 
     @contextmanager
     def reading(self) -> Iterator[None]:

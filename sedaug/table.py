@@ -22,7 +22,6 @@ from pathlib import Path
 from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
 from sedaug.evaluation.results import METRICS, read_results
-from sedaug.files import read_jsonl
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe
 from sedaug.rundir import RunDir, best_epoch, enclosing_run, read_diverged, trained_on
@@ -218,7 +217,7 @@ def _trial_row(run_dir: Path, name: str) -> str:
 
 def _epoch_rows(run_dir: Path) -> list[dict]:
     """metrics.jsonl's epoch rows: no checkpoint is read for a table (checkpointed_metrics would load torch)."""
-    return [r for r in read_jsonl(RunDir(run_dir).metrics) if isinstance(r.get("epoch"), int)]
+    return RunDir(run_dir).metric_rows()
 
 
 def _unfinished(run_dir: Path, recipe: Recipe, epochs: list[dict]) -> bool:

@@ -7,7 +7,6 @@ Per epoch: predict synthetic_valid, keep best.pt by event-based macro F1, write 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -209,8 +208,9 @@ def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device, on
 
 def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device, epochs_given: bool) -> Checkpoint | None:
     """The checkpoint training continues from, or None to start from scratch. Refuses a run directory that holds
-    another run, a resume with another recipe (only optim.epochs may grow) and one with fewer epochs than the run
-    has trained or begun."""
+    another run or lost its last.pt, a resume with another recipe (`what_a_run_trains`: optim.epochs and paper_row
+    may differ), other optim.epochs than the run's not given for this call, and fewer epochs than the run has
+    trained or begun."""
     last = run.checkpoint("last")
     if not last.exists() and not run.is_empty():
         trained = run.trained_outputs()
@@ -300,7 +300,8 @@ def train(
     `on_epoch(record)` is called after each epoch once its metrics.jsonl row and checkpoints are written (a sweep
     trial reports to Ray Tune there); whatever it raises ends training and propagates, last.pt holding that epoch.
     `epochs_given`: whether optim.epochs was chosen for this call (the CLI: `--set optim.epochs`); where not, a
-    resume keeps the run's epochs (a recipe file's 200 silently extended a run of 30).
+    resume whose recipe has other optim.epochs than the run's is refused (a recipe file's 200 would silently extend
+    a run of 30).
     """
     run, device = RunDir(Path(run_dir)), torch.device(device)
     if (held := sedaug_data_holding(run.root.parent)) is not None:
@@ -403,7 +404,7 @@ def _train(
     # The resolved recipe (epochs may have grown on resume), the metrics so far and the environment, before the
     # first step.
     write_text(run.recipe, dump_recipe(recipe))
-    write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in metrics))
+    run.write_metrics(metrics)
     config = training.config  # what optim.compile/precision (auto) resolved to: on record beside the environment
     write_json(run.env, {**environment(device), "step": asdict(config), "features": store.identity})
     log = run.log.open("a", encoding="utf-8")
@@ -482,7 +483,7 @@ def _train(
                     "weight": weight, "lr": lr, "valid_f1": valid_f1, "time_s": round(time.perf_counter() - start, 3),
                 }
                 metrics.append(record)
-                write_text(run.metrics, "".join(json.dumps(row) + "\n" for row in metrics))  # whole, even on a full disk
+                run.write_metrics(metrics)
                 board.epoch(record)
                 if valid_f1 > state.best_f1:
                     state.best_f1, state.best_epoch = valid_f1, epoch + 1

@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -265,6 +266,10 @@ def test_unfinished_runs_and_seeds_trained_on_other_stores_are_noted(runs):
     for seed, manifest in zip(seeds, ("a", "b"), strict=True):
         (seed / "env.json").write_text(json.dumps({"features": {"manifest_hash": manifest}}))
     assert "seeds trained on different feature stores" in note()
+    with (seeds[1] / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 4, "valid')  # cut by a full disk, say: one line that names it (it was a traceback)
+    with pytest.raises(UserError, match=f"^{re.escape(str(seeds[1] / 'metrics.jsonl'))} line 2: not a metrics row "):
+        note()
 
 
 def test_runs_scored_on_different_sets_are_refused(runs):

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sedaug.files import read_jsonl
 from sedaug.rundir import RunDir, read_diverged
 
 DEFAULT_SETTING = "default"  # the setting id of a recipe searched over nothing
@@ -74,8 +73,7 @@ def checkpointed_metrics(run_dir: Path) -> list[dict]:
     held = epochs_held(run.checkpoint("last"))
     if held is None:
         return []
-    rows = read_jsonl(run.metrics)
-    return [r for r in rows if isinstance(r.get("epoch"), int) and r["epoch"] <= held]
+    return run.metric_rows(upto=held)
 
 
 def split_results(run_dir: Path, split: str) -> dict | None:
@@ -113,7 +111,7 @@ def locked(path: Path) -> Iterator[None]:
 
 def _copy_run(source: Path, dest: Path) -> None:
     """The search trial of the winner on the search seed is the final run of that seed (same recipe, same seed:
-    the same weights on CPU, docs/architecture.md "Determinism"): copied, not trained again."""
+    the same weights on CPU, docs/architecture.md, "Checkpoints and resume"): copied, not trained again."""
     tmp = dest.with_name(f".{dest.name}.copy")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
