@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
-import json
 import logging
 import os
 import re
@@ -504,10 +503,10 @@ def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
 
 def _scored_checkpoint(results: Path) -> str | None:
     """The checkpoint (best, last) an evaluation's results.json is of, or None."""
-    try:
-        name = json.loads(results.read_text())["checkpoint"]["name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    from sedaug.files import read_json_object
+
+    checkpoint = (read_json_object(results) or {}).get("checkpoint")
+    name = checkpoint.get("name") if isinstance(checkpoint, dict) else None
     return name if isinstance(name, str) else None
 
 

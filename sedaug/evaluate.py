@@ -16,7 +16,7 @@ from sedaug.data.store import FeatureStore, Split
 from sedaug.errors import UserError, listed
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
-from sedaug.files import absolute, remove_stale_temporaries, write_text
+from sedaug.files import absolute, read_json_object, remove_stale_temporaries, write_text
 from sedaug.recipe import Recipe, dump_recipe, load_recipe
 from sedaug.rundir import (
     DIVERGED,
@@ -140,10 +140,7 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
 
 def _members(results: Path) -> list[str] | None:
     """The member runs of an ensemble's results.json, sorted (given in another order, they are the same), or None."""
-    try:
-        members = json.loads(results.read_text()).get("members")
-    except (OSError, ValueError, AttributeError):
-        return None
+    members = (read_json_object(results) or {}).get("members")
     return sorted(str(m.get("run")) for m in members if isinstance(m, dict)) if isinstance(members, list) else None
 
 

@@ -19,7 +19,7 @@ import yaml
 import sedaug
 from sedaug.deps import import_torchaudio
 from sedaug.errors import UserError
-from sedaug.files import is_running, write_text
+from sedaug.files import is_running, read_json_object, write_text
 
 LOCK = ".lock"
 _HELD: set[Path] = set()  # the run directories this process holds locked
@@ -241,10 +241,7 @@ def trained_on(run_dir: Path) -> str | None:
     """The identity of the feature store a run trained on (env.json's record of it), as text to compare (its
     features' hash, where recorded, not where its tree lay); None for an ensemble, or a run trained before
     env.json recorded it."""
-    try:
-        features = json.loads(RunDir(Path(run_dir)).env.read_text()).get("features")
-    except (OSError, ValueError, AttributeError):
-        return None
+    features = (read_json_object(RunDir(Path(run_dir)).env) or {}).get("features")
     return json.dumps(_what_identifies(features), sort_keys=True) if isinstance(features, dict) else None
 
 
@@ -269,11 +266,7 @@ def best_epoch(rows: list[dict]) -> dict | None:
 
 def read_diverged(run_dir: Path) -> dict | None:
     """`{epoch, step, message}` of a run whose loss became non-finite (train writes it), or None."""
-    try:
-        record = json.loads((Path(run_dir) / DIVERGED).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return record if isinstance(record, dict) else None
+    return read_json_object(Path(run_dir) / DIVERGED)
 
 
 def _git_commit() -> str | None:

@@ -649,3 +649,18 @@ def test_a_recorded_path_is_absolute_without_dot_dot_and_with_home_expanded(tmp_
     assert absolute(tmp_path / "link" / ".." / "x") == tmp_path / "deep" / "x"  # `..` as the file system reads it
     assert absolute("../link/x") == tmp_path / "link" / "x"  # after the last `..`, as written
     assert absolute("~no-such-user-here/x") == tmp_path / "work" / "~no-such-user-here" / "x"  # no traceback
+
+
+def test_a_record_that_is_json_but_no_object_is_read_as_damaged(prepared):
+    """prepare.json (and every JSON record sedaug reads back) holding a list: read as unreadable, as a damaged one is
+    (it was an AttributeError traceback)."""
+    layout, out = prepared
+    record = out / "manifest" / "prepare.json"
+    record.write_text("[1]\n")
+    features = out.parent / "features"
+    one_line_error(run("extract-mels", "--data", out, "--out", features, "--device", "cpu"),
+                   f"{out / 'manifest'}: its prepare.json is unreadable or of another version of sedaug")
+    assert not features.exists()
+    result = run("prepare-desed", "--root", layout.root, "--out", out)
+    assert result.exit_code == 0 and "already" not in result.output, result.output
+    assert run("extract-mels", "--data", out, "--out", features, "--device", "cpu").exit_code == 0

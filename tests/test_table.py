@@ -9,8 +9,8 @@ import csv
 import dataclasses
 import io
 import json
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 

@@ -17,7 +17,6 @@ says and a clip listed in two splits, kept.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
@@ -43,7 +42,7 @@ from sedaug.data.metadata import (  # noqa: F401 (re-exported: the layout's clas
     read_metadata,
 )
 from sedaug.errors import UserError, counted, one_line
-from sedaug.files import atomic_dir, read_tsv, write_json, write_tsv, writing
+from sedaug.files import atomic_dir, read_json_object, read_tsv, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
 
@@ -398,10 +397,7 @@ def _outputs_exist(out: Path) -> bool:
 
 
 def _read_prepare_json(manifest_dir: Path) -> dict | None:
-    try:
-        return json.loads((manifest_dir / PREPARE_JSON).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json_object(manifest_dir / PREPARE_JSON)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,12 +496,11 @@ def _what_changed(root: Path, record: dict, tables: dict[str, MetadataTables],
 def _prepare_args(root: Path, out: Path) -> str:
     """`prepare-desed`'s arguments that list the tree `root` into `out`: a synthetic tree's own --size, --seed and
     --sample-rate (its synthetic.json; the defaults would generate another set), else --root."""
-    try:
-        settings = json.loads((root / "synthetic.json").read_text())["settings"]  # sedaug.data.synthetic
+    settings = (read_json_object(root / "synthetic.json") or {}).get("settings")  # sedaug.data.synthetic
+    if isinstance(settings, dict) and {"size", "seed", "sample_rate"} <= settings.keys():
         return (f"--synthetic --size {settings['size']} --seed {settings['seed']} --sample-rate "
                 f"{settings['sample_rate']} --out {out}")
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"--root {root} --out {out}"
+    return f"--root {root} --out {out}"
 
 
 def manifest_hash(prepared: Path) -> str:

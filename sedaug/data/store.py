@@ -24,7 +24,7 @@ from sedaug.data.desed import CLASSES, read_events
 from sedaug.data.grid import PARAMS, real_frames
 from sedaug.data.labels import weak_labels_from
 from sedaug.errors import UserError, one_line
-from sedaug.files import read_tsv, sha256
+from sedaug.files import read_json_object, read_tsv, sha256
 
 FEATURES_JSON = "features.json"
 SCALER = "scaler.npz"
@@ -205,11 +205,7 @@ def _check_events(path: Path, events: pd.DataFrame, durations: dict[str, float])
 
 def read_record(path: Path) -> dict | None:
     """The store's features.json, or None when there is none (or it is unreadable, or not a JSON object)."""
-    try:
-        record = json.loads((Path(path) / FEATURES_JSON).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return read_json_object(Path(path) / FEATURES_JSON)
 
 
 def _open_record(path: Path) -> dict:

@@ -12,7 +12,6 @@ without synthesizing audio.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ from sedaug.data.desed import (
 )
 from sedaug.data.sounds import F32, GENERATORS, background, fades, rms
 from sedaug.errors import UserError, listed
-from sedaug.files import named_as, write_json, write_tsv, writing
+from sedaug.files import named_as, read_json_object, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
 SIZES: dict[str, dict[str, int]] = {
@@ -184,11 +183,8 @@ def _overlapping(rng: np.random.Generator, event: Event, clip_duration: float) -
 
 
 def _is_generated(out: Path, settings: dict, plans: dict[str, list[ClipPlan]]) -> bool:
-    try:
-        recorded = json.loads((out / SYNTHETIC_JSON).read_text())
-    except (OSError, ValueError):
-        return False
-    if recorded.get("settings") != settings:
+    recorded = read_json_object(out / SYNTHETIC_JSON)
+    if recorded is None or recorded.get("settings") != settings:
         return False
     return all((out / SPLITS[s].audio_dir / p.filename).is_file() for s, ps in plans.items() for p in ps)
 

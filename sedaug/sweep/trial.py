@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sedaug.files import read_json_object
 from sedaug.rundir import RunDir, read_diverged
 
 DEFAULT_SETTING = "default"  # the setting id of a recipe searched over nothing
@@ -79,11 +80,7 @@ def checkpointed_metrics(run_dir: Path) -> list[dict]:
 def split_results(run_dir: Path, split: str) -> dict | None:
     """A run's results.json on `split`, as written; None where it is missing or unreadable (the trial evaluates
     again). evaluation.results.read_results checks one for the table."""
-    path = RunDir(Path(run_dir)).results(split)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json_object(RunDir(Path(run_dir)).results(split))
 
 
 def best_valid_f1(rows: list[dict]) -> float | None:
