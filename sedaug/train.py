@@ -206,11 +206,12 @@ def validate(model: CRNN, split: Split, recipe: Recipe, device: torch.device, on
     return f1 if math.isfinite(f1) else 0.0  # no class has a reference event: nothing to select on
 
 
-def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device, epochs_given: bool) -> Checkpoint | None:
+def _start(run: RunDir, recipe: Recipe, store: FeatureStore, resume: bool, device: torch.device,
+           epochs_given: bool) -> Checkpoint | None:
     """The checkpoint training continues from, or None to start from scratch. Refuses a run directory that holds
     another run or lost its last.pt, a resume with another recipe (`what_a_run_trains`: optim.epochs and paper_row
-    may differ), other optim.epochs than the run's not given for this call, and fewer epochs than the run has
-    trained or begun."""
+    may differ), other optim.epochs than the run's not given for this call, fewer epochs than the run has trained
+    or begun, and another feature store than the run's."""
     last = run.checkpoint("last")
     if not last.exists() and not run.is_empty():
         trained = run.trained_outputs()
@@ -254,6 +255,9 @@ def _start(run: RunDir, recipe: Recipe, resume: bool, device: torch.device, epoc
         what = "trained" if begun == ckpt.state.epoch else f"begun (interrupted in epoch {begun})"
         raise UserError(f"--resume: optim.epochs {recipe.optim.epochs} is below the {begun} epochs {run.root} has "
                         f"{what}: resume with optim.epochs >= {begun}")
+    if ckpt.features is not None and (changed := identity_changes(ckpt.features, store.identity)):
+        raise UserError(f"--resume: {store.path} is not the feature store {ckpt.path} was trained on ({', '.join(changed)} "
+                        "changed since): resume on that store, or train anew into another --runs")
     return ckpt
 
 
@@ -315,7 +319,10 @@ def train(
     check_runs_on(recipe, device)
     store = FeatureStore(recipe.data.features)
     with run.lock():  # a refusal under it leaves no folder or lock file behind
-        return _train(recipe, run, store, _start(run, recipe, resume, device, epochs_given), device, progress, on_epoch, recorded)
+        ckpt = _start(run, recipe, store, resume, device, epochs_given)
+        if ckpt is not None and ckpt.state.epoch >= recipe.optim.epochs and not ckpt.state.step_in_epoch:
+            return _nothing_left(run, recipe, ckpt, recorded)
+        return _train(recipe, run, store, ckpt, device, progress, on_epoch)
 
 
 def _short_rampups(recipe: Recipe, steps: int, lr_rampup: int, const_rampup: int) -> str | None:
@@ -352,6 +359,37 @@ def _same_spelling(recorded: Recipe | None, features: Path) -> Path:
     return recorded.data.features if same else features
 
 
+def _nothing_left(run: RunDir, recipe: Recipe, ckpt: Checkpoint, recorded: Recipe | None) -> TrainResult:
+    """A resume of a run that has trained all its epochs: nothing to train; its recipe.yaml takes what may change."""
+    was = None if recorded is None else recorded.optim.epochs
+    if not run.recipe.is_file() or run.recipe.read_text(encoding="utf-8") != dump_recipe(recipe):  # a new paper_row, say
+        write_text(run.recipe, dump_recipe(recipe))
+    return TrainResult(run.root, recipe.name, recipe.seed, ckpt.state.epoch, ckpt.state.best_f1, ckpt.state.best_epoch,
+                       "", nothing_left=True, epochs_were=was if was is not None and was != recipe.optim.epochs else None)
+
+
+def _restore(
+    run: RunDir, ckpt: Checkpoint | None, training: Training, device: torch.device
+) -> tuple[TrainState, list[dict]]:
+    """The training state and metrics.jsonl's rows to continue from: last.pt's, or a fresh start's."""
+    if ckpt is None:
+        run.checkpoint("best").unlink(missing_ok=True)  # a restart from scratch: no model from an earlier start
+        return TrainState(), []
+    state = restore_training(ckpt, training.model, training.teacher, training.optimizer, device)  # one line if unfit
+    # Epochs logged after last.pt was written (a crash between the two writes) are trained again.
+    return state, run.metric_rows(upto=state.epoch)
+
+
+def _progress_bar(progress: bool) -> Progress:
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[losses]}")]
+    return Progress(*columns, disable=not progress_shown(progress), transient=True, console=STDERR)
+
+
+def _log_line(record: dict) -> str:
+    return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()) + "\n"
+
+
 def _train(
     recipe: Recipe,
     run: RunDir,
@@ -360,21 +398,8 @@ def _train(
     device: torch.device,
     progress: bool,
     on_epoch: Callable[[dict], None] | None,
-    recorded: Recipe | None,
 ) -> TrainResult:
-
-    if ckpt is not None and ckpt.features is not None and (changed := identity_changes(ckpt.features, store.identity)):
-        raise UserError(f"--resume: {store.path} is not the feature store {ckpt.path} was trained on ({', '.join(changed)} "
-                        "changed since): resume on that store, or train anew into another --runs")
-
-    if ckpt is not None and ckpt.state.epoch >= recipe.optim.epochs and not ckpt.state.step_in_epoch:
-        was = None if recorded is None else recorded.optim.epochs
-        if not run.recipe.is_file() or run.recipe.read_text(encoding="utf-8") != dump_recipe(recipe):  # a new paper_row, say
-            write_text(run.recipe, dump_recipe(recipe))
-        return TrainResult(run.root, recipe.name, recipe.seed, ckpt.state.epoch, ckpt.state.best_f1,
-                           ckpt.state.best_epoch, "", nothing_left=True,
-                           epochs_were=was if was is not None and was != recipe.optim.epochs else None)
-
+    """Train the run's remaining epochs from `ckpt` (None: from the start), writing the run directory as it goes."""
     # Data: three training streams and synthetic_valid for model selection.
     streams = ThreeStreams(store, recipe.data.batch_size, recipe.seed, device, resident=device.type == "cuda")
     valid = store.split("synthetic_valid")
@@ -392,14 +417,7 @@ def _train(
     training = build_training(recipe, store.scaler(), device, steps=recipe.optim.epochs * steps_per_epoch)
     model, teacher, optimizer = training.model, training.teacher, training.optimizer
 
-    state = TrainState()
-    metrics: list[dict] = []
-    if ckpt is not None:
-        state = restore_training(ckpt, model, teacher, optimizer, device)  # each part checked: one line if unfit
-        # Epochs logged after last.pt was written (a crash between the two writes) are trained again.
-        metrics = run.metric_rows(upto=state.epoch)
-    else:
-        run.checkpoint("best").unlink(missing_ok=True)  # a restart from scratch: no model from an earlier start
+    state, metrics = _restore(run, ckpt, training, device)
     (run.root / DIVERGED).unlink(missing_ok=True)  # trained again (a sweep never does: its divergence is a result)
     # The resolved recipe (epochs may have grown on resume), the metrics so far and the environment, before the
     # first step.
@@ -422,9 +440,7 @@ def _train(
         save_checkpoint(run.checkpoint(which), model=model, teacher=teacher, optimizer=optimizer, state=state,
                         recipe=recipe, device=device, features=store.identity)
 
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[losses]}")]
-    bar = Progress(*columns, disable=not progress_shown(progress), transient=True, console=STDERR)
+    bar = _progress_bar(progress)
     first_epoch = state.epoch
     try:
         with _stop_on_sigint() as sigint, bar:
@@ -489,7 +505,7 @@ def _train(
                     state.best_f1, state.best_epoch = valid_f1, epoch + 1
                     checkpoint("best")
                 checkpoint("last")
-                log.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()) + "\n")
+                log.write(_log_line(record))
                 log.flush()
                 if on_epoch is not None:
                     on_epoch(record)
