@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sedaug.data.mel import amplitude_to_db
-from sedaug.recipe import ModelConfig
+from sedaug.recipe import MEL_BANDS, ModelConfig, bands_left
 
 # In call order. `cnn1`…`cnn7` are the outputs of the gated blocks (after pooling), (B, C, T, F); a model with fewer
 # blocks skips the missing ones (and a deeper one calls `cnn8`… too, which recipes cannot name).
@@ -177,7 +177,7 @@ class Scaler(nn.Module):
 
 
 class CRNN(nn.Module):
-    def __init__(self, cfg: ModelConfig = ModelConfig(), n_classes: int = 10, n_mels: int = 128):  # noqa: B008 (frozen)
+    def __init__(self, cfg: ModelConfig = ModelConfig(), n_classes: int = 10, n_mels: int = MEL_BANDS):  # noqa: B008 (frozen)
         super().__init__()
         channels = [1, *cfg.cnn_filters]
         self.cnn = CNN(
@@ -186,9 +186,7 @@ class CRNN(nn.Module):
                 for i, pool in enumerate(cfg.cnn_pooling)
             )
         )
-        freq = n_mels
-        for _, pool_f in cfg.cnn_pooling:
-            freq //= pool_f
+        freq = bands_left(cfg.cnn_pooling, bands=n_mels)
         if freq < 1:
             raise ValueError(f"model.cnn_pooling pools {n_mels} mel bands down to nothing")
         # dcase20 pools frequency down to 1; otherwise the remaining bands are flattened into the features.

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -35,6 +36,16 @@ class DataConfig(Section):
     batch_size: Annotated[int, Strict()] = Field(24, ge=4, multiple_of=4)
 
 
+MEL_BANDS = 128  # the features' mel bands (FeatureParams.n_mels)
+
+
+def bands_left(pooling: list[tuple[int, int]], blocks: int | None = None, bands: int = MEL_BANDS) -> int:
+    """The frequency rows left of `bands` after the first `blocks` (default: all) CNN blocks' pooling."""
+    for _, pool_f in pooling[:blocks]:
+        bands //= pool_f
+    return bands
+
+
 class ModelConfig(Section):
     cnn_filters: list[Count] = Field([16, 32, 64, 128, 128, 128, 128], min_length=1)
     cnn_pooling: list[tuple[Count, Count]] = [(2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
@@ -54,11 +65,8 @@ class ModelConfig(Section):
     def _same_depth(self) -> ModelConfig:
         if self.kernel_size % 2 == 0:
             raise ValueError("model.kernel_size: must be odd (the padding of k // 2 keeps the size only then)")
-        bands = 128
-        for _, pool_f in self.cnn_pooling:
-            bands //= pool_f
-        if bands < 1:
-            raise ValueError("model.cnn_pooling: pools the 128 mel bands down to nothing")
+        if bands_left(self.cnn_pooling) < 1:
+            raise ValueError(f"model.cnn_pooling: pools the {MEL_BANDS} mel bands down to nothing")
         if len(self.cnn_filters) != len(self.cnn_pooling):
             raise ValueError(
                 f"cnn_filters has {len(self.cnn_filters)} blocks but cnn_pooling has {len(self.cnn_pooling)}"
@@ -69,11 +77,8 @@ class ModelConfig(Section):
     def _one_output_grid(self) -> ModelConfig:
         # Frame labels and post-processing use one output grid (sedaug/data/grid.py), derived from the default
         # pooling: another time pooling would train against labels on the wrong frames.
-        pooled = expected = 1
-        for time, _ in self.cnn_pooling:
-            pooled *= time
-        for time, _ in type(self).model_fields["cnn_pooling"].default:
-            expected *= time
+        pooled = math.prod(time for time, _ in self.cnn_pooling)
+        expected = math.prod(time for time, _ in type(self).model_fields["cnn_pooling"].default)
         if pooled != expected:
             raise ValueError(
                 f"model.cnn_pooling: pools time by {pooled}, but frame labels and post-processing use the output grid "
@@ -341,9 +346,7 @@ class Recipe(Section):
                     f"augmentation.locations: {point} is the output of block {block}, and the model has "
                     f"{len(pooling)} blocks (model.cnn_pooling)"
                 )
-            rows = 128  # mel bands, pooled as in sedaug.model.CRNN
-            for _, pool_f in pooling[:block]:
-                rows //= pool_f
+            rows = bands_left(pooling, block)
             if along_frequency and rows < 2:
                 raise ValueError(
                     f"augmentation.locations: {what} acts along frequency, and model.cnn_pooling leaves "

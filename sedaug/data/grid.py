@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sedaug.recipe import ModelConfig
+from sedaug.recipe import MEL_BANDS, ModelConfig
 
 RESAMPLERS = ("kaiser_best",)
 PADDINGS = ("0dB",)
@@ -31,7 +31,7 @@ class FeatureParams:
     sample_rate: int = 16000
     n_fft: int = 2048
     hop: int = 255
-    n_mels: int = 128
+    n_mels: int = MEL_BANDS
     n_frames: int = 628
     clip_seconds: float = 10.0
     f_min: float = 0.0
