@@ -177,7 +177,7 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
     check_out(out, loaded, resume)  # before anything is written, as the resources are
     sweep = loaded.sweep
     per_trial = trial_resources(loaded)
-    plan = Plan(out=str(out), bases=loaded.bases, select_split=sweep.select.split, select_metric=sweep.select.metric,
+    plan = Plan(out=str(out), bases=loaded.bases, select_split=sweep.select.evaluated_split, select_metric=sweep.select.metric,
                 cpus=sweep.resources.cpus, gpus=sweep.resources.gpus, argv=list(sys.argv))
     view = SweepView(out, loaded.epochs, title=f"sweep {Path(spec_path).stem}")
     notes: list[str] = []
@@ -377,12 +377,12 @@ def _settled(out: Path, loaded: LoadedSweep, spec: dict, statuses: dict) -> bool
     if read_diverged(run_dir) is not None:
         return True
     if spec["stage"] == "search":
-        split = None if sweep.select.is_default else sweep.select.split
+        split = sweep.select.evaluated_split
         if statuses.get(("search", spec["recipe"], run_dir.parent.name, spec["seed"])) == "stopped":
             return True
     else:
         split = "eval"
-    return run_state(run_dir, loaded.epochs[spec["recipe"]], split, sweep.select.metric)[3]
+    return run_state(run_dir, loaded.epochs[spec["recipe"]], split, sweep.select.metric).complete
 
 
 def _search(loaded: LoadedSweep, out: Path, plan: Plan, view, searched: SearchPlan, per_trial: dict) -> None:

@@ -13,7 +13,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sedaug.files import write_text
 from sedaug.rundir import RunDir, best_epoch, read_diverged
@@ -75,18 +75,25 @@ def journal_errors(out: Path) -> list[str]:
     return list(dict.fromkeys(failed))
 
 
-def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> tuple[int, float | None, int | None, bool]:
-    """(epochs done, score, best epoch, complete) of one run directory. `split` None: the paper's selection, the
-    best synthetic_valid macro F1 over epochs (what best.pt keeps); else `metric` of `<split>/results.json`."""
+class RunState(NamedTuple):
+    done: int  # epochs
+    score: float | None
+    best_epoch: int | None
+    complete: bool
+
+
+def run_state(run_dir: Path, epochs: int, split: str | None, metric: str) -> RunState:
+    """One run directory's state. `split` None: the paper's selection, the best synthetic_valid macro F1 over
+    epochs (what best.pt keeps); else `metric` of `<split>/results.json`."""
     rows = checkpointed_metrics(run_dir)
     best = best_epoch(rows) or {}
     done = len(rows)
     if split is None:
-        return done, best.get("valid_f1"), best.get("epoch"), done >= epochs
+        return RunState(done, best.get("valid_f1"), best.get("epoch"), done >= epochs)
     results = split_results(run_dir, split)
     value = None if results is None else results.get(metric)
     score = float(value) if isinstance(value, int | float) else None
-    return done, score, best.get("epoch"), done >= epochs and results is not None
+    return RunState(done, score, best.get("epoch"), done >= epochs and results is not None)
 
 
 def search_records(loaded: LoadedSweep, out: Path) -> list[TrialRecord]:
@@ -96,7 +103,7 @@ def search_records(loaded: LoadedSweep, out: Path) -> list[TrialRecord]:
 
     sweep = loaded.sweep
     plan = plan_search(loaded, out)
-    split = None if sweep.select.is_default else sweep.select.split
+    split = sweep.select.evaluated_split
     statuses = journal_statuses(out)
     records = []
     for recipe, space in loaded.spaces.items():

@@ -57,7 +57,7 @@ class Plan:
 
     out: str
     bases: dict[str, dict]  # recipe name -> base recipe raw dict
-    select_split: str
+    select_split: str | None  # Selection.evaluated_split
     select_metric: str
     cpus: float
     gpus: float
@@ -147,7 +147,7 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
     recipe = validate_recipe(apply_params(plan.bases[config["recipe"]], config["params"], config["seed"]),
                              str(RunDir(run_dir).recipe))
     epochs = recipe.optim.epochs
-    selection = _selection_split(plan) if stage == "search" else None
+    selection = plan.select_split if stage == "search" else None
 
     run_dir.with_name(run_dir.name + ".lock").unlink(missing_ok=True)  # sedaug 0.1's name, matched by seed*
     with locked(trial_lock(run_dir)):
@@ -192,13 +192,6 @@ def run_trial(config: dict[str, Any], plan: Plan) -> None:
         except Diverged as e:  # train wrote diverged.json
             diverged = {"epoch": e.epoch, "step": e.step, "message": str(e)}
             tune.report(_diverged_result(checkpointed_metrics(run_dir), best, stage, diverged))
-
-
-def _selection_split(plan: Plan) -> str | None:
-    """The split the search trials are evaluated on, when the selection is not the per-epoch synthetic_valid F1."""
-    if (plan.select_split, plan.select_metric) == ("synthetic_valid", "macro"):
-        return None
-    return plan.select_split
 
 
 def _result(row: dict, best: float | None, stage: str, score: float | None = None) -> dict:
