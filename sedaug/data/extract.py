@@ -60,6 +60,10 @@ from sedaug.files import named_as, remove_stale_temporaries, write_json, write_t
 from sedaug.progress import progress_bar
 
 LOCK = ".extract.lock"  # in the store, held while an extract-mels writes it
+# dcase20's 80/20 split of the synthetic clips into synthetic_train and synthetic_valid, drawn once per store (not per
+# run: every run and sweep trial selects on the same synthetic_valid); recorded in features.json.
+SYNTHETIC_VALID_FRACTION = 0.2
+SPLIT_SEED = 0
 
 
 @dataclass
@@ -93,9 +97,6 @@ def extract_mels(
     device: str | torch.device = "cpu",
     workers: int | None = None,
     progress: bool = True,
-    synthetic_valid_fraction: float = 0.2,
-    split_seed: int = 0,
-    batch_size: int | None = None,
 ) -> ExtractReport:
     """Compute the mel features of every clip in the manifest under `data` into the store `out` (idempotent)."""
     start = time.perf_counter()
@@ -108,8 +109,8 @@ def extract_mels(
         "format": STORE_FORMAT,
         "params": PARAMS.to_dict(),
         "manifest_hash": manifest_hash(data),
-        "synthetic_valid_fraction": synthetic_valid_fraction,
-        "split_seed": split_seed,
+        "synthetic_valid_fraction": SYNTHETIC_VALID_FRACTION,
+        "split_seed": SPLIT_SEED,
     }
     recorded = read_record(out)
     _check_out(out, data, recorded, settings["manifest_hash"])
@@ -122,11 +123,11 @@ def extract_mels(
     if gone is not None:
         raise UserError(gone)
     torch_device = parse_device(device)
-    tables = _split_tables(data, manifest, synthetic_valid_fraction, split_seed)
+    tables = _split_tables(data, manifest)
     created = not out.exists()
     staging = out / f".staging.tmp{os.getpid()}"
     workers = workers or os.cpu_count() or 1
-    batch_size = batch_size or (64 if torch_device.type == "cuda" else 16)
+    batch_size = 64 if torch_device.type == "cuda" else 16
     try:
         with _held(out), named_as(staging, out):  # the staged files stand for the store's: errors name the latter
             shutil.rmtree(staging, ignore_errors=True)
@@ -282,11 +283,9 @@ def split_synthetic(
     return [f for f in filenames if f not in valid], [f for f in filenames if f in valid]
 
 
-def _split_tables(
-    data: Path, manifest: dict[str, pd.DataFrame], valid_fraction: float, seed: int
-) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]:
+def _split_tables(data: Path, manifest: dict[str, pd.DataFrame]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]:
     """Feature-store split -> (clips: filename and path, labels: weak labels or events or None)."""
-    train, valid = split_synthetic(list(manifest["synthetic"]["filename"]), valid_fraction, seed)
+    train, valid = split_synthetic(list(manifest["synthetic"]["filename"]), SYNTHETIC_VALID_FRACTION, SPLIT_SEED)
     members = {"synthetic_train": set(train), "synthetic_valid": set(valid)}
     tables: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]] = {}
     for name, source in SOURCES.items():
