@@ -7,7 +7,7 @@ index in one `index_select` per stream, with no per-clip Python work.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,8 @@ import torch
 from sedaug.data.labels import frame_labels
 from sedaug.data.store import FeatureStore
 from sedaug.errors import UserError
+
+STREAMS = ("unlabeled", "weak", "synthetic_train")  # the feature-store splits of a batch, in its rows' order
 
 
 @dataclass
@@ -36,11 +38,21 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+def stream_batch_sizes(batch_size: int) -> tuple[int, int, int]:
+    """Each stream's clips in a batch (dcase20's 1/2 unlabeled, 1/4 weak, 1/4 synthetic), in STREAMS' order."""
+    return batch_size // 2, batch_size // 4, batch_size // 4
+
+
+def steps_per_epoch(counts: Sequence[int], batch_size: int) -> int:
+    """Full batches in an epoch of streams holding `counts` clips (STREAMS' order): the shortest stream ends it."""
+    return min(n // k for n, k in zip(counts, stream_batch_sizes(batch_size), strict=True))
+
+
 class ThreeStreams:
     """Per-epoch shuffled batches over the unlabeled, weak and synthetic-train streams."""
 
     def __init__(self, store: FeatureStore, batch_size: int, seed: int, device: torch.device, resident: bool = False):
-        unlabeled, weak, synthetic = (store.split(s) for s in ("unlabeled", "weak", "synthetic_train"))
+        unlabeled, weak, synthetic = (store.split(s) for s in STREAMS)
         # On a GPU the whole store is copied to device memory when asked (it fits for DESED); else gathered from mmap.
         place = (lambda t: t.to(device)) if resident else (lambda t: t)
         self.sources = [place(_as_tensor(s.mels)) for s in (unlabeled, weak, synthetic)]
@@ -49,12 +61,12 @@ class ThreeStreams:
         self.strong_labels = torch.as_tensor(
             frame_labels(synthetic.events, synthetic.filenames), dtype=torch.float32, device=device
         )
-        self.sizes = (batch_size // 2, batch_size // 4, batch_size // 4)
+        self.sizes = stream_batch_sizes(batch_size)
         self.seed = seed
         self.device = device
-        self.steps_per_epoch = min(len(src) // n for src, n in zip(self.sources, self.sizes, strict=True))
+        self.steps_per_epoch = steps_per_epoch([len(src) for src in self.sources], batch_size)
         if self.steps_per_epoch == 0:
-            counts = ", ".join(f"{name} {len(src)}" for name, src in zip(("unlabeled", "weak", "synthetic_train"), self.sources, strict=True))
+            counts = ", ".join(f"{name} {len(src)}" for name, src in zip(STREAMS, self.sources, strict=True))
             raise UserError(f"{store.path}: too few clips ({counts}) for data.batch_size {batch_size} (unlabeled 1/2, weak 1/4, synthetic 1/4)")
 
     def epoch(self, epoch: int, start: int = 0, stop: int | None = None) -> Iterator[Batch]:

@@ -348,6 +348,7 @@ def _duration(hours: float) -> str:
 
 def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
     """The recipe's steps per epoch from its feature store's split sizes (DESED's when there is no store yet)."""
+    from sedaug.data.batches import STREAMS, steps_per_epoch
     from sedaug.data.store import read_record
 
     record = read_record(Path(recipe.data.features)) or {}
@@ -355,9 +356,7 @@ def _steps_per_epoch(recipe: Recipe) -> tuple[int, str | None]:
     if not isinstance(sizes, dict):
         sizes, note = {"unlabeled": 14412, "weak": 1578, "synthetic_train": 2067}, (
             f"no feature store at {recipe.data.features}: steps per epoch assume DESED's sizes")
-    b = recipe.data.batch_size
-    steps = min(int(sizes.get("unlabeled", 0)) // (b // 2), int(sizes.get("weak", 0)) // (b // 4),
-                int(sizes.get("synthetic_train", 0)) // (b // 4))
+    steps = steps_per_epoch([int(sizes.get(name, 0)) for name in STREAMS], recipe.data.batch_size)
     return min(steps, recipe.optim.max_steps_per_epoch or steps), note
 
 
@@ -397,21 +396,24 @@ def step_seconds(recipe: Recipe, device: str, run_steps: int | None = None, step
     import numpy as np
     import torch
 
-    from sedaug.data.batches import Batch
+    from sedaug.data.batches import Batch, stream_batch_sizes
+    from sedaug.data.desed import CLASSES
+    from sedaug.data.grid import PARAMS
     from sedaug.train import build_training, training_step
 
     torch.manual_seed(0)
     dev = torch.device(device)
-    n_mels = 128
+    n_frames, n_mels, n_classes = PARAMS.n_frames, PARAMS.n_mels, len(CLASSES)
     scaler = (np.zeros(n_mels, np.float32), np.ones(n_mels, np.float32))
     training = build_training(recipe, scaler, dev, steps=run_steps)
     b = recipe.data.batch_size
-    mels = (torch.rand(b, 628, n_mels) ** 4 * 10).to(dev)
+    n_unlabeled, n_weak, n_synthetic = stream_batch_sizes(b)
+    mels = (torch.rand(b, n_frames, n_mels) ** 4 * 10).to(dev)
     with torch.no_grad():
         out_frames = training.model(mels[:1])[0].shape[1]
-    batch = Batch(mels=mels, weak_labels=(torch.rand(b // 4, 10) < 0.3).float().to(dev),
-                  strong_labels=(torch.rand(b // 4, out_frames, 10) < 0.2).float().to(dev),
-                  n_unlabeled=b // 2, n_weak=b // 4, frames=torch.full((b,), 628, device=dev))
+    batch = Batch(mels=mels, weak_labels=(torch.rand(n_weak, n_classes) < 0.3).float().to(dev),
+                  strong_labels=(torch.rand(n_synthetic, out_frames, n_classes) < 0.2).float().to(dev),
+                  n_unlabeled=n_unlabeled, n_weak=n_weak, frames=torch.full((b,), n_frames, device=dev))
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     best = float("inf")
     for i in range(steps + 1):
