@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 
 from sedaug.data.desed import CLASSES, EVENT_COLUMNS
-from sedaug.data.grid import FRAME_SECONDS
 from sedaug.evaluation.f1 import EVENT_BASED
 from sedaug.evaluation.postprocess import (
-    TIME_DECIMALS,
     as_scores,
+    event_runs,
     frame_counts,
     merge_overlaps,
     reflected_windows,
+    run_seconds,
 )
 from sedaug.evaluation.psds import PSDS_CRITERIA, PSDS_MAX_EFPR, PSDS_THRESHOLDS, PSDS_VARIANTS
 
@@ -154,9 +154,8 @@ def psds_counts(
     for i, threshold in enumerate(thresholds):
         # A binary median filter after a threshold is the threshold of the median filter (a window holds at least
         # w - w // 2 frames >= threshold exactly when its median is >= threshold): one filter for all thresholds.
-        clip, cls, start, stop = _runs(medians >= threshold)
-        on = np.round(start * FRAME_SECONDS, TIME_DECIMALS)  # as binary_to_events
-        off = np.minimum(np.round(stop * FRAME_SECONDS, TIME_DECIMALS), durations[clip])
+        clip, cls, start, stop = event_runs(medians >= threshold)
+        on, off = run_seconds(start, stop, clip, durations)
         keep = off > on  # psds_eval drops empty detections
         tp, fp, ct = _judge(clip[keep], cls[keep], on[keep], off[keep], pad_cls, pad_on, pad_off)
         counts["tp"][:, i], counts["fp"][:, i], counts["ct"][:, i] = tp, fp, ct
@@ -174,16 +173,6 @@ def window_medians(strong: np.ndarray, window: int, lengths: np.ndarray) -> np.n
         windows = np.lib.stride_tricks.sliding_window_view(padded, window, axis=1)  # (N, T, C, window)
         strong = np.partition(windows, window // 2, axis=-1)[..., window // 2]
     return np.where(np.arange(t)[None, :, None] < lengths[:, None, None], strong, -np.inf)
-
-
-def _runs(binary: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Contiguous runs of True along the last axis of (N, C, T): clip, class, first frame, frame after the last."""
-    n, c, t = binary.shape
-    edges = np.diff(np.pad(binary, ((0, 0), (0, 0), (1, 1))).view(np.int8), axis=2).ravel()
-    flat = np.flatnonzero(edges)  # starts and stops alternate along each row: one scan finds both
-    starts, stops = flat[edges[flat] == 1], flat[edges[flat] == -1]
-    row, start = np.divmod(starts, t + 1)
-    return row // c, row % c, start, stops % (t + 1)
 
 
 def _judge(clip, cls, on, off, pad_cls, pad_on, pad_off):

@@ -88,6 +88,28 @@ def median_filter_scores(strong: np.ndarray, window: int, lengths: np.ndarray) -
     return out
 
 
+def event_runs(binary: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Contiguous runs of True along the last axis of a boolean (N, C, T): clip, class, first frame, frame after the
+    last; sorted by clip, class, time."""
+    n, c, t = binary.shape
+    edges = np.diff(np.pad(binary, ((0, 0), (0, 0), (1, 1))).view(np.int8), axis=2).ravel()
+    flat = np.flatnonzero(edges)  # starts and stops alternate along each row: one scan finds both
+    starts, stops = flat[edges[flat] == 1], flat[edges[flat] == -1]
+    row, start = np.divmod(starts, t + 1)
+    return row // c, row % c, start, stops % (t + 1)
+
+
+def run_seconds(
+    start: np.ndarray, stop: np.ndarray, clip: np.ndarray, durations: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(onset, offset) in seconds of runs of frames [start, stop) of clips `clip`, offsets cut at the clip's duration."""
+    onset = np.round(start * FRAME_SECONDS, TIME_DECIMALS)
+    offset = np.round(stop * FRAME_SECONDS, TIME_DECIMALS)
+    if durations is not None:
+        offset = np.minimum(offset, np.asarray(durations, dtype=np.float64)[clip])
+    return onset, offset
+
+
 def binary_to_events(
     binary: np.ndarray, filenames: Sequence[str], durations: np.ndarray | None = None
 ) -> pd.DataFrame:
@@ -95,14 +117,8 @@ def binary_to_events(
 
     onset = first frame · FRAME_SECONDS, offset = (last frame + 1) · FRAME_SECONDS, cut at the clip's duration.
     """
-    x = np.swapaxes(np.asarray(binary, dtype=bool), 1, 2)  # (N, C, T): nonzero() then sorts by clip, class, time
-    edges = np.diff(np.pad(x, ((0, 0), (0, 0), (1, 1))).astype(np.int8), axis=2)
-    clip, cls, start = np.nonzero(edges == 1)
-    _, _, stop = np.nonzero(edges == -1)
-    onset = np.round(start * FRAME_SECONDS, TIME_DECIMALS)
-    offset = np.round(stop * FRAME_SECONDS, TIME_DECIMALS)
-    if durations is not None:
-        offset = np.minimum(offset, np.asarray(durations, dtype=np.float64)[clip])
+    clip, cls, start, stop = event_runs(np.swapaxes(np.asarray(binary, dtype=bool), 1, 2))
+    onset, offset = run_seconds(start, stop, clip, durations)
     return pd.DataFrame(
         {
             "filename": np.asarray(filenames, dtype=object)[clip],
