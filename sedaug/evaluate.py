@@ -17,7 +17,7 @@ from sedaug.errors import UserError, listed
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
 from sedaug.files import absolute, read_json_object, remove_stale_temporaries, write_text
-from sedaug.recipe import Recipe, dump_recipe, load_recipe
+from sedaug.recipe import Recipe, dump_recipe, load_recipe, seed_settings
 from sedaug.rundir import (
     DIVERGED,
     RunDir,
@@ -105,10 +105,10 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
     # Each run's recipe.yaml, which a resume rewrites (a resumed run's best.pt may keep the recipe of fewer epochs);
     # where each found its store, and with what batch it is scored, do not matter: the ensemble is scored on one.
     recipe = load_recipe(RunDir(run_dirs[0]).recipe)
-    first = recipe.model_dump(mode="json")
+    first = {"name": recipe.name, **seed_settings(recipe)}
     for path in run_dirs[1:]:
-        other = load_recipe(RunDir(path).recipe).model_dump(mode="json")
-        differ = [k for k in diff_keys(first, other) if k not in ("seed", "paper_row", "data.features", "eval.batch_size")]
+        other = load_recipe(RunDir(path).recipe)
+        differ = diff_keys(first, {"name": other.name, **seed_settings(other)})
         if differ:
             raise UserError(f"{path}: another recipe than {members[0][0]}'s ({listed(differ)} differ): an ensemble averages "
                             "seeds of one recipe")

@@ -433,6 +433,17 @@ def dump_recipe(recipe: Recipe) -> str:
     return dump_yaml(recipe.model_dump(mode="json"))
 
 
+def seed_settings(recipe: Recipe) -> dict:
+    """What must agree between the seeds of one recipe (a table's row, an ensemble), what trains and scores the
+    model: not its name, seed, row label, store path or eval batch size, nor its consistency settings where no
+    augmentation makes a consistency loss."""
+    dump = recipe.model_dump(mode="json", exclude={"name", "seed", "paper_row"})
+    dump["data"].pop("features"), dump["eval"].pop("batch_size")
+    if recipe.augmentation.type == "none":
+        dump.pop("consistency")
+    return dump
+
+
 def what_a_run_trains(recipe: Recipe) -> dict:
     """The recipe as a run's weights depend on it, to compare runs: `optim.epochs` aside (a resume may ask for more,
     a sweep trial's recipe.yaml may hold fewer), `paper_row` (a label of the table's row) and `data.features` (where

@@ -23,7 +23,7 @@ from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
 from sedaug.evaluation.results import METRICS, read_results
 from sedaug.paper import paper_value
-from sedaug.recipe import Recipe, load_recipe
+from sedaug.recipe import Recipe, load_recipe, seed_settings
 from sedaug.rundir import RunDir, best_epoch, enclosing_run, read_diverged, trained_on
 from sedaug.sweep import in_search, selected_settings
 from sedaug.table_ci import (
@@ -164,7 +164,7 @@ def _split_by_settings(runs: list[_Run], runs_dir: Path) -> list[_Run]:
         groups.setdefault(run.row, []).append(run)
     named, differs = {}, {}
     for name, group in groups.items():
-        settings = {r.path: _flat(_settings(r.recipe)) for r in group}
+        settings = {r.path: _flat(seed_settings(r.recipe)) for r in group}
         every = dict.fromkeys(k for s in settings.values() for k in s)
         keys = [k for k in every if len({json.dumps(s.get(k)) for s in settings.values()}) > 1]
         if not keys:
@@ -329,16 +329,6 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if len(values) < 2:
         return mean, None
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def _settings(recipe: Recipe) -> dict:
-    """What must agree between the seeds of one row, what trains and scores the model: not its name, seed, row label,
-    store path or eval batch size, nor its consistency settings where no augmentation makes a consistency loss."""
-    dump = recipe.model_dump(mode="json", exclude={"name", "seed", "paper_row"})
-    dump["data"].pop("features"), dump["eval"].pop("batch_size")
-    if recipe.augmentation.type == "none":
-        dump.pop("consistency")
-    return dump
 
 
 def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:

@@ -104,6 +104,11 @@ def test_an_ensemble_of_different_recipes_is_refused(tiny_features, tiny_model_o
     result = runner.invoke(app, ["evaluate", str(runs / "none" / "seed0"), str(seed1), "--ensemble", "--device", "cpu"])
     assert result.exit_code == 1 and "were trained on different feature stores" in result.output, result.output
 
+    # Consistency settings where no augmentation makes a consistency loss train nothing: one recipe, as in `table`.
+    seed2 = train(runner, runs, "none", 2, 1, [*tiny_model_overrides, "consistency.weight=1.0"], tiny_features)
+    result = runner.invoke(app, ["evaluate", str(runs / "none" / "seed0"), str(seed2), "--ensemble", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
 
 def test_an_ensemble_takes_a_resumed_seed_and_refuses_seeds_of_other_lengths(tiny_features, tiny_model_overrides,
                                                                               tmp_path):
