@@ -133,6 +133,9 @@ class Format(str, Enum):
     csv = "csv"
 
 
+DeviceOption = Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")]
+
+
 def _version(asked: bool) -> None:
     if asked:
         from sedaug import __version__
@@ -204,7 +207,7 @@ def prepare_desed(
 def extract_mels(
     data: Annotated[Path, typer.Option(metavar="DIR", help="Prepared DESED directory (from prepare-desed).")] = Path("data/desed"),
     out: Annotated[Path, typer.Option(metavar="DIR", help="Feature store directory.")] = Path("data/features"),
-    device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
+    device: DeviceOption = None,
     workers: Annotated[int | None, typer.Option(metavar="N", help="Decoding workers (default: all CPUs).")] = None,
 ) -> None:
     """Compute the linear mel features of every split into one array per split, plus the scaler."""
@@ -224,7 +227,7 @@ def train(
     set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe value: key.path=value (repeatable).")] = [],  # noqa: B006
     runs: Annotated[Path, typer.Option(metavar="DIR", help="Where run directories go: RUNS/<name>/seed<seed>.")] = Path("runs"),
     resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the run from checkpoints/last.pt; restart one that stopped before saving any.")] = False,
-    device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
+    device: DeviceOption = None,
     out: Annotated[Path | None, typer.Option(hidden=True)] = None,  # the other commands' name for where it goes
 ) -> None:
     """Train the CRNN with a recipe's objective, writing a run directory."""
@@ -263,7 +266,7 @@ def evaluate(
     ensemble: Annotated[bool, typer.Option("--ensemble", metavar="", help="Average the runs' frame scores and score the average "
                                            "(into RUNS/<name>/ensemble, or --out).")] = False,
     out: Annotated[Path | None, typer.Option(metavar="DIR", help="With --ensemble: the ensemble's directory.")] = None,
-    device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
+    device: DeviceOption = None,
     features: Annotated[Path | None, typer.Option(metavar="DIR", help="The feature store to score on (default: the run's "
                                                   "data.features).")] = None,
     other_store: Annotated[bool, typer.Option("--other-store", metavar="", help="Score on a feature store other than the one "
@@ -361,7 +364,7 @@ def detect(
     plot: Annotated[Path | None, typer.Option(metavar="DIR", help="Also draw one PNG per recording here (log-mel and its events).")] = None,
     threshold: Annotated[float | None, typer.Option(metavar="T", help="Decision threshold (default: the run's eval.threshold).")] = None,
     checkpoint: Annotated[Checkpoint, typer.Option(help="Checkpoint to use.")] = Checkpoint.best,
-    device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="cpu or cuda (default: cuda when available).")] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Detect sound events in any recordings with a trained run (long ones in overlapping 10 s windows)."""
     from sedaug.detect import detect as run_detection
