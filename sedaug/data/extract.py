@@ -218,11 +218,14 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str)
     for entry, folder in [*((out / name, True) for name in FEATURE_SPLITS), (out / SCALER, False)]:
         if not entry.exists():  # the new files are renamed over the old ones, from out/.staging.tmp*
             continue
-        wrong = ("is a folder" if entry.is_dir() else "is not a folder") if entry.is_dir() != folder else \
-            "is on another file system (a link?)" if entry.stat().st_dev != out.stat().st_dev else None
-        if wrong:
-            raise UserError(f"--out {out}: {entry} {wrong}, and extract-mels renames the new files into place "
-                            "there: make it what the store had, or give --out a new folder")
+        if entry.is_dir() != folder:
+            wrong = "is a folder" if entry.is_dir() else "is not a folder"
+        elif entry.stat().st_dev != out.stat().st_dev:
+            wrong = "is on another file system (a link?)"
+        else:
+            continue
+        raise UserError(f"--out {out}: {entry} {wrong}, and extract-mels renames the new files into place there: "
+                        "make it what the store had, or give --out a new folder")
 
 
 def features_hash(store: Path, tables: dict[str, str]) -> str:

@@ -17,8 +17,9 @@ from typing import Any
 from sedaug.errors import UserError, counted, listed
 from sedaug.recipe import Recipe, load_recipe, validate_recipe, what_a_run_trains
 from sedaug.rundir import RunDir
+from sedaug.strict_yaml import get_key
 from sedaug.sweep.cluster import local_resources, resources_short, usable_cpus
-from sedaug.sweep.spec import LoadedSweep, Space, apply_params, get_key, grid_settings, refused_settings
+from sedaug.sweep.spec import LoadedSweep, Space, apply_params, grid_settings, refused_settings
 from sedaug.sweep.trial import checkpointed_metrics, search_dir, setting_id
 
 GIB = 2**30

@@ -29,6 +29,7 @@ from typing import Any
 from sedaug.errors import Interrupted, UserError, counted, listed, one_line
 from sedaug.files import absolute
 from sedaug.rundir import RunDir, read_diverged
+from sedaug.strict_yaml import get_key
 from sedaug.sweep.cluster import (
     check_resources,
     driver_lock,
@@ -64,7 +65,7 @@ from sedaug.sweep.select import (
     without_winner,
     write_selection,
 )
-from sedaug.sweep.spec import LoadedSweep, get_key, load_sweep
+from sedaug.sweep.spec import LoadedSweep, load_sweep
 from sedaug.sweep.trial import (
     Plan,
     checkpointed_metrics,

@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 
 from sedaug.files import write_text
 from sedaug.rundir import RunDir, best_epoch, read_diverged
+from sedaug.strict_yaml import get_key
 from sedaug.sweep.plan import plan_search
-from sedaug.sweep.spec import LoadedSweep, get_key
+from sedaug.sweep.spec import LoadedSweep
 from sedaug.sweep.trial import checkpointed_metrics, split_results
 
 SELECTION = "selection.tsv"

@@ -25,7 +25,6 @@ from sedaug.recipe import Recipe, validate_recipe
 from sedaug.strict_yaml import (
     apply_overrides,
     blamed_override,
-    get_key,
     nearest,
     parse_yaml,
     read_yaml,
@@ -316,12 +315,10 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
             continue
         fixed = {**sweep.set, **entry.set, **recipe_items}  # --set over the file's sets
         levels = [(f"{where}: set", sweep.set), (f"{here}.set", entry.set), ("--set", recipe_items)]
-        for line in _replaced_keys(levels):
-            problems += [line] if line not in problems else []
+        problems += _replaced_keys(levels)
         for key, value in fixed.items():
             if key in ("seed",):
-                line = f"{'--set ' + key if key in recipe_items else here + '.set.' + key}: {RESERVED[key]}"
-                problems += [line] if line not in problems else []  # --set's once, not once per recipe
+                problems.append(f"{'--set ' + key if key in recipe_items else here + '.set.' + key}: {RESERVED[key]}")
                 continue
             try:
                 set_key(base, key, value)
@@ -333,10 +330,8 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
                 key, _, message = p.partition(": ")
                 given = blamed_override(key, recipe_items)
                 with_set = f" (with --set {', '.join(sorted(recipe_items))})" if recipe_items else ""
-                line = (f"--set {given}: {message}" if given == key else f"--set {given}: {p}") if given else \
-                    f"{here}: {entry.recipe} with set: {p}{with_set}"
-                if line not in problems:  # said once per recipe it is wrong in
-                    problems.append(line)
+                problems.append((f"--set {given}: {message}" if given == key else f"--set {given}: {p}") if given
+                                else f"{here}: {entry.recipe} with set: {p}{with_set}")
             continue
         name = base["name"]
         if name in bases:
@@ -344,21 +339,21 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
                             if "name" in recipe_items else
                             f"{here}.recipe: recipe name {name!r} is already in the sweep (names are the rows)")
             continue
-        features = Path(get_key(validate_recipe(base).model_dump(mode="json"), "data.features"))
-        set_key(base, "data.features", str(absolute(features)))
+        set_key(base, "data.features", str(absolute(validate_recipe(base).data.features)))
         space = {**sweep.search, **entry.search}
         checked = {k: v for k, v in space.items() if (i, k) not in unchecked}  # not the sweep-wide value instead
         problems += _check_space(sweep, base, name, checked, fixed, f"{here}.search", kinds, set(recipe_items))
         bases[name], spaces[name] = base, space
-        epochs[name] = validate_recipe(base).optim.epochs
+        recipe = validate_recipe(base)
+        epochs[name] = recipe.optim.epochs
         if sweep.resources.gpus == 0:
-            problems += [f"{here}: {p}{_with_set(sweep_items, 'resources')}" for p in _cpu_problems(validate_recipe(base))]
+            problems += [f"{here}: {p}{_with_set(sweep_items, 'resources')}" for p in _cpu_problems(recipe)]
         grace = sweep.early_stopping.grace_epochs if sweep.early_stopping else None
         if grace is not None and grace > epochs[name]:
             problems.append(f"{where}: early_stopping.grace_epochs: {grace} is more than {name}'s {epochs[name]} epochs"
                             f"{_with_set(sweep_items, 'early_stopping')}")
     if problems:
-        raise UserError("\n".join(problems))
+        raise UserError("\n".join(dict.fromkeys(problems)))  # a --set's problem once, not once per recipe
     return LoadedSweep(path, sweep, bases, spaces, epochs)
 
 
