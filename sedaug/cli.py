@@ -241,7 +241,7 @@ def train(
     r = load_recipe(recipe, set_)
     epochs_given = blamed_override("optim.epochs", [item.partition("=")[0].strip() for item in set_]) is not None
     result = run_training(r, runs / r.name / f"seed{r.seed}", resume=resume, device=parse_device(device),
-                          epochs_given=epochs_given)
+                          epochs_given=epochs_given, stop_on_sigterm=True)
     if result.nothing_left:
         ended = (f"; its recipe.yaml now says optim.epochs {result.epochs} (it said {result.epochs_were})"
                  if result.epochs_were is not None else "")

@@ -19,7 +19,7 @@ import yaml
 import sedaug
 from sedaug.deps import import_torchaudio
 from sedaug.errors import UserError
-from sedaug.files import is_running, read_json_object, write_text
+from sedaug.files import is_running, read_json_object, write_text, writing
 
 LOCK = ".lock"
 _HELD: set[Path] = set()  # the run directories this process holds locked
@@ -152,17 +152,19 @@ class RunDir:
                 raise UserError(f"{self.root} is in use by another sedaug process ({who}): wait for it, or stop it "
                                 "first")
             previous = os.pread(fd, 64, 0)  # the last holder's pid, put back if this process is refused
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             _HELD.add(key)
             try:
+                with writing(self.root / LOCK):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
                 yield
             except BaseException:
                 if lock_created:  # a refusal (or failure) leaves no lock file, nor the folders it made and left empty
                     (self.root / LOCK).unlink(missing_ok=True)
-                else:  # nor a byte changed in one that was there
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, previous, 0)
+                else:  # nor a byte changed in one that was there (where the disk lets it be put back)
+                    with suppress(OSError):
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, previous, 0)
                 with suppress(OSError):  # another process's run begun beside it: that folder stays
                     for folder in created:
                         if any(folder.iterdir()):

@@ -39,6 +39,7 @@ from sedaug.progress import shown as progress_shown
 from sedaug.recipe import Recipe, dump_recipe, load_recipe, what_a_run_trains
 from sedaug.rundir import (
     DIVERGED,
+    EVALUATED_SPLITS,
     RUN_ENTRIES,
     RunDir,
     enclosing_run,
@@ -213,7 +214,7 @@ def _start(run: RunDir, recipe: Recipe, store: FeatureStore, resume: bool, devic
     may differ), other optim.epochs than the run's not given for this call, fewer epochs than the run has trained
     or begun, and another feature store than the run's."""
     last = run.checkpoint("last")
-    if not last.exists() and not run.is_empty():
+    if not last.exists() and not run.is_empty() and not _first_epoch_unsaved(run):
         trained = run.trained_outputs()
         if trained:  # last.pt removed (to save disk, say): a restart from scratch would throw these away
             copy = ("; or copy best.pt to last.pt and --resume from best.pt's epoch (the epochs after it are trained "
@@ -230,7 +231,7 @@ def _start(run: RunDir, recipe: Recipe, store: FeatureStore, resume: bool, devic
             return None
         if last.exists():
             raise UserError(f"{run.root} holds a run: pass --resume to continue it, or change seed/--runs")
-        raise UserError(f"{run.root} holds a run that stopped before its first epoch ended (no {last}): "
+        raise UserError(f"{run.root} holds a run that stopped before it saved its first epoch (no {last}): "
                         "pass --resume to restart it from scratch")
     if not last.exists():  # nothing was trained yet: --resume restarts the run from scratch, of the same recipe
         diff = _recipe_diff(recipe, load_recipe(run.recipe)) if run.recipe.exists() else []
@@ -261,33 +262,56 @@ def _start(run: RunDir, recipe: Recipe, store: FeatureStore, resume: bool, devic
     return ckpt
 
 
+def _first_epoch_unsaved(run: RunDir) -> bool:
+    """Whether the run stopped at the end of its first epoch between its row in metrics.jsonl and last.pt (killed
+    there, or a full disk; best.pt may be written): train.log's line of the epoch, written after last.pt, is not
+    there. Nothing to continue from, and a restart throws away only that epoch, which it trains again; a last.pt
+    removed after the epoch ended is another matter (`_start` refuses that run)."""
+    try:
+        rows, log = run.metric_rows(), run.log.read_text(encoding="utf-8", errors="replace")
+    except (UserError, OSError):
+        return False
+    evaluated = any(run.split(name).exists() for name in EVALUATED_SPLITS)
+    logged = any(line.startswith("epoch 1 ") for line in log.splitlines())
+    return [row["epoch"] for row in rows] == [1] and not evaluated and not logged
+
+
 def _recipe_diff(ours: Recipe, theirs: Recipe) -> list[str]:
     """The keys at which a resumed run's recipe differs from the run's."""
     return sorted(diff_keys(what_a_run_trains(theirs), what_a_run_trains(ours)))
 
 
 @contextmanager
-def _stop_on_sigint():
-    """The first Ctrl-C asks the loop to stop after the current step (pressed in validation: once the epoch is
-    saved); a second one interrupts at once."""
-    requested = {"stop": False}
+def _stop_requests(sigterm: bool):
+    """The first Ctrl-C (and SIGTERM where asked: a batch system's or `timeout`'s stop) asks the loop to stop after
+    the current step (sent in validation: once the epoch is saved); a second one interrupts at once. Yields
+    {"stop": the signal's name once one came, else None}."""
+    requested: dict[str, str | None] = {"stop": None}
 
     def handler(signum, frame):
         if requested["stop"]:
             raise KeyboardInterrupt
-        requested["stop"] = True
-        STDERR.print("Ctrl-C: stopping once last.pt is saved (Ctrl-C again stops at once)", highlight=False,
-                     soft_wrap=True)
+        requested["stop"] = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        STDERR.print(f"{requested['stop']}: stopping once last.pt is saved ({requested['stop']} again stops at once)",
+                     highlight=False, soft_wrap=True)
 
+    signals = [signal.SIGINT, *([signal.SIGTERM] if sigterm else [])]
     try:
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {signum: signal.signal(signum, handler) for signum in signals}
     except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
         yield requested
         return
     try:
         yield requested
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+def _interrupted(message: str, requested: dict[str, str | None]) -> Interrupted:
+    err = Interrupted(message)
+    err.exit_code = 143 if requested["stop"] == "SIGTERM" else 130  # the shell's 128 + the signal's number
+    return err
 
 
 def train(
@@ -298,6 +322,7 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     epochs_given: bool = True,
+    stop_on_sigterm: bool = False,
 ) -> TrainResult:
     """Train `recipe` into `run_dir` (RUNS/<name>/seed<k>), which this process holds locked meanwhile.
 
@@ -305,7 +330,8 @@ def train(
     trial reports to Ray Tune there); whatever it raises ends training and propagates, last.pt holding that epoch.
     `epochs_given`: whether optim.epochs was chosen for this call (the CLI: `--set optim.epochs`); where not, a
     resume whose recipe has other optim.epochs than the run's is refused (a recipe file's 200 would silently extend
-    a run of 30).
+    a run of 30). `stop_on_sigterm`: SIGTERM stops training as Ctrl-C does, last.pt saved (the CLI's; a sweep's
+    trial leaves its signals to Ray).
     """
     run, device = RunDir(Path(run_dir)), torch.device(device)
     if (held := sedaug_data_holding(run.root.parent)) is not None:
@@ -322,7 +348,7 @@ def train(
         ckpt = _start(run, recipe, store, resume, device, epochs_given)
         if ckpt is not None and ckpt.state.epoch >= recipe.optim.epochs and not ckpt.state.step_in_epoch:
             return _nothing_left(run, recipe, ckpt, recorded)
-        return _train(recipe, run, store, ckpt, device, progress, on_epoch)
+        return _train(recipe, run, store, ckpt, device, progress, on_epoch, stop_on_sigterm)
 
 
 def _short_rampups(recipe: Recipe, steps: int, lr_rampup: int, const_rampup: int) -> str | None:
@@ -398,6 +424,7 @@ def _train(
     device: torch.device,
     progress: bool,
     on_epoch: Callable[[dict], None] | None,
+    stop_on_sigterm: bool,
 ) -> TrainResult:
     """Train the run's remaining epochs from `ckpt` (None: from the start), writing the run directory as it goes."""
     # Data: three training streams and synthetic_valid for model selection.
@@ -442,12 +469,13 @@ def _train(
 
     bar = _progress_bar(progress)
     first_epoch = state.epoch
+    requested: dict[str, str | None] = {"stop": None}  # until the handlers are in
     try:
-        with _stop_on_sigint() as sigint, bar:
+        with _stop_requests(stop_on_sigterm) as requested, bar:
             while state.epoch < recipe.optim.epochs:
-                if sigint["stop"]:  # pressed during the previous epoch's validation or checkpoints
-                    raise Interrupted(f"interrupted after epoch {state.epoch}: {saved()}; continue with the same "
-                                      "command and --resume")
+                if requested["stop"]:  # sent during the previous epoch's validation or checkpoints
+                    raise _interrupted(f"interrupted after epoch {state.epoch}: {saved()}; continue with the same "
+                                       "command and --resume", requested)
                 epoch = state.epoch
                 compiling = config.compile is not None and epoch == first_epoch  # this process's first steps
                 task = bar.add_task(f"epoch {epoch + 1}/{recipe.optim.epochs}", total=steps_per_epoch,
@@ -471,15 +499,15 @@ def _train(
                                            f"{state.global_step}): stopped; {saved()}", epoch + 1, state.global_step)
                         bar.update(task, completed=done, losses=f"class {mean.classification:.4f} "
                                    f"const {mean.consistency:.4f} w {weight:.3f}")
-                    if sigint["stop"]:
+                    if requested["stop"]:
                         if not torch.isfinite(sums).all():  # never save a diverged model
                             raise Diverged(f"{recipe.name}: loss became NaN in epoch {epoch + 1}: stopped; {saved()}",
                                            epoch + 1, state.global_step)
                         state.loss_sums = sums.cpu()
                         checkpoint("last")
-                        raise Interrupted(
+                        raise _interrupted(
                             f"interrupted in epoch {epoch + 1} at step {done}/{steps_per_epoch}: saved "
-                            f"{run.checkpoint('last')}; continue with the same command and --resume"
+                            f"{run.checkpoint('last')}; continue with the same command and --resume", requested
                         )
                 bar.remove_task(task)
 
@@ -505,12 +533,12 @@ def _train(
                     state.best_f1, state.best_epoch = valid_f1, epoch + 1
                     checkpoint("best")
                 checkpoint("last")
-                log.write(_log_line(record))
+                log.write(_log_line(record))  # after last.pt: `_first_epoch_unsaved` reads it
                 log.flush()
                 if on_epoch is not None:
                     on_epoch(record)
-    except KeyboardInterrupt:  # a second Ctrl-C: out at once, mid-step
-        raise Interrupted(f"interrupted again: stopped at once; {saved()}") from None
+    except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): out at once, mid-step
+        raise _interrupted(f"interrupted again: stopped at once; {saved()}", requested) from None
     except Diverged as e:  # a result: `table` counts the run as diverged, `evaluate` does not score its checkpoints
         write_json(run.root / DIVERGED, {"epoch": e.epoch, "step": e.step, "message": str(e)})
         raise

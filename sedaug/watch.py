@@ -6,10 +6,11 @@ in RUN itself, so `tensorboard --logdir runs/` names each run `<recipe>/seed<k>`
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from sedaug.files import atomic_path
+from sedaug.files import atomic_path, writing
 from sedaug.rundir import RunDir
 
 # metrics.jsonl key -> TensorBoard tag
@@ -35,15 +36,38 @@ class Board:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.root), purge_step=self.purge_from if self.purge_from > 1 else None)
-        for key, tag in EPOCH_TAGS.items():
-            if record.get(key) is not None:
-                self.writer.add_scalar(tag, record[key], record["epoch"])
-        self.writer.flush()
+            _quiet_writer_threads()
+            with writing(self.root / "events.out.tfevents.*"):
+                self.writer = SummaryWriter(str(self.root), purge_step=self.purge_from if self.purge_from > 1 else None)
+        with writing(self._events()):
+            for key, tag in EPOCH_TAGS.items():
+                if record.get(key) is not None:
+                    self.writer.add_scalar(tag, record[key], record["epoch"])
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            with writing(self._events()):
+                self.writer.close()
+
+    def _events(self) -> Path:
+        """The event file being written (TensorBoard names it when it opens it)."""
+        return Path(getattr(self.writer.file_writer.event_writer, "_file_name", self.root))
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard writes in a thread of its own: a failed write (a full disk) is raised there, where Python prints
+    its traceback, and again in the thread that writes or flushes next, which says it in one line (`writing`)."""
+    if getattr(threading.excepthook, "sedaug", False):
+        return
+    printing = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
+            printing(args)
+
+    hook.sedaug = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def log_evaluation(run: RunDir, results: dict[str, Any]) -> None:

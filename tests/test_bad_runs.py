@@ -69,11 +69,42 @@ def test_a_run_that_stopped_before_its_first_checkpoint_restarts_with_resume(cli
     # What a kill -9 in the first epoch leaves: the resolved recipe, the log's first line.
     (run / "recipe.yaml").write_text(dump_recipe(load_recipe(REPO / "recipes" / "none.yaml", sets)))
     (run / "train.log").write_text("start none seed 0\n")
-    message = one_line_error(cli(), str(run), "stopped before its first epoch ended", "--resume")
+    message = one_line_error(cli(), str(run), "stopped before it saved its first epoch", "--resume")
     assert "checkpoints/last.pt" in message
     result = cli("--resume")
     assert result.exit_code == 0, result.output
     assert (run / "checkpoints" / "last.pt").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_full_disk_at_the_first_tensorboard_write_is_one_line_and_resume_restarts(cli, tmp_path, monkeypatch,
+                                                                                   capfd):
+    """TensorBoard writes in a thread of its own: a full disk was that thread's traceback, then a line without a
+    path; and the run, its epoch-1 row in metrics.jsonl but no last.pt, was refused by train and train --resume."""
+    from tensorboard.summary.writer import record_writer
+
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    run = tmp_path / "runs" / "none" / "seed0"
+    one_line_error(cli(), f"cannot write {run / 'events.out.tfevents.'}", "No space left on device")
+    assert "Traceback" not in capfd.readouterr().err
+    assert RunDir(run).metric_rows()[0]["epoch"] == 1 and not (run / "checkpoints" / "last.pt").exists()
+    monkeypatch.undo()
+    one_line_error(cli(), str(run), "stopped before it saved its first epoch", "--resume")
+    result = cli("--resume")
+    assert result.exit_code == 0, result.output
+    assert [row["epoch"] for row in RunDir(run).metric_rows()] == [1] and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_full_disk_at_the_run_lock_is_one_line_naming_it_and_leaves_nothing(cli, tmp_path, monkeypatch):
+    def full(fd, data, offset):
+        raise OSError(28, "No space left on device")  # as os.pwrite says it: no file name
+
+    monkeypatch.setattr(os, "pwrite", full)
+    (tmp_path / "runs").mkdir()
+    one_line_error(cli(), f"cannot write {tmp_path / 'runs' / 'none' / 'seed0' / '.lock'}: No space left on device")
+    assert list((tmp_path / "runs").iterdir()) == []
 
 
 def test_runs_inside_a_feature_store_are_refused(tiny_features, tiny_model_overrides, tmp_path):
@@ -203,6 +234,33 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_was_saved(cli, tmp_path, mo
     assert acknowledged == "Ctrl-C: stopping once last.pt is saved (Ctrl-C again stops at once)"
     assert error.startswith("error: interrupted again: stopped at once") and error.endswith("holds epoch 1")
     assert checksums(run / "checkpoints") == before
+
+
+def test_sigterm_stops_train_as_ctrl_c_does_and_resume_continues(cli, tmp_path, monkeypatch):
+    """A batch system's stop (SLURM, `timeout`, `docker stop`) was an exit 143 with no word and the epoch lost."""
+    real_update = __import__("sedaug.train", fromlist=["ema_update"]).ema_update
+    calls = {"n": 0}
+
+    def update_then_terminate(*args, **kwargs):
+        real_update(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first step of epoch 2
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr("sedaug.train.ema_update", update_then_terminate)
+    handler = signal.getsignal(signal.SIGTERM)
+    result = cli(recipe="baseline", epochs=2)
+    assert result.exit_code == 143 and "Traceback" not in result.output
+    acknowledged, error = result.stderr.splitlines()
+    assert acknowledged == "SIGTERM: stopping once last.pt is saved (SIGTERM again stops at once)"
+    run = tmp_path / "runs" / "baseline" / "seed0"
+    assert error == (f"error: interrupted in epoch 2 at step 1/2: saved {run / 'checkpoints' / 'last.pt'}; continue "
+                     "with the same command and --resume")
+    assert signal.getsignal(signal.SIGTERM) is handler  # put back
+    monkeypatch.setattr("sedaug.train.ema_update", real_update)
+    result = cli("--resume", recipe="baseline", epochs=2)
+    assert result.exit_code == 0, result.output
+    assert [row["epoch"] for row in RunDir(run).metric_rows()] == [1, 2]
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", "not json", "\x89PNG"], ids=["list", "not-json", "binary"])
