@@ -35,7 +35,7 @@ from sedaug.evaluation.detection_plot import plot_detections
 from sedaug.evaluation.plots import DETECT_PLOT_TITLE, is_marked
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import SCORE_COLUMNS, clip_id, score_frames, score_text
-from sedaug.files import sha256, write_bytes, write_text
+from sedaug.files import named_as, sha256, write_bytes, write_text
 from sedaug.progress import progress_bar
 from sedaug.rundir import RunDir, is_ensemble, sedaug_data_holding
 
@@ -178,9 +178,10 @@ def _write_detections(out: Path, events: pd.DataFrame) -> None:
     data = events.to_csv(sep="\t", index=False).encode()  # UTF-8, as pandas writes a file
     new = hashlib.sha256(data).hexdigest()
     old = [sha256(out)] if _wrote(out) else []
-    write_text(_mark(out), "\n".join([*old, new]) + "\n")
-    write_bytes(out, data)
-    write_text(_mark(out), new + "\n")
+    with named_as(_mark(out), out):  # a full disk at the mark: the user's file is what could not be written
+        write_text(_mark(out), "\n".join([*old, new]) + "\n")
+        write_bytes(out, data)
+        write_text(_mark(out), new + "\n")
 
 
 def _mark(out: Path) -> Path:

@@ -480,3 +480,21 @@ def test_cli_reports_each_unreadable_file_and_exits_1(run, tmp_path):
     result = CliRunner().invoke(app, ["detect", str(run), str(tmp_path / "good.wav"), "--out", f"{tmp_path}/new/"])
     assert result.exit_code == 1 and result.output == f"error: --out {tmp_path}/new/ is a folder: give a file name\n"
     assert not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_at_detects_mark_names_the_detections_file(tmp_path, monkeypatch):
+    """detect's mark (`.<out>.detect`, hidden) was the file named by a full disk's error, not the --out given."""
+    import sedaug.detect
+    from sedaug.files import write_text
+
+    def full(path, text):
+        if path.name.endswith(".detect"):
+            raise UserError(f"cannot write {path}: No space left on device")  # as files.writing says it
+        write_text(path, text)
+
+    monkeypatch.setattr(sedaug.detect, "write_text", full)
+    out = tmp_path / "d.tsv"
+    events = pd.DataFrame([("a.wav", 0.0, 1.0, "Dog")], columns=EVENT_COLUMNS)
+    with pytest.raises(UserError, match=f"^cannot write {out}: No space left on device$"):
+        sedaug.detect._write_detections(out, events)
+    assert not out.exists()
