@@ -181,7 +181,7 @@ def _write_detections(out: Path, events: pd.DataFrame) -> None:
     with named_as(_mark(out), out):  # a full disk at the mark: the user's file is what could not be written
         write_text(_mark(out), "\n".join([*old, new]) + "\n")
         write_bytes(out, data)
-        write_text(_mark(out), new + "\n")
+    write_text(_mark(out), new + "\n")
 
 
 def _mark(out: Path) -> Path:

@@ -233,12 +233,15 @@ def _start(run: RunDir, recipe: Recipe, store: FeatureStore, resume: bool, devic
             raise UserError(f"{run.root} holds a run: pass --resume to continue it, or change seed/--runs")
         raise UserError(f"{run.root} holds a run that stopped before it saved its first epoch (no {last}): "
                         "pass --resume to restart it from scratch")
-    if not last.exists():  # nothing was trained yet: --resume restarts the run from scratch, of the same recipe
-        diff = _recipe_diff(recipe, load_recipe(run.recipe)) if run.recipe.exists() else []
+    if not last.exists():  # no epoch was saved: --resume restarts the run from scratch, of the same recipe
+        recorded = load_recipe(run.recipe) if run.recipe.exists() else None
+        diff = [] if recorded is None else _recipe_diff(recipe, recorded)
         if diff:
             raise UserError(f"--resume: the recipe differs from {run.recipe}'s at {', '.join(diff)} (only optim.epochs "
-                            f"and paper_row may change); no epoch was trained there: remove {run.root} to start it "
-                            "with this recipe")
+                            f"and paper_row may change); no epoch was saved there (no {last.name}): remove {run.root} "
+                            "to start it with this recipe")
+        if recorded is not None:
+            _check_epochs(run, recipe, recorded, epochs_given)
         # Said before the first step: a typo in --runs would start a new run of hundreds of epochs unnoticed.
         STDERR.print(f"--resume: no {last.relative_to(run.root)} in {run.root}: training it from the start",
                      highlight=False, markup=False, soft_wrap=True)
@@ -248,10 +251,7 @@ def _start(run: RunDir, recipe: Recipe, store: FeatureStore, resume: bool, devic
     if diff:
         raise UserError(f"--resume: the recipe differs from {last}'s at {', '.join(diff)} (only optim.epochs and paper_row may change)")
     begun = ckpt.state.epoch + (ckpt.state.step_in_epoch > 0)  # an interrupted epoch counts: it is half trained
-    if not epochs_given and recipe.optim.epochs != ckpt.recipe.optim.epochs:
-        raise UserError(f"--resume: {run.root} is a run of {counted(ckpt.recipe.optim.epochs, 'epoch')} and the "
-                        f"recipe says optim.epochs {recipe.optim.epochs}: add --set optim.epochs={recipe.optim.epochs} to train it "
-                        f"that long, or --set optim.epochs={ckpt.recipe.optim.epochs} to keep it as it was")
+    _check_epochs(run, recipe, ckpt.recipe, epochs_given)
     if recipe.optim.epochs < begun:
         what = "trained" if begun == ckpt.state.epoch else f"begun (interrupted in epoch {begun})"
         raise UserError(f"--resume: optim.epochs {recipe.optim.epochs} is below the {begun} epochs {run.root} has "
@@ -260,6 +260,15 @@ def _start(run: RunDir, recipe: Recipe, store: FeatureStore, resume: bool, devic
         raise UserError(f"--resume: {store.path} is not the feature store {ckpt.path} was trained on ({', '.join(changed)} "
                         "changed since): resume on that store, or train anew into another --runs")
     return ckpt
+
+
+def _check_epochs(run: RunDir, recipe: Recipe, recorded: Recipe, epochs_given: bool) -> None:
+    """Refuse a resume whose optim.epochs differs from the run's where it was not asked for (a recipe file's 200
+    would silently extend a run of 30)."""
+    if not epochs_given and recipe.optim.epochs != recorded.optim.epochs:
+        raise UserError(f"--resume: {run.root} is a run of {counted(recorded.optim.epochs, 'epoch')} and the recipe "
+                        f"says optim.epochs {recipe.optim.epochs}: add --set optim.epochs={recipe.optim.epochs} to "
+                        f"train it that long, or --set optim.epochs={recorded.optim.epochs} to keep it as it was")
 
 
 def _first_epoch_unsaved(run: RunDir) -> bool:

@@ -25,20 +25,25 @@ EPOCH_TAGS = {
 
 
 class Board:
-    """The run's TensorBoard writer, one scalar per metric per epoch (step = epoch). On resume, events of epochs
-    from `purge_from` on (trained again) are dropped by TensorBoard. The event file is opened at the first epoch: a
-    resume with nothing left to train adds none."""
+    """The run's TensorBoard writer, one scalar per metric per epoch (step = epoch). Events of epochs from
+    `purge_from` on (trained again: a resume, or a restart of a first epoch never saved) are dropped by TensorBoard.
+    The event file is opened at the first epoch: a resume with nothing left to train adds none.
+
+    TensorBoard writes in a thread of its own: a failed write (a full disk) is raised there, where Python would
+    print its traceback, and again in the thread that writes or flushes next, which says it in one line
+    (`writing`). While the writer is open, its thread's OSError is not printed."""
 
     def __init__(self, run: RunDir, purge_from: int = 1):
         self.root, self.purge_from, self.writer = run.root, purge_from, None
+        self._excepthook = threading.excepthook
 
     def epoch(self, record: dict[str, Any]) -> None:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            _quiet_writer_threads()
+            threading.excepthook = self._quiet_writer_thread
             with writing(self.root / "events.out.tfevents.*"):
-                self.writer = SummaryWriter(str(self.root), purge_step=self.purge_from if self.purge_from > 1 else None)
+                self.writer = SummaryWriter(str(self.root), purge_step=self.purge_from)
         with writing(self._events()):
             for key, tag in EPOCH_TAGS.items():
                 if record.get(key) is not None:
@@ -46,28 +51,20 @@ class Board:
             self.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            with writing(self._events()):
-                self.writer.close()
+        try:
+            if self.writer is not None:
+                with writing(self._events()):
+                    self.writer.close()
+        finally:
+            threading.excepthook = self._excepthook
 
     def _events(self) -> Path:
         """The event file being written (TensorBoard names it when it opens it)."""
         return Path(getattr(self.writer.file_writer.event_writer, "_file_name", self.root))
 
-
-def _quiet_writer_threads() -> None:
-    """TensorBoard writes in a thread of its own: a failed write (a full disk) is raised there, where Python prints
-    its traceback, and again in the thread that writes or flushes next, which says it in one line (`writing`)."""
-    if getattr(threading.excepthook, "sedaug", False):
-        return
-    printing = threading.excepthook
-
-    def hook(args: threading.ExceptHookArgs) -> None:
+    def _quiet_writer_thread(self, args: threading.ExceptHookArgs) -> None:
         if not (type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError)):
-            printing(args)
-
-    hook.sedaug = True  # type: ignore[attr-defined]
-    threading.excepthook = hook
+            self._excepthook(args)
 
 
 def log_evaluation(run: RunDir, results: dict[str, Any]) -> None:

@@ -76,6 +76,7 @@ def test_a_run_that_stopped_before_its_first_checkpoint_restarts_with_resume(cli
     assert (run / "checkpoints" / "last.pt").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # the writer thread's traceback
 def test_a_full_disk_at_the_first_tensorboard_write_is_one_line_and_resume_restarts(cli, tmp_path, monkeypatch,
                                                                                    capfd):
     """TensorBoard writes in a thread of its own: a full disk was that thread's traceback, then a line without a
@@ -95,6 +96,31 @@ def test_a_full_disk_at_the_first_tensorboard_write_is_one_line_and_resume_resta
     result = cli("--resume")
     assert result.exit_code == 0, result.output
     assert [row["epoch"] for row in RunDir(run).metric_rows()] == [1] and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_first_epoch_never_saved_restarts_with_its_recipe_and_is_drawn_once(trained, cli, tiny_features,
+                                                                              tiny_model_overrides, tmp_path):
+    """Killed at the end of epoch 1 after its metrics row and TensorBoard's events, before last.pt (no log line)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (trained / "checkpoints" / "last.pt").unlink()
+    log = trained / "train.log"
+    log.write_text("".join(line for line in log.read_text().splitlines(True) if not line.startswith("epoch 1 ")))
+    (trained / "eval").mkdir()  # evaluated: a run to keep, not to restart
+    one_line_error(cli("--resume"), "has no checkpoints/last.pt to continue from", "eval/", "nothing was changed")
+    (trained / "eval").rmdir()
+    command = _train_command(tmp_path / "runs", tiny_features, tiny_model_overrides, "none", 1)
+    at = command.index("optim.epochs=1")
+    without_epochs = command[:at - 1] + command[at + 1:]  # the recipe file's 200 epochs: not what the run was begun with
+    one_line_error(CliRunner().invoke(app, [*without_epochs, "--resume"]), f"--resume: {trained} is a run of 1 epoch "
+                   "and the recipe says optim.epochs 200")
+    one_line_error(cli("--resume", "--set", "optim.lr=0.01"), "the recipe differs", "optim.lr",
+                   "no epoch was saved there (no last.pt)")
+    result = cli("--resume")
+    assert result.exit_code == 0, result.output
+    board = EventAccumulator(str(trained))
+    board.Reload()
+    assert [event.step for event in board.Scalars("loss/total")] == [1]  # epoch 1 once, not once per start
 
 
 def test_a_full_disk_at_the_run_lock_is_one_line_naming_it_and_leaves_nothing(cli, tmp_path, monkeypatch):
