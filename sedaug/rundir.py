@@ -135,6 +135,17 @@ class RunDir:
         finally:
             os.close(fd)
 
+    def in_training(self) -> bool:
+        """Whether another process holds the run to write it (train, or a sweep's trial), as `reading` would find."""
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            return _flock(fd, fcntl.LOCK_SH) is not None
+        finally:
+            os.close(fd)
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run directory for this process (an flock the OS drops when the process dies, kill -9 too): a

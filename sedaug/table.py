@@ -108,6 +108,7 @@ class _Run:
     diverged: bool  # a run whose loss became non-finite (diverged.json): no score, counted as such
     stale: bool = False  # evaluated at a checkpoint that training has replaced since (a --resume)
     unfinished: bool = False  # evaluated before training all its recipe's epochs (interrupted)
+    training: bool = False  # another process is training it now
     trained_on: str | None = None  # the identity of the feature store it trained on (None: not recorded)
     row: str = ""  # the row it is averaged into: its recipe's name, a sweep trial's with its setting
     differs: tuple[str, ...] = ()  # a row named by its folder: the settings keys in which it differs from its namesakes
@@ -140,7 +141,7 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
         epochs = _epoch_rows(run_dir) if results is not None else []  # read once, for both checks
         runs.append(_Run(run_dir, recipe, results, diverged, results is not None and _stale(run_dir, results, epochs),
                          results is not None and not diverged and _unfinished(run_dir, recipe, epochs),
-                         trained_on(run_dir), row))
+                         RunDir(run_dir).in_training(), trained_on(run_dir), row))
     if not runs:
         if (run := enclosing_run(runs_dir)) is not None:  # RUN/eval, say
             raise UserError(f"{runs_dir} is inside the run {run}: give the folder that holds the runs (e.g. "
@@ -340,12 +341,14 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
     notes = []
     if diverged:
         notes.append(f"{diverged} of {len(runs)} runs diverged")
+    training = sum(r.results is None and r.training for r in runs)
+    now = f" ({training} training now)" if training else ""
     if pending - diverged == len(runs):
         trials = all(map(_search_trial, runs))
         notes.append("not evaluated" + (" (search trials: their synthetic_valid scores are in selection.tsv)" if trials
-                                        else ""))
+                                        else now))
     elif pending - diverged:
-        notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated")
+        notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated{now}")
     if runs[0].differs:
         notes.append(f"settings differ from the other {recipe.name} rows at {', '.join(runs[0].differs)}")
     if stale := sum(r.stale for r in runs):

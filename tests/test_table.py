@@ -249,6 +249,20 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
     assert row.paper_row is None and row.cells["macro"].paper is None
 
 
+def test_a_run_not_evaluated_because_it_is_training_now_says_so(runs):
+    from sedaug.rundir import RunDir
+
+    def notes() -> dict[str, str]:
+        return {r.recipe: r.note for r in build_table(runs).rows}
+
+    assert notes()["mixup_latent"] == "not evaluated" and notes()["vat_latent"] == "1 of 3 runs not evaluated"
+    with RunDir(runs / "mixup_latent" / "seed0").lock(), RunDir(runs / "vat_latent" / "seed2").lock():  # as train's
+        assert notes()["mixup_latent"] == "not evaluated (1 training now)"
+        assert notes()["vat_latent"] == "1 of 3 runs not evaluated (1 training now)"
+    with RunDir(runs / "mixup_latent" / "seed0").reading():  # an evaluation reading it: no training
+        assert notes()["mixup_latent"] == "not evaluated"
+
+
 def test_unfinished_runs_and_seeds_trained_on_other_stores_are_noted(runs):
     seeds = runs / "vat_latent" / "seed0", runs / "vat_latent" / "seed1"
     epochs = load_recipe(seeds[0] / "recipe.yaml").optim.epochs
