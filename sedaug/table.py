@@ -267,6 +267,9 @@ def _member_stale(member: dict, checkpoint: str | None, ensemble: Path) -> bool:
         path = ensemble.parent / path.name  # the runs' folder moved (or renamed) with the ensemble beside its seeds
     if not path.is_dir():
         return path.is_absolute()  # gone; a relative path of an older ensemble is the cwd's of its evaluation
+    if RunDir(path).recipe.is_file() and seed_settings(load_recipe(RunDir(path).recipe)) != \
+            seed_settings(load_recipe(RunDir(ensemble).recipe)):
+        return True  # another run trained there since (a sweep's new winner, say)
     return _stale(path, {"checkpoint": {"name": checkpoint, "epoch": member.get("epoch")}}, _epoch_rows(path))
 
 

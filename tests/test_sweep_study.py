@@ -149,18 +149,28 @@ def test_an_edited_sweep_resumes_running_only_the_new_setting(edited_study):
 
 
 def test_the_final_runs_of_a_row_the_edited_sweep_drops_move_to_replaced(edited_study, tiny_features, tmp_path):
+    from conftest import run
+
     from sedaug.sweep.run import run_sweep
     from sedaug.table import build_table
 
     out = shutil.copytree(edited_study.out, tmp_path / "out", ignore=shutil.ignore_patterns("ray"))  # sockets
+    seed1 = out / "final" / "none" / "seed1"
+    seed2 = shutil.copytree(seed1, seed1.with_name("seed2"))  # an ensemble needs two (seed 2: no seed of the sweep)
+    (seed2 / "recipe.yaml").write_text((seed2 / "recipe.yaml").read_text().replace("seed: 1\n", "seed: 2\n"))
+    assert run("evaluate", seed1, seed2, "--ensemble", "--device", "cpu").exit_code == 0
     sweep = study(tiny_features, [0.05, 0.1])
     sweep["recipes"] = sweep["recipes"][1:]  # `none` removed
     result = run_sweep(write_sweep(tmp_path / "study.yaml", sweep), out=out, resume=True, progress=False)
-    assert not (out / "final" / "none").exists()
-    [moved] = (out / "replaced" / "none").iterdir()
+    assert not (out / "final" / "none").exists()  # the ensemble of its seeds went with them (it stayed, out of date)
+    ensemble, moved, other = sorted((out / "replaced" / "none").iterdir())
     assert moved.name.startswith("seed1-") and (moved / "eval" / "results.json").is_file()
-    assert f"final/none/seed1 is of a seed or row the sweep no longer has: moved to replaced/none/{moved.name}" in \
-        result.notes
+    assert ensemble.name.startswith("ensemble-") and other.name.startswith("seed2-")
+    assert result.notes[-3:] == [
+        f"final/none/seed1 is of a seed or row the sweep no longer has: moved to replaced/none/{moved.name}",
+        f"final/none/ensemble is an ensemble of final/none/seed1: moved to replaced/none/{ensemble.name}",
+        f"final/none/seed2 is of a seed or row the sweep no longer has: moved to replaced/none/{other.name}"]
+    shutil.rmtree(ensemble), shutil.rmtree(other)
     assert [r.recipe for r in build_table(out / "final").rows] == ["noise_latent"]
     assert [r.recipe for r in build_table(out).rows] == ["noise_latent"]  # replaced/ is not read either
     # ... unless asked for: a folder inside search/ or replaced/ is a table of its runs, a row per setting, named by
@@ -174,8 +184,6 @@ def test_the_final_runs_of_a_row_the_edited_sweep_drops_move_to_replaced(edited_
     rows = build_table(out / "search" / "none").rows
     assert [r.recipe for r in rows] == ["none [optim.lr=0.001]", "none [optim.lr=1e+30]"]
     assert rows[0].note == "not evaluated (search trials: their synthetic_valid scores are in selection.tsv)"
-    from conftest import run
-
     assert run("table", out / "search" / "none").stderr == ""  # no "evaluate them" beside that note
 
 

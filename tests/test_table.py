@@ -243,6 +243,11 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
     assert "1 of 1 evaluations out of date" in ensemble_note(runs / "vat_latent" / "seed9", 4)  # set aside since
     moved = Path("/elsewhere/runs/vat_latent/seed0")  # where the runs were when evaluated: moved since, together
     assert "out of date" not in ensemble_note(moved, 4) and "1 of 1 evaluations out of date" in ensemble_note(moved, 3)
+    # Another run trained where a member was (a sweep's new winner on that seed), at the same epochs: out of date.
+    recipe = (seed / "recipe.yaml").read_text()
+    (seed / "recipe.yaml").write_text(recipe + "optim:\n  lr: 0.002\n")
+    assert "1 of 1 evaluations out of date" in ensemble_note(seed, 4)
+    (seed / "recipe.yaml").write_text(recipe)
     # The paper's rows average single models: an ensemble (of a recipe with its paper_row) is none of them.
     (ensemble / "recipe.yaml").write_text((ensemble / "recipe.yaml").read_text() + "paper_row: 8\n")
     row = {r.recipe: r for r in build_table(runs, paper=True).rows}["vat_latent_ensemble"]

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.errors import Interrupted, UserError, counted, listed, one_line
-from sedaug.files import absolute
-from sedaug.rundir import RunDir, read_diverged
+from sedaug.files import absolute, read_json_object
+from sedaug.rundir import EVALUATED_SPLITS, RunDir, is_ensemble, read_diverged
 from sedaug.strict_yaml import get_key
 from sedaug.sweep.cluster import (
     check_resources,
@@ -457,6 +457,10 @@ def optuna_searcher(sweep, space: dict, records: list, n_settled: int | None = N
 
 
 def _set_aside(out: Path, run_dir: Path, why: str, notes: list[str]) -> None:
+    """Move a final run (or an ensemble of final runs) to <out>/replaced/; an ensemble of the run goes with it (its
+    scores are no longer those of the row's runs)."""
+    ensembles = [p for p in sorted(run_dir.parent.iterdir())
+                 if p.is_dir() and is_ensemble(p) and run_dir.resolve() in _members(p)]
     dest = out / "replaced" / run_dir.parent.name / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with RunDir(run_dir).lock():  # not from under an evaluation reading it (refused, one line)
@@ -465,6 +469,18 @@ def _set_aside(out: Path, run_dir: Path, why: str, notes: list[str]) -> None:
     if not any(run_dir.parent.iterdir()):
         run_dir.parent.rmdir()  # a row with no final run left
     notes.append(f"{run_dir.relative_to(out)} {why}: moved to {dest.relative_to(out)}")
+    for ensemble in ensembles:
+        _set_aside(out, ensemble, f"is an ensemble of {run_dir.relative_to(out)}", notes)
+
+
+def _members(ensemble: Path) -> set[Path]:
+    """The runs an ensemble's evaluations averaged (evaluate --ensemble records them, absolute)."""
+    members = set()
+    for split in EVALUATED_SPLITS:
+        for member in (read_json_object(RunDir(ensemble).results(split)) or {}).get("members") or []:
+            if isinstance(member, dict) and isinstance(member.get("run"), str):
+                members.add(Path(member["run"]).resolve())
+    return members
 
 
 def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict, per_trial: dict,
