@@ -70,6 +70,9 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
             search:
               optim.lr: {grid: []}
               consistency.weigth: {grid: [1.0, 2.0]}
+          - recipe: recipes/noise_latent.yaml
+            search:
+              augmentation.sigma: {grid: [0.2, "0.2"]}
         search:
           optim.lr: {uniform: [1.0e-4, 1.0e-2]}
         seeds: [0, 0]
@@ -103,6 +106,10 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"path is read from the working directory, {REPO})",
         # an entry with a bad searched key still has its other keys checked
         f"{path}: recipes[2].search.consistency.weigth: not a key of recipe none (did you mean consistency.weight?)",
+        f"{path}: recipes[3].search.optim.lr: uniform is sampled: the grid algorithm takes {{grid: [...]}} (or use "
+        "random/optuna)",
+        # a value quoted is the same value to the recipe: the same setting, trained twice
+        f"{path}: recipes[3].search.augmentation.sigma: 0.2 and '0.2' are one value for noise_latent (0.2): list it once",
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from sedaug.recipe import Recipe, validate_recipe
 from sedaug.strict_yaml import (
     apply_overrides,
     blamed_override,
+    get_key,
     nearest,
     parse_yaml,
     read_yaml,
@@ -440,6 +442,7 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
         elif algorithm != "grid" and dom.kind == "grid":
             problems.append(f"{at}: {algorithm} samples: use {{choice: [...]}} instead of grid")
             continue
+        read_as: dict[str, Any] = {}  # each grid value as the recipe reads it -> the value as listed
         for value in dom.values_to_check():
             try:
                 candidate = apply_params(base, {key: value})
@@ -454,6 +457,12 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
             if not bad and sweep.resources.gpus == 0:
                 bad = [p for p in _cpu_problems(validate_recipe(candidate)) if p not in base_cpu_problems]
             problems += [f"{at}: {value!r} for {name}: {p}" for p in bad]
+            if not bad and dom.kind == "grid":  # "0.002" and 0.002 are one setting: it would be trained twice
+                read = json.dumps(get_key(validate_recipe(candidate).model_dump(mode="json"), key), sort_keys=True)
+                if read in read_as:
+                    problems.append(f"{at}: {read_as[read]!r} and {value!r} are one value for {name} ({read}): list "
+                                    "it once")
+                read_as.setdefault(read, value)
     if problems or not space:
         return problems
     if algorithm == "grid" and all(d.kind == "grid" for d in space.values()):
