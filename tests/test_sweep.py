@@ -95,7 +95,8 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"{path}: colour: not a key of a sweep file",
         f"{path}: seed: not a key of a sweep file (did you mean seeds?)",
         # each searched key and value against the base recipe (the top-level search applies to every recipe)
-        f"{at}.optim.lr: uniform is sampled: the grid algorithm takes {{grid: [...]}} (or use random/optuna)",
+        f"{path}: search.optim.lr (for vat_input, recipes[0]): uniform is sampled: the grid algorithm takes "
+        "{grid: [...]} (or use random/optuna)",  # the sweep-wide search's key, named there
         f"{at}.augmentation.epsilon: -0.5 for vat_input: Input should be greater than 0",
         f"{at}.augmentation.sigma: not a key of recipe vat_input",
         f"{at}.optim.epochs: a row's trials all run its one optim.epochs (early stopping and selection count to it): "
@@ -106,8 +107,8 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"path is read from the working directory, {REPO})",
         # an entry with a bad searched key still has its other keys checked
         f"{path}: recipes[2].search.consistency.weigth: not a key of recipe none (did you mean consistency.weight?)",
-        f"{path}: recipes[3].search.optim.lr: uniform is sampled: the grid algorithm takes {{grid: [...]}} (or use "
-        "random/optuna)",
+        f"{path}: search.optim.lr (for noise_latent, recipes[3]): uniform is sampled: the grid algorithm takes "
+        "{grid: [...]} (or use random/optuna)",
         # a value quoted is the same value to the recipe: the same setting, trained twice
         f"{path}: recipes[3].search.augmentation.sigma: 0.2 and '0.2' are one value for noise_latent (0.2): list it once",
     ]
@@ -333,6 +334,10 @@ def test_a_sweep_key_set_on_the_command_line_is_named_where_its_problem_shows(tm
         load_sweep(path, ["early_stopping.type=asha"])
     assert str(e.value) == (f"{path}: early_stopping.grace_epochs: 10 is more than none's 2 epochs (with --set "
                             "early_stopping.type)")
+    with pytest.raises(UserError) as e:  # a sweep-wide search key: named there, with the row it fails for
+        load_sweep(path, ["search={augmentation.sigma: {grid: [0.1]}}"])
+    assert str(e.value) == (f"{path}: search.augmentation.sigma (for none, recipes[0]) (with --set search): not a key "
+                            "of recipe none")
 
 
 def test_an_optuna_row_that_searches_nothing_is_planned_as_its_one_trial(tmp_path, monkeypatch):

@@ -344,7 +344,10 @@ def load_sweep(path: Path, overrides: list[str] = ()) -> LoadedSweep:
         set_key(base, "data.features", str(absolute(validate_recipe(base).data.features)))
         space = {**sweep.search, **entry.search}
         checked = {k: v for k, v in space.items() if (i, k) not in unchecked}  # not the sweep-wide value instead
-        problems += _check_space(sweep, base, name, checked, fixed, f"{here}.search", kinds, set(recipe_items))
+        # A key of the sweep-wide search is named there, with the row it fails for.
+        places = {k: f"{here}.search.{k}" if k in entry.search else
+                  f"{where}: search.{k} (for {name}, recipes[{i}]){_with_set(sweep_items, 'search')}" for k in checked}
+        problems += _check_space(sweep, base, name, checked, fixed, places, f"{here}.search", kinds, set(recipe_items))
         bases[name], spaces[name] = base, space
         recipe = validate_recipe(base)
         epochs[name] = recipe.optim.epochs
@@ -406,15 +409,16 @@ def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int]
         return None, [], False, unchecked
 
 
-def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], fixed: dict, here: str,
-                 kinds: bool = True, given: set[str] = frozenset()) -> list[str]:
-    """Each searched key and value against the base recipe; `given`: the keys `--set` fixed."""
+def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], fixed: dict, places: dict[str, str],
+                 here: str, kinds: bool = True, given: set[str] = frozenset()) -> list[str]:
+    """Each searched key and value against the base recipe; `places`: where each key is searched (said in its
+    problems), `here` the row's search; `given`: the keys `--set` fixed."""
     problems = []
     algorithm = sweep.algorithm.type if kinds else None
     # The base recipe's own are reported once, by load_sweep; a searched value reports only what it adds.
     base_cpu_problems = _cpu_problems(validate_recipe(base)) if sweep.resources.gpus == 0 else []
     for key, dom in space.items():
-        at = f"{here}.{key}"
+        at = places[key]
         if key.split(".")[0] in RESERVED:
             problems.append(f"{at}: {RESERVED[key.split('.')[0]]}")
             continue
