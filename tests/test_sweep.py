@@ -378,6 +378,13 @@ def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypa
     planned = dry_run(load_sweep(batches), timed=False)
     assert (f"{batches}: none: no training step in an epoch with data.batch_size=40000 (a batch larger than a split): "
             "take it out of the search (a sweep would be refused)") in planned.notes
+    fixed = write(tmp_path / "fixed.yaml", path.read_text().replace("optim.max_steps_per_epoch: {grid: [10, 30]}",
+                                                                    "optim.lr: {grid: [0.001]}")
+                  .replace("set: {", "set: {data.batch_size: 8000, "))
+    planned = dry_run(load_sweep(fixed))  # timed: the row with no step is not (it was, at a batch of 8,000 clips)
+    assert (f"{fixed}: none: no training step in an epoch: data.batch_size 8000 is a batch larger than a split of its "
+            "feature store: set a smaller one (a sweep would be refused)") in planned.notes
+    assert planned.rows[0].step_s is None
     # More CPUs per trial than this machine has: timed with what it has, and said (a cluster may have them).
     from sedaug.sweep.cluster import usable_cpus
 

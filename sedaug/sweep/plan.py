@@ -327,6 +327,9 @@ class DryRun:
         try:
             for row in self.rows:
                 recipe, run_steps = self.recipes[row.recipe], row.epochs * row.steps
+                if not row.steps:  # a batch larger than a split: said in the notes, nothing to time
+                    yield row
+                    continue
                 try:
                     key = _family(recipe), resolve_step_config(recipe, torch.device(self.device), run_steps)
                 except UserError as e:  # a GPU sweep's CUDA-only setting, timed on a CPU
@@ -365,12 +368,17 @@ def no_step_settings(loaded: LoadedSweep, name: str) -> str | None:
     """One line naming a row's settings (Optuna's: the base recipe) that leave no training step in an epoch of its
     feature store (a batch larger than a split, which train refuses: the row could never finish), or None."""
     listed = settings(loaded, name) or [{}]
-    empty = ["; ".join(f"{k}={v}" for k, v in params.items()) or "the recipe" for params in listed
+    empty = [params for params in listed
              if _steps_per_epoch(validate_recipe(apply_params(loaded.bases[name], params)))[0] == 0]
     if not empty:
         return None
-    return (f"{loaded.path}: {name}: no training step in an epoch with {', '.join(empty)} (a batch larger than a "
-            "split): take it out of the search")
+    if any("data.batch_size" in params for params in empty):
+        searched = ", ".join("; ".join(f"{k}={v}" for k, v in params.items()) for params in empty)
+        return (f"{loaded.path}: {name}: no training step in an epoch with {searched} (a batch larger than a "
+                "split): take it out of the search")
+    batch = validate_recipe(loaded.bases[name]).data.batch_size  # the recipe's or set's: no searched value
+    return (f"{loaded.path}: {name}: no training step in an epoch: data.batch_size {batch} is a batch larger than a "
+            "split of its feature store: set a smaller one")
 
 
 def steps_done(run_dir: Path, epochs: int, settled: bool) -> int:
