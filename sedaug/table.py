@@ -348,7 +348,7 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
     now = f" ({training} training now)" if training else ""
     if pending - diverged == len(runs):
         trials = all(map(_search_trial, runs))
-        notes.append("not evaluated" + (" (search trials: their synthetic_valid scores are in selection.tsv)" if trials
+        notes.append("not evaluated" + (" (search trials: their selection scores are in selection.tsv)" if trials
                                         else now))
     elif pending - diverged:
         notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated{now}")

@@ -183,7 +183,7 @@ def test_the_final_runs_of_a_row_the_edited_sweep_drops_move_to_replaced(edited_
     shutil.rmtree(other)
     rows = build_table(out / "search" / "none").rows
     assert [r.recipe for r in rows] == ["none [optim.lr=0.001]", "none [optim.lr=1e+30]"]
-    assert rows[0].note == "not evaluated (search trials: their synthetic_valid scores are in selection.tsv)"
+    assert rows[0].note == "not evaluated (search trials: their selection scores are in selection.tsv)"
     assert run("table", out / "search" / "none").stderr == ""  # no "evaluate them" beside that note
 
 
