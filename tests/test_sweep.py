@@ -348,10 +348,13 @@ def test_an_optuna_row_that_searches_nothing_is_planned_as_its_one_trial(tmp_pat
             search:
               optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
           - recipe: recipes/noise_latent.yaml
+          - recipe: recipes/vat_input.yaml
+            search:
+              augmentation.epsilon: {choice: [0.1, 0.2, 0.1]}
         algorithm: {type: optuna, trials: 3}
-        """)
+        """)  # two settings to choose from: trained at most twice (a suggestion made again shares its folder)
     assert [(r.recipe, r.trials) for r in dry_run(load_sweep(path), timed=False).rows] == [
-        ("none", 3), ("noise_latent", 1)]
+        ("none", 3), ("noise_latent", 1), ("vat_input", 2)]
 
 
 def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypatch):

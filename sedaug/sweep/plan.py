@@ -66,6 +66,15 @@ def optuna_trials(loaded: LoadedSweep, name: str) -> int:
     return loaded.sweep.algorithm.trials if loaded.spaces[name] else 1
 
 
+def _optuna_trainings(loaded: LoadedSweep, name: str) -> int:
+    """The trials an Optuna row trains at most: its budget, or where every key is a choice, the settings there are
+    (a suggestion made again shares its folder)."""
+    space = loaded.spaces[name].values()
+    settings = math.prod(len({json.dumps(v, sort_keys=True) for v in d.choice}) for d in space) \
+        if all(d.kind == "choice" for d in space) else math.inf
+    return int(min(optuna_trials(loaded, name), settings))
+
+
 def domain(dom: Space):
     from ray import tune
 
@@ -452,7 +461,7 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
     for name, base in loaded.bases.items():
         listed = settings(loaded, name) or [{}]  # Optuna's: the base recipe stands for each
         recipes[name] = recipe = validate_recipe(apply_params(base, listed[0], sweep.trial_seed))
-        n = optuna_trials(loaded, name) if sweep.algorithm.type == "optuna" else len(listed)
+        n = _optuna_trainings(loaded, name) if sweep.algorithm.type == "optuna" else len(listed)
         steps, note = _steps_per_epoch(recipe)
         if note and note not in notes:
             notes.append(note)
