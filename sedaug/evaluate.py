@@ -16,11 +16,12 @@ from sedaug.data.store import FeatureStore, Split
 from sedaug.errors import UserError, listed
 from sedaug.evaluation.predict import predict
 from sedaug.evaluation.results import evaluate_scores, timed, write_evaluation
-from sedaug.files import absolute, read_json_object, remove_stale_temporaries, write_text
+from sedaug.files import absolute, remove_stale_temporaries, write_text
 from sedaug.recipe import Recipe, dump_recipe, load_recipe, seed_settings
 from sedaug.rundir import (
     DIVERGED,
     RunDir,
+    ensemble_members,
     identity_changes,
     is_ensemble,
     read_diverged,
@@ -132,16 +133,10 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
              "members": [{"run": str(Path(path).resolve()), "seed": r.seed, "epoch": state.epoch}
                          for path, _, r, state in members]}
     run = RunDir(out)
-    before = _members(run.results(split))
+    before = ensemble_members(run.results(split))
     results = _score(strong, data, recipe, about, out / split, timing, progress)
     write_text(run.recipe, dump_recipe(ensemble))  # after the scores: a failure leaves no row behind
-    return out, results, before if before is not None and before != _members(run.results(split)) else None
-
-
-def _members(results: Path) -> list[str] | None:
-    """The member runs of an ensemble's results.json, sorted (given in another order, they are the same), or None."""
-    members = (read_json_object(results) or {}).get("members")
-    return sorted(str(m.get("run")) for m in members if isinstance(m, dict)) if isinstance(members, list) else None
+    return out, results, before if before is not None and before != ensemble_members(run.results(split)) else None
 
 
 def _check_ensemble_out(out: Path, name: str, members: list[Path]) -> None:

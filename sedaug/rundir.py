@@ -277,6 +277,13 @@ def best_epoch(rows: list[dict]) -> dict | None:
     return max(scored, key=lambda r: (r["valid_f1"], -r["epoch"]), default=None)
 
 
+def ensemble_members(results: Path) -> list[str] | None:
+    """The member runs an ensemble's results.json records (`evaluate --ensemble` writes them resolved), sorted (given
+    in another order, they are the same), or None where it records none."""
+    members = (read_json_object(results) or {}).get("members")
+    return sorted(str(m.get("run")) for m in members if isinstance(m, dict)) if isinstance(members, list) else None
+
+
 def read_diverged(run_dir: Path) -> dict | None:
     """`{epoch, step, message}` of a run whose loss became non-finite (train writes it), or None."""
     return read_json_object(Path(run_dir) / DIVERGED)

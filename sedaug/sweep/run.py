@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from sedaug.errors import Interrupted, UserError, counted, listed, one_line
-from sedaug.files import absolute, read_json_object
-from sedaug.rundir import EVALUATED_SPLITS, RunDir, is_ensemble, read_diverged
+from sedaug.files import absolute
+from sedaug.rundir import EVALUATED_SPLITS, RunDir, ensemble_members, is_ensemble, read_diverged
 from sedaug.strict_yaml import get_key
 from sedaug.sweep.cluster import (
     check_resources,
@@ -178,8 +178,9 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
     check_out(out, loaded, resume)  # before anything is written, as the resources are
     sweep = loaded.sweep
     per_trial = trial_resources(loaded)
-    plan = Plan(out=str(out), bases=loaded.bases, select_split=sweep.select.evaluated_split, select_metric=sweep.select.metric,
-                cpus=sweep.resources.cpus, gpus=sweep.resources.gpus, argv=list(sys.argv))
+    plan = Plan(out=str(out), bases=loaded.bases, select_split=sweep.select.evaluated_split,
+                select_metric=sweep.select.metric, cpus=sweep.resources.cpus, gpus=sweep.resources.gpus,
+                argv=list(sys.argv))
     view = SweepView(out, loaded.epochs, title=f"sweep {Path(spec_path).stem}")
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
@@ -459,8 +460,9 @@ def optuna_searcher(sweep, space: dict, records: list, n_settled: int | None = N
 def _set_aside(out: Path, run_dir: Path, why: str, notes: list[str]) -> None:
     """Move a final run (or an ensemble of final runs) to <out>/replaced/; an ensemble of the run goes with it (its
     scores are no longer those of the row's runs)."""
-    ensembles = [p for p in sorted(run_dir.parent.iterdir())
-                 if p.is_dir() and is_ensemble(p) and run_dir.resolve() in _members(p)]
+    member = str(run_dir.resolve())
+    ensembles = [p for p in sorted(run_dir.parent.iterdir()) if p.is_dir() and is_ensemble(p) and any(
+        member in (ensemble_members(RunDir(p).results(split)) or []) for split in EVALUATED_SPLITS)]
     dest = out / "replaced" / run_dir.parent.name / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with RunDir(run_dir).lock():  # not from under an evaluation reading it (refused, one line)
@@ -471,16 +473,6 @@ def _set_aside(out: Path, run_dir: Path, why: str, notes: list[str]) -> None:
     notes.append(f"{run_dir.relative_to(out)} {why}: moved to {dest.relative_to(out)}")
     for ensemble in ensembles:
         _set_aside(out, ensemble, f"is an ensemble of {run_dir.relative_to(out)}", notes)
-
-
-def _members(ensemble: Path) -> set[Path]:
-    """The runs an ensemble's evaluations averaged (evaluate --ensemble records them, absolute)."""
-    members = set()
-    for split in EVALUATED_SPLITS:
-        for member in (read_json_object(RunDir(ensemble).results(split)) or {}).get("members") or []:
-            if isinstance(member, dict) and isinstance(member.get("run"), str):
-                members.add(Path(member["run"]).resolve())
-    return members
 
 
 def _final(loaded: LoadedSweep, out: Path, plan: Plan, view, chosen: dict, per_trial: dict,
