@@ -99,6 +99,17 @@ def user_errors(command):
             where = e.filename or "sedaug"
             print(f"error: {where}: {e.strerror or e} (earlier outputs are left as they were)", file=sys.stderr)
             raise typer.Exit(1) from None
+        except UnicodeEncodeError as e:
+            if "surrogate" not in e.reason:
+                raise
+            # A name's bytes that the locale could not decode (an ASCII locale without Python's UTF-8 mode), asked
+            # to be written as UTF-8 text (a manifest's paths).
+            text = e.object if isinstance(e.object, str) else ""
+            name = text[:e.start].rsplit("\t", 1)[-1].rsplit("\n", 1)[-1] + text[e.start:].split("\t", 1)[0]
+            print(f"error: {name.splitlines()[0] if name else 'a name'}: this locale "
+                  f"({sys.getfilesystemencoding()}) cannot read it; run with PYTHONUTF8=1 or a UTF-8 locale "
+                  "(earlier outputs are left as they were)", file=sys.stderr)
+            raise typer.Exit(1) from None
         except EOFError:  # an input that ended (typer would print an empty line, then abort)
             print("error: aborted: the input ended", file=sys.stderr)
             raise typer.Exit(1) from None

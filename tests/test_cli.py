@@ -1,6 +1,7 @@
 """The CLI as a user meets it: help everywhere, and one-line errors with exit status 1 for bad input."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -372,3 +373,19 @@ def test_a_run_trained_on_a_relative_store_is_evaluated_from_anywhere(tiny_featu
         "error: project/runs/none/seed1/checkpoints/best.pt not found: train the run first (sedaug train)",
         "error: 1 run of 2 not scored: project/runs/none/seed1"]
     assert (seed0 / "eval" / "results.json").is_file()
+
+
+def test_an_ascii_locale_cannot_write_a_non_ascii_path_and_says_so_in_one_line(tmp_path):
+    """Without Python's UTF-8 mode, a C locale decodes a name's non-ASCII bytes as surrogates, which UTF-8 text (a
+    manifest's paths) cannot hold: that was pandas' traceback."""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    probe = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"], env=env,
+                           capture_output=True, text=True, check=True)
+    if probe.stdout.strip() != "ascii":
+        pytest.skip("this platform's C locale is not ASCII")
+    out_dir = os.fsencode(tmp_path) + "/d\u00e9".encode() + b"/desed"
+    out = subprocess.run([os.fsencode(sys.executable), b"-m", b"sedaug", b"prepare-desed", b"--synthetic", b"--size",
+                          b"tiny", b"--out", out_dir], env=env, capture_output=True)
+    err = out.stderr.decode()
+    assert out.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {tmp_path}/d\\udcc3\\udca9/desed/audio/") and "PYTHONUTF8=1" in err, err
