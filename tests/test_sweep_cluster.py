@@ -76,25 +76,47 @@ def test_a_bad_address_is_one_line_and_writes_nothing(tmp_path, tiny_features, a
     assert time.monotonic() - start < 60  # bounded, not minutes of Ray's retries (a bound, not a timing)
 
 
+def _free_ports(n: int) -> list[int]:
+    probes = [socket.socket() for _ in range(n)]
+    for probe in probes:
+        probe.bind(("127.0.0.1", 0))
+    ports = [probe.getsockname()[1] for probe in probes]
+    for probe in probes:
+        probe.close()
+    return ports
+
+
+def _start_head(bin_dir: Path, env: dict, ray_dir: Path, tries: int = 3) -> tuple[subprocess.Popen, int]:
+    """`ray start --head` on free ports, again on others when it exits at once: another process (a test beside
+    this one) may take a port between the probe and Ray's bind."""
+    for _ in range(tries):
+        port, client_port, agent_port = _free_ports(3)
+        head = subprocess.Popen([bin_dir / "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                                 "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+                                 f"--ray-client-server-port={client_port}",
+                                 f"--dashboard-agent-listen-port={agent_port}", f"--temp-dir={ray_dir}"],
+                                env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while head.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return head, port
+            time.sleep(0.5)
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+    pytest.fail(f"ray start --head did not start in {tries} tries")
+
+
 def test_a_sweep_joins_a_running_ray_cluster_with_its_token(tmp_path, tiny_features):
     """`--address` as docs/cluster.md runs it: a head started by `ray start` with token authentication; the driver
     with the token runs the study there (and resumes it); without the token, one line that says so."""
     pytest.importorskip("ray.tune")
-    probes = [socket.socket() for _ in range(3)]
-    for probe in probes:
-        probe.bind(("127.0.0.1", 0))
-    port, client_port, agent_port = (probe.getsockname()[1] for probe in probes)
-    for probe in probes:
-        probe.close()
     ray_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2,
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    head = subprocess.Popen([bin_dir / "ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
-                             f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
-                             f"--temp-dir={ray_dir}"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head, port = _start_head(bin_dir, env, ray_dir)
     try:
         sweep = {"recipes": [{"recipe": str(REPO / "recipes" / "none.yaml"), "search": {"optim.lr": {"grid": [1e-3]}}}],
                  "set": {**TINY, "optim.epochs": 1, "optim.max_steps_per_epoch": 2},
