@@ -352,6 +352,9 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
                                         else now))
     elif pending - diverged:
         notes.append(f"{pending - diverged} of {len(runs)} runs not evaluated{now}")
+    if members := [r.results["members"] for r in runs if isinstance((r.results or {}).get("members"), list)]:
+        k = len(members[0])  # one per row (_check_seeds_once); n is 1: one model, its seeds' scores averaged
+        notes.append(f"one ensemble of {k} seed{'s' if k != 1 else ''}")
     if runs[0].differs:
         notes.append(f"settings differ from the other {recipe.name} rows at {', '.join(runs[0].differs)}")
     if stale := sum(r.stale for r in runs):

@@ -238,7 +238,7 @@ def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
         (ensemble / "eval" / "results.json").write_text(json.dumps(results))
         return {r.recipe: r for r in build_table(runs).rows}["vat_latent_ensemble"].note
 
-    assert "out of date" not in ensemble_note(seed, 4)
+    assert ensemble_note(seed, 4) == "one ensemble of 1 seed; at last.pt"  # n is 1: the note says of how many
     assert "1 of 1 evaluations out of date" in ensemble_note(seed, 3)
     assert "1 of 1 evaluations out of date" in ensemble_note(runs / "vat_latent" / "seed9", 4)  # set aside since
     moved = Path("/elsewhere/runs/vat_latent/seed0")  # where the runs were when evaluated: moved since, together
