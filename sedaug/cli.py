@@ -406,10 +406,13 @@ def table(
     split: Annotated[Split, typer.Option(metavar="SPLIT", help="Evaluated split to tabulate: eval, validation or synthetic_valid.")] = Split.eval,
     ci: Annotated[float | None, typer.Option("--ci", metavar="PERCENT", help="Add each cell's bootstrap interval at this level in percent "
                                              "(e.g. 95), resampling the split's clips in the runs' score files.")] = None,
-    resamples: Annotated[int, typer.Option(metavar="N", help="With --ci: bootstrap resamples.")] = 1000,
-    bootstrap_seed: Annotated[int, typer.Option(metavar="N", help="With --ci: the resamples' seed (the same for every row).")] = 0,
+    resamples: Annotated[int | None, typer.Option(metavar="N", help="With --ci: bootstrap resamples, at least 100 "
+                                                  "(default 1000).")] = None,
+    bootstrap_seed: Annotated[int | None, typer.Option(metavar="N", help="With --ci: the resamples' seed, the same for "
+                                                       "every row (default 0).")] = None,
     compare: Annotated[str | None, typer.Option(metavar="ROW", help="With --ci: the reference row of the paired test "
-                                                "(default: baseline, if present).")] = None,
+                                                "(default: baseline, if present): its name, or a part of it that only "
+                                                "it has.")] = None,
     no_compare: Annotated[bool, typer.Option("--no-compare", metavar="", help="With --ci: intervals only, no paired test.")] = False,
     paper: Annotated[bool, typer.Option("--paper", metavar="", help="Add the paper's Table 1 values beside the rows that "
                                         "reproduce them (recipe paper_row).")] = False,
@@ -423,6 +426,9 @@ def table(
 
     out, plot = file_option(out, "--out"), file_option(plot, "--plot")
     _check_table_outputs(out, plot)
+    for option, given in (("--resamples", resamples), ("--bootstrap-seed", bootstrap_seed)):
+        if given is not None and ci is None:
+            raise UserError(f"{option} goes with --ci LEVEL (without it there is no bootstrap)")
     names = tuple(dict.fromkeys(m.strip() for m in metrics.split(",") if m.strip()))  # each once
     suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
     said = suffixes.get(out.suffix.lower()) if out is not None else None
@@ -449,8 +455,10 @@ def table(
             raise UserError(f"--no-compare and --compare {compare} exclude each other")
         if no_compare and ci is None:
             raise UserError("--no-compare goes with --ci LEVEL (without it there is no paired test to turn off)")
-        data = build_table(runs_dir, split=split.value, metrics=names, ci=ci, resamples=resamples,
-                           bootstrap_seed=bootstrap_seed, compare=NO_COMPARISON if no_compare else compare,
+        data = build_table(runs_dir, split=split.value, metrics=names, ci=ci,
+                           resamples=1000 if resamples is None else resamples,
+                           bootstrap_seed=0 if bootstrap_seed is None else bootstrap_seed,
+                           compare=NO_COMPARISON if no_compare else compare,
                            paper=paper, progress=ci is not None)
         _none_evaluated(data.rows, runs_dir, split.value)
         if plot is not None:

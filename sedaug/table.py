@@ -206,7 +206,9 @@ def _said(value) -> str:
         return "[" + ", ".join(map(_said, value)) + "]"
     if isinstance(value, float):  # 1 and 1e-05, not 1.0 and 1e-05; all digits where 6 would merge two lrs
         return f"{value:g}" if float(f"{value:g}") == value else repr(value)
-    return DASH if value is None else str(value)
+    if isinstance(value, bool) or value is None:  # as a recipe and --set spell them
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
 
 
 def _trial_row(run_dir: Path, name: str) -> str:
@@ -502,9 +504,16 @@ def _reference(compare: str | None, rows: list[Row]) -> str | None:
         return "baseline" if "baseline" in names else split[0] if split else None
     if compare == NO_COMPARISON:
         return None
-    if compare not in names:
-        raise UserError(f"--compare {compare}: no evaluated row of that name (rows: {', '.join(names) or 'none'})")
-    return compare
+    if compare in names:
+        return compare
+    # A row split by its settings (`none [optim.epochs=3]`) may be named by any part of its name that only it has.
+    matching = [n for n in names if compare in n]
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        raise UserError(f"--compare {compare}: {len(matching)} rows have that in their name ({', '.join(matching)}): "
+                        "give a part of the name that only one of them has")
+    raise UserError(f"--compare {compare}: no evaluated row of that name (rows: {', '.join(names) or 'none'})")
 
 
 def _with_bootstrap(row: Row, boot, notes: list[str], reference: str | None) -> Row:

@@ -95,6 +95,16 @@ def test_runs_of_one_name_with_other_settings_are_rows_of_their_own(runs):
     evaluated = [dataclasses.replace(r, n=0) if r.recipe == "baseline [optim.epochs=3]" else r
                  for r in build_table(runs).rows]  # the short run still training, say: one reference left
     assert _reference(None, evaluated) == "baseline [optim.epochs=200]"
+    # A split row is named by its name, or by a part of it that only it has.
+    from sedaug.table import _said
+
+    assert (_said(True), _said(None), _said([1e-3, False])) == ("true", "null", "[0.001, false]")  # as --set takes them
+    both = build_table(runs).rows
+    assert _reference("epochs=3]", both) == _reference("baseline [optim.epochs=3]", both) == \
+        "baseline [optim.epochs=3]"
+    with pytest.raises(UserError, match=r"^--compare baseline: 2 rows have that in their name \(baseline "
+                                        r"\[optim.epochs=3\], baseline \[optim.epochs=200\]\): give a part"):
+        _reference("baseline", both)
     text = run("table", runs, "--format", "markdown").stdout
     assert "| baseline [optim.epochs=3] |" in text and "| baseline [optim.epochs=200] |" in text
     for args in ((), ("--per-class",)):  # the terminal's: the brackets are text, not rich markup
@@ -740,6 +750,11 @@ def test_compare_names_any_row_none_included_and_no_compare_turns_the_test_off(c
     assert result.exit_code == 1 and result.output == "error: --no-compare and --compare none exclude each other\n"
     result = CliRunner().invoke(app, ["table", str(ci_runs), "--no-compare"])
     assert result.exit_code == 1 and result.output.startswith("error: --no-compare goes with --ci LEVEL")
+    for option in ("--resamples", "--bootstrap-seed"):  # ignored without --ci, as --compare would be: refused
+        for extra in ((), ("--per-class",)):
+            result = CliRunner().invoke(app, ["table", str(ci_runs), option, "200", *extra])
+            assert result.exit_code == 1 and result.output == \
+                f"error: {option} goes with --ci LEVEL (without it there is no bootstrap)\n"
 
 
 def test_ci_in_worker_processes_equals_in_process(ci_runs):
