@@ -14,26 +14,35 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from sedaug.errors import UserError
 from sedaug.paper import PAPER_TABLE1
-from sedaug.strict_yaml import apply_overrides, blamed_override, dump_yaml, nearest, read_yaml
+from sedaug.strict_yaml import (
+    apply_overrides,
+    blamed_override,
+    dump_yaml,
+    nearest,
+    one_line_yaml,
+    parse_yaml,
+    read_yaml,
+)
 
 # The model's perturbation points (sedaug.model.POINTS): `cnn1`…`cnn7` are the gated blocks' outputs (B, C, T, F).
 Location = Literal["mel", "input", "cnn1", "cnn2", "cnn3", "cnn4", "cnn5", "cnn6", "cnn7", "cnn", "rnn"]
 
 
 class Section(BaseModel):
-    # Finite floats only (`.inf` for lr is refused here, not by a NaN in step 0).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Finite floats only (`.inf` for lr is refused here, not by a NaN in step 0). Strict: a value is of its key's
+    # type, `lr: true` is not 1.0, `epochs: 2.0` not 2, `update_batchnorm: 1` not true (an int is a float, though).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
-# Integers are integers: `epochs: true` or `epochs: 2.0` is refused, not read as 1 or 2.
-Count = Annotated[int, Strict(), Field(ge=1)]
+# YAML has no tuple or path: `Strict(False)` below reads a list and a string as one (a tuple's items stay strict).
+Count = Annotated[int, Field(ge=1)]
 Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam moment decay
 
 
 class DataConfig(Section):
-    features: Path = Path("data/features")
+    features: Annotated[Path, Strict(False)] = Path("data/features")
     # A mini-batch is three slices: unlabeled 1/2, weak 1/4, synthetic 1/4 (dcase20: 12/6/6 of 24).
-    batch_size: Annotated[int, Strict()] = Field(24, ge=4, multiple_of=4)
+    batch_size: int = Field(24, ge=4, multiple_of=4)
 
 
 MEL_BANDS = 128  # the features' mel bands (FeatureParams.n_mels)
@@ -48,7 +57,7 @@ def bands_left(pooling: list[tuple[int, int]], blocks: int | None = None, bands:
 
 class ModelConfig(Section):
     cnn_filters: list[Count] = Field([16, 32, 64, 128, 128, 128, 128], min_length=1)
-    cnn_pooling: list[tuple[Count, Count]] = [(2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
+    cnn_pooling: list[Annotated[tuple[Count, Count], Strict(False)]] = [(2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
     kernel_size: Count = 3
     dropout: float = Field(0.5, ge=0, lt=1)
     rnn_hidden: Count = 128
@@ -123,7 +132,8 @@ class VATAugmentation(Section):
 class MixupAugmentation(Section):
     type: Literal["mixup"]
     locations: list[Location]
-    alpha: float = Field(1.0, gt=0)
+    # λ ~ Beta(α, α). Below 0.01 torch's sampler underflows (its draws turn into 0.5); above 1e6, λ is 0.5 ± 5e-4.
+    alpha: float = Field(1.0, ge=0.01, le=1e6)
 
 
 # ------------------------------------------------ audio transforms (docs/audio_augmentations.md)
@@ -147,9 +157,9 @@ class FilterAugmentation(Section):
 
     type: Literal["filter"]
     locations: list[Location]
-    bands: tuple[Count, Count] = (3, 5)  # band count, drawn per step in [min, max] (FilterAugment: randint(3, 6))
+    bands: Annotated[tuple[Count, Count], Strict(False)] = (3, 5)  # band count, drawn per step in [min, max] (FilterAugment: randint(3, 6))
     min_bandwidth: Count = 6  # mel bins; at a CNN block, rows of its frequency axis: max(1, this // pooling so far)
-    gain_db: tuple[Gain, Gain] = (-6.0, 6.0)  # per clip and band, uniform
+    gain_db: Annotated[tuple[Gain, Gain], Strict(False)] = (-6.0, 6.0)  # per clip and band, uniform
     shape: Literal["step", "linear"] = "linear"  # constant per band, or linear between gains at the band edges
 
     @model_validator(mode="after")
@@ -173,7 +183,7 @@ class ReverbAugmentation(Section):
     type: Literal["reverb"]
     locations: list[Location]
     # The time for the decay to fall by 60 dB (T60), per clip, uniform.
-    decay_s: tuple[DecayTime, DecayTime] = (0.1, 1.0)
+    decay_s: Annotated[tuple[DecayTime, DecayTime], Strict(False)] = (0.1, 1.0)
 
     @model_validator(mode="after")
     def _ranges(self) -> ReverbAugmentation:
@@ -214,9 +224,9 @@ class MaskAugmentation(Section):
 
     type: Literal["mask"]
     locations: list[Location]
-    time_masks: Annotated[int, Strict()] = Field(2, ge=0, le=100)
+    time_masks: int = Field(2, ge=0, le=100)
     time_width: Count = 40  # input frames (0.64 s); at a point with pooled time, max(1, this // pooling so far)
-    freq_masks: Annotated[int, Strict()] = Field(2, ge=0, le=100)
+    freq_masks: int = Field(2, ge=0, le=100)
     freq_width: Count = 16  # mel bins; at a CNN block, max(1, this // pooling so far)
 
     @model_validator(mode="after")
@@ -256,7 +266,7 @@ class MeanTeacher(Section):
 
 class L2Regularization(Section):
     type: Literal["l2"]
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, le=1e30)  # Adam takes it as a float32 (1e39 overflowed)
 
 
 Regularization = Annotated[NoRegularization | MeanTeacher | L2Regularization, Field(discriminator="type")]
@@ -272,8 +282,8 @@ class ConsistencyConfig(Section):
 
 
 class OptimConfig(Section):
-    lr: float = Field(1e-3, gt=0)
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    lr: float = Field(1e-3, gt=0, le=1e30)  # Adam takes it as a float32 (1e39 overflowed)
+    betas: Annotated[tuple[Beta, Beta], Strict(False)] = (0.9, 0.999)
     epochs: Count = 200
     rampup_epochs: float = Field(50, ge=0)
     # Cap on steps per epoch (None: until the shortest stream is exhausted, as dcase20); for quick runs.
@@ -302,7 +312,7 @@ class Recipe(Section):
     # A folder name under --runs: no separators, no leading dot (`..` would write outside it).
     name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$", max_length=200)
     # numpy's generators take seeds below 2**32.
-    seed: Annotated[int, Strict()] = Field(0, ge=0, lt=2**32)
+    seed: int = Field(0, ge=0, lt=2**32)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     augmentation: Augmentation = NoAugmentation(type="none")
@@ -312,7 +322,7 @@ class Recipe(Section):
     eval: EvalConfig = EvalConfig()
     # The row of the paper's Table 1 this recipe reproduces (sedaug/paper.py: 1-9 English, 10 the French extra row);
     # `sedaug table --paper` prints that row's values beside it.
-    paper_row: Annotated[int, Strict()] | None = Field(None, ge=1, le=len(PAPER_TABLE1))
+    paper_row: int | None = Field(None, ge=1, le=len(PAPER_TABLE1))
 
     @model_validator(mode="after")
     def _coherent(self) -> Recipe:
@@ -354,6 +364,37 @@ class Recipe(Section):
                 )
 
 
+# What a strict type error says the key takes.
+_EXPECTED = {"float_type": "a number", "int_type": "an integer", "bool_type": "true or false", "string_type": "text "
+             "(quote a name that YAML reads as a number)", "list_type": "a list", "tuple_type": "a list"}
+
+_BOUNDS = {"greater_than": "greater than", "greater_than_equal": "greater than or equal to", "less_than": "less than",
+           "less_than_equal": "less than or equal to"}
+
+
+def _unquoted(text: str) -> Any:
+    try:
+        return parse_yaml(text, "")
+    except UserError:
+        return text
+
+
+def type_message(e: dict) -> str:
+    """A pydantic error's message, saying for a value of the wrong type what was given and what the key takes."""
+    if e["type"] in _EXPECTED:
+        given, expected = e["input"], _EXPECTED[e["type"]]
+        if isinstance(given, str) and isinstance(_unquoted(given), int | float | bool):  # lr: '1e-3'
+            return f"{one_line_yaml(given)} is quoted text, not {expected}: leave out the quotes"
+        return f"{one_line_yaml(given)} is not {expected}"
+    if e["type"] in _BOUNDS:  # pydantic writes 1e30 with all its zeros
+        (bound,) = e["ctx"].values()
+        shown = f"{bound:g}" if isinstance(bound, float) and float(f"{bound:g}") == bound else str(bound)
+        return f"Input should be {_BOUNDS[e['type']]} {shown}"
+    if e["type"] == "too_long" and e["ctx"].get("field_type") == "Tuple":
+        return f"expected {e['ctx']['max_length']} values, got {e['ctx']['actual_length']}"
+    return e["msg"].removeprefix("Value error, ")
+
+
 def _format_errors(error: ValidationError, where: str, overridden: frozenset[str] = frozenset()) -> str:
     """One line per problem, naming the recipe file and the key, or `--set KEY` where an override put the value."""
     tags = {"none", "noise", "adversarial", "vat", "mixup", "mean_teacher", "l2", "filter", "adversarial_filter",
@@ -362,8 +403,12 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
     for e in error.errors():
         # Drop the discriminator tag pydantic inserts into the path of a tagged union.
         loc = [str(p) for i, p in enumerate(e["loc"]) if not (i == 1 and p in tags)]
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = type_message(e)
         key = ".".join(loc)
+        if e["type"] == "missing" and loc and loc[-1].isdigit():  # a pair given one value
+            key, msg = ".".join(loc[:-1]), f"expected {int(loc[-1]) + 1} values, got {loc[-1]}"
+        elif e["type"] == "string_pattern_mismatch" and loc == ["name"]:
+            msg = f"{e['input']!r}: letters, digits, _, - and . only, not first a dot (it names a folder under --runs)"
         if e["type"] == "union_tag_not_found":  # a section given keys but no type
             msg = f"no type given: set {key}.type too"
         if e["type"] == "extra_forbidden":

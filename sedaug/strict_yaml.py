@@ -14,7 +14,8 @@ from sedaug.errors import UserError, one_line
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+    """SafeLoader that rejects duplicate keys, reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`) and only true and
+    false as booleans (YAML 1.1 also reads yes, no, on and off so: `compile: yes` meant nothing sedaug names)."""
 
 
 def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -34,6 +35,12 @@ class _StrictDumper(yaml.SafeDumper):
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+_BOOL = "tag:yaml.org,2002:bool"
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 for _cls in (_StrictLoader, _StrictDumper):
     _cls.add_implicit_resolver(
         "tag:yaml.org,2002:float",
@@ -45,6 +52,12 @@ for _cls in (_StrictLoader, _StrictDumper):
 def dump_yaml(data: Any) -> str:
     """YAML that `parse_yaml` reads back as `data` (keys in their order)."""
     return yaml.dump(data, Dumper=_StrictDumper, sort_keys=False)
+
+
+def one_line_yaml(value: Any) -> str:
+    """`value` as YAML on one line (`[1, 2]`, `{a: 1}`, `'0.1'`), as a message quotes what was given."""
+    return yaml.dump(value, Dumper=_StrictDumper, default_flow_style=True, width=float("inf")).strip().removesuffix(
+        "\n...").removesuffix("...").strip()
 
 
 def parse_yaml(text: str, where: str) -> Any:
@@ -125,6 +138,9 @@ def _comment(value: str, parsed: Any) -> str | None:
 def set_key(raw: dict, key: str, value: Any) -> None:
     """raw[a][b][c] = value for key "a.b.c", creating sections; ValueError when a parent is not a section."""
     *parents, leaf = key.split(".")
+    if index := next((i for i, part in enumerate(parents + [leaf]) if part.isdigit()), None):
+        whole = ".".join(parents[:index])
+        raise ValueError(f"a list's items are not set one by one: give the whole list, {whole}=[...]")
     node = raw
     for i, part in enumerate(parents):
         child = node.setdefault(part, {})

@@ -146,7 +146,7 @@ def test_recipe_with_unknown_key(tmp_path):
 def test_recipe_with_wrong_type_and_duplicate_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: x\nseed: one\n")
-    one_line_error(run("train", recipe), "seed: Input should be a valid integer")
+    one_line_error(run("train", recipe), "seed: one is not an integer")
     recipe.write_text("name: x\nseed: 1\nseed: 2\n")
     one_line_error(run("train", recipe), "duplicate key 'seed'")
     one_line_error(run("train", RECIPES / "none.yaml", "--set", "optim.epochs=ten"), "optim.epochs")

@@ -73,6 +73,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
           - recipe: recipes/noise_latent.yaml
             search:
               augmentation.sigma: {grid: [0.2, "0.2"]}
+              data.features: {grid: [data/f, ./data/f]}
         search:
           optim.lr: {uniform: [1.0e-4, 1.0e-2]}
         seeds: [0, 0]
@@ -90,7 +91,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"{path}: recipes[0].search.augmentation.xi: grid lists 1e-06 twice: each value is one setting, list it once",
         f"{path}: recipes[2].search.optim.lr.grid: List should have at least 1 item after validation, not 0",
         f"{path}: seeds: a seed is listed twice",
-        f"{path}: max_concurrent_trials: Input should be a valid integer",
+        f"{path}: max_concurrent_trials: two is not an integer",
         f"{path}: early_stopping.grace: not a key of early_stopping (did you mean grace_epochs?)",
         f"{path}: colour: not a key of a sweep file",
         f"{path}: seed: not a key of a sweep file (did you mean seeds?)",
@@ -101,7 +102,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"{at}.augmentation.sigma: not a key of recipe vat_input",
         f"{at}.optim.epochs: a row's trials all run its one optim.epochs (early stopping and selection count to it): "
         "set it, and let early_stopping cut the poor settings short",
-        f"{at}.optim.max_steps_per_epoch: 2.5 for vat_input: Input should be a valid integer",
+        f"{at}.optim.max_steps_per_epoch: 2.5 for vat_input: 2.5 is not an integer",
         f"{at}.seed: the sweep's `seeds` and `search_seed` set it",
         f"{path}: recipes[1].recipe: recipes/missing.yaml: cannot read recipe (No such file or directory) (a relative "
         f"path is read from the working directory, {REPO})",
@@ -109,8 +110,11 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         f"{path}: recipes[2].search.consistency.weigth: not a key of recipe none (did you mean consistency.weight?)",
         f"{path}: search.optim.lr (for noise_latent, recipes[3]): uniform is sampled: the grid algorithm takes "
         "{grid: [...]} (or use random/optuna)",
-        # a value quoted is the same value to the recipe: the same setting, trained twice
-        f"{path}: recipes[3].search.augmentation.sigma: 0.2 and '0.2' are one value for noise_latent (0.2): list it once",
+        f"{path}: recipes[3].search.augmentation.sigma: '0.2' for noise_latent: '0.2' is quoted text, not a number: "
+        "leave out the quotes",
+        # two spellings of one path are the same value to the recipe: the same setting, trained twice
+        f"{path}: recipes[3].search.data.features: 'data/f' and './data/f' are one value for noise_latent "
+        '("data/f"): list it once',
     ]
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from sedaug.errors import UserError
 from sedaug.files import absolute
-from sedaug.recipe import Recipe, validate_recipe
+from sedaug.recipe import Recipe, type_message, validate_recipe
 from sedaug.strict_yaml import (
     apply_overrides,
     blamed_override,
@@ -41,11 +41,12 @@ MAX_GRID = 10_000  # settings per recipe: beyond that a typo, not a study
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)  # as a recipe's
 
 
-Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]
-Count = Annotated[int, Strict(), Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+Count = Annotated[int, Field(ge=1)]
+Bounds = Annotated[tuple[float, float], Strict(False)]  # YAML's list
 
 
 class Space(Section):
@@ -53,8 +54,8 @@ class Space(Section):
 
     grid: list[Any] | None = Field(None, min_length=1)
     choice: list[Any] | None = Field(None, min_length=1)
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
+    uniform: Bounds | None = None
+    loguniform: Bounds | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Space:
@@ -85,7 +86,7 @@ class Space(Section):
 
 
 class RecipeEntry(Section):
-    recipe: Path
+    recipe: Annotated[Path, Strict(False)]
     search: dict[str, Space] = {}  # merged over the sweep's top-level `search` (the entry wins)
     set: dict[str, Any] = {}  # merged over the sweep's top-level `set`
 
@@ -144,7 +145,7 @@ class Sweep(Section):
     algorithm: Algorithm = Algorithm()
     resources: Resources = Resources()
     max_concurrent_trials: Count | None = None  # default: as many as the resources allow
-    max_failures: Annotated[int, Strict(), Field(ge=0)] = 2  # retries of a trial whose worker dies
+    max_failures: int = Field(2, ge=0)  # retries of a trial whose worker dies
     early_stopping: EarlyStopping | None = None
 
     @field_validator("seeds")
@@ -205,7 +206,7 @@ def _schema_errors(error: ValidationError, where: str, overridden: set[str] = fr
     """One `where: path: message` line per problem; a value `--set KEY` gave is blamed on `--set KEY`."""
     lines = []
     for e in error.errors():
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = type_message(e)
         loc = _loc(tuple(e["loc"]))
         if (key := blamed_override(loc, overridden)) is not None:
             msg = msg.replace("Extra inputs are not permitted", "not a key of a sweep file (nor a recipe section)")
@@ -461,7 +462,7 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
             if not bad and sweep.resources.gpus == 0:
                 bad = [p for p in _cpu_problems(validate_recipe(candidate)) if p not in base_cpu_problems]
             problems += [f"{at}: {value!r} for {name}: {p}" for p in bad]
-            if not bad and dom.kind == "grid":  # "0.002" and 0.002 are one setting: it would be trained twice
+            if not bad and dom.kind == "grid":  # data/f and ./data/f are one setting: it would be trained twice
                 read = json.dumps(get_key(validate_recipe(candidate).model_dump(mode="json"), key), sort_keys=True)
                 if read in read_as:
                     problems.append(f"{at}: {read_as[read]!r} and {value!r} are one value for {name} ({read}): list "
