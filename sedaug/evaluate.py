@@ -107,12 +107,17 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
     # where each found its store, and with what batch it is scored, do not matter: the ensemble is scored on one.
     recipe = load_recipe(RunDir(run_dirs[0]).recipe)
     first = {"name": recipe.name, **seed_settings(recipe)}
+    seeds = {recipe.seed: run_dirs[0]}
     for path in run_dirs[1:]:
         other = load_recipe(RunDir(path).recipe)
         differ = diff_keys(first, {"name": other.name, **seed_settings(other)})
         if differ:
             raise UserError(f"{path}: another recipe than {members[0][0]}'s ({listed(differ)} differ): an ensemble averages "
                             "seeds of one recipe")
+        if other.seed in seeds:  # a copy of one run (as table refuses it), or one seed trained twice
+            raise UserError(f"--ensemble: {seeds[other.seed]} and {path} are both seed {other.seed}: an ensemble averages "
+                            "distinct seeds; list one of them")
+        seeds[other.seed] = path
     stores = {trained_on(path) for path in run_dirs} - {None}
     if len(stores) > 1:
         raise UserError(f"--ensemble: {', '.join(map(str, run_dirs))} were trained on different feature stores (another "

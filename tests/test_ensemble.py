@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,12 @@ def test_an_ensemble_of_different_recipes_is_refused(tiny_features, tiny_model_o
     seed2 = train(runner, runs, "none", 2, 1, [*tiny_model_overrides, "consistency.weight=1.0"], tiny_features)
     result = runner.invoke(app, ["evaluate", str(runs / "none" / "seed0"), str(seed2), "--ensemble", "--device", "cpu"])
     assert result.exit_code == 0, result.output
+
+    # A copy of a run is the same seed: refused as table refuses it, not averaged as two members.
+    copy = shutil.copytree(runs / "none" / "seed0", tmp_path / "copies" / "none" / "seed0")
+    result = runner.invoke(app, ["evaluate", str(runs / "none" / "seed0"), str(copy), "--ensemble", "--device", "cpu"])
+    assert result.exit_code == 1 and result.output == (f"error: --ensemble: {runs / 'none' / 'seed0'} and {copy} are both "
+                                                       "seed 0: an ensemble averages distinct seeds; list one of them\n")
 
 
 def test_an_ensemble_takes_a_resumed_seed_and_refuses_seeds_of_other_lengths(tiny_features, tiny_model_overrides,
