@@ -365,6 +365,9 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
     if unfinished := sum(r.unfinished for r in runs):
         notes.append(f"{unfinished} of {len(evaluated)} evaluated runs trained fewer epochs than their recipe's "
                      "(interrupted, or still training): train --resume, then evaluate")
+    paper_rows = sorted({r.recipe.paper_row for r in runs}, key=str)
+    if len(paper_rows) > 1:  # paper_row is no setting (it does not split a row), but --paper must not pick one
+        notes.append(f"seeds name paper rows {' and '.join(map(str, paper_rows))}: no paper value")
     if len({r.trained_on for r in runs if r.trained_on is not None}) > 1:
         notes.append("seeds trained on different feature stores")
     if len(_checkpoints(runs)) > 1:
@@ -385,7 +388,8 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         not_evaluated=pending,
         cells=cells,
         note="; ".join(notes),
-        paper_row=None if recipe.name.endswith("_ensemble") else recipe.paper_row,  # the paper's rows average seeds
+        # The paper's rows average seeds: an ensemble is none of them.
+        paper_row=None if recipe.name.endswith("_ensemble") or len(paper_rows) > 1 else recipe.paper_row,
         checkpoint=", ".join(sorted(_checkpoints(runs))),
         to_evaluate=_to_evaluate(runs),
     )

@@ -533,6 +533,12 @@ def test_paper_lists_exactly_the_papers_values_for_the_table1_recipes(tmp_path):
     assert (baseline["macro_paper"], baseline["psds_ct_paper"]) == ("0.381", "0.552")
     assert float(baseline["macro_paper_diff"]) == pytest.approx(0.35 - 0.381)
     assert "0.381 (-0.031)" in render(table, "markdown")
+    # Seeds that name different paper rows (paper_row changed on a resume, say): no paper value, and a note.
+    seed1 = write_run(runs, RECIPES / "baseline.yaml", 1, {"macro": 0.36, "psds": 0.45, "psds_ct": 0.5})
+    (seed1 / "recipe.yaml").write_text((seed1 / "recipe.yaml").read_text().replace("paper_row: 2", "paper_row: 3"))
+    row = {r.recipe: r for r in build_table(runs, paper=True).rows}["baseline"]
+    assert (row.n, row.paper_row, row.cells["macro"].paper) == (2, None, None)
+    assert row.note == "seeds name paper rows 2 and 3: no paper value"
 
 
 def test_every_paper_recipe_names_its_row():
