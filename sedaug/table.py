@@ -119,6 +119,20 @@ class _Run:
         return self.row, self.recipe.seed
 
 
+def _files_named(root: Path, name: str) -> list[Path]:
+    """Every file `name` below `root`, sorted, through linked folders too (a study's folder of links to runs kept
+    elsewhere), each real folder once."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        if (real := os.path.realpath(folder)) in seen:  # a link to a folder already walked, or to one above it
+            subfolders.clear()
+            continue
+        seen.add(real)
+        if name in files:
+            found.append(Path(folder) / name)
+    return sorted(found)
+
+
 def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> list[_Run]:
     """Every run below `runs_dir` with its checked results.json on `split` (None: not evaluated), which must hold
     `metrics`."""
@@ -128,7 +142,7 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
         raise UserError(f"{runs_dir} is a file: give the folder of the runs (e.g. runs/)")
     runs = []
     among_trials = in_search(runs_dir / "_")  # a folder inside a sweep's search/ given on purpose: its trials count
-    for recipe_path in sorted(runs_dir.glob("**/recipe.yaml")):
+    for recipe_path in _files_named(runs_dir, "recipe.yaml"):
         run_dir = recipe_path.parent
         if in_search(run_dir) and not among_trials:  # a sweep's search trials: its final/ runs are the table
             continue
@@ -306,7 +320,9 @@ def left_out(runs_dir: Path, split: str) -> list[Path]:
     cannot place them, and says so."""
     found = []
     among_trials = in_search(Path(runs_dir) / "_")
-    for results in sorted(Path(runs_dir).glob(f"**/{split}/results.json")):
+    for results in _files_named(Path(runs_dir), "results.json"):
+        if results.parent.name != split:
+            continue
         run_dir = results.parent.parent
         hidden = any(part.startswith(".") for part in run_dir.relative_to(runs_dir).parts)
         if not RunDir(run_dir).recipe.is_file() and not hidden and (among_trials or not in_search(run_dir)):

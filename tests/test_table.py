@@ -170,6 +170,22 @@ def test_an_evaluated_folder_without_recipe_yaml_is_named_not_silently_dropped(r
     assert CliRunner().invoke(app, ["table", str(runs), "--format", "csv"]).stderr == result.stderr
 
 
+def test_linked_run_folders_are_rows_too_and_a_folder_walked_twice_counts_once(runs, tmp_path):
+    """A study's folder of links to runs kept elsewhere (glob's ** did not follow them: the rows were silently
+    missing), a link back up the tree (a cycle), and a run reached both directly and through a link."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "baseline").symlink_to((runs / "baseline").resolve())
+    (study / "mine").symlink_to((runs / "vat_latent").resolve())
+    (study / "baseline" / "seed1" / "up").symlink_to(study)  # a cycle, walked once
+    (study / "again").symlink_to((runs / "baseline" / "seed0").resolve())  # baseline/seed0 twice: counted once
+    rows = {r.recipe: r for r in build_table(study).rows}
+    whole = {r.recipe: r for r in build_table(runs).rows}
+    assert set(rows) == {"baseline", "vat_latent"} and rows["baseline"].n == whole["baseline"].n
+    assert [(c.mean, c.std) for c in rows["vat_latent"].cells.values()] == \
+        [(c.mean, c.std) for c in whole["vat_latent"].cells.values()]
+
+
 def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
     from conftest import checksums, one_line_error, run
 
