@@ -27,9 +27,14 @@ from sedaug.rundir import RunDir
 
 
 def advice(path: Path) -> str:
-    """What to do with a damaged checkpoint: score or resume from the other one (train refuses a run that has one)."""
+    """What to do with a damaged checkpoint: score or resume from the other one where it is there (train refuses a
+    run that has one)."""
+    anew = "train the run anew into another --runs or seed"
+    other = Path(path).with_name("last.pt" if Path(path).name == "best.pt" else "best.pt")
+    if not other.is_file():
+        return anew
     if Path(path).name == "best.pt":
-        return "score last.pt instead (--checkpoint last), or train the run anew into another --runs or seed"
+        return f"score last.pt instead (--checkpoint last), or {anew}"
     return ("score best.pt instead (--checkpoint best), or copy best.pt over it and --resume from best's "
             "epoch (not an exact resume)")
 

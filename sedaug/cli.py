@@ -400,9 +400,9 @@ def table(
     format: Annotated[Format | None, typer.Option("--format", metavar="FORMAT", help="Output format, rich, markdown, latex or csv (default: rich on the terminal; "
                                                   "with --out, the file's: .md, .tex, .csv, else markdown).")] = None,
     out: Annotated[str | None, typer.Option(metavar="FILE", help="Write to a file instead of the terminal.")] = None,
-    metrics: Annotated[str, typer.Option(metavar="LIST", help="Comma-separated metric columns, of: macro, micro (event-based F1), "
+    metrics: Annotated[str | None, typer.Option(metavar="LIST", help="Comma-separated metric columns, of: macro, micro (event-based F1), "
                                          "psds_ct (Table 1's PSDS), psds, psds_macro, psds1, psds2, psds1_filtered, "
-                                         "psds2_filtered.")] = "macro,psds_ct",
+                                         "psds2_filtered (default: macro,psds_ct).")] = None,
     split: Annotated[Split, typer.Option(metavar="SPLIT", help="Evaluated split to tabulate: eval, validation or synthetic_valid.")] = Split.eval,
     ci: Annotated[float | None, typer.Option("--ci", metavar="PERCENT", help="Add each cell's bootstrap interval at this level in percent "
                                              "(e.g. 95), resampling the split's clips in the runs' score files.")] = None,
@@ -429,7 +429,7 @@ def table(
     for option, given in (("--resamples", resamples), ("--bootstrap-seed", bootstrap_seed)):
         if given is not None and ci is None:
             raise UserError(f"{option} goes with --ci LEVEL (without it there is no bootstrap)")
-    names = tuple(dict.fromkeys(m.strip() for m in metrics.split(",") if m.strip()))  # each once
+    names = tuple(dict.fromkeys(m.strip() for m in (metrics or "macro,psds_ct").split(",") if m.strip()))  # each once
     suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
     said = suffixes.get(out.suffix.lower()) if out is not None else None
     if format is not None and said is not None and format is not said:  # LaTeX in a .csv: a reader would be misled
@@ -442,8 +442,9 @@ def table(
         console.print(f"note: left out {counted(len(orphans), 'evaluated folder')} without a recipe.yaml to name their "
                       f"row: {listed(orphans)}", markup=False, highlight=False)
     if per_class:
-        if ci is not None or paper or plot is not None or compare is not None or no_compare:
-            raise UserError("--per-class prints the per-class view alone: leave out --ci, --compare, --paper and --plot")
+        if ci is not None or paper or plot is not None or compare is not None or no_compare or metrics is not None:
+            raise UserError("--per-class prints the per-class view alone (F1 and PSDS1): leave out --metrics, --ci, "
+                            "--compare, --paper and --plot")
         rows = per_class_rows(runs_dir, split=split.value)
         _none_evaluated(rows, runs_dir, split.value)
         if out is None and format is Format.rich:

@@ -326,3 +326,13 @@ def test_results_json_holds_json_and_tensorboard_sees_the_run(cli, tmp_path):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in events.Scalars("synthetic_valid/macro_f1")] == pytest.approx([m["valid_f1"] for m in metrics])
     assert "eval/macro" in tags and "eval/f1/Speech" in tags
+
+
+def test_a_damaged_checkpoints_advice_names_the_other_one_only_where_it_is(tmp_path):
+    from sedaug.checkpoint import advice
+
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert advice(tmp_path / "best.pt") == "train the run anew into another --runs or seed"  # no last.pt to score
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert advice(tmp_path / "best.pt").startswith("score last.pt instead (--checkpoint last), or train the run anew")
+    assert advice(tmp_path / "last.pt").startswith("score best.pt instead (--checkpoint best)")

@@ -745,8 +745,11 @@ def test_cli_ci_plot_and_per_class(ci_runs, tmp_path):
     dog = next(line.split(",") for line in lines if line.startswith("baseline,Dog,"))
     f1 = [r["per_class"]["Dog"]["f1"] for r in baseline]
     assert dog[2] == "2" and (dog[3] == "" if None in f1 else float(dog[3]) == pytest.approx(sum(f1) / 2))
-    result = CliRunner().invoke(app, ["table", str(ci_runs), "--per-class", "--ci", "95"])
-    assert result.exit_code == 1 and result.output.startswith("error: --per-class")
+    for other in (["--ci", "95"], ["--metrics", "psds1"]):  # --metrics was silently ignored
+        result = CliRunner().invoke(app, ["table", str(ci_runs), "--per-class", *other])
+        assert result.exit_code == 1 and result.output == ("error: --per-class prints the per-class view alone (F1 and "
+                                                           "PSDS1): leave out --metrics, --ci, --compare, --paper and "
+                                                           "--plot\n")
 
 
 def test_compare_names_any_row_none_included_and_no_compare_turns_the_test_off(ci_runs, tmp_path):
