@@ -578,6 +578,7 @@ def main() -> None:
             suggestion = nearest(e.option_name, [o for o in e.possibilities if o not in hidden])
             e.possibilities = []
         message = e.format_message() if hasattr(e, "format_message") else str(e)
+        message = message.replace("Value error, ", "")  # an enum option's value: click quotes pydantic's wording
         message += f" (did you mean {suggestion}?)" if suggestion else ""
         print(f"error: {command}: {' '.join(message.split())} (see {command} --help)", file=sys.stderr)
         raise SystemExit(getattr(e, "exit_code", 2)) from None

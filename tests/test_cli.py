@@ -49,7 +49,8 @@ def test_python_dash_m_is_the_same_program():
 @pytest.mark.parametrize(("args", "message"), [
     (["train"], "error: sedaug train: Missing argument 'RECIPE.yaml'. (see sedaug train --help)"),
     (["frob"], "error: sedaug: No such command 'frob'. (see sedaug --help)"),
-    (["table", "--split", "foo"], "error: sedaug table: Invalid value for '--split': "),
+    (["table", "--split", "foo"], "error: sedaug table: Invalid value for '--split': 'foo' is not one of 'eval', "
+                                  "'validation', 'synthetic_valid'. (see sedaug table --help)"),
     (["evaluate", "runs/x", "--bogus"], "error: sedaug evaluate: No such option: --bogus"),
     (["train", "r.yaml", "--bogus"], "error: sedaug train: No such option: --bogus (see sedaug train --help)"),
     (["train", "r.yaml", "--resum"], "error: sedaug train: No such option: --resum (did you mean --resume?) (see "),
