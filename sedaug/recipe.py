@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
@@ -34,7 +34,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
-# YAML has no tuple or path: `Strict(False)` below reads a list and a string as one (a tuple's items stay strict).
+T = TypeVar("T")
+# YAML has no tuple or path: `Strict(False)` reads a list and a string as one (a pair's items stay strict).
+Pair = Annotated[tuple[T, T], Strict(False)]
 Count = Annotated[int, Field(ge=1)]
 Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam moment decay
 
@@ -57,7 +59,7 @@ def bands_left(pooling: list[tuple[int, int]], blocks: int | None = None, bands:
 
 class ModelConfig(Section):
     cnn_filters: list[Count] = Field([16, 32, 64, 128, 128, 128, 128], min_length=1)
-    cnn_pooling: list[Annotated[tuple[Count, Count], Strict(False)]] = [(2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
+    cnn_pooling: list[Pair[Count]] = [(2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)]
     kernel_size: Count = 3
     dropout: float = Field(0.5, ge=0, lt=1)
     rnn_hidden: Count = 128
@@ -157,9 +159,9 @@ class FilterAugmentation(Section):
 
     type: Literal["filter"]
     locations: list[Location]
-    bands: Annotated[tuple[Count, Count], Strict(False)] = (3, 5)  # band count, drawn per step in [min, max] (FilterAugment: randint(3, 6))
+    bands: Pair[Count] = (3, 5)  # band count, drawn per step in [min, max] (FilterAugment: randint(3, 6))
     min_bandwidth: Count = 6  # mel bins; at a CNN block, rows of its frequency axis: max(1, this // pooling so far)
-    gain_db: Annotated[tuple[Gain, Gain], Strict(False)] = (-6.0, 6.0)  # per clip and band, uniform
+    gain_db: Pair[Gain] = (-6.0, 6.0)  # per clip and band, uniform
     shape: Literal["step", "linear"] = "linear"  # constant per band, or linear between gains at the band edges
 
     @model_validator(mode="after")
@@ -183,7 +185,7 @@ class ReverbAugmentation(Section):
     type: Literal["reverb"]
     locations: list[Location]
     # The time for the decay to fall by 60 dB (T60), per clip, uniform.
-    decay_s: Annotated[tuple[DecayTime, DecayTime], Strict(False)] = (0.1, 1.0)
+    decay_s: Pair[DecayTime] = (0.1, 1.0)
 
     @model_validator(mode="after")
     def _ranges(self) -> ReverbAugmentation:
@@ -283,7 +285,7 @@ class ConsistencyConfig(Section):
 
 class OptimConfig(Section):
     lr: float = Field(1e-3, gt=0, le=1e30)  # Adam takes it as a float32 (1e39 overflowed)
-    betas: Annotated[tuple[Beta, Beta], Strict(False)] = (0.9, 0.999)
+    betas: Pair[Beta] = (0.9, 0.999)
     epochs: Count = 200
     rampup_epochs: float = Field(50, ge=0)
     # Cap on steps per epoch (None: until the shortest stream is exhausted, as dcase20); for quick runs.

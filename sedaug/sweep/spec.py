@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from sedaug.errors import UserError
 from sedaug.files import absolute
-from sedaug.recipe import Recipe, type_message, validate_recipe
+from sedaug.recipe import Pair, Recipe, type_message, validate_recipe
 from sedaug.strict_yaml import (
     apply_overrides,
     blamed_override,
@@ -46,7 +46,6 @@ class Section(BaseModel):
 
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 Count = Annotated[int, Field(ge=1)]
-Bounds = Annotated[tuple[float, float], Strict(False)]  # YAML's list
 
 
 class Space(Section):
@@ -54,8 +53,8 @@ class Space(Section):
 
     grid: list[Any] | None = Field(None, min_length=1)
     choice: list[Any] | None = Field(None, min_length=1)
-    uniform: Bounds | None = None
-    loguniform: Bounds | None = None
+    uniform: Pair[float] | None = None
+    loguniform: Pair[float] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Space:
