@@ -452,6 +452,8 @@ def table(
             return
         text, count = render_per_class(rows, format.value, split.value), len(rows)
     else:
+        if compare is not None and not compare.strip():  # "" is build_table's NO_COMPARISON
+            raise UserError("--compare \"\": give a row's name (or --no-compare)")
         if no_compare and compare is not None:
             raise UserError(f"--no-compare and --compare {compare} exclude each other")
         if no_compare and ci is None:

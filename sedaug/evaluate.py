@@ -102,7 +102,7 @@ def evaluate_ensemble(
 def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device, progress: bool, out: Path | None,
                        features: Path | None, other_store: bool) -> tuple[Path, dict[str, Any], list[str] | None]:
     timing: dict[str, float] = {}
-    members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]
+    members = [(path, *load_model(path, checkpoint, device)) for path in run_dirs]  # each a run: said first
     # Each run's recipe.yaml, which a resume rewrites (a resumed run's best.pt may keep the recipe of fewer epochs);
     # where each found its store, and with what batch it is scored, do not matter: the ensemble is scored on one.
     recipe = load_recipe(RunDir(run_dirs[0]).recipe)
@@ -112,7 +112,7 @@ def _evaluate_ensemble(run_dirs: list[Path], split: str, checkpoint: str, device
         other = load_recipe(RunDir(path).recipe)
         differ = diff_keys(first, {"name": other.name, **seed_settings(other)})
         if differ:
-            raise UserError(f"{path}: another recipe than {members[0][0]}'s ({listed(differ)} differ): an ensemble averages "
+            raise UserError(f"{path}: another recipe than {run_dirs[0]}'s ({listed(differ)} differ): an ensemble averages "
                             "seeds of one recipe")
         if other.seed in seeds:  # a copy of one run (as table refuses it), or one seed trained twice
             raise UserError(f"--ensemble: {seeds[other.seed]} and {path} are both seed {other.seed}: an ensemble averages "

@@ -392,6 +392,8 @@ def type_message(e: dict) -> str:
         (bound,) = e["ctx"].values()
         shown = f"{bound:g}" if isinstance(bound, float) and float(f"{bound:g}") == bound else str(bound)
         return f"Input should be {_BOUNDS[e['type']]} {shown}"
+    if e["type"] == "missing" and e["loc"] and isinstance(e["loc"][-1], int):  # a pair given one value
+        return f"expected {e['loc'][-1] + 1} values, got {e['loc'][-1]}"
     if e["type"] == "too_long" and e["ctx"].get("field_type") == "Tuple":
         return f"expected {e['ctx']['max_length']} values, got {e['ctx']['actual_length']}"
     return e["msg"].removeprefix("Value error, ")
@@ -407,8 +409,8 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
         loc = [str(p) for i, p in enumerate(e["loc"]) if not (i == 1 and p in tags)]
         msg = type_message(e)
         key = ".".join(loc)
-        if e["type"] == "missing" and loc and loc[-1].isdigit():  # a pair given one value
-            key, msg = ".".join(loc[:-1]), f"expected {int(loc[-1]) + 1} values, got {loc[-1]}"
+        if e["type"] == "missing" and loc and loc[-1].isdigit():  # a pair given one value: named whole
+            key = ".".join(loc[:-1])
         elif e["type"] == "string_pattern_mismatch" and loc == ["name"]:
             msg = f"{e['input']!r}: letters, digits, _, - and . only, not first a dot (it names a folder under --runs)"
         if e["type"] == "union_tag_not_found":  # a section given keys but no type

@@ -15,7 +15,7 @@ from sedaug.errors import UserError, one_line
 
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys, reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`) and only true and
-    false as booleans (YAML 1.1 also reads yes, no, on and off so: `compile: yes` meant nothing sedaug names)."""
+    false as booleans (YAML 1.1 also reads yes, no, on and off so: `compile: yes` was silently true)."""
 
 
 def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -56,8 +56,12 @@ def dump_yaml(data: Any) -> str:
 
 def one_line_yaml(value: Any) -> str:
     """`value` as YAML on one line (`[1, 2]`, `{a: 1}`, `'0.1'`), as a message quotes what was given."""
-    return yaml.dump(value, Dumper=_StrictDumper, default_flow_style=True, width=float("inf")).strip().removesuffix(
-        "\n...").removesuffix("...").strip()
+    try:
+        text = yaml.dump(value, Dumper=_StrictDumper, default_flow_style=True, width=float("inf"))
+    except yaml.YAMLError:  # no YAML value (a numpy number, a Path given from Python)
+        return repr(value)
+    text = text.strip().removesuffix("\n...")  # a scalar's end-of-document mark
+    return repr(value) if "\n" in text else text
 
 
 def parse_yaml(text: str, where: str) -> Any:
@@ -138,9 +142,9 @@ def _comment(value: str, parsed: Any) -> str | None:
 def set_key(raw: dict, key: str, value: Any) -> None:
     """raw[a][b][c] = value for key "a.b.c", creating sections; ValueError when a parent is not a section."""
     *parents, leaf = key.split(".")
-    if index := next((i for i, part in enumerate(parents + [leaf]) if part.isdigit()), None):
-        whole = ".".join(parents[:index])
-        raise ValueError(f"a list's items are not set one by one: give the whole list, {whole}=[...]")
+    # An item's index below a key (model.cnn_filters.0); a first part that is a number is no key at all.
+    if (index := next((i for i, part in enumerate(parents + [leaf]) if i and part.isdigit()), None)) is not None:
+        raise ValueError(f"a list's items are not set one by one: give {'.'.join(parents[:index])} the whole list")
     node = raw
     for i, part in enumerate(parents):
         child = node.setdefault(part, {})

@@ -121,13 +121,17 @@ class _Run:
 
 def _files_named(root: Path, name: str) -> list[Path]:
     """Every file `name` below `root`, sorted, through linked folders too (a study's folder of links to runs kept
-    elsewhere), each real folder once."""
+    elsewhere), each real folder once: by its own path where it is below `root`, else by the first link's in name
+    order. Hidden folders (a copy being made, a folder hidden on purpose) are not walked."""
     found, seen = [], set()
     for folder, subfolders, files in os.walk(root, followlinks=True):
         if (real := os.path.realpath(folder)) in seen:  # a link to a folder already walked, or to one above it
             subfolders.clear()
             continue
         seen.add(real)
+        # Real folders before links (each walked fully before the next), each kind in name order.
+        subfolders[:] = sorted((d for d in subfolders if not d.startswith(".")),
+                               key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
         if name in files:
             found.append(Path(folder) / name)
     return sorted(found)
@@ -381,8 +385,10 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
     if unfinished := sum(r.unfinished for r in runs):
         notes.append(f"{unfinished} of {len(evaluated)} evaluated runs trained fewer epochs than their recipe's "
                      "(interrupted, or still training): train --resume, then evaluate")
-    paper_rows = sorted({r.recipe.paper_row for r in runs}, key=str)
-    if len(paper_rows) > 1:  # paper_row is no setting (it does not split a row), but --paper must not pick one
+    # paper_row is no setting (it does not split a row), but --paper must not pick one of two; a run without it
+    # (trained before recipes had the field) names none.
+    paper_rows = sorted({r.recipe.paper_row for r in runs} - {None})
+    if len(paper_rows) > 1:
         notes.append(f"seeds name paper rows {' and '.join(map(str, paper_rows))}: no paper value")
     if len({r.trained_on for r in runs if r.trained_on is not None}) > 1:
         notes.append("seeds trained on different feature stores")
@@ -405,7 +411,7 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         cells=cells,
         note="; ".join(notes),
         # The paper's rows average seeds: an ensemble is none of them.
-        paper_row=None if recipe.name.endswith("_ensemble") or len(paper_rows) > 1 else recipe.paper_row,
+        paper_row=None if recipe.name.endswith("_ensemble") or len(paper_rows) != 1 else paper_rows[0],
         checkpoint=", ".join(sorted(_checkpoints(runs))),
         to_evaluate=_to_evaluate(runs),
     )
@@ -527,7 +533,7 @@ def _reference(compare: str | None, rows: list[Row]) -> str | None:
     if compare in names:
         return compare
     # A row split by its settings (`none [optim.epochs=3]`) may be named by any part of its name that only it has.
-    matching = [n for n in names if compare in n]
+    matching = [n for n in names if " [" in n and compare.strip() and compare in n]
     if len(matching) == 1:
         return matching[0]
     if matching:

@@ -245,8 +245,8 @@ def test_every_table2_recipe_trains_one_step_through_the_cli(recipe, tiny_featur
     (["optim.compile=yes"], "optim.compile: 'yes': expected true, false, auto or reduce-overhead"),  # YAML 1.1's true
     (["optim.betas=[0.9]"], "optim.betas: expected 2 values, got 1"),
     (["optim.betas=[0.9, 0.9, 0.9]"], "optim.betas: expected 2 values, got 3"),
-    (["model.cnn_filters.0=8"], "'model.cnn_filters.0=8': a list's items are not set one by one: give the whole list, "
-     "model.cnn_filters=[...]"),
+    (["model.cnn_filters.0=8"], "'model.cnn_filters.0=8': a list's items are not set one by one: give "
+     "model.cnn_filters the whole list"),
     (["optim.lr=.inf"], "optim.lr: Input should be a finite number"),
     (["consistency.weight=.nan"], "consistency.weight: Input should be a finite number"),
     (["name=.."], "name: '..': letters, digits, _, - and . only, not first a dot (it names a folder under --runs)"),
@@ -376,3 +376,17 @@ def test_optim_compile_takes_true_false_auto_or_reduce_overhead_and_nothing_read
             load_recipe(none, [f"optim.compile={value}"])
         assert str(e.value).splitlines() == [f"--set optim.compile: {parse_yaml(value, 'x')!r}: expected true, "
                                              "false, auto or reduce-overhead"]
+
+
+def test_a_value_of_another_type_is_quoted_as_given_on_one_line():
+    import numpy as np
+
+    from sedaug.recipe import validate_recipe
+
+    for value, said in ((Path("a/b"), "PosixPath('a/b')"), ("abc...", "abc..."), ("a\nb", "'a\\nb'"),
+                        ([1, {"a": None}], "[1, {a: null}]")):
+        with pytest.raises(UserError) as e:  # from Python (a Path), or YAML
+            validate_recipe({"name": "x", "optim": {"lr": value}})
+        assert str(e.value) == f"recipe: optim.lr: {said} is not a number", value
+    with pytest.raises(UserError, match=r"^recipe: seed: np.int64\(3\) is not an integer$"):  # no YAML: repr
+        validate_recipe({"name": "x", "seed": np.int64(3)})

@@ -70,6 +70,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
             search:
               optim.lr: {grid: []}
               consistency.weigth: {grid: [1.0, 2.0]}
+              consistency.weight: {loguniform: [1.0]}
           - recipe: recipes/noise_latent.yaml
             search:
               augmentation.sigma: {grid: [0.2, "0.2"]}
@@ -90,6 +91,7 @@ def test_a_bad_sweep_file_is_one_path_message_line_per_problem_all_at_once(tmp_p
         # the schema: unknown keys, wrong types
         f"{path}: recipes[0].search.augmentation.xi: grid lists 1e-06 twice: each value is one setting, list it once",
         f"{path}: recipes[2].search.optim.lr.grid: List should have at least 1 item after validation, not 0",
+        f"{path}: recipes[2].search.consistency.weight.loguniform[1]: expected 2 values, got 1",
         f"{path}: seeds: a seed is listed twice",
         f"{path}: max_concurrent_trials: two is not an integer",
         f"{path}: early_stopping.grace: not a key of early_stopping (did you mean grace_epochs?)",

@@ -105,6 +105,9 @@ def test_runs_of_one_name_with_other_settings_are_rows_of_their_own(runs):
     with pytest.raises(UserError, match=r"^--compare baseline: 2 rows have that in their name \(baseline "
                                         r"\[optim.epochs=3\], baseline \[optim.epochs=200\]\): give a part"):
         _reference("baseline", both)
+    for part in ("vat", " "):  # a part names a split row only: vat_latent is a row of its own name
+        with pytest.raises(UserError, match=f"^--compare {part}: no evaluated row of that name"):
+            _reference(part, both)
     text = run("table", runs, "--format", "markdown").stdout
     assert "| baseline [optim.epochs=3] |" in text and "| baseline [optim.epochs=200] |" in text
     for args in ((), ("--per-class",)):  # the terminal's: the brackets are text, not rich markup
@@ -179,6 +182,7 @@ def test_linked_run_folders_are_rows_too_and_a_folder_walked_twice_counts_once(r
     (study / "mine").symlink_to((runs / "vat_latent").resolve())
     (study / "baseline" / "seed1" / "up").symlink_to(study)  # a cycle, walked once
     (study / "again").symlink_to((runs / "baseline" / "seed0").resolve())  # baseline/seed0 twice: counted once
+    (study / ".old").symlink_to(study / "mine")  # listed before mine, but hidden: not walked, mine still is
     rows = {r.recipe: r for r in build_table(study).rows}
     whole = {r.recipe: r for r in build_table(runs).rows}
     assert set(rows) == {"baseline", "vat_latent"} and rows["baseline"].n == whole["baseline"].n
@@ -555,6 +559,10 @@ def test_paper_lists_exactly_the_papers_values_for_the_table1_recipes(tmp_path):
     row = {r.recipe: r for r in build_table(runs, paper=True).rows}["baseline"]
     assert (row.n, row.paper_row, row.cells["macro"].paper) == (2, None, None)
     assert row.note == "seeds name paper rows 2 and 3: no paper value"
+    # A seed trained before recipes had paper_row names none: the row's is the others'.
+    (seed1 / "recipe.yaml").write_text((seed1 / "recipe.yaml").read_text().replace("paper_row: 3\n", ""))
+    row = {r.recipe: r for r in build_table(runs, paper=True).rows}["baseline"]
+    assert (row.paper_row, row.cells["macro"].paper, row.note) == (2, 0.381, "")
 
 
 def test_every_paper_recipe_names_its_row():
@@ -775,6 +783,8 @@ def test_compare_names_any_row_none_included_and_no_compare_turns_the_test_off(c
     assert result.exit_code == 1 and result.output == "error: --no-compare and --compare none exclude each other\n"
     result = CliRunner().invoke(app, ["table", str(ci_runs), "--no-compare"])
     assert result.exit_code == 1 and result.output.startswith("error: --no-compare goes with --ci LEVEL")
+    result = CliRunner().invoke(app, ["table", str(ci_runs), "--ci", "95", "--compare", ""])  # was --no-compare
+    assert result.exit_code == 1 and result.output == "error: --compare \"\": give a row's name (or --no-compare)\n"
     for option in ("--resamples", "--bootstrap-seed"):  # ignored without --ci, as --compare would be: refused
         for extra in ((), ("--per-class",)):
             result = CliRunner().invoke(app, ["table", str(ci_runs), option, "200", *extra])
