@@ -121,8 +121,8 @@ class _Run:
 
 def _files_named(root: Path, name: str) -> list[Path]:
     """Every file `name` below `root`, sorted, through linked folders too (a study's folder of links to runs kept
-    elsewhere), each real folder once: by its own path where it is below `root`, else by the first link's in name
-    order. Hidden folders (a copy being made, a folder hidden on purpose) are not walked."""
+    elsewhere), each real folder once, by the first path that reaches it (at each level the real folders first, then
+    the links, each in name order). Hidden folders (a copy being made, a folder hidden on purpose) are not walked."""
     found, seen = [], set()
     for folder, subfolders, files in os.walk(root, followlinks=True):
         if (real := os.path.realpath(folder)) in seen:  # a link to a folder already walked, or to one above it
