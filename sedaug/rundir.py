@@ -121,28 +121,32 @@ class RunDir:
         if self.root.resolve() in _HELD:
             yield
             return
-        try:
-            fd = os.open(self.root / LOCK, os.O_RDONLY)
-        except FileNotFoundError:
-            yield
-            return
-        try:
-            holder = _flock(fd, fcntl.LOCK_SH)
+        with self._shared() as holder:
             if holder is not None:
                 raise UserError(f"{self.root} is being trained by another sedaug process (pid {holder or '?'}): wait "
                                 "for it, or stop it first")
             yield
-        finally:
-            os.close(fd)
 
     def in_training(self) -> bool:
         """Whether another process holds the run to write it (train, or a sweep's trial), as `reading` would find."""
         try:
-            fd = os.open(self.root / LOCK, os.O_RDONLY)
+            with self._shared() as holder:
+                return holder is not None
         except OSError:
             return False
+
+    @contextmanager
+    def _shared(self) -> Iterator[str | None]:
+        """A shared flock of the run's lock file for the block: yields None, or where another process holds the run
+        to write it, that process's pid as its lock file says ("" if unknown), the flock not taken. No lock file:
+        None (the run never had a writer)."""
         try:
-            return _flock(fd, fcntl.LOCK_SH) is not None
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            yield _flock(fd, fcntl.LOCK_SH)
         finally:
             os.close(fd)
 
