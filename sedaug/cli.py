@@ -100,10 +100,10 @@ def user_errors(command):
             print(f"error: {where}: {e.strerror or e} (earlier outputs are left as they were)", file=sys.stderr)
             raise typer.Exit(1) from None
         except UnicodeEncodeError as e:
-            if "surrogate" not in e.reason:
+            if "surrogate" not in e.reason and codecs.lookup(e.encoding) != codecs.lookup(sys.getfilesystemencoding()):
                 raise
             # A name's bytes that the locale could not decode (an ASCII locale without Python's UTF-8 mode), asked
-            # to be written as UTF-8 text (a manifest's paths).
+            # to be written as UTF-8 text (a manifest's paths); or a name the locale cannot encode, given to the OS.
             text = e.object if isinstance(e.object, str) else ""
             name = text[:e.start].rsplit("\t", 1)[-1].rsplit("\n", 1)[-1] + text[e.start:].split("\t", 1)[0]
             print(f"error: {name.splitlines()[0] if name else 'a name'}: this locale "

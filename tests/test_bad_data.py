@@ -179,6 +179,9 @@ def test_bad_event_rows_name_file_and_line(prepared, old, new, expected):
         (bytes(range(256)) * 8, "NUL byte: a binary file"),
         (b"filename\tonset\toffset\tevent_label\n\xff\xfe\t1\t2\tDog\n", ":2: not UTF-8 text (byte 34)"),
         (b"filename\tonset\toffset\n", "missing column(s) event_label"),
+        ("filename\tonset\toffset\tevent_label\n".encode("utf-16"), "UTF-16 text: save the TSV as UTF-8"),
+        (b"filename\tonset\toffset\tevent_label\rY_0.000_10.000.wav\t1\t2\tDog\r",
+         "carriage return alone (an old Mac text file)"),  # was the whole file as its header, one line per row
     ],
 )
 def test_unreadable_tsv_names_the_file(prepared, content, expected):
@@ -302,6 +305,38 @@ def test_a_clip_listed_twice_with_the_same_labels_is_one_clip_with_a_warning(pre
         ("metadata/train/weak.tsv", 4, "Yaaaaaaaaaaa_0.000_10.000.wav", "kept once: listed on line 2 too"),
         ("metadata/train/unlabel_in_domain.tsv", 4, "Ymissingmiss_0.000_10.000.wav", "kept once: listed on line 3 too"),
     ]
+
+
+def test_a_weak_clip_without_a_label_is_kept_with_a_warning(prepared):
+    layout, out = prepared
+    tsv = layout.root / SPLITS["weak"].metadata
+    tsv.write_text(tsv.read_text().replace("\tCat\n", "\t\n"))
+    result = run("prepare-desed", "--root", layout.root, "--out", out)
+    assert result.exit_code == 0 and "1 warning" in result.output, result.output
+    weak = pd.read_csv(out / "manifest" / "weak.tsv", sep="\t", keep_default_na=False)
+    assert list(weak["event_labels"]) == ["Dog,Speech", ""]
+    warnings = pd.read_csv(out / "label_warnings.tsv", sep="\t", keep_default_na=False)
+    [(line, action)] = zip(warnings["line"], warnings["action"], strict=True)
+    assert line == 3 and action.startswith("kept with no label"), action
+
+
+def test_a_manifest_edited_by_hand_is_refused_by_extract_and_made_again_by_prepare(prepared, tmp_path):
+    """A label fixed in the manifest, not in DESED: extract-mels would have built a store of labels that are not
+    the tree's; prepare-desed said "already up to date" (it checked only that its files were there)."""
+    layout, out = prepared
+    events = out / "manifest" / "eval_events.tsv"
+    written = events.read_text()
+    events.write_text("".join(line for line in written.splitlines(keepends=True) if "Alarm_bell_ringing" not in line))
+    before = checksums(out)
+    one_line_error(run("extract-mels", "--data", out, "--out", tmp_path / "features"), f"{events} was edited since "
+                   "`sedaug prepare-desed` wrote it", "run `sedaug prepare-desed")
+    assert checksums(out) == before and not (tmp_path / "features").exists()
+    result = run("prepare-desed", "--root", layout.root, "--out", out)
+    assert result.exit_code == 0 and "written again (manifest/eval_events.tsv had been edited by hand" in \
+        " ".join(result.output.split()), result.output
+    assert events.read_text() == written
+    again = run("prepare-desed", "--root", layout.root, "--out", out)
+    assert "already up to date in" in again.output and "by hand" not in again.output, again.output
 
 
 def test_prepare_desed_refuses_an_out_in_a_feature_store_a_run_or_a_desed_tree(prepared, tiny_features, tmp_path):

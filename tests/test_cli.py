@@ -390,3 +390,36 @@ def test_an_ascii_locale_cannot_write_a_non_ascii_path_and_says_so_in_one_line(t
     err = out.stderr.decode()
     assert out.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith(f"error: {tmp_path}/d\\udcc3\\udca9/desed/audio/") and "PYTHONUTF8=1" in err, err
+
+
+@pytest.mark.parametrize("locale", ["C", "latin-1"])
+def test_a_locale_whose_file_names_are_not_utf8_is_one_line_not_clips_missing(tmp_path, real_layout, locale):
+    """DESED's TSVs are UTF-8: under a Latin-1 locale a non-ASCII name listed there is not the file's name on disk,
+    which was counted as missing (left out of training, silently); under an ASCII one, os.stat's traceback."""
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    if locale == "latin-1":  # compiled here where the system has none (glibc's localedef)
+        env["LOCPATH"] = str(tmp_path / "locales")
+        os.mkdir(env["LOCPATH"])
+        subprocess.run(["localedef", "-i", "en_US", "-f", "ISO-8859-1", f"{env['LOCPATH']}/en_US.ISO-8859-1"],
+                       capture_output=True, check=False)
+        env["LC_ALL"] = env["LANG"] = "en_US.ISO-8859-1"
+        if not _has_locale(env, "iso8859-1"):
+            pytest.skip("no Latin-1 locale here, nor glibc's localedef to make one")
+    root = real_layout.root
+    weak = root / "metadata" / "train" / "weak.tsv"
+    name = "Ycaf\u00e9_0.000_10.000.wav"
+    os.rename(root / "audio" / "train" / "weak" / "Yaaaaaaaaaaa_0.000_10.000.wav",
+              os.fsencode(root / "audio" / "train" / "weak") + b"/" + name.encode())
+    weak.write_text(weak.read_text().replace("Yaaaaaaaaaaa_0.000_10.000.wav", name), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "sedaug", "prepare-desed", "--root", str(root), "--out",
+                          str(tmp_path / "prepared")], env=env, capture_output=True)
+    err = out.stderr.decode("utf-8", "replace")
+    assert out.returncode == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{weak}:2:" in err and "are not UTF-8" in err and "PYTHONUTF8=1" in err, err
+    assert not (tmp_path / "prepared").exists()
+
+
+def _has_locale(env: dict, encoding: str) -> bool:
+    probe = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"], env=env,
+                           capture_output=True, text=True)
+    return probe.stdout.strip() == encoding

@@ -363,6 +363,34 @@ def test_an_optuna_row_that_searches_nothing_is_planned_as_its_one_trial(tmp_pat
         ("none", 3), ("noise_latent", 1), ("vat_input", 2)]
 
 
+def test_the_search_seed_is_no_final_seed_by_default_and_a_resume_keeps_the_one_searched_on(tmp_path):
+    """DESIGN §11: the search seed is not a final seed (the winner's curse). Its default, one above the seeds, is
+    recorded in OUT/sweep.yaml; a resume whose file leaves it out keeps it, whatever `seeds` became, and so does one
+    of a sweep run before the default changed (no search_seed recorded: it searched on the first of its seeds)."""
+    from sedaug.sweep.outdir import check_out, keep_search_seed, write_out
+
+    demo = REPO / "sweeps" / "demo.yaml"
+    loaded = load_sweep(demo)
+    assert loaded.sweep.seeds == [0, 1] and loaded.sweep.trial_seed == 2
+    assert loaded.resolved()["search_seed"] == 2
+    out = tmp_path / "out"
+    write_out(out, loaded)
+    more_seeds = load_sweep(demo, ["seeds=[0, 1, 2, 3]"])
+    assert more_seeds.sweep.trial_seed == 4  # alone, the default would move (and then overlap a final seed)
+    kept = keep_search_seed(out, more_seeds)
+    assert kept.sweep.trial_seed == 2 and kept.sweep.seeds == [0, 1, 2, 3]
+    check_out(out, kept, resume=True)
+    with pytest.raises(UserError, match=r"^--resume: search_seed \(the search seed\): 2 in .*, 5 now"):
+        check_out(out, keep_search_seed(out, load_sweep(demo, ["search_seed=5"])), resume=True)
+    saved = out / "sweep.yaml"
+    before = "".join(line for line in saved.read_text().splitlines(keepends=True) if not line.startswith("search_seed"))
+    saved.write_text(before)  # as an older sedaug wrote it
+    kept = keep_search_seed(out, load_sweep(demo))
+    assert kept.sweep.trial_seed == 0
+    check_out(out, kept, resume=True)
+    assert keep_search_seed(tmp_path / "new", loaded) is loaded  # a new sweep: the default
+
+
 def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     path = write(tmp_path / "steps.yaml", f"""\
@@ -634,6 +662,7 @@ def killed_and_resumed(tiny_features, tmp_path_factory):
         "set": {**TINY, "data.features": str(tiny_features), "optim.epochs": EPOCHS, "optim.rampup_epochs": 0,
                 "consistency.rampup_epochs": 0, "eval.threshold": 0.3},
         "seeds": [0, 1],
+        "search_seed": 0,  # a final seed: the winner's search run is copied as seed 0's final run (checked below)
         "max_concurrent_trials": 2,
         "resources": {"cpus": 1},
     }

@@ -241,7 +241,7 @@ def test_dry_run_plans_what_ran(edited_study):
     assert planned == {"none": (2, 1, EPOCHS), "noise_latent": (2, 1, EPOCHS)}
     assert sum(p[0] for p in planned.values()) == k.first.trials
     assert sum(p[1] for p in planned.values()) == len(k.first.final_runs)
-    assert "4 search trials and 2 final runs" in k.planned.lines()[0]
+    assert "4 search trials (seed 0) and 2 final runs (seed 1)" in k.planned.lines()[0]
 
 
 def test_dry_run_prints_the_plan_and_its_cost_without_starting_ray(tmp_path, tiny_features, monkeypatch):
@@ -257,7 +257,7 @@ def test_dry_run_prints_the_plan_and_its_cost_without_starting_ray(tmp_path, tin
     result = sweep_cli(spec, "--dry-run", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "sweep s: 5 search trials and 2 final runs (seed 1) -- nothing is started"
+    assert lines[0] == "sweep s: 5 search trials (seed 0) and 2 final runs (seed 1) -- nothing is started"
     # tiny store: min(20 unlabeled // 12, 10 weak // 6, 16 synthetic_train // 6) = 1 step per epoch;
     # none: (2 trials + 1 final) x 2 epochs x 1 step x 0.5 s = 3 s
     assert lines[1].split() == ["none", "2", "trials", "+", "1", "final", "x", "2", "epochs", "x", "1", "step,",

@@ -16,10 +16,13 @@ says and a clip listed in two splits, kept.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import re
+import sys
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +45,7 @@ from sedaug.data.metadata import (  # noqa: F401 (re-exported: the layout's clas
     read_metadata,
 )
 from sedaug.errors import UserError, counted, one_line
-from sedaug.files import atomic_dir, read_json_object, read_tsv, write_json, write_tsv, writing
+from sedaug.files import atomic_dir, read_json_object, read_tsv, sha256, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
 
 
@@ -96,6 +99,7 @@ class PrepareReport:
     skipped: bool
     seconds: float = 0.0
     n_label_warnings: int = 0
+    edited: str | None = None  # a manifest table edited by hand, made again from the tree
 
     @property
     def manifest_dir(self) -> Path:
@@ -112,6 +116,8 @@ class PrepareReport:
     def summary(self) -> str:
         clips = ", ".join(f"{name} {n:,}" for name, n in self.counts.items())
         state = "already up to date" if self.skipped else "written"
+        if self.edited:
+            state += f" again ({self.edited} had been edited by hand: DESED's labels are in its TSVs)"
         missing = f"{counted(self.n_missing, 'listed file')} missing (see {self.missing_files})"
         warnings = ""
         if self.n_label_warnings:
@@ -146,7 +152,8 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
 
     manifest_dir = out / MANIFEST_DIR
     previous = _read_prepare_json(manifest_dir)
-    if previous is not None and previous.get("fingerprint") == fingerprint and _outputs_exist(out):
+    edited = _edited_table(manifest_dir, previous)
+    if previous is not None and previous.get("fingerprint") == fingerprint and _outputs_exist(out) and not edited:
         return PrepareReport(
             root=root,
             out=out,
@@ -188,6 +195,7 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
             write_tsv(staging / f"{name}.tsv", table)
         for name, table in events.items():
             write_tsv(staging / f"{name}_events.tsv", table)
+        tables_sha256 = {path.name: sha256(path) for path in sorted(staging.glob("*.tsv"))}
         write_tsv(staging / MISSING_FILES, pd.DataFrame(missing, columns=["split", "filename"]))
         write_tsv(staging / LABEL_WARNINGS, pd.DataFrame(warnings, columns=WARNING_COLUMNS))
         write_json(
@@ -202,6 +210,7 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
                 "n_events": n_events,
                 "n_missing": len(missing),
                 "n_label_warnings": len(warnings),
+                "tables_sha256": tables_sha256,
             },
         )
         for report in (MISSING_FILES, LABEL_WARNINGS):
@@ -216,13 +225,14 @@ def prepare_desed(root: Path, out: Path, progress: bool = True) -> PrepareReport
         skipped=False,
         seconds=time.perf_counter() - start,
         n_label_warnings=len(warnings),
+        edited=edited,
     )
 
 
 def _clip_warnings(tables: dict[str, MetadataTables], clips: dict[str, list[_Clip]]) -> list[tuple]:
     """Warning rows (WARNING_COLUMNS) for clips whose audio is shorter than their DESED name says by more than
-    LABEL_TOLERANCE (a download cut short?), for clips listed in two splits (a clip scored on, trained on), and for
-    a weak or unlabeled clip listed twice in its TSV (kept once)."""
+    LABEL_TOLERANCE (a download cut short?), for clips listed in two splits (a clip scored on, trained on), for a
+    weak clip without a label, and for a weak or unlabeled clip listed twice in its TSV (kept once)."""
     warnings, seen = [], {}
     for name, split in SPLITS.items():
         for clip in clips[name]:
@@ -231,6 +241,9 @@ def _clip_warnings(tables: dict[str, MetadataTables], clips: dict[str, list[_Cli
                 if named is not None and clip.duration < named - LABEL_TOLERANCE else []
             if clip.filename in seen:
                 actions.append(f"kept: listed in {seen[clip.filename]} too")
+            if split.kind == "weak" and not tables[name].weak_labels[clip.filename]:
+                actions.append("kept with no label: trained as a clip where no class sounds (DESED's weak clips each "
+                               "have one)")
             seen.setdefault(clip.filename, name)
             line = tables[name].lines[clip.filename]
             warnings += [(split.metadata, line, clip.filename, "", "", "", clip.duration, a) for a in actions]
@@ -265,8 +278,22 @@ def _read_tree(root: Path) -> tuple[dict[str, MetadataTables], dict[str, dict[st
     fingerprint, which prepare.json records."""
     check_layout(root)
     tables = {name: read_metadata(root / split.metadata, split.kind) for name, split in SPLITS.items()}
+    for table in tables.values():
+        check_names_readable(table.filenames, lambda f, table=table: f"{table.path}:{table.lines[f]}: {f}")
     on_disk = {name: _scan_audio_dir(root / split.audio_dir) for name, split in SPLITS.items()}
     return tables, on_disk, _fingerprint(root, tables, on_disk)
+
+
+def check_names_readable(names: Iterable[str], where: Callable[[str], str]) -> None:
+    """Refuse a name that is not ASCII where the locale's file names are not UTF-8 (an ASCII or Latin-1 locale
+    without Python's UTF-8 mode): the TSV's UTF-8 name would not be the file's, found missing or a traceback."""
+    encoding = sys.getfilesystemencoding()
+    if codecs.lookup(encoding).name == "utf-8":
+        return
+    for name in names:
+        if not name.isascii():
+            raise UserError(f"{where(name)}: this locale's file names ({encoding}) are not UTF-8, the TSVs' encoding, "
+                            "so the file cannot be found by its name: run with PYTHONUTF8=1 or a UTF-8 locale")
 
 
 def _scan_audio_dir(directory: Path) -> dict[str, tuple[int, int]]:
@@ -396,6 +423,19 @@ def _outputs_exist(out: Path) -> bool:
     return all(p.is_file() for p in [*tables, out / MISSING_FILES, out / LABEL_WARNINGS])
 
 
+def _edited_table(manifest_dir: Path, record: dict | None) -> str | None:
+    """The first manifest table whose SHA-256 is not the one prepare.json records (edited by hand), as
+    `manifest/<name>`; None where every one is as written, or the record is older than the hashes."""
+    recorded = (record or {}).get("tables_sha256")
+    if not isinstance(recorded, dict):
+        return None
+    for name, digest in recorded.items():
+        path = manifest_dir / str(name)
+        if path.is_file() and sha256(path) != digest:
+            return f"{MANIFEST_DIR}/{name}"
+    return None
+
+
 def _read_prepare_json(manifest_dir: Path) -> dict | None:
     return read_json_object(manifest_dir / PREPARE_JSON)
 
@@ -444,6 +484,9 @@ def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> str | 
     if record.get("format") != MANIFEST_FORMAT:
         raise UserError(f"{_manifest_dir(prepared)}: its prepare.json is unreadable or of another version of sedaug: "
                         f"{again}")
+    if (edited := _edited_table(_manifest_dir(prepared), record)) is not None:
+        raise UserError(f"{Path(prepared) / edited} was edited since `sedaug prepare-desed` wrote it (DESED's labels "
+                        f"are in its TSVs, fixed there): {again}")
     if (Path(prepared) / "audio").is_dir() and root.resolve() != Path(prepared).resolve():
         return (f"{_manifest_dir(prepared)} lists the audio of {root}, not the audio beside it (the tree copied or "
                 f"moved?): run `sedaug prepare-desed {_prepare_args(Path(prepared), Path(prepared))}` to list its own")
@@ -451,6 +494,7 @@ def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> str | 
         return (f"the DESED tree {root} that `sedaug prepare-desed` read is gone (moved or deleted?): run `sedaug "
                 f"prepare-desed --root <where it is> --out {prepared}` again")
     for table in manifest.values():
+        check_names_readable(table["path"], str)
         for path, size, mtime_ns in zip(table["path"], table["size"], table["mtime_ns"], strict=True):
             try:
                 stat = os.stat(path)

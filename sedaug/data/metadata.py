@@ -11,6 +11,7 @@ PSDS merges same-class overlaps), with a warning row.
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,8 @@ def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from err
     if not data.strip():
         raise UserError(f"{path}: empty file (expected a header line: {chr(9).join(columns)})")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text"
+        raise UserError(f"{path}: UTF-16 text: save the TSV as UTF-8")
     if b"\0" in data:
         raise UserError(f"{path}: not a text TSV (byte {data.index(0)} is a NUL byte: a binary file?)")
     try:
@@ -117,6 +120,9 @@ def read_metadata_tsv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not UTF-8 text (byte {err.start}): save the TSV as UTF-8") from None
+    if "\r" in text.rstrip("\r") and "\n" not in text:
+        raise UserError(f"{path}: its lines end in a carriage return alone (an old Mac text file): save the TSV with "
+                        "LF or CRLF line ends")
     lines = text.split("\n")
     header = lines[0].rstrip("\r").split("\t")
     absent = [c for c in columns if c not in header]

@@ -5,6 +5,7 @@ would make finished trials incomparable with new ones (docs/sweeps.md, "Stopping
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,7 @@ def check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
     if not isinstance(saved, dict):
         raise UserError(f"{sweep_file}: not a sweep sedaug wrote: run the sweep with another --out")
     resolved = loaded.resolved()
-    saved.setdefault("search_seed", (saved.get("seeds") or [0])[0])
-    resolved.setdefault("search_seed", loaded.sweep.trial_seed)
+    saved.setdefault("search_seed", (saved.get("seeds") or [0])[0])  # written before it was recorded: the default
     problems = []
     for key, what in FROZEN.items():
         before, now = get_key(saved, key, None), get_key(resolved, key, None)
@@ -59,6 +59,21 @@ def check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
     if problems:
         raise UserError("\n".join(f"--resume: {p}: the finished trials would not be comparable; run the changed "
                                    "sweep with another --out" for p in problems))
+
+
+def keep_search_seed(out: Path, loaded: LoadedSweep) -> LoadedSweep:
+    """On --resume, a sweep file that leaves `search_seed` out searches on the seed OUT was searched on (its
+    default then: a sweep run before the default became one above the seeds searched on the first of them), so that
+    neither an older default nor an edit of `seeds` changes it."""
+    if loaded.sweep.search_seed is not None or not (out / "sweep.yaml").is_file():
+        return loaded
+    saved = _read_yaml(out / "sweep.yaml")
+    if not isinstance(saved, dict):
+        return loaded  # check_out says what is wrong with it
+    seed = saved.get("search_seed", (saved.get("seeds") or [0])[0])
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return loaded
+    return dataclasses.replace(loaded, sweep=loaded.sweep.model_copy(update={"search_seed": seed}))
 
 
 def _read_yaml(path: Path) -> Any:

@@ -290,14 +290,15 @@ class DryRun:
     rows: list[RowCost]
     device: str
     seeds: list[int]
+    search_seed: int
     notes: list[str]
     recipes: dict[str, Recipe] = field(default_factory=dict)  # row -> the recipe its steps are timed with
     cpus: int = 1
 
     def header(self) -> str:
         trials, finals = sum(r.trials for r in self.rows), sum(r.finals for r in self.rows)
-        return (f"sweep {self.name}: {counted(trials, 'search trial')} and {counted(finals, 'final run')} (seed"
-                f"{'s' * (len(self.seeds) != 1)} "
+        return (f"sweep {self.name}: {counted(trials, 'search trial')} (seed {self.search_seed}) and "
+                f"{counted(finals, 'final run')} (seed{'s' * (len(self.seeds) != 1)} "
                 f"{', '.join(map(str, self.seeds))}) -- nothing is started")
 
     def row_line(self, r: RowCost) -> str:
@@ -483,7 +484,7 @@ def dry_run(loaded: LoadedSweep, device: str | None = None, timed: bool = True) 
     short = resources_short(resources, local_resources(), "this machine")
     notes += [f"resources.{short[k]}: a sweep on this machine would be refused (a cluster's nodes may have it)"
               for k in ("gpus", "memory") if k in short]
-    plan = DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), notes, recipes, threads)
+    plan = DryRun(Path(loaded.path).stem, rows, device, list(sweep.seeds), sweep.trial_seed, notes, recipes, threads)
     if timed:
         for _ in plan.timed():
             pass

@@ -38,7 +38,7 @@ from sedaug.sweep.cluster import (
     ray_session,
     sweep_address,
 )
-from sedaug.sweep.outdir import check_out, write_out
+from sedaug.sweep.outdir import check_out, keep_search_seed, write_out
 from sedaug.sweep.plan import (
     SearchPlan,
     check_drawn,
@@ -175,6 +175,7 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
     from sedaug.sweep.view import SweepView
 
     out = _out_dir(spec_path, out)
+    loaded = keep_search_seed(out, loaded) if resume else loaded
     check_out(out, loaded, resume)  # before anything is written, as the resources are
     sweep = loaded.sweep
     per_trial = trial_resources(loaded)
@@ -280,6 +281,7 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
     --resume, a note says how much of it is done already. Starts nothing, writes nothing."""
     loaded = load_sweep(Path(spec_path), list(overrides))
     out = _out_dir(spec_path, out)
+    loaded = keep_search_seed(out, loaded) if resume else loaded
     check_out(out, loaded, resume)
     plan = dry_run(loaded, timed=False)
     problem = store_problem(loaded, list(overrides))  # planned with DESED's sizes where there is no store (README)

@@ -139,7 +139,7 @@ class Sweep(Section):
     search: dict[str, Space] = {}  # keys searched in every recipe
     set: dict[str, Any] = {}  # recipe keys fixed in every recipe (`--set model.x=...` adds here)
     seeds: list[Seed] = Field([0], min_length=1)  # the winner of each recipe is trained on each
-    search_seed: Seed | None = None  # the seed of the search trials (default: the first of seeds)
+    search_seed: Seed | None = None  # the search trials' seed (default: one above the largest of seeds)
     select: Selection = Selection()
     algorithm: Algorithm = Algorithm()
     resources: Resources = Resources()
@@ -156,7 +156,8 @@ class Sweep(Section):
 
     @property
     def trial_seed(self) -> int:
-        return self.seeds[0] if self.search_seed is None else self.search_seed
+        """The search trials' seed; by default not a final seed (the winner's curse, DESIGN §11)."""
+        return max(self.seeds) + 1 if self.search_seed is None else self.search_seed
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,9 @@ class LoadedSweep:
     epochs: dict[str, int]  # recipe name -> optim.epochs
 
     def resolved(self) -> dict:
-        """The sweep as it runs (overrides merged, defaults filled): written to `<out>/sweep.yaml`."""
-        return self.sweep.model_dump(mode="json", exclude_none=True)
+        """The sweep as it runs (overrides merged, defaults filled, the search seed as resolved): written to
+        `<out>/sweep.yaml`."""
+        return {**self.sweep.model_dump(mode="json", exclude_none=True), "search_seed": self.sweep.trial_seed}
 
 
 # ---------------------------------------------------------------------------------------------- keys
