@@ -5,6 +5,7 @@ continues with --resume without redoing a finished trial, the winner is trained 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -327,6 +328,20 @@ def test_a_mapping_that_would_replace_keys_set_inside_it_is_refused(tmp_path, mo
         "optim.rampup_epochs in it: set optim's keys one by one",
         f"{path}: recipes[1].search.augmentation: each value replaces the whole augmentation mapping, and set gives "
         "augmentation.sigma in it: search its keys one by one, or put those into each value"]
+    # The other way round: a set mapping around a searched key, whose searched values silently replaced the set one.
+    around = write(tmp_path / "around.yaml", """\
+        recipes:
+          - recipe: recipes/none.yaml
+            search:
+              optim.lr: {grid: [1.0e-3]}
+        set:
+          optim: {lr: 0.01}
+        """)
+    with pytest.raises(UserError) as e:
+        load_sweep(around)
+    assert str(e.value).splitlines() == [
+        f"{around}: recipes[0].search.optim.lr: set gives the whole optim mapping, in which optim.lr is searched: "
+        "set optim's keys one by one"]
 
 
 def test_a_sweep_key_set_on_the_command_line_is_named_where_its_problem_shows(tmp_path, monkeypatch):
@@ -875,3 +890,38 @@ def test_a_sweep_that_recorded_its_store_with_dot_dot_resumes(tmp_path, monkeypa
     recipe.write_text(text.replace(str(tmp_path / "features"), str(tmp_path / "other")))
     with pytest.raises(UserError, match="data.features: the finished trials would not be comparable"):
         check_out(out, loaded, resume=True)
+
+
+def test_sigterm_stops_a_sweep_as_ctrl_c_does(tiny_features, tmp_path):
+    """A batch system's stop (SLURM at the end of its time, `timeout`, `scancel`) sends SIGTERM: the sweep ends as on
+    Ctrl-C, with selection.tsv and one line naming the command that resumes it, exit status 143. Ray's own handler
+    printed a stack dump (`*** SIGTERM received ...`) and no line."""
+    if sys.platform != "linux":
+        pytest.skip("finds trial workers through /proc/locks")
+    pytest.importorskip("ray.tune")
+    out = tmp_path / "out"
+    spec = tmp_path / "long.yaml"
+    spec.write_text(json.dumps({
+        "recipes": [{"recipe": str(REPO / "recipes" / "none.yaml")}],
+        "set": {**TINY, "data.features": str(tiny_features), "optim.epochs": 100, "optim.rampup_epochs": 0},
+        "seeds": [0], "resources": {"cpus": 1}}))
+    loaded = load_sweep(spec)
+    run = search_dir(out, "none", {}, loaded.sweep.trial_seed)
+    driver = subprocess.Popen([Path(sys.executable).parent / "sedaug", "sweep", spec, "--out", out], cwd=tmp_path,
+                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: _lock_holder(trial_lock(run)), "the trial's start", timeout=180)
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        with contextlib.suppress(ProcessLookupError):  # what the local Ray leaves behind for a while
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 143 and stderr == (
+        f"error: SIGTERM: interrupted: the finished trials are in {out}; continue with "
+        f"`sedaug sweep {spec} --out {out} --resume`\n"), stderr
+    with (out / "selection.tsv").open() as f:
+        [row] = list(csv.DictReader(f, delimiter="\t"))
+    assert row["status"] == "incomplete" and row["winner"] == ""
+    _wait(lambda: _lock_holder(trial_lock(run)) is None, "the trial's worker to end", timeout=60)

@@ -139,15 +139,41 @@ def run_sweep(
     """Run the sweep of `spec_path` into `out` on the cluster at `address` (None: RAY_ADDRESS where set, else a local
     Ray); on Ctrl-C or Ray Tune's own stop, the error says the command that resumes it."""
     address = sweep_address(address)
+    stop = {"sigterm": False}
     try:
-        return _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources)
+        return _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources,
+                          stop)
     except (Interrupted, TuneStopped, KeyboardInterrupt) as e:
         if isinstance(e, KeyboardInterrupt):  # Ctrl-C before Ray Tune ran (while Ray starts, say)
             if not (_out_dir(spec_path, out) / "sweep.yaml").exists():
                 raise  # nothing to resume yet: the CLI's one line
             e = Interrupted("interrupted")
         again = resume_command(spec_path, out, overrides, address, connect_timeout, wait_for_resources)
-        raise type(e)(f"{e}; continue with `{again}`") from None
+        err = type(e)(f"{'SIGTERM: ' if stop['sigterm'] else ''}{e}; continue with `{again}`")
+        err.exit_code = 143 if stop["sigterm"] else e.exit_code  # the shell's 128 + the signal's number
+        raise err from None
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c(stop: dict[str, bool]):
+    """SIGTERM (a batch system's stop at the end of its time, `timeout`, `scancel`) ends the sweep as Ctrl-C does:
+    the finished trials in selection.tsv, one line with the command that resumes it; `stop["sigterm"]` says one
+    came. Entered once Ray runs: ray.init installs its own handler, which printed a stack dump and left no line."""
+    import signal
+
+    def handler(signum, frame):
+        stop["sigterm"] = True
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def resume_command(spec_path: Path, out: Path | None, overrides: list[str], address: str | None,
@@ -162,7 +188,8 @@ def resume_command(spec_path: Path, out: Path | None, overrides: list[str], addr
     return shlex.join([*args, "--resume"])
 
 
-def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources) -> SweepResult:
+def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources,
+               stop) -> SweepResult:
     started = time.monotonic()
     loaded = load_sweep(Path(spec_path), list(overrides))
     check_drawn(loaded)
@@ -194,6 +221,7 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
             write_out(out, loaded)
 
         notes += stack.enter_context(ray_session(out, address, connect_timeout, before_start))
+        stack.enter_context(_sigterm_as_ctrl_c(stop))
         stack.enter_context(view.shown(progress))
         if sweep.trial_seed in sweep.seeds:
             notes.append(f"the search seed {sweep.trial_seed} is also a final seed: that final run is the winner's "

@@ -435,6 +435,10 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
         if key in fixed:
             problems.append(f"{at}: the key is also in set: fix it or search it, not both")
             continue
+        if enclosing := sorted(k for k in fixed if key.startswith(f"{k}.")):  # a searched value would override it
+            problems.append(f"{at}: set gives the whole {enclosing[0]} mapping, in which {key} is searched: set "
+                            f"{enclosing[0]}'s keys one by one")
+            continue
         inside = sorted(k for k in fixed if k.startswith(f"{key}."))
         if inside:  # each searched value would replace the mapping, dropping what set gives inside it
             problems.append(f"{at}: each value replaces the whole {key} mapping, and set gives {', '.join(inside)} "
