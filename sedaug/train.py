@@ -476,6 +476,12 @@ def _train(
         save_checkpoint(run.checkpoint(which), model=model, teacher=teacher, optimizer=optimizer, state=state,
                         recipe=recipe, device=device, features=store.identity)
 
+    drawn: list[int] = []  # the number of epochs train_curves.png shows, once drawn
+
+    def draw_curves() -> None:
+        watch.plot_train_curves(metrics, run.curves, consistency=recipe.augmentation.type != "none")
+        drawn.append(len(metrics))
+
     bar = _progress_bar(progress)
     first_epoch = state.epoch
     requested: dict[str, str | None] = {"stop": None}  # until the handlers are in
@@ -545,6 +551,8 @@ def _train(
                 log.write(_log_line(record))  # after last.pt: `_first_epoch_unsaved` reads it
                 log.flush()
                 if on_epoch is not None:
+                    if state.epoch == recipe.optim.epochs:  # Ray Tune may end a trial's process once it reports
+                        draw_curves()
                     on_epoch(record)
     except KeyboardInterrupt:  # a second Ctrl-C (or SIGTERM): out at once, mid-step
         raise _interrupted(f"interrupted again: stopped at once; {saved()}", requested) from None
@@ -556,7 +564,7 @@ def _train(
         with contextlib.suppress(KeyboardInterrupt):
             log.close()
             board.close()
-            if metrics:
-                watch.plot_train_curves(metrics, run.curves, consistency=recipe.augmentation.type != "none")
+            if metrics and drawn[-1:] != [len(metrics)]:
+                draw_curves()
     return TrainResult(run.root, recipe.name, recipe.seed, state.epoch, state.best_f1, state.best_epoch, str(config),
                        short_rampups=short_rampups)

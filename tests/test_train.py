@@ -5,6 +5,7 @@ import pickle
 import shutil
 import signal
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -289,7 +290,21 @@ def test_on_epoch_sees_each_written_epoch_and_what_it_raises_ends_training(tiny,
         train(recipe, run, progress=False, on_epoch=on_epoch)
     assert [(r["epoch"], saved, rows) for r, saved, rows in seen] == [(1, 1, 1), (2, 2, 2)]  # written before the call
     assert [r["valid_f1"] for r, _, _ in seen] == [m["valid_f1"] for m in _metrics(run)]
-    assert train(recipe, run, resume=True, progress=False).epochs == 3  # stopped by the callback: still resumable
+    assert (run / "train_curves.png").is_file()  # drawn on the way out
+
+    # The last epoch's curves are drawn before the call: Ray Tune may end a trial's process as soon as it reports
+    # (ASHA stops a trial at its last epoch), and 3 of 4 finished trials of a user's sweep had none.
+    (run / "train_curves.png").unlink()
+    drawn = []
+
+    def last_report(record):
+        drawn.append((record["epoch"], (run / "train_curves.png").is_file()))
+        if record["epoch"] == 3:
+            raise SystemExit  # what Tune's report raises in a trial it stops
+
+    with pytest.raises(SystemExit), mock.patch("sedaug.watch.plot_train_curves", wraps=watch.plot_train_curves) as plot:
+        train(recipe, run, resume=True, progress=False, on_epoch=last_report)
+    assert drawn == [(3, True)] and plot.call_count == 1  # not drawn again on the way out
 
 
 def test_model_selection_uses_the_shared_f1(tiny, tmp_path, monkeypatch):
