@@ -25,7 +25,7 @@ from sedaug.evaluation.results import METRICS, read_results
 from sedaug.paper import paper_value
 from sedaug.recipe import Recipe, load_recipe, seed_settings
 from sedaug.rundir import RunDir, best_epoch, enclosing_run, read_diverged, trained_on
-from sedaug.sweep import in_search, selected_settings
+from sedaug.sweep import SELECTION, in_search, is_sweep, selected_settings
 from sedaug.table_ci import (
     BootstrapSettings,
     Difference,
@@ -141,6 +141,9 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
     """Every run below `runs_dir` with its checked results.json on `split` (None: not evaluated), which must hold
     `metrics`."""
     if not runs_dir.exists():
+        if runs_dir.name == "final" and is_sweep(runs_dir.parent):
+            raise UserError(f"{runs_dir}: no such folder: the sweep {runs_dir.parent} has no final run yet (see its "
+                            f"{SELECTION}; `sedaug table {runs_dir.parent / 'search'}` shows its search trials)")
         raise UserError(f"{runs_dir}: no such folder")
     if not runs_dir.is_dir():
         raise UserError(f"{runs_dir} is a file: give the folder of the runs (e.g. runs/)")
@@ -164,6 +167,9 @@ def _find_runs(runs_dir: Path, split: str, metrics: tuple[str, ...] = ()) -> lis
         if (run := enclosing_run(runs_dir)) is not None:  # RUN/eval, say
             raise UserError(f"{runs_dir} is inside the run {run}: give the folder that holds the runs (e.g. "
                             f"{run.parent.parent})")
+        if is_sweep(runs_dir):
+            raise UserError(f"{runs_dir}: a sweep with no final run yet (see its {SELECTION}; `sedaug table "
+                            f"{runs_dir / 'search'}` shows its search trials)")
         raise UserError(f"{runs_dir}: no runs found (no recipe.yaml below it): train one with `sedaug train`")
     _check_one_set(runs, split)
     runs = _split_by_settings(runs, runs_dir)

@@ -925,3 +925,11 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does(tiny_features, tmp_path):
         [row] = list(csv.DictReader(f, delimiter="\t"))
     assert row["status"] == "incomplete" and row["winner"] == ""
     _wait(lambda: _lock_holder(trial_lock(run)) is None, "the trial's worker to end", timeout=60)
+
+
+def test_a_sweep_without_final_runs_does_not_say_where_they_are():
+    from sedaug.sweep.run import SweepResult
+
+    result = SweepResult(Path("/o"), "d", {"diverged": 1}, 0, {}, [0], [], 8.0, 15.0)
+    assert result.summary() == ("sweep d: 1 trial (0 done, 0 stopped early, 1 diverged, 0 failed, 0 retried) in 0m15s "
+                                "(search 0m08s); selected no setting; no final run -> /o (selection.tsv)")

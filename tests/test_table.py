@@ -485,6 +485,21 @@ def test_empty_or_missing_runs_dir(tmp_path):
         build_table(tmp_path / "nope")
 
 
+def test_a_sweep_without_final_runs_says_so_and_where_its_trials_are(tmp_path):
+    """Every setting of its rows diverged (or the search is not over): `table OUT` said "no runs found (no
+    recipe.yaml below it)" beside the trials' recipe.yaml files, and `table OUT/final` "no such folder"."""
+    out = tmp_path / "sweep"
+    (out / "search" / "none" / "a1b2c3d4" / "seed100").mkdir(parents=True)
+    (out / "sweep.yaml").write_text("recipes: []\n")
+    hint = f"(see its selection.tsv; `sedaug table {out / 'search'}` shows its search trials)"
+    with pytest.raises(UserError) as e:
+        build_table(out)
+    assert str(e.value) == f"{out}: a sweep with no final run yet {hint}"
+    with pytest.raises(UserError) as e:
+        build_table(out / "final")
+    assert str(e.value) == f"{out / 'final'}: no such folder: the sweep {out} has no final run yet {hint}"
+
+
 def test_other_split_is_not_evaluated(runs):
     from conftest import run
 

@@ -7,6 +7,6 @@ the driver; cluster.py the Ray session and the resource check; view.py the live 
 when a sweep runs.
 """
 
-from sedaug.sweep.select import in_search, selected_settings
+from sedaug.sweep.select import SELECTION, in_search, is_sweep, selected_settings
 
-__all__ = ["in_search", "selected_settings"]
+__all__ = ["SELECTION", "in_search", "is_sweep", "selected_settings"]

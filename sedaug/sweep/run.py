@@ -113,10 +113,12 @@ class SweepResult:
         chosen = "; ".join(f"{w.recipe} {_short(w.params) or 'defaults'} ({w.score:.3f})"
                            for w in self.winners.values()) or "no setting"
         seeds = ", ".join(map(str, self.seeds))
+        finals = (f"final runs on seed{'s' * (len(self.seeds) != 1)} {seeds}, evaluated on eval -> {self.out} "
+                  f"(selection.tsv; {shlex.join(['sedaug', 'table', str(self.out / 'final')])})" if self.final_runs
+                  else f"no final run -> {self.out} (selection.tsv)")
         return (f"sweep {self.name}: {counted(self.trials, 'trial')} ({counts}, {self.retries} retried) in "
                 f"{elapsed // 60}m{elapsed % 60:02d}s (search {search // 60}m{search % 60:02d}s); selected {chosen}; "
-                f"final runs on seed{'s' * (len(self.seeds) != 1)} {seeds}, evaluated on "
-                f"eval -> {self.out} (selection.tsv; {shlex.join(['sedaug', 'table', str(self.out / 'final')])})")
+                f"{finals}")
 
 
 def _short(params: dict[str, Any]) -> str:

@@ -263,12 +263,17 @@ def selected_settings(path: Path) -> dict[str, str]:
     return out
 
 
+def is_sweep(folder: Path) -> bool:
+    """Whether `folder` is a sweep's --out (its sweep.yaml or selection.tsv)."""
+    return (Path(folder) / "sweep.yaml").is_file() or (Path(folder) / SELECTION).is_file()
+
+
 def in_search(run_dir: Path) -> bool:
     """Whether a run directory is a search trial of a sweep, or a final run an edited sweep replaced
     (`<sweep>/search/...`, `<sweep>/replaced/...` beside a selection.tsv or a sweep.yaml): `sedaug table` of a folder
     holding sweeps should read their `final/` runs only."""
     run_dir = Path(run_dir).resolve()
     for parent in run_dir.parents:
-        if parent.name in ("search", "replaced") and ((parent.parent / "sweep.yaml").is_file() or (parent.parent / SELECTION).is_file()):
+        if parent.name in ("search", "replaced") and is_sweep(parent.parent):
             return True
     return False
