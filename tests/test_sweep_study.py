@@ -235,6 +235,35 @@ def test_a_dry_run_of_a_resume_refuses_what_the_resume_would_and_says_what_is_do
     assert planned.footer()[1] == "  left: 0 s (what --resume finds done taken off)"
 
 
+def test_a_dry_run_of_a_resume_counts_a_dethroned_winners_final_run_as_to_train(edited_study, tmp_path):
+    """The winner's sigma taken out of the grid: its final run is set aside and another winner's trained. The dry
+    run said every final run was done and nothing was left."""
+    import fcntl
+
+    from sedaug.sweep.run import plan_sweep
+
+    k = edited_study
+    with (k.out / "selection.tsv").open() as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t") if r["recipe"] == "noise_latent"]
+    loser = next(float(r["augmentation.sigma"]) for r in rows if r["winner"] != "*" and r["status"] == "done")
+    sweep = json.loads(k.spec.read_text())  # write_sweep writes JSON
+    spec = write_sweep(tmp_path / "study.yaml", {**sweep, "recipes": [
+        *sweep["recipes"][:1],
+        {"recipe": str(REPO / "recipes" / "noise_latent.yaml"), "search": {"augmentation.sigma": {"grid": [loser]}}}]})
+    planned = plan_sweep(spec, out=k.out, resume=True)
+    assert any(n.startswith(f"--resume: 3 of the search trials and 1 of the final runs are done in {k.out} already; "
+                            "1 final run of a winner the edit dethroned would be set aside and trained again")
+               for n in planned.notes), planned.notes
+    row = next(r for r in planned.rows if r.recipe == "noise_latent")
+    row.step_s = 1.0
+    assert row.left_hours == pytest.approx(row.epochs * row.steps / 3600)  # its one final run, again
+    assert not any("another `sedaug sweep` is running" in n for n in planned.notes)
+    with open(k.out / ".sweep.lock") as lock:  # a driver at work there: the resume would be refused
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        planned = plan_sweep(spec, out=k.out, resume=True)
+    assert f"another `sedaug sweep` is running on {k.out}: this one would be refused until it ends" in planned.notes
+
+
 def test_dry_run_plans_what_ran(edited_study):
     k = edited_study
     planned = {r.recipe: (r.trials, r.finals, r.epochs) for r in k.planned.rows}

@@ -43,6 +43,18 @@ def driver_lock(out: Path) -> Iterator[None]:
         yield
 
 
+def driver_running(out: Path) -> bool:
+    """Whether a `sedaug sweep` holds `out`'s driver lock now (read only: `--dry-run` writes nothing)."""
+    try:
+        with open(out / ".sweep.lock") as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no lock file: no sweep ran there
+        return False
+    return False
+
+
 # ---------------------------------------------------------------------------------------------- addresses
 
 

@@ -33,6 +33,7 @@ from sedaug.strict_yaml import get_key
 from sedaug.sweep.cluster import (
     check_resources,
     driver_lock,
+    driver_running,
     local_resources,
     parse_address,
     ray_session,
@@ -296,12 +297,18 @@ def store_problem(loaded: LoadedSweep, overrides: list[str]) -> str | None:
 def _select(loaded: LoadedSweep, out: Path):
     """The search's trials on disk, each row's best, the unsettled trials, the rows short of their budget, and the
     winners of the rows whose search has finished (a row still searching has none yet), written to selection.tsv."""
+    records, chosen, unsettled, short, ready = _selected(loaded, out)
+    write_selection(out, records, ready)
+    return records, chosen, unsettled, short, ready
+
+
+def _selected(loaded: LoadedSweep, out: Path):
+    """_select's answer, nothing written."""
     records = search_records(loaded, out)
     chosen = winners(records)
     unsettled = [r for r in records if r.status not in SETTLED]
     short = budget_short(loaded, out, records)
     ready = {n: w for n, w in chosen.items() if not any(r.recipe == n for r in unsettled) and n not in short}
-    write_selection(out, records, ready)
     return records, chosen, unsettled, short, ready
 
 
@@ -318,21 +325,30 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
     if problem is not None and f"{problem} (a sweep would be refused)" not in plan.notes:
         plan.notes.append(f"{problem} (a sweep would be refused)")
     if resume and out.is_dir():
-        records = search_records(loaded, out)
+        if driver_running(out):
+            plan.notes.append(f"another `sedaug sweep` is running on {out}: this one would be refused until it ends")
+        records, _, _, _, ready = _selected(loaded, out)
         rows = {row.recipe: row for row in plan.rows}
         for r in records:
             rows[r.recipe].done_steps += steps_done(r.run_dir, r.epochs, r.status in SETTLED)
-        finals_done = 0
+        finals_done, dethroned = 0, 0
         for name in loaded.bases:
             for seed in loaded.sweep.seeds:
                 final = final_dir(out, name, seed)
+                if not RunDir(final).recipe.is_file():
+                    continue
+                if name in ready and not same_recipe(final, loaded.bases[name], ready[name].params, seed):
+                    dethroned += 1  # set aside by the sweep, and trained again
+                    continue
                 evaluated = RunDir(final).results("eval").is_file()
                 finals_done += evaluated
                 if seed != loaded.sweep.trial_seed:  # else the search run's copy, never counted as training
                     rows[name].done_steps += steps_done(final, loaded.epochs[name], evaluated)
         done = sum(r.status in SETTLED for r in records)
+        aside = (f"; {counted(dethroned, 'final run')} of a winner the edit dethroned would be set aside and trained "
+                 "again") if dethroned else ""
         plan.notes.append(f"--resume: {done} of the search trials and {finals_done} of the final runs are done in "
-                          f"{out} already (a final run of a winner the edit dethrones is set aside and trained again)")
+                          f"{out} already{aside}")
         if (ignored := plan_search(loaded, out).note(out)) is not None:  # as the sweep itself will say
             plan.notes.append(ignored)
     return plan
