@@ -41,7 +41,7 @@ def check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
     if not isinstance(saved, dict):
         raise UserError(f"{sweep_file}: not a sweep sedaug wrote: run the sweep with another --out")
     resolved = loaded.resolved()
-    saved.setdefault("search_seed", (saved.get("seeds") or [0])[0])  # written before it was recorded: the default
+    saved["search_seed"] = _searched_on(saved)
     problems = []
     for key, what in FROZEN.items():
         before, now = get_key(saved, key, None), get_key(resolved, key, None)
@@ -62,18 +62,21 @@ def check_out(out: Path, loaded: LoadedSweep, resume: bool) -> None:
 
 
 def keep_search_seed(out: Path, loaded: LoadedSweep) -> LoadedSweep:
-    """On --resume, a sweep file that leaves `search_seed` out searches on the seed OUT was searched on (its
-    default then: a sweep run before the default became one above the seeds searched on the first of them), so that
-    neither an older default nor an edit of `seeds` changes it."""
+    """On --resume, a sweep file without `search_seed` keeps the seed OUT's search ran on, so that an edit of
+    `seeds` does not move it."""
     if loaded.sweep.search_seed is not None or not (out / "sweep.yaml").is_file():
         return loaded
     saved = _read_yaml(out / "sweep.yaml")
-    if not isinstance(saved, dict):
-        return loaded  # check_out says what is wrong with it
-    seed = saved.get("search_seed", (saved.get("seeds") or [0])[0])
+    seed = _searched_on(saved) if isinstance(saved, dict) else None
     if not isinstance(seed, int) or isinstance(seed, bool):
-        return loaded
+        return loaded  # check_out says what is wrong with the file
     return dataclasses.replace(loaded, sweep=loaded.sweep.model_copy(update={"search_seed": seed}))
+
+
+def _searched_on(saved: dict) -> Any:
+    """The search seed of a sweep.yaml; one written before sedaug recorded it searched on the first of its seeds
+    (the default then)."""
+    return saved.get("search_seed", (saved.get("seeds") or [0])[0])
 
 
 def _read_yaml(path: Path) -> Any:
