@@ -100,10 +100,10 @@ def user_errors(command):
             print(f"error: {where}: {e.strerror or e} (earlier outputs are left as they were)", file=sys.stderr)
             raise typer.Exit(1) from None
         except UnicodeEncodeError as e:
-            if "surrogate" not in e.reason and codecs.lookup(e.encoding) != codecs.lookup(sys.getfilesystemencoding()):
+            if "surrogate" not in e.reason:
                 raise
             # A name's bytes that the locale could not decode (an ASCII locale without Python's UTF-8 mode), asked
-            # to be written as UTF-8 text (a manifest's paths); or a name the locale cannot encode, given to the OS.
+            # to be written as UTF-8 text (a manifest's paths).
             text = e.object if isinstance(e.object, str) else ""
             name = text[:e.start].rsplit("\t", 1)[-1].rsplit("\n", 1)[-1] + text[e.start:].split("\t", 1)[0]
             print(f"error: {name.splitlines()[0] if name else 'a name'}: this locale "
@@ -203,7 +203,7 @@ def prepare_desed(
         report = desed.prepare_desed(out, out)  # already done by the generator: this reads its report back
         clips = ", ".join(f"{name} {n:,}" for name, n in report.counts.items())
         state = "generated" if not already else "already up to date" if record.read_bytes() == before else \
-            "already generated (its manifest made again: a file changed since)"
+            "already generated (its manifest made again: a file changed since, or an older sedaug wrote it)"
         console.print(f"synthetic DESED ({size.value}, seed {seed}, {sample_rate} Hz) {state} in {out}: {clips}")
         return
     if download:

@@ -18,7 +18,7 @@ import torchaudio
 from conftest import write_stereo_clip
 
 from sedaug.data.batches import ThreeStreams
-from sedaug.data.desed import CLASSES, SPLITS, load_events, load_manifest, prepare_desed
+from sedaug.data.desed import CLASSES, MANIFEST_FORMAT, SPLITS, load_events, load_manifest, prepare_desed
 from sedaug.data.extract import extract_mels, load_clip, split_synthetic
 from sedaug.data.grid import PARAMS, FeatureParams, real_frames
 from sedaug.data.labels import frame_labels, weak_labels_from
@@ -330,7 +330,7 @@ def test_extract_notices_audio_replaced_under_an_unchanged_manifest(real_layout,
     with pytest.raises(UserError, match=f"^{re.escape(str(clip))} is gone since `sedaug prepare-desed` read it"):
         extract_mels(prepared, features, workers=1, progress=False)
     prepare_record = record_path.read_text()
-    record_path.write_text(prepare_record.replace('"format": 4', '"format": 3'))
+    record_path.write_text(prepare_record.replace(f'"format": {MANIFEST_FORMAT}', f'"format": {MANIFEST_FORMAT - 1}'))
     with pytest.raises(UserError, match=f"^{re.escape(str(prepared / 'manifest'))}: its prepare.json is unreadable or "
                                         "of another version of sedaug: run `sedaug prepare-desed"):
         extract_mels(prepared, features, workers=1, progress=False)

@@ -340,8 +340,14 @@ def test_a_mapping_that_would_replace_keys_set_inside_it_is_refused(tmp_path, mo
     with pytest.raises(UserError) as e:
         load_sweep(around)
     assert str(e.value).splitlines() == [
-        f"{around}: recipes[0].search.optim.lr: set gives the whole optim mapping, in which optim.lr is searched: "
-        "set optim's keys one by one"]
+        f"{around}: recipes[0].search.optim.lr: set optim gives optim.lr too: set it or search it, not both"]
+    with pytest.raises(UserError) as e:
+        load_sweep(around, ["optim={lr: 0.02}"])
+    assert str(e.value).splitlines() == [
+        f"{around}: recipes[0].search.optim.lr: --set optim gives optim.lr too: set it or search it, not both"]
+    # A mapping beside the searched key, not around it, replaces nothing the search sets.
+    beside = write(tmp_path / "beside.yaml", around.read_text().replace("{lr: 0.01}", "{epochs: 3}"))
+    assert load_sweep(beside).bases["none"]["optim"] == {"epochs": 3}
 
 
 def test_a_sweep_key_set_on_the_command_line_is_named_where_its_problem_shows(tmp_path, monkeypatch):
@@ -378,12 +384,14 @@ def test_an_optuna_row_that_searches_nothing_is_planned_as_its_one_trial(tmp_pat
         ("none", 3), ("noise_latent", 1), ("vat_input", 2)]
 
 
-def test_the_search_seed_is_no_final_seed_by_default_and_a_resume_keeps_the_one_searched_on(tmp_path):
+def test_the_search_seed_is_no_final_seed_by_default_and_a_resume_keeps_the_one_searched_on(tmp_path, monkeypatch):
     """DESIGN §11: the search seed is not a final seed (the winner's curse). Its default, one above the seeds, is
     recorded in OUT/sweep.yaml; a resume whose file leaves it out keeps it, whatever `seeds` became, and so does one
     of a sweep run before the default changed (no search_seed recorded: it searched on the first of its seeds)."""
     from sedaug.sweep.outdir import check_out, keep_search_seed, write_out
+    from sedaug.sweep.run import plan_sweep
 
+    monkeypatch.chdir(REPO)
     demo = REPO / "sweeps" / "demo.yaml"
     loaded = load_sweep(demo)
     assert loaded.sweep.seeds == [0, 1] and loaded.sweep.trial_seed == 2
@@ -403,7 +411,9 @@ def test_the_search_seed_is_no_final_seed_by_default_and_a_resume_keeps_the_one_
     kept = keep_search_seed(out, load_sweep(demo))
     assert kept.sweep.trial_seed == 0
     check_out(out, kept, resume=True)
+    assert plan_sweep(demo, out=out, resume=True).header().startswith("sweep demo: 4 search trials (seed 0) and")
     assert keep_search_seed(tmp_path / "new", loaded) is loaded  # a new sweep: the default
+    assert load_sweep(demo, [f"seeds=[0, {2**32 - 1}]"]).sweep.trial_seed == 1  # the largest seed has no next one
 
 
 def test_the_dry_run_counts_each_settings_own_steps_per_epoch(tmp_path, monkeypatch):
@@ -911,7 +921,7 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does(tiny_features, tmp_path):
                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait(lambda: _lock_holder(trial_lock(run)), "the trial's start", timeout=180)
-        driver.send_signal(signal.SIGTERM)
+        os.killpg(driver.pid, signal.SIGTERM)  # as SLURM does: every process of the job (Ray's among them)
         _, stderr = driver.communicate(timeout=120)
     finally:
         if driver.poll() is None:

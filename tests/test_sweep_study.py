@@ -252,7 +252,7 @@ def test_a_dry_run_of_a_resume_counts_a_dethroned_winners_final_run_as_to_train(
         {"recipe": str(REPO / "recipes" / "noise_latent.yaml"), "search": {"augmentation.sigma": {"grid": [loser]}}}]})
     planned = plan_sweep(spec, out=k.out, resume=True)
     assert any(n.startswith(f"--resume: 3 of the search trials and 1 of the final runs are done in {k.out} already; "
-                            "1 final run of a winner the edit dethroned would be set aside and trained again")
+                            "1 final run of a winner the edit dethroned would be set aside")
                for n in planned.notes), planned.notes
     row = next(r for r in planned.rows if r.recipe == "noise_latent")
     row.step_s = 1.0

@@ -82,7 +82,8 @@ MISSING_FILES = "missing_files.tsv"
 LABEL_WARNINGS = "label_warnings.tsv"
 PREPARE_JSON = "prepare.json"
 # Bump when the manifest's content or format changes, so that old manifests are rebuilt.
-MANIFEST_FORMAT = 4  # 3: zero-length events dropped; 4: each clip's size and mtime_ns (extract-mels checks them)
+MANIFEST_FORMAT = 5  # 3: zero-length events dropped; 4: each clip's size and mtime_ns (extract-mels checks them);
+# 5: each table's SHA-256 (an edited manifest is made again)
 # The shortest clip the mel front end can analyse: more samples than half its 2048-point STFT, at 16 kHz.
 MIN_SECONDS = 1025 / 16000
 
@@ -494,7 +495,8 @@ def check_unchanged(prepared: Path, manifest: dict[str, pd.DataFrame]) -> str | 
         return (f"the DESED tree {root} that `sedaug prepare-desed` read is gone (moved or deleted?): run `sedaug "
                 f"prepare-desed --root <where it is> --out {prepared}` again")
     for table in manifest.values():
-        check_names_readable(table["path"], str)
+        paths = dict(zip(table["filename"], table["path"], strict=True))
+        check_names_readable(paths, paths.get)  # the TSVs' names; the root is the locale's own
         for path, size, mtime_ns in zip(table["path"], table["size"], table["mtime_ns"], strict=True):
             try:
                 stat = os.stat(path)

@@ -32,10 +32,13 @@ OBJECT_STORE = 256 * 2**20  # a local Ray's object store: trials pass only confi
 LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+DRIVER_LOCK = ".sweep.lock"
+
+
 @contextlib.contextmanager
 def driver_lock(out: Path) -> Iterator[None]:
     """One driver per sweep directory (the kernel drops the lock when the driver dies, even by kill -9)."""
-    with open(out / ".sweep.lock", "a") as f:
+    with open(out / DRIVER_LOCK, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -44,9 +47,10 @@ def driver_lock(out: Path) -> Iterator[None]:
 
 
 def driver_running(out: Path) -> bool:
-    """Whether a `sedaug sweep` holds `out`'s driver lock now (read only: `--dry-run` writes nothing)."""
+    """Whether a `sedaug sweep` holds `out`'s driver lock now (read only: `--dry-run` writes nothing). The probe
+    holds a shared lock for an instant: a driver starting in that instant is refused as if another ran."""
     try:
-        with open(out / ".sweep.lock") as f:
+        with open(out / DRIVER_LOCK) as f:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True

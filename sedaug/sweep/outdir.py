@@ -75,8 +75,11 @@ def keep_search_seed(out: Path, loaded: LoadedSweep) -> LoadedSweep:
 
 def _searched_on(saved: dict) -> Any:
     """The search seed of a sweep.yaml; one written before sedaug recorded it searched on the first of its seeds
-    (the default then)."""
-    return saved.get("search_seed", (saved.get("seeds") or [0])[0])
+    (the default then). None where the file says neither (damaged: check_out names what differs)."""
+    if "search_seed" in saved:
+        return saved["search_seed"]
+    seeds = saved.get("seeds", [0])
+    return seeds[0] if isinstance(seeds, list) and seeds else None
 
 
 def _read_yaml(path: Path) -> Any:

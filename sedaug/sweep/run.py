@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import math
 import shlex
+import signal
 import sys
 import time
 import warnings
@@ -142,41 +143,57 @@ def run_sweep(
     """Run the sweep of `spec_path` into `out` on the cluster at `address` (None: RAY_ADDRESS where set, else a local
     Ray); on Ctrl-C or Ray Tune's own stop, the error says the command that resumes it."""
     address = sweep_address(address)
-    stop = {"sigterm": False}
-    try:
-        return _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources,
-                          stop)
-    except (Interrupted, TuneStopped, KeyboardInterrupt) as e:
-        if isinstance(e, KeyboardInterrupt):  # Ctrl-C before Ray Tune ran (while Ray starts, say)
-            if not (_out_dir(spec_path, out) / "sweep.yaml").exists():
-                raise  # nothing to resume yet: the CLI's one line
-            e = Interrupted("interrupted")
-        again = resume_command(spec_path, out, overrides, address, connect_timeout, wait_for_resources)
-        err = type(e)(f"{'SIGTERM: ' if stop['sigterm'] else ''}{e}; continue with `{again}`")
-        err.exit_code = 143 if stop["sigterm"] else e.exit_code  # the shell's 128 + the signal's number
-        raise err from None
+    with SigtermAsCtrlC() as sigterm:
+        try:
+            return _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout,
+                              wait_for_resources, sigterm)
+        except (Interrupted, TuneStopped, KeyboardInterrupt, SystemExit) as e:
+            if isinstance(e, SystemExit):  # ray.init's own SIGTERM handler, while Ray starts: sys.exit(15)
+                if e.code != signal.SIGTERM:
+                    raise
+                sigterm.came, e = True, KeyboardInterrupt()
+            if isinstance(e, KeyboardInterrupt):  # Ctrl-C before Ray Tune ran (while Ray starts, say)
+                if not (_out_dir(spec_path, out) / "sweep.yaml").exists():
+                    if sigterm.came:
+                        raise sigterm.said(Interrupted("stopped before the sweep began")) from None
+                    raise  # nothing to resume yet: the CLI's one line
+                e = Interrupted("interrupted")
+            again = resume_command(spec_path, out, overrides, address, connect_timeout, wait_for_resources)
+            raise sigterm.said(type(e)(f"{e}; continue with `{again}`")) from None
 
 
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c(stop: dict[str, bool]):
+class SigtermAsCtrlC:
     """SIGTERM (a batch system's stop at the end of its time, `timeout`, `scancel`) ends the sweep as Ctrl-C does:
-    the finished trials in selection.tsv, one line with the command that resumes it; `stop["sigterm"]` says one
-    came. Entered once Ray runs: ray.init installs its own handler, which printed a stack dump and left no line."""
-    import signal
+    the finished trials in selection.tsv, one line with the command that resumes it (exit status 143, the shell's
+    128 + 15); `came` says one did. ray.init puts in Ray's own handler (a stack dump, no line): `install` again once
+    Ray runs. The handler before is put back on the way out, after Ray has shut down."""
 
-    def handler(signum, frame):
-        stop["sigterm"] = True
+    def __init__(self):
+        self.came, self.before = False, None
+
+    def _handler(self, signum, frame):
+        self.came = True
         raise KeyboardInterrupt
 
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: signals stay as they are
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    def said(self, err: UserError) -> UserError:
+        """`err`, saying SIGTERM stopped the sweep where one did."""
+        if self.came:
+            err = type(err)(f"SIGTERM: {err}")
+            err.exit_code = 143
+        return err
+
+    def install(self) -> None:
+        with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+            signal.signal(signal.SIGTERM, self._handler)
+
+    def __enter__(self) -> SigtermAsCtrlC:
+        self.before = signal.getsignal(signal.SIGTERM)
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.before is None else self.before)
 
 
 def resume_command(spec_path: Path, out: Path | None, overrides: list[str], address: str | None,
@@ -192,7 +209,7 @@ def resume_command(spec_path: Path, out: Path | None, overrides: list[str], addr
 
 
 def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_timeout, wait_for_resources,
-               stop) -> SweepResult:
+               sigterm: SigtermAsCtrlC) -> SweepResult:
     started = time.monotonic()
     loaded = load_sweep(Path(spec_path), list(overrides))
     check_drawn(loaded)
@@ -224,12 +241,13 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
             write_out(out, loaded)
 
         notes += stack.enter_context(ray_session(out, address, connect_timeout, before_start))
-        stack.enter_context(_sigterm_as_ctrl_c(stop))
+        sigterm.install()  # over the handler ray.init put in
         stack.enter_context(view.shown(progress))
         if sweep.trial_seed in sweep.seeds:
+            instead = (f"--resume keeps the search seed: take {sweep.trial_seed} out of seeds, or run the sweep with "
+                       "another --out" if resume else "set search_seed to another seed")
             notes.append(f"the search seed {sweep.trial_seed} is also a final seed: that final run is the winner's "
-                         "search run, whose luck on synthetic_valid enters the mean (set search_seed to another seed; "
-                         "docs/sweeps.md)")
+                         f"search run, whose luck on synthetic_valid enters the mean ({instead}; docs/sweeps.md)")
         searched = plan_search(loaded, out)
         if searched.note(out):
             notes.append(searched.note(out))
@@ -242,9 +260,7 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
             raise
         search_s = time.monotonic() - start
         records, chosen, unsettled, short, ready = _select(loaded, out)
-        planned = {name: optuna_trials(loaded, name) if sweep.algorithm.type == "optuna" else
-                   sum(t["recipe"] == name for t in searched.trials) for name in loaded.bases}
-        lost = without_winner(records, chosen, planned)
+        lost = without_winner(records, chosen, _planned(loaded, searched))
         final_runs = _final(loaded, out, plan, view, ready, per_trial, notes, set(lost))
     problems = []
     notes += lost.values()  # a result, as a diverged setting is: --resume would not change it
@@ -302,6 +318,12 @@ def _select(loaded: LoadedSweep, out: Path):
     return records, chosen, unsettled, short, ready
 
 
+def _planned(loaded: LoadedSweep, searched: SearchPlan) -> dict[str, int]:
+    """Each row's search trials: the grid's, or Optuna's budget."""
+    return {name: optuna_trials(loaded, name) if loaded.sweep.algorithm.type == "optuna" else
+            sum(t["recipe"] == name for t in searched.trials) for name in loaded.bases}
+
+
 def _selected(loaded: LoadedSweep, out: Path):
     """_select's answer, nothing written."""
     records = search_records(loaded, out)
@@ -327,7 +349,9 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
     if resume and out.is_dir():
         if driver_running(out):
             plan.notes.append(f"another `sedaug sweep` is running on {out}: this one would be refused until it ends")
-        records, _, _, _, ready = _selected(loaded, out)
+        records, chosen, _, _, ready = _selected(loaded, out)
+        searched = plan_search(loaded, out)
+        lost = without_winner(records, chosen, _planned(loaded, searched))
         rows = {row.recipe: row for row in plan.rows}
         for r in records:
             rows[r.recipe].done_steps += steps_done(r.run_dir, r.epochs, r.status in SETTLED)
@@ -337,19 +361,20 @@ def plan_sweep(spec_path: Path, out: Path | None = None, resume: bool = False, o
                 final = final_dir(out, name, seed)
                 if not RunDir(final).recipe.is_file():
                     continue
-                if name in ready and not same_recipe(final, loaded.bases[name], ready[name].params, seed):
-                    dethroned += 1  # set aside by the sweep, and trained again
+                if name in lost or name in ready and not same_recipe(final, loaded.bases[name], ready[name].params,
+                                                                     seed):
+                    dethroned += 1  # set aside by the sweep (_final), and made again where a winner is left
                     continue
                 evaluated = RunDir(final).results("eval").is_file()
                 finals_done += evaluated
                 if seed != loaded.sweep.trial_seed:  # else the search run's copy, never counted as training
                     rows[name].done_steps += steps_done(final, loaded.epochs[name], evaluated)
         done = sum(r.status in SETTLED for r in records)
-        aside = (f"; {counted(dethroned, 'final run')} of a winner the edit dethroned would be set aside and trained "
-                 "again") if dethroned else ""
+        aside = (f"; {counted(dethroned, 'final run')} of a winner the edit dethroned would be set aside"
+                 if dethroned else "")
         plan.notes.append(f"--resume: {done} of the search trials and {finals_done} of the final runs are done in "
                           f"{out} already{aside}")
-        if (ignored := plan_search(loaded, out).note(out)) is not None:  # as the sweep itself will say
+        if (ignored := searched.note(out)) is not None:  # as the sweep itself will say
             plan.notes.append(ignored)
     return plan
 

@@ -157,7 +157,9 @@ class Sweep(Section):
     @property
     def trial_seed(self) -> int:
         """The search trials' seed; by default not a final seed (the winner's curse, DESIGN §11)."""
-        return max(self.seeds) + 1 if self.search_seed is None else self.search_seed
+        if self.search_seed is not None:
+            return self.search_seed
+        return max(self.seeds) + 1 if max(self.seeds) + 1 < 2**32 else min(set(range(len(self.seeds) + 1)) - set(self.seeds))
 
 
 @dataclass(frozen=True)
@@ -411,6 +413,15 @@ def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int]
         return None, [], False, unchecked
 
 
+def _holds(value: Any, dotted: str) -> bool:
+    """Whether a mapping holds the dotted key."""
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
 def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], fixed: dict, places: dict[str, str],
                  here: str, kinds: bool = True, given: set[str] = frozenset()) -> list[str]:
     """Each searched key and value against the base recipe; `places`: where each key is searched (said in its
@@ -435,9 +446,10 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
         if key in fixed:
             problems.append(f"{at}: the key is also in set: fix it or search it, not both")
             continue
-        if enclosing := sorted(k for k in fixed if key.startswith(f"{k}.")):  # a searched value would override it
-            problems.append(f"{at}: set gives the whole {enclosing[0]} mapping, in which {key} is searched: set "
-                            f"{enclosing[0]}'s keys one by one")
+        # A set mapping that holds the searched key: each searched value would silently replace the set one.
+        if enclosing := [k for k in fixed if key.startswith(f"{k}.") and _holds(fixed[k], key[len(k) + 1:])]:
+            where = "--set" if enclosing[0] in given else "set"
+            problems.append(f"{at}: {where} {enclosing[0]} gives {key} too: set it or search it, not both")
             continue
         inside = sorted(k for k in fixed if k.startswith(f"{key}."))
         if inside:  # each searched value would replace the mapping, dropping what set gives inside it
