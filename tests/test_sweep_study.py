@@ -264,6 +264,34 @@ def test_a_dry_run_of_a_resume_counts_a_dethroned_winners_final_run_as_to_train(
     assert f"another `sedaug sweep` is running on {k.out}: this one would be refused until it ends" in planned.notes
 
 
+def test_a_resume_stopped_before_its_search_leaves_the_edited_sweeps_selection(edited_study, tmp_path, monkeypatch):
+    """Ctrl-C while Ray starts: selection.tsv still marked the winner the edit had taken out of the grid."""
+    import sedaug.sweep.run
+    from sedaug.errors import Interrupted
+
+    out = shutil.copytree(edited_study.out, tmp_path / "out", ignore=shutil.ignore_patterns("ray"))
+    with (out / "selection.tsv").open() as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t") if r["recipe"] == "noise_latent"]
+    winner = next(float(r["augmentation.sigma"]) for r in rows if r["winner"] == "*")
+    sweep = json.loads(edited_study.spec.read_text())
+    sweep["recipes"][1]["search"]["augmentation.sigma"]["grid"].remove(winner)
+    spec = write_sweep(tmp_path / "study.yaml", sweep)
+
+    @contextlib.contextmanager
+    def ray_starting(out, address, connect_timeout, before_start):
+        before_start(None)
+        raise KeyboardInterrupt
+        yield []
+
+    monkeypatch.setattr(sedaug.sweep.run, "ray_session", ray_starting)
+    with pytest.raises(Interrupted, match="continue with"):
+        sedaug.sweep.run.run_sweep(spec, out=out, resume=True, progress=False)
+    with (out / "selection.tsv").open() as f:
+        rows = [r for r in csv.DictReader(f, delimiter="\t") if r["recipe"] == "noise_latent"]
+    assert [float(r["augmentation.sigma"]) for r in rows] == sweep["recipes"][1]["search"]["augmentation.sigma"]["grid"]
+    assert [r["winner"] for r in rows] == ["*"]  # the one setting left, settled: the row's winner
+
+
 def test_dry_run_plans_what_ran(edited_study):
     k = edited_study
     planned = {r.recipe: (r.trials, r.finals, r.epochs) for r in k.planned.rows}

@@ -239,6 +239,8 @@ def _run_sweep(spec_path, out, address, resume, overrides, progress, connect_tim
             out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(driver_lock(out))
             write_out(out, loaded)
+            if resume:  # the edited sweep's selection, even if it is stopped before its search starts
+                _select(loaded, out)
 
         notes += stack.enter_context(ray_session(out, address, connect_timeout, before_start))
         sigterm.install()  # over the handler ray.init put in
