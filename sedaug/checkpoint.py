@@ -22,8 +22,9 @@ from sedaug.device import restore_rng, rng_state
 from sedaug.errors import UserError
 from sedaug.files import atomic_path
 from sedaug.model import CRNN
-from sedaug.recipe import Recipe, validate_recipe
+from sedaug.recipe import Recipe, load_recipe, validate_recipe, what_a_run_trains
 from sedaug.rundir import RunDir
+from sedaug.strict_yaml import diff_keys
 
 
 def advice(path: Path) -> str:
@@ -215,9 +216,22 @@ def load_model(run_dir: Path, which: str = "best", device: torch.device | str = 
     if not run.checkpoint(which).exists() and run.checkpoint(other).exists():
         raise UserError(f"{run.checkpoint(which)} not found, {other}.pt is there: use --checkpoint {other}")
     ckpt = load_checkpoint(run.checkpoint(which), device)
+    _check_is_the_runs(run, ckpt)
     model = CRNN(ckpt.recipe.model)
     restore_weights(model, ckpt.model, ckpt.path)
     return model.to(device).eval(), ckpt.recipe, ckpt.state
+
+
+def _check_is_the_runs(run: RunDir, ckpt: Checkpoint) -> None:
+    """Refuse a checkpoint whose recipe is not the run's recipe.yaml (what `train --resume` refuses too): one copied
+    from another run would be scored as this run's, and table would count it under this run's name and seed."""
+    try:
+        recorded = load_recipe(run.recipe)
+    except UserError:  # none, or unreadable: the checkpoint's own recipe is all there is (table leaves the run out)
+        return
+    if keys := diff_keys(what_a_run_trains(recorded), what_a_run_trains(ckpt.recipe)):
+        raise UserError(f"{ckpt.path} is not the model of {run.recipe}: they differ at {', '.join(keys)} (a "
+                        "checkpoint copied from another run, or recipe.yaml edited by hand): put back the run's own")
 
 
 def _weights_problem(weights: Any, expected: dict[str, torch.Tensor], what: str) -> str | None:

@@ -244,6 +244,29 @@ def test_unreadable_checkpoints_are_one_line(cli, trained, tmp_path, content, wh
     assert checksums(run) == before
 
 
+def test_a_checkpoint_that_is_not_the_runs_is_refused_by_evaluate_and_detect(cli, trained, tmp_path):
+    """Another run's best.pt copied in (another seed, another recipe) was scored as this run's, and table counted it
+    under this run's name and seed; a recipe.yaml edited by hand (eval.threshold) labelled a row that evaluate scored
+    at the checkpoint's threshold."""
+    run = trained
+    other = tmp_path / "other" / "none" / "seed1"
+    shutil.copytree(run, other)
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
+    ckpt["recipe"]["seed"] = 1  # seed 1's model, as far as the checkpoint can tell
+    torch.save(ckpt, other / "checkpoints" / "best.pt")
+    shutil.copy(other / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
+    before = checksums(run)
+    for args in (["evaluate", str(run), "--device", "cpu"],
+                 ["detect", str(run), str(REPO / "README.md"), "--out", str(tmp_path / "d.tsv"), "--device", "cpu"]):
+        one_line_error(CliRunner().invoke(app, args), f"{run / 'checkpoints' / 'best.pt'} is not the model of "
+                       f"{run / 'recipe.yaml'}: they differ at seed (a checkpoint copied from another run")
+    assert checksums(run) == before
+    shutil.copy(other / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt")  # its own back
+    recipe = run / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("threshold: 0.5", "threshold: 0.3"))
+    one_line_error(CliRunner().invoke(app, ["evaluate", str(run), "--device", "cpu"]), "they differ at eval.threshold")
+
+
 def test_a_second_ctrl_c_stops_at_once_and_says_what_was_saved(cli, tmp_path, monkeypatch):
     assert cli(recipe="baseline").exit_code == 0
     run = tmp_path / "runs" / "baseline" / "seed0"
