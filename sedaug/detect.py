@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from sedaug.evaluation.detection_plot import plot_detections
 from sedaug.evaluation.plots import DETECT_PLOT_TITLE, is_marked
 from sedaug.evaluation.postprocess import decode
 from sedaug.evaluation.scores import SCORE_COLUMNS, clip_id, score_frames, score_text
-from sedaug.files import named_as, sha256, write_bytes, write_text
+from sedaug.files import named_as, remove_stale_temporaries, sha256, write_bytes, write_text, writing
 from sedaug.progress import progress_bar
 from sedaug.rundir import RunDir, is_ensemble, sedaug_data_holding
 
@@ -130,6 +132,53 @@ def detect(
         raise UserError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {', '.join(map(str, paths))}")
     stems = file_stems([recording.name for recording in recordings])
     _check_files(Path(out), scores_dir, plot_dir, stems)
+    with _staged({Path(f) for f in (scores_dir, plot_dir) if f is not None}) as staged:
+        events = _detect_all(recordings, stems, model, recipe, threshold, torch_device, report, fail, progress,
+                             scores_dir and staged[Path(scores_dir)], plot_dir and staged[Path(plot_dir)], run_dir,
+                             checkpoint)
+        report.seconds = time.perf_counter() - start
+        if not events:  # every recording failed: the previous --out, score files and plots stay
+            return report
+        _write_detections(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS])
+        failed = {path for path, _ in report.failures}
+        # Then this run's score files and plots, each whole, in place of an earlier detect's; a recording that failed
+        # keeps none (an earlier detect's would be another model's).
+        for folder, suffix in ((scores_dir, ".tsv"), (plot_dir, ".png")):
+            if folder is None:
+                continue
+            folder, stage = Path(folder), staged[Path(folder)]
+            with writing(folder):
+                for recording in recordings:
+                    name = stems[recording.name] + suffix
+                    if (stage / name).is_file():
+                        (folder / name).parent.mkdir(parents=True, exist_ok=True)  # a stem may name a subfolder
+                        os.replace(stage / name, folder / name)
+                    elif recording.path in failed:
+                        (folder / name).unlink(missing_ok=True)  # _check_files vouched it detect's
+    return report
+
+
+@contextmanager
+def _staged(folders: set[Path]) -> Iterator[dict[Path, Path]]:
+    """{folder: an empty hidden sibling to write its files into}, removed afterwards: a detect stopped midway (or
+    whose every recording failed) leaves each folder as it was, not holding two models' files."""
+    stages = {}
+    try:
+        for folder in map(Path, folders):
+            remove_stale_temporaries(folder.parent)  # a detect killed before its clean-up
+            stages[folder] = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+            with writing(stages[folder]):
+                stages[folder].mkdir(parents=True)
+        yield stages
+    finally:
+        for stage in stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _detect_all(recordings, stems, model, recipe, threshold, torch_device, report, fail, progress, scores_dir,
+                plot_dir, run_dir, checkpoint) -> list[pd.DataFrame]:
+    """Score every recording, writing its score file and plot into `scores_dir` and `plot_dir` (staging folders);
+    each recording's events."""
     events: list[pd.DataFrame] = []
     with progress_bar("Detecting events", len(recordings), progress) as advance:
 
@@ -165,11 +214,7 @@ def detect(
                 report.n_events += len(found)
                 report.audio_seconds += float(duration[0])
                 advance()
-    report.seconds = time.perf_counter() - start
-    if not events:  # every recording failed: the previous --out stays
-        return report
-    _write_detections(Path(out), pd.concat(events, ignore_index=True)[EVENT_COLUMNS])
-    return report
+    return events
 
 
 def _write_detections(out: Path, events: pd.DataFrame) -> None:
@@ -207,6 +252,9 @@ def _check_outputs(out: Path, scores_dir: Path | None, plot_dir: Path | None) ->
             raise UserError(f"{option} {path} is in {held}, which detect would overwrite: give a path outside it")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder: give a file name")
+    for option, folder in (("--scores", scores_dir), ("--plot", plot_dir)):
+        if folder is not None and Path(folder).resolve() == out.resolve():
+            raise UserError(f"--out {out} is also the {option} folder: give each its own name")
     if out.exists() and out.stat().st_size and not _wrote(out):  # empty: nothing to lose
         raise UserError(f"--out {out} exists and is not a detections TSV that detect wrote (a ground truth has the "
                         "same header; one edited since is yours), which detect would overwrite: give a new file name")

@@ -453,6 +453,44 @@ def test_score_files_and_plots_replace_only_detects_own(run, tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"rec.wav", "d.tsv", ".d.tsv.detect", "rec.tsv", "rec.png"}
 
 
+def test_a_detect_stopped_or_failing_midway_leaves_no_mix_of_two_models_files(run, tmp_path, monkeypatch):
+    """Ctrl-C midway used to leave --scores and --plot holding the new model's files for the recordings done and the
+    old one's for the others (beside the old --out); a recording that failed kept an earlier model's score file."""
+    import sedaug.detect
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for seed in range(3):
+        write_tone(audio / f"rec{seed}.wav", 2.0, 16000, 1, seed=seed)
+    out, scores, plots = tmp_path / "d.tsv", tmp_path / "scores", tmp_path / "plots"
+    detect(run, [audio], out, scores_dir=scores, plot_dir=plots, progress=False)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and audio not in p.parents}
+    drawn = []
+
+    def plot_then_ctrl_c(*args, **kwargs):
+        if drawn:
+            raise KeyboardInterrupt
+        drawn.append(sedaug.detect.plot_detections.__wrapped__(*args, **kwargs))
+
+    plot_then_ctrl_c.__wrapped__ = sedaug.detect.plot_detections
+    monkeypatch.setattr(sedaug.detect, "plot_detections", plot_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):  # another threshold: other detections and plots
+        detect(run, [audio], out, scores_dir=scores, plot_dir=plots, progress=False, threshold=0.2)
+    monkeypatch.undo()
+    assert drawn and {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and audio not in p.parents} == \
+        before  # each file as it was, and no staging folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.tsv.detect", "audio", "d.tsv", "plots", "scores"]
+    # A recording that fails this time keeps no score file or plot of the earlier model.
+    (audio / "rec1.wav").write_bytes(b"RIFF not a wav")
+    report = detect(run, [audio], out, scores_dir=scores, plot_dir=plots, progress=False, threshold=0.2)
+    assert [p.name for p, _ in report.failures] == ["rec1.wav"]
+    assert sorted(p.name for p in scores.iterdir()) == ["rec0.tsv", "rec2.tsv"]
+    assert sorted(p.name for p in plots.iterdir()) == ["rec0.png", "rec2.png"]
+    with pytest.raises(UserError, match=r"--out .*new is also the --scores folder: give each its own name"):
+        detect(run, [audio], tmp_path / "new", scores_dir=tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()  # it was made (the folder) before --out failed on it
+
+
 def test_an_ensembles_folder_is_no_model_to_detect_with(run, tmp_path):
     ensemble = tmp_path / "ensemble"
     ensemble.mkdir()
