@@ -106,6 +106,11 @@ def named_as(staging: Path, path: Path) -> Iterator[None]:
         raise UserError(message) from err
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of sedaug's temporaries (`.<name>.tmp<pid>...`, `.<name>.old<pid>`)."""
+    return _TEMPORARY.match(name) is not None
+
+
 def remove_stale_temporaries(directory: Path) -> None:
     """Remove the temporary siblings (`.<name>.tmp<pid>...`, `.<name>.old<pid>`) that a process killed before its
     clean-up left in `directory`; those of running processes are kept."""

@@ -404,6 +404,8 @@ def test_what_a_user_put_beside_an_evaluation_comes_along_even_where_it_cannot_b
     (old / "notes.md").write_text("mine")
     (old / "figs" / "f.pdf").write_bytes(b"%PDF")
     (old / "results.json").write_text("old")  # the evaluation's own: the new one's stays
+    (old / ".notes").write_text("hidden, mine too")  # was left behind
+    (old / ".results.tmp99.json").write_text("a killed evaluate's temporary: not carried")
     new.mkdir()
     (new / "results.json").write_text("new")
 
@@ -414,6 +416,7 @@ def test_what_a_user_put_beside_an_evaluation_comes_along_even_where_it_cannot_b
     _keep_the_rest(old, new)
     assert (new / "notes.md").read_text() == "mine" and (new / "figs" / "f.pdf").read_bytes() == b"%PDF"
     assert (new / "results.json").read_text() == "new" and (old / "notes.md").read_text() == "mine"
+    assert (new / ".notes").read_text() == "hidden, mine too" and not (new / ".results.tmp99.json").exists()
 
 
 def test_the_temporaries_of_a_process_killed_a_moment_ago_are_removed(tmp_path):

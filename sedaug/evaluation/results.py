@@ -42,7 +42,7 @@ from sedaug.evaluation.psds import (
     sed_scores_psds,
 )
 from sedaug.evaluation.scores import clip_id, score_frames, write_scores
-from sedaug.files import atomic_dir, write_json, write_tsv
+from sedaug.files import atomic_dir, is_temporary, write_json, write_tsv
 
 # The numbers `sedaug table` can put in a column (top-level keys of results.json).
 # psds1/psds2 score the raw frame scores; the *_filtered ones median-filter them first (DESED_task's 2023+ baselines).
@@ -162,8 +162,9 @@ def write_evaluation(evaluation: Evaluation, out_dir: Path, timing: dict[str, fl
 
 
 def _keep_the_rest(old: Path, new: Path) -> None:
-    """What else the old folder holds (a user's notes, figures) comes along into the new one, as hard links: until
-    the new folder is swapped in, the old one keeps them whole."""
+    """What else the old folder holds (a user's notes, figures, hidden files) comes along into the new one, as hard
+    links: until the new folder is swapped in, the old one keeps them whole. evaluate's own files and folders are the
+    new evaluation's (a file put into scores/ goes with the old scores)."""
     if not old.is_dir():
         return
     def link(source: str, target: str) -> None:
@@ -173,7 +174,7 @@ def _keep_the_rest(old: Path, new: Path) -> None:
             shutil.copy2(source, target, follow_symlinks=False)
 
     for entry in old.iterdir():
-        if entry.name.startswith(".") or os.path.lexists(new / entry.name):
+        if is_temporary(entry.name) or os.path.lexists(new / entry.name):  # scores/ and the others: the new ones
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=link)
