@@ -232,8 +232,8 @@ def test_weights_that_do_not_fit_are_one_line(train, runs, tmp_path, edit, comma
         result = run("detect", seed, tone(tmp_path / "a.wav"), "--out", out, "--device", "cpu")
     else:
         result = train("--resume", epochs=2)
-        if edit == "other-model":  # resume compares the recipes first
-            expected = "the recipe differs from"
+    if edit == "other-model":  # each compares the checkpoint's recipe with the run's first
+        expected = "the recipe differs from" if command == "resume" else "is not the model of"
     one_line_error(result, str(target), expected)
     assert checksums(runs, out) == before
 
@@ -419,6 +419,18 @@ def test_outputs_where_a_file_or_folder_is_the_other_kind_are_refused_before_any
     one_line_error(run("detect", seed, tone(tmp_path / "a.wav"), "--out", tmp_path), f"--out {tmp_path} is a folder")
     one_line_error(run("detect", seed, tmp_path / "a.wav", "--scores", tmp_path / "a.wav"), "--scores", "is a file")
     assert checksums(runs) == before and not (tmp_path / "detections.tsv").exists()
+
+
+def test_a_feature_store_inside_a_run_or_another_store_is_refused(runs, tiny_desed, tiny_features):
+    """A store made inside a run goes with the run (`rm -r`, a sweep setting it aside), one inside a store is taken
+    for part of it: both were accepted."""
+    seed = runs / "none" / "seed0"
+    before = checksums(runs, tiny_features)
+    one_line_error(run("extract-mels", "--data", tiny_desed, "--out", seed / "eval" / "sub"),
+                   f"--out {seed / 'eval' / 'sub'} is inside the run {seed}: give --out a new folder")
+    one_line_error(run("extract-mels", "--data", tiny_desed, "--out", tiny_features / "sub"),
+                   f"--out {tiny_features / 'sub'} is inside the feature store {tiny_features}: give --out a new folder")
+    assert checksums(runs, tiny_features) == before and not (seed / "eval" / "sub").exists()
 
 
 def test_a_mean_teacher_checkpoint_without_a_fitting_teacher_is_one_line(tiny_features, tiny_model_overrides, tmp_path):

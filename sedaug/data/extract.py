@@ -58,6 +58,7 @@ from sedaug.device import parse_device
 from sedaug.errors import UserError, listed
 from sedaug.files import named_as, remove_stale_temporaries, write_json, write_tsv, writing
 from sedaug.progress import progress_bar
+from sedaug.rundir import enclosing_run
 
 LOCK = ".extract.lock"  # in the store, held while an extract-mels writes it
 # dcase20's 80/20 split of the synthetic clips into synthetic_train and synthetic_valid, drawn once per store (not per
@@ -206,6 +207,11 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str)
     advice = "give --out a new folder (e.g. data/features)"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: {advice}")
+    if (run := enclosing_run(out.parent)) is not None:  # a store there would go with the run (`rm -r`, a sweep)
+        raise UserError(f"--out {out} is inside the run {run}: {advice}")
+    if (store := next((p for p in out.resolve().parents if "splits" in (read_record(p) or {})), None)) is not None:
+        # taken for part of that store
+        raise UserError(f"--out {out} is inside the feature store {store}: {advice}")
     store_entries = {*FEATURE_SPLITS, SCALER, FEATURES_JSON}
     others = sorted(p.name for p in out.iterdir() if p.name not in store_entries and not p.name.startswith(".")) \
         if out.is_dir() else []
