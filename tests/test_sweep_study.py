@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from conftest import one_line_error
 from sweep_files import EPOCHS, TINY, study, sweep_cli, write_sweep
@@ -158,6 +159,10 @@ def test_the_final_runs_of_a_row_the_edited_sweep_drops_move_to_replaced(edited_
     seed1 = out / "final" / "none" / "seed1"
     seed2 = shutil.copytree(seed1, seed1.with_name("seed2"))  # an ensemble needs two (seed 2: no seed of the sweep)
     (seed2 / "recipe.yaml").write_text((seed2 / "recipe.yaml").read_text().replace("seed: 1\n", "seed: 2\n"))
+    for checkpoint in (seed2 / "checkpoints").glob("*.pt"):  # its model's recipe says so too (evaluate checks)
+        saved = torch.load(checkpoint, weights_only=False)
+        saved["recipe"]["seed"] = 2
+        torch.save(saved, checkpoint)
     assert run("evaluate", seed1, seed2, "--ensemble", "--device", "cpu").exit_code == 0
     sweep = study(tiny_features, [0.05, 0.1])
     sweep["recipes"] = sweep["recipes"][1:]  # `none` removed
