@@ -165,8 +165,11 @@ def _staged(folders: set[Path]) -> Iterator[dict[Path, Path]]:
     stages = {}
     try:
         for folder in map(Path, folders):
-            remove_stale_temporaries(folder.parent)  # a detect killed before its clean-up
-            stages[folder] = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+            where = folder.resolve()  # `--scores .` too
+            if not where.name:
+                raise UserError(f"{folder}: the root folder: give detect's files a folder of their own")
+            remove_stale_temporaries(where.parent)  # a detect killed before its clean-up
+            stages[folder] = where.with_name(f".{where.name}.tmp{os.getpid()}")
             with writing(stages[folder]):
                 stages[folder].mkdir(parents=True)
         yield stages
