@@ -238,13 +238,13 @@ def sedaug_data_holding(path: Path) -> str | None:
     store, a prepared DESED (its manifest, a synthetic one's audio and labels), or a DESED tree's audio/ and metadata/
     (beside each other: a real DESED's label TSVs have a detections TSV's header); None else."""
     from sedaug.data.desed import MANIFEST_DIR, PREPARE_JSON
-    from sedaug.data.store import read_record
+    from sedaug.data.store import is_store
 
     if (run := run_holding(path)) is not None:
         return f"run {run}'s own files"
     resolved = Path(path).resolve()
     for root in (resolved, *resolved.parents):
-        if "splits" in (read_record(root) or {}):  # not any features.json: sedaug's record of a store
+        if is_store(root):
             return f"the feature store {root}"
         if (root / MANIFEST_DIR / PREPARE_JSON).is_file():
             return f"the prepared DESED {root}"

@@ -51,6 +51,7 @@ from sedaug.data.store import (
     STORE_FORMAT,
     STRONG_SPLITS,
     is_complete,
+    is_store,
     read_record,
     table_hashes,
 )
@@ -209,7 +210,7 @@ def _check_out(out: Path, data: Path, recorded: dict | None, manifest_hash: str)
         raise UserError(f"--out {out} is a file: {advice}")
     if (run := enclosing_run(out.parent)) is not None:  # a store there would go with the run (`rm -r`, a sweep)
         raise UserError(f"--out {out} is inside the run {run}: {advice}")
-    if (store := next((p for p in out.resolve().parents if "splits" in (read_record(p) or {})), None)) is not None:
+    if (store := next(filter(is_store, out.resolve().parents), None)) is not None:
         # taken for part of that store
         raise UserError(f"--out {out} is inside the feature store {store}: {advice}")
     store_entries = {*FEATURE_SPLITS, SCALER, FEATURES_JSON}

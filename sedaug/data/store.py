@@ -208,6 +208,11 @@ def read_record(path: Path) -> dict | None:
     return read_json_object(Path(path) / FEATURES_JSON)
 
 
+def is_store(path: Path) -> bool:
+    """Whether `path` is a feature store: it holds sedaug's record of one (not any features.json)."""
+    return "splits" in (read_record(path) or {})
+
+
 def _open_record(path: Path) -> dict:
     """The store's features.json for opening the store; what is wrong with a missing or damaged one is a
     one-line UserError."""

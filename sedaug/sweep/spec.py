@@ -34,6 +34,7 @@ from sedaug.strict_yaml import (
 )
 
 # Recipe keys a sweep may not search: `name` is the row, `seed` is the sweep's own `seeds`.
+_ABSENT = object()  # get_key's default where a key is not there
 RESERVED = {"name": "the row's name: set it in the recipe", "seed": "the sweep's `seeds` and `search_seed` set it"}
 # results.json's metrics: evaluation.results.METRICS, restated so that reading a sweep file imports no metric code
 METRICS = ("macro", "micro", "psds", "psds_ct", "psds_macro", "psds1", "psds2", "psds1_filtered", "psds2_filtered")
@@ -413,15 +414,6 @@ def _salvage(raw: dict, error: ValidationError) -> tuple[Sweep | None, list[int]
         return None, [], False, unchecked
 
 
-def _holds(value: Any, dotted: str) -> bool:
-    """Whether a mapping holds the dotted key."""
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return False
-        value = value[part]
-    return True
-
-
 def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], fixed: dict, places: dict[str, str],
                  here: str, kinds: bool = True, given: set[str] = frozenset()) -> list[str]:
     """Each searched key and value against the base recipe; `places`: where each key is searched (said in its
@@ -447,7 +439,8 @@ def _check_space(sweep: Sweep, base: dict, name: str, space: dict[str, Space], f
             problems.append(f"{at}: the key is also in set: fix it or search it, not both")
             continue
         # A set mapping that holds the searched key: each searched value would silently replace the set one.
-        if enclosing := [k for k in fixed if key.startswith(f"{k}.") and _holds(fixed[k], key[len(k) + 1:])]:
+        if enclosing := [k for k in fixed if key.startswith(f"{k}.") and get_key(fixed[k], key[len(k) + 1:], _ABSENT)
+                         is not _ABSENT]:
             where = "--set" if enclosing[0] in given else "set"
             problems.append(f"{at}: {where} {enclosing[0]} gives {key} too: set it or search it, not both")
             continue
