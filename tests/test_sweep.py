@@ -937,6 +937,28 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does(tiny_features, tmp_path):
     _wait(lambda: _lock_holder(trial_lock(run)) is None, "the trial's worker to end", timeout=60)
 
 
+def test_after_sigterm_only_python_writes_to_stderr_until_the_way_out():
+    """A SIGTERM to the job ends Ray's processes with the driver, whose core worker then wrote "Attempting to
+    recover 1 lost objects ..." to fd 2 before sedaug's line (one CI run in a few): fd 2 is quiet until the way out."""
+    script = """if True:
+        import os, signal, sys, time
+        from sedaug.sweep.run import SigtermAsCtrlC
+        with SigtermAsCtrlC():
+            os.write(2, b"native before\\n")
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            except KeyboardInterrupt:
+                os.write(2, b"native after SIGTERM\\n")
+                print("python after SIGTERM", file=sys.stderr)
+        os.write(2, b"native on the way out\\n")
+        print("python on the way out", file=sys.stderr)
+    """
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "native before\npython after SIGTERM\nnative on the way out\n"
+                                                  "python on the way out\n")
+
+
 def test_a_sweep_without_final_runs_does_not_say_where_they_are():
     from sedaug.sweep.run import SweepResult
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import shlex
 import signal
 import sys
@@ -169,11 +170,30 @@ class SigtermAsCtrlC:
     Ray runs. The handler before is put back on the way out, after Ray has shut down."""
 
     def __init__(self):
-        self.came, self.before = False, None
+        self.came, self.before, self.fd2, self.stderr = False, None, None, None
 
     def _handler(self, signum, frame):
+        if not self.came:
+            self._quiet_native_stderr()
         self.came = True
         raise KeyboardInterrupt
+
+    def _quiet_native_stderr(self) -> None:
+        """A SIGTERM to the job ends Ray's processes too, and the driver's core worker writes to fd 2 what it sees
+        of that ("Attempting to recover 1 lost objects ..."): fd 2 goes to /dev/null until the way out, Python's
+        stderr (where it is fd 2) to a copy of it."""
+        try:
+            sys.stderr.flush()
+            moves = sys.stderr.fileno() == 2
+        except (AttributeError, OSError, ValueError):  # None, or pytest's capture: not fd 2
+            moves = False
+        self.fd2 = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        if moves:
+            self.stderr, sys.stderr = sys.stderr, open(os.dup(self.fd2), "w", encoding=sys.stderr.encoding,
+                                                       errors=sys.stderr.errors, buffering=1)
 
     def said(self, err: UserError) -> UserError:
         """`err`, saying SIGTERM stopped the sweep where one did."""
@@ -194,6 +214,13 @@ class SigtermAsCtrlC:
     def __exit__(self, *exc) -> None:
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGTERM, signal.SIG_DFL if self.before is None else self.before)
+        if self.fd2 is not None:
+            if self.stderr is not None:
+                sys.stderr.close()
+                sys.stderr = self.stderr
+            os.dup2(self.fd2, 2)
+            os.close(self.fd2)
+            self.fd2 = self.stderr = None
 
 
 def resume_command(spec_path: Path, out: Path | None, overrides: list[str], address: str | None,
