@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +54,13 @@ def writing(path: Path) -> Iterator[None]:
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write; it replaces `path` only if the block succeeds. The name keeps
-    the suffix (numpy appends `.npy` otherwise). An OSError in the block is a one-line UserError naming `path`."""
+    the suffix (numpy appends `.npy` otherwise). An OSError in the block is a one-line UserError naming `path`.
+    A device, a FIFO or a terminal (`--out /dev/null`, `/dev/stdout`) is written through: a rename would put a
+    regular file in its place (as root, in /dev)."""
+    if is_special(path):
+        with writing(path):
+            yield path
+        return
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         with writing(path):
@@ -63,6 +70,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):  # a read-only folder: what went wrong was said above, naming `path`
             tmp.unlink(missing_ok=True)
+
+
+def is_special(path: Path) -> bool:
+    """Whether `path` (its links followed) is neither a regular file nor a folder: a device, a FIFO, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 @contextmanager

@@ -331,7 +331,7 @@ def left_out(runs_dir: Path, split: str) -> list[Path]:
     found = []
     among_trials = in_search(Path(runs_dir) / "_")
     for results in _files_named(Path(runs_dir), "results.json"):
-        if results.parent.name != split:
+        if results.parent.name != split or results.parent == Path(runs_dir):  # RUN/eval given: the table says so
             continue
         run_dir = results.parent.parent
         hidden = any(part.startswith(".") for part in run_dir.relative_to(runs_dir).parts)

@@ -7,9 +7,11 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -323,6 +325,21 @@ def test_table_refuses_results_that_are_not_results(trained, tmp_path, content):
 def test_table_out_a_folder_is_refused(trained, tmp_path):
     one_line_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs"), "--format", "csv", "--out", str(tmp_path)]),
               f"--out {tmp_path} is a folder")
+
+
+def test_table_writes_through_a_fifo_and_leaves_it_one(trained, tmp_path):
+    """`--out /dev/null` as root put a regular file in /dev/null's place (the atomic rename over it): a device, a
+    FIFO or a terminal is written through (a FIFO here: /dev/null is not to be risked on a test machine)."""
+    fifo = tmp_path / "table.md"
+    os.mkfifo(fifo)
+    read = {}
+    reader = threading.Thread(target=lambda: read.setdefault("text", fifo.read_text()), daemon=True)
+    reader.start()
+    result = CliRunner().invoke(app, ["table", str(tmp_path / "runs"), "--out", str(fifo)])
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and read["text"].startswith("| recipe |"), read
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_summaries_stay_one_line_when_not_a_terminal(cli):

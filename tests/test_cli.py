@@ -316,8 +316,10 @@ def test_evaluate_without_checkpoint_and_table_of_nothing(tmp_path):
     (seed / "checkpoints").mkdir(parents=True)
     (seed / "recipe.yaml").write_text("name: none\n")
     (seed / "eval").mkdir()
-    one_line_error(run("table", seed / "eval"), f"{seed / 'eval'} is inside the run {seed}: give the folder that "
-                   f"holds the runs (e.g. {tmp_path / 'runs'})")
+    for _ in range(2):  # an evaluated run's eval/ too (a traceback from the evaluated folders left out)
+        one_line_error(run("table", seed / "eval"), f"{seed / 'eval'} is inside the run {seed}: give the folder "
+                       f"that holds the runs (e.g. {tmp_path / 'runs'})")
+        (seed / "eval" / "results.json").write_text("{}")
 
 
 def test_bad_flags(tmp_path):
