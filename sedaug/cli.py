@@ -417,8 +417,9 @@ def table(
     paper: Annotated[bool, typer.Option("--paper", metavar="", help="Add the paper's Table 1 values beside the rows that "
                                         "reproduce them (recipe paper_row).")] = False,
     per_class: Annotated[bool, typer.Option("--per-class", metavar="", help="Print each row's per-class F1 and PSDS1 instead.")] = False,
-    plot: Annotated[str | None, typer.Option(metavar="FILE", help="Also draw the table as a PNG: each row's metrics "
-                                             "with their intervals, the reference row's shaded, the paper's values.")] = None,
+    plot: Annotated[str | None, typer.Option(metavar="FILE", help="Also draw the table as a figure (.png, .pdf or "
+                                             ".svg; no suffix: PNG): each row's metrics with their intervals, the "
+                                             "reference row's shaded, the paper's values.")] = None,
 ) -> None:
     """Collect evaluated runs into the paper's Table 1."""
     from sedaug.table import NO_COMPARISON, build_table, left_out, per_class_rows
@@ -429,17 +430,19 @@ def table(
     for option, given in (("--resamples", resamples), ("--bootstrap-seed", bootstrap_seed)):
         if given is not None and ci is None:
             raise UserError(f"{option} goes with --ci LEVEL (without it there is no bootstrap)")
-    names = tuple(dict.fromkeys(m.strip() for m in (metrics or "macro,psds_ct").split(",") if m.strip()))  # each once
+    names = tuple(dict.fromkeys(m.strip() for m in ("macro,psds_ct" if metrics is None else metrics).split(",") if m.strip()))  # each once
     suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
     said = suffixes.get(out.suffix.lower()) if out is not None else None
     if format is not None and said is not None and format is not said:  # LaTeX in a .csv: a reader would be misled
         other = next((suffix for suffix, named in suffixes.items() if named is format), None)
+        instead = f"name the file {other}" if other else "give the file another suffix (.txt, say)"
         raise UserError(f"--out {out} is a {out.suffix} file, and --format {format.value} writes no {out.suffix}: "
-                        + (f"name the file {other}, " if other else "") + "or leave out --format")
+                        f"{instead}, or leave out --format")
     if format is None:  # a file gets text, not a terminal's escape codes
         format = Format.rich if out is None else said or Format.markdown
     if runs_dir.is_dir() and (orphans := left_out(runs_dir, split.value)):
-        console.print(f"note: left out {counted(len(orphans), 'evaluated folder')} without a recipe.yaml to name their "
+        its = "its" if len(orphans) == 1 else "their"
+        console.print(f"note: left out {counted(len(orphans), 'evaluated folder')} without a recipe.yaml to name {its} "
                       f"row: {listed(orphans)}", markup=False, highlight=False)
     if per_class:
         if ci is not None or paper or plot is not None or compare is not None or no_compare or metrics is not None:
@@ -515,7 +518,7 @@ def _check_table_outputs(out: Path | None, plot: Path | None) -> None:
         if (held := sedaug_data_holding(path)) is not None:
             raise UserError(f"{what} {path} is in {held}, which the table would overwrite: give a path outside it")
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
-        raise UserError(f"--plot {plot}: a figure is {', '.join(s for s in PLOT_SUFFIXES if s)}")
+        raise UserError(f"--plot {plot}: a figure is .png, .pdf or .svg (no suffix: PNG)")
     if out is not None and out.suffix.lower() in PLOT_SUFFIXES[:-1]:
         raise UserError(f"--out {out}: --out writes the table as text (.md, .tex, .csv); --plot {out.name} draws it")
     if out is not None and out.is_file() and out.stat().st_size and not _is_table_text(out):

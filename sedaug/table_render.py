@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 from sedaug.data.desed import CLASSES
 from sedaug.errors import UserError
@@ -111,13 +112,22 @@ def _markdown(table: Table) -> str:
         for text, _, underlined, bold in _cells(r, columns, " ± "):
             text = f"<u>{text}</u>" if underlined else text
             cells.append(f"**{text}**" if bold else text)
-        lines.append("| " + " | ".join([*_factors(r), *cells, r.note]) + " |")
+        lines.append("| " + " | ".join([*map(_md, _factors(r)), *cells, _md(r.note)]) + " |")
     return "\n".join(lines) + f"\n\n_{_legend(table)}_\n"
 
 
+_TEX = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}", DASH: "---", "−": "$-$",
+        "±": r"$\pm$", "<": "$<$", ">": "$>$"}
+_MARKDOWN = {"\\": "\\\\", "|": r"\|", "*": r"\*", "`": r"\`"}  # a row named by its folder may hold them
+
+
 def _tex(text: str) -> str:
-    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%") \
-        .replace("#", r"\#").replace(DASH, "---").replace("−", "$-$").replace("±", r"$\pm$").replace("<", "$<$")
+    return re.sub("|".join(map(re.escape, _TEX)), lambda m: _TEX[m.group()], text)  # one pass: `\` is no `{`
+
+
+def _md(text: str) -> str:
+    return re.sub("|".join(map(re.escape, _MARKDOWN)), lambda m: _MARKDOWN[m.group()], text)
 
 
 def _latex(table: Table) -> str:
@@ -282,7 +292,7 @@ def _grid(title: str, headers: list[str], body: list[list[str]], fmt: str):
     if fmt == "markdown":
         lines = [f"**{title}**", "", "| " + " | ".join(headers) + " |",
                  "|---|" + "--:|" * (len(headers) - 1)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
+        return "\n".join(lines + ["| " + " | ".join(map(_md, row)) + " |" for row in body]) + "\n"
     if fmt == "latex":
         lines = [f"% {title}", r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}", r"\toprule",
                  " & ".join(map(_tex, headers)) + r" \\", r"\midrule"]

@@ -166,7 +166,7 @@ def test_an_evaluated_folder_without_recipe_yaml_is_named_not_silently_dropped(r
     (orphan / "recipe.yaml").unlink()
     result = CliRunner().invoke(app, ["table", str(runs), "--format", "csv"])
     assert result.exit_code == 0, result.output
-    assert result.stderr == ("note: left out 1 evaluated folder without a recipe.yaml to name their row: "
+    assert result.stderr == ("note: left out 1 evaluated folder without a recipe.yaml to name its row: "
                              f"{orphan}\n")
     assert result.stdout.startswith("recipe,") and "note:" not in result.stdout
     (runs / "vat_latent" / "seed2" / "recipe.yaml").unlink()  # not evaluated: not a table's concern
@@ -217,7 +217,7 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
         assert (runs / name).read_text() == text
     (runs / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n mine")
     one_line_error(run("table", runs, "--plot", runs / "figure.png"), "exists and is not a figure `sedaug table` drew")
-    one_line_error(run("table", runs, "--plot", runs / "take.wav"), "a figure is .png, .pdf, .svg")
+    one_line_error(run("table", runs, "--plot", runs / "take.wav"), "a figure is .png, .pdf or .svg (no suffix: PNG)")
     one_line_error(run("table", runs, "--out", runs / "t.png"), f"--out {runs / 't.png'}: --out writes the table as "
                                                                 "text (.md, .tex, .csv); --plot t.png draws it")
     assert not (runs / "t.png").exists()
@@ -225,7 +225,8 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
     one_line_error(run("table", runs, "--out", runs / "t.csv", "--format", "latex"),  # the suffix and --format disagree
                    f"--out {runs / 't.csv'} is a .csv file, and --format latex writes no .csv: name the file .tex, or "
                    "leave out --format")
-    one_line_error(run("table", runs, "--out", runs / "t.md", "--format", "rich"), "or leave out --format")
+    one_line_error(run("table", runs, "--out", runs / "t.md", "--format", "rich"),
+                   "and --format rich writes no .md: give the file another suffix (.txt, say), or leave out --format")
     assert not (runs / "t.csv").exists() and not (runs / "t.md").exists()
     for _ in range(2):  # its own outputs, of any format and name, are written again
         assert run("table", runs, "--plot", runs / "t.pdf").exit_code == 0 and (runs / "t.pdf").read_bytes()[:4] == b"%PDF"
@@ -473,9 +474,27 @@ def test_a_narrow_terminal_gets_whole_names_and_numbers(runs, ci_runs):
     assert "┃ recipe" in wide and "│ baseline" in wide
 
 
+def test_row_names_are_escaped_in_markdown_and_latex(runs):
+    """A row named by its folder may hold what markdown or LaTeX reads as syntax: a `|` split the markdown row in
+    two, a `$` broke the LaTeX."""
+    table = build_table(runs)
+    name = "x|y*z* p&q%_$~^{}\\#`"
+    odd = dataclasses.replace(table, rows=[dataclasses.replace(table.rows[0], recipe=name, note=name)])
+    markdown = render(odd, "markdown").splitlines()[2]
+    assert markdown.startswith(r"| x\|y\*z\* p&q%_$~^{}\\#\` | ") and markdown.endswith(r" | x\|y\*z\* p&q%_$~^{}\\#\` |")
+    assert markdown.count(" | ") == render(table, "markdown").splitlines()[2].count(" | ")
+    latex = next(line for line in render(odd, "latex").splitlines() if line.startswith("x"))
+    tex = r"x\textbar{}y*z* p\&q\%\_\$\textasciitilde{}\textasciicircum{}\{\}\textbackslash{}\#`"
+    assert latex.startswith(f"{tex} & ") and latex.endswith(f" & {tex} \\\\")
+
+
 def test_unknown_metric(runs):
     with pytest.raises(UserError, match="unknown metric 'f1'.*macro, micro, psds, psds_ct"):
         build_table(runs, metrics=("macro", "f1"))
+    from conftest import one_line_error, run
+
+    for given in ("", ","):  # "" was the default metrics, silently
+        one_line_error(run("table", runs, "--metrics", given), "no metric given: choose from macro, micro")
 
 
 def test_empty_or_missing_runs_dir(tmp_path):
