@@ -539,11 +539,12 @@ def _scored_checkpoint(results: Path) -> str | None:
 
 
 def _is_table_text(path: Path) -> bool:
-    from sedaug.table_render import HEADS
+    from sedaug.table_render import is_table_text
 
-    with path.open("rb") as f:
-        text = re.sub(r"\x1b\[[0-9;]*m", "", f.read(4096).decode("utf-8", errors="replace"))
-    return text.strip().startswith(HEADS)
+    if path.stat().st_size > 2**24:  # no table is that long
+        return False
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return is_table_text(re.sub(r"\x1b\[[0-9;]*m", "", text))
 
 
 def _command_in(argv: list[str]) -> str:

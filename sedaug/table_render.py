@@ -25,6 +25,23 @@ HEADS = ("| " + " | ".join(FACTOR_HEADERS) + " |", ",".join(h.replace(" ", "_") 
          "event-based F1 per class", ",".join(PER_CLASS_COLUMNS) + "\n")
 
 
+def is_table_text(text: str) -> bool:
+    """Whether `text` (escape codes removed) is a table `render` or `render_per_class` wrote: it begins as one and
+    ends as one, so that a user's notes written below a table (`table --out notes.md`) make the file theirs. (The
+    terminal's rendering, whose caption wraps, is known by its beginning alone.)"""
+    text = text.strip()
+    if not text.startswith(HEADS):
+        return False
+    if text.startswith(HEADS[1]) or text.startswith(HEADS[-1]):  # CSV: each row as wide as its header
+        return len({len(row) for row in csv.reader(io.StringIO(text))}) == 1
+    last = text.splitlines()[-1]
+    if text.startswith("|") or text.startswith("**"):  # markdown: the legend, or a per-class row
+        return (last.startswith("_split ") and last.endswith("_")) or (last.startswith("| ") and last.endswith(" |"))
+    if text.startswith("%"):
+        return last == r"\end{tabular}"
+    return True
+
+
 def _f(x: float | None, sign: bool = False) -> str:
     return "" if x is None else f"{x:+.{DECIMALS}f}" if sign else f"{x:.{DECIMALS}f}"
 

@@ -234,6 +234,16 @@ def test_outputs_in_a_runs_own_files_are_refused_and_left_as_they_were(runs):
         for fmt in ("markdown", "latex", "csv", "rich"):
             assert run("table", runs, "--out", runs / "table1.txt", "--format", fmt).exit_code == 0, fmt
             assert run("table", runs, "--per-class", "--out", runs / "table1.txt", "--format", fmt).exit_code == 0
+    for fmt in ("markdown", "latex", "csv"):  # a user's notes below a table make the file theirs (they were lost)
+        for per_class in ([], ["--per-class"]):
+            assert run("table", runs, *per_class, "--out", runs / "notes.txt", "--format", fmt).exit_code == 0
+            with (runs / "notes.txt").open("a") as f:
+                f.write("\nMy notes on the table.\n")
+            mine = (runs / "notes.txt").read_text()
+            one_line_error(run("table", runs, *per_class, "--out", runs / "notes.txt", "--format", fmt),
+                           "is not a table `sedaug table` wrote")
+            assert (runs / "notes.txt").read_text() == mine
+            (runs / "notes.txt").unlink()
 
 
 def test_an_evaluation_older_than_the_runs_training_is_noted(runs):
