@@ -444,6 +444,29 @@ def test_plot_of_a_table_without_intervals(runs, tmp_path, monkeypatch):
     assert titles == ["runs on eval at last.pt"]  # which checkpoint the figure shows, as the table's caption says
 
 
+@pytest.mark.parametrize("metrics", [("macro",), ("macro", "psds_ct", "psds")])
+def test_the_table_figure_holds_its_legend_and_row_names(ci_runs, metrics):
+    """One metric with --ci cut the legend at both edges (a 640 px figure, three columns of long entries), and a row
+    named by many settings squashed its panels: the figure is as wide as its labels, long names wrapped."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from sedaug.evaluation.plots import table_figure
+
+    table = build_table(ci_runs, metrics=metrics, ci=95, resamples=100)
+    name = "none [optim.epochs=3, optim.lr=0.0012345, consistency.weight=2.5, model.rnn_hidden=64, data.batch_size=12]"
+    for rows in (table.rows, [dataclasses.replace(table.rows[0], recipe=name), *table.rows[1:]]):
+        fig = table_figure(dataclasses.replace(table, rows=rows))
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        inside = fig.bbox.padded(1)  # a pixel's rounding
+        texts = [fig.legends[0], *(label for ax in fig.axes for label in ax.get_yticklabels())]
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0, (text, box, fig.bbox)
+        panels = [ax.get_window_extent(renderer) for ax in fig.axes]
+        assert min(p.width for p in panels) > 150  # pixels of scores each, not squashed by the row names
+
+
 def test_rich_styles(runs):
     table = rich_table(build_table(runs))
     macro = {c.header: c for c in table.columns}["macro"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,16 @@ def _fmt(x: float | None) -> str:
 
 
 def plot_table(table, path: Path) -> None:
-    """`sedaug table --plot`: one panel per metric, one line per row (top to bottom as in the table): the row's
-    mean with its interval (--ci; else ± the seeds' std), the reference row's interval shaded across the panel,
-    rows whose paired difference excludes 0 coloured (green above, red below), the paper's value as a diamond."""
+    """`sedaug table --plot`: `table_figure` saved to `path` (its suffix the format; none: PNG)."""
+    with atomic_path(Path(path)) as tmp:
+        table_figure(table).savefig(tmp, format=Path(path).suffix.lower().lstrip(".") or "png", dpi=100,
+                                    metadata={"Title": TABLE_PLOT_TITLE})  # PLOT_SUFFIXES (cli)
+
+
+def table_figure(table):
+    """One panel per metric, one line per row (top to bottom as in the table): the row's mean with its interval
+    (--ci; else ± the seeds' std), the reference row's interval shaded across the panel, rows whose paired
+    difference excludes 0 coloured (green above, red below), the paper's value as a diamond."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -87,7 +95,12 @@ def plot_table(table, path: Path) -> None:
     rows = table.rows
     boot = table.bootstrap
     reference = boot.reference if boot is not None else None
-    fig = Figure(figsize=(4.2 * len(table.metrics) + 2.2, 1.6 + 0.32 * max(len(rows), 3)), layout="constrained")
+    # A row named by many settings is wrapped at its commas; the figure is as wide as its labels need.
+    labels = [textwrap.fill(f"{r.recipe} (n={r.n})", 44, break_on_hyphens=False) for r in rows]
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
+    label_width = 0.085 * max((len(line) for label in labels for line in label.splitlines()), default=10)
+    fig = Figure(figsize=(4.2 * len(table.metrics) + label_width + 0.6, 1.9 + (0.16 + 0.17 * lines) * max(len(rows), 3)),
+                 layout="constrained")
     axes = fig.subplots(1, len(table.metrics), sharey=True, squeeze=False)[0]
     ys = range(len(rows))
     for ax, metric in zip(axes, table.metrics, strict=True):
@@ -110,7 +123,7 @@ def plot_table(table, path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # tiny scores' long tick labels ran together
         ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         ax.grid(axis="x", alpha=0.3)
-        ax.set_yticks(list(ys), [f"{r.recipe} (n={r.n})" for r in rows])
+        ax.set_yticks(list(ys), labels)
     axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
     what = (f"{boot.level * 100:g}% bootstrap interval ({boot.resamples} resamples of the clips, seeds averaged)"
             if boot is not None else "± std over seeds")
@@ -122,11 +135,11 @@ def plot_table(table, path: Path) -> None:
                     Line2D([], [], color="tab:red", marker="o", lw=2, label=f"below {reference} (paired interval < 0)")]
     if any(r.cells[m].paper is not None for r in rows for m in table.metrics):
         handles.append(Line2D([], [], ls="", marker="D", mfc="none", mec="tab:orange", mew=1.5, label="the paper"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
+    widest = 0.45 + 0.062 * max(len(h.get_label()) for h in handles)  # inches at fontsize 8, the marker's beside
+    columns = max(1, min(len(handles), 3, int(fig.get_figwidth() // widest)))
+    fig.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=8, frameon=False)
     fig.suptitle(f"{table.runs_dir} on {table.split}" + (f" at {table.checkpoint}.pt" if table.checkpoint else ""))
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lower().lstrip(".") or "png", dpi=100,  # PLOT_SUFFIXES (cli)
-                    metadata={"Title": TABLE_PLOT_TITLE})
+    return fig
 
 
 def _extent(cell) -> tuple[float, float]:
