@@ -411,8 +411,8 @@ def table(
     bootstrap_seed: Annotated[int | None, typer.Option(metavar="N", help="With --ci: the resamples' seed, the same for "
                                                        "every row (default 0).")] = None,
     compare: Annotated[str | None, typer.Option(metavar="ROW", help="With --ci: the reference row of the paired test "
-                                                "(default: baseline, if present): its name, or a part of it that only "
-                                                "it has.")] = None,
+                                                "(default: baseline, if present): its name; a row split by its "
+                                                "settings, also a part of its name that only it has.")] = None,
     no_compare: Annotated[bool, typer.Option("--no-compare", metavar="", help="With --ci: intervals only, no paired test.")] = False,
     paper: Annotated[bool, typer.Option("--paper", metavar="", help="Add the paper's Table 1 values beside the rows that "
                                         "reproduce them (recipe paper_row).")] = False,

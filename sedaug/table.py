@@ -84,6 +84,7 @@ class Row:
     paper_row: int | None = None
     checkpoint: str = ""  # what its seeds were evaluated at: best, last, "best, last" ("": not recorded)
     to_evaluate: int = 0  # runs `sedaug evaluate` would score that are not evaluated yet
+    diverged: int = 0  # of not_evaluated, the runs that diverged (a result: never scored)
 
 
 @dataclass(frozen=True)
@@ -414,6 +415,7 @@ def _row(name: str, runs: list[_Run], metrics: tuple[str, ...]) -> Row:
         consistency=recipe.consistency.data if aug != "none" else DASH,
         n=len(evaluated),
         not_evaluated=pending,
+        diverged=diverged,
         cells=cells,
         note="; ".join(notes),
         # The paper's rows average seeds: an ensemble is none of them.
@@ -545,7 +547,8 @@ def _reference(compare: str | None, rows: list[Row]) -> str | None:
     if matching:
         raise UserError(f"--compare {compare}: {len(matching)} rows have that in their name ({', '.join(matching)}): "
                         "give a part of the name that only one of them has")
-    raise UserError(f"--compare {compare}: no evaluated row of that name (rows: {', '.join(names) or 'none'})")
+    raise UserError(f"--compare {compare}: no evaluated row of that name ("
+                    + (f"evaluated rows: {', '.join(names)})" if names else "no row is evaluated)"))
 
 
 def _with_bootstrap(row: Row, boot, notes: list[str], reference: str | None) -> Row:

@@ -183,7 +183,7 @@ def _csv(table: Table) -> str:
         suffixes += ["paper", "paper_diff"]
     settings = ["ci_level", "resamples", "bootstrap_seed", "reference"] if b is not None else []
     writer.writerow(["recipe", "augmentation", "location", "regularization", "consistency_data", "n",
-                     "not_evaluated", *(f"{m}_{s}" for m in table.metrics for s in suffixes), *settings, "split",
+                     "not_evaluated", "diverged", *(f"{m}_{s}" for m in table.metrics for s in suffixes), *settings, "split",
                      "checkpoint", "note"])
 
     def numbers(c: Cell) -> list[float | None]:
@@ -204,7 +204,7 @@ def _csv(table: Table) -> str:
         values = [v if isinstance(v, str) else _plain(v) for m in table.metrics for v in numbers(r.cells[m])]
         extra = [f"{b.level * 100:g}", b.resamples, b.seed, b.reference or ""] if b is not None else []
         writer.writerow([r.recipe, r.augmentation, factors[0], r.regularization, factors[1], r.n, r.not_evaluated,
-                         *values, *extra, table.split, r.checkpoint, r.note])
+                         r.diverged, *values, *extra, table.split, r.checkpoint, r.note])
     return out.getvalue()
 
 

@@ -70,6 +70,8 @@ def test_a_diverged_run_is_named_as_such_and_a_copy_in_progress_is_not_a_run(run
     assert (rows["vat_latent"].n, rows["vat_latent"].not_evaluated) == (2, 1)
     assert rows["vat_latent"].note == "1 of 3 runs diverged"
     assert rows["mixup_latent"].note == "1 of 2 runs diverged; 1 of 2 runs not evaluated"
+    csv_rows = {r["recipe"]: r for r in csv.DictReader(io.StringIO(render(build_table(runs), "csv")))}
+    assert (csv_rows["mixup_latent"]["not_evaluated"], csv_rows["mixup_latent"]["diverged"]) == ("2", "1")
 
 
 def test_runs_of_one_name_with_other_settings_are_rows_of_their_own(runs):
@@ -108,6 +110,8 @@ def test_runs_of_one_name_with_other_settings_are_rows_of_their_own(runs):
     for part in ("vat", " "):  # a part names a split row only: vat_latent is a row of its own name
         with pytest.raises(UserError, match=f"^--compare {part}: no evaluated row of that name"):
             _reference(part, both)
+    with pytest.raises(UserError, match=r"^--compare none: no evaluated row of that name \(no row is evaluated\)$"):
+        _reference("none", [dataclasses.replace(r, n=0) for r in both])  # not "(rows: none)", a row's name
     text = run("table", runs, "--format", "markdown").stdout
     assert "| baseline [optim.epochs=3] |" in text and "| baseline [optim.epochs=200] |" in text
     for args in ((), ("--per-class",)):  # the terminal's: the brackets are text, not rich markup
@@ -765,7 +769,8 @@ def test_with_a_reference_row_only_the_rows_above_it_by_their_interval_are_under
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"ci": 120}, "--ci 120: expected a confidence level"),
     ({"ci": 95, "resamples": 10}, "--resamples 10"),
-    ({"ci": 95, "compare": "mixup"}, "--compare mixup: no evaluated row of that name"),
+    ({"ci": 95, "compare": "mixup"}, r"--compare mixup: no evaluated row of that name \(evaluated rows: none, baseline, "
+                                      r"vat_latent\)"),
     ({"compare": "baseline"}, "--compare needs --ci"),
 ])
 def test_ci_refuses_bad_options(ci_runs, kwargs, message):
