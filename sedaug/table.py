@@ -221,8 +221,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def _folder(runs: list[_Run], runs_dir: Path) -> str:
     """The folder that holds these runs' <name>/seed<k> folders, from `runs_dir`'s name on (`runs/demo`, `runs`)."""
-    common = Path(os.path.commonpath([r.path.resolve().parent.parent for r in runs]))
-    top = runs_dir.resolve()
+    # As reached from `runs_dir`, links not resolved: a study's folder of links names its rows by the links.
+    common = Path(os.path.commonpath([os.path.abspath(r.path.parent.parent) for r in runs]))
+    top = Path(os.path.abspath(runs_dir))
     return (Path(top.name) / common.relative_to(top)).as_posix() if common.is_relative_to(top) else ""
 
 

@@ -137,6 +137,11 @@ def test_runs_of_one_name_with_other_settings_are_rows_of_their_own(runs):
     assert rows["baseline [runs/demo]"].cells["macro"].mean == 0.4 and rows["baseline [runs]"].n == 1
     assert rows["baseline [runs]"].note == rows["baseline [runs/demo]"].note == (
         "settings differ from the other baseline rows at model.rnn_hidden, optim.lr, optim.epochs, optim.rampup_epochs")
+    study = runs.parent / "study"  # a folder of links to runs kept elsewhere: rows named by the links
+    study.mkdir()
+    (study / "demo").symlink_to((runs / "demo").resolve())
+    (study / "mine").symlink_to((runs / "baseline").resolve())
+    assert sorted(r.recipe for r in build_table(study).rows) == ["baseline [study/demo]", "baseline [study]"]
 
 
 def test_the_checkpoint_the_runs_were_evaluated_at_is_in_the_caption_or_each_rows_note(runs):
