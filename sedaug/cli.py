@@ -430,7 +430,8 @@ def table(
     for option, given in (("--resamples", resamples), ("--bootstrap-seed", bootstrap_seed)):
         if given is not None and ci is None:
             raise UserError(f"{option} goes with --ci LEVEL (without it there is no bootstrap)")
-    names = tuple(dict.fromkeys(m.strip() for m in ("macro,psds_ct" if metrics is None else metrics).split(",") if m.strip()))  # each once
+    given = ("macro,psds_ct" if metrics is None else metrics).split(",")  # "": none given, not the defaults
+    names = tuple(dict.fromkeys(m.strip() for m in given if m.strip()))  # each once
     suffixes = {".md": Format.markdown, ".markdown": Format.markdown, ".tex": Format.latex, ".csv": Format.csv}
     said = suffixes.get(out.suffix.lower()) if out is not None else None
     if format is not None and said is not None and format is not said:  # LaTeX in a .csv: a reader would be misled

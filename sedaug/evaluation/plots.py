@@ -99,8 +99,8 @@ def table_figure(table):
     labels = [textwrap.fill(f"{r.recipe} (n={r.n})", 44, break_on_hyphens=False) for r in rows]
     lines = max((label.count("\n") + 1 for label in labels), default=1)
     label_width = 0.085 * max((len(line) for label in labels for line in label.splitlines()), default=10)
-    fig = Figure(figsize=(4.2 * len(table.metrics) + label_width + 0.6, 1.9 + (0.16 + 0.17 * lines) * max(len(rows), 3)),
-                 layout="constrained")
+    height = 1.9 + (0.16 + 0.17 * lines) * max(len(rows), 3)
+    fig = Figure(figsize=(4.2 * len(table.metrics) + label_width + 0.6, height), layout="constrained")
     axes = fig.subplots(1, len(table.metrics), sharey=True, squeeze=False)[0]
     ys = range(len(rows))
     for ax, metric in zip(axes, table.metrics, strict=True):
