@@ -225,10 +225,13 @@ def load_model(run_dir: Path, which: str = "best", device: torch.device | str = 
 def _check_is_the_runs(run: RunDir, ckpt: Checkpoint) -> None:
     """Refuse a checkpoint whose recipe is not the run's recipe.yaml (what `train --resume` refuses too): one copied
     from another run would be scored as this run's, and table would count it under this run's name and seed."""
+    if not run.recipe.is_file():  # the checkpoint's own recipe is all there is (table leaves the run out)
+        return
     try:
         recorded = load_recipe(run.recipe)
-    except UserError:  # none, or unreadable: the checkpoint's own recipe is all there is (table leaves the run out)
-        return
+    except UserError as err:  # edited by hand: table would refuse the whole folder for it
+        raise UserError(f"{err} (the run's recipe.yaml, which names its row in the table): put back the run's "
+                        "own") from None
     if keys := diff_keys(what_a_run_trains(recorded), what_a_run_trains(ckpt.recipe)):
         raise UserError(f"{ckpt.path} is not the model of {run.recipe}: they differ at {', '.join(keys)} (a "
                         "checkpoint copied from another run, or recipe.yaml edited by hand): put back the run's own")

@@ -151,7 +151,9 @@ def _ordered(name: str, pair: tuple[float, float]) -> None:
 SearchSteps = Count
 StepSize = Annotated[float, Field(gt=0, le=1)]
 Gain = Annotated[float, Field(ge=-100, le=100)]  # dB; 10^(1000/20) overflowed to inf and made the loss NaN
-DecayTime = Annotated[float, Field(ge=1e-3)]  # seconds of T60; shorter is no decay at all (a frame is 16 ms)
+# Seconds of T60: shorter is no decay at all (a frame is 16 ms); the longest halls ring ~10 s, and past float32's
+# range adversarial_reverb's bounds overflowed.
+DecayTime = Annotated[float, Field(ge=1e-3, le=1000)]
 
 
 class FilterAugmentation(Section):
@@ -168,6 +170,9 @@ class FilterAugmentation(Section):
     def _ranges(self) -> FilterAugmentation:
         _ordered("bands", self.bands)
         _ordered("gain_db", self.gain_db)
+        if self.bands[1] * self.min_bandwidth > MEL_BANDS:  # band_edges would narrow them without a word
+            raise ValueError(f"augmentation.bands: {self.bands[1]} bands of at least min_bandwidth "
+                             f"{self.min_bandwidth} mel bins do not fit in the {MEL_BANDS} mel bands")
         return self
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,6 +125,21 @@ class Training(NamedTuple):
     config: StepConfig
 
 
+@contextmanager
+def _fitting_in_memory(recipe: Recipe, device: torch.device) -> Iterator[None]:
+    """A model too large for the memory at hand (`--set model.rnn_hidden=1000000`) is one line, not torch's
+    allocator's traceback."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        asked = re.search(r"allocate (\d+) bytes", str(err))
+        if not isinstance(err, MemoryError) and not re.search(r"allocate|out of memory", str(err), re.IGNORECASE):
+            raise
+        size = f" (one of its weights alone is {int(asked[1]) / 2**30:,.0f} GiB)" if asked else ""
+        raise UserError(f"{recipe.name}: the model does not fit in the memory of {device}{size}: model.cnn_filters, "
+                        "model.kernel_size and model.rnn_hidden size it") from None
+
+
 def build_training(
     recipe: Recipe, scaler: tuple[np.ndarray, np.ndarray], device: torch.device, steps: int | None = None,
     config: StepConfig | None = None,
@@ -132,15 +148,16 @@ def build_training(
     configuration `resolve_step_config` gives a run of `steps` steps on `device`, or `config` instead of the recipe's
     (benchmarks, tests); the CNNs compiled as it says."""
     config = config or resolve_step_config(recipe, device, steps)
-    model = CRNN(recipe.model)
-    model.set_scaler(*scaler)
-    model.to(device)
-    teacher = None
-    if recipe.regularization.type == "mean_teacher":
-        # dcase20 builds its teacher as a second, independently initialised CRNN (not a copy of the student).
-        teacher = CRNN(recipe.model).requires_grad_(False)
-        teacher.set_scaler(*scaler)
-        teacher.to(device)
+    with _fitting_in_memory(recipe, device):
+        model = CRNN(recipe.model)
+        model.set_scaler(*scaler)
+        model.to(device)
+        teacher = None
+        if recipe.regularization.type == "mean_teacher":
+            # dcase20 builds its teacher as a second, independently initialised CRNN (not a copy of the student).
+            teacher = CRNN(recipe.model).requires_grad_(False)
+            teacher.set_scaler(*scaler)
+            teacher.to(device)
     weight_decay = recipe.regularization.weight_decay if recipe.regularization.type == "l2" else 0.0
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=weight_decay)
     if config.compile:
@@ -343,6 +360,9 @@ def train(
     trial leaves its signals to Ray).
     """
     run, device = RunDir(Path(run_dir)), torch.device(device)
+    if recipe.name.endswith("_ensemble"):  # table would average this run into the ensemble's row
+        raise UserError(f"{recipe.name}: a name ending in _ensemble is an ensemble's (`sedaug evaluate --ensemble`): "
+                        "give the recipe another name")
     if (held := sedaug_data_holding(run.root.parent)) is not None:
         raise UserError(f"--runs: {run.root} would be in {held}: give --runs a folder outside it")
     if (outer := enclosing_run(run.root.parent)) is not None:  # `table` would count it twice, `rm -r` remove both

@@ -267,6 +267,11 @@ def test_a_checkpoint_that_is_not_the_runs_is_refused_by_evaluate_and_detect(cli
     recipe = run / "recipe.yaml"
     recipe.write_text(recipe.read_text().replace("threshold: 0.5", "threshold: 0.3"))
     one_line_error(CliRunner().invoke(app, ["evaluate", str(run), "--device", "cpu"]), "they differ at eval.threshold")
+    recipe.write_text(recipe.read_text().replace("threshold: 0.3", "threshold: 7"))  # no recipe: it was scored
+    one_line_error(CliRunner().invoke(app, ["evaluate", str(run), "--device", "cpu"]),
+                   "eval.threshold: Input should be less than 1", "(the run's recipe.yaml, which names its row in the "
+                   "table): put back the run's own")
+    assert not (run / "eval").exists()
 
 
 def test_a_second_ctrl_c_stops_at_once_and_says_what_was_saved(cli, tmp_path, monkeypatch):
@@ -325,6 +330,20 @@ def test_table_refuses_results_that_are_not_results(trained, tmp_path, content):
 def test_table_out_a_folder_is_refused(trained, tmp_path):
     one_line_error(CliRunner().invoke(app, ["table", str(tmp_path / "runs"), "--format", "csv", "--out", str(tmp_path)]),
               f"--out {tmp_path} is a folder")
+
+
+def test_a_model_too_large_for_memory_is_one_line_and_leaves_no_run(cli, tmp_path):
+    """torch's allocator raised a traceback ("you tried to allocate 12000000000000 bytes")."""
+    result = cli("--set", "model.rnn_hidden=1000000", recipe="baseline")
+    one_line_error(result, "baseline: the model does not fit in the memory of cpu (one of its weights alone is ",
+                   "model.rnn_hidden size it")
+    assert not (tmp_path / "runs" / "baseline").exists()
+
+
+def test_a_recipe_named_as_an_ensemble_is_not_trained(cli, tmp_path):
+    """`none_ensemble` seed 7 was averaged into `evaluate --ensemble`'s row of that name."""
+    one_line_error(cli("--set", "name=none_ensemble"), "none_ensemble: a name ending in _ensemble is an ensemble's")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_table_writes_through_a_fifo_and_leaves_it_one(trained, tmp_path):
