@@ -426,8 +426,10 @@ def _format_errors(error: ValidationError, where: str, overridden: frozenset[str
         across = msg.startswith(("augmentation.", "regularization.", "model.")) and ": " in msg  # a model validator's
         if across:
             key, msg = msg.split(": ", 1)
-        # A key the file lacks, asked for by the type --set gave its section (augmentation.type=vat needs locations).
-        typed = [o for o in (f"{loc[0]}.type", loc[0]) if o in overridden] if e["type"] == "missing" and loc else []
+        # A key the file lacks, asked for by the type --set gave its section (augmentation.type=vat needs locations),
+        # or one it has that the new type does not (a noise augmentation's snr_db).
+        typed = [o for o in (f"{loc[0]}.type", loc[0]) if o in overridden] \
+            if e["type"] in ("missing", "extra_forbidden") and loc else []
         if blamed_override(key, overridden) is not None:
             lines.append(f"--set {key}: {msg}")
         else:  # a check across keys may fail at a key of the file for a value --set gave another

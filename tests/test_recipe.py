@@ -358,6 +358,16 @@ def test_a_section_set_without_its_type_or_with_a_type_that_needs_more_names_the
         with pytest.raises(UserError) as e:
             load_recipe(path, overrides)
         assert str(e.value) == expected
+    # A key of the file that the type --set gave has not: the --set is named too (the file alone was blamed).
+    baseline = REPO / "recipes" / "baseline.yaml"
+    for overrides, expected in [
+        (["augmentation.type=vat"], "augmentation.snr_db: not a key of a vat augmentation (with --set augmentation.type)"),
+        (["regularization.type=l2"],
+         "regularization.ema_decay: not a key of a l2 regularization (with --set regularization.type)"),
+    ]:
+        with pytest.raises(UserError) as e:
+            load_recipe(baseline, overrides)
+        assert str(e.value) == f"{baseline}: {expected}"
 
 
 def test_not_a_mapping_and_missing_file(tmp_path):
